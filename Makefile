@@ -1,0 +1,60 @@
+# mlops-assets: every target builds what it needs first, so each works on a fresh clone.
+SHELL := /bin/bash
+PY_BOOT ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+AZURITE_VERSION := 3.37.0
+export MLOPS_HOME ?= $(CURDIR)/.mlops
+export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
+
+.DEFAULT_GOAL := help
+.PHONY: help env tools demo dev test test-fast bench lint format lock clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.stamp: requirements.txt pyproject.toml
+	$(PY_BOOT) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip uv
+	$(VENV)/bin/uv pip sync -q --python $(PY) requirements.txt
+	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
+	touch $@
+
+env: $(VENV)/.stamp ## Build the Python environment (.venv) from the pinned requirements
+
+.tools/azurite/node_modules/.bin/azurite-blob:
+	mkdir -p .tools/azurite
+	cd .tools/azurite && npm install --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
+
+tools: .tools/azurite/node_modules/.bin/azurite-blob ## Install Azurite (npm) into .tools/
+	@java -version >/dev/null 2>&1 || { echo "Java 17 is needed for the Spark tests: apt-get install -y openjdk-17-jre-headless"; exit 1; }
+
+demo: env ## Generate a small sales dataset and run the daily retraining job locally
+	$(VENV)/bin/mlops demo
+
+dev: env ## Open the Dagster UI (webserver + daemon) on http://127.0.0.1:3000
+	@mkdir -p $(DAGSTER_HOME) && [ -f $(DAGSTER_HOME)/dagster.yaml ] || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
+
+test: env tools ## Run the whole test suite (starts Azurite, Spark, servers as needed)
+	$(VENV)/bin/pytest -q
+
+test-fast: env ## Unit tests only (no outside components)
+	$(VENV)/bin/pytest -q -m "not integration"
+
+bench: env ## Run the benchmarks; JSON results in benchmarks/results/
+	$(PY) -m benchmarks.run_all
+
+lint: env ## Ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: env ## Format the code
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+lock: ## Re-compile requirements.txt from requirements.in (exact pins, no index URLs)
+	$(VENV)/bin/uv pip compile requirements.in --python-version 3.11 --no-header -o requirements.txt
+
+clean: ## Remove the environment, tools and local state
+	rm -rf $(VENV) .tools .mlops

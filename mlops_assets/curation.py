@@ -1,0 +1,414 @@
+"""The curated dataset, the drop ledger, quarantine, and the ingestion of new drops.
+
+Storage layout under a dataset ``<ds>`` (names relative to the storage root)::
+
+    landing/<ds>/...                  drops as they arrive (CSV or Parquet)
+    ledger/<ds>/<drop>@<etag>.json    each drop version's fate: rows in, curated, quarantined, why
+    curated/<ds>/_layout.json         shard count and sort order, fixed when the dataset is created
+    curated/<ds>/part-<NNN>.parquet   typed rows, one shard per stable hash of the series key,
+                                      sorted by series key then time, unique on (key, time)
+    quarantine/<ds>/files/<drop>      whole files that could not be curated, + <drop>.reason.json
+    quarantine/<ds>/rows/<drop>@<etag>.parquet   rejected rows with rule, column, value, row
+
+Every write is atomic (see ``resources.storage``). Ingesting is idempotent: a crash anywhere
+leaves either the old or the new shard, and the ledger entry is written only after the shards,
+so a rerun ingests the drop again and, because a later drop replaces equal (key, time) rows,
+ends in the same state.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mlops_assets.ml.drops import ROW, DropRejected, ParsedDrop, parse_drop, split_failures
+from mlops_assets.ml.spec import DatasetSpec
+from resources.storage import BlobInfo, Storage
+
+SEQ = "_seq"
+RowRules = Callable[[pa.Table, DatasetSpec], list[tuple[str, str, np.ndarray]]]
+
+
+def landing_prefix(spec: DatasetSpec) -> str:
+    return f"landing/{spec.name}/"
+
+
+def _safe(name: str) -> str:
+    return quote(name, safe="")
+
+
+# ---- rows ---------------------------------------------------------------------------------
+
+
+def series_codes(table: pa.Table, keys: list[str]) -> np.ndarray:
+    """An int64 per row that orders rows like sorting by the key columns; equal keys, equal code."""
+    code = np.zeros(table.num_rows, dtype=np.int64)
+    for k in keys:
+        enc = pc.dictionary_encode(table[k]).combine_chunks()
+        dictionary = enc.dictionary.to_numpy(zero_copy_only=False)
+        ranks = np.empty(len(dictionary), dtype=np.int64)
+        ranks[np.argsort(dictionary, kind="stable")] = np.arange(len(dictionary))
+        code = code * len(dictionary) + ranks[enc.indices.to_numpy(zero_copy_only=False)]
+    return code
+
+
+def shard_of(table: pa.Table, keys: list[str], n_shards: int) -> np.ndarray:
+    """A stable shard per row: crc32 of each key value, combined; same key, same shard, forever."""
+    h = np.zeros(table.num_rows, dtype=np.uint64)
+    for k in keys:
+        enc = pc.dictionary_encode(table[k]).combine_chunks()
+        crc = np.array(
+            [zlib.crc32(str(v).encode()) for v in enc.dictionary.to_pylist()], dtype=np.uint64
+        )
+        h = (h * np.uint64(1_000_003) + crc[enc.indices.to_numpy(zero_copy_only=False)]) % (
+            np.uint64(1) << np.uint64(32)
+        )
+    return (h % np.uint64(n_shards)).astype(np.int64)
+
+
+def _time_ints(col: pa.ChunkedArray) -> np.ndarray:
+    return pc.cast(col, pa.int64() if pa.types.is_timestamp(col.type) else pa.int32()).to_numpy(
+        zero_copy_only=False
+    ).astype(np.int64)
+
+
+def sort_and_dedupe(table: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, int]:
+    """Sort by (key, time); of rows with equal (key, time), keep the last one in table order.
+
+    Returns the table and how many rows were replaced by a later one.
+    """
+    if table.num_rows == 0:
+        return table, 0
+    code = series_codes(table, spec.series_keys)
+    t = _time_ints(table[spec.time])
+    order = np.lexsort((np.arange(table.num_rows), t, code))
+    code, t = code[order], t[order]
+    last_of_run = np.ones(len(order), dtype=bool)
+    last_of_run[:-1] = (code[1:] != code[:-1]) | (t[1:] != t[:-1])
+    keep = order[last_of_run]
+    return table.take(pa.array(keep)), int(len(order) - len(keep))
+
+
+def duplicate_key_rows(table: pa.Table, spec: DatasetSpec) -> list[tuple[str, str, np.ndarray]]:
+    """Rows of one drop that share (key, time) with another row of the same drop.
+
+    Inside one drop there is no 'later' row to prefer, so every copy is quarantined.
+    """
+    if table.num_rows < 2:
+        return []
+    code = series_codes(table, spec.series_keys)
+    t = _time_ints(table[spec.time])
+    order = np.lexsort((t, code))
+    cs, ts = code[order], t[order]
+    same_next = np.zeros(len(order), dtype=bool)
+    same_next[:-1] = (cs[1:] == cs[:-1]) & (ts[1:] == ts[:-1])
+    dup_sorted = same_next.copy()
+    dup_sorted[1:] |= same_next[:-1]
+    if not dup_sorted.any():
+        return []
+    mask = np.zeros(len(order), dtype=bool)
+    mask[order] = dup_sorted
+    return [("unique.key_time", spec.time, mask)]
+
+
+# ---- the curated dataset -------------------------------------------------------------------
+
+
+@dataclass
+class MergeStats:
+    rows_added: int = 0
+    rows_replaced: int = 0
+    shards_written: int = 0
+
+
+class CuratedStore:
+    """The curated, typed Parquet dataset of one spec, sharded by series key."""
+
+    def __init__(self, storage: Storage, spec: DatasetSpec, n_shards: int = 8):
+        self.storage, self.spec = storage, spec
+        self.prefix = f"curated/{spec.name}"
+        self._n_shards = n_shards
+
+    @property
+    def n_shards(self) -> int:
+        layout = f"{self.prefix}/_layout.json"
+        if self.storage.exists(layout):
+            return int(json.loads(self.storage.read_text(layout))["shards"])
+        return self._n_shards
+
+    def _write_layout(self, n: int) -> None:
+        layout = f"{self.prefix}/_layout.json"
+        if not self.storage.exists(layout):
+            doc = {"shards": n, "sort": self.spec.key_columns, "hash": "crc32-combined"}
+            self.storage.write_text(layout, json.dumps(doc))
+
+    def shard_name(self, i: int) -> str:
+        return f"{self.prefix}/part-{i:03d}.parquet"
+
+    def shard_names(self) -> list[str]:
+        return [b.name for b in self.storage.list(f"{self.prefix}/part-")]
+
+    def read_shard(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        with self.storage.open_read(name) as f:
+            return pq.read_table(f, columns=columns)
+
+    def read(self, columns: list[str] | None = None, until=None) -> pa.Table:
+        """The whole dataset (optionally only rows with time <= ``until``)."""
+        names = self.shard_names()
+        if not names:
+            return self.spec.arrow_schema.empty_table()
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            tables = list(pool.map(lambda n: self.read_shard(n, columns), names))
+        table = pa.concat_tables(tables)
+        if until is not None:
+            col = table[self.spec.time]
+            table = table.filter(pc.less_equal(col, pa.scalar(until, col.type)))
+        return table
+
+    def _write_shard(self, name: str, table: pa.Table) -> None:
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd", row_group_size=1 << 20)
+        self.storage.write_bytes(name, buf.getvalue())
+
+    def merge(self, new: pa.Table) -> MergeStats:
+        """Upsert rows (later rows in ``new`` win over earlier ones and over curated rows)."""
+        stats = MergeStats()
+        if new.num_rows == 0:
+            return stats
+        n = self.n_shards
+        self._write_layout(n)
+        shards = shard_of(new, self.spec.series_keys, n)
+        names = set(self.shard_names())
+        schema = self.spec.arrow_schema
+
+        def one(i: int) -> tuple[int, int]:
+            part = new.filter(pa.array(shards == i)).select(list(schema.names)).cast(schema)
+            name = self.shard_name(i)
+            old = self.read_shard(name).cast(schema) if name in names else schema.empty_table()
+            merged, replaced = sort_and_dedupe(pa.concat_tables([old, part]), self.spec)
+            self._write_shard(name, merged)
+            return part.num_rows - replaced, replaced
+
+        touched = [int(i) for i in np.unique(shards)]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for added, replaced in pool.map(one, touched):
+                stats.rows_added += added
+                stats.rows_replaced += replaced
+        stats.shards_written = len(touched)
+        return stats
+
+    def summary(self) -> dict:
+        """Rows, series and time range, read from the key and time columns only."""
+        t = self.read(columns=[*self.spec.series_keys, self.spec.time])
+        if t.num_rows == 0:
+            return {"rows": 0, "series": 0, "time_min": None, "time_max": None}
+        mm = pc.min_max(t[self.spec.time]).as_py()
+        series = len(np.unique(series_codes(t, self.spec.series_keys)))
+        return {
+            "rows": t.num_rows,
+            "series": series,
+            "time_min": str(mm["min"]),
+            "time_max": str(mm["max"]),
+        }
+
+
+# ---- the ledger of drops ---------------------------------------------------------------------
+
+
+@dataclass
+class DropOutcome:
+    """What became of one version of one drop."""
+
+    drop: str
+    etag: str
+    size: int
+    status: str  # ingested | partially_ingested | quarantined
+    rows_in: int | None = None
+    rows_curated: int = 0
+    rows_quarantined: int = 0
+    rows_replaced: int = 0
+    rules: dict[str, int] = field(default_factory=dict)  # rule -> rows failing it
+    message: str | None = None
+    quarantine: str | None = None
+    time_min: str | None = None
+    time_max: str | None = None
+    ingested_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    run_id: str | None = None
+
+    @property
+    def version_key(self) -> str:
+        return f"{self.drop}@{self.etag}"
+
+
+class DropLedger:
+    def __init__(self, storage: Storage, spec: DatasetSpec):
+        self.storage, self.prefix = storage, f"ledger/{spec.name}/"
+
+    def _name(self, drop: str, etag: str) -> str:
+        return f"{self.prefix}{_safe(drop)}@{_safe(etag)}.json"
+
+    def seen(self) -> set[tuple[str, str]]:
+        """(drop, etag) of every recorded drop version: one listing, no reads."""
+        out = set()
+        for b in self.storage.list(self.prefix):
+            stem = b.name[len(self.prefix) : -len(".json")]
+            drop, _, etag = stem.rpartition("@")
+            out.add((_unquote(drop), _unquote(etag)))
+        return out
+
+    def record(self, outcome: DropOutcome) -> None:
+        self.storage.write_text(
+            self._name(outcome.drop, outcome.etag), json.dumps(asdict(outcome), indent=1)
+        )
+
+    def all(self) -> list[DropOutcome]:
+        return [
+            DropOutcome(**json.loads(self.storage.read_text(b.name)))
+            for b in self.storage.list(self.prefix)
+        ]
+
+
+def _unquote(s: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(s)
+
+
+# ---- ingestion -----------------------------------------------------------------------------
+
+
+@dataclass
+class IngestResult:
+    outcomes: list[DropOutcome]
+    merge: MergeStats
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def rows_in(self) -> int:
+        return sum(o.rows_in or 0 for o in self.outcomes)
+
+    @property
+    def rows_curated(self) -> int:
+        return sum(o.rows_curated for o in self.outcomes)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return sum(o.rows_quarantined for o in self.outcomes)
+
+
+def _basename(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
+def _quarantine_file(storage: Storage, spec: DatasetSpec, info: BlobInfo, err: DropRejected):
+    dest = f"quarantine/{spec.name}/files/{_basename(info.name)}"
+    # Reason first, then the copy, then (after the ledger entry) the delete: a crash anywhere
+    # leaves the file in landing or in quarantine, never in neither.
+    storage.write_text(dest + ".reason.json", json.dumps({**err.as_dict(), "etag": info.etag}))
+    storage.write_bytes(dest, storage.read_bytes(info.name))
+    return dest
+
+
+def _write_rejected_rows(storage: Storage, spec: DatasetSpec, info: BlobInfo, rejected: pa.Table):
+    dest = f"quarantine/{spec.name}/rows/{_safe(_basename(info.name))}@{_safe(info.etag)}.parquet"
+    buf = io.BytesIO()
+    pq.write_table(rejected, buf)
+    storage.write_bytes(dest, buf.getvalue())
+    return dest
+
+
+def _rule_counts(rejected: pa.Table) -> dict[str, int]:
+    if rejected.num_rows == 0:
+        return {}
+    vc = pc.value_counts(rejected["_rule"]).to_pylist()
+    return {d["values"]: d["counts"] for d in vc}
+
+
+def pending_drops(storage: Storage, spec: DatasetSpec) -> list[BlobInfo]:
+    """Drop versions in landing without a ledger entry, oldest first (later wins on merge)."""
+    seen = DropLedger(storage, spec).seen()
+    drops = [b for b in storage.list(landing_prefix(spec)) if (b.name, b.etag) not in seen]
+    return sorted(drops, key=lambda b: (b.last_modified, b.name))
+
+
+def ingest(
+    storage: Storage,
+    spec: DatasetSpec,
+    drops: Iterable[BlobInfo],
+    *,
+    n_shards: int = 8,
+    row_rules: Iterable[RowRules] = (duplicate_key_rows,),
+    run_id: str | None = None,
+    on_drop: Callable[[DropOutcome], None] | None = None,
+) -> IngestResult:
+    """Curate ``drops`` in order: parse, apply row rules, quarantine failures, upsert the rest."""
+    ledger = DropLedger(storage, spec)
+    store = CuratedStore(storage, spec, n_shards)
+    outcomes: list[DropOutcome] = []
+    good: list[pa.Table] = []
+    quarantined_files: list[tuple[DropOutcome, str]] = []
+    for seq, info in enumerate(drops):
+        base = DropOutcome(drop=info.name, etag=info.etag, size=info.size, status="", run_id=run_id)
+        try:
+            parsed = parse_drop(info.name, storage.read_bytes(info.name), spec)
+            parsed = _apply_rules(parsed, spec, row_rules)
+        except DropRejected as err:
+            base.status, base.message = "quarantined", err.message
+            base.rules = {err.rule: 1}
+            base.quarantine = _quarantine_file(storage, spec, info, err)
+            outcomes.append(base)
+            quarantined_files.append((base, info.name))
+            continue
+        base.rows_in = parsed.rows_in
+        base.rows_curated = parsed.good.num_rows
+        base.rows_quarantined = parsed.rows_rejected
+        base.rules = _rule_counts(parsed.rejected)
+        if parsed.rows_rejected:
+            base.quarantine = _write_rejected_rows(storage, spec, info, parsed.rejected)
+            first = parsed.rejected["_message"][0].as_py()
+            base.message = (
+                f"{info.name}: {parsed.rows_rejected} of {parsed.rows_in} rows quarantined "
+                f"({', '.join(f'{r}: {c}' for r, c in base.rules.items())}); first: {first}"
+            )
+        base.status = "ingested" if parsed.good.num_rows == parsed.rows_in else (
+            "partially_ingested" if parsed.good.num_rows else "quarantined"
+        )
+        if parsed.good.num_rows:
+            mm = pc.min_max(parsed.good[spec.time]).as_py()
+            base.time_min, base.time_max = str(mm["min"]), str(mm["max"])
+            good.append(parsed.good.drop_columns([ROW]))
+        outcomes.append(base)
+
+    merge = store.merge(pa.concat_tables(good)) if good else MergeStats()
+    for o in outcomes:
+        ledger.record(o)
+        if on_drop:
+            on_drop(o)
+    for _, name in quarantined_files:
+        storage.delete(name)
+    return IngestResult(outcomes=outcomes, merge=merge)
+
+
+def _apply_rules(parsed: ParsedDrop, spec: DatasetSpec, rules: Iterable[RowRules]) -> ParsedDrop:
+    failures = [f for rule in rules for f in rule(parsed.good, spec)]
+    if not failures:
+        return parsed
+    more = split_failures(parsed.good, None, failures, spec, rows_in=parsed.good.num_rows)
+    return ParsedDrop(
+        rows_in=parsed.rows_in,
+        good=more.good,
+        rejected=pa.concat_tables([parsed.rejected, more.rejected]),
+    )

@@ -1,0 +1,234 @@
+"""Read one landed drop file into a typed Arrow table, or say exactly why it cannot be read.
+
+File-level problems (unreadable, empty, wrong delimiter or encoding, missing or extra columns)
+raise ``DropRejected``; the whole file goes to quarantine. Row-level problems (a value that does
+not parse as its column's type, a null key) come back as rejected rows with the rule, column,
+value and source row number, so nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from mlops_assets.ml.spec import ColumnType, DatasetSpec
+
+ROW = "_row"  # 1-based line number in a CSV (header is line 1), 0-based row index in Parquet
+REJECT_COLUMNS = ("_rule", "_column", "_value", "_message")
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+class DropRejected(Exception):
+    """The whole file cannot be curated; ``rule`` names the file-level rule that failed."""
+
+    def __init__(self, name: str, rule: str, message: str, column: str | None = None):
+        self.name, self.rule, self.column = name, rule, column
+        super().__init__(f"{name}: {message} [rule: {rule}]")
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+    def as_dict(self) -> dict:
+        return {"file": self.name, "rule": self.rule, "column": self.column, "message": str(self)}
+
+
+@dataclass
+class ParsedDrop:
+    rows_in: int
+    good: pa.Table  # typed to the spec's schema, plus ROW
+    rejected: pa.Table  # source columns as strings, plus ROW and REJECT_COLUMNS
+
+    @property
+    def rows_rejected(self) -> int:
+        return self.rejected.num_rows
+
+
+def drop_format(name: str) -> str | None:
+    for ext, fmt in FORMATS.items():
+        if name.lower().endswith(ext):
+            return fmt
+    return None
+
+
+def _read_csv(name: str, data: bytes) -> tuple[pa.Table, int]:
+    if not data.strip():
+        raise DropRejected(name, "file.not_empty", "the file is empty (0 bytes of data)")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data[:4096]:
+        raise DropRejected(
+            name, "file.encoding", "the file is not UTF-8 (it looks like UTF-16); re-export as UTF-8"
+        )
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DropRejected(
+            name, "file.encoding", f"the file is not UTF-8 (byte {e.start} is invalid); "
+            "re-export as UTF-8",
+        ) from None
+    header = data.split(b"\n", 1)[0].decode("utf-8").lstrip("\ufeff")
+    names = [h.strip() for h in header.rstrip("\r").split(",")]
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(use_threads=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in names},
+                strings_can_be_null=True,
+                null_values=[""],
+            ),
+        )
+    except pa.ArrowInvalid as e:
+        raise DropRejected(name, "file.readable", f"not a readable CSV file: {e}") from None
+    return table, 2  # data rows start on line 2
+
+
+def _read_parquet(name: str, data: bytes) -> tuple[pa.Table, int]:
+    try:
+        return pq.read_table(io.BytesIO(data)), 0
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DropRejected(
+            name, "file.readable", f"not a readable Parquet file (truncated or corrupt?): {e}"
+        ) from None
+
+
+def _check_columns(name: str, table: pa.Table, spec: DatasetSpec) -> None:
+    have, want = table.column_names, list(spec.columns)
+    missing = [c for c in want if c not in have]
+    extra = [c for c in have if c not in spec.columns]
+    if missing and len(have) == 1 and any(d in have[0] for d in ";\t|"):
+        delim = next(d for d in ";\t|" if d in have[0])
+        raise DropRejected(
+            name, "file.delimiter",
+            f"the header is one column {have[0][:60]!r}: the file looks {delim!r}-delimited; "
+            "drops must be comma-separated",
+        )
+    if missing:
+        raise DropRejected(
+            name, "schema.missing_column",
+            f"missing column(s) {missing}; expected exactly {want}", column=missing[0],
+        )
+    if extra:
+        raise DropRejected(
+            name, "schema.extra_column",
+            f"unexpected column(s) {extra}; expected exactly {want} (add them to the spec "
+            "to accept them)", column=extra[0],
+        )
+
+
+def _as_strings(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    return col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
+
+
+def _coerce(col: pa.ChunkedArray, ctype: ColumnType) -> tuple[pa.Array, np.ndarray]:
+    """Cast ``col`` to ``ctype``; return the values and a mask of values that did not parse."""
+    target = ctype.arrow
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    try:
+        out = pc.cast(col, target)
+        return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out, np.zeros(
+            len(col), dtype=bool
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    s = pd.Series(_as_strings(col).to_numpy(zero_copy_only=False), dtype=object)
+    s = s.str.strip()
+    if ctype in (ColumnType.float, ColumnType.int):
+        parsed = pd.to_numeric(s, errors="coerce")
+        if ctype is ColumnType.int:
+            bad_int = parsed.notna() & (parsed != np.round(parsed))
+            parsed = parsed.where(~bad_int)
+    elif ctype in (ColumnType.date, ColumnType.timestamp):
+        parsed = pd.to_datetime(s, errors="coerce", format="ISO8601")
+        if ctype is ColumnType.date:
+            parsed = parsed.dt.date
+    elif ctype is ColumnType.bool:
+        parsed = s.str.lower().map({"true": True, "false": False, "1": True, "0": False})
+    else:
+        parsed = s
+    bad = (parsed.isna() & s.notna()).to_numpy()
+    values = pa.array(parsed.where(~bad, None), type=target, from_pandas=True)
+    return values, bad
+
+
+def parse_drop(name: str, data: bytes, spec: DatasetSpec) -> ParsedDrop:
+    """Type a drop's rows to the spec; rows that don't type are returned as rejected."""
+    fmt = drop_format(name)
+    if fmt is None:
+        raise DropRejected(
+            name, "file.format", f"unknown file type; drops must end in {sorted(FORMATS)}"
+        )
+    raw, first_row = (_read_csv if fmt == "csv" else _read_parquet)(name, data)
+    _check_columns(name, raw, spec)
+    if raw.num_rows == 0:
+        raise DropRejected(name, "file.has_rows", "the file has a header but no rows")
+
+    n = raw.num_rows
+    rows = pa.array(np.arange(first_row, first_row + n, dtype=np.int64))
+    failures: list[tuple[str, str, np.ndarray]] = []
+    typed = {}
+    for cname, col in spec.columns.items():
+        values, bad = _coerce(raw[cname], col.type)
+        typed[cname] = values
+        if bad.any():
+            failures.append((f"type.{col.type.value}", cname, bad))
+        if not col.nullable:
+            null = values.is_null().to_numpy(zero_copy_only=False) & ~bad
+            if null.any():
+                failures.append(("not_null", cname, null))
+    good = pa.table({**typed, ROW: rows}, schema=spec.arrow_schema.append(pa.field(ROW, pa.int64())))
+    return split_failures(good, raw, failures, spec)
+
+
+def split_failures(
+    typed: pa.Table,
+    raw: pa.Table | None,
+    failures: list[tuple[str, str, np.ndarray]],
+    spec: DatasetSpec,
+    rows_in: int | None = None,
+) -> ParsedDrop:
+    """Split rows by failure masks (first failing rule wins) into good and rejected tables.
+
+    ``raw`` supplies the original text of rejected rows; without it the typed values are used.
+    """
+    n = typed.num_rows
+    rule = np.full(n, None, dtype=object)
+    column = np.full(n, None, dtype=object)
+    for r, c, mask in failures:
+        fresh = mask & (rule == None)  # noqa: E711 - elementwise on an object array
+        rule[fresh], column[fresh] = r, c
+    rejected_mask = rule != None  # noqa: E711
+    good = typed.filter(pa.array(~rejected_mask)) if rejected_mask.any() else typed
+    source = raw if raw is not None else typed
+    idx = np.flatnonzero(rejected_mask)
+    rejected_cols = {c: _as_strings(source[c]).take(idx) for c in spec.columns}
+    rejected_cols[ROW] = typed[ROW].take(idx)
+    values = [
+        rejected_cols[c][i].as_py() if c in rejected_cols else None
+        for i, c in enumerate(column[idx])
+    ]
+    row_numbers = rejected_cols[ROW].to_pylist()
+    rejected_cols["_rule"] = pa.array(rule[idx].tolist(), type=pa.string())
+    rejected_cols["_column"] = pa.array(column[idx].tolist(), type=pa.string())
+    rejected_cols["_value"] = pa.array(values, type=pa.string())
+    rejected_cols["_message"] = pa.array(
+        [
+            f"row {rn}, column {c!r}: value {v!r} fails rule {r}"
+            for rn, c, v, r in zip(row_numbers, column[idx], values, rule[idx], strict=True)
+        ],
+        type=pa.string(),
+    )
+    return ParsedDrop(
+        rows_in=rows_in if rows_in is not None else n,
+        good=good,
+        rejected=pa.table(rejected_cols),
+    )

@@ -1,0 +1,176 @@
+"""Dataset specs: which columns are keys, time, target and features, and how to model them.
+
+A spec is plain data (YAML validated with pydantic). Every stage reads it: ingestion types and
+lays out the data with it, validation derives its expectations from it, training builds features
+and models from it. Nothing here imports Dagster or Azure.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
+
+
+class ColumnType(str, Enum):
+    string = "string"
+    float = "float"
+    int = "int"
+    bool = "bool"
+    date = "date"
+    timestamp = "timestamp"
+
+    @property
+    def arrow(self) -> pa.DataType:
+        return {
+            "string": pa.string(),
+            "float": pa.float64(),
+            "int": pa.int64(),
+            "bool": pa.bool_(),
+            "date": pa.date32(),
+            "timestamp": pa.timestamp("us"),
+        }[self.value]
+
+
+class Column(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: ColumnType
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    allowed: list[str] | None = Field(
+        default=None, description="Allowed values; anything else is an unknown category."
+    )
+
+
+class FeatureSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lags: list[int] = Field(default_factory=list, description="Target lags, in periods.")
+    rolling: list[int] = Field(
+        default_factory=list, description="Windows of rolling target means, in periods."
+    )
+    calendar: list[Literal["week_of_year", "month", "day_of_week", "fourier_year"]] = Field(
+        default_factory=list
+    )
+    exogenous: list[str] = Field(
+        default_factory=list, description="Columns used as they are (price, promotion...)."
+    )
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    family: Literal["ridge", "hist_gradient_boosting", "linear", "random_forest"] = "ridge"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class DriftBands(BaseModel):
+    """How far a drop's statistics may move from the reference window, in reference sigmas."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    warn_sigmas: float = 3.0
+    error_sigmas: float = 6.0
+    reference_periods: int = 52
+
+
+class ValidationSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_rows_per_drop: int = 1
+    max_rows_per_drop: int | None = None
+    max_age_days: int | None = Field(
+        default=None, description="Freshness: the newest timestamp may be at most this old."
+    )
+    earliest: str | None = Field(
+        default=None, description="Timestamps before this date are rejected as implausible."
+    )
+    drift: DriftBands = Field(default_factory=DriftBands)
+
+
+class DatasetSpec(BaseModel):
+    """What a dataset looks like and how its many models are trained."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str = ""
+    series_keys: list[str] = Field(min_length=1)
+    time: str
+    target: str
+    columns: dict[str, Column]
+    frequency: str = Field(description="pandas offset alias of the series, e.g. W-MON or D.")
+    horizon: int = Field(ge=1, description="Periods ahead the models forecast.")
+    holdout: int = Field(ge=1, description="Trailing periods held out to evaluate each model.")
+    min_history: int = Field(ge=1, description="Fewer training periods than this: skip series.")
+    features: FeatureSpec = Field(default_factory=FeatureSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
+
+    @field_validator("columns")
+    @classmethod
+    def _columns_not_empty(cls, v: dict[str, Column]) -> dict[str, Column]:
+        if not v:
+            raise ValueError("a spec needs at least one column")
+        return v
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> DatasetSpec:
+        named = {
+            "series_keys": self.series_keys,
+            "time": [self.time],
+            "target": [self.target],
+            "features.exogenous": self.features.exogenous,
+        }
+        for field, cols in named.items():
+            missing = [c for c in cols if c not in self.columns]
+            if missing:
+                raise ValueError(f"{field} names columns not in `columns`: {missing}")
+        if self.columns[self.time].type not in (ColumnType.date, ColumnType.timestamp):
+            raise ValueError(f"time column {self.time!r} must be of type date or timestamp")
+        if self.columns[self.target].type not in (ColumnType.float, ColumnType.int):
+            raise ValueError(f"target column {self.target!r} must be numeric")
+        return self
+
+    @property
+    def key_columns(self) -> list[str]:
+        """Series keys followed by time: what makes a row unique."""
+        return [*self.series_keys, self.time]
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema(
+            [pa.field(n, c.type.arrow, nullable=c.nullable) for n, c in self.columns.items()]
+        )
+
+    def series_id(self, values: tuple | list) -> str:
+        """A readable series name, e.g. ``store=S0001/product=P001``."""
+        return "/".join(f"{k}={v}" for k, v in zip(self.series_keys, values, strict=True))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> DatasetSpec:
+        with open(path, encoding="utf-8") as f:
+            return cls.model_validate(yaml.safe_load(f))
+
+
+def load_spec(name_or_path: str) -> DatasetSpec:
+    """Load a bundled spec by name (``sales``, ``diabetes``) or any spec YAML by path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = SPECS_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        bundled = sorted(p.stem for p in SPECS_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"no dataset spec at {path}; bundled specs: {bundled}")
+    return DatasetSpec.from_yaml(path)
+
+
+def bundled_specs() -> list[DatasetSpec]:
+    return [DatasetSpec.from_yaml(p) for p in sorted(SPECS_DIR.glob("*.yaml"))]

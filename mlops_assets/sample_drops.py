@@ -1,0 +1,80 @@
+"""Land sample data as drops in a storage's landing area (for the demo, tests and benchmarks)."""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from mlops_assets.curation import landing_prefix
+from mlops_assets.ml.sample_data import (
+    SalesShape,
+    diabetes_table,
+    iter_sales,
+    make_bad_drop,
+    split_by_time,
+    to_bytes,
+)
+from mlops_assets.ml.spec import DatasetSpec
+from resources.storage import BlobInfo, Storage
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    return table.cast(
+        pa.schema(
+            [
+                pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
+                for f in table.schema
+            ]
+        )
+    )
+
+
+def land_sales(
+    storage: Storage,
+    spec: DatasetSpec,
+    shape: SalesShape,
+    n_drops: int = 1,
+    fmt: str = "parquet",
+    progress: bool = False,
+) -> list[BlobInfo]:
+    """Write the sales data as a history drop plus one drop per later week, streamed by chunk."""
+    weeks = shape.weeks
+    cut_names = [str(w.date()) for w in weeks[len(weeks) - n_drops + 1 :]] if n_drops > 1 else []
+    names = [f"history_until_{weeks[len(weeks) - n_drops].date()}"] + [f"week_{d}" for d in cut_names]
+    bufs = [io.BytesIO() for _ in names]
+    writers: list = [None] * len(names)
+    for chunk in iter_sales(shape, progress=progress):
+        chunk = _plain(chunk)
+        for i, part in enumerate(split_by_time(chunk, spec.time, n_drops)):
+            if writers[i] is None:
+                writers[i] = (
+                    pq.ParquetWriter(bufs[i], part.schema, compression="zstd")
+                    if fmt == "parquet"
+                    else pacsv.CSVWriter(bufs[i], part.schema)
+                )
+            writers[i].write_table(part)
+    for w in writers:
+        w.close()
+    return [
+        storage.write_bytes(f"{landing_prefix(spec)}{name}.{fmt}", buf.getvalue())
+        for name, buf in zip(names, bufs, strict=True)
+    ]
+
+
+def land_diabetes(
+    storage: Storage, spec: DatasetSpec, n_drops: int = 1, fmt: str = "parquet"
+) -> list[BlobInfo]:
+    table = diabetes_table()
+    return [
+        storage.write_bytes(f"{landing_prefix(spec)}visits_{i:03d}.{fmt}", to_bytes(part, fmt))
+        for i, part in enumerate(split_by_time(table, spec.time, n_drops))
+    ]
+
+
+def land_bad(storage: Storage, spec: DatasetSpec, good: pa.Table, kind: str) -> BlobInfo:
+    """A drop of named kind of bad data, made from ``good`` rows (see ``BAD_KINDS``)."""
+    data, ext = make_bad_drop(_plain(good).to_pandas(), spec.target, spec.time, kind)
+    return storage.write_bytes(f"{landing_prefix(spec)}bad_{kind}.{ext}", data)
