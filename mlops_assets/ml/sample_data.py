@@ -22,6 +22,9 @@ DEFAULT_END = "2026-11-16"  # a Monday: the newest week of generated sales
 _WEEKS_PER_YEAR = 365.25 / 7
 
 
+BLOCK = 250  # series drawn together; part of the data's definition, so never change it
+
+
 @dataclass(frozen=True)
 class SalesShape:
     n_series: int
@@ -46,8 +49,10 @@ def series_names(n_series: int, n_products: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _sales_chunk(shape: SalesShape, first: int, count: int) -> pa.Table:
-    # One generator per chunk, seeded by (seed, first series): output does not depend on the
-    # chunk size's effect on call order, so any chunking gives the same data.
+    """Series ``first`` to ``first + count``; always drawn as a whole block, then cut."""
+    keep, count = count, BLOCK
+    # One generator per fixed block of series, seeded by (seed, first series of the block): a
+    # series' data depends only on the seed and its index, however many series are generated.
     rng = np.random.default_rng([shape.seed, first])
     t = np.arange(shape.n_periods, dtype=np.float64)
     level = rng.lognormal(mean=3.0, sigma=0.6, size=(count, 1))
@@ -67,6 +72,7 @@ def _sales_chunk(shape: SalesShape, first: int, count: int) -> pa.Table:
     growth = np.maximum(0.2, 1 + trend * (t - t[-1]))
     mean = level * growth * season * (price / base_price) ** elasticity * np.where(promo, lift, 1)
     sales = np.round(mean * np.exp(rng.normal(0, 1, size=mean.shape) * noise_sd), 2)
+    count, sales, price, promo = keep, sales[:keep], price[:keep], promo[:keep]
 
     stores, products = series_names(shape.n_series, shape.n_products)
     idx = np.arange(first, first + count)
@@ -83,17 +89,15 @@ def _sales_chunk(shape: SalesShape, first: int, count: int) -> pa.Table:
     )
 
 
-def iter_sales(
-    shape: SalesShape, chunk_series: int = 250, progress: bool = False
-) -> Iterator[pa.Table]:
-    """Yield the dataset in chunks of whole series (ordered by series, then week)."""
-    starts = range(0, shape.n_series, chunk_series)
+def iter_sales(shape: SalesShape, progress: bool = False) -> Iterator[pa.Table]:
+    """Yield the dataset in blocks of whole series (ordered by series, then week)."""
+    starts = range(0, shape.n_series, BLOCK)
     if progress:
         from tqdm import tqdm
 
         starts = tqdm(starts, desc="generating series", unit="chunk", total=len(starts))
     for first in starts:
-        yield _sales_chunk(shape, first, min(chunk_series, shape.n_series - first))
+        yield _sales_chunk(shape, first, min(BLOCK, shape.n_series - first))
 
 
 def sales_table(shape: SalesShape) -> pa.Table:

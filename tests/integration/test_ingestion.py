@@ -1,0 +1,164 @@
+"""Ingestion of landed drops into the curated dataset, on a local folder and on Azurite."""
+
+import json
+
+import dagster as dg
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from mlops_assets.curation import CuratedStore, DropLedger, ingest, pending_drops
+from mlops_assets.ingestion import build_ingestion_asset
+from mlops_assets.ml.sample_data import SalesShape, sales_table, to_bytes
+from mlops_assets.ml.spec import load_spec
+from mlops_assets.sample_drops import land_bad, land_sales
+from resources.storage import LocalStorage
+
+pytestmark = pytest.mark.integration
+
+SALES = load_spec("sales")
+PARTITION = "2026-11-17"
+
+
+@pytest.fixture(params=["local", pytest.param("azurite", marks=pytest.mark.azurite)])
+def storage(request, tmp_path):
+    if request.param == "local":
+        return LocalStorage(root=str(tmp_path / "storage"))
+    return request.getfixturevalue("blob_storage")
+
+
+def materialize(storage):
+    result = dg.materialize(
+        [build_ingestion_asset(SALES)],
+        resources={"storage": storage},
+        partition_key=PARTITION,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    mats = result.asset_materializations_for_node("sales__curated")
+    return {k: v.value for k, v in mats[0].metadata.items()}
+
+
+def curated_rows(storage):
+    return CuratedStore(storage, SALES).read()
+
+
+def test_drops_become_one_typed_sorted_dataset(storage):
+    land_sales(storage, SALES, SalesShape(12, 40), n_drops=3)
+    meta = materialize(storage)
+
+    assert meta["drops_consumed"] == 3
+    assert meta["dagster/row_count"] == meta["rows_curated"] == 12 * 40
+    assert meta["series"] == 12
+    assert (meta["time_min"], meta["time_max"]) == ("2026-02-16", "2026-11-16")
+    table = curated_rows(storage)
+    assert table.schema.equals(SALES.arrow_schema)
+    # Each shard holds whole series, sorted by key then time, with no repeated (key, time).
+    store = CuratedStore(storage, SALES)
+    seen = set()
+    for name in store.shard_names():
+        shard = store.read_shard(name).to_pandas()
+        keys = list(zip(shard.store, shard["product"], shard.week, strict=True))
+        assert keys == sorted(keys)
+        assert len(set(keys)) == len(keys)
+        series = set(zip(shard.store, shard["product"], strict=True))
+        assert not series & seen, "a series must live in exactly one shard"
+        seen |= series
+    assert len(seen) == 12
+
+
+def test_reingesting_a_drop_never_duplicates_rows_and_later_drop_wins(storage):
+    land_sales(storage, SALES, SalesShape(5, 20), n_drops=2)
+    materialize(storage)
+    before = curated_rows(storage)
+
+    # The same last week again, corrected: a new drop version with new values.
+    week = pc.max(before["week"])
+    table = curated_rows(storage).filter(pc.equal(before["week"], week))
+    corrected = table.set_column(3, "sales", pc.add(table["sales"], 1000.0))
+    storage.write_bytes("landing/sales/week_2026-11-16.parquet", to_bytes(corrected, "parquet"))
+    meta = materialize(storage)
+
+    after = curated_rows(storage)
+    assert after.num_rows == before.num_rows
+    assert meta["drops_consumed"] == 1 and meta["rows_replaced"] == 5
+    latest = after.filter(pc.equal(after["week"], week))
+    assert pc.min(latest["sales"]).as_py() >= 1000.0
+
+    # Nothing new landed: the next run consumes nothing and changes nothing.
+    meta = materialize(storage)
+    assert meta["drops_consumed"] == 0
+    assert curated_rows(storage).equals(after)
+
+
+def test_bad_files_are_quarantined_with_a_reason_and_good_drops_still_ingested(storage):
+    land_sales(storage, SALES, SalesShape(6, 30), n_drops=1)
+    good = sales_table(SalesShape(6, 30)).slice(0, 20)
+    for kind in ("truncated_parquet", "missing_column", "other_delimiter", "empty_file"):
+        land_bad(storage, SALES, good, kind)
+    meta = materialize(storage)
+
+    assert meta["rows_curated"] == 6 * 30
+    assert meta["drops_quarantined"] == 4
+    files = {b.name for b in storage.list("quarantine/sales/files/")}
+    for name in (
+        "bad_truncated_parquet.parquet",
+        "bad_missing_column.csv",
+        "bad_other_delimiter.csv",
+        "bad_empty_file.csv",
+    ):
+        assert f"quarantine/sales/files/{name}" in files
+        reason = json.loads(storage.read_text(f"quarantine/sales/files/{name}.reason.json"))
+        assert reason["file"] == f"landing/sales/{name}"
+        assert reason["rule"].startswith(("file.", "schema."))
+    # Moved, not copied: landing holds only the good drop; nothing was deleted outright.
+    assert [b.name for b in storage.list("landing/sales/")] == [
+        "landing/sales/history_until_2026-11-16.parquet"
+    ]
+    missing = json.loads(
+        storage.read_text("quarantine/sales/files/bad_missing_column.csv.reason.json")
+    )
+    assert missing["column"] == "promo" and "missing column(s) ['promo']" in missing["message"]
+
+
+def test_rows_in_equal_rows_curated_plus_rows_quarantined(storage):
+    good = sales_table(SalesShape(4, 10))
+    land_bad(storage, SALES, good, "wrong_types")
+    land_bad(storage, SALES, good, "duplicate_key_time")
+    materialize(storage)
+
+    outcomes = {o.drop.rsplit("/", 1)[-1]: o for o in DropLedger(storage, SALES).all()}
+    for o in outcomes.values():
+        assert o.rows_in == o.rows_curated + o.rows_quarantined
+        assert o.status == "partially_ingested"
+    wrong = outcomes["bad_wrong_types.csv"]
+    assert wrong.rules == {"type.float": 3}
+    rows = pq.read_table(storage.open_read(wrong.quarantine)).to_pylist()
+    assert [(r["_row"], r["_column"], r["_value"], r["_rule"]) for r in rows] == [
+        (2, "sales", "n/a", "type.float"),
+        (3, "sales", "n/a", "type.float"),
+        (4, "sales", "n/a", "type.float"),
+    ]
+    assert "row 2, column 'sales'" in rows[0]["_message"]
+    dup = outcomes["bad_duplicate_key_time.csv"]
+    assert dup.rows_in == 43 and dup.rows_quarantined == 6
+
+
+def test_a_crash_before_the_ledger_is_written_is_completed_by_a_rerun(tmp_path):
+    storage = LocalStorage(root=str(tmp_path))
+    land_sales(storage, SALES, SalesShape(3, 15), n_drops=2)
+    drops = pending_drops(storage, SALES)
+
+    class Crash(Exception):
+        pass
+
+    def crash(_outcome):
+        raise Crash
+
+    with pytest.raises(Crash):
+        ingest(storage, SALES, drops, on_drop=crash)
+    # The shards were written but the first ledger entry only: a rerun finishes the work.
+    assert len(pending_drops(storage, SALES)) == 1
+    ingest(storage, SALES, pending_drops(storage, SALES))
+    assert pending_drops(storage, SALES) == []
+    assert curated_rows(storage).num_rows == 3 * 15
