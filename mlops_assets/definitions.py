@@ -8,6 +8,7 @@ from mlops_assets.ingestion import build_ingestion_asset
 from mlops_assets.ml.spec import DatasetSpec, bundled_specs
 from mlops_assets.partitions import as_of_days
 from mlops_assets.profiles import current_profile, project_home, resources_for
+from mlops_assets.training import build_training_asset
 
 
 def daily_job_name(spec: DatasetSpec) -> str:
@@ -16,7 +17,7 @@ def daily_job_name(spec: DatasetSpec) -> str:
 
 def dataset_definitions(spec: DatasetSpec) -> dg.Definitions:
     """The lifecycle of one dataset: its assets, checks and jobs."""
-    assets = [build_ingestion_asset(spec)]
+    assets = [build_ingestion_asset(spec), build_training_asset(spec)]
     daily = dg.define_asset_job(
         daily_job_name(spec),
         selection=dg.AssetSelection.key_prefixes([spec.name]),

@@ -5,6 +5,7 @@ import dagster as dg
 from mlops_assets.curation import CuratedStore, DropOutcome, ingest, landing_prefix, pending_drops
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.partitions import as_of_days
+from mlops_assets.validation import as_of_date, check_results, check_specs, make_gate
 from resources.storage import Storage
 
 _OUTCOME_SCHEMA = dg.TableSchema(
@@ -48,11 +49,14 @@ def build_ingestion_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         partitions_def=as_of_days,
         kinds={"parquet", "pyarrow", "azure"},
         owners=["team:data-platform"],
+        check_specs=check_specs(spec),
         tags={"stage": "ingestion", "dataset": spec.name},
         description=(
             f"Curated, typed {spec.name} rows: every new drop in landing/{spec.name}/ is parsed "
             "against the dataset spec and upserted on (series key, time); unreadable files and "
-            "failing rows go to quarantine with the reason."
+            "failing rows go to quarantine with the reason. Each new drop is validated once, as it is "
+            "ingested; blocking checks (schema, keys, values, freshness, distribution, row "
+            "accounting) stop the run's downstream assets on an ERROR."
         ),
     )
     def curated(
@@ -65,8 +69,10 @@ def build_ingestion_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             level = context.log.warning if o.status != "ingested" else context.log.info
             level(f"{o.status}: {o.drop} ({o.rows_curated} rows curated) {o.message or ''}")
 
+        as_of = as_of_date(context.partition_key if context.has_partition_key else None)
         result = ingest(
-            storage, spec, drops, n_shards=config.n_shards, run_id=context.run_id, on_drop=progress
+            storage, spec, drops, n_shards=config.n_shards, run_id=context.run_id,
+            on_drop=progress, gate=make_gate(storage, spec, as_of) if drops else None,
         )
         store = CuratedStore(storage, spec)
         summary = store.summary()
@@ -85,7 +91,9 @@ def build_ingestion_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 "rows_replaced": result.merge.rows_replaced,
                 "drops": outcome_table(result.outcomes),
                 "curated_uri": dg.MetadataValue.url(storage.uri(store.prefix + "/_layout.json")),
-            }
+                "as_of": str(as_of),
+            },
+            check_results=check_results(spec, result, as_of),
         )
 
     return curated

@@ -13,6 +13,12 @@ from pathlib import Path
 import dagster as dg
 
 from resources.storage import AzureBlobStorage, LocalStorage, Storage
+from resources.training import (
+    LocalTrainingEngine,
+    SparkTrainingEngine,
+    TrainingEngine,
+    local_spark,
+)
 
 PROFILES = ("local", "dev", "prod")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -39,9 +45,21 @@ def storage_for(profile: str, home: Path) -> Storage:
     )
 
 
+def training_engine(name: str) -> TrainingEngine:
+    """``MLOPS_TRAINING_ENGINE``: ``local`` (process pool, default) or ``spark``."""
+    if name == "local":
+        return LocalTrainingEngine()
+    if name == "spark":
+        return SparkTrainingEngine(pyspark=local_spark())
+    raise ValueError(f"MLOPS_TRAINING_ENGINE={name!r} is not one of ('local', 'spark')")
+
+
 def resources_for(profile: str, home: Path) -> dict[str, dg.ConfigurableResource]:
     """Every resource the code location needs, for one profile."""
-    return {"storage": storage_for(profile, home)}
+    return {
+        "storage": storage_for(profile, home),
+        "training": training_engine(os.environ.get("MLOPS_TRAINING_ENGINE", "local")),
+    }
 
 
 def ensure_dagster_home(home: Path) -> Path:

@@ -18,18 +18,8 @@ from mlops_assets.ml.sample_data import (
     to_bytes,
 )
 from mlops_assets.ml.spec import DatasetSpec
+from mlops_assets.ml.tables import decode_dictionaries
 from resources.storage import BlobInfo, Storage
-
-
-def _plain(table: pa.Table) -> pa.Table:
-    return table.cast(
-        pa.schema(
-            [
-                pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
-                for f in table.schema
-            ]
-        )
-    )
 
 
 def land_sales(
@@ -43,11 +33,13 @@ def land_sales(
     """Write the sales data as a history drop plus one drop per later week, streamed by chunk."""
     weeks = shape.weeks
     cut_names = [str(w.date()) for w in weeks[len(weeks) - n_drops + 1 :]] if n_drops > 1 else []
-    names = [f"history_until_{weeks[len(weeks) - n_drops].date()}"] + [f"week_{d}" for d in cut_names]
+    names = [f"history_until_{weeks[len(weeks) - n_drops].date()}"] + [
+        f"week_{d}" for d in cut_names
+    ]
     bufs = [io.BytesIO() for _ in names]
     writers: list = [None] * len(names)
     for chunk in iter_sales(shape, progress=progress):
-        chunk = _plain(chunk)
+        chunk = decode_dictionaries(chunk)
         for i, part in enumerate(split_by_time(chunk, spec.time, n_drops)):
             if writers[i] is None:
                 writers[i] = (
@@ -76,5 +68,5 @@ def land_diabetes(
 
 def land_bad(storage: Storage, spec: DatasetSpec, good: pa.Table, kind: str) -> BlobInfo:
     """A drop of named kind of bad data, made from ``good`` rows (see ``BAD_KINDS``)."""
-    data, ext = make_bad_drop(_plain(good).to_pandas(), spec.target, spec.time, kind)
+    data, ext = make_bad_drop(decode_dictionaries(good).to_pandas(), spec.target, spec.time, kind)
     return storage.write_bytes(f"{landing_prefix(spec)}bad_{kind}.{ext}", data)

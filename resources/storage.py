@@ -92,6 +92,10 @@ class Storage(dg.ConfigurableResource, ABC):
         """A seekable binary file for readers such as pyarrow."""
         return io.BytesIO(self.read_bytes(name))
 
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset``: one model out of a pack, without the rest."""
+        return self.read_bytes(name)[offset : offset + length]
+
     def move(self, src: str, dst: str) -> BlobInfo:
         """Copy then delete: a crash in between leaves both copies, never neither."""
         if _check_name(src) == _check_name(dst):
@@ -192,6 +196,11 @@ class LocalStorage(Storage):
             return open(path, "rb")
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.uri(name)} does not exist") from None
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        with self.open_read(name) as f:
+            f.seek(offset)
+            return f.read(length)
 
     def write_bytes(self, name: str, data: bytes, *, overwrite: bool = True) -> BlobInfo:
         path = self._path(name)
@@ -327,6 +336,16 @@ class AzureBlobStorage(Storage):
 
         try:
             return self._container().download_blob(self._full(name)).readall()
+        except ResourceNotFoundError:
+            raise FileNotFoundError(f"{self.uri(name)} does not exist") from None
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self._container().download_blob(
+                self._full(name), offset=offset, length=length
+            ).readall()
         except ResourceNotFoundError:
             raise FileNotFoundError(f"{self.uri(name)} does not exist") from None
 

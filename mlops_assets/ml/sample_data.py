@@ -18,6 +18,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from mlops_assets.ml.tables import decode_dictionaries
+
 DEFAULT_END = "2026-11-16"  # a Monday: the newest week of generated sales
 _WEEKS_PER_YEAR = 365.25 / 7
 
@@ -65,8 +67,10 @@ def _sales_chunk(shape: SalesShape, first: int, count: int) -> pa.Table:
     base_price = np.round(rng.uniform(1.0, 20.0, size=(count, 1)), 2)
 
     promo = rng.random((count, shape.n_periods)) < 0.1
-    price = base_price * np.where(promo, 0.8, 1.0) * np.exp(
-        rng.normal(0, 0.03, size=(count, shape.n_periods))
+    price = (
+        base_price
+        * np.where(promo, 0.8, 1.0)
+        * np.exp(rng.normal(0, 0.03, size=(count, shape.n_periods)))
     )
     season = 1 + amp * np.sin(2 * np.pi * t / _WEEKS_PER_YEAR + phase)
     growth = np.maximum(0.2, 1 + trend * (t - t[-1]))
@@ -123,15 +127,7 @@ def to_bytes(table: pa.Table, fmt: str) -> bytes:
     if fmt == "parquet":
         pq.write_table(table, buf, compression="zstd")
     elif fmt == "csv":
-        plain = table.cast(
-            pa.schema(
-                [
-                    pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
-                    for f in table.schema
-                ]
-            )
-        )
-        pacsv.write_csv(plain, buf)
+        pacsv.write_csv(decode_dictionaries(table), buf)
     else:
         raise ValueError(f"unknown drop format {fmt!r}: use parquet or csv")
     return buf.getvalue()

@@ -7,7 +7,7 @@ and models from it. Nothing here imports Dagster or Azure.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 
 
-class ColumnType(str, Enum):
+class ColumnType(StrEnum):
     string = "string"
     float = "float"
     int = "int"
@@ -80,6 +80,33 @@ class DriftBands(BaseModel):
     warn_sigmas: float = 3.0
     error_sigmas: float = 6.0
     reference_periods: int = 52
+    min_sigma_fraction: float = Field(
+        default=0.01,
+        ge=0,
+        description="Floor of a band's sigma, as a fraction of its center (a flat history "
+        "would otherwise give a zero-width band).",
+    )
+
+
+class ExtraExpectation(BaseModel):
+    """One more great-expectations 1.x expectation for a dataset, beyond what the spec implies.
+
+    Row-level types (``expect_column_values_to_be_between``, ``..._to_be_in_set``,
+    ``..._to_match_regex``, ``..._to_not_match_regex``, ``..._value_lengths_to_be_between``,
+    ``..._to_not_be_null``, ``expect_compound_columns_to_be_unique``) quarantine failing rows;
+    any other type is a drop-level expectation that GX runs on the drop's rows.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(pattern=r"^expect_[a-z_]+$", description="GX expectation type (snake_case).")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    rule: str | None = Field(default=None, description="Rule name in reports (custom.<type>).")
+    severity: Literal["error", "warn"] = "error"
+
+    @property
+    def rule_name(self) -> str:
+        return self.rule or f"custom.{self.type.removeprefix('expect_')}"
 
 
 class ValidationSpec(BaseModel):
@@ -94,6 +121,16 @@ class ValidationSpec(BaseModel):
         default=None, description="Timestamps before this date are rejected as implausible."
     )
     drift: DriftBands = Field(default_factory=DriftBands)
+    max_quarantined_pct: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description="Rows quarantined by value and freshness rules, as a percent of the run's "
+        "rows, up to which their check fails with WARN (training goes on); above, ERROR.",
+    )
+    expectations: list[ExtraExpectation] = Field(
+        default_factory=list, description="Extra GX expectations for this dataset."
+    )
 
 
 class DatasetSpec(BaseModel):

@@ -27,14 +27,16 @@ def storage(request, tmp_path):
     return request.getfixturevalue("blob_storage")
 
 
-def materialize(storage):
+def materialize(storage, expect_checks_pass=True):
     result = dg.materialize(
         [build_ingestion_asset(SALES)],
         resources={"storage": storage},
         partition_key=PARTITION,
         instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
     )
-    assert result.success
+    # Bad data curates what is good and fails the blocking checks; good data passes them.
+    assert result.success == expect_checks_pass
     mats = result.asset_materializations_for_node("sales__curated")
     return {k: v.value for k, v in mats[0].metadata.items()}
 
@@ -75,7 +77,7 @@ def test_reingesting_a_drop_never_duplicates_rows_and_later_drop_wins(storage):
     # The same last week again, corrected: a new drop version with new values.
     week = pc.max(before["week"])
     table = curated_rows(storage).filter(pc.equal(before["week"], week))
-    corrected = table.set_column(3, "sales", pc.add(table["sales"], 1000.0))
+    corrected = table.set_column(3, "sales", pc.add(table["sales"], 0.5))
     storage.write_bytes("landing/sales/week_2026-11-16.parquet", to_bytes(corrected, "parquet"))
     meta = materialize(storage)
 
@@ -83,7 +85,7 @@ def test_reingesting_a_drop_never_duplicates_rows_and_later_drop_wins(storage):
     assert after.num_rows == before.num_rows
     assert meta["drops_consumed"] == 1 and meta["rows_replaced"] == 5
     latest = after.filter(pc.equal(after["week"], week))
-    assert pc.min(latest["sales"]).as_py() >= 1000.0
+    assert latest["sales"].equals(corrected["sales"])
 
     # Nothing new landed: the next run consumes nothing and changes nothing.
     meta = materialize(storage)
@@ -96,7 +98,7 @@ def test_bad_files_are_quarantined_with_a_reason_and_good_drops_still_ingested(s
     good = sales_table(SalesShape(6, 30)).slice(0, 20)
     for kind in ("truncated_parquet", "missing_column", "other_delimiter", "empty_file"):
         land_bad(storage, SALES, good, kind)
-    meta = materialize(storage)
+    meta = materialize(storage, expect_checks_pass=False)
 
     assert meta["rows_curated"] == 6 * 30
     assert meta["drops_quarantined"] == 4
@@ -125,7 +127,7 @@ def test_rows_in_equal_rows_curated_plus_rows_quarantined(storage):
     good = sales_table(SalesShape(4, 10))
     land_bad(storage, SALES, good, "wrong_types")
     land_bad(storage, SALES, good, "duplicate_key_time")
-    materialize(storage)
+    materialize(storage, expect_checks_pass=False)
 
     outcomes = {o.drop.rsplit("/", 1)[-1]: o for o in DropLedger(storage, SALES).all()}
     for o in outcomes.values():

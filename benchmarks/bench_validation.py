@@ -1,0 +1,167 @@
+"""Validation throughput: the gate ingestion uses vs plain pandas checks of the same rules.
+
+Times, on the same typed drop in the same run:
+
+* ``gate``: exactly what ``curation.ingest`` runs per drop with a gate: the row-level masks of
+  the suite (``DropGate.row_rules``), the split into good and quarantined rows, and the
+  drop-level expectations (exact profile + great-expectations run on it, with distribution
+  bands from a reference window).
+* ``pandas``: the same rules written as plain pandas (notna, isfinite, between, isin,
+  duplicated, row count, mean/std/quantiles) on the same data already in a DataFrame.
+* ``gx_full`` (``--gx-rows``, default 1M): the whole row-level suite run by great-expectations
+  itself, for scale.
+
+GX import and context start-up are one-off costs per process, reported apart.
+
+    .venv/bin/python benchmarks/bench_validation.py --rows 10000000 40000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlops_assets.curation import _apply_rules
+from mlops_assets.ml import expectations as ex
+from mlops_assets.ml.drops import ROW, DropRejected, ParsedDrop, split_failures
+from mlops_assets.ml.sample_data import SalesShape, iter_sales
+from mlops_assets.ml.spec import load_spec
+
+AS_OF = "2026-11-21"
+RESULTS = Path(__file__).resolve().parent / "results" / "validation.json"
+
+
+def typed_drop(n_rows: int, n_periods: int = 4000) -> pa.Table:
+    """A sales drop typed like ``parse_drop``'s output (plain strings, ROW column)."""
+    n_series = max(1, n_rows // n_periods)
+    parts = []
+    for chunk in iter_sales(SalesShape(n_series, n_periods)):
+        parts.append(chunk.cast(pa.schema([
+            pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
+            for f in chunk.schema
+        ])))
+    t = pa.concat_tables(parts).combine_chunks()
+    return t.append_column(ROW, pa.array(np.arange(t.num_rows, dtype=np.int64)))
+
+
+def run_gate(gate: ex.DropGate, table: pa.Table, spec) -> dict:
+    empty = split_failures(table.slice(0, 0), None, [], spec).rejected
+    parsed = ParsedDrop(rows_in=table.num_rows, good=table, rejected=empty)  # as parse_drop gives
+    parsed = _apply_rules(parsed, spec, (gate.row_rules,))
+    try:
+        report = gate.check_drop("bench.parquet", parsed)
+    except DropRejected as e:
+        return {"good": parsed.good.num_rows, "rejected": str(e)}
+    return {"good": parsed.good.num_rows, "failures": len(report.failures)}
+
+
+def run_pandas(df, spec) -> dict:
+    v, bad = spec.validation, np.zeros(len(df), dtype=bool)
+    for name, col in spec.columns.items():
+        s = df[name]
+        if not col.nullable:
+            bad |= s.isna().to_numpy()
+        if col.type.value in ("float", "int") and not col.allowed:
+            x = s.to_numpy(dtype=float, na_value=np.nan)
+            bad |= ~np.isfinite(x)
+            if col.min is not None:
+                bad |= x < col.min
+            if col.max is not None:
+                bad |= x > col.max
+        if col.allowed:
+            bad |= ~s.isin([int(a) for a in col.allowed]).to_numpy()
+    t = df[spec.time]
+    bad |= (t < np.datetime64(v.earliest)).to_numpy() | (t > np.datetime64(AS_OF)).to_numpy()
+    bad |= df.duplicated(subset=spec.key_columns, keep=False).to_numpy()
+    good = df[~bad]
+    stats = {}
+    for c in ex.drift_columns(spec):
+        g = good[c]
+        stats[c] = (g.mean(), g.std(), *g.quantile([0.1, 0.5, 0.9]).tolist())
+    ok = v.min_rows_per_drop <= len(good)
+    return {"good": len(good), "row_count_ok": ok, "max_time": str(good[spec.time].max())}
+
+
+def median_time(fn, repeats: int) -> tuple[float, list[float], object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[10_000_000, 40_000_000])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--gx-rows", type=int, default=1_000_000,
+                    help="rows for the full-GX reference run (0 to skip)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    spec = load_spec("sales")
+
+    t0 = time.perf_counter()
+    runner = ex.GxRunner()
+    gx_startup = time.perf_counter() - t0
+    results = []
+    for n in args.rows:
+        table = typed_drop(n)
+        # Reference window: every period of the same data (a drop spanning all periods is
+        # then in band and passes, the common case; a rejection would take the same path).
+        spec.validation.drift.reference_periods = len(pc.unique(table[spec.time]))
+        gate = ex.DropGate(spec, AS_OF, reference=table, runner=runner)
+        _ = gate.bands  # reference bands are computed once per run, before the first drop
+        run_gate(gate, table.take(np.arange(0, table.num_rows, 997)), spec)  # warm-up
+        g_med, g_all, g_out = median_time(lambda: run_gate(gate, table, spec), args.repeats)  # noqa: B023
+        df = table.drop_columns([ROW]).to_pandas(date_as_object=False)
+        p_med, p_all, p_out = median_time(lambda: run_pandas(df, spec), args.repeats)  # noqa: B023
+        assert g_out["good"] == p_out["good"], (g_out, p_out)
+        del df
+        row = {
+            "rows": table.num_rows,
+            "gate_s": round(g_med, 3), "gate_all_s": [round(x, 3) for x in g_all],
+            "gate_rows_per_s": round(table.num_rows / g_med),
+            "pandas_s": round(p_med, 3), "pandas_all_s": [round(x, 3) for x in p_all],
+            "pandas_rows_per_s": round(table.num_rows / p_med),
+            "good_rows": g_out["good"],
+        }
+        results.append(row)
+        print(json.dumps(row))
+        del table, gate
+    gx_full = None
+    if args.gx_rows:
+        small = typed_drop(args.gx_rows)
+        frame = small.drop_columns([ROW]).to_pandas(date_as_object=False)
+        suite = ex.build_suite("bench.rows", ex.row_expectations(spec, AS_OF))
+        g_med, _, res = median_time(lambda: runner.run(suite, frame), 1)
+        gx_full = {"rows": small.num_rows, "s": round(g_med, 3),
+                   "rows_per_s": round(small.num_rows / g_med), "success": res.success}
+        print(json.dumps({"gx_full": gx_full}))
+    doc = {
+        "benchmark": "validation",
+        "command": "benchmarks/bench_validation.py " + " ".join(
+            ["--rows", *map(str, args.rows), "--repeats", str(args.repeats)]),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        "gx_startup_s": round(gx_startup, 3),
+        "target_rows_per_s": 2_500_000,
+        "results": results,
+        "gx_full_suite": gx_full,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Engines that train every series of a dataset with the same per-series function.
+
+Both engines call ``train_series_frame``: build the features of a batch of whole series in one
+vectorised pass, then ``fit_series`` and ``persistence.dumps`` each series. ``train_local`` runs
+it over chunks of whole series in a process pool; ``train_spark`` runs it on each group of
+``groupBy(keys).applyInPandas``. Results are one record per series (``result_schema``), equal
+across engines except the timing columns.
+
+The local engine forks its workers after the data is laid out, so a task is just a range of
+series: nothing but the results crosses a process boundary. Where ``fork`` is unavailable it
+pickles each chunk's numpy columns instead (spawn), which costs about a memory copy.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time as _time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from functools import lru_cache, partial
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from threadpoolctl import threadpool_limits
+
+from mlops_assets.ml import persistence
+from mlops_assets.ml.features import (
+    SeriesFrame,
+    feature_matrix,
+    select_series,
+    to_series_frame,
+)
+from mlops_assets.ml.spec import DatasetSpec
+from mlops_assets.ml.training import METRIC_NAMES, fit_series
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame as SparkDataFrame
+    from pyspark.sql.types import StructType
+
+DEFAULT_CHUNK_ROWS = 250_000
+TIMING_COLUMNS = ("fit_seconds", "serialize_seconds")
+
+
+def result_schema(spec: DatasetSpec) -> pa.Schema:
+    """One record per series: identity, outcome, metrics, training window and the model."""
+    return pa.schema(
+        [
+            pa.field("series_id", pa.string(), nullable=False),
+            *(pa.field(k, pa.string(), nullable=False) for k in spec.series_keys),
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("reason", pa.string()),
+            pa.field("n_train", pa.int64(), nullable=False),
+            pa.field("n_holdout", pa.int64(), nullable=False),
+            pa.field("train_start", pa.string()),
+            pa.field("train_end", pa.string()),
+            *(pa.field(m, pa.float64()) for m in METRIC_NAMES),
+            pa.field("fit_seconds", pa.float64(), nullable=False),
+            pa.field("serialize_seconds", pa.float64(), nullable=False),
+            pa.field("model_format", pa.string()),
+            pa.field("model", pa.binary()),
+            pa.field("model_sha256", pa.string()),
+        ]
+    )
+
+
+def _record(spec: DatasetSpec, key: tuple, X: np.ndarray, frame: SeriesFrame, a: int, b: int):
+    fit = fit_series(X[a:b], frame.target[a:b], frame.time[a:b], spec)
+    started = _time.perf_counter()
+    model = persistence.dumps(fit.model) if fit.model is not None else None
+    serialize_seconds = _time.perf_counter() - started
+    return {
+        "series_id": spec.series_id(key),
+        **{k: str(v) for k, v in zip(spec.series_keys, key, strict=True)},
+        **fit.info(),
+        "serialize_seconds": serialize_seconds,
+        "model_format": persistence.read_header(model)[0]["format"] if model else None,
+        "model": model,
+        "model_sha256": persistence.sha256(model) if model else None,
+    }
+
+
+def train_series_frame(frame: SeriesFrame, spec: DatasetSpec) -> tuple[list[dict], float]:
+    """Train every series of a batch: the function both engines run.
+
+    Returns:
+        One record per series (``result_schema`` fields) and the seconds spent on features.
+    """
+    started = _time.perf_counter()
+    X = feature_matrix(frame, spec)
+    features_seconds = _time.perf_counter() - started
+    off = frame.offsets
+    records = [
+        _record(spec, key, X, frame, int(off[i]), int(off[i + 1]))
+        for i, key in enumerate(frame.keys)
+    ]
+    return records, features_seconds
+
+
+def _to_frame(records: list[dict], spec: DatasetSpec) -> pd.DataFrame:
+    names = result_schema(spec).names
+    return pd.DataFrame.from_records(records, columns=names)
+
+
+# ---- local engine ---------------------------------------------------------------------------
+
+_FORKED: list[SeriesFrame] = []
+
+
+def _run_chunk(spec_json: str, chunk: SeriesFrame | int) -> tuple[list[dict], float]:
+    frame = _FORKED[chunk] if isinstance(chunk, int) else chunk
+    # One BLAS thread per worker: the pool already uses every core.
+    with threadpool_limits(limits=1):
+        return train_series_frame(frame, _spec(spec_json))
+
+
+@lru_cache(maxsize=8)
+def _spec(spec_json: str) -> DatasetSpec:
+    return DatasetSpec.model_validate_json(spec_json)
+
+
+def train_local(
+    data: pa.Table | pd.DataFrame | SeriesFrame,
+    spec: DatasetSpec,
+    *,
+    series: Iterable[str | Sequence] | None = None,
+    max_workers: int | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    start_method: str | None = None,
+    stats: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Train every series (or the chosen ones) in a pool of processes.
+
+    Args:
+        data: Rows of many series with the spec's columns (or an already grouped frame).
+        spec: The dataset spec.
+        series: Train only these series (ids or key tuples); ``None`` trains all.
+        max_workers: Processes to use; default all cores, 1 trains in this process.
+        chunk_rows: Rows per task; tasks hold whole series.
+        start_method: ``fork`` (default where available) or ``spawn``/``forkserver``.
+        stats: If given, filled with phase timings (seconds summed over workers) and counts.
+
+    Returns:
+        One row per series, ``result_schema(spec)`` columns, in series order.
+    """
+    started = _time.perf_counter()
+    if isinstance(data, SeriesFrame):
+        frame = select_series(data, spec, series)
+    else:
+        frame = to_series_frame(data, spec, series)
+    prepared = _time.perf_counter()
+    workers = max_workers or os.cpu_count() or 1
+    chunks = frame.chunks(chunk_rows, min_chunks=4 * workers) if frame.n_series else []
+    if workers == 1 or len(chunks) <= 1:
+        results = [_run_chunk(spec.model_dump_json(), c) for c in chunks]
+    else:
+        results = _run_pool(chunks, spec, min(workers, len(chunks)), start_method)
+    records = [r for rs, _ in results for r in rs]
+    out = _to_frame(records, spec)
+    if stats is not None:
+        stats.update(
+            prepare_s=prepared - started,
+            features_s=sum(f for _, f in results),
+            fit_s=float(out["fit_seconds"].sum()),
+            serialize_s=float(out["serialize_seconds"].sum()),
+            wall_s=_time.perf_counter() - started,
+            workers=workers,
+            chunks=len(chunks),
+            series=len(out),
+        )
+    return out
+
+
+def _run_pool(
+    chunks: list[SeriesFrame], spec: DatasetSpec, workers: int, start_method: str | None
+) -> list[tuple[list[dict], float]]:
+    method = start_method or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    run = partial(_run_chunk, spec.model_dump_json())
+    if method != "fork":
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:
+            return list(pool.map(run, chunks))
+    # Forked workers read the chunks from the parent's memory: a task is only an index.
+    _FORKED[:] = chunks
+    try:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+            return list(pool.map(run, range(len(chunks))))
+    finally:
+        _FORKED.clear()
+
+
+# ---- Spark engine ---------------------------------------------------------------------------
+
+
+def spark_result_schema(spec: DatasetSpec) -> StructType:
+    """``result_schema`` as a Spark schema."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(result_schema(spec))
+
+
+def spark_group_function(spec: DatasetSpec) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """The function ``applyInPandas`` calls on each series' rows."""
+    spec_json = spec.model_dump_json()
+
+    def train_group(pdf: pd.DataFrame) -> pd.DataFrame:
+        group_spec = _spec(spec_json)
+        records, _ = train_series_frame(to_series_frame(pdf, group_spec), group_spec)
+        return _to_frame(records, group_spec)
+
+    return train_group
+
+
+def spark_series_id(spec: DatasetSpec):
+    """A Spark column equal to ``spec.series_id`` of each row's keys."""
+    from pyspark.sql import functions as F
+
+    parts = []
+    for i, k in enumerate(spec.series_keys):
+        parts += [F.lit(("/" if i else "") + f"{k}="), F.col(k).cast("string")]
+    return F.concat(*parts)
+
+
+def train_spark(
+    sdf: SparkDataFrame,
+    spec: DatasetSpec,
+    *,
+    series: Iterable[str | Sequence] | None = None,
+) -> SparkDataFrame:
+    """Train every series (or the chosen ones) with ``groupBy(keys).applyInPandas``.
+
+    Args:
+        sdf: A Spark DataFrame with the spec's columns.
+        spec: The dataset spec.
+        series: Train only these series (ids or key tuples); ``None`` trains all.
+
+    Returns:
+        A lazy Spark DataFrame with one ``spark_result_schema(spec)`` row per series.
+    """
+    from pyspark.sql import functions as F
+
+    needed = [*spec.series_keys, spec.time, spec.target, *spec.features.exogenous]
+    sdf = sdf.select(*dict.fromkeys(needed))
+    if series is not None:
+        ids = sorted({s if isinstance(s, str) else spec.series_id(tuple(s)) for s in series})
+        wanted = sdf.sparkSession.createDataFrame([(i,) for i in ids], "series_id string")
+        sdf = (
+            sdf.withColumn("series_id", spark_series_id(spec))
+            .join(F.broadcast(wanted), "series_id", "left_semi")
+            .drop("series_id")
+        )
+    return sdf.groupBy(*spec.series_keys).applyInPandas(
+        spark_group_function(spec), schema=spark_result_schema(spec)
+    )

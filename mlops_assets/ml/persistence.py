@@ -1,0 +1,258 @@
+"""Model artifacts: bytes that are safe to load, verified by sha256 and scikit-learn version.
+
+An artifact is ``MAGIC | header length (uint32 LE) | JSON header | payload``. The header names
+the payload format and the scikit-learn version that wrote it. Two payload formats:
+
+* ``linear``: a ``[StandardScaler ->] Ridge | LinearRegression`` pipeline as raw float64 arrays
+  (a few hundred bytes, ~20 us to write). Loading rebuilds the estimators from a fixed class map
+  and sets their fitted arrays; nothing in the payload can name code to run.
+* ``skops``: any other pipeline, via ``skops.io`` with an allow-list of type names pinned here.
+  Every type named in the file's schema must be on the list, checked before ``skops.io.loads``;
+  ``trusted=True`` is never used (CVE-2024-37065).
+
+Loading refuses anything else, including pickle and joblib files, a bare skops file, a sha256
+mismatch and a scikit-learn major.minor version other than the running one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import struct
+import zipfile
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import sklearn
+import skops.io as sio
+from sklearn.linear_model import LinearRegression, Ridge
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+MAGIC = b"MMSKL\x00v1"
+LINEAR, SKOPS = "linear", "skops"
+_LINEAR_CLASSES: dict[str, type] = {"Ridge": Ridge, "LinearRegression": LinearRegression}
+_HEADER_LEN = struct.Struct("<I")
+
+# Every type a skops file of a supported family may contain. Reviewed by hand; extend only after
+# reviewing the new type (tests/unit/test_persistence.py shows which types each family needs).
+TRUSTED_SKOPS_TYPES = frozenset(
+    {
+        "builtins.bool",
+        "builtins.dict",
+        "builtins.float",
+        "builtins.int",
+        "builtins.list",
+        "builtins.str",
+        "builtins.tuple",
+        "numpy.dtype",
+        "numpy.float64",
+        "numpy.int64",
+        "numpy.ndarray",
+        "numpy.random._generator.Generator",
+        "numpy.uint64",
+        "sklearn._loss._loss.CyHalfSquaredError",
+        "sklearn._loss.link.IdentityLink",
+        "sklearn._loss.link.Interval",
+        "sklearn._loss.loss.HalfSquaredError",
+        "sklearn.ensemble._forest.RandomForestRegressor",
+        "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+        "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "sklearn.linear_model._base.LinearRegression",
+        "sklearn.linear_model._ridge.Ridge",
+        "sklearn.pipeline.Pipeline",
+        "sklearn.preprocessing._data.StandardScaler",
+        "sklearn.tree._classes.DecisionTreeRegressor",
+        "sklearn.tree._tree.Tree",
+    }
+)
+
+
+class ModelLoadError(ValueError):
+    """The bytes are not a model artifact this code will load."""
+
+
+class ModelIntegrityError(ModelLoadError):
+    """The bytes do not match the recorded sha256."""
+
+
+class ModelVersionError(ModelLoadError):
+    """The artifact was written by another scikit-learn major.minor version."""
+
+
+class UntrustedModelError(ModelLoadError):
+    """The artifact names a type that is not on the allow-list."""
+
+
+def sha256(data: bytes) -> str:
+    """Hex sha256 of an artifact's bytes, as recorded in the manifest."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _major_minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split(".")[:2])
+
+
+def _linear_parts(model: Pipeline) -> tuple[StandardScaler | None, Any] | None:
+    steps = [s for _, s in model.steps]
+    scaler = steps[0] if len(steps) == 2 else None
+    est = steps[-1]
+    if len(steps) > 2 or type(est).__name__ not in _LINEAR_CLASSES:
+        return None
+    if type(est) is not _LINEAR_CLASSES[type(est).__name__] or np.ndim(est.coef_) != 1:
+        return None
+    if scaler is not None and (
+        type(scaler) is not StandardScaler or not (scaler.with_mean and scaler.with_std)
+    ):
+        return None
+    return scaler, est
+
+
+@lru_cache(maxsize=8)
+def _param_names(cls: type) -> tuple[str, ...]:
+    return tuple(cls._get_param_names())
+
+
+def _pack(header: dict, payload: bytes) -> bytes:
+    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    return MAGIC + _HEADER_LEN.pack(len(head)) + head + payload
+
+
+def _dump_linear(scaler: StandardScaler | None, est: Any) -> bytes:
+    p = int(est.n_features_in_)
+    arrays = [est.coef_, np.atleast_1d(est.intercept_)]
+    header = {
+        "format": LINEAR,
+        "sklearn": sklearn.__version__,
+        "estimator": type(est).__name__,
+        "params": {k: getattr(est, k) for k in _param_names(type(est))},
+        "n_features": p,
+        "scaled": scaler is not None,
+    }
+    if scaler is not None:
+        arrays = [scaler.mean_, scaler.var_, scaler.scale_, *arrays]
+        header["n_samples_seen"] = int(scaler.n_samples_seen_)
+    payload = np.concatenate([np.asarray(a, dtype="<f8").ravel() for a in arrays]).tobytes()
+    return _pack(header, payload)
+
+
+def dumps(model: Pipeline) -> bytes:
+    """Serialize a fitted Pipeline: compact ``linear`` format where it applies, else skops."""
+    parts = _linear_parts(model)
+    if parts is not None:
+        return _dump_linear(*parts)
+    return _pack({"format": SKOPS, "sklearn": sklearn.__version__}, sio.dumps(model))
+
+
+def read_header(data: bytes) -> tuple[dict, bytes]:
+    """The artifact's header and payload, without loading the model.
+
+    Raises:
+        ModelLoadError: Not an artifact of this format (e.g. a pickle or a bare skops file).
+    """
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + _HEADER_LEN.size:
+        raise ModelLoadError("not a model artifact (bad magic); pickle and joblib are refused")
+    start = len(MAGIC) + _HEADER_LEN.size
+    (n,) = _HEADER_LEN.unpack_from(data, len(MAGIC))
+    try:
+        header = json.loads(data[start : start + n])
+    except ValueError as exc:
+        raise ModelLoadError(f"unreadable artifact header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ModelLoadError("artifact header is not an object")
+    return header, data[start + n :]
+
+
+def _load_linear(header: dict, payload: bytes) -> Pipeline:
+    cls = _LINEAR_CLASSES.get(header.get("estimator"))
+    if cls is None:
+        raise UntrustedModelError(f"unknown linear estimator {header.get('estimator')!r}")
+    p = int(header["n_features"])
+    values = np.frombuffer(payload, dtype="<f8").astype(np.float64)
+    expected = p + 1 + (3 * p if header["scaled"] else 0)
+    if len(values) != expected:
+        raise ModelLoadError(f"linear payload holds {len(values)} values, expected {expected}")
+    est = cls(**header["params"])
+    est.coef_, est.intercept_ = values[-p - 1 : -1].copy(), float(values[-1])
+    est.n_features_in_ = p
+    steps: list[tuple[str, Any]] = [("model", est)]
+    if header["scaled"]:
+        scaler = StandardScaler()
+        scaler.mean_, scaler.var_, scaler.scale_ = (values[i * p : (i + 1) * p] for i in range(3))
+        scaler.n_features_in_ = p
+        scaler.n_samples_seen_ = np.int64(header["n_samples_seen"])
+        steps.insert(0, ("scale", scaler))
+    return Pipeline(steps)
+
+
+def skops_types(payload: bytes) -> set[str]:
+    """Every ``module.Class`` named in a skops file's schema."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(payload)) as z:
+            schema = json.loads(z.read("schema.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise ModelLoadError(f"unreadable skops payload: {exc}") from exc
+    found: set[str] = set()
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__class__" in node:
+                found.add(f"{node.get('__module__')}.{node['__class__']}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def _load_skops(payload: bytes) -> Pipeline:
+    untrusted = skops_types(payload) - TRUSTED_SKOPS_TYPES
+    if untrusted:
+        raise UntrustedModelError(
+            f"artifact names types not on the allow-list: {sorted(untrusted)}"
+        )
+    model = sio.loads(payload, trusted=sorted(TRUSTED_SKOPS_TYPES))
+    if not isinstance(model, Pipeline):
+        raise UntrustedModelError(f"artifact holds a {type(model).__name__}, not a Pipeline")
+    return model
+
+
+def loads(data: bytes) -> Pipeline:
+    """Load an artifact written by ``dumps``. Prefer ``load_verified``.
+
+    Raises:
+        ModelLoadError: Not an artifact, an unknown format or a malformed payload.
+        ModelVersionError: Written by another scikit-learn major.minor.
+        UntrustedModelError: It names a type that is not allow-listed.
+    """
+    header, payload = read_header(data)
+    written = str(header.get("sklearn", "?"))
+    if _major_minor(written) != _major_minor(sklearn.__version__):
+        raise ModelVersionError(
+            f"artifact written by scikit-learn {written}; running {sklearn.__version__}"
+        )
+    fmt = header.get("format")
+    if fmt == LINEAR:
+        return _load_linear(header, payload)
+    if fmt == SKOPS:
+        return _load_skops(payload)
+    raise ModelLoadError(f"unknown artifact format {fmt!r}")
+
+
+def load_verified(data: bytes, expected_sha256: str) -> Pipeline:
+    """Load an artifact only if its sha256 is the one recorded for it.
+
+    Raises:
+        ModelIntegrityError: The bytes differ from what was recorded.
+        ModelLoadError: See ``loads``.
+    """
+    actual = sha256(data)
+    if not hmac.compare_digest(actual, expected_sha256.lower()):
+        raise ModelIntegrityError(
+            f"model bytes have sha256 {actual}, expected {expected_sha256}: refusing to load"
+        )
+    return loads(data)

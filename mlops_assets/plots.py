@@ -1,0 +1,41 @@
+"""Plots for asset metadata: PNGs embedded in Markdown, which the Dagster UI renders inline."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+
+
+def _png_markdown(fig, alt: str) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+
+
+def histograms(series: dict[str, np.ndarray], title: str, xlabel: str) -> str:
+    """Overlaid histograms (e.g. model vs naive baseline sMAPE across series) as Markdown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    finite = {k: v[np.isfinite(v)] for k, v in series.items()}
+    both = np.concatenate([v for v in finite.values() if len(v)] or [np.zeros(1)])
+    hi = float(np.quantile(both, 0.99)) if len(both) else 1.0
+    bins = np.linspace(0, hi if hi > 0 else 1.0, 40)
+    for label, values in finite.items():
+        med = float(np.median(values)) if len(values) else float("nan")
+        ax.hist(
+            np.clip(values, 0, bins[-1]), bins=bins, alpha=0.55, label=f"{label} (median {med:.3g})"
+        )
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("series")
+    ax.legend()
+    return _png_markdown(fig, title)

@@ -1,0 +1,412 @@
+"""The Storage contract, run against LocalStorage and AzureBlobStorage (on Azurite).
+
+``azure-prefix`` is an AzureBlobStorage with a non-empty ``prefix`` whose container also holds
+objects just outside that prefix (``runs/a`` itself, ``runs/ab/...``): none of them may leak
+into what it lists or reads.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from resources.storage import AzureBlobStorage, LocalStorage, Storage
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+KINDS = [
+    pytest.param("local", id="local"),
+    pytest.param("azure", marks=pytest.mark.azurite, id="azure"),
+    pytest.param("azure-prefix", marks=pytest.mark.azurite, id="azure-prefix"),
+]
+
+# Blobs in the azure-prefix container that sit just outside the storage's prefix.
+NEIGHBOURS = ["runs/a", "runs/ab/x.csv", "runs/a.csv", "runs/x.csv", "other/y.csv"]
+
+
+@pytest.fixture(params=KINDS)
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    if request.param == "local":
+        return LocalStorage(root=str(tmp_path / "root"))
+    factory = request.getfixturevalue("blob_storage_factory")
+    if request.param == "azure":
+        return factory()
+    scoped = factory(prefix="/runs/a/")
+    whole = factory(container=scoped.container)
+    for name in NEIGHBOURS:
+        whole.write_bytes(name, b"outside the prefix")
+    return scoped
+
+
+def names(infos) -> list[str]:
+    return [i.name for i in infos]
+
+
+def test_round_trip(storage: Storage) -> None:
+    data = bytes(range(256)) * 41 + b"\x00end"
+    written = storage.write_bytes("landing/sales/2026-11-16.parquet", data)
+    assert storage.read_bytes("landing/sales/2026-11-16.parquet") == data
+    with storage.open_read("landing/sales/2026-11-16.parquet") as f:
+        f.seek(-4, os.SEEK_END)
+        assert f.read() == b"\x00end"
+
+    assert written.name == "landing/sales/2026-11-16.parquet"
+    assert written.size == len(data)
+    info = storage.info("landing/sales/2026-11-16.parquet")
+    assert info is not None
+    assert (info.name, info.size, info.etag) == (written.name, written.size, written.etag)
+    assert info.version_key == written.version_key
+    [listed] = storage.list("landing/")
+    assert (listed.name, listed.size, listed.etag) == (info.name, info.size, info.etag)
+    assert storage.exists("landing/sales/2026-11-16.parquet")
+
+    assert storage.write_bytes("empty", b"").size == 0
+    assert storage.read_bytes("empty") == b""
+
+    storage.write_text("models/s1/champion.json", '{"model": "ünïcode ✓"}')
+    assert storage.read_text("models/s1/champion.json") == '{"model": "ünïcode ✓"}'
+
+
+def test_list_sorted_with_prefix(storage: Storage) -> None:
+    every = [
+        "a.csv",
+        "a/1.csv",
+        "a/10.csv",
+        "a/2.csv",
+        "a/sub/x.csv",
+        "a/sub/y/z.csv",
+        "ab/1.csv",
+        "b/2.csv",
+        "data/sales-2026.csv",
+        "data/sales-2027.csv",
+        "data/salesman.csv",
+    ]
+    for name in random.Random(7).sample(every, len(every)):
+        storage.write_bytes(name, name.encode())
+
+    assert names(storage.list()) == every
+    assert names(storage.list("")) == every
+    assert [i.size for i in storage.list()] == [len(n) for n in every]
+    assert names(storage.list("a/")) == [
+        "a/1.csv",
+        "a/10.csv",
+        "a/2.csv",
+        "a/sub/x.csv",
+        "a/sub/y/z.csv",
+    ]
+    assert names(storage.list("a")) == [n for n in every if n.startswith("a")]
+    assert names(storage.list("a/sub/")) == ["a/sub/x.csv", "a/sub/y/z.csv"]
+    assert names(storage.list("a/sub/y/")) == ["a/sub/y/z.csv"]
+    assert names(storage.list("a/sub/y/z.csv")) == ["a/sub/y/z.csv"]
+    # A prefix that ends inside a file name matches as a plain string.
+    assert names(storage.list("a/1")) == ["a/1.csv", "a/10.csv"]
+    assert names(storage.list("data/sales-")) == ["data/sales-2026.csv", "data/sales-2027.csv"]
+    assert names(storage.list("data/sales")) == [n for n in every if n.startswith("data/")]
+    assert storage.list("a/su") == storage.list("a/sub/")
+    assert storage.list("nothing/") == []
+    assert storage.list("a/sub/y/z.csv/") == []
+
+
+def test_etag_changes_on_every_overwrite_even_same_size(storage: Storage) -> None:
+    first = storage.write_bytes("m/champion.json", b"version-A")
+    second = storage.write_bytes("m/champion.json", b"version-B")
+    assert second.size == first.size
+    assert second.etag != first.etag
+    assert storage.info("m/champion.json").etag == second.etag
+    # Rewriting the old bytes is still a new version (no A-B-A), however fast it happens.
+    etags = [first.etag, second.etag]
+    for i in range(40):
+        etags.append(
+            storage.write_bytes("m/champion.json", b"version-" + b"AB"[i % 2 : i % 2 + 1]).etag
+        )
+    assert len(set(etags)) == len(etags)
+    assert storage.list("m/")[0].etag == etags[-1]
+
+
+def test_last_modified_is_tz_aware_and_recent(storage: Storage) -> None:
+    before = datetime.now(UTC) - timedelta(minutes=5)  # room for clock skew and 1 s resolution
+    written = storage.write_bytes("x/y.bin", b"1")
+    for info in (written, storage.info("x/y.bin"), storage.list("x/")[0]):
+        assert info.last_modified.tzinfo is not None
+        assert info.last_modified.utcoffset() == timedelta(0)
+        assert before < info.last_modified < datetime.now(UTC) + timedelta(minutes=5)
+    later = storage.write_bytes("x/y.bin", b"2")
+    assert later.last_modified >= written.last_modified
+
+
+def test_overwrite_false_refuses_an_existing_object(storage: Storage) -> None:
+    original = storage.write_bytes("m/champion.json", b'{"v": 1}', overwrite=False)
+    with pytest.raises(FileExistsError) as err:
+        storage.write_bytes("m/champion.json", b'{"v": 2}', overwrite=False)
+    assert storage.uri("m/champion.json") in str(err.value)
+    assert storage.read_bytes("m/champion.json") == b'{"v": 1}'
+    assert storage.info("m/champion.json").etag == original.etag
+    assert storage.list() == [storage.info("m/champion.json")]
+
+
+def test_overwrite_false_has_one_winner_under_a_race(storage: Storage) -> None:
+    barrier = threading.Barrier(8)
+
+    def attempt(i: int) -> bool:
+        barrier.wait()
+        try:
+            storage.write_bytes("lock/owner", f"writer-{i}".encode(), overwrite=False)
+            return True
+        except FileExistsError:
+            return False
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(attempt, range(8)))
+    assert won.count(True) == 1
+    assert storage.read_text("lock/owner") == f"writer-{won.index(True)}"
+    assert names(storage.list("lock/")) == ["lock/owner"]
+
+
+def test_move_preserves_bytes_and_removes_source(storage: Storage) -> None:
+    data = os.urandom(70_000)
+    storage.write_bytes("landing/f.parquet", data)
+    storage.write_bytes("quarantine/f.parquet", b"an older, other version")
+    moved = storage.move("landing/f.parquet", "quarantine/f.parquet")
+    assert moved.name == "quarantine/f.parquet"
+    assert moved.size == len(data)
+    assert storage.read_bytes("quarantine/f.parquet") == data
+    assert not storage.exists("landing/f.parquet")
+    assert names(storage.list()) == ["quarantine/f.parquet"]
+
+    storage.move("quarantine/f.parquet", "curated/new/deep/f.parquet")
+    assert storage.read_bytes("curated/new/deep/f.parquet") == data
+    assert names(storage.list()) == ["curated/new/deep/f.parquet"]
+
+    # Moving onto itself keeps the object; moving a missing one says which.
+    assert storage.move("curated/new/deep/f.parquet", "curated/new/deep/f.parquet").size == len(
+        data
+    )
+    assert storage.read_bytes("curated/new/deep/f.parquet") == data
+    with pytest.raises(FileNotFoundError) as err:
+        storage.move("landing/f.parquet", "elsewhere/f.parquet")
+    assert storage.uri("landing/f.parquet") in str(err.value)
+    assert not storage.exists("elsewhere/f.parquet")
+
+
+def test_moved_object_is_a_new_version_for_pollers(storage: Storage) -> None:
+    old = storage.write_bytes("landing/f.csv", b"one")
+    storage.write_bytes("staging/f.csv", b"two")
+    moved = storage.move("staging/f.csv", "landing/f.csv")
+    assert moved.etag != old.etag
+    assert moved.last_modified >= old.last_modified
+
+
+def test_delete(storage: Storage) -> None:
+    storage.delete("never/existed.csv")
+    storage.write_bytes("a/b/c.csv", b"x")
+    storage.delete("a/b")  # a "folder" is not an object: nothing happens
+    storage.delete("a")
+    assert storage.exists("a/b/c.csv")
+    storage.delete("a/b/c.csv")
+    storage.delete("a/b/c.csv")
+    assert not storage.exists("a/b/c.csv")
+    assert storage.info("a/b/c.csv") is None
+    assert storage.list() == []
+
+
+def test_read_of_a_missing_name_raises_file_not_found_naming_the_uri(storage: Storage) -> None:
+    uri = storage.uri("landing/missing.parquet")
+    for read in (storage.read_bytes, storage.open_read, storage.read_text):
+        with pytest.raises(FileNotFoundError) as err:
+            read("landing/missing.parquet")
+        assert uri in str(err.value)
+    assert storage.info("landing/missing.parquet") is None
+    assert not storage.exists("landing/missing.parquet")
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/../../x", "a/..", "/etc/passwd", "", ".", "a/"])
+def test_invalid_names_are_refused(storage: Storage, bad: str) -> None:
+    calls = [
+        lambda: storage.write_bytes(bad, b"x"),
+        lambda: storage.write_bytes(bad, b"x", overwrite=False),
+        lambda: storage.read_bytes(bad),
+        lambda: storage.open_read(bad),
+        lambda: storage.info(bad),
+        lambda: storage.exists(bad),
+        lambda: storage.delete(bad),
+        lambda: storage.uri(bad),
+        lambda: storage.move("ok", bad),
+    ]
+    storage.write_bytes("ok", b"x")
+    for call in calls:
+        with pytest.raises(ValueError, match="invalid storage name"):
+            call()
+    assert names(storage.list()) == ["ok"]
+
+
+@pytest.mark.parametrize("bad", ["../", "../x", "a/../", "/abs", "/", "./a", "a//b"])
+def test_invalid_list_prefixes_are_refused(storage: Storage, bad: str) -> None:
+    with pytest.raises(ValueError, match="invalid storage prefix"):
+        storage.list(bad)
+
+
+# On Azurite 2,000 uploads take several seconds (one Node.js thread serves them), so only the
+# prefixed variant, which also checks the name mapping on every entry, runs there.
+@pytest.mark.parametrize(
+    "storage",
+    [
+        pytest.param("local", id="local"),
+        pytest.param(
+            "azure-prefix", marks=[pytest.mark.azurite, pytest.mark.slow], id="azure-prefix"
+        ),
+    ],
+    indirect=True,
+)
+def test_listing_2000_objects(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    if isinstance(storage, AzureBlobStorage):
+        # Small pages, so that the listing has to follow continuation tokens.
+        client = storage._container()
+        monkeypatch.setattr(
+            client, "list_blobs", functools.partial(client.list_blobs, results_per_page=300)
+        )
+    every = [f"many/{i}.bin" for i in range(2000)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: storage.write_bytes(n, n.encode()), every))
+    storage.write_bytes("many-not/x.bin", b"x")
+
+    listed = storage.list("many/")
+    assert names(listed) == sorted(every)
+    assert len({i.version_key for i in listed}) == 2000
+    assert names(storage.list("many/1")) == sorted(n for n in every if n.startswith("many/1"))
+    assert len(storage.list()) == 2001
+
+
+# --- LocalStorage only -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(root=str(tmp_path / "root"))
+
+
+def _temp_files(root: str) -> list[Path]:
+    return [p for p in Path(root).rglob("*") if p.name.startswith(".tmp-")]
+
+
+def test_local_crash_mid_write_keeps_the_previous_version(local: LocalStorage) -> None:
+    """A process killed after writing the new bytes but before committing them."""
+    local.write_bytes("models/s1/champion.json", b'{"v": 1}')
+    before = local.info("models/s1/champion.json")
+    code = textwrap.dedent(
+        f"""
+        import os, signal
+        from resources.storage import LocalStorage
+
+        os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)
+        LocalStorage(root={local.root!r}).write_bytes("models/s1/champion.json", b"x" * 100_000)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+
+    assert len(_temp_files(local.root)) == 1  # the crash left its partial write behind ...
+    assert local.read_bytes("models/s1/champion.json") == b'{"v": 1}'  # ... invisibly
+    assert local.list() == [before]
+    assert local.info("models/s1/champion.json") == before
+    local.write_bytes("models/s1/champion.json", b'{"v": 2}')
+    assert names(local.list()) == ["models/s1/champion.json"]
+    assert local.read_bytes("models/s1/champion.json") == b'{"v": 2}'
+
+
+def test_local_failed_write_leaves_previous_version_and_no_temp_file(
+    local: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local.write_bytes("m/model.pkl", b"old model")
+    before = local.info("m/model.pkl")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    for overwrite in (True, False):
+        with pytest.raises(OSError, match="No space left"):
+            local.write_bytes("m/model.pkl", b"new model, half written", overwrite=overwrite)
+        with pytest.raises(OSError, match="No space left"):
+            local.write_bytes("m/other.pkl", b"new", overwrite=overwrite)
+    monkeypatch.undo()
+
+    assert local.read_bytes("m/model.pkl") == b"old model"
+    assert local.list() == [before]
+    assert _temp_files(local.root) == []
+
+
+def test_local_objects_get_the_usual_file_mode(local: LocalStorage) -> None:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    local.write_bytes("a/b.txt", b"x")
+    local.write_bytes("a/c.txt", b"x", overwrite=False)
+    for name in ("a/b.txt", "a/c.txt"):
+        mode = stat.S_IMODE(local.local_path(name).stat().st_mode)
+        assert mode == 0o666 & ~mask, oct(mode)
+
+
+def test_local_temp_file_names_are_reserved(local: LocalStorage) -> None:
+    with pytest.raises(ValueError, match="invalid storage name"):
+        local.write_bytes("a/.tmp-x", b"x")
+
+
+def test_local_uri_is_a_file_uri(local: LocalStorage) -> None:
+    assert local.uri("a/b c.csv").startswith("file:///")
+    assert local.uri("a/b c.csv").endswith("/root/a/b%20c.csv")
+
+
+# --- AzureBlobStorage only -------------------------------------------------------------------
+
+
+@pytest.mark.azurite
+def test_azure_prefix_maps_names_both_ways(blob_storage_factory) -> None:
+    scoped = blob_storage_factory(prefix="tenant/x")
+    whole = blob_storage_factory(container=scoped.container)
+    whole.write_bytes("tenant/xy/leak.csv", b"no")
+    whole.write_bytes("tenant/x", b"no")
+    scoped.write_bytes("a/b.csv", b"yes")
+
+    assert names(whole.list()) == ["tenant/x", "tenant/x/a/b.csv", "tenant/xy/leak.csv"]
+    assert names(scoped.list()) == ["a/b.csv"]
+    assert names(scoped.list("a")) == ["a/b.csv"]
+    assert scoped.list("y") == []
+    assert scoped.info("a/b.csv").etag == whole.info("tenant/x/a/b.csv").etag
+    assert scoped.uri("a/b.csv").endswith(f"/{scoped.container}/tenant/x/a/b.csv")
+    assert scoped.uri("a/b.csv").startswith(scoped.account_url)
+    scoped.move("a/b.csv", "c.csv")
+    assert names(whole.list("tenant/x/")) == ["tenant/x/c.csv"]
+
+
+@pytest.mark.azurite
+def test_azure_uncommitted_blocks_are_invisible(blob_storage: AzureBlobStorage) -> None:
+    """A block upload cut off before its commit leaves the previous version."""
+    before = blob_storage.write_bytes("m/model.pkl", b"old model")
+    blob = blob_storage._container().get_blob_client("m/model.pkl")
+    blob.stage_block("YmxvY2stMDAwMQ==", b"new model, half uploaded")
+    assert blob_storage.read_bytes("m/model.pkl") == b"old model"
+    assert [(i.name, i.etag) for i in blob_storage.list()] == [("m/model.pkl", before.etag)]
+    assert blob_storage.info("m/model.pkl").etag == before.etag
+
+
+@pytest.mark.azurite
+def test_azurite_fixture_endpoints(azurite) -> None:
+    assert azurite.blob_url.startswith("http://127.0.0.1:")
+    assert azurite.queue_url.startswith("http://127.0.0.1:")
+    assert azurite.blob_port != azurite.queue_port
+    assert "AccountName=devstoreaccount1;" in azurite.connection_string
+    assert f"QueueEndpoint={azurite.queue_url};" in azurite.connection_string
+    assert azurite.process.poll() is None

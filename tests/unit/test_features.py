@@ -1,0 +1,142 @@
+"""Features: vectorised across series, equal to pandas groupby references, no leakage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlops_assets.ml.features import (
+    feature_matrix,
+    feature_names,
+    positions,
+    select_series,
+    to_series_frame,
+)
+from mlops_assets.ml.sample_data import SalesShape, sales_table
+from mlops_assets.ml.spec import load_spec
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_spec("sales").model_copy(deep=True)
+
+
+def _ragged_sales(seed: int = 0) -> pd.DataFrame:
+    """Five series of different lengths, shuffled, with a few missing targets."""
+    df = sales_table(SalesShape(5, 80, seed=seed)).to_pandas()
+    df["store"], df["product"] = df["store"].astype(str), df["product"].astype(str)
+    keep = dict(zip(df["product"].unique(), [80, 60, 55, 70, 57], strict=True))
+    from_end = df.groupby("product").cumcount(ascending=False)
+    df = df[from_end < df["product"].map(keep)]
+    df.loc[df.sample(6, random_state=1).index, "sales"] = np.nan
+    return df.sample(frac=1.0, random_state=2).reset_index(drop=True)
+
+
+def _pandas_reference(df: pd.DataFrame, spec) -> pd.DataFrame:
+    df = df.sort_values([*spec.series_keys, spec.time]).reset_index(drop=True)
+    g = df.groupby(spec.series_keys, sort=False)[spec.target]
+    out = pd.DataFrame(index=df.index)
+    for k in spec.features.lags:
+        out[f"lag_{k}"] = g.shift(k)
+    for w in spec.features.rolling:
+        out[f"rolling_mean_{w}"] = g.transform(
+            lambda s, w=w: s.shift(1).rolling(w, min_periods=w).mean()
+        )
+    return out
+
+
+def test_feature_names_follow_the_spec(spec):
+    assert feature_names(spec) == [
+        "lag_1",
+        "lag_2",
+        "lag_4",
+        "lag_52",
+        "rolling_mean_4",
+        "rolling_mean_13",
+        "fourier_year_sin",
+        "fourier_year_cos",
+        "price",
+        "promo",
+    ]
+
+
+def test_lags_and_rolling_means_equal_pandas_groupby(spec):
+    df = _ragged_sales()
+    frame = to_series_frame(df, spec)
+    X = feature_matrix(frame, spec)
+    ref = _pandas_reference(df, spec)
+    names = feature_names(spec)
+    for col in ref.columns:
+        np.testing.assert_allclose(X[:, names.index(col)], ref[col].to_numpy(), rtol=1e-12)
+    assert frame.n_series == 5
+    assert np.diff(frame.offsets).tolist() == [80, 60, 55, 70, 57]
+
+
+def test_shuffled_input_is_grouped_and_time_ordered(spec):
+    frame = to_series_frame(_ragged_sales(), spec)
+    pos = positions(frame.offsets)
+    same = pos[1:] > 0
+    assert np.all(frame.time[1:][same] > frame.time[:-1][same])
+    assert frame.keys == sorted(frame.keys)
+
+
+def test_features_never_see_the_row_or_the_future(spec):
+    df = sales_table(SalesShape(3, 120)).to_pandas()
+    X = feature_matrix(to_series_frame(df, spec), spec)
+    changed = df.copy()
+    later = changed.groupby("product", observed=True).cumcount() >= 100
+    changed.loc[later, "sales"] = 1e6
+    X2 = feature_matrix(to_series_frame(changed, spec), spec)
+    frame = to_series_frame(df, spec)
+    upto = positions(frame.offsets) <= 100
+    np.testing.assert_array_equal(X[upto], X2[upto])
+    assert not np.array_equal(X[~upto], X2[~upto])
+
+
+def test_batches_give_bit_identical_features(spec):
+    frame = to_series_frame(sales_table(SalesShape(7, 150)), spec)
+    whole = feature_matrix(frame, spec)
+    parts = [feature_matrix(c, spec) for c in frame.chunks(max_rows=300)]
+    assert len(parts) > 2
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    one = [feature_matrix(frame.slice_series(i, i + 1), spec) for i in range(frame.n_series)]
+    np.testing.assert_array_equal(np.concatenate(one), whole)
+
+
+@pytest.mark.parametrize(
+    ("calendar", "day", "expected"),
+    [
+        (["fourier_year"], "2024-01-01", [0.0, 1.0]),
+        (["month"], "2024-03-15", [3.0]),
+        (["day_of_week"], "2024-03-15", [4.0]),
+        (["week_of_year"], "2024-12-30", [1.0]),
+    ],
+)
+def test_calendar_features(spec, calendar, day, expected):
+    s = spec.model_copy(deep=True)
+    s.features.lags, s.features.rolling, s.features.exogenous = [], [], []
+    s.features.calendar = calendar
+    df = pd.DataFrame(
+        {"store": ["S"], "product": ["P"], "week": [pd.Timestamp(day).date()], "sales": [1.0]}
+    )
+    X = feature_matrix(to_series_frame(df, s), s)
+    np.testing.assert_allclose(X[0], expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("field", ["lags", "rolling"])
+def test_leaking_features_are_refused(spec, field):
+    s = spec.model_copy(deep=True)
+    setattr(s.features, field, [0, 1])
+    frame = to_series_frame(sales_table(SalesShape(1, 10)), s)
+    with pytest.raises(ValueError, match=">= 1 period"):
+        feature_matrix(frame, s)
+
+
+def test_select_series_by_id_or_key_tuple(spec):
+    frame = to_series_frame(sales_table(SalesShape(6, 20)), spec)
+    picked = select_series(frame, spec, ["store=S0000/product=P004", ("S0000", "P001")])
+    assert picked.keys == [("S0000", "P001"), ("S0000", "P004")]
+    assert picked.n_rows == 40
+    expected = [frame.slice_series(i, i + 1).target for i in (1, 4)]
+    np.testing.assert_array_equal(picked.target, np.concatenate(expected))
