@@ -343,9 +343,11 @@ class AzureBlobStorage(Storage):
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            return self._container().download_blob(
-                self._full(name), offset=offset, length=length
-            ).readall()
+            return (
+                self._container()
+                .download_blob(self._full(name), offset=offset, length=length)
+                .readall()
+            )
         except ResourceNotFoundError:
             raise FileNotFoundError(f"{self.uri(name)} does not exist") from None
 

@@ -33,7 +33,7 @@ from mlops_assets.ml.features import (
     select_series,
     to_series_frame,
 )
-from mlops_assets.ml.spec import DatasetSpec
+from mlops_assets.ml.spec import ColumnType, DatasetSpec
 from mlops_assets.ml.training import METRIC_NAMES, fit_series
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def train_series_frame(frame: SeriesFrame, spec: DatasetSpec) -> tuple[list[dict
 
 def _to_frame(records: list[dict], spec: DatasetSpec) -> pd.DataFrame:
     names = result_schema(spec).names
-    return pd.DataFrame.from_records(records, columns=names)
+    return pd.DataFrame({n: [r[n] for r in records] for n in names}, columns=names)
 
 
 # ---- local engine ---------------------------------------------------------------------------
@@ -241,7 +241,14 @@ def train_spark(
     from pyspark.sql import functions as F
 
     needed = [*spec.series_keys, spec.time, spec.target, *spec.features.exogenous]
-    sdf = sdf.select(*dict.fromkeys(needed))
+    columns = [F.col(c) for c in dict.fromkeys(needed)]
+    if spec.columns[spec.time].type == ColumnType.date:
+        # Arrow hands pandas dates as Python objects; naive timestamps arrive as datetime64.
+        columns = [
+            c.cast("timestamp_ntz").alias(spec.time) if n == spec.time else c
+            for n, c in zip(dict.fromkeys(needed), columns, strict=True)
+        ]
+    sdf = sdf.select(*columns)
     if series is not None:
         ids = sorted({s if isinstance(s, str) else spec.series_id(tuple(s)) for s in series})
         wanted = sdf.sparkSession.createDataFrame([(i,) for i in ids], "series_id string")

@@ -339,9 +339,7 @@ def _unique(table: pa.Table, kw: dict) -> np.ndarray:
     if n < 2 or _strictly_increasing(table, cols):
         return np.zeros(n, dtype=bool)  # drops usually arrive sorted: one pass proves it
     with ThreadPoolExecutor(max_workers=len(cols)) as pool:
-        parts = list(pool.map(
-            lambda c: _int_codes(table[c]) if _is_int_like(table[c]) else _codes(table[c]), cols
-        ))
+        parts = list(pool.map(lambda c: _codes(table[c]), cols))
     key = np.zeros(n, dtype=np.int64)
     span = 1
     for codes, size in parts:
@@ -349,22 +347,11 @@ def _unique(table: pa.Table, kw: dict) -> np.ndarray:
             return _unique_lexsort([p[0] for p in parts])
         key = key * size + codes
         span *= size
+    if span <= 4 * n + 1024:  # dense keys (the usual case): count them, O(n + span), no sort
+        return np.bincount(key, minlength=span)[key] > 1
     import pandas as pd
 
     return pd.Series(key).duplicated(keep=False).to_numpy()  # hashing: O(n), no sort
-
-
-def _is_int_like(col: pa.ChunkedArray) -> bool:
-    t = col.type
-    return pa.types.is_integer(t) or pa.types.is_date(t) or pa.types.is_timestamp(t)
-
-
-def _int_codes(col: pa.ChunkedArray) -> tuple[np.ndarray, int]:
-    v = _time_ints(col)
-    if len(v) == 0:
-        return v, 1
-    lo = int(v.min())
-    return v - lo, int(v.max()) - lo + 1
 
 
 def _unique_lexsort(codes: list[np.ndarray]) -> np.ndarray:

@@ -136,8 +136,15 @@ def _values_at(values: np.ndarray | pd.Series, rows: np.ndarray) -> list:
     return np.asarray(values)[rows].tolist()
 
 
+def _is_constant(values: np.ndarray | pd.Series) -> bool:
+    arr = np.asarray(values) if not isinstance(values, pd.Series) else values.to_numpy()
+    return len(arr) == 0 or bool((arr == arr[0]).all())
+
+
 def _group_codes(key_values: list[np.ndarray | pd.Series]) -> np.ndarray:
     combined = np.zeros(len(key_values[0]), dtype=np.int64)
+    if all(_is_constant(v) for v in key_values):
+        return combined  # one series, e.g. a Spark group: no hashing needed
     for values in key_values:
         codes, uniques = pd.factorize(values, sort=True, use_na_sentinel=False)
         combined = combined * len(uniques) + codes
@@ -252,21 +259,24 @@ def _lag_and_rolling(y: np.ndarray, pos: np.ndarray, spec: DatasetSpec) -> list[
 
 
 def _day_fields(days: np.ndarray, name: str) -> np.ndarray:
-    idx = pd.DatetimeIndex(days.astype("datetime64[D]").astype("datetime64[s]"))
-    values = {
-        "fourier_year": lambda: idx.dayofyear,
-        "week_of_year": lambda: idx.isocalendar().week,
-        "month": lambda: idx.month,
-        "day_of_week": lambda: idx.dayofweek,
-    }[name]()
-    return np.asarray(values, dtype=np.int64)
+    """An integer calendar field of days counted from 1970-01-01 (a Thursday)."""
+    d = days.astype("datetime64[D]")
+    match name:
+        case "fourier_year":
+            return (d - d.astype("datetime64[Y]")).astype(np.int64) + 1
+        case "month":
+            return d.astype("datetime64[M]").astype(np.int64) % 12 + 1
+        case "day_of_week":
+            return (days + 3) % 7
+    week = pd.DatetimeIndex(d.astype("datetime64[s]")).isocalendar().week
+    return np.asarray(week, dtype=np.int64)
 
 
 def _integer_field(days: np.ndarray, name: str) -> np.ndarray:
     lo, hi = int(days.min()), int(days.max())
-    if hi - lo > _MAX_CALENDAR_TABLE_DAYS:
+    if name != "week_of_year" or hi - lo > min(len(days), _MAX_CALENDAR_TABLE_DAYS):
         return _day_fields(days, name)
-    # Calendar fields depend on the day only: compute once per day and gather.
+    # ISO weeks go through pandas: compute once per day in the range and gather.
     return _day_fields(np.arange(lo, hi + 1), name)[days - lo]
 
 
