@@ -31,9 +31,10 @@ from mlops_assets.ml.features import (
     SeriesFrame,
     feature_matrix,
     select_series,
+    tail_length,
     to_series_frame,
 )
-from mlops_assets.ml.spec import ColumnType, DatasetSpec
+from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.training import METRIC_NAMES, fit_series
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ def result_schema(spec: DatasetSpec) -> pa.Schema:
             pa.field("model_format", pa.string()),
             pa.field("model", pa.binary()),
             pa.field("model_sha256", pa.string()),
+            # The last targets before scoring starts: what lags and rolling means need.
+            pa.field("history_end", pa.string()),
+            pa.field("history_tail", pa.list_(pa.float64())),
         ]
     )
 
@@ -79,6 +83,8 @@ def _record(spec: DatasetSpec, key: tuple, X: np.ndarray, frame: SeriesFrame, a:
         "model_format": persistence.read_header(model)[0]["format"] if model else None,
         "model": model,
         "model_sha256": persistence.sha256(model) if model else None,
+        "history_end": str(frame.time[b - 1].astype("datetime64[D]")) if b > a else None,
+        "history_tail": frame.target[max(a, b - tail_length(spec)) : b].tolist(),
     }
 
 
@@ -241,14 +247,7 @@ def train_spark(
     from pyspark.sql import functions as F
 
     needed = [*spec.series_keys, spec.time, spec.target, *spec.features.exogenous]
-    columns = [F.col(c) for c in dict.fromkeys(needed)]
-    if spec.columns[spec.time].type == ColumnType.date:
-        # Arrow hands pandas dates as Python objects; naive timestamps arrive as datetime64.
-        columns = [
-            c.cast("timestamp_ntz").alias(spec.time) if n == spec.time else c
-            for n, c in zip(dict.fromkeys(needed), columns, strict=True)
-        ]
-    sdf = sdf.select(*columns)
+    sdf = sdf.select(*dict.fromkeys(needed))
     if series is not None:
         ids = sorted({s if isinstance(s, str) else spec.series_id(tuple(s)) for s in series})
         wanted = sdf.sparkSession.createDataFrame([(i,) for i in ids], "series_id string")

@@ -93,6 +93,11 @@ def feature_names(spec: DatasetSpec) -> list[str]:
     return names + list(f.exogenous)
 
 
+def tail_length(spec: DatasetSpec) -> int:
+    """How many past targets the features of the next period need."""
+    return max([*spec.features.lags, *spec.features.rolling], default=0)
+
+
 def check_feature_spec(spec: DatasetSpec) -> None:
     """Refuse features that would leak the target of the row they describe.
 
