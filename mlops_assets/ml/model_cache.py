@@ -1,0 +1,116 @@
+"""Lazy, verified, bounded loading of one model set's per-series models.
+
+With thousands of series a scoring process cannot load every model at start (the container
+would run out of memory and start slowly); it loads a series' model the first time it is asked
+for, verifies its sha256 against the manifest before deserialising it, and keeps the most
+recently used ones within a count and a byte budget (LRU). Thread-safe: the inference server
+runs ``run()`` from several threads. Reads go through ``read_range`` so the same code works on
+a local folder, a mounted model directory or Blob storage.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from mlops_assets.ml import persistence
+from mlops_assets.ml.scoring import SeriesModel
+
+ReadRange = Callable[[str, int, int], bytes]
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    models: int = 0
+    bytes: int = 0
+
+
+class ModelSetReader:
+    """``model_for(series_id)`` over one model set's manifest, for ``scoring.score``."""
+
+    def __init__(
+        self,
+        manifest: pa.Table,
+        read_range: ReadRange,
+        *,
+        version: str,
+        max_models: int = 2_000,
+        max_bytes: int = 256 << 20,
+    ):
+        self.version = version
+        self.max_models, self.max_bytes = max_models, max_bytes
+        self._read = read_range
+        cols = manifest.to_pydict()
+        self._rows = {sid: i for i, sid in enumerate(cols["series_id"])}
+        self._cols = cols
+        self._cache: OrderedDict[str, tuple[SeriesModel, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+        self.stats = CacheStats()
+
+    @property
+    def series(self) -> list[str]:
+        return list(self._rows)
+
+    def __contains__(self, series_id: str) -> bool:
+        return series_id in self._rows
+
+    def _entry(self, i: int, key: str):
+        return self._cols[key][i] if key in self._cols else None
+
+    def model_for(self, series_id: str) -> SeriesModel | str | None:
+        """The series' model, or a reason it has none, or None for an unknown series."""
+        i = self._rows.get(series_id)
+        if i is None:
+            return None
+        with self._lock:
+            hit = self._cache.get(series_id)
+            if hit is not None:
+                self._cache.move_to_end(series_id)
+                self.stats.hits += 1
+                return hit[0]
+            # One loader per series: concurrent first requests don't load it twice.
+            gate = self._loading.setdefault(series_id, threading.Lock())
+        with gate:
+            with self._lock:
+                hit = self._cache.get(series_id)
+                if hit is not None:
+                    self._cache.move_to_end(series_id)
+                    self.stats.hits += 1
+                    return hit[0]
+            artifact = self._entry(i, "artifact")
+            if artifact is None:
+                status = self._entry(i, "status")
+                return f"{status}: {self._entry(i, 'reason') or 'no model was stored'}"
+            data = self._read(artifact, self._entry(i, "offset"), self._entry(i, "length"))
+            model = persistence.load_verified(data, self._entry(i, "model_sha256"))
+            entry = SeriesModel(
+                model=model,
+                version=self._entry(i, "trained_in") or self.version,
+                history_end=self._entry(i, "history_end"),
+                tail=np.asarray(self._entry(i, "history_tail") or [], dtype=float),
+            )
+            with self._lock:
+                self.stats.misses += 1
+                self._cache[series_id] = (entry, len(data))
+                self.stats.bytes += len(data)
+                self._evict()
+                self._loading.pop(series_id, None)
+            return entry
+
+    def _evict(self) -> None:
+        while self._cache and (
+            len(self._cache) > self.max_models or self.stats.bytes > self.max_bytes
+        ):
+            _, (_, size) = self._cache.popitem(last=False)
+            self.stats.bytes -= size
+            self.stats.evictions += 1
+        self.stats.models = len(self._cache)

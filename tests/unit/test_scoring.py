@@ -1,0 +1,173 @@
+"""The scoring core shared by batch and real-time scoring, and the model-set reader."""
+
+import threading
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from mlops_assets.ml import modelset, persistence
+from mlops_assets.ml.engines import result_schema, train_local
+from mlops_assets.ml.features import feature_matrix, to_series_frame
+from mlops_assets.ml.model_cache import ModelSetReader
+from mlops_assets.ml.sample_data import SalesShape, sales_table
+from mlops_assets.ml.scoring import RequestError, SeriesModel, score
+from mlops_assets.ml.spec import load_spec
+
+SPEC = load_spec("sales")
+CUT = pd.Timestamp("2026-10-01").date()
+
+
+@pytest.fixture(scope="module")
+def data():
+    full = sales_table(SalesShape(6, 140, seed=2)).to_pandas()
+    full["store"], full["product"] = full.store.astype(str), full["product"].astype(str)
+    train = full[full.week < CUT].reset_index(drop=True)
+    results = train_local(pa.Table.from_pandas(train, preserve_index=False), SPEC, max_workers=1)
+    table = pa.Table.from_pandas(results, schema=result_schema(SPEC), preserve_index=False)
+    table = table.append_column("trained_in", pa.array(["2026-09-28/abc"] * table.num_rows))
+    return full, train, table
+
+
+@pytest.fixture(scope="module")
+def models(data):
+    _, _, table = data
+    return {
+        r["series_id"]: SeriesModel(
+            persistence.loads(r["model"]),
+            r["trained_in"],
+            r["history_end"],
+            np.array(r["history_tail"]),
+        )
+        for r in table.to_pylist()
+    }
+
+
+def test_one_step_with_known_history_equals_the_model_on_training_features(data, models):
+    full, _, _ = data
+    # Score a series' training rows (targets known): the features are the training features.
+    series = full[(full.week < CUT) & (full["product"] == "P001")]
+    out = score(series, SPEC, models.get)
+    X = feature_matrix(to_series_frame(series, SPEC), SPEC)
+    complete = np.isfinite(X).all(axis=1)
+    expected = models["store=S0000/product=P001"].model.predict(X[complete])
+    np.testing.assert_allclose(out.prediction.to_numpy()[complete], expected, rtol=1e-10)
+    # Rows whose 52-week lag falls before the series began cannot be scored, and say so.
+    assert (out.error[~complete] == "insufficient_history").all()
+    assert out.error[complete].isna().all() and complete.sum() == len(series) - 52
+    assert set(out.model_version[complete]) == {"2026-09-28/abc"}
+
+
+def test_future_periods_are_forecast_recursively_from_the_stored_tail(data, models):
+    full, _, _ = data
+    future = full[full.week >= CUT]
+    requests = future.drop(columns=["sales"]).sample(frac=1.0, random_state=0)  # any order
+    out = score(requests, SPEC, models.get)
+    assert out.error.isna().all()
+    assert list(out.series_id.str.contains("store=")) == [True] * len(requests)
+    actual = future.set_index(["store", "product", "week"]).loc[
+        list(zip(requests.store, requests["product"], requests.week, strict=True)), "sales"
+    ]
+    mae = np.mean(np.abs(out.prediction.to_numpy() - actual.to_numpy()))
+    naive = np.mean(np.abs(actual.to_numpy() - actual.mean()))
+    assert mae < naive, (mae, naive)
+    # The first future period depends only on the tail: same as a one-row request.
+    first = future[future.week == future.week.min()].drop(columns=["sales"])
+    alone = score(first, SPEC, models.get).prediction.to_numpy()
+    both = out.set_index(requests.index).loc[first.index, "prediction"].to_numpy()
+    np.testing.assert_allclose(alone, both)
+
+
+@pytest.mark.parametrize(
+    "row,code",
+    [
+        ({"store": "S9", "product": "P0", "week": "2026-10-05"}, "unknown_series"),
+        ({"store": "S0000", "product": "P000", "week": "2027-03-01"}, "gap_after_history"),
+        (
+            {"store": "S0000", "product": "P001", "week": "2026-10-05", "price": None},
+            "missing_feature",
+        ),
+        ({"store": "S0000", "product": "P002", "week": "not a date"}, "bad_value"),
+    ],
+)
+def test_bad_rows_get_their_own_error_and_the_good_row_is_still_scored(models, row, code):
+    good = {"store": "S0000", "product": "P003", "week": "2026-10-05", "price": 5.0, "promo": 0}
+    bad = {"price": 5.0, "promo": 0, **row}
+    out = score([good, bad], SPEC, models.get)
+    assert out.error.tolist() == [None, code]
+    assert np.isfinite(out.prediction[0]) and np.isnan(out.prediction[1])
+    assert out.message[1]
+
+
+def test_a_series_without_a_model_says_why(models):
+    out = score(
+        [{"store": "S1", "product": "P1", "week": "2026-10-05", "price": 1.0, "promo": 0}],
+        SPEC,
+        lambda sid: "skipped: 10 training periods, min_history is 26",
+    )
+    assert out.error[0] == "no_model" and "min_history" in out.message[0]
+
+
+def test_a_missing_column_fails_the_request_with_the_columns_it_needs(models):
+    with pytest.raises(RequestError, match=r"missing column\(s\) \['price'\]"):
+        score(
+            [{"store": "S0000", "product": "P001", "week": "2026-10-05", "promo": 0}],
+            SPEC,
+            models.get,
+        )
+
+
+def _reader(data, tmp_path, **kw):
+    _, _, table = data
+    manifest, packs = modelset.pack_models(table, "models/set", pack_bytes=2_000)
+    for name, blob in packs:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(blob)
+
+    def read_range(name, offset, length):
+        with open(tmp_path / name, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    return ModelSetReader(manifest, read_range, version="2026-09-28/abc", **kw), packs
+
+
+def test_reader_loads_lazily_verifies_and_stays_within_its_bounds(data, tmp_path):
+    reader, packs = _reader(data, tmp_path, max_models=2)
+    assert len(packs) > 1, "the test needs models spread over several packs"
+    assert reader.stats.misses == 0
+    for sid in reader.series:
+        assert isinstance(reader.model_for(sid), SeriesModel)
+    assert reader.stats.models == 2 and reader.stats.evictions == len(reader.series) - 2
+    assert reader.model_for("store=nope/product=nope") is None
+
+
+def test_reader_refuses_a_tampered_model(data, tmp_path):
+    reader, packs = _reader(data, tmp_path)
+    name = packs[0][0]
+    blob = bytearray((tmp_path / name).read_bytes())
+    blob[40] ^= 0xFF
+    (tmp_path / name).write_bytes(bytes(blob))
+    with pytest.raises(persistence.ModelIntegrityError):
+        reader.model_for(reader.series[0])
+
+
+def test_reader_is_safe_under_concurrent_first_requests(data, tmp_path):
+    reader, _ = _reader(data, tmp_path, max_models=100)
+    errors = []
+
+    def hit():
+        try:
+            for sid in reader.series:
+                assert reader.model_for(sid) is not None
+        except Exception as e:  # noqa: BLE001 - collected for the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=hit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert reader.stats.misses == len(reader.series)
