@@ -159,7 +159,9 @@ def build_training_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         t0 = time.perf_counter()
         if results is not None and len(results):
             fresh = pa.Table.from_pandas(results, schema=result_schema(spec), preserve_index=False)
-            fresh = fresh.join(fingerprints, "series_id", join_type="left outer")
+            at = pc.index_in(fresh["series_id"], value_set=fingerprints["series_id"])
+            for name in ("n_rows", "data_end", "data_fingerprint"):
+                fresh = fresh.append_column(name, fingerprints[name].take(at))
             fresh = fresh.sort_by("series_id")
             fresh = fresh.append_column("trained_in", pa.array([version] * fresh.num_rows))
             manifest, packs = modelset.pack_models(fresh, folder)
