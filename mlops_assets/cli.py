@@ -47,6 +47,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from mlops_assets.definitions import daily_job_name, defs
+    from mlops_assets.registry import promote_job_name
 
     home = project_home()
     ensure_dagster_home(home)
@@ -70,13 +71,69 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  {job.name}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})")
         if not result.success:
             failed.append(job.name)
+            continue
+        promote = definitions.resolve_job_def(promote_job_name(spec))
+        print(f"running {promote.name} (dev champion -> prod production) ...")
+        result = promote.execute_in_process(instance=instance, raise_on_error=False)
+        print(
+            f"  {promote.name}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})"
+        )
+        if not result.success:
+            failed.append(promote.name)
     print(
         f"\nResults are under {home}:\n"
         f"  storage (landing, curated, quarantine, ledger): {home / 'storage'}\n"
         f"  Dagster runs and materializations:              {os.environ['DAGSTER_HOME']}\n"
+        f"  model registries (MLflow, SQLite):              {home / 'mlflow'}\n"
+        f"  promoted model sets (prod):                     {home / 'prod-storage'}\n"
         "Open the Dagster UI with `make dev`, then http://127.0.0.1:3000 ."
     )
     return 1 if failed else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The AML entry script under azmlinfsrv on 127.0.0.1, following the prod alias."""
+    from mlops_assets.profiles import registries_for
+    from mlops_assets.serving.local import LocalServer
+    from mlops_assets.serving.service import ServingSettings
+
+    home = project_home()
+    root = args.root or str(home / "prod-storage")
+    _, prod_registry = registries_for("local", home)
+    keys = [k for k in (os.environ.get(args.api_key_env) or "").split(",") if k]
+    settings = ServingSettings(
+        dataset=args.dataset,
+        source=args.source,
+        root=root,
+        alias=args.alias,
+        registry_uri=prod_registry.tracking_uri,
+        api_keys=keys,
+        poll_s=args.poll_s,
+        cache_models=args.cache_models,
+        collect_rate=args.collect_rate,
+    )
+    server = LocalServer(settings, port=args.port, workers=args.workers, log_path=args.log)
+    print(f"starting azmlinfsrv for {args.dataset} ({args.source}) on {server.url} ...")
+    try:
+        info = server.start(timeout=120).info()
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"serving {info['dataset']} model set v{info['model_set_version']} "
+        f"({info['series']} series) from {info['source']}\n"
+        f"  POST {server.url}/score   GET {server.url}/ (liveness)   GET {server.url}/score (info)\n"
+        f"  API key: {'required (' + args.api_key_env + ')' if keys else 'off'}; "
+        f"new {args.alias} versions are picked up every {args.poll_s}s. Ctrl-C stops."
+    )
+    try:
+        while server.proc is not None and server.proc.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +155,22 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--periods", type=int, default=156)
     demo.add_argument("--as-of", help="partition (YYYY-MM-DD); default today, UTC")
     demo.set_defaults(func=cmd_demo)
+
+    serve = sub.add_parser("serve", help="serve the production model set on a local endpoint")
+    serve.add_argument("--dataset", default="sales", choices=["sales", "diabetes"])
+    serve.add_argument("--port", type=int, default=5001)
+    serve.add_argument("--workers", type=int, default=1, help="gunicorn workers (WORKER_COUNT)")
+    serve.add_argument("--alias", default="production")
+    serve.add_argument(
+        "--source", default="auto", choices=["auto", "pointer", "registry", "model_dir"]
+    )
+    serve.add_argument("--root", help="storage root of the model sets; default prod storage")
+    serve.add_argument("--api-key-env", default="MLOPS_SERVING_API_KEY", metavar="VAR")
+    serve.add_argument("--poll-s", type=float, default=2.0)
+    serve.add_argument("--cache-models", type=int, default=2000)
+    serve.add_argument("--collect-rate", type=float, default=0.0)
+    serve.add_argument("--log", help="server log file (default: none)")
+    serve.set_defaults(func=cmd_serve)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import dagster as dg
 
+from mlops_assets.batch_scoring import batch_scoring_definitions
+from mlops_assets.deployment import build_deployment_assets, deploy_job_name, deploy_run_config
+from mlops_assets.evaluation import build_evaluation_asset, registered_model_name
 from mlops_assets.ingestion import build_ingestion_asset
 from mlops_assets.ml.spec import DatasetSpec, bundled_specs
 from mlops_assets.partitions import as_of_days
 from mlops_assets.profiles import current_profile, project_home, resources_for
+from mlops_assets.registry import build_promotion_jobs, build_registration_asset
 from mlops_assets.training import build_training_asset
+from sensors.failures import make_failure_sensor
+from sensors.release import make_release_sensor
+from sensors.schedules import make_daily_schedule
 
 
 def daily_job_name(spec: DatasetSpec) -> str:
@@ -17,7 +24,12 @@ def daily_job_name(spec: DatasetSpec) -> str:
 
 def dataset_definitions(spec: DatasetSpec) -> dg.Definitions:
     """The lifecycle of one dataset: its assets, checks and jobs."""
-    assets = [build_ingestion_asset(spec), build_training_asset(spec)]
+    assets = [
+        build_ingestion_asset(spec),
+        build_training_asset(spec),
+        build_evaluation_asset(spec),
+        build_registration_asset(spec),
+    ]
     daily = dg.define_asset_job(
         daily_job_name(spec),
         selection=dg.AssetSelection.key_prefixes([spec.name]),
@@ -28,12 +40,48 @@ def dataset_definitions(spec: DatasetSpec) -> dg.Definitions:
         ),
         tags={"dataset": spec.name},
     )
-    return dg.Definitions(assets=assets, jobs=[daily])
+    return dg.Definitions(
+        assets=assets,
+        jobs=[daily, *build_promotion_jobs(spec)],
+        schedules=[make_daily_schedule(daily, hour=schedule_hour())],
+    )
+
+
+def serving_definitions(spec: DatasetSpec) -> dg.Definitions:
+    """Real-time serving of one dataset: QA + release assets, their job and release sensor."""
+    assets = build_deployment_assets(spec)
+    deploy = dg.define_asset_job(
+        deploy_job_name(spec),
+        selection=dg.AssetSelection.assets(*assets),
+        description=f"QA a prod {spec.name} model set on a local endpoint, then release it.",
+        tags={"dataset": spec.name},
+    )
+    return dg.Definitions(
+        assets=assets,
+        jobs=[deploy],
+        sensors=[
+            make_release_sensor(
+                deploy,
+                registered_model_name(spec),
+                run_config=lambda v, spec=spec: deploy_run_config(spec, v),
+            )
+        ],
+    )
+
+
+def schedule_hour() -> int:
+    """Hour (UTC) of the daily retrain: ``MLOPS_RETRAIN_HOUR``, default 2."""
+    import os
+
+    return int(os.environ.get("MLOPS_RETRAIN_HOUR", "2"))
 
 
 def build_definitions(specs: list[DatasetSpec], resources: dict) -> dg.Definitions:
     return dg.Definitions.merge(
-        *(dataset_definitions(s) for s in specs), dg.Definitions(resources=resources)
+        *(dataset_definitions(s) for s in specs),
+        *(serving_definitions(s) for s in specs),
+        *(batch_scoring_definitions(s) for s in specs),
+        dg.Definitions(resources=resources, sensors=[make_failure_sensor()]),
     )
 
 

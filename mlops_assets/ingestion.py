@@ -1,11 +1,19 @@
 """Ingestion: drops landed under ``landing/<dataset>/`` become the curated Parquet dataset."""
 
+import tempfile
+
 import dagster as dg
 
 from mlops_assets.curation import CuratedStore, DropOutcome, ingest, landing_prefix, pending_drops
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.partitions import as_of_days
-from mlops_assets.validation import as_of_date, check_results, check_specs, make_gate
+from mlops_assets.validation import (
+    as_of_date,
+    check_results,
+    check_specs,
+    make_gate,
+    publish_docs,
+)
 from resources.storage import Storage
 
 _OUTCOME_SCHEMA = dg.TableSchema(
@@ -23,6 +31,8 @@ _OUTCOME_SCHEMA = dg.TableSchema(
 class IngestConfig(dg.Config):
     n_shards: int = 8
     """Shards of the curated dataset (fixed when it is first written; later changes are ignored)."""
+    data_docs: bool = True
+    """Render GX Data Docs of the run's drop validations to validation/<dataset>/docs/."""
 
 
 def outcome_table(outcomes: list[DropOutcome], limit: int = 50) -> dg.TableMetadataValue:
@@ -54,8 +64,8 @@ def build_ingestion_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         description=(
             f"Curated, typed {spec.name} rows: every new drop in landing/{spec.name}/ is parsed "
             "against the dataset spec and upserted on (series key, time); unreadable files and "
-            "failing rows go to quarantine with the reason. Each new drop is validated once, as it is "
-            "ingested; blocking checks (schema, keys, values, freshness, distribution, row "
+            "failing rows go to quarantine with the reason. Each new drop is validated once, as "
+            "it is ingested; blocking checks (schema, keys, values, freshness, distribution, row "
             "accounting) stop the run's downstream assets on an ERROR."
         ),
     )
@@ -70,10 +80,14 @@ def build_ingestion_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             level(f"{o.status}: {o.drop} ({o.rows_curated} rows curated) {o.message or ''}")
 
         as_of = as_of_date(context.partition_key if context.has_partition_key else None)
-        result = ingest(
-            storage, spec, drops, n_shards=config.n_shards, run_id=context.run_id,
-            on_drop=progress, gate=make_gate(storage, spec, as_of) if drops else None,
-        )
+        with tempfile.TemporaryDirectory(prefix="gx-docs-") as docs_dir:
+            gate = make_gate(storage, spec, as_of, docs_dir if config.data_docs else None) \
+                if drops else None
+            result = ingest(
+                storage, spec, drops, n_shards=config.n_shards, run_id=context.run_id,
+                on_drop=progress, gate=gate,
+            )
+            docs = publish_docs(storage, spec, gate)
         store = CuratedStore(storage, spec)
         summary = store.summary()
         return dg.MaterializeResult(
@@ -92,8 +106,11 @@ def build_ingestion_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 "drops": outcome_table(result.outcomes),
                 "curated_uri": dg.MetadataValue.url(storage.uri(store.prefix + "/_layout.json")),
                 "as_of": str(as_of),
+                **({"data_docs": dg.MetadataValue.url(storage.uri(docs))} if docs else {}),
             },
-            check_results=check_results(spec, result, as_of),
+            check_results=check_results(
+                spec, result, as_of, docs_uri=storage.uri(docs) if docs else None
+            ),
         )
 
     return curated

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from resources.endpoints import AzureMLKubernetesEndpoint, EndpointResource, LocalEndpoint
+from resources.registry import MlflowRegistry, ModelRegistry
 from resources.storage import AzureBlobStorage, LocalStorage, Storage
 from resources.training import (
     LocalTrainingEngine,
@@ -45,6 +47,47 @@ def storage_for(profile: str, home: Path) -> Storage:
     )
 
 
+def prod_storage_for(profile: str, home: Path) -> Storage:
+    """Where promoted model sets are copied: a separate folder locally, the prod account on
+    Azure."""
+    if profile == "local":
+        return LocalStorage(root=str(home / "prod-storage"))
+    return AzureBlobStorage(
+        account_url=dg.EnvVar("MLOPS_PROD_STORAGE_ACCOUNT_URL"),
+        container=dg.EnvVar("MLOPS_PROD_STORAGE_CONTAINER"),
+    )
+
+
+def registries_for(profile: str, home: Path) -> tuple[ModelRegistry, ModelRegistry]:
+    """(dev registry with alias champion, prod registry with alias production).
+
+    Local: SQLite stores under the project home, artifacts next to the storage resource's data.
+    dev/prod: the AML workspaces' MLflow tracking URIs, from ``MLOPS_MLFLOW_DEV_URI`` and
+    ``MLOPS_MLFLOW_PROD_URI`` (``azureml://<region>.api.azureml.ms/mlflow/v1.0/...``).
+    """
+    if profile == "local":
+        mlflow_home = home / "mlflow"
+        made = []
+        for stage, alias, store in (
+            ("dev", "champion", home / "storage"),
+            ("prod", "production", home / "prod-storage"),
+        ):
+            uri = f"sqlite:///{mlflow_home / f'{stage}.db'}"
+            made.append(
+                MlflowRegistry(
+                    tracking_uri=uri,
+                    registry_uri=uri,
+                    alias=alias,
+                    artifact_root=(store / "mlflow-artifacts").as_uri(),
+                )
+            )
+        return made[0], made[1]
+    return (
+        MlflowRegistry(tracking_uri=dg.EnvVar("MLOPS_MLFLOW_DEV_URI"), alias="champion"),
+        MlflowRegistry(tracking_uri=dg.EnvVar("MLOPS_MLFLOW_PROD_URI"), alias="production"),
+    )
+
+
 def training_engine(name: str) -> TrainingEngine:
     """``MLOPS_TRAINING_ENGINE``: ``local`` (process pool, default) or ``spark``."""
     if name == "local":
@@ -54,12 +97,54 @@ def training_engine(name: str) -> TrainingEngine:
     raise ValueError(f"MLOPS_TRAINING_ENGINE={name!r} is not one of ('local', 'spark')")
 
 
+def endpoint_for(profile: str, home: Path) -> EndpointResource:
+    """Where real-time scoring is released. Local: the ``mlops serve`` endpoint on the prod
+    storage (``MLOPS_ENDPOINT_URL``, e.g. http://127.0.0.1:5001, makes a release wait for it
+    to switch). dev/prod: a Kubernetes online endpoint, blue/green, settings from ``MLOPS_AML_*``.
+    """
+    if profile == "local":
+        return LocalEndpoint(
+            root=str(home / "prod-storage"),
+            url=os.environ.get("MLOPS_ENDPOINT_URL") or None,
+            api_key=os.environ.get("MLOPS_SERVING_API_KEY") or None,
+        )
+    return AzureMLKubernetesEndpoint(
+        subscription_id=dg.EnvVar("MLOPS_AML_SUBSCRIPTION_ID"),
+        resource_group=dg.EnvVar("MLOPS_AML_RESOURCE_GROUP"),
+        workspace=dg.EnvVar("MLOPS_AML_WORKSPACE"),
+        endpoint_name=dg.EnvVar("MLOPS_AML_ENDPOINT"),
+        compute=dg.EnvVar("MLOPS_AML_AKS_COMPUTE"),
+        model_base_uri=dg.EnvVar("MLOPS_AML_MODEL_BASE_URI"),
+    )
+
+
 def resources_for(profile: str, home: Path) -> dict[str, dg.ConfigurableResource]:
     """Every resource the code location needs, for one profile."""
+    registry, prod_registry = registries_for(profile, home)
     return {
         "storage": storage_for(profile, home),
+        "prod_storage": prod_storage_for(profile, home),
         "training": training_engine(os.environ.get("MLOPS_TRAINING_ENGINE", "local")),
+        "registry": registry,
+        "prod_registry": prod_registry,
+        "endpoint": endpoint_for(profile, home),
+        "batch_compute": batch_compute_for(profile),
     }
+
+
+def batch_compute_for(profile: str):
+    """Where batch scoring runs: a local subprocess, or an AML compute cluster (Pipes)."""
+    from resources.compute import AzureMLBatchCompute, LocalBatchCompute
+
+    if profile == "local":
+        return LocalBatchCompute()
+    return AzureMLBatchCompute(
+        subscription_id=dg.EnvVar("MLOPS_AML_SUBSCRIPTION_ID"),
+        resource_group=dg.EnvVar("MLOPS_AML_RESOURCE_GROUP"),
+        workspace=dg.EnvVar("MLOPS_AML_WORKSPACE"),
+        compute=dg.EnvVar("MLOPS_AML_BATCH_COMPUTE"),
+        pipes_account_url=dg.EnvVar("MLOPS_STORAGE_ACCOUNT_URL"),
+    )
 
 
 def ensure_dagster_home(home: Path) -> Path:

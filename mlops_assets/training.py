@@ -177,6 +177,10 @@ def build_training_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             if manifest is None:
                 manifest = carried
             else:
+                # Older sets may lack newer columns: carry them with nulls there.
+                for f in manifest.schema:
+                    if f.name not in carried.column_names:
+                        carried = carried.append_column(f, pa.nulls(carried.num_rows, f.type))
                 carried = carried.select(manifest.column_names).cast(manifest.schema)
                 manifest = pa.concat_tables([manifest, carried])
         manifest = manifest.sort_by("series_id")

@@ -10,6 +10,7 @@ not execute (blocking applies within a run only; see reliability notes 1.4).
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import dagster as dg
 
@@ -40,16 +41,30 @@ DESCRIPTIONS = {
 }
 ALWAYS_ERROR = {"schema", "keys", "row_accounting"}
 _SAMPLE = dg.TableSchema(
-    columns=[dg.TableColumn(n, t) for n, t in (
-        ("file", "string"), ("row", "int"), ("column", "string"), ("value", "string"),
-        ("rule", "string"),
-    )]
+    columns=[
+        dg.TableColumn(n, t)
+        for n, t in (
+            ("file", "string"),
+            ("row", "int"),
+            ("column", "string"),
+            ("value", "string"),
+            ("rule", "string"),
+        )
+    ]
 )
 _FAILURES = dg.TableSchema(
-    columns=[dg.TableColumn(n, t) for n, t in (
-        ("file", "string"), ("rule", "string"), ("column", "string"), ("level", "string"),
-        ("severity", "string"), ("count", "int"), ("message", "string"),
-    )]
+    columns=[
+        dg.TableColumn(n, t)
+        for n, t in (
+            ("file", "string"),
+            ("rule", "string"),
+            ("column", "string"),
+            ("level", "string"),
+            ("severity", "string"),
+            ("count", "int"),
+            ("message", "string"),
+        )
+    ]
 )
 
 
@@ -57,7 +72,9 @@ def check_specs(spec: DatasetSpec) -> list[dg.AssetCheckSpec]:
     """One blocking check per concern on ``[<ds>, "curated"]``."""
     return [
         dg.AssetCheckSpec(
-            concern, asset=dg.AssetKey([spec.name, "curated"]), blocking=True,
+            concern,
+            asset=dg.AssetKey([spec.name, "curated"]),
+            blocking=True,
             description=DESCRIPTIONS[concern],
         )
         for concern in CONCERNS
@@ -71,22 +88,56 @@ def as_of_date(partition_key: str | None) -> date:
     return datetime.now(UTC).date()
 
 
-def make_gate(storage: Storage, spec: DatasetSpec, as_of: date) -> DropGate:
+def make_gate(
+    storage: Storage, spec: DatasetSpec, as_of: date, docs_dir: str | None = None
+) -> DropGate:
     """A gate whose distribution reference is the curated history (time and drift columns)."""
     store = CuratedStore(storage, spec)
-    reference = store.read(columns=[spec.time, *drift_columns(spec)]) if store.shard_names() \
-        else None
-    return DropGate(spec, as_of, reference=reference)
+    reference = (
+        store.read(columns=[spec.time, *drift_columns(spec)]) if store.shard_names() else None
+    )
+    return DropGate(spec, as_of, reference=reference, docs_dir=docs_dir)
+
+
+def docs_prefix(spec: DatasetSpec) -> str:
+    return f"validation/{spec.name}/docs/"
+
+
+def publish_docs(storage: Storage, spec: DatasetSpec, gate: DropGate | None) -> str | None:
+    """Build the run's GX Data Docs and copy them to storage; the index's storage name.
+
+    Pages are written every run; the site's static assets (~4 MB) only when missing.
+    """
+    index = gate.runner.build_docs() if gate is not None and gate.docs_dir else None
+    if index is None:
+        return None
+    root = Path(index).parent
+    prefix = docs_prefix(spec)
+    have = {b.name for b in storage.list(prefix + "static/")}
+    for path in sorted(root.rglob("*")):
+        if not path.is_file():
+            continue
+        name = prefix + path.relative_to(root).as_posix()
+        if name.startswith(prefix + "static/") and name in have:
+            continue
+        storage.write_bytes(name, path.read_bytes())
+    return prefix + "index.html"
 
 
 def _expectations_text(spec: DatasetSpec, concern: str, as_of: date) -> str:
     configs = row_expectations(spec, as_of) + drop_expectations(spec, as_of)
-    lines = sorted({
-        f"{c['meta']['rule']}: {c['type']}"
-        + (f"({c['kwargs'].get('column') or c['kwargs'].get('column_list')})")
-        for c in configs
-        if concern_of(c["meta"]["rule"], c["kwargs"].get("column"), spec) == concern
-    })
+    lines = sorted(
+        {
+            f"{c['meta']['rule']}: {c['type']}"
+            + "({})".format(
+                c["kwargs"].get("column")
+                or c["kwargs"].get("column_list")
+                or c["kwargs"].get("column_set")
+            )
+            for c in configs
+            if concern_of(c["meta"]["rule"], c["kwargs"].get("column"), spec) == concern
+        }
+    )
     if concern == "distribution":
         d = spec.validation.drift
         lines.append(
@@ -108,27 +159,49 @@ def _failures(outcome: DropOutcome, spec: DatasetSpec) -> list[dict]:
 
 
 def check_results(
-    spec: DatasetSpec, result: IngestResult, as_of: date, sample_rows: int = 10
+    spec: DatasetSpec,
+    result: IngestResult,
+    as_of: date,
+    sample_rows: int = 10,
+    docs_uri: str | None = None,
 ) -> list[dg.AssetCheckResult]:
-    """One result per concern, computed from this run's drop outcomes."""
+    """One result per concern, computed from this run's drop outcomes.
+
+    Args:
+        spec: the dataset spec.
+        result: what ``curation.ingest`` did with this run's drops.
+        as_of: the run's as-of date.
+        sample_rows: failing rows shown per check.
+        docs_uri: where the run's GX Data Docs are, linked from every check.
+    """
     rows_in = sum(o.rows_in or 0 for o in result.outcomes)
     failures = [f for o in result.outcomes for f in _failures(o, spec)]
     accounting = _row_accounting(result)
     failures += accounting
     samples = [
         {**s, "value": None if s.get("value") is None else str(s["value"])}
-        for o in result.outcomes for s in (o.validation or {}).get("sample", [])
+        for o in result.outcomes
+        for s in (o.validation or {}).get("sample", [])
     ]
     tolerance = spec.validation.max_quarantined_pct
     out = []
     for concern in CONCERNS:
-        mine = [f for f in failures if f["concern"] == concern]
+        # ERROR findings first, so the check's description names what blocks.
+        mine = sorted(
+            (f for f in failures if f["concern"] == concern),
+            key=lambda f: f.get("severity") != "error",
+        )
         row_count = sum(f.get("unexpected_count", 0) for f in mine if f.get("level") == "row")
         file_rows = sum(
-            (o.rows_in or 0) for o in result.outcomes
-            if o.status == "quarantined" and any(
-                f["file"] == o.drop and f.get("level") in ("drop", "file")
-                and f.get("severity") == "error" for f in mine)
+            (o.rows_in or 0)
+            for o in result.outcomes
+            if o.status == "quarantined"
+            and any(
+                f["file"] == o.drop
+                and f.get("level") in ("drop", "file")
+                and f.get("severity") == "error"
+                for f in mine
+            )
         )
         unexpected = row_count + file_rows
         pct = 100.0 * unexpected / rows_in if rows_in else 0.0
@@ -150,38 +223,72 @@ def check_results(
             "unexpected_count": unexpected,
             "unexpected_percent": round(pct, 6),
             "failed_rules": ", ".join(sorted(rules)) or "none",
+            "files_quarantined": len(
+                {
+                    f["file"]
+                    for f in mine
+                    if f.get("level") in ("file", "drop") and f.get("severity") == "error"
+                }
+            ),
             "failures": dg.MetadataValue.table(
-                [dg.TableRecord({
-                    "file": f["file"], "rule": f["rule"], "column": f.get("column") or "",
-                    "level": f.get("level") or "", "severity": f.get("severity") or "",
-                    "count": int(f.get("unexpected_count") or 1),
-                    "message": (f.get("message") or "")[:400],
-                }) for f in mine[:20]],
+                [
+                    dg.TableRecord(
+                        {
+                            "file": f["file"],
+                            "rule": f["rule"],
+                            "column": f.get("column") or "",
+                            "level": f.get("level") or "",
+                            "severity": f.get("severity") or "",
+                            "count": int(f.get("unexpected_count") or 1),
+                            "message": _describe(f)[:400],
+                        }
+                    )
+                    for f in mine[:20]
+                ],
                 schema=_FAILURES,
             ),
             "failing_rows_sample": dg.MetadataValue.table(
-                [dg.TableRecord({k: s.get(k) for k in ("file", "row", "column", "value", "rule")})
-                 for s in sample[:sample_rows]],
+                [
+                    dg.TableRecord(
+                        {k: s.get(k) for k in ("file", "row", "column", "value", "rule")}
+                    )
+                    for s in sample[:sample_rows]
+                ],
                 schema=_SAMPLE,
             ),
         }
+        if docs_uri:
+            metadata["data_docs"] = dg.MetadataValue.url(docs_uri)
         if concern == "distribution":
-            metadata["drop_profiles"] = dg.MetadataValue.json({
-                o.drop: (o.validation or {}).get("profile", {}) for o in result.outcomes[:20]
-            })
-        out.append(dg.AssetCheckResult(
-            check_name=concern, passed=not mine, severity=severity,
-            asset_key=dg.AssetKey([spec.name, "curated"]), metadata=metadata,
-            description=(mine[0].get("message") or "")[:1000] if mine else None,
-        ))
+            metadata["drop_profiles"] = dg.MetadataValue.json(
+                {o.drop: (o.validation or {}).get("profile", {}) for o in result.outcomes[:20]}
+            )
+        out.append(
+            dg.AssetCheckResult(
+                check_name=concern,
+                passed=not mine,
+                severity=severity,
+                asset_key=dg.AssetKey([spec.name, "curated"]),
+                metadata=metadata,
+                description=_describe(mine[0]) if mine else None,
+            )
+        )
     return out
+
+
+def _describe(failure: dict) -> str:
+    message = failure.get("message") or failure["rule"]
+    if not message.startswith(failure["file"]):
+        message = f"{failure['file']}: {message}"
+    return message[:1000]
 
 
 def _observed(failures: list[dict], concern: str) -> str:
     if not failures:
         return "no failures"
     shown = [
-        f"{f['file']}: {f['rule']}" + (f" observed {f['observed']}" if "observed" in f else "")
+        f"{f['file']}: {f['rule']}"
+        + (f" observed {f['observed']}" if "observed" in f else "")
         + (f" ({f['unexpected_count']} rows)" if f.get("unexpected_count") else "")
         for f in failures[:10]
     ]
@@ -194,18 +301,30 @@ def _row_accounting(result: IngestResult) -> list[dict]:
         if o.rows_in is None:
             continue  # unreadable file: no rows known, the whole file is in quarantine
         if o.rows_in != o.rows_curated + o.rows_quarantined:
-            out.append({
-                "file": o.drop, "rule": "rows.identity", "column": None, "level": "drop",
-                "severity": "error", "concern": "row_accounting",
-                "message": f"{o.drop}: rows in {o.rows_in} != curated {o.rows_curated} + "
-                f"quarantined {o.rows_quarantined}; report a bug in ingestion",
-            })
+            out.append(
+                {
+                    "file": o.drop,
+                    "rule": "rows.identity",
+                    "column": None,
+                    "level": "drop",
+                    "severity": "error",
+                    "concern": "row_accounting",
+                    "message": f"{o.drop}: rows in {o.rows_in} != curated {o.rows_curated} + "
+                    f"quarantined {o.rows_quarantined}; report a bug in ingestion",
+                }
+            )
     merged = result.merge.rows_added + result.merge.rows_replaced
     if merged != result.rows_curated:
-        out.append({
-            "file": "*", "rule": "rows.merged", "column": None, "level": "drop",
-            "severity": "error", "concern": "row_accounting",
-            "message": f"the curated store took {merged} rows but drops report "
-            f"{result.rows_curated} curated; report a bug in ingestion",
-        })
+        out.append(
+            {
+                "file": "*",
+                "rule": "rows.merged",
+                "column": None,
+                "level": "drop",
+                "severity": "error",
+                "concern": "row_accounting",
+                "message": f"the curated store took {merged} rows but drops report "
+                f"{result.rows_curated} curated; report a bug in ingestion",
+            }
+        )
     return out

@@ -94,8 +94,11 @@ def concern_of(rule: str, column: str | None, spec: DatasetSpec) -> str:
 
 def _exp(type_: str, rule: str, severity: str = "error", **kwargs: Any) -> dict:
     concern = kwargs.pop("concern", None)
-    return {"type": type_, "kwargs": kwargs, "meta": {"rule": rule, "severity": severity,
-                                                      **({"concern": concern} if concern else {})}}
+    return {
+        "type": type_,
+        "kwargs": kwargs,
+        "meta": {"rule": rule, "severity": severity, **({"concern": concern} if concern else {})},
+    }
 
 
 def _as_datetime(value: str | date | datetime) -> datetime:
@@ -104,6 +107,12 @@ def _as_datetime(value: str | date | datetime) -> datetime:
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day)
     return datetime.fromisoformat(str(value)).replace(tzinfo=None)
+
+
+def _end_of_day(value: str | date | datetime) -> datetime:
+    """The start of the day after ``value``'s day."""
+    day = _as_datetime(value).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day + timedelta(days=1)
 
 
 def _typed_values(values: list[str], ctype: ColumnType) -> list:
@@ -120,30 +129,71 @@ def row_expectations(spec: DatasetSpec, as_of: date | datetime | str | None = No
     """The row-level expectations of ``spec``, in rule precedence order (first failure wins)."""
     v = spec.validation
     out = [
-        _exp("expect_table_columns_to_match_set", "schema.columns",
-             column_set=list(spec.columns), exact_match=True),
+        _exp(
+            "expect_table_columns_to_match_set",
+            "schema.columns",
+            column_set=list(spec.columns),
+            exact_match=True,
+        ),
     ]
     for name, col in spec.columns.items():
         if not col.nullable:
             out.append(_exp("expect_column_values_to_not_be_null", "not_null", column=name))
     for name, col in spec.columns.items():
         if col.type in (ColumnType.float, ColumnType.int) and not col.allowed:
-            out.append(_exp("expect_column_values_to_be_between", "values.finite", column=name,
-                            min_value=-FLOAT_MAX, max_value=FLOAT_MAX))
+            out.append(
+                _exp(
+                    "expect_column_values_to_be_between",
+                    "values.finite",
+                    column=name,
+                    min_value=-FLOAT_MAX,
+                    max_value=FLOAT_MAX,
+                )
+            )
             if col.min is not None or col.max is not None:
-                out.append(_exp("expect_column_values_to_be_between", "values.range",
-                                column=name, min_value=col.min, max_value=col.max))
+                out.append(
+                    _exp(
+                        "expect_column_values_to_be_between",
+                        "values.range",
+                        column=name,
+                        min_value=col.min,
+                        max_value=col.max,
+                    )
+                )
         if col.allowed:
-            out.append(_exp("expect_column_values_to_be_in_set", "values.allowed", column=name,
-                            value_set=_typed_values(col.allowed, col.type)))
+            out.append(
+                _exp(
+                    "expect_column_values_to_be_in_set",
+                    "values.allowed",
+                    column=name,
+                    value_set=_typed_values(col.allowed, col.type),
+                )
+            )
     if v.earliest:
-        out.append(_exp("expect_column_values_to_be_between", "time.earliest", column=spec.time,
-                        min_value=_as_datetime(v.earliest)))
+        out.append(
+            _exp(
+                "expect_column_values_to_be_between",
+                "time.earliest",
+                column=spec.time,
+                min_value=_as_datetime(v.earliest),
+            )
+        )
     if as_of is not None:
-        out.append(_exp("expect_column_values_to_be_between", "time.not_future", column=spec.time,
-                        max_value=_as_datetime(as_of)))
-    out.append(_exp("expect_compound_columns_to_be_unique", "unique.key_time",
-                    column_list=spec.key_columns))
+        # Anything on the as-of day itself is allowed, for date and timestamp columns alike.
+        out.append(
+            _exp(
+                "expect_column_values_to_be_between",
+                "time.not_future",
+                column=spec.time,
+                max_value=_end_of_day(as_of),
+                strict_max=True,
+            )
+        )
+    out.append(
+        _exp(
+            "expect_compound_columns_to_be_unique", "unique.key_time", column_list=spec.key_columns
+        )
+    )
     for extra in v.expectations:
         if extra.type in ROW_EVALUATORS:
             out.append(_exp(extra.type, extra.rule_name, extra.severity, **extra.kwargs))
@@ -165,9 +215,12 @@ class Band:
 def drift_columns(spec: DatasetSpec) -> list[str]:
     """Target and numeric features (not categorical ones) whose distribution is watched."""
     cols = [spec.target] + [
-        n for n, c in spec.columns.items()
-        if c.type in (ColumnType.float, ColumnType.int) and not c.allowed
-        and n != spec.target and n not in spec.series_keys
+        n
+        for n, c in spec.columns.items()
+        if c.type in (ColumnType.float, ColumnType.int)
+        and not c.allowed
+        and n != spec.target
+        and n not in spec.series_keys
     ]
     return cols
 
@@ -177,22 +230,41 @@ def drop_expectations(
     as_of: date | datetime | str | None = None,
     bands: dict[str, Band] | None = None,
 ) -> list[dict]:
-    """Drop-level expectations on the drop's profile (one row: ``rows``, ``<col>__<stat>``)."""
+    """Drop-level expectations on the drop's profile (one row: ``rows_in``, ``<col>__<stat>``)."""
     v = spec.validation
     out = [
-        _exp("expect_column_values_to_be_between", "drop.row_count", column="rows",
-             min_value=v.min_rows_per_drop, max_value=v.max_rows_per_drop),
+        _exp(
+            "expect_column_values_to_be_between",
+            "drop.row_count",
+            column="rows_in",
+            min_value=v.min_rows_per_drop,
+            max_value=v.max_rows_per_drop,
+        ),
     ]
     if v.max_age_days is not None and as_of is not None:
-        out.append(_exp("expect_column_values_to_be_between", "freshness.max_age", "warn",
-                        column=f"{spec.time}__max",
-                        min_value=_as_datetime(as_of) - timedelta(days=v.max_age_days)))
+        out.append(
+            _exp(
+                "expect_column_values_to_be_between",
+                "freshness.max_age",
+                "warn",
+                column=f"{spec.time}__max",
+                min_value=_as_datetime(as_of) - timedelta(days=v.max_age_days),
+            )
+        )
     d = v.drift
     for stat, band in sorted((bands or {}).items()):
         for severity, k in (("warn", d.warn_sigmas), ("error", d.error_sigmas)):
             lo, hi = band.bounds(k)
-            out.append(_exp("expect_column_values_to_be_between", "drift." + stat.replace("__", "."), severity,
-                            column=stat, min_value=lo, max_value=hi))
+            out.append(
+                _exp(
+                    "expect_column_values_to_be_between",
+                    "drift." + stat.replace("__", "."),
+                    severity,
+                    column=stat,
+                    min_value=lo,
+                    max_value=hi,
+                )
+            )
     return out
 
 
@@ -203,19 +275,28 @@ def build_suite(name: str, configs: Iterable[dict]):
         ExpectationConfiguration,
     )
 
-    suite = gx.ExpectationSuite(name=name)
-    for c in configs:
-        suite.add_expectation(
-            ExpectationConfiguration(type=c["type"], kwargs=c["kwargs"], meta=c["meta"])
-            .to_domain_obj()
-        )
-    return suite
+    return gx.ExpectationSuite(
+        name=name,
+        expectations=[
+            ExpectationConfiguration(
+                type=c["type"], kwargs=c["kwargs"], meta=c["meta"]
+            ).to_domain_obj()
+            for c in configs
+        ],
+    )
 
 
 class GxRunner:
-    """An ephemeral GX context with a pandas data source; runs suites on dataframes."""
+    """An ephemeral GX context with a pandas data source; runs suites on dataframes.
 
-    def __init__(self) -> None:
+    Args:
+        docs_dir: a local folder for a GX Data Docs site of this context's validations (built by
+            ``build_docs``); None for no docs.
+    """
+
+    DOCS_SITE = "mlops"
+
+    def __init__(self, docs_dir: str | None = None) -> None:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
         import great_expectations as gx
 
@@ -224,12 +305,35 @@ class GxRunner:
         source = self.context.data_sources.add_pandas("mlops")
         self.batch = source.add_dataframe_asset("drop").add_batch_definition_whole_dataframe("all")
         self._n = 0
+        self.docs_dir = docs_dir
+        if docs_dir:
+            self.context.add_data_docs_site(
+                site_name=self.DOCS_SITE,
+                site_config={
+                    "class_name": "SiteBuilder",
+                    "store_backend": {
+                        "class_name": "TupleFilesystemStoreBackend",
+                        "base_directory": docs_dir,
+                    },
+                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                },
+            )
+
+    def build_docs(self) -> str | None:
+        """Render the Data Docs site of every validation run so far; the index's local path."""
+        if not self.docs_dir or not self._n:
+            return None
+        self.context.build_data_docs(site_names=[self.DOCS_SITE])
+        return os.path.join(self.docs_dir, "index.html")
 
     def run(self, suite, frame, result_format: str = "SUMMARY"):
         """Validate ``frame`` against ``suite``; returns GX's ``ExpectationSuiteValidationResult``."""
         self._n += 1
-        suite = self.context.suites.add(suite.__class__(
-            name=f"{suite.name}#{self._n}", expectations=[e.copy() for e in suite.expectations]))
+        suite = self.context.suites.add(
+            suite.__class__(
+                name=f"{suite.name}#{self._n}", expectations=[e.copy() for e in suite.expectations]
+            )
+        )
         vd = self.context.validation_definitions.add(
             self._gx.ValidationDefinition(name=f"v{self._n}", data=self.batch, suite=suite)
         )
@@ -336,7 +440,9 @@ def _unique(table: pa.Table, kw: dict) -> np.ndarray:
     """Rows sharing their compound key with another row (every copy is flagged, as GX does)."""
     cols = kw["column_list"]
     n = table.num_rows
-    if n < 2 or _strictly_increasing(table, cols):
+    if n < 2 or (
+        _strictly_increasing(table.slice(0, 4096), cols) and _strictly_increasing(table, cols)
+    ):
         return np.zeros(n, dtype=bool)  # drops usually arrive sorted: one pass proves it
     with ThreadPoolExecutor(max_workers=len(cols)) as pool:
         parts = list(pool.map(lambda c: _codes(table[c]), cols))
@@ -380,9 +486,7 @@ ROW_EVALUATORS: dict[str, Callable[[pa.Table, dict], np.ndarray]] = {
 }
 
 
-def row_failures(
-    table: pa.Table, configs: list[dict], workers: int | None = None
-) -> list[Failure]:
+def row_failures(table: pa.Table, configs: list[dict], workers: int | None = None) -> list[Failure]:
     """Evaluate row-level expectation configs on ``table``: [(rule, column, mask)], in order.
 
     Each expectation's mask is computed in a thread pool (pyarrow and numpy kernels release the
@@ -428,7 +532,8 @@ def profile(table: pa.Table, spec: DatasetSpec, workers: int | None = None) -> d
     if table.num_rows:
         mm = pc.min_max(table[spec.time]).as_py()
         out[f"{spec.time}__min"], out[f"{spec.time}__max"] = (
-            _as_datetime(mm["min"]), _as_datetime(mm["max"])
+            _as_datetime(mm["min"]),
+            _as_datetime(mm["max"]),
         )
     for c, s in stats.items():
         for k, v in s.items():
@@ -450,8 +555,11 @@ def reference_bands(reference: pa.Table, spec: DatasetSpec) -> dict[str, Band]:
     cols = drift_columns(spec)
     aggs = []
     for c in cols:
-        aggs += [(c, "mean"), (c, "stddev", pc.VarianceOptions(ddof=1)),
-                 (c, "tdigest", pc.TDigestOptions(q=list(QUANTILES.values())))]
+        aggs += [
+            (c, "mean"),
+            (c, "stddev", pc.VarianceOptions(ddof=1)),
+            (c, "tdigest", pc.TDigestOptions(q=list(QUANTILES.values()))),
+        ]
     per = window.select([spec.time, *cols]).group_by(spec.time).aggregate(aggs)
     bands: dict[str, Band] = {}
     for c in cols:
@@ -488,8 +596,10 @@ class DropReport:
 
     def as_dict(self) -> dict:
         def plain(v):
-            return v.isoformat() if isinstance(v, datetime | date) else (
-                None if isinstance(v, float) and not math.isfinite(v) else v
+            return (
+                v.isoformat()
+                if isinstance(v, datetime | date)
+                else (None if isinstance(v, float) and not math.isfinite(v) else v)
             )
 
         return {
@@ -510,6 +620,7 @@ class DropGate:
             accepted during the run extend it, so a cold start still compares later drops.
         runner: a ``GxRunner`` to share (one is created on first use otherwise).
         sample_rows: failing rows kept per drop for reports.
+        docs_dir: where the runner it creates renders GX Data Docs (see ``GxRunner``).
     """
 
     def __init__(
@@ -519,6 +630,7 @@ class DropGate:
         reference: pa.Table | None = None,
         runner: GxRunner | None = None,
         sample_rows: int = 5,
+        docs_dir: str | None = None,
     ):
         self.spec, self.as_of = spec, as_of
         self.row_configs = row_expectations(spec, as_of)
@@ -526,6 +638,7 @@ class DropGate:
         self._reference = [reference.select(self._cols)] if reference is not None else []
         self._bands: dict[str, Band] | None = None
         self._runner = runner
+        self.docs_dir = docs_dir
         self.sample_rows = sample_rows
         self.reports: dict[str, DropReport] = {}
         self.extra_drop = [e for e in spec.validation.expectations if e.type not in ROW_EVALUATORS]
@@ -533,7 +646,7 @@ class DropGate:
     @property
     def runner(self) -> GxRunner:
         if self._runner is None:
-            self._runner = GxRunner()
+            self._runner = GxRunner(self.docs_dir)
         return self._runner
 
     @property
@@ -559,19 +672,30 @@ class DropGate:
         self.reports[name] = report
         report.failures += _row_failure_counts(parsed.rejected, self.spec)
         report.sample = [
-            {"file": name, "row": r[ROW], "column": r["_column"], "value": r["_value"],
-             "rule": r["_rule"]}
+            {
+                "file": name,
+                "row": r[ROW],
+                "column": r["_column"],
+                "value": r["_value"],
+                "rule": r["_rule"],
+            }
             for r in parsed.rejected.slice(0, self.sample_rows)
-            .select([ROW, "_rule", "_column", "_value"]).to_pylist()
+            .select([ROW, "_rule", "_column", "_value"])
+            .to_pylist()
         ]
-        report.profile = profile(parsed.good, self.spec)
-        configs = drop_expectations(self.spec, self.as_of, self._drift_bands())
-        frame = pd.DataFrame({
-            k: pd.Series([report.profile.get(k)], dtype=None if k.startswith(self.spec.time)
-                         else "float64")
-            for k in _columns_of(configs)
-        })
-        result = self.runner.run(build_suite(f"{self.spec.name}.drop", configs), frame)
+        report.profile = {"rows_in": parsed.rows_in, **profile(parsed.good, self.spec)}
+        configs = drop_expectations(self.spec, self.as_of, self.bands)
+        frame = pd.DataFrame(
+            {
+                k: pd.Series(
+                    [report.profile.get(k)],
+                    dtype=None if k.startswith(self.spec.time) else "float64",
+                )
+                for k in _columns_of(configs)
+            }
+        )
+        suite = build_suite(f"{self.spec.name}.drop.{name.rsplit('/', 1)[-1]}", configs)
+        result = self.runner.run(suite, frame)
         report.gx_statistics = dict(result.statistics)
         report.failures += _gx_failures(result, report.profile)
         if self.extra_drop:
@@ -580,14 +704,12 @@ class DropGate:
         if errors:
             first = errors[0]
             raise DropRejected(
-                name, first["rule"],
+                name,
+                first["rule"],
                 f"{first['message']}; the whole file is quarantined: {hint(first['rule'])}",
                 column=first.get("column"),
             )
         return report
-
-    def _drift_bands(self) -> dict[str, Band]:
-        return self.bands
 
     def accept(self, good: pa.Table) -> None:
         """Add a curated drop's rows to the reference window (recomputed lazily)."""
@@ -616,12 +738,18 @@ def _row_failure_counts(rejected: pa.Table, spec: DatasetSpec) -> list[dict]:
         return []
     counts = rejected.group_by(["_rule", "_column"]).aggregate([(ROW, "count"), (ROW, "min")])
     return [
-        {"rule": r["_rule"], "column": r["_column"], "level": "row",
-         "concern": concern_of(r["_rule"], r["_column"], spec),
-         "severity": "error", "unexpected_count": r[f"{ROW}_count"],
-         "first_row": r[f"{ROW}_min"], "message": f"rule {r['_rule']} on column "
-         f"{r['_column']!r}: {r[f'{ROW}_count']} row(s) quarantined, first at row "
-         f"{r[f'{ROW}_min']}; {hint(r['_rule'])}"}
+        {
+            "rule": r["_rule"],
+            "column": r["_column"],
+            "level": "row",
+            "concern": concern_of(r["_rule"], r["_column"], spec),
+            "severity": "error",
+            "unexpected_count": r[f"{ROW}_count"],
+            "first_row": r[f"{ROW}_min"],
+            "message": f"rule {r['_rule']} on column "
+            f"{r['_column']!r}: {r[f'{ROW}_count']} row(s) quarantined, first at row "
+            f"{r[f'{ROW}_min']}; {hint(r['_rule'])}",
+        }
         for r in counts.to_pylist()
     ]
 
@@ -635,18 +763,28 @@ def _gx_failures(result, observed: dict) -> list[dict]:
             continue
         kw = dict(cfg.kwargs)
         col = kw.get("column")
-        value = observed.get(col) if col in observed else (
-            (r.result or {}).get("observed_value")
-        )
+        value = observed.get(col) if col in observed else ((r.result or {}).get("observed_value"))
         rule = "gx.raised_exception" if raised else cfg.meta["rule"]
         shown = value.isoformat() if isinstance(value, datetime) else value
         bounds = f"[{kw.get('min_value')}, {kw.get('max_value')}]"
-        out.append({
-            "rule": rule, "column": (col or "").split("__")[0] or None, "level": "drop", "severity": cfg.meta["severity"],
-            "expectation": cfg.type, "observed": shown,
-            "expected": {k: (v.isoformat() if isinstance(v, datetime) else v)
-                         for k, v in kw.items() if k in ("min_value", "max_value")},
-            "message": (f"{col.replace('__', ' ')} = {shown} is outside {bounds} ({cfg.meta['severity']} band)"
-                        if not raised else f"GX raised: {r.exception_info}"),
-        })
+        out.append(
+            {
+                "rule": rule,
+                "column": (col or "").split("__")[0] or None,
+                "level": "drop",
+                "severity": cfg.meta["severity"],
+                "expectation": cfg.type,
+                "observed": shown,
+                "expected": {
+                    k: (v.isoformat() if isinstance(v, datetime) else v)
+                    for k, v in kw.items()
+                    if k in ("min_value", "max_value")
+                },
+                "message": (
+                    f"{col.replace('__', ' ')} = {shown} is outside {bounds} ({cfg.meta['severity']} band)"
+                    if not raised
+                    else f"GX raised: {r.exception_info}"
+                ),
+            }
+        )
     return out

@@ -1,0 +1,1 @@
+"""Batch scoring of Blob drops: the Pipes script and the helpers it shares with the asset."""

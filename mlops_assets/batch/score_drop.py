@@ -1,0 +1,509 @@
+"""Score one drop with each series' production model: the batch scoring job, run under Pipes.
+
+Run as ``python -m mlops_assets.batch.score_drop`` (or as a script). Locally Dagster's
+``PipesSubprocessClient`` starts it; on Azure ``PipesAzureMLClient`` submits the very same
+command as an AML command job (``resources/compute.py``). What to score comes from the
+``MLOPS_BATCH_PARAMS`` environment variable (JSON, see :class:`DropJob`), so every instance of a
+multi-node job gets it whether or not it talks Pipes.
+
+Steps: read the drop (checking that its etag is still the one the sensor saw), validate it
+against the dataset spec (target column optional or null; bad rows go to quarantine with their
+rule; a malformed file goes to quarantine whole, with a clear error, and nothing is predicted),
+keep this instance's share of the series (stable crc32 hash of the series id modulo the number
+of instances), load each series' production model (sha256-verified, ``ModelSetReader``),
+predict (``scoring.score``) and write the predictions Parquet atomically.
+
+Instances: rank and count come from ``MLOPS_RANK``/``MLOPS_WORLD_SIZE``, else the variables Azure
+ML sets for distributed jobs (``RANK``/``WORLD_SIZE``, ``OMPI_COMM_WORLD_RANK``/``..._SIZE``,
+``AZUREML_PROCESS_ID``). Rank 0 talks Pipes: it waits for the other instances' summaries and
+reports the totals (rows scored, series, unknown series, quarantined rows, duration). Other
+ranks only write their part and summary.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mlops_assets.batch import layout
+from mlops_assets.ml import modelset
+from mlops_assets.ml.drops import ROW, DropRejected, ParsedDrop, parse_drop, split_failures
+from mlops_assets.ml.model_cache import ModelSetReader
+from mlops_assets.ml.scoring import UNKNOWN_SERIES, score
+from mlops_assets.ml.spec import ColumnType, DatasetSpec, load_spec
+from mlops_assets.ml.tables import series_ids
+
+PARAMS_ENV = "MLOPS_BATCH_PARAMS"
+CONNECTION_STRING_ENV = "MLOPS_BATCH_CONNECTION_STRING"  # Azurite/tests only
+PIPES_TRANSPORT_ENV = "MLOPS_PIPES_TRANSPORT"  # "azure_blob" on AML; default: Pipes' env/files
+PIPES_BLOB_ACCOUNT_URL_ENV = "MLOPS_PIPES_BLOB_ACCOUNT_URL"
+CHUNK_ROWS = 250_000  # rows (of whole series) passed to one scoring.score call
+
+
+# ---- parameters -----------------------------------------------------------------------------
+
+
+@dataclass
+class DropJob:
+    """Everything an instance needs to score one drop version (JSON in ``MLOPS_BATCH_PARAMS``).
+
+    ``storage``/``model_storage`` are ``{"kind": "local", "root": ...}`` or ``{"kind": "azure",
+    "account_url", "container", "prefix"}``; credentials never travel here (managed identity on
+    AML; a connection string for Azurite comes from ``MLOPS_BATCH_CONNECTION_STRING``).
+    """
+
+    dataset: str
+    drop: str  # storage name of the drop, e.g. scoring/sales/inbox/2026/11/21/a.parquet
+    etag: str
+    key: str  # the drop version key (partition key): <drop relative to the inbox>@<etag>
+    storage: dict
+    model_storage: dict
+    model_folder: str
+    model_version: str
+    spec_path: str | None = None  # a spec YAML; default the bundled spec named ``dataset``
+    wait_for_ranks_s: float = 3600.0
+
+    @classmethod
+    def from_json(cls, text: str) -> DropJob:
+        return cls(**json.loads(text))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def storage_config(storage: Any) -> dict:
+    """The JSON form of a ``resources.storage`` resource (no secrets)."""
+    from resources.storage import AzureBlobStorage, LocalStorage
+
+    if isinstance(storage, LocalStorage):
+        return {"kind": "local", "root": str(storage.root)}
+    if isinstance(storage, AzureBlobStorage):
+        return {
+            "kind": "azure",
+            "account_url": storage.account_url,
+            "container": storage.container,
+            "prefix": storage.prefix,
+        }
+    raise TypeError(f"cannot pass a {type(storage).__name__} to the batch scoring job")
+
+
+def open_storage(config: dict):
+    from resources.storage import AzureBlobStorage, LocalStorage
+
+    if config["kind"] == "local":
+        return LocalStorage(root=config["root"])
+    return AzureBlobStorage(
+        account_url=config["account_url"],
+        container=config["container"],
+        prefix=config.get("prefix", ""),
+        connection_string=os.environ.get(CONNECTION_STRING_ENV) or None,
+    )
+
+
+def rank_and_world(env: dict[str, str] | None = None) -> tuple[int, int]:
+    env = os.environ if env is None else env
+    for r, w in (
+        ("MLOPS_RANK", "MLOPS_WORLD_SIZE"),
+        ("RANK", "WORLD_SIZE"),  # AML PyTorch distribution
+        ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),  # AML MPI distribution
+        ("AZUREML_PROCESS_ID", "AZUREML_NODE_COUNT"),
+    ):
+        if env.get(r) not in (None, "") and env.get(w) not in (None, ""):
+            rank, world = int(env[r]), int(env[w])
+            if not 0 <= rank < world:
+                raise ValueError(f"{r}={rank} is not in [0, {w}={world})")
+            return rank, world
+    return 0, 1
+
+
+def shard_of_series(ids: np.ndarray, world: int) -> np.ndarray:
+    """A stable instance per series id: crc32(id) mod world (the same in every process)."""
+    uniq, inverse = np.unique(ids.astype(str), return_inverse=True)
+    crc = np.fromiter((zlib.crc32(s.encode()) for s in uniq), dtype=np.int64, count=len(uniq))
+    return (crc % world)[inverse]
+
+
+# ---- validation -----------------------------------------------------------------------------
+
+
+def scoring_spec(spec: DatasetSpec, has_target: bool) -> DatasetSpec:
+    """The spec a scoring drop is typed against: the target is optional (nullable) or absent."""
+    columns = dict(spec.columns)
+    if has_target:
+        columns[spec.target] = columns[spec.target].model_copy(update={"nullable": True})
+    else:
+        columns.pop(spec.target)
+    return spec.model_copy(update={"columns": columns})
+
+
+def _columns_of(name: str, data: bytes) -> list[str] | None:
+    """The drop's column names, cheaply (None if it cannot tell: parse_drop will say why)."""
+    try:
+        if name.lower().endswith((".parquet", ".pq")):
+            return pq.read_schema(io.BytesIO(data)).names
+        header = data.split(b"\n", 1)[0].decode("utf-8").lstrip("\ufeff").rstrip("\r")
+        return [h.strip() for h in header.split(",")]
+    except Exception:
+        return None
+
+
+def _value_rules(table: pa.Table, spec: DatasetSpec) -> list[tuple[str, str, np.ndarray]]:
+    """min/max/allowed of every column but the target, on typed values (nulls pass)."""
+    failures = []
+    for cname, col in spec.columns.items():
+        if cname == spec.target or cname not in table.column_names:
+            continue
+        if col.type in (ColumnType.float, ColumnType.int) and (
+            col.min is not None or col.max is not None or col.allowed
+        ):
+            v = pc.cast(table[cname], pa.float64()).to_numpy(zero_copy_only=False)
+            valid = ~np.isnan(v)
+            if col.min is not None:
+                failures.append(("range.min", cname, valid & (v < col.min)))
+            if col.max is not None:
+                failures.append(("range.max", cname, valid & (v > col.max)))
+            if col.allowed:
+                allowed = np.array([float(a) for a in col.allowed])
+                failures.append(("allowed", cname, valid & ~np.isin(v, allowed)))
+        elif col.allowed:
+            v = table[cname].to_numpy(zero_copy_only=False).astype(object)
+            ok = pd.isna(v) | np.isin(v.astype(str), col.allowed)
+            failures.append(("allowed", cname, ~ok))
+    return [f for f in failures if f[2].any()]
+
+
+def validate(name: str, data: bytes, spec: DatasetSpec) -> ParsedDrop:
+    """Type the drop against the scoring spec; rows failing a type, null or value rule are
+    rejected with it. Raises ``DropRejected`` for a file that cannot be read as a drop."""
+    cols = _columns_of(name, data)
+    sspec = scoring_spec(spec, has_target=cols is None or spec.target in cols)
+    parsed = parse_drop(name, data, sspec)
+    failures = _value_rules(parsed.good, sspec)
+    if not failures:
+        return parsed
+    more = split_failures(parsed.good, None, failures, sspec)
+    rejected = pa.concat_tables(
+        [parsed.rejected, more.rejected.select(parsed.rejected.column_names)]
+    )
+    return ParsedDrop(rows_in=parsed.rows_in, good=more.good, rejected=rejected)
+
+
+# ---- scoring --------------------------------------------------------------------------------
+
+
+def _pack_reader(storage, series_wanted: int, manifest: pa.Table) -> Callable:
+    """``read_range`` for ModelSetReader: whole packs read once when many models are wanted
+    (a few large reads instead of one request per model), ranged reads otherwise."""
+    packs: dict[str, bytes] = {}
+    with_model = int(pc.sum(pc.is_valid(manifest["artifact"])).as_py() or 0)
+    whole = series_wanted > 64 or series_wanted * 4 > max(1, with_model)
+
+    def read_range(name: str, offset: int, length: int) -> bytes:
+        if not whole:
+            return storage.read_range(name, offset, length)
+        if name not in packs:
+            packs[name] = storage.read_bytes(name)
+        return packs[name][offset : offset + length]
+
+    return read_range
+
+
+def score_table(
+    table: pa.Table, spec: DatasetSpec, reader: ModelSetReader, chunk_rows: int = CHUNK_ROWS
+) -> pd.DataFrame:
+    """``scoring.score`` over whole series, ``chunk_rows`` rows at a time, in series order.
+
+    ``score`` costs grow with series x rows of one call, so a big drop is scored in chunks of
+    whole series; each row keeps its per-row error code.
+    """
+    if table.num_rows == 0:
+        return score(table.to_pandas(), spec, reader.model_for)
+    ids = series_ids(table, spec)
+    enc = pc.dictionary_encode(ids).combine_chunks() if isinstance(
+        ids, pa.ChunkedArray
+    ) else pc.dictionary_encode(ids)
+    codes = enc.indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    bounds = [0]
+    for cut in range(chunk_rows, len(order), chunk_rows):
+        i = int(starts[np.searchsorted(starts, cut, side="right") - 1])
+        if i > bounds[-1]:
+            bounds.append(i)
+    bounds.append(len(order))
+    parts = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        rows = order[a:b]
+        part = table.take(pa.array(rows)).to_pandas(date_as_object=False)
+        out = score(part, spec, reader.model_for)
+        out.insert(0, ROW, table[ROW].take(pa.array(rows)).to_numpy())
+        parts.append(out)
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+# ---- one instance ---------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    """What one instance did with its share of a drop."""
+
+    key: str
+    rank: int = 0
+    world: int = 1
+    status: str = "scored"  # scored | rejected | superseded
+    rows_in: int = 0
+    rows_quarantined: int = 0
+    rows_scored: int = 0  # rows with a prediction
+    rows_failed: int = 0  # rows of known series that got an error code instead
+    rows_unknown_series: int = 0
+    series: int = 0
+    unknown_series: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    output: str | None = None
+    output_uri: str | None = None
+    quarantine: str | None = None
+    error: str | None = None
+    model_version: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _write_parquet(storage, name: str, table: pa.Table | pd.DataFrame) -> None:
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    storage.write_bytes(name, buf.getvalue())
+
+
+def quarantine_file(storage, job: DropJob, data: bytes, rejected: DropRejected) -> str:
+    name = layout.quarantined_file(job.dataset, job.key)
+    storage.write_bytes(name, data)
+    reason = {**rejected.as_dict(), "drop": job.drop, "etag": job.etag, "key": job.key}
+    storage.write_text(f"{name}.reason.json", json.dumps(reason, indent=2))
+    return name
+
+
+def run_instance(
+    job: DropJob,
+    rank: int = 0,
+    world: int = 1,
+    log: Callable[[str], None] = lambda _m: None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> Summary:
+    """Score this instance's share of the drop and write its part; return what it did."""
+    t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
+    storage = open_storage(job.storage)
+    model_storage = open_storage(job.model_storage)
+    spec = load_spec(job.spec_path or job.dataset)
+    out = Summary(key=job.key, rank=rank, world=world, model_version=job.model_version)
+
+    info = storage.info(job.drop)
+    if info is None or info.etag != job.etag:
+        out.status = "superseded"
+        out.error = (
+            f"{job.drop} is no longer version {job.etag} (now "
+            f"{'deleted' if info is None else info.etag}); that version is not scored, a newer "
+            "one is scored by its own run"
+        )
+        log(out.error)
+        return out
+    data = storage.read_bytes(job.drop)
+    seconds["read"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    try:
+        parsed = validate(job.drop, data, spec)
+    except DropRejected as rejected:
+        out.status, out.error = "rejected", rejected.message
+        if rank == 0:
+            out.quarantine = quarantine_file(storage, job, data, rejected)
+        seconds["validate"] = time.perf_counter() - t
+        out.seconds = {k: round(v, 4) for k, v in seconds.items()}
+        log(f"malformed drop quarantined, nothing scored: {rejected.message}")
+        return out
+    out.rows_in = parsed.rows_in
+    good = parsed.good
+    if world > 1:
+        mine = shard_of_series(series_ids(good, spec).to_numpy(zero_copy_only=False), world)
+        good = good.filter(pa.array(mine == rank))
+        if parsed.rows_rejected:
+            rsid = series_ids(parsed.rejected, spec).to_numpy(zero_copy_only=False)
+            rej = parsed.rejected.filter(pa.array(shard_of_series(rsid, world) == rank))
+        else:
+            rej = parsed.rejected
+    else:
+        rej = parsed.rejected
+    out.rows_quarantined = rej.num_rows
+    if rej.num_rows:
+        name = layout.quarantined_rows(job.dataset, job.key)
+        if world > 1:
+            name = name.removesuffix(".parquet") + f".part-{rank:03d}-of-{world:03d}.parquet"
+        _write_parquet(storage, name, rej)
+        out.quarantine = name
+    seconds["validate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    manifest = modelset.read_manifest(
+        model_storage.read_bytes(f"{job.model_folder}/{modelset.MANIFEST}")
+    )
+    n_series = len(pc.unique(series_ids(good, spec))) if good.num_rows else 0
+    reader = ModelSetReader(
+        manifest,
+        _pack_reader(model_storage, n_series, manifest),
+        version=job.model_version,
+        max_models=max(2_000, n_series + 1),
+        max_bytes=1 << 40,  # one pass over the drop: models are held by score() anyway
+    )
+    seconds["models_index"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    scored = score_table(good, spec, reader, chunk_rows=chunk_rows)
+    seconds["score"] = time.perf_counter() - t
+    seconds["models_load"] = 0.0  # inside score; cache stats below
+    errors = scored["error"].fillna("ok").value_counts().to_dict()
+    out.errors = {str(k): int(v) for k, v in errors.items() if k != "ok"}
+    unknown = (scored["error"] == UNKNOWN_SERIES).to_numpy()
+    out.rows_scored = int(scored["prediction"].notna().sum())
+    out.rows_unknown_series = int(unknown.sum())
+    out.rows_failed = int(len(scored) - out.rows_scored - out.rows_unknown_series)
+    out.series = int(scored["series_id"].nunique())
+    out.unknown_series = int(scored.loc[unknown, "series_id"].nunique())
+
+    t = time.perf_counter()
+    name = layout.predictions_name(job.dataset, job.key, rank, world)
+    _write_parquet(storage, name, scored.rename(columns={ROW: "source_row"}))
+    out.output, out.output_uri = name, storage.uri(name)
+    seconds["write"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t0
+    out.seconds = {k: round(v, 4) for k, v in seconds.items()}
+    log(
+        f"rank {rank}/{world}: {out.rows_scored:,} rows scored over {out.series:,} series "
+        f"({out.unknown_series} unknown), {out.rows_quarantined} quarantined, "
+        f"models loaded {reader.stats.misses}, in {seconds['total']:.2f}s -> {out.output_uri}"
+    )
+    return out
+
+
+def combine(summaries: list[Summary]) -> dict:
+    """Totals over every instance's summary, as reported to Dagster."""
+    first = summaries[0]
+    total: dict[str, Any] = {
+        "key": first.key,
+        "status": first.status,
+        "instances": first.world,
+        "rows_in": first.rows_in,
+        "model_version": first.model_version,
+        "error": first.error,
+        "outputs": [s.output for s in summaries if s.output],
+        "output_uris": [s.output_uri for s in summaries if s.output_uri],
+        "quarantine": [s.quarantine for s in summaries if s.quarantine],
+        "errors": {},
+        "seconds": {k: max(s.seconds.get(k, 0.0) for s in summaries) for k in first.seconds},
+    }
+    for f in (
+        "rows_quarantined",
+        "rows_scored",
+        "rows_failed",
+        "rows_unknown_series",
+        "series",
+        "unknown_series",
+    ):
+        total[f] = sum(getattr(s, f) for s in summaries)
+    for s in summaries:
+        for k, v in s.errors.items():
+            total["errors"][k] = total["errors"].get(k, 0) + v
+    return total
+
+
+def wait_for_ranks(storage, job: DropJob, world: int, timeout_s: float) -> list[Summary]:
+    deadline = time.monotonic() + timeout_s
+    names = [layout.summary_name(job.dataset, job.key, r) for r in range(1, world)]
+    found: dict[str, Summary] = {}
+    while len(found) < len(names):
+        for n in names:
+            if n not in found and storage.exists(n):
+                found[n] = Summary(**json.loads(storage.read_text(n)))
+        if len(found) < len(names):
+            if time.monotonic() > deadline:
+                missing = [n for n in names if n not in found]
+                raise TimeoutError(f"instances did not finish within {timeout_s:.0f}s: {missing}")
+            time.sleep(1.0)
+    return [found[n] for n in names]
+
+
+# ---- entry point ----------------------------------------------------------------------------
+
+
+def _pipes(transport: str | None):
+    from dagster_pipes import open_dagster_pipes
+
+    if transport != "azure_blob":
+        return open_dagster_pipes()
+    from azure.storage.blob import BlobServiceClient
+    from dagster_pipes import (
+        PipesAzureBlobStorageContextLoader,
+        PipesAzureBlobStorageMessageWriter,
+    )
+
+    conn = os.environ.get(CONNECTION_STRING_ENV)
+    if conn:
+        client = BlobServiceClient.from_connection_string(conn)
+    else:
+        from azure.identity import DefaultAzureCredential
+
+        client = BlobServiceClient(
+            os.environ[PIPES_BLOB_ACCOUNT_URL_ENV], credential=DefaultAzureCredential()
+        )
+    return open_dagster_pipes(
+        context_loader=PipesAzureBlobStorageContextLoader(client=client),
+        message_writer=PipesAzureBlobStorageMessageWriter(client=client),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    del argv
+    raw = os.environ.get(PARAMS_ENV)
+    if not raw:
+        sys.stderr.write(f"{PARAMS_ENV} is not set: nothing to score\n")
+        return 2
+    job = DropJob.from_json(raw)
+    rank, world = rank_and_world()
+    if rank > 0:  # no Pipes: one writer of messages per job (rank 0)
+        summary = run_instance(job, rank, world, log=lambda m: sys.stderr.write(m + "\n"))
+        storage = open_storage(job.storage)
+        storage.write_text(
+            layout.summary_name(job.dataset, job.key, rank), json.dumps(asdict(summary))
+        )
+        return 0
+    with _pipes(os.environ.get(PIPES_TRANSPORT_ENV)) as pipes:
+        summary = run_instance(job, rank, world, log=pipes.log.info)
+        summaries = [summary]
+        if world > 1:
+            storage = open_storage(job.storage)
+            storage.write_text(
+                layout.summary_name(job.dataset, job.key, 0), json.dumps(asdict(summary))
+            )
+            if summary.status == "scored":
+                summaries += wait_for_ranks(storage, job, world, job.wait_for_ranks_s)
+        pipes.report_custom_message(combine(summaries))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

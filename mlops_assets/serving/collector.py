@@ -1,0 +1,182 @@
+"""Inference data collection: sampled request records and their answers, as Parquet.
+
+``offer()`` is called on the request path and never blocks: a sampled request is put on a
+bounded queue (dropped and counted when full); a background thread groups what it takes into
+files of up to ``flush_rows`` rows or ``flush_s`` seconds and writes them atomically under
+``<root>/inference/<dataset>/date=YYYY-MM-DD/<time>-<pid>-<n>.parquet``: one row per record with
+the dataset's columns as the request sent them (typed by the spec: numbers as float64, a
+value that is not a number as null; the record as sent is in ``raw``), the prediction, model
+versions and error code, plus ``request_id`` and ``received_at``. The
+layout is a landing prefix of Parquet drops, so ingestion can read it back; ``read_collected``
+does so here. No Dagster imports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import random
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger("mlops.serving.collector")
+
+
+def collected_prefix(dataset: str) -> str:
+    return f"inference/{dataset}"
+
+
+class Collector:
+    def __init__(
+        self,
+        root: str,
+        dataset: str,
+        sample_rate: float,
+        *,
+        max_queue: int = 1_000,
+        flush_rows: int = 5_000,
+        flush_s: float = 2.0,
+        seed: int | None = None,
+        columns: dict[str, str] | None = None,
+    ):
+        self.root, self.dataset = Path(root), dataset
+        # Request columns kept, typed: "float" or "string" (the dataset's columns).
+        self.columns = columns or {}
+        self.schema = pa.schema(
+            [
+                pa.field(c, pa.float64() if k == "float" else pa.string())
+                for c, k in self.columns.items()
+            ]
+            + [
+                pa.field("series_id", pa.string()),
+                pa.field("prediction", pa.float64()),
+                pa.field("model_version", pa.string()),
+                pa.field("model_set_version", pa.string()),
+                pa.field("error", pa.string()),
+                pa.field("request_id", pa.string()),
+                pa.field("received_at", pa.timestamp("us", tz="UTC")),
+                pa.field("raw", pa.string()),
+            ]
+        )
+        self.sample_rate = sample_rate
+        self.flush_rows, self.flush_s = flush_rows, flush_s
+        self._q: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._rng = random.Random(seed)
+        self._stop = threading.Event()
+        self._n = 0
+        self.stats = {"offered": 0, "sampled": 0, "dropped": 0, "rows_written": 0, "files": 0}
+        self.errors = 0
+        self._thread = threading.Thread(target=self._loop, name="inference-collector", daemon=True)
+        self._thread.start()
+
+    def offer(self, records: list, results: list[dict], version: str, request_id: str) -> bool:
+        """Maybe queue one request's records and results; never blocks. True if queued."""
+        self.stats["offered"] += 1
+        if self.sample_rate <= 0 or self._rng.random() >= self.sample_rate:
+            return False
+        self.stats["sampled"] += 1
+        try:
+            self._q.put_nowait((records, results, version, request_id, time.time()))
+            return True
+        except queue.Full:
+            self.stats["dropped"] += 1
+            return False
+
+    def _loop(self) -> None:
+        batch: list = []
+        rows = 0
+        deadline = time.monotonic() + self.flush_s
+        while True:
+            timeout = max(0.0, deadline - time.monotonic())
+            try:
+                item = self._q.get(timeout=min(timeout, 0.2))
+                batch.append(item)
+                rows += len(item[0])
+            except queue.Empty:
+                pass
+            stopping = self._stop.is_set() and self._q.empty()
+            if batch and (rows >= self.flush_rows or time.monotonic() >= deadline or stopping):
+                try:
+                    self._write(batch)
+                except Exception:  # never let collection hurt serving
+                    self.errors += 1
+                    log.exception("writing collected inference data failed")
+                batch, rows = [], 0
+            if time.monotonic() >= deadline:
+                deadline = time.monotonic() + self.flush_s
+            if stopping:
+                return
+
+    def _write(self, batch: list) -> None:
+        flat: list[dict] = []
+        for records, results, version, request_id, at in batch:
+            received = datetime.fromtimestamp(at, UTC)
+            for rec, res in zip(records, results, strict=False):
+                rec = rec if isinstance(rec, dict) else {}
+                row = {c: _coerce(rec.get(c), kind) for c, kind in self.columns.items()}
+                flat.append(
+                    {
+                        **row,
+                        "series_id": res.get("series_id"),
+                        "prediction": res.get("prediction"),
+                        "model_version": res.get("model_version"),
+                        "model_set_version": version,
+                        "error": res.get("error"),
+                        "request_id": request_id,
+                        "received_at": received,
+                        "raw": json.dumps(rec, default=str)[:10_000],
+                    }
+                )
+        if not flat:
+            return
+        table = pa.Table.from_pylist(flat, schema=self.schema)
+        now = datetime.now(UTC)
+        self._n += 1
+        name = (
+            f"{collected_prefix(self.dataset)}/date={now:%Y-%m-%d}/"
+            f"{now:%H%M%S%f}-{os.getpid()}-{self._n:05d}.parquet"
+        )
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{path.name}")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+        self.stats["rows_written"] += table.num_rows
+        self.stats["files"] += 1
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush what is queued and stop the thread."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+
+def _coerce(value, kind: str):
+    if value is None:
+        return None
+    if kind == "float":
+        if isinstance(value, bool):
+            return float(value)
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            return None
+        return v if math.isfinite(v) else None
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def read_collected(root: str | Path, dataset: str) -> pa.Table:
+    """Every collected row of ``dataset`` under ``root`` (empty table if none)."""
+    base = Path(root) / collected_prefix(dataset)
+    files = sorted(p for p in base.rglob("*.parquet") if not p.name.startswith(".tmp-"))
+    if not files:
+        return pa.table({})
+    tables = [pq.read_table(f) for f in files]
+    return pa.concat_tables(tables, promote_options="permissive")

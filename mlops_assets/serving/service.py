@@ -1,0 +1,419 @@
+"""The scoring service behind the AML entry script: settings, hot swap, auth, limits, answers.
+
+``ScoringService.handle(method, headers, body)`` turns one HTTP request into a ``Reply``; the
+entry script (``score.py``) only adapts it to the inference server. Everything a request can get
+wrong is answered, never raised:
+
+===========================================  ======================================
+problem                                      answer
+===========================================  ======================================
+API keys configured, key missing or wrong    401 (``Authorization: Bearer <key>`` or
+                                             ``x-api-key``)
+body over ``max_body_bytes``                 413
+more than ``max_records`` records            413
+not JSON, or no record list                  400
+a column every record needs is missing       422
+unknown series, missing feature, ...         200, with ``error``/``message`` on those
+                                             records (others are scored)
+no record could be scored                    404 if every record named an unknown
+                                             series, else 422; the records say why
+no model set loaded                          503
+===========================================  ======================================
+
+A body is ``{"data": [record, ...]}`` (``input_data`` is accepted too) or a bare list; a record
+is a dict with the dataset's key, time and exogenous columns. The answer is
+``{"model_set_version", "predictions": [{series_id, time, prediction, model_version, error,
+message}], "n_errors"}``.
+
+Hot swap: a background thread polls the source (registry alias or pointer file); when it names
+a new set, it builds and verifies a new reader, pre-loads the series that are hot in the old
+cache, then swaps one reference. A request holds the set it started with, so none fails during
+a swap; a set that fails to load is logged and the old one keeps serving. No Dagster imports.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import os
+import resource
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+
+from mlops_assets.ml.model_cache import ModelSetReader
+from mlops_assets.ml.scoring import UNKNOWN_SERIES, RequestError
+from mlops_assets.ml.spec import DatasetSpec, load_spec
+from mlops_assets.serving.collector import Collector
+from mlops_assets.serving.fast import score_records
+from mlops_assets.serving.source import (
+    ModelDirSource,
+    ModelSetRef,
+    PointerSource,
+    RegistrySource,
+    Source,
+    SourceError,
+    load_reader,
+    pointer_name,
+)
+
+log = logging.getLogger("mlops.serving")
+ENV_PREFIX = "MLOPS_SERVING_"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    v = os.environ.get(ENV_PREFIX + name)
+    return v if v not in (None, "") else default
+
+
+@dataclass
+class ServingSettings:
+    """What the server serves and its limits; ``from_env`` reads ``MLOPS_SERVING_*``."""
+
+    dataset: str = "sales"
+    source: str = "auto"  # auto | model_dir | pointer | registry
+    root: str | None = None  # storage root (local folder) holding model sets and pointers
+    alias: str = "production"
+    pointer: str | None = None  # relative to root; default serving/<dataset>/<alias>.json
+    registry_uri: str | None = None
+    model_name: str | None = None  # default <dataset>-models
+    model_dir: str | None = None  # AZUREML_MODEL_DIR
+    api_keys: list[str] = field(default_factory=list)
+    max_body_bytes: int = 4 << 20
+    max_records: int = 10_000
+    cache_models: int = 2_000
+    cache_bytes: int = 256 << 20
+    verify_all: bool = True
+    poll_s: float = 2.0
+    collect_rate: float = 0.0
+    collect_root: str | None = None
+    collect_queue: int = 1_000
+
+    @classmethod
+    def from_env(cls) -> ServingSettings:
+        keys = [k.strip() for k in (_env("API_KEYS") or _env("API_KEY") or "").split(",")]
+        return cls(
+            dataset=_env("DATASET", "sales"),
+            source=_env("SOURCE", "auto"),
+            root=_env("ROOT"),
+            alias=_env("ALIAS", "production"),
+            pointer=_env("POINTER"),
+            registry_uri=_env("REGISTRY_URI"),
+            model_name=_env("MODEL_NAME"),
+            model_dir=os.environ.get("AZUREML_MODEL_DIR") or None,
+            api_keys=[k for k in keys if k],
+            max_body_bytes=int(_env("MAX_BODY_BYTES", str(4 << 20))),
+            max_records=int(_env("MAX_RECORDS", "10000")),
+            cache_models=int(_env("CACHE_MODELS", "2000")),
+            cache_bytes=int(_env("CACHE_BYTES", str(256 << 20))),
+            verify_all=_env("VERIFY_ALL", "1") not in ("0", "false", "no"),
+            poll_s=float(_env("POLL_S", "2.0")),
+            collect_rate=float(_env("COLLECT_RATE", "0")),
+            collect_root=_env("COLLECT_ROOT"),
+            collect_queue=int(_env("COLLECT_QUEUE", "1000")),
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes ``from_env`` give these settings back."""
+        out = {}
+        for k, v in asdict(self).items():
+            if v is None or k == "model_dir":
+                continue
+            name = ENV_PREFIX + ("API_KEYS" if k == "api_keys" else k.upper())
+            if isinstance(v, bool):
+                v = "1" if v else "0"
+            elif isinstance(v, list):
+                v = ",".join(v)
+            out[name] = str(v)
+        return out
+
+    def make_source(self) -> Source:
+        kind = self.source
+        pointer = self.pointer or pointer_name(self.dataset, self.alias)
+        if kind == "auto":
+            if self.model_dir:
+                kind = "model_dir"
+            elif self.root and os.path.isfile(os.path.join(self.root, pointer)):
+                kind = "pointer"
+            elif self.registry_uri and self.root:
+                kind = "registry"
+            elif self.root:
+                kind = "pointer"
+            else:
+                raise SourceError(
+                    "nothing to serve: set AZUREML_MODEL_DIR, or MLOPS_SERVING_ROOT with a "
+                    "pointer file or MLOPS_SERVING_REGISTRY_URI"
+                )
+        if kind == "model_dir":
+            if not self.model_dir:
+                raise SourceError("source model_dir needs AZUREML_MODEL_DIR")
+            return ModelDirSource(self.model_dir, _env("VERSION"))
+        if not self.root:
+            raise SourceError(f"source {kind} needs MLOPS_SERVING_ROOT (the storage root)")
+        if kind == "pointer":
+            return PointerSource(self.root, pointer)
+        if kind == "registry":
+            if not self.registry_uri:
+                raise SourceError("source registry needs MLOPS_SERVING_REGISTRY_URI")
+            name = self.model_name or f"{self.dataset}-models"
+            return RegistrySource(self.registry_uri, name, self.alias, self.root)
+        raise SourceError(f"unknown source {kind!r}: auto, model_dir, pointer or registry")
+
+
+@dataclass
+class Reply:
+    status: int
+    payload: dict
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def body(self) -> bytes:
+        try:
+            return json.dumps(self.payload, allow_nan=False, separators=(",", ":")).encode()
+        except ValueError:  # a non-finite prediction: JSON has no inf, send null
+            for row in self.payload.get("predictions", []):
+                p = row.get("prediction")
+                if isinstance(p, float) and not math.isfinite(p):
+                    row["prediction"] = None
+            return json.dumps(self.payload, separators=(",", ":")).encode()
+
+
+@dataclass
+class Active:
+    ref: ModelSetRef
+    reader: ModelSetReader
+    loaded_at: float
+
+
+def collected_columns(spec: DatasetSpec) -> dict[str, str]:
+    """The request columns data collection keeps, typed for Parquet."""
+    out = {}
+    for name, col in spec.columns.items():
+        kind = str(getattr(col.type, "value", col.type))
+        out[name] = "float" if kind in ("float", "int") else "string"
+    return out
+
+
+def _error(status: int, code: str, message: str, **extra) -> Reply:
+    return Reply(status, {"error": code, "message": message, **extra})
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return peak_rss_bytes()
+
+
+class ScoringService:
+    def __init__(self, settings: ServingSettings, spec: DatasetSpec | None = None):
+        self.settings = settings
+        self.spec = spec or load_spec(settings.dataset)
+        self.source = settings.make_source()
+        self._active: Active | None = None
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._swap_lock = threading.Lock()
+        self.swaps = 0
+        self.last_error: str | None = None
+        self.requests = 0
+        self.collector: Collector | None = None
+        if settings.collect_rate > 0:
+            root = settings.collect_root or settings.root
+            if root:
+                self.collector = Collector(
+                    root,
+                    self.spec.name,
+                    settings.collect_rate,
+                    max_queue=settings.collect_queue,
+                    columns=collected_columns(self.spec),
+                )
+
+    @classmethod
+    def from_env(cls) -> ScoringService:
+        return cls(ServingSettings.from_env())
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> ScoringService:
+        """Load the current model set (raises if it cannot: the server must not turn ready),
+        then start polling for a new one."""
+        ref = self.source.resolve()
+        self._active = self._load(ref, previous=None)
+        log.info("serving %s model set %s from %s", self.spec.name, ref.version, ref.root)
+        if self.source.dynamic and self.settings.poll_s > 0:
+            self._poller = threading.Thread(target=self._poll, name="modelset-poll", daemon=True)
+            self._poller.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+        if self.collector is not None:
+            self.collector.close()
+
+    def _load(self, ref: ModelSetRef, previous: Active | None) -> Active:
+        s = self.settings
+        reader = load_reader(
+            ref, max_models=s.cache_models, max_bytes=s.cache_bytes, verify_all=s.verify_all
+        )
+        if previous is not None:
+            # Warm the new set with the series hot in the old one: no latency step at swap.
+            hot = list(getattr(previous.reader, "_cache", {}).keys())[-s.cache_models :]
+            for sid in hot:
+                if sid in reader:
+                    reader.model_for(sid)
+        return Active(ref, reader, time.time())
+
+    def check_for_update(self) -> bool:
+        """Resolve the source once; load and swap if it names another set. True if swapped."""
+        with self._swap_lock:
+            ref = self.source.resolve()
+            current = self._active
+            if current is not None and ref.key == current.ref.key:
+                return False
+            new = self._load(ref, previous=current)
+            self._active = new  # the swap: one reference
+            self.swaps += 1
+            log.info("hot swap: %s -> %s", current.ref.version if current else None, ref.version)
+            return True
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.settings.poll_s):
+            try:
+                self.check_for_update()
+                self.last_error = None
+            except Exception as exc:  # keep serving the old set
+                msg = f"{type(exc).__name__}: {exc}"
+                if msg != self.last_error:
+                    log.error("model set update failed, still serving the old one: %s", msg)
+                self.last_error = msg
+
+    # ---- requests ------------------------------------------------------------------------
+
+    def authorized(self, headers) -> bool:
+        keys = self.settings.api_keys
+        if not keys:
+            return True
+        given = headers.get("x-api-key") or ""
+        auth = headers.get("Authorization") or headers.get("authorization") or ""
+        if auth[:7].lower() == "bearer ":
+            given = auth[7:].strip()
+        # Compare against every key (primary and secondary) in constant time.
+        ok = False
+        for k in keys:
+            ok |= hmac.compare_digest(given.encode(), k.encode())
+        return ok
+
+    def info(self) -> dict:
+        a = self._active
+        out = {
+            "dataset": self.spec.name,
+            "source": self.source.describe(),
+            "model_set_version": a.ref.version if a else None,
+            "folder": a.ref.folder if a else None,
+            "loaded_at": a.loaded_at if a else None,
+            "series": len(a.reader.series) if a else 0,
+            "swaps": self.swaps,
+            "last_error": self.last_error,
+            "requests": self.requests,
+            "limits": {
+                "max_body_bytes": self.settings.max_body_bytes,
+                "max_records": self.settings.max_records,
+                "cache_models": self.settings.cache_models,
+                "cache_bytes": self.settings.cache_bytes,
+            },
+            "cache": asdict(a.reader.stats) if a else None,
+            "rss_bytes": rss_bytes(),
+            "peak_rss_bytes": peak_rss_bytes(),
+            "pid": os.getpid(),
+        }
+        if self.collector is not None:
+            out["collector"] = dict(self.collector.stats)
+        return out
+
+    def handle(self, method: str, headers, body: bytes | None, too_large: bool = False) -> Reply:
+        """One request; never raises."""
+        try:
+            reply = self._handle(method, headers, body, too_large)
+        except Exception as exc:  # a bug, not the caller's fault: 500 with a reference
+            ref = uuid.uuid4().hex[:12]
+            log.exception("scoring failed (ref %s)", ref)
+            reply = _error(500, "internal_error", f"{type(exc).__name__} (ref {ref})")
+        a = self._active
+        if a is not None:
+            reply.headers.setdefault("x-model-set-version", a.ref.version)
+        return reply
+
+    def _handle(self, method: str, headers, body: bytes | None, too_large: bool) -> Reply:
+        if not self.authorized(headers):
+            r = _error(401, "unauthorized", "missing or wrong API key")
+            r.headers["WWW-Authenticate"] = 'Bearer realm="score"'
+            return r
+        if method == "GET":
+            return Reply(200, self.info())
+        if method != "POST":
+            return _error(405, "method_not_allowed", f"{method} is not supported; POST records")
+        s = self.settings
+        if too_large or (body is not None and len(body) > s.max_body_bytes):
+            return _error(
+                413, "payload_too_large", f"the body is over {s.max_body_bytes} bytes; split it"
+            )
+        self.requests += 1
+        try:
+            parsed = json.loads(body or b"")
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(400, "malformed_json", f"the body is not JSON: {exc}")
+        records = parsed
+        if isinstance(parsed, dict):
+            records = parsed.get("data", parsed.get("input_data"))
+        if not isinstance(records, list):
+            return _error(
+                400, "bad_request", 'send {"data": [record, ...]} or a JSON list of records'
+            )
+        if not records:
+            return _error(400, "bad_request", "no records")
+        if len(records) > s.max_records:
+            return _error(
+                413, "too_many_records", f"{len(records)} records; at most {s.max_records}"
+            )
+        active = self._active  # held for the whole request: a swap cannot change it
+        if active is None:
+            return _error(503, "not_ready", "no model set loaded")
+        good = [i for i, r in enumerate(records) if isinstance(r, dict)]
+        try:
+            scored = score_records([records[i] for i in good], self.spec, active.reader.model_for)
+        except RequestError as exc:
+            return _error(422, "bad_request", str(exc))
+        rows: list[dict] = [
+            {
+                "series_id": None,
+                "time": None,
+                "prediction": None,
+                "model_version": None,
+                "error": "bad_record",
+                "message": "a record must be a JSON object",
+            }
+        ] * len(records)
+        rows = list(rows)
+        for i, row in zip(good, scored.rows, strict=True):
+            rows[i] = row
+        n_err = sum(1 for r in rows if r["error"] is not None)
+        status = 200
+        if n_err == len(rows):
+            status = 404 if all(r["error"] == UNKNOWN_SERIES for r in rows) else 422
+        if self.collector is not None:
+            rid = headers.get("x-request-id") or ""
+            self.collector.offer(records, rows, active.ref.version, rid)
+        return Reply(
+            status,
+            {"model_set_version": active.ref.version, "predictions": rows, "n_errors": n_err},
+        )

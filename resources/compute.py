@@ -1,0 +1,269 @@
+"""Where the batch scoring script runs: a local subprocess, or an Azure ML compute cluster.
+
+Both run ``python -m mlops_assets.batch.score_drop`` under Dagster Pipes with the job's
+parameters in ``MLOPS_BATCH_PARAMS`` and return the Pipes invocation (custom messages, logs).
+
+* ``LocalBatchCompute``: ``PipesSubprocessClient`` (rank 0); with ``instance_count > 1`` the
+  other ranks run as plain subprocesses next to it, as the nodes of an AML job would.
+* ``AzureMLBatchCompute``: an ``azure-ai-ml`` ``command(...)`` job on a named compute cluster
+  (instance count, environment, env vars; PyTorch distribution with one process per node so AML
+  sets ``RANK``/``WORLD_SIZE``) submitted by dagster-azure's ``PipesAzureMLClient`` with the Blob
+  context injector and message reader. On top of that client: a deterministic job name (run id +
+  drop version + attempt; an earlier attempt still running is cancelled first), an overall
+  timeout that cancels the job, retries of transient status reads, and cancellation when the
+  Dagster run is stopped (the client's ``forward_termination``).
+
+Nothing here contacts Azure until ``run_scoring`` is called on the Azure implementation; tests
+pass their own ``ml_client``/``blob_client`` factories.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from typing import Any
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+MODULE = "mlops_assets.batch.score_drop"
+PARAMS_ENV = "MLOPS_BATCH_PARAMS"
+TERMINAL = {"Completed", "Canceled", "Failed"}
+
+
+def job_name(run_id: str, key: str, attempt: int = 0) -> str:
+    """A deterministic AML job name (letters, digits, '_' and '-', at most 255 chars)."""
+    digest = hashlib.sha256(f"{run_id}\n{key}".encode()).hexdigest()[:20]
+    return f"mlops-score-{digest}-a{attempt}"
+
+
+class BatchCompute(dg.ConfigurableResource, ABC):
+    """Runs the batch scoring script for one drop version."""
+
+    instance_count: int = Field(default=1, ge=1, description="Instances sharing the series.")
+    timeout_s: float = Field(default=3600.0, description="Overall limit for one drop.")
+
+    @abstractmethod
+    def run_scoring(
+        self, context: dg.AssetExecutionContext, *, params_json: str, key: str
+    ) -> Any:
+        """Run the script; return the ``PipesClientCompletedInvocation``."""
+
+
+class LocalBatchCompute(BatchCompute):
+    """The script as a local subprocess through ``PipesSubprocessClient``."""
+
+    python: str = Field(default="", description="Interpreter; default the running one.")
+    extra_env: dict[str, str] = Field(default_factory=dict)
+
+    def _env(self, params_json: str, rank: int) -> dict[str, str]:
+        return {
+            **self.extra_env,
+            PARAMS_ENV: params_json,
+            "MLOPS_RANK": str(rank),
+            "MLOPS_WORLD_SIZE": str(self.instance_count),
+        }
+
+    def run_scoring(self, context, *, params_json: str, key: str):
+        cmd = [self.python or sys.executable, "-m", MODULE]
+        cwd = str(_repo_root())
+        others = [
+            subprocess.Popen(
+                cmd, cwd=cwd, env={**os.environ, **self._env(params_json, r)}
+            )
+            for r in range(1, self.instance_count)
+        ]
+        try:
+            client = dg.PipesSubprocessClient(cwd=cwd)
+            invocation = client.run(
+                context=context, command=cmd, env=self._env(params_json, 0)
+            )
+            for p in others:
+                rc = p.wait(self.timeout_s)
+                if rc != 0:
+                    raise dg.Failure(f"scoring instance pid {p.pid} exited with {rc}")
+            return invocation
+        finally:
+            for p in others:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+
+
+def _repo_root():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent
+
+
+class AzureMLBatchCompute(BatchCompute):
+    """The script as an Azure ML command job on a compute cluster, through Pipes."""
+
+    subscription_id: str
+    resource_group: str
+    workspace: str
+    compute: str = Field(default="cpu-batch", description="Name of the AML compute cluster.")
+    environment: str = Field(
+        default="azureml:mlops-batch@latest", description="AML environment (name@label)."
+    )
+    code: str = Field(default="", description="Folder uploaded as the job's code; default repo.")
+    experiment_name: str = "mlops-batch-scoring"
+    pipes_account_url: str = Field(description="Storage account for Pipes context + messages.")
+    pipes_container: str = "dagster-pipes"
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    poll_interval_s: float = 10.0
+    status_retries: int = 5
+
+    _ml_client: Any = PrivateAttr(default=None)
+    _blob_client: Any = PrivateAttr(default=None)
+
+    def with_clients(self, ml_client: Any, blob_client: Any) -> AzureMLBatchCompute:
+        """Use these clients (tests, or clients built elsewhere) instead of DefaultAzureCredential."""
+        self._ml_client, self._blob_client = ml_client, blob_client
+        return self
+
+    def ml_client(self):
+        if self._ml_client is None:
+            from azure.ai.ml import MLClient
+            from azure.identity import DefaultAzureCredential
+
+            self._ml_client = MLClient(
+                DefaultAzureCredential(), self.subscription_id, self.resource_group, self.workspace
+            )
+        return self._ml_client
+
+    def blob_client(self):
+        if self._blob_client is None:
+            from azure.identity import DefaultAzureCredential
+            from azure.storage.blob import BlobServiceClient
+
+            self._blob_client = BlobServiceClient(
+                self.pipes_account_url, credential=DefaultAzureCredential()
+            )
+        return self._blob_client
+
+    def build_command(self, *, params_json: str, name: str, key: str):
+        """The ``azure-ai-ml`` Command entity (pure: no Azure call)."""
+        from azure.ai.ml import command
+        from azure.ai.ml import PyTorchDistribution
+
+        env = {
+            **self.env_vars,
+            PARAMS_ENV: params_json,
+            "MLOPS_PIPES_TRANSPORT": "azure_blob",
+            "MLOPS_PIPES_BLOB_ACCOUNT_URL": self.pipes_account_url,
+        }
+        kwargs: dict[str, Any] = {}
+        if self.instance_count > 1:
+            kwargs["distribution"] = PyTorchDistribution(process_count_per_instance=1)
+        return command(
+            name=name,
+            display_name=f"score {key}"[:250],
+            experiment_name=self.experiment_name,
+            description=f"Batch scoring of drop version {key} (Dagster Pipes).",
+            command=f"python -m {MODULE}",
+            code=self.code or str(_repo_root()),
+            environment=self.environment,
+            compute=self.compute,
+            instance_count=self.instance_count,
+            environment_variables=env,
+            tags={"mlops/drop_version": key[:250]},
+            **kwargs,
+        )
+
+    def run_scoring(self, context, *, params_json: str, key: str):
+        from dagster_azure.pipes import (
+            PipesAzureBlobStorageContextInjector,
+            PipesAzureBlobStorageMessageReader,
+        )
+
+        attempt = getattr(context, "retry_number", 0) or 0
+        name = job_name(context.run_id, key, attempt)
+        ml = self.ml_client()
+        for earlier in range(attempt):  # a step retry: no orphaned job from an earlier attempt
+            self._cancel_if_running(ml, job_name(context.run_id, key, earlier), context)
+        client = TimedAzureMLClient(
+            client=ml,
+            context_injector=PipesAzureBlobStorageContextInjector(
+                container=self.pipes_container, client=self.blob_client()
+            ),
+            message_reader=PipesAzureBlobStorageMessageReader(
+                container=self.pipes_container, client=self.blob_client()
+            ),
+            poll_interval_seconds=self.poll_interval_s,
+            forward_termination=True,
+        )
+        client.timeout_s, client.status_retries = self.timeout_s, self.status_retries
+        cmd = self.build_command(params_json=params_json, name=name, key=key)
+        return client.run(context=context, command=cmd)
+
+    @staticmethod
+    def _cancel_if_running(ml, name: str, context) -> None:
+        try:
+            status = ml.jobs.get(name).status
+        except Exception:  # never submitted
+            return
+        if status not in TERMINAL:
+            context.log.warning(f"cancelling AML job {name} of an earlier attempt ({status})")
+            ml.jobs.begin_cancel(name)
+
+
+def _make_timed_client():
+    from dagster_azure.pipes import PipesAzureMLClient
+
+    class _Timed(PipesAzureMLClient):
+        """``PipesAzureMLClient`` with an overall timeout and retried status reads."""
+
+        timeout_s: float = 3600.0
+        status_retries: int = 5
+
+        def _status(self, job: str) -> str:
+            for i in range(self.status_retries + 1):
+                try:
+                    return self.client.jobs.get(job).status
+                except Exception:
+                    if i == self.status_retries:
+                        raise
+                    time.sleep(min(2**i, 30))
+            raise AssertionError("unreachable")
+
+        def _poll_til_success(self, context, job_name: str) -> None:
+            from dagster._core.errors import DagsterPipesExecutionError
+
+            deadline = time.monotonic() + self.timeout_s
+            last = None
+            while True:
+                status = self._status(job_name)
+                if status != last:
+                    context.log.info(f"[pipes] Azure ML job {job_name}: {status}")
+                last = status
+                if status == "Completed":
+                    return
+                if status in {"Canceled", "Failed"}:
+                    raise DagsterPipesExecutionError(f"Azure ML job {job_name}: {status}")
+                if time.monotonic() > deadline:
+                    context.log.error(f"Azure ML job {job_name} exceeded {self.timeout_s}s")
+                    self.client.jobs.begin_cancel(job_name)
+                    raise DagsterPipesExecutionError(
+                        f"Azure ML job {job_name} did not finish within {self.timeout_s:.0f}s "
+                        f"(last status {status}); cancelled"
+                    )
+                time.sleep(self.poll_interval_seconds)
+
+    return _Timed
+
+
+class _LazyTimed:
+    _cls = None
+
+    def __call__(self, **kwargs):
+        if _LazyTimed._cls is None:
+            _LazyTimed._cls = _make_timed_client()
+        return _LazyTimed._cls(**kwargs)
+
+
+TimedAzureMLClient = _LazyTimed()

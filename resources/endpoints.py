@@ -1,0 +1,466 @@
+"""The online endpoint a model set is released to: local inference server or AKS via Azure ML.
+
+``EndpointResource.release(...)`` moves the endpoint to a new model-set version and returns a
+report; a failed release leaves the previous version serving.
+
+* ``LocalEndpoint``: the ``mlops serve`` endpoint (azmlinfsrv on 127.0.0.1). Releasing rewrites
+  the pointer file it polls (``serving/<dataset>/<alias>.json`` under the prod storage root);
+  the server hot-swaps. With ``url`` set, the release waits until the endpoint answers with the
+  new version, and puts the pointer back if it does not within ``switch_timeout_s``.
+* ``AzureMLKubernetesEndpoint``: a ``KubernetesOnlineEndpoint`` on an attached AKS compute with
+  two deployments, ``blue`` and ``green``. The idle colour gets the new model set (registered
+  as an AML model asset) at 0 % traffic, is health-checked by direct calls (the
+  ``azureml-model-deployment`` header), then traffic moves in stages (10 %, 50 %, 100 % by
+  default), each followed by health checks; a failed check puts 100 % back on the old colour
+  (automatic rollback). The old deployment is deleted only after the new one holds 100 % and is
+  healthy (``delete_previous``). Mirror traffic is not used: Kubernetes endpoints lack it.
+
+The entities are built by ``endpoint_entity`` / ``deployment_entity`` / ``traffic_stages``
+(pure, tested by dumping them to YAML and loading them back with azure-ai-ml); the staged
+rollout logic is ``staged_rollout`` over a small ``RolloutOps`` interface, so it is tested with
+a fake; only ``AmlRolloutOps`` talks to Azure (``DefaultAzureCredential``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from mlops_assets.serving.source import pointer_name, write_pointer
+
+COLORS = ("blue", "green")
+SCORING_SCRIPT = "mlops_assets/serving/score.py"
+
+
+class ReleaseError(RuntimeError):
+    """The release did not complete; the previous version is serving (rolled back)."""
+
+
+@dataclass
+class ModelSetRelease:
+    """What to release: a model-set version and where its files are."""
+
+    dataset: str
+    version: str
+    folder: str
+    manifest_sha256: str | None = None
+    source_uri: str | None = None  # the registry version's source (a folder URI)
+    smoke_records: list[dict] = field(default_factory=list)
+
+
+class EndpointResource(dg.ConfigurableResource, ABC):
+    """Where real-time scoring runs."""
+
+    @abstractmethod
+    def release(self, release: ModelSetRelease, log: Callable[[str], None] = print) -> dict:
+        """Serve ``release``; returns a report (stages, timings). Raises ReleaseError."""
+
+    @abstractmethod
+    def describe(self) -> str: ...
+
+
+# ---- local ------------------------------------------------------------------------------------
+
+
+def _get_json(url: str, api_key: str | None, timeout: float = 5) -> dict:
+    req = urllib.request.Request(url)
+    if api_key:
+        req.add_header("Authorization", f"Bearer {api_key}")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - local URL
+        return json.loads(resp.read())
+
+
+class LocalEndpoint(EndpointResource):
+    """The local azmlinfsrv endpoint started by ``mlops serve``, switched by a pointer file."""
+
+    root: str = Field(description="The storage root the endpoint serves from (prod storage).")
+    alias: str = "production"
+    url: str | None = Field(
+        default=None, description="e.g. http://127.0.0.1:5001 ; None: only write the pointer."
+    )
+    api_key: str | None = None
+    switch_timeout_s: float = 30.0
+
+    def describe(self) -> str:
+        return f"local endpoint {self.url or '(not watched)'} on {self.root}"
+
+    def pointer(self, dataset: str) -> Path:
+        return Path(self.root) / pointer_name(dataset, self.alias)
+
+    def current(self, dataset: str) -> dict | None:
+        p = self.pointer(dataset)
+        return json.loads(p.read_text()) if p.is_file() else None
+
+    def release(self, release: ModelSetRelease, log: Callable[[str], None] = print) -> dict:
+        t0 = time.perf_counter()
+        previous = self.current(release.dataset)
+        ref = {
+            "version": release.version,
+            "folder": release.folder,
+            "manifest_sha256": release.manifest_sha256,
+        }
+        write_pointer(self.root, pointer_name(release.dataset, self.alias), ref)
+        log(f"pointer {self.pointer(release.dataset)} -> v{release.version} ({release.folder})")
+        report = {
+            "endpoint": self.describe(),
+            "previous_version": (previous or {}).get("version"),
+            "version": release.version,
+            "switched": False,
+        }
+        if self.url:
+            deadline = time.monotonic() + self.switch_timeout_s
+            info: dict = {}
+            while time.monotonic() < deadline:
+                try:
+                    info = _get_json(f"{self.url.rstrip('/')}/score", self.api_key)
+                    if str(info.get("model_set_version")) == str(release.version):
+                        break
+                except OSError as exc:
+                    info = {"error": repr(exc)}
+                time.sleep(0.2)
+            else:
+                if previous:
+                    write_pointer(
+                        self.root,
+                        pointer_name(release.dataset, self.alias),
+                        {k: previous.get(k) for k in ("version", "folder", "manifest_sha256")},
+                    )
+                raise ReleaseError(
+                    f"{self.url} still serves {info.get('model_set_version')!r} after "
+                    f"{self.switch_timeout_s}s (last error: {info.get('last_error') or info.get('error')}); "
+                    f"pointer put back to v{(previous or {}).get('version')}"
+                )
+            report["switched"] = True
+            report["endpoint_info"] = {
+                k: info.get(k) for k in ("model_set_version", "swaps", "series", "source")
+            }
+        report["seconds"] = round(time.perf_counter() - t0, 3)
+        return report
+
+
+# ---- Azure ML (AKS) ----------------------------------------------------------------------------
+
+
+def endpoint_entity(name: str, compute: str, *, traffic: dict | None = None, tags=None):
+    from azure.ai.ml.entities import KubernetesOnlineEndpoint
+
+    return KubernetesOnlineEndpoint(
+        name=name,
+        compute=compute,
+        auth_mode="key",  # key or aml_token on Kubernetes; aad_token is managed-only
+        traffic=traffic or {},
+        description="Many-models real-time scoring (mlops-assets): one model set per deployment.",
+        tags=tags or {},
+    )
+
+
+def model_entity(release: ModelSetRelease, path: str):
+    from azure.ai.ml.entities import Model
+
+    return Model(
+        name=f"{release.dataset}-models",
+        version=str(release.version),
+        path=path,
+        type="custom_model",
+        description=f"{release.dataset} model set (manifest + packs), as registered in MLflow.",
+        tags={"folder": release.folder, "manifest_sha256": release.manifest_sha256 or ""},
+    )
+
+
+@dataclass
+class DeploymentSettings:
+    """Sizing and behaviour of one Kubernetes deployment."""
+
+    environment: str = "azureml:mlops-assets-serving@latest"
+    code: str = "."  # the repository root (the entry script imports mlops_assets)
+    instance_type: str = "defaultinstancetype"
+    instance_count: int = 3
+    cpu_request: str = "1"
+    memory_request: str = "1Gi"
+    cpu_limit: str = "2"
+    memory_limit: str = "2Gi"
+    request_timeout_ms: int = 5000
+    max_concurrent_requests_per_instance: int = 1
+    cache_models: int = 2000
+    cache_bytes: int = 256 << 20
+    min_instances: int = 2
+    max_instances: int = 10
+    target_utilization_percentage: int = 70
+
+
+def deployment_entity(
+    color: str,
+    endpoint_name: str,
+    release: ModelSetRelease,
+    model: str,
+    settings: DeploymentSettings | None = None,
+):
+    """The blue or green ``KubernetesOnlineDeployment`` of ``release``."""
+    from azure.ai.ml.entities import (
+        CodeConfiguration,
+        KubernetesOnlineDeployment,
+        OnlineRequestSettings,
+        ProbeSettings,
+        ResourceRequirementsSettings,
+        ResourceSettings,
+        TargetUtilizationScaleSettings,
+    )
+
+    if color not in COLORS:
+        raise ValueError(f"deployment colour must be one of {COLORS}, not {color!r}")
+    s = settings or DeploymentSettings()
+    probe = dict(initial_delay=10, period=10, timeout=2, success_threshold=1)
+    return KubernetesOnlineDeployment(
+        name=color,
+        endpoint_name=endpoint_name,
+        model=model,
+        code_configuration=CodeConfiguration(code=s.code, scoring_script=SCORING_SCRIPT),
+        environment=s.environment,
+        instance_type=s.instance_type,
+        instance_count=s.instance_count,
+        request_settings=OnlineRequestSettings(
+            request_timeout_ms=s.request_timeout_ms,
+            max_concurrent_requests_per_instance=s.max_concurrent_requests_per_instance,
+        ),
+        # Failing readiness until init() has verified the model set; liveness restarts faster
+        # than the 30 x 10 s default.
+        liveness_probe=ProbeSettings(failure_threshold=6, **probe),
+        readiness_probe=ProbeSettings(failure_threshold=30, **probe),
+        resources=ResourceRequirementsSettings(
+            requests=ResourceSettings(cpu=s.cpu_request, memory=s.memory_request),
+            limits=ResourceSettings(cpu=s.cpu_limit, memory=s.memory_limit),
+        ),
+        scale_settings=TargetUtilizationScaleSettings(
+            min_instances=s.min_instances,
+            max_instances=s.max_instances,
+            polling_interval=1,
+            target_utilization_percentage=s.target_utilization_percentage,
+        ),
+        environment_variables={
+            "MLOPS_SERVING_DATASET": release.dataset,
+            "MLOPS_SERVING_SOURCE": "model_dir",
+            "MLOPS_SERVING_VERSION": str(release.version),
+            "MLOPS_SERVING_CACHE_MODELS": str(s.cache_models),
+            "MLOPS_SERVING_CACHE_BYTES": str(s.cache_bytes),
+        },
+        tags={"model_set_version": str(release.version), "folder": release.folder},
+    )
+
+
+def traffic_stages(old: str | None, new: str, stages: list[int]) -> list[dict[str, int]]:
+    """The endpoint traffic after each stage: ``[{blue: 90, green: 10}, ..., {green: 100}]``."""
+    out = []
+    for p in stages:
+        if not 0 < p <= 100:
+            raise ValueError(f"traffic stage {p} is not in (0, 100]")
+        out.append({new: p} if old is None else {old: 100 - p, new: p})
+    if not out or out[-1].get(new) != 100:
+        out.append({new: 100} if old is None else {old: 0, new: 100})
+    return out
+
+
+class RolloutOps(ABC):
+    """What a staged rollout needs from an endpoint (AML, or a fake in tests)."""
+
+    @abstractmethod
+    def ensure_endpoint(self) -> dict[str, int]:
+        """Create the endpoint if missing; returns its current traffic."""
+
+    @abstractmethod
+    def create_deployment(self, color: str, release: ModelSetRelease) -> None: ...
+
+    @abstractmethod
+    def set_traffic(self, traffic: dict[str, int]) -> None: ...
+
+    @abstractmethod
+    def health_check(self, color: str | None, release: ModelSetRelease) -> str | None:
+        """None if healthy, else why not. ``color`` None: through the endpoint's routing."""
+
+    @abstractmethod
+    def delete_deployment(self, color: str) -> None: ...
+
+
+def staged_rollout(
+    ops: RolloutOps,
+    release: ModelSetRelease,
+    stages: list[int],
+    *,
+    checks_per_stage: int = 3,
+    stage_wait_s: float = 0.0,
+    delete_previous: bool = True,
+    log: Callable[[str], None] = print,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict:
+    """Blue/green with staged traffic and automatic rollback. Returns a report.
+
+    Raises:
+        ReleaseError: A health check failed; traffic is back on the old colour.
+    """
+    traffic = ops.ensure_endpoint()
+    live = [c for c, p in traffic.items() if p > 0]
+    old = max(live, key=lambda c: traffic[c]) if live else None
+    new = COLORS[1] if old == COLORS[0] else COLORS[0]
+    report: dict[str, Any] = {"old": old, "new": new, "stages": []}
+    log(f"deploying v{release.version} as {new} (live: {old})")
+    ops.create_deployment(new, release)
+    problem = ops.health_check(new, release)  # called directly at 0 % traffic
+    if problem:
+        ops.delete_deployment(new)
+        raise ReleaseError(f"{new} unhealthy before taking traffic: {problem}; {old} untouched")
+    for plan in traffic_stages(old, new, stages):
+        ops.set_traffic(plan)
+        log(f"traffic {plan}")
+        stage = {"traffic": plan, "checks": []}
+        report["stages"].append(stage)
+        for _ in range(checks_per_stage):
+            sleep(stage_wait_s / max(1, checks_per_stage))
+            problem = ops.health_check(None, release) or ops.health_check(new, release)
+            stage["checks"].append(problem or "ok")
+            if problem:
+                back = {old: 100, new: 0} if old else {new: 0}
+                ops.set_traffic(back)
+                report["rolled_back_to"] = old
+                log(f"health check failed at {plan}: {problem}; traffic back to {old}")
+                raise ReleaseError(
+                    f"v{release.version} failed a health check at {plan}: {problem}; "
+                    f"rolled back to {old}"
+                )
+    if old and delete_previous:
+        ops.delete_deployment(old)
+        report["deleted"] = old
+    return report
+
+
+class AmlRolloutOps(RolloutOps):
+    """``RolloutOps`` on an Azure ML workspace (``MLClient``); never used in tests."""
+
+    def __init__(
+        self,
+        ml_client,
+        endpoint_name: str,
+        compute: str,
+        model_path: str,
+        settings: DeploymentSettings,
+        timeout_s: float = 1800,
+    ):
+        self.ml, self.name, self.compute = ml_client, endpoint_name, compute
+        self.model_path, self.settings, self.timeout_s = model_path, settings, timeout_s
+
+    def ensure_endpoint(self) -> dict[str, int]:
+        try:
+            ep = self.ml.online_endpoints.get(self.name)
+        except Exception:  # ResourceNotFoundError
+            ep = self.ml.online_endpoints.begin_create_or_update(
+                endpoint_entity(self.name, self.compute)
+            ).result(timeout=self.timeout_s)
+        return dict(ep.traffic or {})
+
+    def create_deployment(self, color: str, release: ModelSetRelease) -> None:
+        model = self.ml.models.create_or_update(model_entity(release, self.model_path))
+        dep = deployment_entity(
+            color, self.name, release, f"azureml:{model.name}:{model.version}", self.settings
+        )
+        self.ml.online_deployments.begin_create_or_update(dep).result(timeout=self.timeout_s)
+
+    def set_traffic(self, traffic: dict[str, int]) -> None:
+        ep = self.ml.online_endpoints.get(self.name)
+        ep.traffic = traffic
+        self.ml.online_endpoints.begin_create_or_update(ep).result(timeout=self.timeout_s)
+
+    def health_check(self, color: str | None, release: ModelSetRelease) -> str | None:
+        import tempfile
+
+        if color is not None:
+            dep = self.ml.online_deployments.get(name=color, endpoint_name=self.name)
+            if getattr(dep, "provisioning_state", "Succeeded") != "Succeeded":
+                return f"{color} provisioning state {dep.provisioning_state}"
+        if not release.smoke_records:
+            return None
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump({"data": release.smoke_records}, f)
+        try:
+            raw = self.ml.online_endpoints.invoke(
+                endpoint_name=self.name, request_file=f.name, deployment_name=color
+            )
+        except Exception as exc:
+            return f"invoke failed: {exc}"
+        finally:
+            Path(f.name).unlink(missing_ok=True)
+        body = json.loads(raw) if isinstance(raw, str) else raw
+        if str(body.get("model_set_version")) != str(release.version) and color is not None:
+            return f"{color} serves {body.get('model_set_version')!r}"
+        if body.get("n_errors"):
+            return f"{body['n_errors']} smoke records failed"
+        return None
+
+    def delete_deployment(self, color: str) -> None:
+        self.ml.online_deployments.begin_delete(name=color, endpoint_name=self.name).result(
+            timeout=self.timeout_s
+        )
+
+
+class AzureMLKubernetesEndpoint(EndpointResource):
+    """A Kubernetes online endpoint (AKS attached to the AML workspace), blue/green."""
+
+    subscription_id: str
+    resource_group: str
+    workspace: str
+    endpoint_name: str = Field(description="6-62 characters with the deployment name")
+    compute: str = Field(description="The attached Kubernetes compute's name in the workspace.")
+    model_base_uri: str = Field(
+        description="Datastore URI of the prod storage root, e.g. "
+        "azureml://datastores/prodmodels/paths/ ; the model set folder is appended."
+    )
+    environment: str = "azureml:mlops-assets-serving@latest"
+    instance_type: str = "defaultinstancetype"
+    instance_count: int = 3
+    stages: list[int] = Field(default_factory=lambda: [10, 50, 100])
+    stage_wait_s: float = 60.0
+    checks_per_stage: int = 3
+    delete_previous: bool = True
+
+    _client: Any = PrivateAttr(default=None)
+
+    def describe(self) -> str:
+        return f"AML Kubernetes endpoint {self.endpoint_name} ({self.workspace}/{self.compute})"
+
+    def ml_client(self):
+        if self._client is None:
+            from azure.ai.ml import MLClient
+            from azure.identity import DefaultAzureCredential
+
+            self._client = MLClient(
+                DefaultAzureCredential(), self.subscription_id, self.resource_group, self.workspace
+            )
+        return self._client
+
+    def settings(self) -> DeploymentSettings:
+        return DeploymentSettings(
+            environment=self.environment,
+            instance_type=self.instance_type,
+            instance_count=self.instance_count,
+        )
+
+    def release(self, release: ModelSetRelease, log: Callable[[str], None] = print) -> dict:
+        path = f"{self.model_base_uri.rstrip('/')}/{release.folder}"
+        ops = AmlRolloutOps(
+            self.ml_client(), self.endpoint_name, self.compute, path, self.settings()
+        )
+        return staged_rollout(
+            ops,
+            release,
+            self.stages,
+            checks_per_stage=self.checks_per_stage,
+            stage_wait_s=self.stage_wait_s,
+            delete_previous=self.delete_previous,
+            log=log,
+        )

@@ -1,0 +1,330 @@
+"""The model registry: one model-set version per training run, aliases to serve and roll back.
+
+A version's source is the URI of a model-set folder (manifest + packs); its tags carry what a
+person or a gate needs without opening it (as-of date, counts, manifest sha256, the storage
+folder). Registering costs a fixed number of calls whatever the number of series (DESIGN.md §3).
+
+``MlflowRegistry`` talks to any MLflow tracking/registry server: locally a SQLite store under the
+project home (``sqlite:///<home>/mlflow/dev.db``), on Azure the AML workspace's MLflow tracking
+URI (``azureml://...``, given by configuration only; the ``azureml-mlflow`` plugin must then be
+installed). An unreachable registry raises ``RegistryUnavailableError`` with the URI in the
+message, and a registration that fails half way removes the version it created.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import dagster as dg
+from pydantic import Field
+
+
+class RegistryError(RuntimeError):
+    """A registry operation failed."""
+
+
+class RegistryUnavailableError(RegistryError):
+    """The registry cannot be reached (wrong URI, network, permissions)."""
+
+
+@dataclass(frozen=True)
+class ModelSetVersion:
+    name: str
+    version: int
+    source: str
+    tags: dict[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    run_id: str | None = None
+
+    @property
+    def folder(self) -> str | None:
+        """The model-set folder, relative to the storage root it was registered from."""
+        return self.tags.get("folder")
+
+
+@dataclass
+class RunRecord:
+    """What one training run logs next to its version: params, metrics and artifacts."""
+
+    experiment: str
+    run_name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, bytes] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class ModelRegistry(dg.ConfigurableResource, ABC):
+    """Where model-set versions are registered and which one each alias points at."""
+
+    alias: str = Field(
+        default="champion",
+        description="The alias this registry serves from: `champion` in dev, `production` in prod.",
+    )
+
+    @abstractmethod
+    def register_model_set(
+        self,
+        name: str,
+        source: str,
+        tags: dict[str, str],
+        run: RunRecord | None = None,
+        alias: str | None = None,
+    ) -> ModelSetVersion:
+        """Create one version (tags included) and optionally point ``alias`` at it.
+
+        Raises:
+            RegistryUnavailableError: The registry cannot be reached; nothing was registered.
+            RegistryError: Registration failed; the version created (if any) was removed.
+        """
+
+    @abstractmethod
+    def get_version(self, name: str, version: int) -> ModelSetVersion | None: ...
+
+    @abstractmethod
+    def get_alias(self, name: str, alias: str | None = None) -> ModelSetVersion | None:
+        """The version ``alias`` (default: this registry's alias) points at, if any."""
+
+    @abstractmethod
+    def set_alias(self, name: str, alias: str, version: int) -> None: ...
+
+    @abstractmethod
+    def find_version(self, name: str, tag: str, value: str) -> ModelSetVersion | None:
+        """The newest version whose tag ``tag`` equals ``value`` (for idempotent re-runs)."""
+
+    @abstractmethod
+    def list_versions(self, name: str) -> list[ModelSetVersion]:
+        """Every version, oldest first (for rollback and the UI; O(versions), not series)."""
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the registry is, for messages."""
+
+
+_CLIENTS: dict[tuple[str, str], Any] = {}
+_LOCK = threading.Lock()
+
+
+def _redact(uri: str) -> str:
+    p = urlparse(uri)
+    if p.password:
+        return uri.replace(p.password, "***")
+    return uri
+
+
+class MlflowRegistry(ModelRegistry):
+    """An MLflow tracking server and model registry (SQLite locally, AML workspace on Azure)."""
+
+    tracking_uri: str = Field(description="e.g. sqlite:////abs/path/dev.db or azureml://...")
+    registry_uri: str | None = Field(default=None, description="Defaults to tracking_uri.")
+    artifact_root: str | None = Field(
+        default=None,
+        description="Base URI for new experiments' artifacts (locally the storage resource's "
+        "folder); None leaves it to the server (AML workspace).",
+    )
+    http_max_retries: int | None = Field(
+        default=None, description="MLFLOW_HTTP_REQUEST_MAX_RETRIES for http(s) servers."
+    )
+    http_timeout_s: int | None = Field(
+        default=None, description="MLFLOW_HTTP_REQUEST_TIMEOUT for http(s) servers."
+    )
+
+    @property
+    def location(self) -> str:
+        return _redact(self.registry_uri or self.tracking_uri)
+
+    def _unavailable(self, exc: BaseException) -> RegistryUnavailableError:
+        return RegistryUnavailableError(
+            f"model registry at {self.location} cannot be reached: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        )
+
+    def _client(self):
+        key = (self.tracking_uri, self.registry_uri or self.tracking_uri)
+        with _LOCK:
+            client = _CLIENTS.get(key)
+            if client is not None:
+                return client
+            if self.http_max_retries is not None:
+                os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(self.http_max_retries)
+            if self.http_timeout_s is not None:
+                os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(self.http_timeout_s)
+            try:
+                for uri in set(key):
+                    if uri.startswith("sqlite:///"):
+                        Path(uri.removeprefix("sqlite:///")).parent.mkdir(
+                            parents=True, exist_ok=True
+                        )
+                from mlflow import MlflowClient
+
+                client = MlflowClient(tracking_uri=key[0], registry_uri=key[1])
+                # Probe both stores once: a wrong URI fails here, before anything is written.
+                client.search_experiments(max_results=1)
+                client.search_registered_models(max_results=1)
+            except Exception as exc:
+                raise self._unavailable(exc) from exc
+            _CLIENTS[key] = client
+            return client
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if _is_not_found(exc):
+                return None
+            if _is_connection_error(exc):
+                raise self._unavailable(exc) from exc
+            raise RegistryError(f"{fn.__name__} on {self.location} failed: {exc}") from exc
+
+    @staticmethod
+    def _version(mv) -> ModelSetVersion:
+        return ModelSetVersion(
+            name=mv.name,
+            version=int(mv.version),
+            source=mv.source,
+            tags=dict(mv.tags or {}),
+            aliases=tuple(getattr(mv, "aliases", None) or ()),
+            run_id=mv.run_id or None,
+        )
+
+    def _experiment_id(self, client, name: str) -> str:
+        exp = self._call(client.get_experiment_by_name, name)
+        if exp is not None:
+            return exp.experiment_id
+        location = f"{self.artifact_root.rstrip('/')}/{name}" if self.artifact_root else None
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except Exception:  # created meanwhile by another run
+            exp = self._call(client.get_experiment_by_name, name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def register_model_set(
+        self,
+        name: str,
+        source: str,
+        tags: dict[str, str],
+        run: RunRecord | None = None,
+        alias: str | None = None,
+    ) -> ModelSetVersion:
+        from mlflow.entities import Metric, Param, RunTag
+
+        client = self._client()
+        run_id = None
+        created = None
+        try:
+            if run is not None:
+                exp_id = self._experiment_id(client, run.experiment)
+                r = client.create_run(exp_id, run_name=run.run_name, tags=run.tags)
+                run_id = r.info.run_id
+                now = int(time.time() * 1000)
+                client.log_batch(
+                    run_id,
+                    params=[Param(k, str(v)[:6000]) for k, v in run.params.items()],
+                    metrics=[
+                        Metric(k, float(v), now, 0)
+                        for k, v in run.metrics.items()
+                        if v is not None and v == v
+                    ],
+                    tags=[RunTag("mlflow.runName", run.run_name)],
+                )
+                if run.artifacts:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        for fname, data in run.artifacts.items():
+                            (Path(tmp) / fname).write_bytes(data)
+                        client.log_artifacts(run_id, tmp, artifact_path="model_set")
+            if self._call(client.get_registered_model, name) is None:
+                try:
+                    client.create_registered_model(
+                        name, description="One version per training run: a whole model set."
+                    )
+                except Exception:
+                    if self._call(client.get_registered_model, name) is None:
+                        raise
+            # One call creates the version with every tag: no version without its tags.
+            mv = client.create_model_version(
+                name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()}
+            )
+            created = mv.version
+            if alias:
+                client.set_registered_model_alias(name, alias, mv.version)
+            if run_id:
+                client.set_terminated(run_id, "FINISHED")
+            return self._version(client.get_model_version(name, mv.version))
+        except Exception as exc:
+            self._undo(client, name, created, run_id)
+            if isinstance(exc, RegistryError):
+                raise
+            if _is_connection_error(exc):
+                raise self._unavailable(exc) from exc
+            raise RegistryError(
+                f"registering {name} at {self.location} failed (nothing left registered): {exc}"
+            ) from exc
+
+    @staticmethod
+    def _undo(client, name: str, version, run_id: str | None) -> None:
+        if version is not None:
+            try:
+                client.delete_model_version(name, version)
+            except Exception:  # noqa: S110 - best effort; the original error is raised
+                pass
+        if run_id is not None:
+            try:
+                client.set_terminated(run_id, "FAILED")
+            except Exception:  # noqa: S110
+                pass
+
+    def get_version(self, name: str, version: int) -> ModelSetVersion | None:
+        mv = self._call(self._client().get_model_version, name, str(version))
+        return None if mv is None else self._version(mv)
+
+    def get_alias(self, name: str, alias: str | None = None) -> ModelSetVersion | None:
+        mv = self._call(self._client().get_model_version_by_alias, name, alias or self.alias)
+        return None if mv is None else self._version(mv)
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        self._call(self._client().set_registered_model_alias, name, alias, str(version))
+
+    def find_version(self, name: str, tag: str, value: str) -> ModelSetVersion | None:
+        safe = value.replace("'", "")
+        found = self._call(
+            self._client().search_model_versions,
+            f"name = '{name}' and tags.`{tag}` = '{safe}'",
+        )
+        if not found:
+            return None
+        return self._version(max(found, key=lambda mv: int(mv.version)))
+
+    def list_versions(self, name: str) -> list[ModelSetVersion]:
+        found = self._call(self._client().search_model_versions, f"name = '{name}'") or []
+        return sorted((self._version(mv) for mv in found), key=lambda v: v.version)
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    code = getattr(exc, "error_code", "")
+    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "not found" in str(exc).lower()
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(
+        s in text
+        for s in (
+            "connection",
+            "unable to open database",
+            "max retries",
+            "timed out",
+            "operationalerror",
+            "name or service not known",
+        )
+    )

@@ -1,0 +1,295 @@
+"""Evaluation, registration (MLflow, SQLite), promotion dev -> prod, rollback, safe loading."""
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from mlops_assets.curation import CuratedStore
+from mlops_assets.evaluation import (
+    build_evaluation_asset,
+    load_model,
+    registered_model_name,
+    release_pointer,
+)
+from mlops_assets.ml import modelset, persistence
+from mlops_assets.ml.sample_data import SalesShape, sales_table
+from mlops_assets.ml.spec import load_spec
+from mlops_assets.ml.tables import series_ids as row_series
+from mlops_assets.registry import (
+    PromotionError,
+    build_promotion_jobs,
+    build_registration_asset,
+    promote_version,
+    rollback_alias,
+)
+from mlops_assets.training import build_training_asset, load_manifest, read_pointer
+from resources.registry import MlflowRegistry, RegistryUnavailableError
+from resources.storage import LocalStorage
+from resources.training import LocalTrainingEngine
+
+pytestmark = pytest.mark.integration
+
+SALES = load_spec("sales")
+AS_OF = "2026-11-17"
+SHAPE = SalesShape(4, 110, seed=3)
+NAME = registered_model_name(SALES)
+
+
+class Env:
+    def __init__(self, home):
+        self.storage = LocalStorage(root=str(home / "storage"))
+        self.prod_storage = LocalStorage(root=str(home / "prod-storage"))
+        self.registry = MlflowRegistry(
+            tracking_uri=f"sqlite:///{home}/mlflow/dev.db",
+            artifact_root=(home / "storage" / "mlflow-artifacts").as_uri(),
+        )
+        self.prod_registry = MlflowRegistry(
+            tracking_uri=f"sqlite:///{home}/mlflow/prod.db", alias="production"
+        )
+        self.instance = dg.DagsterInstance.ephemeral()
+
+    def resources(self):
+        return {
+            "storage": self.storage,
+            "prod_storage": self.prod_storage,
+            "training": LocalTrainingEngine(max_workers=1),
+            "registry": self.registry,
+            "prod_registry": self.prod_registry,
+        }
+
+    def curate(self, table):
+        CuratedStore(self.storage, SALES).merge(table)
+
+    def run(self, evaluation=None, as_of=AS_OF, raise_on_error=True):
+        config = {"ops": {"sales__evaluation": {"config": evaluation}}} if evaluation else None
+        return dg.materialize(
+            [
+                build_training_asset(SALES),
+                build_evaluation_asset(SALES),
+                build_registration_asset(SALES),
+            ],
+            resources=self.resources(),
+            partition_key=as_of,
+            instance=self.instance,
+            run_config=config,
+            raise_on_error=raise_on_error,
+        )
+
+    def decisions(self, as_of=AS_OF):
+        release = read_pointer(self.storage, release_pointer(SALES, as_of))
+        table = load_manifest(self.storage, release["folder"])
+        return {r["series_id"]: r for r in table.to_pylist()}, release
+
+
+def clean() -> pa.Table:
+    return sales_table(SHAPE)
+
+
+def series_ids(table):
+    return sorted(set(row_series(table, SALES).to_pylist()))
+
+
+def corrupt(table: pa.Table, series_id: str, seed: int = 0) -> pa.Table:
+    """Heavy noise in one series' training window (not its holdout): a poor model."""
+    ids = row_series(table, SALES).to_pylist()
+    weeks = sorted(set(table["week"].to_pylist()))
+    cutoff = weeks[-SALES.holdout - 1]
+    rng = np.random.default_rng(seed)
+    sales = np.asarray(table["sales"].to_numpy(zero_copy_only=False), dtype=float).copy()
+    wk = table["week"].to_pylist()
+    for i, (sid, w) in enumerate(zip(ids, wk, strict=True)):
+        if sid == series_id and w < cutoff:
+            sales[i] = abs(sales[i] * rng.uniform(0.1, 3.0) + rng.normal(0, 50))
+    return table.set_column(table.column_names.index("sales"), "sales", pa.array(sales))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return Env(tmp_path_factory.mktemp("registry"))
+
+
+def test_first_run_registers_every_series_as_one_version(env):
+    table = clean()
+    target = series_ids(table)[0]
+    env.curate(corrupt(table, target))
+    result = env.run()
+    assert result.success
+    rows, release = env.decisions()
+    assert {r["decision"] for r in rows.values()} == {"no_champion"}
+    assert all(r["promoted"] and r["artifact"] for r in rows.values())
+    champion = env.registry.get_alias(NAME)
+    assert champion.version == 1 and env.registry.list_versions(NAME)[-1].version == 1
+    assert champion.tags["manifest_sha256"] == release["manifest_sha256"]
+    assert champion.tags["count_series"] == str(len(rows)) and champion.tags["as_of"] == AS_OF
+    assert champion.source.startswith("file://") and champion.source.endswith(release["folder"])
+    # One MLflow run in experiment "sales" with the manifest as artifact.
+    client = env.registry._client()
+    run = client.get_run(champion.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["as_of"] == AS_OF
+    assert "n_series" in run.data.metrics
+    arts = [a.path for a in client.list_artifacts(champion.run_id, "model_set")]
+    assert "model_set/manifest.parquet" in arts
+    # The asset check ran and passed.
+    checks = result.get_asset_check_evaluations()
+    assert checks and all(c.passed for c in checks)
+
+
+def test_better_data_promotes_only_the_improved_series(env):
+    table = clean()
+    target = series_ids(table)[0]
+    env.curate(table)  # the corrupted series gets its clean history back
+    assert env.run().success
+    rows, _ = env.decisions()
+    assert rows[target]["decision"] == "better" and rows[target]["promoted"]
+    others = [r for s, r in rows.items() if s != target]
+    assert others and all(r["decision"] == "not_better" and not r["promoted"] for r in others)
+    # Carried by reference: the champion's pack and lineage, not a copy.
+    v1 = load_manifest(env.storage, env.registry.get_version(NAME, 1).folder)
+    v1_rows = {r["series_id"]: r for r in v1.to_pylist()}
+    for s, r in rows.items():
+        if s != target:
+            assert (r["artifact"], r["offset"], r["model_sha256"]) == (
+                v1_rows[s]["artifact"],
+                v1_rows[s]["offset"],
+                v1_rows[s]["model_sha256"],
+            )
+    assert rows[target]["artifact"] != v1_rows[target]["artifact"]
+    assert env.registry.get_alias(NAME).version == 2
+
+
+def test_worse_challenger_is_rejected_with_its_reason(env):
+    table = clean()
+    victim = series_ids(table)[1]
+    env.curate(corrupt(table, victim, seed=7))
+    assert env.run().success
+    rows, _ = env.decisions()
+    assert rows[victim]["decision"] == "not_better" and not rows[victim]["promoted"]
+    assert "vs champion" in rows[victim]["decision_reason"]
+    assert rows[victim]["challenger_metric"] > rows[victim]["champion_metric"]
+    env.curate(table)
+
+
+def test_business_threshold_blocks_promotion(tmp_path):
+    env = Env(tmp_path)
+    env.curate(clean())
+    assert env.run(evaluation={"max_metric": 0.0001}).success
+    rows, _ = env.decisions()
+    assert {r["decision"] for r in rows.values()} == {"below_threshold"}
+    assert not any(r["promoted"] for r in rows.values())
+    assert all(r["artifact"] is None for r in rows.values())  # never served
+    assert "business threshold" in next(iter(rows.values()))["decision_reason"]
+
+
+def test_promotion_to_prod_and_rollback(env):
+    jobs = {j.name: j for j in build_promotion_jobs(SALES)}
+    res = jobs["sales_promote_to_prod"].execute_in_process(
+        resources=env.resources(), instance=env.instance
+    )
+    assert res.success
+    prod = env.prod_registry.get_alias(NAME)
+    dev = env.registry.get_alias(NAME)
+    assert prod.tags["dev_version"] == str(dev.version)
+    assert prod.source.startswith(env.prod_storage.uri("models"))
+    # Every model of the prod set loads verified from prod storage.
+    manifest = load_manifest(env.prod_storage, prod.folder)
+    for sid in manifest["series_id"].to_pylist():
+        assert load_model(env.prod_storage, manifest, sid) is not None
+    # Promote v1 explicitly, then roll production back to the previous version.
+    res = jobs["sales_promote_to_prod"].execute_in_process(
+        resources=env.resources(),
+        instance=env.instance,
+        run_config={"ops": {"sales_promote_model_set": {"config": {"version": 1}}}},
+    )
+    assert res.success
+    assert env.prod_registry.get_alias(NAME).tags["dev_version"] == "1"
+    res = jobs["sales_rollback"].execute_in_process(
+        resources=env.resources(),
+        instance=env.instance,
+        run_config={"ops": {"sales_rollback_alias": {"config": {"version": prod.version}}}},
+    )
+    assert res.success and env.prod_registry.get_alias(NAME).version == prod.version
+    # Default rollback target: the previous version that passed its gate.
+    assert rollback_alias(SALES, env.registry, "champion", None) == (dev.version, dev.version - 1)
+    with pytest.raises(PromotionError, match="does not exist"):
+        rollback_alias(SALES, env.registry, "champion", 99)
+
+
+def test_tampered_artifact_is_refused(env):
+    folder = env.registry.get_alias(NAME).folder
+    manifest = load_manifest(env.storage, folder)
+    sid, artifact, offset, length, _sha = next(modelset.iter_locations(manifest))
+    assert load_model(env.storage, manifest, sid) is not None
+    data = bytearray(env.storage.read_bytes(artifact))
+    good = bytes(data)
+    data[offset + length - 1] ^= 0xFF
+    env.storage.write_bytes(artifact, bytes(data))
+    try:
+        with pytest.raises(persistence.ModelIntegrityError, match="refusing to load"):
+            load_model(env.storage, manifest, sid)
+        with pytest.raises(PromotionError, match="sha256"):
+            promote_version(
+                SALES,
+                env.storage,
+                env.prod_storage,
+                env.registry,
+                env.prod_registry,
+                env.registry.get_alias(NAME).version,
+            )
+    finally:
+        env.storage.write_bytes(artifact, good)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["sqlite:////proc/no-such-dir/dev.db", "http://127.0.0.1:9"],
+    ids=["bad-sqlite-path", "closed-port"],
+)
+def test_unreachable_registry_is_a_clear_error_and_leaves_nothing(env, uri):
+    bad = MlflowRegistry(tracking_uri=uri, http_max_retries=0, http_timeout_s=2)
+    with pytest.raises(RegistryUnavailableError, match="cannot be reached"):
+        bad.register_model_set(NAME, "file:///nowhere", {"a": "b"})
+    # Through the asset: the run fails with the same message; the good registry is untouched.
+    if read_pointer(env.storage, release_pointer(SALES, AS_OF)) is None:
+        env.curate(clean())
+        assert env.run().success
+    before = [v.version for v in env.registry.list_versions(NAME)]
+    res = dg.materialize(
+        [build_registration_asset(SALES)],
+        resources={**env.resources(), "registry": bad},
+        partition_key=AS_OF,
+        instance=env.instance,
+        raise_on_error=False,
+    )
+    assert not res.success
+    errors = [e for e in res.all_events if e.is_step_failure]
+    assert "cannot be reached" in errors[0].event_specific_data.error.message
+    assert [v.version for v in env.registry.list_versions(NAME)] == before
+
+
+def test_half_registration_is_undone(env, monkeypatch):
+    """A failure after the version was created (moving the alias) removes the version."""
+    client = env.registry._client()
+    before = [v.version for v in env.registry.list_versions(NAME)]
+
+    def boom(*a, **k):
+        raise RuntimeError("alias service down")
+
+    monkeypatch.setattr(client, "set_registered_model_alias", boom)
+    with pytest.raises(Exception, match="nothing left registered"):
+        env.registry.register_model_set(NAME, "file:///x", {"folder": "x"}, None, "champion")
+    assert [v.version for v in env.registry.list_versions(NAME)] == before
+
+
+def test_quality_gate_fails_the_run_before_registration(env):
+    table = clean()
+    before = env.registry.get_alias(NAME).version
+    env.curate(corrupt(corrupt(table, series_ids(table)[2], 1), series_ids(table)[3], 2))
+    result = env.run(
+        evaluation={"margin": -100.0, "max_median_increase": 0.0}, raise_on_error=False
+    )
+    assert not result.success
+    checks = result.get_asset_check_evaluations()
+    assert checks and not checks[0].passed
+    assert env.registry.get_alias(NAME).version == before  # nothing registered
+    env.curate(table)

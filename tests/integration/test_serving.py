@@ -1,0 +1,284 @@
+"""The AML entry script under the real inference server (``azmlinfsrv``) on a local port.
+
+One server per module serves a small trained model set through a pointer file (API keys, small
+body cap, fast poll, data collection on); a second one serves a synthetic 10,000-model set with a
+small cache. Each is started as a subprocess on a free 127.0.0.1 port and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlops_assets.ml import scoring
+from mlops_assets.ml.spec import load_spec
+from mlops_assets.serving.collector import read_collected
+from mlops_assets.serving.local import LocalServer
+from mlops_assets.serving.service import ServingSettings
+from mlops_assets.serving.source import ModelSetRef, load_reader, pointer_name, write_pointer
+from mlops_assets.serving.synthetic import real_model_set, request_rows, synthetic_model_set
+
+pytestmark = pytest.mark.integration
+
+SPEC = load_spec("sales")
+KEYS = ["secret-primary", "secret-secondary"]
+AUTH = {"Authorization": f"Bearer {KEYS[0]}"}
+V1, V2 = "models/sales/set-v1", "models/sales/set-v2"
+MAX_BODY = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving")
+    m1, _ = real_model_set(root, V1, SPEC, n_series=20, version="train-1")
+    synthetic_model_set(root, V2, SPEC, n_series=20, version="train-2", seed=7)
+    write_pointer(root, pointer_name("sales", "production"), {"version": "1", "folder": V1})
+    settings = ServingSettings(
+        root=str(root),
+        api_keys=KEYS,
+        max_body_bytes=MAX_BODY,
+        max_records=200,
+        poll_s=0.2,
+        collect_rate=1.0,
+    )
+    server = LocalServer(settings, log_path=root / "server.log").start()
+    try:
+        yield server, root, m1
+    finally:
+        server.stop()
+
+
+def _direct(root: Path, folder: str, version: str, records: list[dict]):
+    reader = load_reader(
+        ModelSetRef(version=version, folder=folder, root=str(root)),
+        max_models=100,
+        max_bytes=1 << 30,
+    )
+    return scoring.score(records, SPEC, reader.model_for)
+
+
+def test_predictions_for_many_series_equal_direct_scoring(served):
+    server, root, manifest = served
+    sids = manifest["series_id"].to_pylist()
+    # One period ahead for most series (the fast path), three periods for a few (recursive).
+    records = request_rows(SPEC, manifest, sids[:12]) + request_rows(
+        SPEC, manifest, sids[12:15], periods=3
+    )
+    status, body = server.score(records)
+    assert status == 200, body
+    assert body["model_set_version"] == "1"
+    assert body["n_errors"] == 0
+    got = body["predictions"]
+    want = _direct(root, V1, "1", records)
+    assert [g["series_id"] for g in got] == want["series_id"].tolist()
+    assert [g["time"] for g in got] == want["time"].tolist()
+    assert [g["model_version"] for g in got] == want["model_version"].tolist() == ["train-1"] * 21
+    np.testing.assert_allclose(
+        [g["prediction"] for g in got], want["prediction"].to_numpy(float), rtol=1e-12
+    )
+
+
+def test_unknown_series_is_a_per_record_error(served):
+    server, _, manifest = served
+    good = request_rows(SPEC, manifest, manifest["series_id"].to_pylist()[:2])
+    unknown = {**good[0], "store": "S9999"}
+    status, body = server.score([good[0], unknown, good[1]])
+    assert status == 200
+    errors = [p["error"] for p in body["predictions"]]
+    assert errors == [None, scoring.UNKNOWN_SERIES, None]
+    assert "S9999" in body["predictions"][1]["message"]
+    status, body = server.score([unknown])
+    assert status == 404 and body["predictions"][0]["error"] == scoring.UNKNOWN_SERIES
+
+
+def test_missing_feature_and_bad_records(served):
+    server, _, manifest = served
+    good = request_rows(SPEC, manifest, manifest["series_id"].to_pylist()[:3])
+    no_price = {k: v for k, v in good[0].items() if k != "price"}
+    bad_price = {**good[1], "price": "cheap"}
+    status, body = server.score([no_price, bad_price, good[2], "not a record"])
+    assert status == 200
+    assert [p["error"] for p in body["predictions"]] == [
+        scoring.MISSING_FEATURE,
+        scoring.MISSING_FEATURE,
+        None,
+        "bad_record",
+    ]
+    # A column no record has: the request as a whole is unusable.
+    status, body = server.score([{k: v for k, v in r.items() if k != "promo"} for r in good])
+    assert status == 422 and "promo" in body["message"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"{not json", b"\xff\xfe garbage", b"", b'{"rows": []}', b'{"data": []}', b'"text"'],
+)
+def test_malformed_body_is_400(served, payload):
+    server, _, _ = served
+    status, body = server.request("POST", "/score", payload, AUTH)
+    assert status == 400, body
+    assert json.loads(body)["error"] in ("malformed_json", "bad_request")
+
+
+def test_oversized_body_is_413(served):
+    server, _, manifest = served
+    sid = manifest["series_id"].to_pylist()[0]
+    record = request_rows(SPEC, manifest, [sid])[0]
+    big = json.dumps({"data": [{**record, "pad": "x" * 1000}] * 100}).encode()
+    assert len(big) > MAX_BODY
+    status, body = server.request("POST", "/score", big, AUTH)
+    assert status == 413 and json.loads(body)["error"] == "payload_too_large"
+    # Under the byte cap but over the record cap.
+    status, body = server.score([record] * 201)
+    assert status == 413 and body["error"] == "too_many_records"
+    # At the caps: accepted (duplicates are per-record errors, not a failure).
+    status, body = server.score(request_rows(SPEC, manifest, [sid]) * 2)
+    assert status == 422 and {p["error"] for p in body["predictions"]} == {scoring.DUPLICATE}
+    # The server is still healthy afterwards.
+    assert server.request("GET", "/")[0] == 200
+
+
+def test_auth_required_accepted_refused(served):
+    server, _, manifest = served
+    body = json.dumps({"data": request_rows(SPEC, manifest, manifest["series_id"][:1].to_pylist())})
+    cases = [
+        ({}, 401),
+        ({"Authorization": "Bearer wrong"}, 401),
+        ({"Authorization": KEYS[0]}, 401),  # not a bearer token
+        ({"x-api-key": "secret-primar"}, 401),
+        ({"Authorization": f"Bearer {KEYS[0]}"}, 200),
+        ({"Authorization": f"Bearer {KEYS[1]}"}, 200),  # the secondary key (rotation)
+        ({"x-api-key": KEYS[1]}, 200),
+    ]
+    for headers, want in cases:
+        conn_headers = (
+            {"Authorization": ""} | headers if "Authorization" not in headers else headers
+        )
+        status, raw = server.request("POST", "/score", body.encode(), conn_headers)
+        assert status == want, (headers, raw)
+        if want == 401:
+            assert json.loads(raw)["error"] == "unauthorized"
+    assert server.request("GET", "/score", headers={"Authorization": ""})[0] == 401
+    assert server.request("GET", "/", headers={"Authorization": ""})[0] == 200  # liveness
+
+
+def test_hot_swap_under_concurrent_load(served):
+    server, root, manifest = served
+    records = request_rows(SPEC, manifest, manifest["series_id"].to_pylist()[:5])
+    payload = json.dumps({"data": records}).encode()
+    failures: list = []
+    seen: list[list[str]] = [[] for _ in range(4)]
+    stop = threading.Event()
+
+    def client(k: int) -> None:
+        while not stop.is_set():
+            try:
+                status, raw = server.request("POST", "/score", payload, AUTH, timeout=10)
+                body = json.loads(raw)
+                if status != 200 or body["n_errors"]:
+                    failures.append((status, raw[:300]))
+                else:
+                    seen[k].append(body["model_set_version"])
+            except Exception as exc:
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        write_pointer(root, pointer_name("sales", "production"), {"version": "2", "folder": V2})
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(s and s[-1] == "2" for s in seen):
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not failures, failures[:3]
+    for s in seen:
+        assert s[0] == "1" and s[-1] == "2", s[:3] + s[-3:]
+        first_new = s.index("2")
+        assert set(s[first_new:]) == {"2"}  # never back to the old set
+    assert sum(len(s) for s in seen) > 20
+    info = server.info()
+    assert info["model_set_version"] == "2" and info["swaps"] >= 1
+    # The answers now come from the new set.
+    status, body = server.score(records)
+    want = _direct(root, V2, "2", records)
+    np.testing.assert_allclose(
+        [p["prediction"] for p in body["predictions"]], want["prediction"].to_numpy(float)
+    )
+    # A broken set named by the pointer is refused; the server keeps serving the last good one.
+    write_pointer(
+        root,
+        pointer_name("sales", "production"),
+        {"version": "3", "folder": V1, "manifest_sha256": "0" * 64},
+    )
+    time.sleep(1.0)
+    info = server.info()
+    assert info["model_set_version"] == "2" and "sha256" in (info["last_error"] or "")
+    assert server.score(records)[0] == 200
+    write_pointer(root, pointer_name("sales", "production"), {"version": "1", "folder": V1})
+    deadline = time.monotonic() + 10
+    while server.info()["model_set_version"] != "1" and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def test_inference_data_is_collected(served):
+    server, root, manifest = served
+    records = request_rows(SPEC, manifest, manifest["series_id"].to_pylist()[:3])
+    server.score(records, headers={"x-request-id": "collect-me"})
+    deadline = time.monotonic() + 10
+    table = read_collected(root, "sales")
+    while time.monotonic() < deadline:
+        table = read_collected(root, "sales")
+        if table.num_rows and "collect-me" in table["request_id"].to_pylist():
+            break
+        time.sleep(0.2)
+    rows = [r for r in table.to_pylist() if r["request_id"] == "collect-me"]
+    assert len(rows) == 3
+    assert all(r["prediction"] is not None and r["store"] for r in rows)
+
+
+def test_tampered_model_set_is_refused_at_start(tmp_path):
+    root = tmp_path
+    real_model_set(root, V1, SPEC, n_series=3, version="t")
+    pack = next((root / V1).glob("pack-*.bin"))
+    data = bytearray(pack.read_bytes())
+    data[-5] ^= 0xFF
+    pack.write_bytes(bytes(data))
+    write_pointer(root, pointer_name("sales", "production"), {"version": "1", "folder": V1})
+    server = LocalServer(ServingSettings(root=str(root), poll_s=0), log_path=root / "log.txt")
+    with pytest.raises(RuntimeError, match="exited"):
+        server.start(timeout=60)
+    assert "sha256" in (root / "log.txt").read_text()
+
+
+def test_cache_keeps_memory_bounded_with_10k_models(tmp_path):
+    root = tmp_path
+    manifest = synthetic_model_set(root, "models/sales/big", SPEC, n_series=10_000)
+    shutil.copy(root / "models/sales/big/manifest.parquet", root / "manifest-copy.parquet")
+    write_pointer(
+        root, pointer_name("sales", "production"), {"version": "big", "folder": "models/sales/big"}
+    )
+    settings = ServingSettings(root=str(root), cache_models=300, poll_s=0, max_records=1000)
+    with LocalServer(settings, log_path=root / "server.log") as server:
+        before = server.info()
+        sids = manifest["series_id"].to_pylist()
+        for a in range(0, len(sids), 500):
+            status, body = server.score(request_rows(SPEC, manifest, sids[a : a + 500]))
+            assert status == 200 and body["n_errors"] == 0
+        info = server.info()
+    cache = info["cache"]
+    assert cache["models"] <= 300
+    assert cache["misses"] == 10_000 and cache["evictions"] == 10_000 - cache["models"]
+    # 10,000 models passed through; resident memory grew by far less than holding them all.
+    assert info["rss_bytes"] - before["rss_bytes"] < 64 << 20, (before, info)

@@ -1,0 +1,207 @@
+"""Azure ML entities for the online endpoint, built by our code, round-tripped through YAML with
+azure-ai-ml's own loaders; the .cloud/azureml specs load the same way; the staged blue/green
+rollout (with its automatic rollback) against a fake endpoint. Nothing here calls Azure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from azure.ai.ml import load_environment, load_model, load_online_deployment, load_online_endpoint
+from azure.ai.ml.entities import KubernetesOnlineDeployment, KubernetesOnlineEndpoint
+
+from resources.endpoints import (
+    SCORING_SCRIPT,
+    AzureMLKubernetesEndpoint,
+    DeploymentSettings,
+    ModelSetRelease,
+    ReleaseError,
+    RolloutOps,
+    deployment_entity,
+    endpoint_entity,
+    model_entity,
+    staged_rollout,
+    traffic_stages,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+CLOUD = REPO / ".cloud" / "azureml"
+RELEASE = ModelSetRelease(
+    dataset="sales",
+    version="7",
+    folder="models/sales/releases/2026-11-21",
+    manifest_sha256="ab" * 32,
+    smoke_records=[{"store": "S0000", "product": "P000", "week": "2026-11-23"}],
+)
+
+
+def _endpoint_roundtrip(entity, tmp_path: Path) -> KubernetesOnlineEndpoint:
+    # azure-ai-ml 1.35: KubernetesOnlineEndpoint.dump() returns a dict instead of writing.
+    data = entity.dump()
+    path = tmp_path / "endpoint.yml"
+    path.write_text(yaml.safe_dump(dict(data), sort_keys=False))
+    return load_online_endpoint(path)
+
+
+def test_endpoint_entity_roundtrips(tmp_path):
+    ep = endpoint_entity("mlops-sales-scoring", "aks-serving", tags={"dataset": "sales"})
+    back = _endpoint_roundtrip(ep, tmp_path)
+    assert isinstance(back, KubernetesOnlineEndpoint)
+    assert back.name == "mlops-sales-scoring"
+    assert back.compute.endswith("aks-serving")
+    assert back.auth_mode == "key"  # aad_token is managed-only
+    assert back.tags == {"dataset": "sales"}
+
+
+@pytest.mark.parametrize("color", ["blue", "green"])
+def test_deployment_entity_roundtrips(tmp_path, color):
+    settings = DeploymentSettings(instance_count=4, cache_models=500)
+    dep = deployment_entity(color, "mlops-sales-scoring", RELEASE, "azureml:sales-models:7", settings)
+    path = tmp_path / f"{color}.yml"
+    dep.dump(path)
+    back = load_online_deployment(path)
+    assert isinstance(back, KubernetesOnlineDeployment)
+    assert back.name == color and back.endpoint_name == "mlops-sales-scoring"
+    assert back.model == "sales-models:7" or back.model.endswith("sales-models:7")
+    assert back.code_configuration.scoring_script == SCORING_SCRIPT
+    assert (REPO / SCORING_SCRIPT).is_file()
+    assert back.instance_count == 4
+    assert back.request_settings.request_timeout_ms == 5000
+    assert back.readiness_probe.failure_threshold == 30
+    assert back.liveness_probe.timeout == 2
+    assert back.resources.limits.memory == "2Gi"
+    assert back.scale_settings.type == "target_utilization"
+    env = back.environment_variables
+    assert env["MLOPS_SERVING_SOURCE"] == "model_dir"
+    assert env["MLOPS_SERVING_VERSION"] == "7"
+    assert env["MLOPS_SERVING_CACHE_MODELS"] == "500"
+    assert back.tags["folder"] == RELEASE.folder
+
+
+def test_deployment_colour_is_checked():
+    with pytest.raises(ValueError, match="colour"):
+        deployment_entity("red", "ep", RELEASE, "azureml:sales-models:7")
+
+
+def test_traffic_stages_roundtrip_through_the_endpoint(tmp_path):
+    stages = traffic_stages("blue", "green", [10, 50])
+    assert stages == [
+        {"blue": 90, "green": 10},
+        {"blue": 50, "green": 50},
+        {"blue": 0, "green": 100},
+    ]
+    for i, traffic in enumerate(stages):
+        ep = endpoint_entity("mlops-sales-scoring", "aks-serving", traffic=traffic)
+        (tmp_path / str(i)).mkdir()
+        back = _endpoint_roundtrip(ep, tmp_path / str(i))
+        assert back.traffic == traffic and sum(back.traffic.values()) == 100
+    assert traffic_stages(None, "blue", [100]) == [{"blue": 100}]
+    with pytest.raises(ValueError):
+        traffic_stages("blue", "green", [0])
+
+
+def test_model_entity_roundtrips(tmp_path):
+    model = model_entity(RELEASE, "azureml://datastores/prodmodels/paths/" + RELEASE.folder)
+    path = tmp_path / "model.yml"
+    model.dump(path)
+    back = load_model(path)
+    assert back.name == "sales-models" and back.version == "7"
+    assert back.type == "custom_model"
+    assert back.tags["manifest_sha256"] == RELEASE.manifest_sha256
+
+
+def test_cloud_specs_load():
+    ep = load_online_endpoint(CLOUD / "serving-endpoint.yml")
+    assert isinstance(ep, KubernetesOnlineEndpoint) and ep.auth_mode == "key"
+    names = []
+    for color in ("blue", "green"):
+        dep = load_online_deployment(CLOUD / f"serving-deployment-{color}.yml")
+        assert isinstance(dep, KubernetesOnlineDeployment)
+        assert dep.endpoint_name == ep.name
+        code = (CLOUD / dep.code_configuration.code).resolve()
+        assert (code / dep.code_configuration.scoring_script).is_file()
+        names.append(dep.name)
+    assert names == ["blue", "green"]
+    env = load_environment(CLOUD / "serving-environment.yml")
+    assert env.name == "mlops-assets-serving" and env.image and env.conda_file
+    assert "azureml-inference-server-http" in yaml.safe_dump(env.conda_file)
+
+
+class FakeOps(RolloutOps):
+    def __init__(self, traffic: dict, fail_at: int | None = None, unhealthy_new=False):
+        self.traffic = dict(traffic)
+        self.fail_at, self.unhealthy_new = fail_at, unhealthy_new
+        self.calls: list = []
+        self.deployments = {c for c, p in traffic.items()}
+
+    def ensure_endpoint(self):
+        return dict(self.traffic)
+
+    def create_deployment(self, color, release):
+        self.calls.append(("create", color, release.version))
+        self.deployments.add(color)
+
+    def set_traffic(self, traffic):
+        self.calls.append(("traffic", dict(traffic)))
+        self.traffic = dict(traffic)
+
+    def health_check(self, color, release):
+        if self.unhealthy_new and color is not None and not any(
+            c[0] == "traffic" for c in self.calls
+        ):
+            return "container crashed"
+        new_share = max(self.traffic.values(), default=0) if color is None else None
+        if self.fail_at is not None and self.traffic.get("green", 0) >= self.fail_at:
+            return f"5xx at {new_share}"
+        return None
+
+    def delete_deployment(self, color):
+        self.calls.append(("delete", color))
+        self.deployments.discard(color)
+
+
+def test_staged_rollout_blue_to_green():
+    ops = FakeOps({"blue": 100})
+    report = staged_rollout(ops, RELEASE, [10, 50, 100], checks_per_stage=2, log=lambda m: None)
+    assert report["old"] == "blue" and report["new"] == "green"
+    traffic = [c[1] for c in ops.calls if c[0] == "traffic"]
+    assert traffic == [{"blue": 90, "green": 10}, {"blue": 50, "green": 50}, {"blue": 0, "green": 100}]
+    assert ops.calls[-1] == ("delete", "blue")  # only after green holds 100 % and is healthy
+    assert ops.deployments == {"green"}
+
+
+def test_staged_rollout_rolls_back_on_a_failed_stage():
+    ops = FakeOps({"blue": 100}, fail_at=50)
+    with pytest.raises(ReleaseError, match="rolled back to blue"):
+        staged_rollout(ops, RELEASE, [10, 50, 100], log=lambda m: None)
+    assert ops.traffic == {"blue": 100, "green": 0}
+    assert "blue" in ops.deployments  # never deleted
+    assert ("delete", "blue") not in ops.calls
+
+
+def test_unhealthy_new_deployment_never_gets_traffic():
+    ops = FakeOps({"green": 100}, unhealthy_new=True)
+    with pytest.raises(ReleaseError, match="before taking traffic"):
+        staged_rollout(ops, RELEASE, [10, 100], log=lambda m: None)
+    assert not [c for c in ops.calls if c[0] == "traffic"]
+    assert ops.calls[-1] == ("delete", "blue") and ops.traffic == {"green": 100}
+
+
+def test_first_release_on_an_empty_endpoint():
+    ops = FakeOps({})
+    report = staged_rollout(ops, RELEASE, [100], log=lambda m: None)
+    assert report["old"] is None and ops.traffic == {"blue": 100}
+
+
+def test_aml_endpoint_resource_builds_without_calling_azure():
+    res = AzureMLKubernetesEndpoint(
+        subscription_id="00000000-0000-0000-0000-000000000000",
+        resource_group="rg",
+        workspace="ws",
+        endpoint_name="mlops-sales-scoring",
+        compute="aks-serving",
+        model_base_uri="azureml://datastores/prodmodels/paths/",
+    )
+    assert "mlops-sales-scoring" in res.describe()
+    assert res.settings().instance_count == 3

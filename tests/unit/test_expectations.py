@@ -1,0 +1,229 @@
+"""The suite builder: expectations derived from specs, and masks that agree with GX."""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from mlops_assets.ml import expectations as ex
+from mlops_assets.ml.drops import ROW, ParsedDrop, split_failures
+from mlops_assets.ml.spec import ExtraExpectation, load_spec
+
+AS_OF = date(2026, 11, 20)
+
+
+def _rules(configs):
+    return {(c["meta"]["rule"], c["kwargs"].get("column")) for c in configs}
+
+
+@pytest.mark.parametrize(
+    ("spec_name", "expected"),
+    [
+        (
+            "sales",
+            {
+                ("values.range", "sales"),
+                ("values.range", "price"),
+                ("values.finite", "sales"),
+                ("values.allowed", "promo"),
+                ("time.earliest", "week"),
+                ("time.not_future", "week"),
+                ("unique.key_time", None),
+                ("not_null", "store"),
+            },
+        ),
+        (
+            "diabetes",
+            {
+                ("values.range", "progression"),
+                ("values.allowed", "cohort"),
+                ("values.finite", "bmi"),
+                ("time.earliest", "visit_date"),
+                ("unique.key_time", None),
+            },
+        ),
+    ],
+)
+def test_row_suite_from_spec(spec_name, expected):
+    configs = ex.row_expectations(load_spec(spec_name), AS_OF)
+    assert expected <= _rules(configs)
+    suite = ex.build_suite(f"{spec_name}.rows", configs)
+    assert len(suite.expectations) == len(configs)
+
+
+@pytest.mark.parametrize(
+    ("extra", "level"),
+    [
+        (
+            {
+                "type": "expect_column_values_to_match_regex",
+                "kwargs": {"column": "store", "regex": "^S[0-9]+$"},
+            },
+            "row",
+        ),
+        (
+            {
+                "type": "expect_column_sum_to_be_between",
+                "kwargs": {"column": "sales", "min_value": 0},
+            },
+            "drop",
+        ),
+    ],
+)
+def test_extra_expectations_from_yaml(extra, level):
+    spec = load_spec("sales")
+    spec.validation.expectations = [ExtraExpectation(**extra)]
+    rules = _rules(ex.row_expectations(spec, AS_OF))
+    in_rows = any(r.startswith("custom.") for r, _ in rules)
+    assert in_rows == (level == "row")
+
+
+def test_drop_suite_bands_and_freshness():
+    spec = load_spec("sales")
+    bands = {"sales__mean": ex.Band(10.0, 1.0, 52)}
+    configs = ex.drop_expectations(spec, AS_OF, bands)
+    by_rule = {(c["meta"]["rule"], c["meta"]["severity"]): c["kwargs"] for c in configs}
+    d = spec.validation.drift
+    assert by_rule[("drift.sales.mean", "warn")]["max_value"] == 10 + d.warn_sigmas
+    assert by_rule[("drift.sales.mean", "error")]["min_value"] == 10 - d.error_sigmas
+    assert ("freshness.max_age", "warn") in by_rule
+    assert by_rule[("drop.row_count", "error")]["min_value"] == spec.validation.min_rows_per_drop
+
+
+def _table():
+    return pa.table(
+        {
+            "store": ["S1", "S1", "S1", "S2", "S2", "S2", "S3"],
+            "product": ["P1"] * 7,
+            "week": pa.array(
+                [
+                    date(2026, 1, 5),
+                    date(2026, 1, 12),
+                    date(2026, 1, 12),
+                    date(1800, 1, 6),
+                    date(2100, 1, 4),
+                    date(2026, 1, 5),
+                    date(2026, 1, 5),
+                ],
+                pa.date32(),
+            ),
+            "sales": [1.0, -5.0, 2.0, math.inf, 3.0, float("nan"), 4.0],
+            "price": [1.0, 2.0, 20000.0, 1.0, 1.0, 1.0, 0.0],
+            "promo": pa.array([0, 1, 7, 0, 0, 1, 0], pa.int64()),
+        }
+    )
+
+
+# (rule, column, rows expected to fail)
+CASES = [
+    ("not_null", "sales", [5]),
+    ("values.finite", "sales", [3]),
+    ("values.range", "sales", [1]),
+    ("values.range", "price", [2, 6]),
+    ("values.allowed", "promo", [2]),
+    ("time.earliest", "week", [3]),
+    ("time.not_future", "week", [4]),
+    ("unique.key_time", None, [1, 2]),
+]
+
+
+@pytest.mark.parametrize(("rule", "column", "rows"), CASES)
+def test_masks_match_expected_rows(rule, column, rows):
+    spec = load_spec("sales")
+    table = _table()
+    configs = [
+        c
+        for c in ex.row_expectations(spec, AS_OF)
+        if c["meta"]["rule"] == rule and c["kwargs"].get("column") in (column, None)
+    ]
+    assert configs
+    mask = np.zeros(table.num_rows, dtype=bool)
+    for c in configs:
+        mask |= ex.ROW_EVALUATORS[c["type"]](table, c["kwargs"])
+    assert np.flatnonzero(mask).tolist() == rows
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return ex.GxRunner()
+
+
+def test_masks_agree_with_great_expectations(runner):
+    """Each row-level expectation: our mask counts what GX counts as unexpected."""
+    spec = load_spec("sales")
+    table = _table()
+    configs = ex.row_expectations(spec, AS_OF)
+    result = runner.run(
+        ex.build_suite("sales.rows", configs), table.to_pandas(date_as_object=False)
+    )
+    assert len(result.results) == len(configs)
+    by_config = {
+        (r.expectation_config.meta["rule"], str(r.expectation_config.kwargs.get("column"))): r
+        for r in result.results
+    }
+    for c in configs:
+        if c["type"] == "expect_table_columns_to_match_set":
+            continue
+        r = by_config[(c["meta"]["rule"], str(c["kwargs"].get("column")))]
+        gx_count = r.result.get("unexpected_count", 0)
+        ours = int(ex.ROW_EVALUATORS[c["type"]](table, c["kwargs"]).sum())
+        # GX skips NaN (a pandas null) in value expectations; so do we (NaN is not_null's).
+        assert ours == gx_count, (c, r.result)
+
+
+def _reference(rng):
+    weeks = np.repeat(np.arange(60) * 7 + 20000, 20).astype("int32")
+    return pa.table(
+        {
+            "week": pa.array(weeks, pa.int32()).cast(pa.date32()),
+            "sales": rng.normal(50, 5, len(weeks)),
+            "price": rng.normal(5, 0.2, len(weeks)),
+        }
+    )
+
+
+def _drop(rng, scale: float = 1.0, shift: float = 0.0, n: int = 20) -> ParsedDrop:
+    spec = load_spec("sales")
+    drop = pa.table(
+        {
+            "store": [f"S{i}" for i in range(n)],
+            "product": ["P1"] * n,
+            "week": pa.array([date(2026, 1, 5)] * n, pa.date32()),
+            "sales": rng.normal(50, 5, n) * scale + shift,
+            "price": rng.normal(5, 0.2, n),
+            "promo": pa.array([0] * n, pa.int64()),
+        }
+    )
+    drop = drop.append_column(ROW, pa.array(np.arange(n, dtype=np.int64)))
+    return ParsedDrop(n, drop, split_failures(drop.slice(0, 0), None, [], spec).rejected)
+
+
+@pytest.mark.parametrize(
+    ("case", "settings", "drop_kw", "rule"),
+    [
+        ("in band", {}, {}, None),
+        ("shifted", {}, {"scale": 25.0, "shift": 1000.0}, "drift.sales."),
+        ("too many rows", {"max_rows_per_drop": 10}, {}, "drop.row_count"),
+        ("too few rows", {"min_rows_per_drop": 50}, {}, "drop.row_count"),
+    ],
+)
+def test_gate_drop_level_rules(case, settings, drop_kw, rule):
+    spec = load_spec("sales")
+    for k, v in settings.items():
+        setattr(spec.validation, k, v)
+    rng = np.random.default_rng(0)
+    gate = ex.DropGate(spec, AS_OF, reference=_reference(rng))
+    parsed = _drop(rng, **drop_kw)
+    if rule is None:
+        report = gate.check_drop("ok.csv", parsed)
+        assert not [f for f in report.failures if f["severity"] == "error"], case
+        assert report.profile["rows_in"] == 20
+        return
+    with pytest.raises(ex.DropRejected) as err:
+        gate.check_drop("bad.csv", parsed)
+    assert err.value.rule.startswith(rule), case
+    assert "bad.csv" in err.value.message and "quarantined" in err.value.message
