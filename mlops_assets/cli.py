@@ -112,21 +112,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cache_models=args.cache_models,
         collect_rate=args.collect_rate,
     )
+    import signal
+
+    def _terminate(signum, frame):  # SIGTERM stops the server too, like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
     server = LocalServer(settings, port=args.port, workers=args.workers, log_path=args.log)
     print(f"starting azmlinfsrv for {args.dataset} ({args.source}) on {server.url} ...")
     try:
-        info = server.start(timeout=120).info()
-    except (RuntimeError, TimeoutError) as exc:
-        print(f"failed: {exc}", file=sys.stderr)
-        return 1
-    print(
-        f"serving {info['dataset']} model set v{info['model_set_version']} "
-        f"({info['series']} series) from {info['source']}\n"
-        f"  POST {server.url}/score   GET {server.url}/ (liveness)   GET {server.url}/score (info)\n"
-        f"  API key: {'required (' + args.api_key_env + ')' if keys else 'off'}; "
-        f"new {args.alias} versions are picked up every {args.poll_s}s. Ctrl-C stops."
-    )
-    try:
+        try:
+            info = server.start(timeout=120).info()
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"failed: {exc}", file=sys.stderr)
+            return 1
+        print(
+            f"serving {info['dataset']} model set v{info['model_set_version']} "
+            f"({info['series']} series) from {info['source']}\n"
+            f"  POST {server.url}/score   GET {server.url}/ (liveness)   "
+            f"GET {server.url}/score (info)\n"
+            f"  API key: {'required (' + args.api_key_env + ')' if keys else 'off'}; "
+            f"new {args.alias} versions are picked up every {args.poll_s}s. Ctrl-C stops."
+        )
         while server.proc is not None and server.proc.poll() is None:
             time.sleep(0.5)
     except KeyboardInterrupt:

@@ -160,17 +160,18 @@ class CuratedStore:
     def shard_names(self) -> list[str]:
         return [b.name for b in self.storage.list(f"{self.prefix}/part-")]
 
-    def read_shard(self, name: str, columns: list[str] | None = None) -> pa.Table:
+    def read_shard(self, name: str, columns: list[str] | None = None, filters=None) -> pa.Table:
         with self.storage.open_read(name) as f:
-            return pq.read_table(f, columns=columns)
+            return pq.read_table(f, columns=columns, filters=filters)
 
-    def read(self, columns: list[str] | None = None, until=None) -> pa.Table:
-        """The whole dataset (optionally only rows with time <= ``until``)."""
+    def read(self, columns: list[str] | None = None, until=None, since=None) -> pa.Table:
+        """The whole dataset (optionally only rows with ``since`` <= time <= ``until``)."""
         names = self.shard_names()
         if not names:
             return self.spec.arrow_schema.empty_table()
+        filters = [(self.spec.time, ">=", since)] if since is not None else None
         with ThreadPoolExecutor(max_workers=4) as pool:
-            tables = list(pool.map(lambda n: self.read_shard(n, columns), names))
+            tables = list(pool.map(lambda n: self.read_shard(n, columns, filters), names))
         table = pa.concat_tables(tables)
         if until is not None:
             col = table[self.spec.time]

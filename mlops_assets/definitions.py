@@ -32,7 +32,7 @@ def dataset_definitions(spec: DatasetSpec) -> dg.Definitions:
     ]
     daily = dg.define_asset_job(
         daily_job_name(spec),
-        selection=dg.AssetSelection.key_prefixes([spec.name]),
+        selection=dg.AssetSelection.assets(*assets),
         partitions_def=as_of_days,
         description=(
             f"The daily {spec.name} chain in one run: ingest new drops, validate, train every "

@@ -53,11 +53,10 @@ def deployment_key(spec: DatasetSpec) -> dg.AssetKey:
 
 def deploy_run_config(spec: DatasetSpec, version: str | int) -> dict:
     """Run config of ``<ds>_deploy`` for one prod version (what the release sensor sends)."""
-    cfg = {"config": {"version": int(version)}}
     return {
         "ops": {
-            qa_key(spec).to_python_identifier(): cfg,
-            deployment_key(spec).to_python_identifier(): cfg,
+            key.to_python_identifier(): {"config": {"version": int(version)}}
+            for key in (qa_key(spec), deployment_key(spec))
         }
     }
 

@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.compute as pc
 
 from mlops_assets.curation import CuratedStore, DropOutcome, IngestResult
 from mlops_assets.ml.expectations import (
@@ -93,9 +94,15 @@ def make_gate(
 ) -> DropGate:
     """A gate whose distribution reference is the curated history (time and drift columns)."""
     store = CuratedStore(storage, spec)
-    reference = (
-        store.read(columns=[spec.time, *drift_columns(spec)]) if store.shard_names() else None
-    )
+    reference = None
+    if store.shard_names():
+        # Only the last reference_periods periods are compared with: read just those.
+        times = pc.unique(store.read(columns=[spec.time])[spec.time]).sort()
+        n = spec.validation.drift.reference_periods
+        since = times[max(0, len(times) - n)] if len(times) else None
+        reference = store.read(
+            columns=[*spec.series_keys, spec.time, *drift_columns(spec)], since=since
+        )
     return DropGate(spec, as_of, reference=reference, docs_dir=docs_dir)
 
 

@@ -48,9 +48,7 @@ class BatchCompute(dg.ConfigurableResource, ABC):
     timeout_s: float = Field(default=3600.0, description="Overall limit for one drop.")
 
     @abstractmethod
-    def run_scoring(
-        self, context: dg.AssetExecutionContext, *, params_json: str, key: str
-    ) -> Any:
+    def run_scoring(self, context: dg.AssetExecutionContext, *, params_json: str, key: str) -> Any:
         """Run the script; return the ``PipesClientCompletedInvocation``."""
 
 
@@ -72,16 +70,12 @@ class LocalBatchCompute(BatchCompute):
         cmd = [self.python or sys.executable, "-m", MODULE]
         cwd = str(_repo_root())
         others = [
-            subprocess.Popen(
-                cmd, cwd=cwd, env={**os.environ, **self._env(params_json, r)}
-            )
+            subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **self._env(params_json, r)})
             for r in range(1, self.instance_count)
         ]
         try:
             client = dg.PipesSubprocessClient(cwd=cwd)
-            invocation = client.run(
-                context=context, command=cmd, env=self._env(params_json, 0)
-            )
+            invocation = client.run(context=context, command=cmd, env=self._env(params_json, 0))
             for p in others:
                 rc = p.wait(self.timeout_s)
                 if rc != 0:
@@ -148,8 +142,7 @@ class AzureMLBatchCompute(BatchCompute):
 
     def build_command(self, *, params_json: str, name: str, key: str):
         """The ``azure-ai-ml`` Command entity (pure: no Azure call)."""
-        from azure.ai.ml import command
-        from azure.ai.ml import PyTorchDistribution
+        from azure.ai.ml import PyTorchDistribution, command
 
         env = {
             **self.env_vars,

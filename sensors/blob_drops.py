@@ -106,9 +106,7 @@ def plan_tick(
         return [], Cursor(cursor.hw, seen)
     for b in take:
         seen[b.name] = (b.etag, _ts(b.last_modified))
-    hw = max(
-        [b.last_modified for b in take] + ([cursor.hw] if cursor.hw else []), key=_ts
-    )
+    hw = max([b.last_modified for b in take] + ([cursor.hw] if cursor.hw else []), key=_ts)
     keep_from = _ts(hw) - config.lag_s
     seen = {n: (e, t) for n, (e, t) in seen.items() if t >= keep_from}
     return take, Cursor(hw, seen)

@@ -18,13 +18,12 @@ def make_release_sensor(
     model_name: str,
     *,
     alias: str = "production",
-    registry_key: str = "prod_registry",
     run_config: callable | None = None,
     name: str | None = None,
     minimum_interval_seconds: int = 60,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
 ) -> dg.SensorDefinition:
-    """A sensor on ``model_name@alias`` in the registry resource ``registry_key``.
+    """A sensor on ``model_name@alias`` in the ``prod_registry`` resource.
 
     ``run_config(version) -> dict`` gives the launched run's config (default: none); the run is
     tagged with the model, alias and version either way.
@@ -35,13 +34,11 @@ def make_release_sensor(
         job=job,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
-        required_resource_keys={registry_key},
         description=f"Launches {job.name} when {model_name}@{alias} moves to a new version.",
     )
-    def release_sensor(context: dg.SensorEvaluationContext):
-        registry: ModelRegistry = getattr(context.resources, registry_key)
+    def release_sensor(context: dg.SensorEvaluationContext, prod_registry: ModelRegistry):
         try:
-            current = registry.get_alias(model_name, alias)
+            current = prod_registry.get_alias(model_name, alias)
         except RegistryError as exc:
             return dg.SkipReason(f"registry unavailable: {exc}")
         if current is None:

@@ -42,9 +42,9 @@ from mlops_assets.batch import layout
 from mlops_assets.ml import modelset
 from mlops_assets.ml.drops import ROW, DropRejected, ParsedDrop, parse_drop, split_failures
 from mlops_assets.ml.model_cache import ModelSetReader
-from mlops_assets.ml.scoring import UNKNOWN_SERIES, score
+from mlops_assets.ml.scoring import UNKNOWN_SERIES, score_table
 from mlops_assets.ml.spec import ColumnType, DatasetSpec, load_spec
-from mlops_assets.ml.tables import series_ids
+from mlops_assets.ml.tables import series_codes, series_ids
 
 PARAMS_ENV = "MLOPS_BATCH_PARAMS"
 CONNECTION_STRING_ENV = "MLOPS_BATCH_CONNECTION_STRING"  # Azurite/tests only
@@ -221,21 +221,24 @@ def _pack_reader(storage, series_wanted: int, manifest: pa.Table) -> Callable:
     return read_range
 
 
-def score_table(
-    table: pa.Table, spec: DatasetSpec, reader: ModelSetReader, chunk_rows: int = CHUNK_ROWS
-) -> pd.DataFrame:
-    """``scoring.score`` over whole series, ``chunk_rows`` rows at a time, in series order.
+def _row_series_ids(table: pa.Table, spec: DatasetSpec) -> np.ndarray:
+    """Each row's series id, built once per series rather than once per row."""
+    _, first, inverse = np.unique(
+        series_codes(table, spec.series_keys), return_index=True, return_inverse=True
+    )
+    ids = np.asarray(series_ids(table.take(pa.array(first)), spec).to_pylist(), dtype=object)
+    return ids[inverse]
 
-    ``score`` costs grow with series x rows of one call, so a big drop is scored in chunks of
-    whole series; each row keeps its per-row error code.
+
+def score_in_chunks(
+    table: pa.Table, spec: DatasetSpec, reader: ModelSetReader, chunk_rows: int = CHUNK_ROWS
+) -> pa.Table:
+    """``scoring.score_table`` over whole series, about ``chunk_rows`` rows at a time.
+
+    Scoring is linear in rows; chunks of whole series only bound the feature matrix's memory on
+    a large drop. Each output row carries its source row number.
     """
-    if table.num_rows == 0:
-        return score(table.to_pandas(), spec, reader.model_for)
-    ids = series_ids(table, spec)
-    enc = pc.dictionary_encode(ids).combine_chunks() if isinstance(
-        ids, pa.ChunkedArray
-    ) else pc.dictionary_encode(ids)
-    codes = enc.indices.to_numpy(zero_copy_only=False)
+    codes = series_codes(table, spec.series_keys)
     order = np.argsort(codes, kind="stable")
     sorted_codes = codes[order]
     starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
@@ -247,12 +250,12 @@ def score_table(
     bounds.append(len(order))
     parts = []
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        rows = order[a:b]
-        part = table.take(pa.array(rows)).to_pandas(date_as_object=False)
-        out = score(part, spec, reader.model_for)
-        out.insert(0, ROW, table[ROW].take(pa.array(rows)).to_numpy())
-        parts.append(out)
-    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        rows = pa.array(order[a:b])
+        out = score_table(table.take(rows), spec, reader.model_for)
+        parts.append(out.add_column(0, "source_row", table[ROW].take(rows)))
+    if not parts:
+        return score_table(table, spec, reader.model_for).add_column(0, "source_row", table[ROW])
+    return pa.concat_tables(parts, promote_options="permissive")
 
 
 # ---- one instance ---------------------------------------------------------------------------
@@ -340,10 +343,10 @@ def run_instance(
     out.rows_in = parsed.rows_in
     good = parsed.good
     if world > 1:
-        mine = shard_of_series(series_ids(good, spec).to_numpy(zero_copy_only=False), world)
+        mine = shard_of_series(_row_series_ids(good, spec), world)
         good = good.filter(pa.array(mine == rank))
         if parsed.rows_rejected:
-            rsid = series_ids(parsed.rejected, spec).to_numpy(zero_copy_only=False)
+            rsid = _row_series_ids(parsed.rejected, spec)
             rej = parsed.rejected.filter(pa.array(shard_of_series(rsid, world) == rank))
         else:
             rej = parsed.rejected
@@ -362,7 +365,7 @@ def run_instance(
     manifest = modelset.read_manifest(
         model_storage.read_bytes(f"{job.model_folder}/{modelset.MANIFEST}")
     )
-    n_series = len(pc.unique(series_ids(good, spec))) if good.num_rows else 0
+    n_series = len(np.unique(series_codes(good, spec.series_keys))) if good.num_rows else 0
     reader = ModelSetReader(
         manifest,
         _pack_reader(model_storage, n_series, manifest),
@@ -373,21 +376,22 @@ def run_instance(
     seconds["models_index"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    scored = score_table(good, spec, reader, chunk_rows=chunk_rows)
+    scored = score_in_chunks(good, spec, reader, chunk_rows=chunk_rows)
     seconds["score"] = time.perf_counter() - t
     seconds["models_load"] = 0.0  # inside score; cache stats below
-    errors = scored["error"].fillna("ok").value_counts().to_dict()
-    out.errors = {str(k): int(v) for k, v in errors.items() if k != "ok"}
-    unknown = (scored["error"] == UNKNOWN_SERIES).to_numpy()
-    out.rows_scored = int(scored["prediction"].notna().sum())
-    out.rows_unknown_series = int(unknown.sum())
-    out.rows_failed = int(len(scored) - out.rows_scored - out.rows_unknown_series)
-    out.series = int(scored["series_id"].nunique())
-    out.unknown_series = int(scored.loc[unknown, "series_id"].nunique())
+    errors = pc.value_counts(scored["error"].drop_null()).to_pylist()
+    out.errors = {d["values"]: int(d["counts"]) for d in errors}
+    unknown = pc.equal(scored["error"], UNKNOWN_SERIES).fill_null(False)
+    out.rows_scored = scored.num_rows - scored["prediction"].null_count
+    out.rows_unknown_series = int(pc.sum(unknown).as_py() or 0)
+    out.rows_failed = scored.num_rows - out.rows_scored - out.rows_unknown_series
+    series = pc.cast(scored["series_id"], pa.string())
+    out.series = int(pc.count_distinct(series).as_py())
+    out.unknown_series = int(pc.count_distinct(series.filter(unknown)).as_py())
 
     t = time.perf_counter()
     name = layout.predictions_name(job.dataset, job.key, rank, world)
-    _write_parquet(storage, name, scored.rename(columns={ROW: "source_row"}))
+    _write_parquet(storage, name, scored)
     out.output, out.output_uri = name, storage.uri(name)
     seconds["write"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0

@@ -541,6 +541,28 @@ def profile(table: pa.Table, spec: DatasetSpec, workers: int | None = None) -> d
     return out
 
 
+def _period_stats(times: np.ndarray, values: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean, stdev and exact quantiles (linear interpolation, as the drop profile) per period."""
+    ok = np.isfinite(values)
+    t, v = times[ok], values[ok]
+    order = np.lexsort((v, t))
+    t, v = t[order], v[order]
+    if len(t) == 0:
+        return {}
+    _, start, count = np.unique(t, return_index=True, return_counts=True)
+    mean = np.add.reduceat(v, start) / count
+    sq = np.add.reduceat((v - np.repeat(mean, count)) ** 2, start)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stdev = np.where(count > 1, np.sqrt(sq / np.maximum(count - 1, 1)), np.nan)
+    out = {"mean": mean, "stdev": stdev}
+    for name, q in QUANTILES.items():
+        pos = start + q * (count - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, start + count - 1)
+        out[name] = v[lo] + (v[hi] - v[lo]) * (pos - lo)
+    return out
+
+
 def reference_bands(reference: pa.Table, spec: DatasetSpec) -> dict[str, Band]:
     """Per-period statistics over the last ``reference_periods`` periods of ``reference``, as
     a band per ``<col>__<stat>`` (mean and spread of that statistic across periods)."""
@@ -552,26 +574,10 @@ def reference_bands(reference: pa.Table, spec: DatasetSpec) -> dict[str, Band]:
         return {}
     cutoff = times[max(0, len(times) - d.reference_periods)]
     window = reference.filter(pc.greater_equal(reference[spec.time], cutoff))
-    cols = drift_columns(spec)
-    aggs = []
-    for c in cols:
-        aggs += [
-            (c, "mean"),
-            (c, "stddev", pc.VarianceOptions(ddof=1)),
-            (c, "tdigest", pc.TDigestOptions(q=list(QUANTILES.values()))),
-        ]
-    per = window.select([spec.time, *cols]).group_by(spec.time).aggregate(aggs)
+    t = _time_ints(window[spec.time])
     bands: dict[str, Band] = {}
-    for c in cols:
-        series = {
-            "mean": _np(per[f"{c}_mean"]).astype(float),
-            "stdev": _np(pc.cast(per[f"{c}_stddev"], pa.float64())).astype(float),
-        }
-        digests = per[f"{c}_tdigest"].to_pylist()
-        for i, q in enumerate(QUANTILES):
-            series[q] = np.array(
-                [x[i] if x and x[i] is not None else np.nan for x in digests], dtype=float
-            )
+    for c in drift_columns(spec):
+        series = _period_stats(t, _np(pc.cast(window[c], pa.float64())).astype(float))
         for stat, values in series.items():
             values = values[np.isfinite(values)]
             if len(values) < 2:
@@ -593,6 +599,7 @@ class DropReport:
     profile: dict[str, Any] = field(default_factory=dict)
     sample: list[dict] = field(default_factory=list)  # failing rows: file, row, column, value
     gx_statistics: dict[str, Any] = field(default_factory=dict)
+    reference: str = ""  # which history the distribution was compared with
 
     def as_dict(self) -> dict:
         def plain(v):
@@ -607,6 +614,7 @@ class DropReport:
             "profile": {k: plain(v) for k, v in self.profile.items()},
             "sample": self.sample,
             "gx_statistics": self.gx_statistics,
+            "reference": self.reference,
         }
 
 
@@ -616,8 +624,9 @@ class DropGate:
     Args:
         spec: the dataset spec.
         as_of: the run's as-of date (future timestamps and freshness are relative to it).
-        reference: curated history (time and drift columns) for the distribution bands; drops
-            accepted during the run extend it, so a cold start still compares later drops.
+        reference: curated history (series keys, time and drift columns) for the distribution
+            bands; drops accepted during the run extend it, so a cold start still compares
+            later drops.
         runner: a ``GxRunner`` to share (one is created on first use otherwise).
         sample_rows: failing rows kept per drop for reports.
         docs_dir: where the runner it creates renders GX Data Docs (see ``GxRunner``).
@@ -634,8 +643,10 @@ class DropGate:
     ):
         self.spec, self.as_of = spec, as_of
         self.row_configs = row_expectations(spec, as_of)
-        self._cols = [spec.time, *drift_columns(spec)]
+        self._cols = [*spec.series_keys, spec.time, *drift_columns(spec)]
         self._reference = [reference.select(self._cols)] if reference is not None else []
+        self._window: pa.Table | None = None
+        self._window_series: pa.Table | None = None
         self._bands: dict[str, Band] | None = None
         self._runner = runner
         self.docs_dir = docs_dir
@@ -649,12 +660,49 @@ class DropGate:
             self._runner = GxRunner(self.docs_dir)
         return self._runner
 
+    def _window_table(self) -> pa.Table:
+        """The last ``reference_periods`` periods of the reference, and its distinct series."""
+        if self._window is None:
+            keys, time = self.spec.series_keys, self.spec.time
+            ref = pa.concat_tables(self._reference) if self._reference else None
+            if ref is None or ref.num_rows == 0:
+                self._window = pa.table({c: pa.array([], pa.null()) for c in self._cols})
+                self._window_series = self._window.select(keys)
+                return self._window
+            times = pc.unique(ref[time]).sort()
+            cutoff = times[max(0, len(times) - self.spec.validation.drift.reference_periods)]
+            self._window = ref.filter(pc.greater_equal(ref[time], cutoff))
+            self._window_series = self._window.select(keys).group_by(keys).aggregate([])
+        return self._window
+
     @property
     def bands(self) -> dict[str, Band]:
+        """Bands of the whole reference population (every series)."""
         if self._bands is None:
-            ref = pa.concat_tables(self._reference) if self._reference else None
-            self._bands = reference_bands(ref, self.spec) if ref is not None else {}
+            window = self._window_table()
+            self._bands = reference_bands(window, self.spec) if window.num_rows else {}
         return self._bands
+
+    def bands_for(self, good: pa.Table) -> tuple[dict[str, Band], str]:
+        """Bands from the reference rows of the series in ``good``, and which those are.
+
+        A drop of every series compares with the whole population; a correction of a few series
+        or a drop of new ones compares with those series' own history (or with nothing, when
+        none of them has any), so that only like is compared with like.
+        """
+        window = self._window_table()
+        if window.num_rows == 0 or good.num_rows == 0:
+            return {}, "no reference history yet"
+        keys = self.spec.series_keys
+        series = good.select(keys).group_by(keys).aggregate([])
+        known = self._window_series.join(series, keys, join_type="inner")
+        if known.num_rows == 0:
+            return {}, "no reference history for the drop's series"
+        note = f"{known.num_rows} of {series.num_rows} drop series have history"
+        if known.num_rows == self._window_series.num_rows:
+            return self.bands, note + " (the whole population)"
+        sub = window.join(known, keys, join_type="inner")
+        return reference_bands(sub, self.spec), note
 
     def row_rules(self, table: pa.Table, spec: DatasetSpec) -> list[Failure]:
         """The ``row_rules`` hook of ``curation.ingest``."""
@@ -684,7 +732,8 @@ class DropGate:
             .to_pylist()
         ]
         report.profile = {"rows_in": parsed.rows_in, **profile(parsed.good, self.spec)}
-        configs = drop_expectations(self.spec, self.as_of, self.bands)
+        bands, report.reference = self.bands_for(parsed.good)
+        configs = drop_expectations(self.spec, self.as_of, bands)
         frame = pd.DataFrame(
             {
                 k: pd.Series(
@@ -715,7 +764,7 @@ class DropGate:
         """Add a curated drop's rows to the reference window (recomputed lazily)."""
         if good.num_rows:
             self._reference.append(good.select(self._cols))
-            self._bands = None
+            self._window = self._window_series = self._bands = None
 
     def _extra_drop_level(self, good: pa.Table) -> list[dict]:
         cols = sorted({c for e in self.extra_drop for c in _kw_columns(e.kwargs)})

@@ -60,3 +60,15 @@ def series_fingerprints(table: pa.Table, spec: DatasetSpec) -> pa.Table:
             "data_fingerprint": digest,
         }
     ).sort_by("series_id")
+
+
+def series_codes(table: pa.Table, keys: list[str]) -> np.ndarray:
+    """An int64 per row that orders rows like sorting by the key columns; equal keys, equal code."""
+    code = np.zeros(table.num_rows, dtype=np.int64)
+    for k in keys:
+        enc = pc.dictionary_encode(table[k]).combine_chunks()
+        dictionary = enc.dictionary.to_numpy(zero_copy_only=False)
+        ranks = np.empty(len(dictionary), dtype=np.int64)
+        ranks[np.argsort(dictionary, kind="stable")] = np.arange(len(dictionary))
+        code = code * len(dictionary) + ranks[enc.indices.to_numpy(zero_copy_only=False)]
+    return code

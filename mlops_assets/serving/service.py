@@ -45,6 +45,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 
 from mlops_assets.ml.model_cache import ModelSetReader
+from mlops_assets.ml.persistence import ModelLoadError
 from mlops_assets.ml.scoring import UNKNOWN_SERIES, RequestError
 from mlops_assets.ml.spec import DatasetSpec, load_spec
 from mlops_assets.serving.collector import Collector
@@ -185,6 +186,15 @@ class Active:
     ref: ModelSetRef
     reader: ModelSetReader
     loaded_at: float
+
+    def lookup(self, series_id: str):
+        """``reader.model_for``, with a model that fails to load (hash mismatch, unreadable
+        pack) answered as a per-record ``no_model`` reason instead of failing the request."""
+        try:
+            return self.reader.model_for(series_id)
+        except (ModelLoadError, OSError, ValueError) as exc:
+            log.error("model of %s failed to load: %s", series_id, exc)
+            return f"its model failed to load ({type(exc).__name__})"
 
 
 def collected_columns(spec: DatasetSpec) -> dict[str, str]:
@@ -390,7 +400,7 @@ class ScoringService:
             return _error(503, "not_ready", "no model set loaded")
         good = [i for i, r in enumerate(records) if isinstance(r, dict)]
         try:
-            scored = score_records([records[i] for i in good], self.spec, active.reader.model_for)
+            scored = score_records([records[i] for i in good], self.spec, active.lookup)
         except RequestError as exc:
             return _error(422, "bad_request", str(exc))
         rows: list[dict] = [

@@ -262,6 +262,24 @@ def test_tampered_model_set_is_refused_at_start(tmp_path):
     assert "sha256" in (root / "log.txt").read_text()
 
 
+def test_model_failing_its_hash_at_load_is_a_per_record_error(tmp_path):
+    from mlops_assets.serving.service import ScoringService
+
+    manifest, _ = real_model_set(tmp_path, V1, SPEC, n_series=3, version="t")
+    pack = next((tmp_path / V1).glob("pack-*.bin"))
+    data = bytearray(pack.read_bytes())
+    data[-5] ^= 0xFF  # the last series' model
+    pack.write_bytes(bytes(data))
+    write_pointer(tmp_path, pointer_name("sales", "production"), {"version": "1", "folder": V1})
+    service = ScoringService(ServingSettings(root=str(tmp_path), poll_s=0, verify_all=False))
+    service.start()
+    records = request_rows(SPEC, manifest, manifest["series_id"].to_pylist())
+    reply = service.handle("POST", {}, json.dumps({"data": records}).encode())
+    assert reply.status == 200
+    errors = [p["error"] for p in reply.payload["predictions"]]
+    assert errors == [None, None, scoring.NO_MODEL]
+
+
 def test_cache_keeps_memory_bounded_with_10k_models(tmp_path):
     root = tmp_path
     manifest = synthetic_model_set(root, "models/sales/big", SPEC, n_series=10_000)
@@ -282,3 +300,85 @@ def test_cache_keeps_memory_bounded_with_10k_models(tmp_path):
     assert cache["misses"] == 10_000 and cache["evictions"] == 10_000 - cache["models"]
     # 10,000 models passed through; resident memory grew by far less than holding them all.
     assert info["rss_bytes"] - before["rss_bytes"] < 64 << 20, (before, info)
+
+
+def test_release_sensor_and_deploy_job_switch_the_local_endpoint(tmp_path):
+    import dagster as dg
+
+    from mlops_assets.deployment import (
+        build_deployment_assets,
+        deploy_job_name,
+        deploy_run_config,
+        deployment_key,
+        qa_key,
+    )
+    from mlops_assets.ml import persistence
+    from resources.endpoints import LocalEndpoint
+    from resources.registry import MlflowRegistry
+    from resources.storage import LocalStorage
+    from sensors.release import make_release_sensor
+
+    root = tmp_path / "prod"
+    real_model_set(root, V1, SPEC, n_series=10, version="train-1")
+    synthetic_model_set(root, V2, SPEC, n_series=50, version="train-2", seed=3)
+    storage = LocalStorage(root=str(root))
+    uri = f"sqlite:///{tmp_path / 'prod.db'}"
+    registry = MlflowRegistry(tracking_uri=uri, registry_uri=uri, alias="production")
+    versions = []
+    for folder in (V1, V2):
+        sha = persistence.sha256((root / folder / "manifest.parquet").read_bytes())
+        versions.append(
+            registry.register_model_set(
+                "sales-models", storage.uri(folder), {"folder": folder, "manifest_sha256": sha}
+            )
+        )
+    registry.set_alias("sales-models", "production", versions[0].version)
+    v1, v2 = (str(v.version) for v in versions)
+    write_pointer(root, pointer_name("sales", "production"), {"version": v1, "folder": V1})
+
+    assets = build_deployment_assets(SPEC)
+    job = dg.define_asset_job(deploy_job_name(SPEC), selection=dg.AssetSelection.assets(*assets))
+    sensor = make_release_sensor(
+        job, "sales-models", run_config=lambda v: deploy_run_config(SPEC, v)
+    )
+    # The sensor: a new version launches one run keyed by it; the same version again does not.
+    ctx = dg.build_sensor_context(resources={"prod_registry": registry})
+    req = sensor(ctx)
+    assert isinstance(req, dg.RunRequest) and req.run_key.endswith(f"v{v1}")
+    assert ctx.cursor == v1
+    assert isinstance(
+        sensor(dg.build_sensor_context(cursor=v1, resources={"prod_registry": registry})),
+        dg.SkipReason,
+    )
+    registry.set_alias("sales-models", "production", int(v2))
+    ctx = dg.build_sensor_context(cursor=v1, resources={"prod_registry": registry})
+    req = sensor(ctx)
+    assert req.run_key.endswith(f"v{v2}") and ctx.cursor == v2
+    assert req.run_config == deploy_run_config(SPEC, v2)
+
+    settings = ServingSettings(root=str(root), poll_s=0.2)
+    with LocalServer(settings, log_path=tmp_path / "endpoint.log") as endpoint:
+        assert endpoint.info()["model_set_version"] == v1
+        defs = dg.Definitions(
+            assets=assets,
+            jobs=[job],
+            resources={
+                "prod_storage": storage,
+                "prod_registry": registry,
+                "endpoint": LocalEndpoint(root=str(root), url=endpoint.url),
+            },
+        )
+        config = deploy_run_config(SPEC, v2)
+        qa_op = qa_key(SPEC).to_python_identifier()
+        config["ops"][qa_op]["config"].update({"concurrency": [1, 2], "seconds_per_level": 1.0})
+        result = defs.resolve_job_def(deploy_job_name(SPEC)).execute_in_process(
+            run_config=config, instance=dg.DagsterInstance.ephemeral()
+        )
+        assert result.success
+        assert endpoint.info()["model_set_version"] == v2
+    qa = result.asset_materializations_for_node(qa_op)[0].metadata
+    assert all(c["passed"] for c in qa["smoke"].value.values())
+    assert qa["recommended_instance_count"].value >= 3
+    assert [p["errors"] for p in qa["load_profile"].value] == [0, 0]
+    dep = result.asset_materializations_for_node(deployment_key(SPEC).to_python_identifier())[0]
+    assert dep.metadata["report"].value["switched"] is True

@@ -57,7 +57,9 @@ def test_endpoint_entity_roundtrips(tmp_path):
 @pytest.mark.parametrize("color", ["blue", "green"])
 def test_deployment_entity_roundtrips(tmp_path, color):
     settings = DeploymentSettings(instance_count=4, cache_models=500)
-    dep = deployment_entity(color, "mlops-sales-scoring", RELEASE, "azureml:sales-models:7", settings)
+    dep = deployment_entity(
+        color, "mlops-sales-scoring", RELEASE, "azureml:sales-models:7", settings
+    )
     path = tmp_path / f"{color}.yml"
     dep.dump(path)
     back = load_online_deployment(path)
@@ -147,8 +149,10 @@ class FakeOps(RolloutOps):
         self.traffic = dict(traffic)
 
     def health_check(self, color, release):
-        if self.unhealthy_new and color is not None and not any(
-            c[0] == "traffic" for c in self.calls
+        if (
+            self.unhealthy_new
+            and color is not None
+            and not any(c[0] == "traffic" for c in self.calls)
         ):
             return "container crashed"
         new_share = max(self.traffic.values(), default=0) if color is None else None
@@ -166,7 +170,11 @@ def test_staged_rollout_blue_to_green():
     report = staged_rollout(ops, RELEASE, [10, 50, 100], checks_per_stage=2, log=lambda m: None)
     assert report["old"] == "blue" and report["new"] == "green"
     traffic = [c[1] for c in ops.calls if c[0] == "traffic"]
-    assert traffic == [{"blue": 90, "green": 10}, {"blue": 50, "green": 50}, {"blue": 0, "green": 100}]
+    assert traffic == [
+        {"blue": 90, "green": 10},
+        {"blue": 50, "green": 50},
+        {"blue": 0, "green": 100},
+    ]
     assert ops.calls[-1] == ("delete", "blue")  # only after green holds 100 % and is healthy
     assert ops.deployments == {"green"}
 

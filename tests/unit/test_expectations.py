@@ -179,6 +179,8 @@ def _reference(rng):
     weeks = np.repeat(np.arange(60) * 7 + 20000, 20).astype("int32")
     return pa.table(
         {
+            "store": [f"S{i}" for i in range(20)] * 60,
+            "product": ["P1"] * len(weeks),
             "week": pa.array(weeks, pa.int32()).cast(pa.date32()),
             "sales": rng.normal(50, 5, len(weeks)),
             "price": rng.normal(5, 0.2, len(weeks)),
@@ -227,3 +229,36 @@ def test_gate_drop_level_rules(case, settings, drop_kw, rule):
         gate.check_drop("bad.csv", parsed)
     assert err.value.rule.startswith(rule), case
     assert "bad.csv" in err.value.message and "quarantined" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("stores", "expected"),
+    [
+        ([f"S{i}" for i in range(20)], "(the whole population)"),
+        (["S0", "S1"], "2 of 2 drop series have history"),
+        (["NEW1", "NEW2"], "no reference history for the drop's series"),
+    ],
+)
+def test_distribution_compares_like_with_like(stores, expected):
+    """A correction of a few series is compared with those series' history, not everyone's."""
+    spec = load_spec("sales")
+    rng = np.random.default_rng(1)
+    ref = _reference(rng)
+    # Series differ in level: S0 and S1 sell far more than the others.
+    level = np.where(np.isin(ref["store"].to_numpy(zero_copy_only=False), ["S0", "S1"]), 20, 1)
+    ref = ref.set_column(2 + 1, "sales", pa.array(ref["sales"].to_numpy() * level))
+    gate = ex.DropGate(spec, AS_OF, reference=ref)
+    n = len(stores)
+    drop = pa.table(
+        {
+            "store": stores,
+            "product": ["P1"] * n,
+            "week": pa.array([date(2026, 1, 5)] * n, pa.date32()),
+            "sales": rng.normal(50, 5, n) * np.where(np.isin(stores, ["S0", "S1", "NEW1"]), 20, 1),
+            "price": rng.normal(5, 0.2, n),
+            "promo": pa.array([0] * n, pa.int64()),
+        }
+    ).append_column(ROW, pa.array(np.arange(n, dtype=np.int64)))
+    parsed = ParsedDrop(n, drop, split_failures(drop.slice(0, 0), None, [], spec).rejected)
+    report = gate.check_drop("drop.csv", parsed)  # raises if compared with the wrong history
+    assert report.reference.endswith(expected)

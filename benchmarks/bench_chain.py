@@ -1,0 +1,106 @@
+"""The daily chain end to end: a cold start, then a daily retrain, through Dagster.
+
+Cold start: 10,000 series x 4,000 weeks (40M rows) land, then one run of ``sales_daily_retrain``
+(ingest, validate, train, evaluate, register) on a SQLite Dagster instance, as ``make demo`` and
+the schedule run it. Daily retrain: one new week (10,000 rows) lands and the next day's run
+validates it incrementally and retrains. Per step: its wall time from Dagster's event log;
+orchestration overhead = run wall time minus the steps' own time, against the training step.
+
+    python -m benchmarks.bench_chain [--series N --periods T]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import peak_rss_mb, write_result
+
+COLD_TARGET_S, DAILY_TARGET_S, OVERHEAD_TARGET = 60.0, 30.0, 0.10
+
+
+def _step_seconds(instance, run_id: str) -> dict[str, float]:
+    import dagster as dg
+
+    starts, out = {}, {}
+    for record in instance.all_logs(run_id):
+        ev = record.dagster_event
+        if ev is None or not ev.step_key:
+            continue
+        if ev.event_type == dg.DagsterEventType.STEP_START:
+            starts[ev.step_key] = record.timestamp
+        elif ev.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
+            out[ev.step_key] = round(record.timestamp - starts[ev.step_key], 3)
+    return out
+
+
+def _run(job, instance, partition: str) -> dict:
+    t0 = time.perf_counter()
+    result = job.execute_in_process(partition_key=partition, instance=instance)
+    wall = time.perf_counter() - t0
+    steps = _step_seconds(instance, result.run_id)
+    train_key = next(k for k in steps if k.endswith("candidate_models"))
+    overhead = wall - sum(steps.values())
+    return {
+        "wall_s": round(wall, 2),
+        "steps_s": steps,
+        "orchestration_overhead_s": round(overhead, 2),
+        "overhead_vs_training": round(overhead / steps[train_key], 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--series", type=int, default=10_000)
+    parser.add_argument("--periods", type=int, default=4_000)
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["MLOPS_HOME"] = home
+        import dagster as dg
+
+        from mlops_assets.definitions import daily_job_name, defs
+        from mlops_assets.ml.sample_data import SalesShape
+        from mlops_assets.ml.spec import load_spec
+        from mlops_assets.profiles import ensure_dagster_home, project_home, storage_for
+        from mlops_assets.sample_drops import land_sales
+
+        ensure_dagster_home(Path(home))
+        spec = load_spec("sales")
+        storage = storage_for("local", project_home())
+        t0 = time.perf_counter()
+        shape = SalesShape(args.series, args.periods + 1, end="2026-11-16")
+        history, week = land_sales(storage, spec, shape, n_drops=2)
+        held = storage.move(week.name, "holding/" + week.name.rsplit("/", 1)[-1])
+        land_s = time.perf_counter() - t0
+
+        job = defs().resolve_job_def(daily_job_name(spec))
+        instance = dg.DagsterInstance.get()
+        cold = _run(job, instance, "2026-11-10")
+        storage.move(held.name, week.name)
+        daily = _run(job, instance, "2026-11-17")
+
+    out = {
+        "benchmark": "chain",
+        "series": args.series,
+        "periods": args.periods,
+        "rows": args.series * args.periods,
+        "land_s": round(land_s, 2),
+        "cold_start": cold,
+        "daily_retrain": daily,
+        "targets": {
+            "cold_start_s": COLD_TARGET_S,
+            "daily_retrain_s": DAILY_TARGET_S,
+            "overhead_vs_training": OVERHEAD_TARGET,
+        },
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    write_result("chain", out)
+    return out
+
+
+if __name__ == "__main__":
+    main()

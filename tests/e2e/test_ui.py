@@ -1,0 +1,203 @@
+"""The operator's path through the Dagster UI, in a real browser.
+
+``dagster dev`` (webserver + daemon) serves the code location from a fresh instance with a
+small landed sales dataset; headless Chromium (Debian's ``/usr/bin/chromium``, driven by
+Playwright) opens the job's asset graph, materializes the latest as-of partition from the
+launchpad, waits for the run to succeed, and reads the asset checks and the training metadata
+back from the asset pages. Screenshots go to ``test-artifacts/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = os.environ.get("MLOPS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+JOB = "sales_daily_retrain"
+RUN_TIMEOUT_S = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _graphql(base: str, query: str, variables: dict | None = None) -> dict:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    req = urllib.request.Request(
+        f"{base}/graphql", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.load(resp)["data"]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """``dagster dev`` stops its webserver, daemon and code server on SIGTERM; the process group
+    is killed after a grace period so nothing outlives the test."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def dagster_ui(tmp_path_factory) -> Iterator[str]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make tools` installs Debian's chromium")
+    home = tmp_path_factory.mktemp("mlops_home")
+    dagster_home = home / "dagster"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {
+        **os.environ,
+        "MLOPS_HOME": str(home),
+        "DAGSTER_HOME": str(dagster_home),
+        "MLOPS_PROFILE": "local",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    subprocess.run(
+        [str(BIN / "mlops"), "generate", "sales", "--series", "20", "--periods", "120"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    port = _free_port()
+    log = (home / "dagster-dev.log").open("w")
+    proc = subprocess.Popen(
+        [str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/server_info", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    pytest.fail("dagster dev did not start:\n" + _tail(home / "dagster-dev.log"))
+                time.sleep(0.5)
+        yield base
+    finally:
+        _stop(proc)
+        log.close()
+        ARTIFACTS.mkdir(exist_ok=True)
+        shutil.copy(home / "dagster-dev.log", ARTIFACTS / "dagster-dev.log")
+
+
+def _tail(path: Path, n: int = 4000) -> str:
+    return path.read_text(errors="replace")[-n:]
+
+
+def _wait_for_run(base: str, run_id: str) -> str:
+    query = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    status = "UNKNOWN"
+    while time.monotonic() < deadline:
+        status = _graphql(base, query, {"id": run_id})["runOrError"].get("status", status)
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            return status
+        time.sleep(2)
+    return status
+
+
+def _run_id_for(base: str, prefix: str) -> str:
+    data = _graphql(base, "{ runsOrError { ... on Runs { results { runId jobName } } } }")
+    ids = [r["runId"] for r in data["runsOrError"]["results"] if r["runId"].startswith(prefix)]
+    assert len(ids) == 1, data
+    return ids[0]
+
+
+def test_launch_the_daily_retrain_from_the_ui_and_read_its_checks(dagster_ui):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.set_default_timeout(60_000)
+            # A fresh instance greets the first visit with a newsletter dialog.
+            page.add_locator_handler(
+                page.get_by_text("Join the Dagster community"),
+                lambda _: page.get_by_role("button", name="Skip").click(),
+            )
+
+            page.goto(f"{dagster_ui}/locations/mlops_assets/jobs/{JOB}")
+            expect(page.get_by_role("button", name="Materialize all…")).to_be_visible()
+            for node in ("curated", "candidate_models", "evaluation", "registered_model_set"):
+                expect(page.get_by_text(node, exact=True).first).to_be_visible()
+
+            page.get_by_role("button", name="Materialize all…").click()
+            dialog = page.get_by_role("dialog")
+            dialog.get_by_role("button", name="Latest", exact=True).click()
+            dialog.get_by_role("button", name="Launch 1 run").click()
+            toast = page.get_by_text("Launched run")
+            expect(toast).to_be_visible()
+            run_id = _run_id_for(dagster_ui, toast.inner_text().split()[-1])
+
+            status = _wait_for_run(dagster_ui, run_id)
+            page.goto(f"{dagster_ui}/runs/{run_id}")
+            page.screenshot(path=str(ARTIFACTS / "ui-run.png"))
+            assert status == "SUCCESS", f"run {run_id} ended {status}; see the run page screenshot"
+            expect(page.get_by_text("Success", exact=True).first).to_be_visible()
+
+            page.goto(f"{dagster_ui}/assets/sales/curated?view=checks")
+            for check in ("schema", "keys", "values", "freshness", "distribution"):
+                expect(page.get_by_text(check, exact=True).first).to_be_visible()
+            expect(page.get_by_text("This is a blocking asset check.")).to_be_visible()
+            expect(page.get_by_text("Passed", exact=True).first).to_be_visible()
+            expect(page.get_by_text("rows_checked").first).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "ui-checks.png"))
+
+            page.goto(f"{dagster_ui}/assets/sales/candidate_models")
+            for key in ("series_total", "series_trained"):
+                expect(page.get_by_text(key, exact=True).first).to_be_visible()
+            expect(page.get_by_text("One fitted scikit-learn Pipeline", exact=False)).to_be_visible()
+
+            page.goto(f"{dagster_ui}/locations/mlops_assets/jobs/{JOB}")
+            expect(page.get_by_text("registered_model_set", exact=True).first).to_be_visible()
+            page.wait_for_timeout(1500)  # let the graph's status badges settle
+            page.screenshot(path=str(ARTIFACTS / "ui-asset-graph.png"))
+        finally:
+            browser.close()
