@@ -17,6 +17,7 @@ from resources.registry import MlflowRegistry, ModelRegistry
 from resources.storage import AzureBlobStorage, LocalStorage, Storage
 from resources.training import (
     LocalTrainingEngine,
+    PipesTrainingEngine,
     SparkTrainingEngine,
     TrainingEngine,
     local_spark,
@@ -88,13 +89,18 @@ def registries_for(profile: str, home: Path) -> tuple[ModelRegistry, ModelRegist
     )
 
 
-def training_engine(name: str) -> TrainingEngine:
-    """``MLOPS_TRAINING_ENGINE``: ``local`` (process pool, default) or ``spark``."""
+def training_engine(name: str, profile: str, storage: Storage) -> TrainingEngine:
+    """``MLOPS_TRAINING_ENGINE``: ``local`` (process pool, default), ``spark`` (applyInPandas on
+    a ``local[*]`` session; a cluster through Spark config), or ``azureml`` (a command job on the
+    AML compute cluster of ``MLOPS_AML_*``; in the ``local`` profile the same script runs as a
+    local subprocess under Pipes)."""
     if name == "local":
         return LocalTrainingEngine()
     if name == "spark":
         return SparkTrainingEngine(pyspark=local_spark())
-    raise ValueError(f"MLOPS_TRAINING_ENGINE={name!r} is not one of ('local', 'spark')")
+    if name == "azureml":
+        return PipesTrainingEngine(compute=batch_compute_for(profile), storage=storage)
+    raise ValueError(f"MLOPS_TRAINING_ENGINE={name!r} is not one of ('local', 'spark', 'azureml')")
 
 
 def endpoint_for(profile: str, home: Path) -> EndpointResource:
@@ -121,10 +127,12 @@ def endpoint_for(profile: str, home: Path) -> EndpointResource:
 def resources_for(profile: str, home: Path) -> dict[str, dg.ConfigurableResource]:
     """Every resource the code location needs, for one profile."""
     registry, prod_registry = registries_for(profile, home)
+    storage = storage_for(profile, home)
+    engine = os.environ.get("MLOPS_TRAINING_ENGINE", "local")
     return {
-        "storage": storage_for(profile, home),
+        "storage": storage,
         "prod_storage": prod_storage_for(profile, home),
-        "training": training_engine(os.environ.get("MLOPS_TRAINING_ENGINE", "local")),
+        "training": training_engine(engine, profile, storage),
         "registry": registry,
         "prod_registry": prod_registry,
         "endpoint": endpoint_for(profile, home),

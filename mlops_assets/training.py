@@ -151,7 +151,11 @@ def build_training_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         )
         stats: dict = {}
         t0 = time.perf_counter()
-        results = training.train(table, spec, series=chosen, stats=stats) if chosen != [] else None
+        results = (
+            training.train(table, spec, series=chosen, stats=stats, context=context, as_of=as_of)
+            if chosen != []
+            else None
+        )
         phases["train"] = time.perf_counter() - t0
         version = f"{as_of}/{context.run_id[:8]}"
         folder = f"{models_root(spec)}/sets/{version}"

@@ -1,7 +1,8 @@
-"""Where the batch scoring script runs: a local subprocess, or an Azure ML compute cluster.
+"""Where remote scripts run: a local subprocess, or an Azure ML compute cluster.
 
-Both run ``python -m mlops_assets.batch.score_drop`` under Dagster Pipes with the job's
-parameters in ``MLOPS_BATCH_PARAMS`` and return the Pipes invocation (custom messages, logs).
+Batch scoring (``mlops_assets.batch.score_drop``) and remote training
+(``mlops_assets.remote.train``) run as ``python -m <module>`` under Dagster Pipes with the
+job's parameters in ``MLOPS_JOB_PARAMS``; ``run_module`` returns the Pipes invocation.
 
 * ``LocalBatchCompute``: ``PipesSubprocessClient`` (rank 0); with ``instance_count > 1`` the
   other ranks run as plain subprocesses next to it, as the nodes of an AML job would.
@@ -30,26 +31,41 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from mlops_assets.remote.common import PARAMS_ENV
+
 MODULE = "mlops_assets.batch.score_drop"
-PARAMS_ENV = "MLOPS_BATCH_PARAMS"
 TERMINAL = {"Completed", "Canceled", "Failed"}
 
 
-def job_name(run_id: str, key: str, attempt: int = 0) -> str:
+def job_name(run_id: str, key: str, attempt: int = 0, purpose: str = "score") -> str:
     """A deterministic AML job name (letters, digits, '_' and '-', at most 255 chars)."""
     digest = hashlib.sha256(f"{run_id}\n{key}".encode()).hexdigest()[:20]
-    return f"mlops-score-{digest}-a{attempt}"
+    return f"mlops-{purpose}-{digest}-a{attempt}"
 
 
 class BatchCompute(dg.ConfigurableResource, ABC):
-    """Runs the batch scoring script for one drop version."""
+    """Runs a remote script (batch scoring of a drop, training of a dataset) under Pipes."""
 
     instance_count: int = Field(default=1, ge=1, description="Instances sharing the series.")
-    timeout_s: float = Field(default=3600.0, description="Overall limit for one drop.")
+    timeout_s: float = Field(default=3600.0, description="Overall limit for one job.")
 
     @abstractmethod
+    def run_module(
+        self,
+        context: dg.AssetExecutionContext,
+        *,
+        module: str,
+        params_json: str,
+        key: str,
+        purpose: str,
+    ) -> Any:
+        """Run ``python -m module``; return the ``PipesClientCompletedInvocation``."""
+
     def run_scoring(self, context: dg.AssetExecutionContext, *, params_json: str, key: str) -> Any:
-        """Run the script; return the ``PipesClientCompletedInvocation``."""
+        """Run the batch scoring script for one drop version."""
+        return self.run_module(
+            context, module=MODULE, params_json=params_json, key=key, purpose="score"
+        )
 
 
 class LocalBatchCompute(BatchCompute):
@@ -66,8 +82,8 @@ class LocalBatchCompute(BatchCompute):
             "MLOPS_WORLD_SIZE": str(self.instance_count),
         }
 
-    def run_scoring(self, context, *, params_json: str, key: str):
-        cmd = [self.python or sys.executable, "-m", MODULE]
+    def run_module(self, context, *, module: str, params_json: str, key: str, purpose: str):
+        cmd = [self.python or sys.executable, "-m", module]
         cwd = str(_repo_root())
         others = [
             subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **self._env(params_json, r)})
@@ -79,7 +95,7 @@ class LocalBatchCompute(BatchCompute):
             for p in others:
                 rc = p.wait(self.timeout_s)
                 if rc != 0:
-                    raise dg.Failure(f"scoring instance pid {p.pid} exited with {rc}")
+                    raise dg.Failure(f"{purpose} instance pid {p.pid} exited with {rc}")
             return invocation
         finally:
             for p in others:
@@ -140,7 +156,9 @@ class AzureMLBatchCompute(BatchCompute):
             )
         return self._blob_client
 
-    def build_command(self, *, params_json: str, name: str, key: str):
+    def build_command(
+        self, *, params_json: str, name: str, key: str, module: str = MODULE, purpose: str = "score"
+    ):
         """The ``azure-ai-ml`` Command entity (pure: no Azure call)."""
         from azure.ai.ml import PyTorchDistribution, command
 
@@ -155,30 +173,30 @@ class AzureMLBatchCompute(BatchCompute):
             kwargs["distribution"] = PyTorchDistribution(process_count_per_instance=1)
         return command(
             name=name,
-            display_name=f"score {key}"[:250],
+            display_name=f"{purpose} {key}"[:250],
             experiment_name=self.experiment_name,
-            description=f"Batch scoring of drop version {key} (Dagster Pipes).",
-            command=f"python -m {MODULE}",
+            description=f"{purpose} {key} (Dagster Pipes: python -m {module}).",
+            command=f"python -m {module}",
             code=self.code or str(_repo_root()),
             environment=self.environment,
             compute=self.compute,
             instance_count=self.instance_count,
             environment_variables=env,
-            tags={"mlops/drop_version": key[:250]},
+            tags={"mlops/key": key[:250], "mlops/purpose": purpose},
             **kwargs,
         )
 
-    def run_scoring(self, context, *, params_json: str, key: str):
+    def run_module(self, context, *, module: str, params_json: str, key: str, purpose: str):
         from dagster_azure.pipes import (
             PipesAzureBlobStorageContextInjector,
             PipesAzureBlobStorageMessageReader,
         )
 
         attempt = getattr(context, "retry_number", 0) or 0
-        name = job_name(context.run_id, key, attempt)
+        name = job_name(context.run_id, key, attempt, purpose)
         ml = self.ml_client()
         for earlier in range(attempt):  # a step retry: no orphaned job from an earlier attempt
-            self._cancel_if_running(ml, job_name(context.run_id, key, earlier), context)
+            self._cancel_if_running(ml, job_name(context.run_id, key, earlier, purpose), context)
         client = TimedAzureMLClient(
             client=ml,
             context_injector=PipesAzureBlobStorageContextInjector(
@@ -191,7 +209,9 @@ class AzureMLBatchCompute(BatchCompute):
             forward_termination=True,
         )
         client.timeout_s, client.status_retries = self.timeout_s, self.status_retries
-        cmd = self.build_command(params_json=params_json, name=name, key=key)
+        cmd = self.build_command(
+            params_json=params_json, name=name, key=key, module=module, purpose=purpose
+        )
         return client.run(context=context, command=cmd)
 
     @staticmethod

@@ -5,8 +5,6 @@ runs ``groupBy(keys).applyInPandas`` on the session of dagster-pyspark's ``PySpa
 (``local[*]`` by default, a remote cluster through its Spark config or Spark Connect).
 """
 
-from __future__ import annotations
-
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -14,12 +12,15 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from dagster_pyspark import PySparkResource
 from pydantic import Field
 
 from mlops_assets.ml.engines import train_local, train_spark
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import decode_dictionaries
+from resources.compute import AzureMLBatchCompute, BatchCompute
+from resources.storage import Storage
 
 
 class TrainingEngine(dg.ConfigurableResource, ABC):
@@ -36,7 +37,15 @@ class TrainingEngine(dg.ConfigurableResource, ABC):
         spec: DatasetSpec,
         series: Sequence[str] | None = None,
         stats: dict[str, Any] | None = None,
-    ) -> pd.DataFrame: ...
+        *,
+        context: dg.AssetExecutionContext | None = None,
+        as_of: str | None = None,
+    ) -> pd.DataFrame:
+        """Result records (``engines.result_schema``) of ``series`` (None: all) in ``table``.
+
+        Remote engines read the curated data themselves (up to ``as_of``) and report to
+        ``context`` through Pipes; in-process engines use ``table``.
+        """
 
 
 class LocalTrainingEngine(TrainingEngine):
@@ -46,18 +55,18 @@ class LocalTrainingEngine(TrainingEngine):
     def name(self) -> str:
         return "local"
 
-    def train(self, table, spec, series=None, stats=None) -> pd.DataFrame:
+    def train(self, table, spec, series=None, stats=None, *, context=None, as_of=None):
         return train_local(table, spec, series=series, max_workers=self.max_workers, stats=stats)
 
 
 class SparkTrainingEngine(TrainingEngine):
-    pyspark: dg.ResourceDependency[PySparkResource]
+    pyspark: PySparkResource
 
     @property
     def name(self) -> str:
         return "spark"
 
-    def train(self, table, spec, series=None, stats=None) -> pd.DataFrame:
+    def train(self, table, spec, series=None, stats=None, *, context=None, as_of=None):
         import time
 
         started = time.perf_counter()
@@ -82,3 +91,57 @@ def local_spark(app_name: str = "mlops-assets") -> PySparkResource:
             "spark.driver.memory": "4g",
         }
     )
+
+
+class PipesTrainingEngine(TrainingEngine):
+    """Training as a remote job (``mlops_assets.remote.train``) on the ``compute`` resource.
+
+    With ``AzureMLBatchCompute`` it is an Azure ML command job on a compute cluster whose
+    instances split the series; with ``LocalBatchCompute`` the very same script runs as a
+    local subprocess under Pipes (how the tests run it).
+    """
+
+    compute: BatchCompute
+    storage: Storage
+    max_workers: int | None = Field(default=None, description="Processes per instance.")
+
+    @property
+    def name(self) -> str:
+        return "azureml" if isinstance(self.compute, AzureMLBatchCompute) else "subprocess"
+
+    def train(self, table, spec, series=None, stats=None, *, context=None, as_of=None):
+        import time
+
+        from mlops_assets.remote.common import storage_config
+        from mlops_assets.remote.train import MODULE, TrainJob
+
+        if context is None or as_of is None:
+            raise ValueError("a remote training engine needs the asset's context and as-of date")
+        started = time.perf_counter()
+        output = f"models/{spec.name}/remote/{context.run_id}"
+        job = TrainJob(
+            spec=spec.model_dump(mode="json"),
+            as_of=as_of,
+            storage=storage_config(self.storage),
+            output=output,
+            series=list(series) if series is not None else None,
+            max_workers=self.max_workers,
+        )
+        self.compute.run_module(
+            context,
+            module=MODULE,
+            params_json=job.to_json(),
+            key=f"{spec.name}/{as_of}",
+            purpose="train",
+        )
+        parts = [b.name for b in self.storage.list(f"{output}/part-")]
+        if len(parts) != self.compute.instance_count:
+            raise RuntimeError(
+                f"the training job wrote {len(parts)} of {self.compute.instance_count} result "
+                f"parts under {self.storage.uri(output)}; see the job's logs"
+            )
+        tables = [pq.read_table(self.storage.open_read(p)) for p in parts]
+        out = pa.concat_tables(tables).to_pandas().sort_values("series_id", ignore_index=True)
+        if stats is not None:
+            stats.update(wall_s=time.perf_counter() - started, series=len(out))
+        return out

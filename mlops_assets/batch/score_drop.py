@@ -3,7 +3,7 @@
 Run as ``python -m mlops_assets.batch.score_drop`` (or as a script). Locally Dagster's
 ``PipesSubprocessClient`` starts it; on Azure ``PipesAzureMLClient`` submits the very same
 command as an AML command job (``resources/compute.py``). What to score comes from the
-``MLOPS_BATCH_PARAMS`` environment variable (JSON, see :class:`DropJob`), so every instance of a
+``MLOPS_JOB_PARAMS`` environment variable (JSON, see :class:`DropJob`), so every instance of a
 multi-node job gets it whether or not it talks Pipes.
 
 Steps: read the drop (checking that its etag is still the one the sensor saw), validate it
@@ -27,7 +27,6 @@ import json
 import os
 import sys
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -45,11 +44,14 @@ from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.scoring import UNKNOWN_SERIES, score_table
 from mlops_assets.ml.spec import ColumnType, DatasetSpec, load_spec
 from mlops_assets.ml.tables import series_codes, series_ids
+from mlops_assets.remote.common import (
+    PARAMS_ENV,
+    open_pipes,
+    open_storage,
+    rank_and_world,
+    shard_of_series,
+)
 
-PARAMS_ENV = "MLOPS_BATCH_PARAMS"
-CONNECTION_STRING_ENV = "MLOPS_BATCH_CONNECTION_STRING"  # Azurite/tests only
-PIPES_TRANSPORT_ENV = "MLOPS_PIPES_TRANSPORT"  # "azure_blob" on AML; default: Pipes' env/files
-PIPES_BLOB_ACCOUNT_URL_ENV = "MLOPS_PIPES_BLOB_ACCOUNT_URL"
 CHUNK_ROWS = 250_000  # rows (of whole series) passed to one scoring.score call
 
 
@@ -58,11 +60,11 @@ CHUNK_ROWS = 250_000  # rows (of whole series) passed to one scoring.score call
 
 @dataclass
 class DropJob:
-    """Everything an instance needs to score one drop version (JSON in ``MLOPS_BATCH_PARAMS``).
+    """Everything an instance needs to score one drop version (JSON in ``MLOPS_JOB_PARAMS``).
 
     ``storage``/``model_storage`` are ``{"kind": "local", "root": ...}`` or ``{"kind": "azure",
     "account_url", "container", "prefix"}``; credentials never travel here (managed identity on
-    AML; a connection string for Azurite comes from ``MLOPS_BATCH_CONNECTION_STRING``).
+    AML; a connection string for Azurite comes from ``MLOPS_JOB_CONNECTION_STRING``).
     """
 
     dataset: str
@@ -82,58 +84,6 @@ class DropJob:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
-
-
-def storage_config(storage: Any) -> dict:
-    """The JSON form of a ``resources.storage`` resource (no secrets)."""
-    from resources.storage import AzureBlobStorage, LocalStorage
-
-    if isinstance(storage, LocalStorage):
-        return {"kind": "local", "root": str(storage.root)}
-    if isinstance(storage, AzureBlobStorage):
-        return {
-            "kind": "azure",
-            "account_url": storage.account_url,
-            "container": storage.container,
-            "prefix": storage.prefix,
-        }
-    raise TypeError(f"cannot pass a {type(storage).__name__} to the batch scoring job")
-
-
-def open_storage(config: dict):
-    from resources.storage import AzureBlobStorage, LocalStorage
-
-    if config["kind"] == "local":
-        return LocalStorage(root=config["root"])
-    return AzureBlobStorage(
-        account_url=config["account_url"],
-        container=config["container"],
-        prefix=config.get("prefix", ""),
-        connection_string=os.environ.get(CONNECTION_STRING_ENV) or None,
-    )
-
-
-def rank_and_world(env: dict[str, str] | None = None) -> tuple[int, int]:
-    env = os.environ if env is None else env
-    for r, w in (
-        ("MLOPS_RANK", "MLOPS_WORLD_SIZE"),
-        ("RANK", "WORLD_SIZE"),  # AML PyTorch distribution
-        ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),  # AML MPI distribution
-        ("AZUREML_PROCESS_ID", "AZUREML_NODE_COUNT"),
-    ):
-        if env.get(r) not in (None, "") and env.get(w) not in (None, ""):
-            rank, world = int(env[r]), int(env[w])
-            if not 0 <= rank < world:
-                raise ValueError(f"{r}={rank} is not in [0, {w}={world})")
-            return rank, world
-    return 0, 1
-
-
-def shard_of_series(ids: np.ndarray, world: int) -> np.ndarray:
-    """A stable instance per series id: crc32(id) mod world (the same in every process)."""
-    uniq, inverse = np.unique(ids.astype(str), return_inverse=True)
-    crc = np.fromiter((zlib.crc32(s.encode()) for s in uniq), dtype=np.int64, count=len(uniq))
-    return (crc % world)[inverse]
 
 
 # ---- validation -----------------------------------------------------------------------------
@@ -454,32 +404,6 @@ def wait_for_ranks(storage, job: DropJob, world: int, timeout_s: float) -> list[
 # ---- entry point ----------------------------------------------------------------------------
 
 
-def _pipes(transport: str | None):
-    from dagster_pipes import open_dagster_pipes
-
-    if transport != "azure_blob":
-        return open_dagster_pipes()
-    from azure.storage.blob import BlobServiceClient
-    from dagster_pipes import (
-        PipesAzureBlobStorageContextLoader,
-        PipesAzureBlobStorageMessageWriter,
-    )
-
-    conn = os.environ.get(CONNECTION_STRING_ENV)
-    if conn:
-        client = BlobServiceClient.from_connection_string(conn)
-    else:
-        from azure.identity import DefaultAzureCredential
-
-        client = BlobServiceClient(
-            os.environ[PIPES_BLOB_ACCOUNT_URL_ENV], credential=DefaultAzureCredential()
-        )
-    return open_dagster_pipes(
-        context_loader=PipesAzureBlobStorageContextLoader(client=client),
-        message_writer=PipesAzureBlobStorageMessageWriter(client=client),
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     del argv
     raw = os.environ.get(PARAMS_ENV)
@@ -495,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             layout.summary_name(job.dataset, job.key, rank), json.dumps(asdict(summary))
         )
         return 0
-    with _pipes(os.environ.get(PIPES_TRANSPORT_ENV)) as pipes:
+    with open_pipes() as pipes:
         summary = run_instance(job, rank, world, log=pipes.log.info)
         summaries = [summary]
         if world > 1:

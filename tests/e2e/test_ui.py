@@ -157,6 +157,7 @@ def test_launch_the_daily_retrain_from_the_ui_and_read_its_checks(dagster_ui):
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.set_default_timeout(60_000)
+            expect.set_options(timeout=60_000)
             # A fresh instance greets the first visit with a newsletter dialog.
             page.add_locator_handler(
                 page.get_by_text("Join the Dagster community"),

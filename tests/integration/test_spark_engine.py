@@ -76,3 +76,46 @@ def test_spark_trains_only_the_chosen_series(spark, spec, sales_frame):
     out = train_spark(spark.createDataFrame(sales_frame), spec, series=wanted).toPandas()
     assert sorted(out["series_id"]) == ["store=S0000/product=P002", "store=S0000/product=P005"]
     assert (out["status"] == TRAINED).all()
+
+
+def test_the_spark_engine_resource_trains_the_daily_asset_like_the_local_engine(spark, tmp_path):
+    """``MLOPS_TRAINING_ENGINE=spark``: the training asset on Spark, same models as locally."""
+    import dagster as dg
+
+    from mlops_assets.ingestion import build_ingestion_asset
+    from mlops_assets.ml.sample_data import SalesShape
+    from mlops_assets.ml.spec import load_spec
+    from mlops_assets.sample_drops import land_sales
+    from mlops_assets.training import (
+        build_training_asset,
+        latest_pointer,
+        load_manifest,
+        read_pointer,
+    )
+    from resources.storage import LocalStorage
+    from resources.training import LocalTrainingEngine, SparkTrainingEngine, local_spark
+
+    sales = load_spec("sales")
+    shas = {}
+    for name, engine in {
+        "spark": SparkTrainingEngine(pyspark=local_spark()),  # reuses the running session
+        "local": LocalTrainingEngine(max_workers=1),
+    }.items():
+        storage = LocalStorage(root=str(tmp_path / name))
+        land_sales(storage, sales, SalesShape(6, 90), n_drops=1)
+        result = dg.materialize(
+            [build_ingestion_asset(sales), build_training_asset(sales)],
+            resources={"storage": storage, "training": engine},
+            partition_key="2026-11-17",
+            instance=dg.DagsterInstance.ephemeral(),
+        )
+        assert result.success
+        meta = result.asset_materializations_for_node("sales__candidate_models")[0].metadata
+        assert meta["engine"].value == name
+        manifest = load_manifest(storage, read_pointer(storage, latest_pointer(sales))["folder"])
+        shas[name] = dict(
+            zip(
+                manifest["series_id"].to_pylist(), manifest["model_sha256"].to_pylist(), strict=True
+            )
+        )
+    assert shas["spark"] == shas["local"] and len(shas["local"]) == 6

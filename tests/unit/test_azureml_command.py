@@ -34,7 +34,7 @@ def test_command_entity_round_trips(tmp_path, instances):
     assert cmd.environment == "azureml:mlops-batch:3"
     assert cmd.resources.instance_count == instances
     env = cmd.environment_variables
-    assert env["MLOPS_BATCH_PARAMS"] == PARAMS and env["MLOPS_X"] == "1"
+    assert env["MLOPS_JOB_PARAMS"] == PARAMS and env["MLOPS_X"] == "1"
     assert env["MLOPS_PIPES_TRANSPORT"] == "azure_blob"
     assert cmd.command == "python -m mlops_assets.batch.score_drop"
     assert (cmd.distribution is not None) == (instances > 1)
@@ -43,7 +43,7 @@ def test_command_entity_round_trips(tmp_path, instances):
     back = load_job(path)
     assert back.compute == "cpu-batch"
     assert back.resources.instance_count == instances
-    assert back.environment_variables["MLOPS_BATCH_PARAMS"] == PARAMS
+    assert back.environment_variables["MLOPS_JOB_PARAMS"] == PARAMS
     assert back.command == cmd.command
     assert back.name == name
 
