@@ -72,20 +72,16 @@ class ModelSetReader:
         if i is None:
             return None
         with self._lock:
-            hit = self._cache.get(series_id)
+            hit = self._hit(series_id)
             if hit is not None:
-                self._cache.move_to_end(series_id)
-                self.stats.hits += 1
-                return hit[0]
+                return hit
             # One loader per series: concurrent first requests don't load it twice.
             gate = self._loading.setdefault(series_id, threading.Lock())
         with gate:
             with self._lock:
-                hit = self._cache.get(series_id)
+                hit = self._hit(series_id)
                 if hit is not None:
-                    self._cache.move_to_end(series_id)
-                    self.stats.hits += 1
-                    return hit[0]
+                    return hit
             artifact = self._entry(i, "artifact")
             if artifact is None:
                 status = self._entry(i, "status")
@@ -105,6 +101,15 @@ class ModelSetReader:
                 self._evict()
                 self._loading.pop(series_id, None)
             return entry
+
+    def _hit(self, series_id: str) -> SeriesModel | None:
+        """A cached model, marked most recently used (the caller holds the lock)."""
+        hit = self._cache.get(series_id)
+        if hit is None:
+            return None
+        self._cache.move_to_end(series_id)
+        self.stats.hits += 1
+        return hit[0]
 
     def _evict(self) -> None:
         while self._cache and (
