@@ -166,6 +166,13 @@ def main() -> int:
             "errors": result["warm"][str(r)]["errors"],
             "met": (result["warm"][str(r)]["p99_ms"] or 1e9) <= t
             and result["warm"][str(r)]["errors"] == 0,
+            # The bare server in the same run: how much of the tail is the machine's.
+            "baseline_p99_ms": result["baseline"][str(r)]["p99_ms"],
+            "warm_p50_minus_baseline_p50_ms": round(
+                (result["warm"][str(r)]["p50_ms"] or 0)
+                - (result["baseline"][str(r)]["p50_ms"] or 0),
+                2,
+            ),
         }
         for r, t in TARGETS_MS.items()
     }

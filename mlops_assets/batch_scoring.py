@@ -17,9 +17,10 @@ import time
 import dagster as dg
 
 from mlops_assets.batch import layout
-from mlops_assets.batch.score_drop import DropJob, storage_config
+from mlops_assets.batch.score_drop import DropJob
 from mlops_assets.evaluation import registered_model_name
 from mlops_assets.ml.spec import DatasetSpec
+from mlops_assets.remote.common import storage_config
 from resources.compute import BatchCompute
 from resources.registry import ModelRegistry
 from resources.storage import Storage

@@ -143,6 +143,85 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+AZURE_SETTINGS = (
+    ("subscription", "MLOPS_AML_SUBSCRIPTION_ID"),
+    ("resource_group", "MLOPS_AML_RESOURCE_GROUP"),
+    ("workspace", "MLOPS_AML_WORKSPACE"),
+)
+COMPUTE_SETTINGS = ("MLOPS_AML_BATCH_COMPUTE", "MLOPS_AML_TRAIN_COMPUTE")
+
+
+def check_azure(ml_client, workspace: str, computes: list[str]) -> list[str]:
+    """Problems that would make a submitted job fail: the workspace, and each compute, must
+    exist and be provisioned. ``ml_client`` is an ``azure.ai.ml.MLClient`` (or a stand-in)."""
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+    problems = []
+    try:
+        ws = ml_client.workspaces.get(workspace)
+        print(f"  workspace {ws.name}: {ws.location}, mlflow {ws.mlflow_tracking_uri}")
+    except (ResourceNotFoundError, HttpResponseError) as exc:
+        return [f"workspace {workspace!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}"]
+    for name in computes:
+        try:
+            compute = ml_client.compute.get(name)
+        except (ResourceNotFoundError, HttpResponseError) as exc:
+            problems.append(f"compute {name!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            continue
+        state = getattr(compute, "provisioning_state", None)
+        size = getattr(compute, "size", None)
+        nodes = (
+            f"{getattr(compute, 'min_instances', '?')}..{getattr(compute, 'max_instances', '?')}"
+        )
+        print(f"  compute {name}: {compute.type}, {size}, nodes {nodes}, {state}")
+        if state and str(state).lower() != "succeeded":
+            problems.append(f"compute {name!r} is {state}, not Succeeded")
+    return problems
+
+
+def cmd_check_azure(args: argparse.Namespace) -> int:
+    """Check the configured AML workspace and its compute exist before anything is submitted."""
+    settings = {key: getattr(args, key) or os.environ.get(env, "") for key, env in AZURE_SETTINGS}
+    computes = args.compute or [os.environ[e] for e in COMPUTE_SETTINGS if os.environ.get(e)]
+    missing = [env for key, env in AZURE_SETTINGS if not settings[key]]
+    target = (
+        f"/subscriptions/{settings['subscription'] or '<MLOPS_AML_SUBSCRIPTION_ID>'}"
+        f"/resourceGroups/{settings['resource_group'] or '<MLOPS_AML_RESOURCE_GROUP>'}"
+        f"/providers/Microsoft.MachineLearningServices/workspaces/"
+        f"{settings['workspace'] or '<MLOPS_AML_WORKSPACE>'}"
+    )
+    if args.dry_run:
+        print(
+            "dry run: no credential is requested and nothing is called.\n"
+            "would sign in with DefaultAzureCredential (managed identity, workload identity "
+            "or `az login`), then:\n"
+            f"  GET workspace {target}"
+        )
+        for name in computes or ["<MLOPS_AML_BATCH_COMPUTE>"]:
+            print(f"  GET compute {name} in that workspace; require provisioning_state Succeeded")
+        if missing:
+            print(f"not set: {', '.join(missing)}")
+        return 0
+    if missing:
+        print(f"set {', '.join(missing)} (or pass them as options)", file=sys.stderr)
+        return 2
+    from azure.ai.ml import MLClient
+    from azure.identity import DefaultAzureCredential
+
+    print(f"checking {target} ...")
+    client = MLClient(
+        DefaultAzureCredential(),
+        settings["subscription"],
+        settings["resource_group"],
+        settings["workspace"],
+    )
+    problems = check_azure(client, settings["workspace"], computes)
+    for p in problems:
+        print(f"  PROBLEM: {p}", file=sys.stderr)
+    print("ready to submit" if not problems else f"{len(problems)} problem(s); nothing submitted")
+    return 1 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +257,20 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--collect-rate", type=float, default=0.0)
     serve.add_argument("--log", help="server log file (default: none)")
     serve.set_defaults(func=cmd_serve)
+
+    azure = sub.add_parser(
+        "check-azure", help="check the AML workspace and compute exist before submitting"
+    )
+    azure.add_argument("--subscription", help="default: MLOPS_AML_SUBSCRIPTION_ID")
+    azure.add_argument("--resource-group", help="default: MLOPS_AML_RESOURCE_GROUP")
+    azure.add_argument("--workspace", help="default: MLOPS_AML_WORKSPACE")
+    azure.add_argument(
+        "--compute",
+        action="append",
+        help="compute name (repeatable); default MLOPS_AML_BATCH_COMPUTE, MLOPS_AML_TRAIN_COMPUTE",
+    )
+    azure.add_argument("--dry-run", action="store_true", help="print what it would check")
+    azure.set_defaults(func=cmd_check_azure)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from mlops_assets.ml.drops import ROW, DropRejected, ParsedDrop, parse_drop, split_failures
 from mlops_assets.ml.expectations import DropGate, hint
 from mlops_assets.ml.spec import DatasetSpec
+from mlops_assets.ml.tables import series_codes
 from resources.storage import BlobInfo, Storage
 
 SEQ = "_seq"
@@ -50,18 +51,6 @@ def _safe(name: str) -> str:
 
 
 # ---- rows ---------------------------------------------------------------------------------
-
-
-def series_codes(table: pa.Table, keys: list[str]) -> np.ndarray:
-    """An int64 per row that orders rows like sorting by the key columns; equal keys, equal code."""
-    code = np.zeros(table.num_rows, dtype=np.int64)
-    for k in keys:
-        enc = pc.dictionary_encode(table[k]).combine_chunks()
-        dictionary = enc.dictionary.to_numpy(zero_copy_only=False)
-        ranks = np.empty(len(dictionary), dtype=np.int64)
-        ranks[np.argsort(dictionary, kind="stable")] = np.arange(len(dictionary))
-        code = code * len(dictionary) + ranks[enc.indices.to_numpy(zero_copy_only=False)]
-    return code
 
 
 def shard_of(table: pa.Table, keys: list[str], n_shards: int) -> np.ndarray:

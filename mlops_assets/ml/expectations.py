@@ -588,6 +588,25 @@ def reference_bands(reference: pa.Table, spec: DatasetSpec) -> dict[str, Band]:
     return bands
 
 
+def _distinct(table: pa.Table, keys: list[str]) -> pa.Table:
+    """Distinct combinations of ``keys`` in ``table``.
+
+    Drops usually hold each series in one run of rows, so the rows where the key changes are
+    (nearly) the answer and a hash aggregation over them is cheap; otherwise hash all rows.
+    """
+    keyed = table.select(keys)
+    n = keyed.num_rows
+    if n > 1:
+        lo, hi = keyed.slice(0, n - 1), keyed.slice(1)
+        change = pc.not_equal(lo[keys[0]], hi[keys[0]])
+        for k in keys[1:]:
+            change = pc.or_(change, pc.not_equal(lo[k], hi[k]))
+        starts = np.flatnonzero(_filled(change)) + 1
+        if len(starts) < n // 4:
+            keyed = keyed.take(pa.array(np.concatenate([[0], starts])))
+    return keyed.group_by(keys).aggregate([])
+
+
 # ---- the gate ---------------------------------------------------------------------------------
 
 
@@ -694,7 +713,7 @@ class DropGate:
         if window.num_rows == 0 or good.num_rows == 0:
             return {}, "no reference history yet"
         keys = self.spec.series_keys
-        series = good.select(keys).group_by(keys).aggregate([])
+        series = _distinct(good, keys)
         known = self._window_series.join(series, keys, join_type="inner")
         if known.num_rows == 0:
             return {}, "no reference history for the drop's series"

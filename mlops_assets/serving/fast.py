@@ -19,6 +19,7 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from mlops_assets.ml import scoring
 from mlops_assets.ml.features import SeriesFrame, feature_matrix, tail_length
@@ -144,15 +145,39 @@ def score_records(records: list[dict], spec: DatasetSpec, model_for: ModelLookup
         _score_fast(records, parsed, fast_idx, fast_models, spec, out)
     slow_idx = [i for i in range(n) if out[i] is None]
     if slow_idx:
-        columns = list(dict.fromkeys(c for i in slow_idx for c in records[i]))
-        for c in scoring.required_columns(spec):
-            if c not in columns:
-                columns.append(c)
-        frame = pd.DataFrame.from_records([records[i] for i in slow_idx], columns=columns)
-        result = scoring.score(frame, spec, model_for)
+        table = request_table([records[i] for i in slow_idx], spec)
+        result = scoring.score(table, spec, model_for)
         for j, row in zip(slow_idx, result.to_dict("records"), strict=True):
             out[j] = _clean(row)
     return Scored(out, n - len(slow_idx), len(slow_idx))  # type: ignore[arg-type]
+
+
+def _as_float(v) -> float | None:
+    if v is None:
+        return None
+    try:
+        return float(v)  # numbers, bools and numeric strings, as pandas.to_numeric did
+    except (TypeError, ValueError):
+        return None
+
+
+def request_table(records: list[dict], spec: DatasetSpec) -> pa.Table:
+    """Request records as a typed Arrow table: keys and time as strings, the target and
+    exogenous features as float64 (null where missing or not a number). JSON lets a column mix
+    types (``9.5`` in one record, ``"cheap"`` in the next), which Arrow's own inference refuses;
+    typed here, a bad value becomes a per-row error in ``scoring.score``, never a failed request.
+    Every required column is present (null where a record lacks it: the request-level check was
+    done on the whole request); columns the spec does not use are dropped."""
+    cols: dict[str, pa.Array] = {}
+    for c in [*spec.series_keys, spec.time]:
+        cols[c] = pa.array(
+            [None if r.get(c) is None else str(r.get(c)) for r in records], pa.string()
+        )
+    for c in spec.features.exogenous:
+        cols[c] = pa.array([_as_float(r.get(c)) for r in records], pa.float64())
+    if any(spec.target in r for r in records):
+        cols[spec.target] = pa.array([_as_float(r.get(spec.target)) for r in records], pa.float64())
+    return pa.table(cols)
 
 
 def _clean(row: dict) -> dict:

@@ -64,6 +64,7 @@ from mlops_assets.serving.source import (
 
 log = logging.getLogger("mlops.serving")
 ENV_PREFIX = "MLOPS_SERVING_"
+FREEZE_EVERY_LOADS = 1_000  # models loaded between two GC freezes (see _freeze_heap)
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -242,6 +243,7 @@ class ScoringService:
         self._poller: threading.Thread | None = None
         self._swap_lock = threading.Lock()
         self.swaps = 0
+        self._frozen_at = 0
         self.last_error: str | None = None
         self.requests = 0
         self.collector: Collector | None = None
@@ -304,6 +306,7 @@ class ScoringService:
             new = self._load(ref, previous=current)
             self._active = new  # the swap: one reference
             self.swaps += 1
+            self._frozen_at = new.reader.stats.misses
             _freeze_heap()
             log.info("hot swap: %s -> %s", current.ref.version if current else None, ref.version)
             return True
@@ -410,6 +413,12 @@ class ScoringService:
         active = self._active  # held for the whole request: a swap cannot change it
         if active is None:
             return _error(503, "not_ready", "no model set loaded")
+        loaded = active.reader.stats.misses
+        if loaded - self._frozen_at >= FREEZE_EVERY_LOADS:
+            # Models loaded on demand since the last freeze: one collection now, then the GC
+            # never scans them again (instead of a full collection every so often, forever).
+            self._frozen_at = loaded
+            _freeze_heap()
         good = [i for i, r in enumerate(records) if isinstance(r, dict)]
         try:
             scored = score_records([records[i] for i in good], self.spec, active.lookup)

@@ -58,12 +58,14 @@ def _graphql(base: str, query: str, variables: dict | None = None) -> dict:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """``dagster dev`` stops its webserver, daemon and code server on SIGTERM; the process group
+    """``dagster dev`` stops its webserver, daemon and code server on Ctrl-C; the process group
     is killed after a grace period so nothing outlives the test."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if proc.poll() is not None:
+            break
+        os.killpg(proc.pid, sig)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             pass
     try:
@@ -117,12 +119,33 @@ def dagster_ui(tmp_path_factory) -> Iterator[str]:
                     log.flush()
                     pytest.fail("dagster dev did not start:\n" + _tail(home / "dagster-dev.log"))
                 time.sleep(0.5)
+        _wait_for_code_location(base, deadline)
         yield base
     finally:
         _stop(proc)
         log.close()
         ARTIFACTS.mkdir(exist_ok=True)
         shutil.copy(home / "dagster-dev.log", ARTIFACTS / "dagster-dev.log")
+
+
+def _wait_for_code_location(base: str, deadline: float) -> None:
+    query = """{ workspaceOrError { ... on Workspace { locationEntries {
+        name loadStatus
+        locationOrLoadError { __typename ... on PythonError { message } }
+    } } } }"""
+    entries: list = []
+    while time.monotonic() < deadline:
+        entries = _graphql(base, query)["workspaceOrError"].get("locationEntries") or []
+        if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+            errors = [
+                e["locationOrLoadError"]["message"]
+                for e in entries
+                if (e["locationOrLoadError"] or {}).get("__typename") == "PythonError"
+            ]
+            assert not errors, "the code location failed to load:\n" + "\n".join(errors)
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the code location did not load: {entries}")
 
 
 def _tail(path: Path, n: int = 4000) -> str:
@@ -194,7 +217,9 @@ def test_launch_the_daily_retrain_from_the_ui_and_read_its_checks(dagster_ui):
             page.goto(f"{dagster_ui}/assets/sales/candidate_models")
             for key in ("series_total", "series_trained"):
                 expect(page.get_by_text(key, exact=True).first).to_be_visible()
-            expect(page.get_by_text("One fitted scikit-learn Pipeline", exact=False)).to_be_visible()
+            expect(
+                page.get_by_text("One fitted scikit-learn Pipeline", exact=False)
+            ).to_be_visible()
 
             page.goto(f"{dagster_ui}/locations/mlops_assets/jobs/{JOB}")
             expect(page.get_by_text("registered_model_set", exact=True).first).to_be_visible()

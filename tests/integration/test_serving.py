@@ -110,6 +110,23 @@ def test_missing_feature_and_bad_records(served):
         None,
         "bad_record",
     ]
+    # JSON mixes types in a column; with records that take the general path (several periods
+    # of one series) too: still per-record errors, never a failed request.
+    sids = manifest["series_id"].to_pylist()
+    mixed = request_rows(SPEC, manifest, sids[3:4], periods=2) + [
+        {**good[1], "price": "cheap"},
+        {**good[2], "store": 5},
+        {**good[0], "promo": True, "price": "9.5"},
+    ]
+    status, body = server.score(mixed)
+    assert status == 200, body
+    assert [p["error"] for p in body["predictions"]] == [
+        None,
+        None,
+        scoring.MISSING_FEATURE,
+        scoring.UNKNOWN_SERIES,
+        None,
+    ]
     # A column no record has: the request as a whole is unusable.
     status, body = server.score([{k: v for k, v in r.items() if k != "promo"} for r in good])
     assert status == 422 and "promo" in body["message"]
@@ -278,6 +295,26 @@ def test_model_failing_its_hash_at_load_is_a_per_record_error(tmp_path):
     assert reply.status == 200
     errors = [p["error"] for p in reply.payload["predictions"]]
     assert errors == [None, None, scoring.NO_MODEL]
+
+
+def test_azureml_model_dir_source(tmp_path, monkeypatch):
+    """On AKS the registered model folder is mounted at AZUREML_MODEL_DIR (one level down)."""
+    from mlops_assets.serving.service import ScoringService
+
+    manifest, _ = real_model_set(tmp_path / "store", V1, SPEC, n_series=4, version="t")
+    model_dir = tmp_path / "azureml-models" / "sales-models" / "7"
+    shutil.copytree(tmp_path / "store" / V1, model_dir / "set-v1")
+    monkeypatch.setenv("AZUREML_MODEL_DIR", str(model_dir))
+    monkeypatch.setenv("MLOPS_SERVING_VERSION", "7")
+    service = ScoringService(ServingSettings.from_env()).start()
+    assert service.info()["source"].startswith("model_dir:")
+    records = request_rows(SPEC, manifest, manifest["series_id"].to_pylist())
+    reply = service.handle("POST", {}, json.dumps({"data": records}).encode())
+    assert reply.status == 200 and reply.payload["model_set_version"] == "7"
+    want = _direct(tmp_path / "store", V1, "7", records)
+    np.testing.assert_allclose(
+        [p["prediction"] for p in reply.payload["predictions"]], want["prediction"].to_numpy(float)
+    )
 
 
 def test_cache_keeps_memory_bounded_with_10k_models(tmp_path):
