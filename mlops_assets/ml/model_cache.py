@@ -77,30 +77,41 @@ class ModelSetReader:
                 return hit
             # One loader per series: concurrent first requests don't load it twice.
             gate = self._loading.setdefault(series_id, threading.Lock())
-        with gate:
+        try:
+            with gate:
+                with self._lock:
+                    hit = self._hit(series_id)
+                    if hit is not None:
+                        return hit
+                return self._load(i, series_id)
+        finally:
             with self._lock:
-                hit = self._hit(series_id)
-                if hit is not None:
-                    return hit
-            artifact = self._entry(i, "artifact")
-            if artifact is None:
-                status = self._entry(i, "status")
-                return f"{status}: {self._entry(i, 'reason') or 'no model was stored'}"
-            data = self._read(artifact, self._entry(i, "offset"), self._entry(i, "length"))
-            model = persistence.load_verified(data, self._entry(i, "model_sha256"))
-            entry = SeriesModel(
-                model=model,
-                version=self._entry(i, "trained_in") or self.version,
-                history_end=self._entry(i, "history_end"),
-                tail=np.asarray(self._entry(i, "history_tail") or [], dtype=float),
-            )
-            with self._lock:
-                self.stats.misses += 1
-                self._cache[series_id] = (entry, len(data))
-                self.stats.bytes += len(data)
-                self._evict()
                 self._loading.pop(series_id, None)
-            return entry
+
+    def _load(self, i: int, series_id: str) -> SeriesModel | str:
+        artifact = self._entry(i, "artifact")
+        if artifact is None:
+            status = self._entry(i, "status")
+            return f"{status}: {self._entry(i, 'reason') or 'no model was stored'}"
+        data = self._read(artifact, self._entry(i, "offset"), self._entry(i, "length"))
+        model = persistence.load_verified(data, self._entry(i, "model_sha256"))
+        entry = SeriesModel(
+            model=model,
+            version=self._entry(i, "trained_in") or self.version,
+            history_end=self._entry(i, "history_end"),
+            tail=np.asarray(self._entry(i, "history_tail") or [], dtype=float),
+        )
+        with self._lock:
+            self.stats.misses += 1
+            self._cache[series_id] = (entry, len(data))
+            self.stats.bytes += len(data)
+            self._evict()
+        return entry
+
+    def hot_series(self) -> list[str]:
+        """Cached series, most recently used last (to warm a successor set on a hot swap)."""
+        with self._lock:
+            return list(self._cache)
 
     def _hit(self, series_id: str) -> SeriesModel | None:
         """A cached model, marked most recently used (the caller holds the lock)."""

@@ -57,19 +57,30 @@ def required_columns(spec: DatasetSpec) -> list[str]:
     return [*spec.series_keys, spec.time, *spec.features.exogenous]
 
 
+def _column(values) -> pa.Array:
+    """A request column as Arrow; values of mixed JSON types become strings, judged per row."""
+    try:
+        return pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None or v != v else str(v) for v in values], pa.string())
+
+
 def _table(requests: pa.Table | pd.DataFrame | list[dict], spec: DatasetSpec) -> pa.Table:
     if isinstance(requests, pa.Table):
         table = requests
-    elif isinstance(requests, pd.DataFrame):
-        table = pa.Table.from_pandas(requests.reset_index(drop=True), preserve_index=False)
     else:
-        table = pa.Table.from_pylist(list(requests)) if requests else pa.table({})
+        df = pd.DataFrame.from_records(list(requests)) if isinstance(requests, list) else requests
+        df = df.reset_index(drop=True)
+        table = pa.table({str(c): _column(df[c].tolist()) for c in df.columns})
     missing = [c for c in required_columns(spec) if c not in table.column_names]
     if missing:
         raise RequestError(
             f"missing column(s) {missing}; each row needs {required_columns(spec)} "
             f"(and may carry {spec.target!r} where it is known)"
         )
+    keys = {k: pc.cast(table[k], pa.string()) for k in spec.series_keys}
+    for k, col in keys.items():  # an int id and a string id of one series are one series
+        table = table.set_column(table.column_names.index(k), k, col)
     return table
 
 

@@ -171,3 +171,15 @@ def test_reader_is_safe_under_concurrent_first_requests(data, tmp_path):
         t.join()
     assert not errors
     assert reader.stats.misses == len(reader.series)
+
+
+def test_mixed_json_types_in_a_column_are_judged_row_by_row(models):
+    rows = [
+        {"store": "S0000", "product": "P003", "week": "2026-10-05", "price": 5.0, "promo": 0},
+        {"store": "S0000", "product": "P004", "week": "2026-10-05", "price": "cheap", "promo": 0},
+        {"store": 7, "product": "P004", "week": "2026-10-05", "price": 5.0, "promo": 0},
+    ]
+    out = score(rows, SPEC, models.get)
+    assert out.error.tolist() == [None, "missing_feature", "unknown_series"]
+    assert out.series_id[2] == "store=7/product=P004"
+    assert np.isfinite(out.prediction[0])
