@@ -9,6 +9,7 @@ from mlops_assets.deployment import build_deployment_assets, deploy_job_name, de
 from mlops_assets.evaluation import build_evaluation_asset, registered_model_name
 from mlops_assets.ingestion import build_ingestion_asset
 from mlops_assets.ml.spec import DatasetSpec, bundled_specs
+from mlops_assets.monitoring import build_inference_summary_asset
 from mlops_assets.partitions import as_of_days
 from mlops_assets.profiles import current_profile, project_home, resources_for
 from mlops_assets.registry import build_promotion_jobs, build_registration_asset
@@ -50,6 +51,7 @@ def dataset_definitions(spec: DatasetSpec) -> dg.Definitions:
 def serving_definitions(spec: DatasetSpec) -> dg.Definitions:
     """Real-time serving of one dataset: QA + release assets, their job and release sensor."""
     assets = build_deployment_assets(spec)
+    summary = build_inference_summary_asset(spec)
     deploy = dg.define_asset_job(
         deploy_job_name(spec),
         selection=dg.AssetSelection.assets(*assets),
@@ -57,7 +59,7 @@ def serving_definitions(spec: DatasetSpec) -> dg.Definitions:
         tags={"dataset": spec.name},
     )
     return dg.Definitions(
-        assets=assets,
+        assets=[*assets, summary],
         jobs=[deploy],
         sensors=[
             make_release_sensor(
