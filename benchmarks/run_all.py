@@ -1,0 +1,58 @@
+"""Run every benchmark, one process each (so peak memory and imports don't mix), in order.
+
+    python -m benchmarks.run_all            # DESIGN.md sizes: 10,000 series x 4,000 weeks
+    python -m benchmarks.run_all --quick    # small sizes, a few minutes: a smoke run
+
+Each benchmark writes benchmarks/results/<name>.json with its baseline from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+FULL = {
+    "bench_ingest": [],
+    "bench_validation": [],
+    "bench_training": [],
+    "bench_registry": [],
+    "bench_chain": [],
+    "bench_batch_scoring": [],
+    "bench_serving": [],
+}
+QUICK = {
+    "bench_ingest": ["--series", "500", "--periods", "400"],
+    "bench_validation": ["--rows", "1000000", "--repeats", "1"],
+    "bench_training": ["--series", "300", "--periods", "400", "--skip-sklearn-loop"],
+    "bench_registry": ["--series", "1000"],
+    "bench_chain": ["--series", "300", "--periods", "300"],
+    "bench_batch_scoring": ["--series", "300", "--periods", "400"],
+    "bench_serving": ["--series", "1000", "--seconds", "3"],
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", nargs="*", help="benchmark names, e.g. bench_chain")
+    args = parser.parse_args()
+    plan = QUICK if args.quick else FULL
+    failed = []
+    for name, extra in plan.items():
+        if args.only and name not in args.only:
+            continue
+        started = time.perf_counter()
+        print(f"== {name} {' '.join(extra)}", flush=True)
+        rc = subprocess.call([sys.executable, "-m", f"benchmarks.{name}", *extra])
+        print(f"== {name}: exit {rc} in {time.perf_counter() - started:.0f}s", flush=True)
+        if rc:
+            failed.append(name)
+    if failed:
+        print(f"failed: {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
