@@ -68,9 +68,11 @@ def shard_of(table: pa.Table, keys: list[str], n_shards: int) -> np.ndarray:
 
 
 def _time_ints(col: pa.ChunkedArray) -> np.ndarray:
-    return pc.cast(col, pa.int64() if pa.types.is_timestamp(col.type) else pa.int32()).to_numpy(
-        zero_copy_only=False
-    ).astype(np.int64)
+    return (
+        pc.cast(col, pa.int64() if pa.types.is_timestamp(col.type) else pa.int32())
+        .to_numpy(zero_copy_only=False)
+        .astype(np.int64)
+    )
 
 
 def sort_and_dedupe(table: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, int]:
@@ -379,10 +381,16 @@ def ingest(
                 base.rows_in = base.rows_quarantined = parsed.rows_in
                 base.validation = gate.reports[info.name].as_dict() if gate is not None else None
             else:
-                base.validation = {"failures": [{
-                    **err.as_dict(), "level": "file", "severity": "error",
-                    "concern": "schema",
-                }]}
+                base.validation = {
+                    "failures": [
+                        {
+                            **err.as_dict(),
+                            "level": "file",
+                            "severity": "error",
+                            "concern": "schema",
+                        }
+                    ]
+                }
             base.quarantine = _quarantine_file(storage, spec, info, err)
             outcomes.append(base)
             quarantined_files.append((base, info.name))
@@ -398,8 +406,10 @@ def ingest(
                 f"{info.name}: {parsed.rows_rejected} of {parsed.rows_in} rows quarantined "
                 f"({', '.join(f'{r}: {c}' for r, c in base.rules.items())}); first: {first}"
             )
-        base.status = "ingested" if parsed.good.num_rows == parsed.rows_in else (
-            "partially_ingested" if parsed.good.num_rows else "quarantined"
+        base.status = (
+            "ingested"
+            if parsed.good.num_rows == parsed.rows_in
+            else ("partially_ingested" if parsed.good.num_rows else "quarantined")
         )
         if parsed.good.num_rows:
             mm = pc.min_max(parsed.good[spec.time]).as_py()
@@ -444,8 +454,11 @@ def _apply_rules(parsed: ParsedDrop, spec: DatasetSpec, rules: Iterable[RowRules
         bad |= mask
     idx = np.flatnonzero(bad)
     more = split_failures(
-        parsed.good.take(pa.array(idx)), None,
-        [(r, c, m[idx]) for r, c, m in failures], spec, rows_in=len(idx),
+        parsed.good.take(pa.array(idx)),
+        None,
+        [(r, c, m[idx]) for r, c, m in failures],
+        spec,
+        rows_in=len(idx),
     )
     return ParsedDrop(
         rows_in=parsed.rows_in,

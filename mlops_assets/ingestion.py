@@ -81,11 +81,19 @@ def build_ingestion_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
 
         as_of = as_of_date(context.partition_key if context.has_partition_key else None)
         with tempfile.TemporaryDirectory(prefix="gx-docs-") as docs_dir:
-            gate = make_gate(storage, spec, as_of, docs_dir if config.data_docs else None) \
-                if drops else None
+            gate = (
+                make_gate(storage, spec, as_of, docs_dir if config.data_docs else None)
+                if drops
+                else None
+            )
             result = ingest(
-                storage, spec, drops, n_shards=config.n_shards, run_id=context.run_id,
-                on_drop=progress, gate=gate,
+                storage,
+                spec,
+                drops,
+                n_shards=config.n_shards,
+                run_id=context.run_id,
+                on_drop=progress,
+                gate=gate,
             )
             docs = publish_docs(storage, spec, gate)
         store = CuratedStore(storage, spec)

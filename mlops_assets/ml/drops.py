@@ -63,14 +63,17 @@ def _read_csv(name: str, data: bytes) -> tuple[pa.Table, int]:
         raise DropRejected(name, "file.not_empty", "the file is empty (0 bytes of data)")
     if data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data[:4096]:
         raise DropRejected(
-            name, "file.encoding", "the file is not UTF-8 (it looks like UTF-16); re-export as UTF-8"
+            name,
+            "file.encoding",
+            "the file is not UTF-8 (it looks like UTF-16); re-export as UTF-8",
         )
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DropRejected(
-            name, "file.encoding", f"the file is not UTF-8 (byte {e.start} is invalid); "
-            "re-export as UTF-8",
+            name,
+            "file.encoding",
+            f"the file is not UTF-8 (byte {e.start} is invalid); re-export as UTF-8",
         ) from None
     header = data.split(b"\n", 1)[0].decode("utf-8").lstrip("\ufeff")
     names = [h.strip() for h in header.rstrip("\r").split(",")]
@@ -105,20 +108,25 @@ def _check_columns(name: str, table: pa.Table, spec: DatasetSpec) -> None:
     if missing and len(have) == 1 and any(d in have[0] for d in ";\t|"):
         delim = next(d for d in ";\t|" if d in have[0])
         raise DropRejected(
-            name, "file.delimiter",
+            name,
+            "file.delimiter",
             f"the header is one column {have[0][:60]!r}: the file looks {delim!r}-delimited; "
             "drops must be comma-separated",
         )
     if missing:
         raise DropRejected(
-            name, "schema.missing_column",
-            f"missing column(s) {missing}; expected exactly {want}", column=missing[0],
+            name,
+            "schema.missing_column",
+            f"missing column(s) {missing}; expected exactly {want}",
+            column=missing[0],
         )
     if extra:
         raise DropRejected(
-            name, "schema.extra_column",
+            name,
+            "schema.extra_column",
             f"unexpected column(s) {extra}; expected exactly {want} (add them to the spec "
-            "to accept them)", column=extra[0],
+            "to accept them)",
+            column=extra[0],
         )
 
 
@@ -185,7 +193,9 @@ def parse_drop(name: str, data: bytes, spec: DatasetSpec) -> ParsedDrop:
             null = values.is_null().to_numpy(zero_copy_only=False) & ~bad
             if null.any():
                 failures.append(("not_null", cname, null))
-    good = pa.table({**typed, ROW: rows}, schema=spec.arrow_schema.append(pa.field(ROW, pa.int64())))
+    good = pa.table(
+        {**typed, ROW: rows}, schema=spec.arrow_schema.append(pa.field(ROW, pa.int64()))
+    )
     return split_failures(good, raw, failures, spec)
 
 

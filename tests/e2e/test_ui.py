@@ -193,9 +193,11 @@ def _screenshot_asset_graph(page, base: str, path: Path) -> None:
         title.click()
         for asset in assets:
             expect(graph.get_by_text(asset, exact=True).first).to_be_attached()
-    page.mouse.move(1000, 600)
-    for _ in range(4):
-        page.mouse.wheel(0, 400)
+    zoom_out = page.get_by_role("button").filter(
+        has=page.get_by_role("img", name="zoom_out", exact=True)
+    )
+    for _ in range(8 if zoom_out.count() == 1 else 0):  # 5% a step: both stages side by side
+        zoom_out.click()
     page.wait_for_timeout(1000)
     page.screenshot(path=str(path))
 

@@ -17,13 +17,9 @@ CELL_TIMEOUT_S = 300
 
 @pytest.fixture(scope="module")
 def kernel_env(tmp_path_factory):
-    """One project home for all three (the later ones reuse the landed data), and a kernel
-    that is this interpreter, whatever kernels Jupyter knows of."""
-    from jupyter_client.kernelspec import KernelSpecManager
-
+    """One project home for all three (the later ones reuse the landed data); the kernel
+    inherits it."""
     home = tmp_path_factory.mktemp("mlops_home")
-    ksm = KernelSpecManager()
-    ksm.user_kernel_dir = str(tmp_path_factory.mktemp("kernels"))  # not the user's ~/.local
     saved = dict(os.environ)
     os.environ.update(
         MLOPS_HOME=str(home),
@@ -34,7 +30,7 @@ def kernel_env(tmp_path_factory):
     os.environ.pop("MLOPS_TRAINING_ENGINE", None)
     (home / "dagster").mkdir()
     try:
-        yield ksm
+        yield home
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -51,6 +47,7 @@ def test_notebook_runs(path, kernel_env):
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
+    # The kernel is this interpreter (the venv), whatever kernels Jupyter knows of.
     km = KernelManager(
         kernel_cmd=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     )

@@ -152,3 +152,23 @@ def test_check_azure_dry_run_needs_no_credentials(monkeypatch, capsys):
     assert "workspaces/mlw-dev" in out and "GET compute c1" in out
     assert "not set: MLOPS_AML_SUBSCRIPTION_ID, MLOPS_AML_RESOURCE_GROUP" in out
     assert main(["check-azure"]) == 2
+
+
+def _ref_name(ref: str) -> str:
+    """``azureml:name@label`` / ``azureml:name:version`` / ``name`` -> ``name``."""
+    return ref.removeprefix("azureml:").split("@")[0].split(":")[0]
+
+
+def test_jobs_name_environments_and_compute_defined_here():
+    environments = {
+        aml.load_environment(source=p).name for p in _all_specs() if _schema(p) == "environment"
+    }
+    clusters = {aml.load_compute(source=p).name for p in _all_specs() if _schema(p) == "amlCompute"}
+    for path in _all_specs():
+        if _schema(path) != "commandJob":
+            continue
+        job = aml.load_job(source=path)
+        assert isinstance(job.environment, str), f"{path.name}: inline environment"
+        assert _ref_name(job.environment) in environments, (path.name, job.environment)
+        if clusters:
+            assert _ref_name(job.compute) in clusters, (path.name, job.compute)
