@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from pandas.tseries.frequencies import to_offset
 
 from mlops_assets.curation import CuratedStore
 from mlops_assets.ml import evaluation as ev
 from mlops_assets.ml import modelset, persistence
-from mlops_assets.ml.features import to_series_frame
+from mlops_assets.ml.features import tail_length, to_series_frame
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.partitions import as_of_days
 from mlops_assets.plots import histograms
@@ -189,7 +190,13 @@ def build_evaluation_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             to_score = challengers & set(with_model["series_id"].to_pylist())
             if to_score:
                 models = load_models(storage, champion, to_score)
-                table = CuratedStore(storage, spec).read(until=pd.Timestamp(as_of).date())
+                # Holdout features need holdout + tail_length rows a series; read twice that
+                # many periods back, for series with gaps (rescore trims by rows).
+                periods = 2 * (spec.holdout + tail_length(spec))
+                since = pd.Timestamp(as_of) - periods * to_offset(spec.frequency)
+                table = CuratedStore(storage, spec).read(
+                    until=pd.Timestamp(as_of).date(), since=since.date()
+                )
                 frame = to_series_frame(table, spec, series=sorted(to_score))
                 scores = ev.rescore(frame, spec, models.get)
         phases["rescore_champion"] = time.perf_counter() - t0

@@ -23,8 +23,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlops_assets.ml.features import SeriesFrame, feature_matrix
-from mlops_assets.ml.metrics import regression_metrics
+from mlops_assets.ml.features import (
+    SeriesFrame,
+    feature_matrix,
+    last_rows,
+    positions,
+    tail_length,
+)
+from mlops_assets.ml.metrics import ERROR_METRICS, grouped_metrics
+from mlops_assets.ml.predict import predict_rows, stack_linear
 from mlops_assets.ml.spec import DatasetSpec
 
 BETTER = "better"
@@ -89,22 +96,23 @@ def rescore(
     Returns:
         ``{series_id: {"mae", "rmse", "smape", "mape", "n_holdout"}}`` for every scored series.
     """
+    frame = last_rows(frame, spec.holdout + tail_length(spec))
     X = feature_matrix(frame, spec)
-    out: dict[str, dict[str, float]] = {}
-    off = frame.offsets
-    for i, key in enumerate(frame.keys):
-        sid = spec.series_id(key)
-        model = predictor(sid)
-        if model is None:
-            continue
-        a, b = int(off[i]), int(off[i + 1])
-        rows = holdout_rows(X[a:b], frame.target[a:b], spec.holdout)
-        if len(rows) == 0:
-            continue
-        predicted = np.asarray(model.predict(X[a:b][rows]), dtype=np.float64)
-        metrics = regression_metrics(frame.target[a:b][rows], predicted)
-        out[sid] = {**metrics, "n_holdout": float(len(rows))}
-    return out
+    lengths = np.diff(frame.offsets)
+    row_series = np.repeat(np.arange(frame.n_series), lengths)
+    split = (lengths - spec.holdout)[row_series]  # as training.fit_series splits each series
+    in_holdout = (positions(frame.offsets) >= split) & (split >= 1)
+    complete = np.isfinite(X).all(axis=1) & np.isfinite(frame.target)
+    ids = [spec.series_id(k) for k in frame.keys]
+    models = [predictor(sid) for sid in ids]
+    has_model = np.array([m is not None for m in models], dtype=bool)
+    rows = np.flatnonzero(in_holdout & complete & has_model[row_series])
+    predicted = predict_rows(X, rows, row_series, models, stack_linear(models))
+    m = grouped_metrics(frame.target[rows], predicted, row_series[rows], frame.n_series)
+    return {
+        ids[i]: {**{k: float(m[k][i]) for k in ERROR_METRICS}, "n_holdout": float(m["count"][i])}
+        for i in np.flatnonzero(m["count"] > 0)
+    }
 
 
 def decide_all(

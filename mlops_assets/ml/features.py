@@ -237,6 +237,26 @@ def select_series(
     )
 
 
+def last_rows(frame: SeriesFrame, n: int) -> SeriesFrame:
+    """Only the last ``n`` rows of each series (all of a shorter one).
+
+    The features of a series' last ``n - tail_length(spec)`` rows are the same in the trimmed
+    frame as in the whole one, so evaluation needs no more history than this.
+    """
+    lengths = np.diff(frame.offsets)
+    keep_n = np.minimum(lengths, n)
+    starts = frame.offsets[1:] - keep_n
+    rows = np.repeat(starts - np.concatenate([[0], np.cumsum(keep_n)[:-1]]), keep_n)
+    rows += np.arange(int(keep_n.sum()))
+    return SeriesFrame(
+        keys=frame.keys,
+        offsets=np.concatenate([[0], np.cumsum(keep_n)]).astype(np.int64),
+        time=frame.time[rows],
+        target=frame.target[rows],
+        exog={c: v[rows] for c, v in frame.exog.items()},
+    )
+
+
 def positions(offsets: np.ndarray) -> np.ndarray:
     """Each row's index within its series (0 for the first period)."""
     lengths = np.diff(offsets)

@@ -49,3 +49,34 @@ def regression_metrics_rows(actual: np.ndarray, predicted: np.ndarray) -> list[d
             axis=1,
         )
     return [dict(zip(ERROR_METRICS, row.tolist(), strict=True)) for row in values]
+
+
+def grouped_metrics(
+    actual: np.ndarray, predicted: np.ndarray, group: np.ndarray, n_groups: int
+) -> dict[str, np.ndarray]:
+    """``regression_metrics`` of each group of pairs at once (``group[i]`` in ``[0, n_groups)``).
+
+    Same formulas; returns arrays of length ``n_groups`` (NaN for a group with no pairs) and
+    ``count``, the pairs each group had.
+    """
+    ok = np.isfinite(predicted) & np.isfinite(actual)
+    g = group[ok]
+    a, p = actual[ok], predicted[ok]
+    err = np.abs(p - a)
+    denom = np.abs(a) + np.abs(p)
+    smape = np.divide(2 * err, denom, out=np.zeros_like(err), where=denom > 0)
+    ape = np.divide(err, np.abs(a), out=np.zeros_like(err), where=a != 0)
+
+    def total(w: np.ndarray) -> np.ndarray:
+        return np.bincount(g, weights=w, minlength=n_groups)
+
+    count = np.bincount(g, minlength=n_groups).astype(float)
+    undefined_mape = np.bincount(g, weights=(a == 0).astype(float), minlength=n_groups) > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "mae": total(err) / count,
+            "rmse": np.sqrt(total(err * err) / count),
+            "smape": total(smape) / count * 100,
+            "mape": np.where(undefined_mape, np.nan, total(ape) / count * 100),
+            "count": count,
+        }

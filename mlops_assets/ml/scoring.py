@@ -20,10 +20,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from sklearn.linear_model import LinearRegression, Ridge
-from sklearn.preprocessing import StandardScaler
 
 from mlops_assets.ml.features import SeriesFrame, feature_matrix, feature_names, tail_length
+from mlops_assets.ml.predict import predict_rows, stack_linear
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import series_codes, series_ids
 
@@ -317,50 +316,12 @@ def _merge(
     return frame, request_row
 
 
-def _linear_parts(models: list[SeriesModel | None]):
-    """Stacked (mean, scale, coef, intercept) when every model is scaler + linear, else None."""
-    parts = []
-    for m in models:
-        if m is None:
-            parts.append(None)
-            continue
-        steps = getattr(m.model, "steps", None)
-        if not steps or len(steps) != 2:
-            return None
-        scaler, linear = steps[0][1], steps[1][1]
-        if not (
-            isinstance(scaler, StandardScaler) and isinstance(linear, Ridge | LinearRegression)
-        ):
-            return None
-        parts.append((scaler.mean_, scaler.scale_, linear.coef_, float(linear.intercept_)))
-    p = next((len(x[0]) for x in parts if x is not None), 0)
-    fill = (np.zeros(p), np.ones(p), np.zeros(p), np.nan)
-    parts = [x if x is not None else fill for x in parts]
-    return tuple(np.array([x[i] for x in parts]) for i in range(4))
-
-
-def _predict_rows(X, rows, row_model, models, stacked) -> np.ndarray:
-    if stacked is not None:
-        mean, scale, coef, intercept = stacked
-        out = np.empty(len(rows))
-        for a in range(0, len(rows), 1 << 20):  # bounded temporaries on 40M-row batches
-            r, s = rows[a : a + (1 << 20)], row_model[rows[a : a + (1 << 20)]]
-            out[a : a + len(r)] = np.einsum("ij,ij->i", (X[r] - mean[s]) / scale[s], coef[s])
-            out[a : a + len(r)] += intercept[s]
-        return out
-    out = np.empty(len(rows))
-    ms = row_model[rows]
-    cuts = np.flatnonzero(np.r_[True, ms[1:] != ms[:-1], True])
-    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
-        out[a:b] = models[ms[a]].model.predict(X[rows[a:b]])
-    return out
-
-
 def _predict_recursive(frame, request_row, models, predicted, spec, errors) -> None:
     """Predict rows whose features are known; fill unknown targets with predictions; repeat."""
     frame = replace(frame, target=np.array(frame.target, dtype=float, copy=True))
     row_model = np.repeat([k[0] for k in frame.keys], np.diff(frame.offsets)).astype(np.int64)
-    stacked = _linear_parts(models)
+    pipelines = [m.model if m is not None else None for m in models]
+    stacked = stack_linear(pipelines)
     pending = request_row >= 0
     values = np.full(len(pending), np.nan)
     X = feature_matrix(frame, spec)
@@ -368,7 +329,7 @@ def _predict_recursive(frame, request_row, models, predicted, spec, errors) -> N
         ready = np.flatnonzero(pending & np.isfinite(X).all(axis=1))
         if not len(ready):
             break
-        values[ready] = _predict_rows(X, ready, row_model, models, stacked)
+        values[ready] = predict_rows(X, ready, row_model, pipelines, stacked)
         fill = ready[np.isnan(frame.target[ready])]
         frame.target[fill] = values[fill]
         pending[ready] = False

@@ -1,0 +1,63 @@
+"""Predicting rows of many series, each with its own fitted Pipeline, in as few calls as possible.
+
+When every model is ``StandardScaler`` + a linear model (the default ridge family), their
+parameters stack into arrays and all rows are predicted in one vectorised pass; otherwise each
+series' rows go to its own ``predict`` once. Both give the same numbers as ``Pipeline.predict``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LinearRegression, Ridge
+from sklearn.preprocessing import StandardScaler
+
+_CHUNK = 1 << 20  # rows per vectorised step: bounded temporaries on 40M-row batches
+
+
+def stack_linear(pipelines: list) -> tuple[np.ndarray, ...] | None:
+    """(mean, scale, coef, intercept) per model when all are scaler + linear, else None."""
+    parts = []
+    for p in pipelines:
+        if p is None:
+            parts.append(None)
+            continue
+        steps = getattr(p, "steps", None)
+        if not steps or len(steps) != 2:
+            return None
+        scaler, linear = steps[0][1], steps[1][1]
+        if not (
+            isinstance(scaler, StandardScaler) and isinstance(linear, Ridge | LinearRegression)
+        ):
+            return None
+        parts.append((scaler.mean_, scaler.scale_, linear.coef_, float(linear.intercept_)))
+    p = next((len(x[0]) for x in parts if x is not None), 0)
+    fill = (np.zeros(p), np.ones(p), np.zeros(p), np.nan)
+    parts = [x if x is not None else fill for x in parts]
+    return tuple(np.array([x[i] for x in parts]) for i in range(4))
+
+
+def predict_rows(
+    X: np.ndarray,
+    rows: np.ndarray,
+    row_model: np.ndarray,
+    pipelines: list,
+    stacked: tuple[np.ndarray, ...] | None,
+) -> np.ndarray:
+    """Predictions for ``X[rows]``; row ``r`` uses ``pipelines[row_model[r]]``.
+
+    ``rows`` must be grouped by model (as series rows are) for the per-model path.
+    """
+    out = np.empty(len(rows))
+    if stacked is not None:
+        mean, scale, coef, intercept = stacked
+        for a in range(0, len(rows), _CHUNK):
+            r = rows[a : a + _CHUNK]
+            s = row_model[r]
+            out[a : a + len(r)] = np.einsum("ij,ij->i", (X[r] - mean[s]) / scale[s], coef[s])
+            out[a : a + len(r)] += intercept[s]
+        return out
+    ms = row_model[rows]
+    cuts = np.flatnonzero(np.r_[True, ms[1:] != ms[:-1], True])
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        out[a:b] = pipelines[ms[a]].predict(X[rows[a:b]])
+    return out
