@@ -25,6 +25,7 @@ from mlops_assets.ml.expectations import (
     row_expectations,
 )
 from mlops_assets.ml.spec import DatasetSpec
+from mlops_assets.ml.tables import decode_dictionaries
 from resources.storage import Storage
 
 DESCRIPTIONS = {
@@ -100,8 +101,8 @@ def make_gate(
         times = pc.unique(store.read(columns=[spec.time])[spec.time]).sort()
         n = spec.validation.drift.reference_periods
         since = times[max(0, len(times) - n)] if len(times) else None
-        reference = store.read(
-            columns=[*spec.series_keys, spec.time, *drift_columns(spec)], since=since
+        reference = decode_dictionaries(  # compared with drops, whose keys are plain strings
+            store.read(columns=[*spec.series_keys, spec.time, *drift_columns(spec)], since=since)
         )
     return DropGate(spec, as_of, reference=reference, docs_dir=docs_dir)
 

@@ -12,7 +12,7 @@ from mlops_assets.ml.spec import DatasetSpec
 def decode_dictionaries(table: pa.Table) -> pa.Table:
     """Dictionary-encoded columns as plain ones (for CSV writers and Spark)."""
     fields = [
-        pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
+        f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
         for f in table.schema
     ]
     return table.cast(pa.schema(fields))
@@ -36,28 +36,41 @@ def series_fingerprints(table: pa.Table, spec: DatasetSpec) -> pa.Table:
     """Per series: rows, last time and a checksum of the target and features.
 
     Two trainings of a series saw the same data exactly when the fingerprints are equal, which
-    is how a run retrains only the series whose data changed.
+    is how a run retrains only the series whose data changed. Curated data is grouped by
+    series already, so this is one pass of run boundaries, without a sort.
     """
-    cols = [spec.target, *spec.features.exogenous]
-    sums = {}
-    for c in cols:
-        values = pc.cast(table[c], pa.float64()).to_numpy(zero_copy_only=False)
-        sums[c] = pa.array(np.round(np.nan_to_num(values, nan=0.0) * 1000.0))
-    keys = {k: _plain_column(table[k]) for k in spec.series_keys}
-    keyed = pa.table({**keys, "_t": table[spec.time], **sums})
-    agg = keyed.group_by(spec.series_keys).aggregate(
-        [("_t", "count"), ("_t", "max"), *((c, "sum") for c in cols)]
+    code = series_codes(table, spec.series_keys)
+    order = None
+    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]]) if len(code) else code
+    if len(np.unique(code[starts])) != len(starts):  # not grouped: group it
+        order = np.argsort(code, kind="stable")
+        code = code[order]
+        starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+
+    def column(name: str, kind) -> np.ndarray:
+        values = pc.cast(table[name], kind).to_numpy(zero_copy_only=False)
+        return values if order is None else values[order]
+
+    t = column(
+        spec.time, pa.int64() if pa.types.is_timestamp(table[spec.time].type) else pa.int32()
     )
-    digest = pc.cast(agg["_t_count"], pa.string())
-    digest = pc.binary_join_element_wise(digest, pc.cast(agg["_t_max"], pa.string()), "|")
-    for c in cols:
-        digest = pc.binary_join_element_wise(digest, pc.cast(agg[f"{c}_sum"], pa.string()), "|")
+    counts = np.diff(np.r_[starts, len(code)])
+    last = np.maximum.reduceat(t, starts) if len(starts) else t
+    parts = [counts.astype(str), last.astype(str)]
+    for c in [spec.target, *spec.features.exogenous]:
+        v = np.round(np.nan_to_num(column(c, pa.float64()), nan=0.0) * 1000.0)
+        parts.append(np.add.reduceat(v, starts).astype(str) if len(starts) else v.astype(str))
+    first_rows = starts if order is None else order[starts]
+    ends = pa.array(
+        last,
+        type=table[spec.time].type if pa.types.is_timestamp(table[spec.time].type) else pa.date32(),
+    )
     return pa.table(
         {
-            "series_id": series_ids(agg, spec),
-            "n_rows": agg["_t_count"],
-            "data_end": pc.cast(agg["_t_max"], pa.string()),
-            "data_fingerprint": digest,
+            "series_id": series_ids(table.take(pa.array(first_rows)), spec),
+            "n_rows": pa.array(counts, pa.int64()),
+            "data_end": pc.cast(ends, pa.string()),
+            "data_fingerprint": pa.array(["|".join(p) for p in zip(*parts, strict=True)]),
         }
     ).sort_by("series_id")
 
@@ -66,7 +79,15 @@ def series_codes(table: pa.Table, keys: list[str]) -> np.ndarray:
     """An int64 per row that orders rows like sorting by the key columns; equal keys, equal code."""
     code = np.zeros(table.num_rows, dtype=np.int64)
     for k in keys:
-        enc = pc.dictionary_encode(table[k]).combine_chunks()
+        col = table[k]
+        if pa.types.is_dictionary(col.type):  # already encoded: use its indices as they are
+            enc = (
+                col.unify_dictionaries().combine_chunks()
+                if isinstance(col, pa.ChunkedArray)
+                else col
+            )
+        else:
+            enc = pc.dictionary_encode(col).combine_chunks()
         dictionary = enc.dictionary.to_numpy(zero_copy_only=False)
         ranks = np.empty(len(dictionary), dtype=np.int64)
         ranks[np.argsort(dictionary, kind="stable")] = np.arange(len(dictionary))

@@ -3,6 +3,7 @@
 import json
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -11,6 +12,7 @@ from mlops_assets.curation import CuratedStore, DropLedger, ingest, pending_drop
 from mlops_assets.ingestion import build_ingestion_asset
 from mlops_assets.ml.sample_data import SalesShape, sales_table, to_bytes
 from mlops_assets.ml.spec import load_spec
+from mlops_assets.ml.tables import decode_dictionaries
 from mlops_assets.sample_drops import land_bad, land_sales
 from resources.storage import LocalStorage
 
@@ -54,7 +56,9 @@ def test_drops_become_one_typed_sorted_dataset(storage):
     assert meta["series"] == 12
     assert (meta["time_min"], meta["time_max"]) == ("2026-02-16", "2026-11-16")
     table = curated_rows(storage)
-    assert table.schema.equals(SALES.arrow_schema)
+    # Series keys are read back dictionary-encoded (as Parquet stores them); values typed.
+    assert decode_dictionaries(table).schema.equals(SALES.arrow_schema)
+    assert pa.types.is_dictionary(table.schema.field("store").type)
     # Each shard holds whole series, sorted by key then time, with no repeated (key, time).
     store = CuratedStore(storage, SALES)
     seen = set()
