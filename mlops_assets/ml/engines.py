@@ -84,7 +84,8 @@ def _record(spec: DatasetSpec, key: tuple, X: np.ndarray, frame: SeriesFrame, a:
         "model": model,
         "model_sha256": persistence.sha256(model) if model else None,
         "history_end": str(frame.time[b - 1].astype("datetime64[D]")) if b > a else None,
-        "history_tail": frame.target[max(a, b - tail_length(spec)) : b].tolist(),
+        # Enough targets to score the next periods or re-score any of the last `holdout` ones.
+        "history_tail": frame.target[max(a, b - tail_length(spec) - spec.holdout) : b].tolist(),
     }
 
 

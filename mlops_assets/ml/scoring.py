@@ -260,11 +260,9 @@ def _tails(
     for end, members in by_end.items():
         end_t = np.datetime64(pd.Timestamp(end).to_datetime64(), "us")
         expected = np.datetime64(_period_after(end, spec).to_datetime64(), "us")
-        grid = (
-            pd.date_range(end=end, periods=k, freq=spec.frequency)
-            .to_numpy()
-            .astype("datetime64[us]")
-        )
+        longest = max(len(models[s].tail) for s in members)
+        grid = pd.date_range(end=end, periods=longest, freq=spec.frequency).to_numpy()
+        grid = grid.astype("datetime64[us]")
         for s in members:
             first = first_time[s]
             if first > end_t and first != expected:

@@ -183,3 +183,13 @@ def test_mixed_json_types_in_a_column_are_judged_row_by_row(models):
     assert out.error.tolist() == [None, "missing_feature", "unknown_series"]
     assert out.series_id[2] == "store=7/product=P004"
     assert np.isfinite(out.prediction[0])
+
+
+def test_the_last_trained_periods_can_be_rescored_from_the_stored_tail(data, models):
+    """A drop that repeats the newest trained week (with or without targets) is scorable."""
+    full, train, _ = data
+    last_week = train[train.week == train.week.max()]
+    for rows in (last_week, last_week.drop(columns=["sales"])):
+        out = score(rows, SPEC, models.get)
+        assert out.error.isna().all(), out.message.dropna().unique()
+        assert np.isfinite(out.prediction.astype(float)).all()
