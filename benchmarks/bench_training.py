@@ -30,7 +30,7 @@ from sklearn.preprocessing import StandardScaler
 
 from mlops_assets.ml import persistence
 from mlops_assets.ml.engines import result_schema, spark_result_schema, train_local, train_spark
-from mlops_assets.ml.features import feature_matrix, feature_names, to_series_frame
+from mlops_assets.ml.features import feature_matrix, feature_names, tail_length, to_series_frame
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import DatasetSpec, load_spec
 from mlops_assets.ml.training import train_partition
@@ -151,6 +151,10 @@ def bare_function(spec: DatasetSpec):
             "model_format": "linear" if data else None,
             "model": data,
             "model_sha256": persistence.sha256(data) if data else None,
+            "history_end": str(pd.Timestamp(pdf[spec.time].max()).date()),
+            "history_tail": pdf.sort_values(spec.time)[spec.target]
+            .to_numpy(float)[-(tail_length(spec) + spec.holdout) :]
+            .tolist(),
         }
         return pd.DataFrame([row], columns=names)
 
