@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import numpy as np
 import pyarrow as pa
@@ -267,7 +267,7 @@ class DropLedger:
         for b in self.storage.list(self.prefix):
             stem = b.name[len(self.prefix) : -len(".json")]
             drop, _, etag = stem.rpartition("@")
-            out.add((_unquote(drop), _unquote(etag)))
+            out.add((unquote(drop), unquote(etag)))
         return out
 
     def record(self, outcome: DropOutcome) -> None:
@@ -280,12 +280,6 @@ class DropLedger:
             DropOutcome(**json.loads(self.storage.read_text(b.name)))
             for b in self.storage.list(self.prefix)
         ]
-
-
-def _unquote(s: str) -> str:
-    from urllib.parse import unquote
-
-    return unquote(s)
 
 
 # ---- ingestion -----------------------------------------------------------------------------

@@ -100,11 +100,6 @@ def iter_locations(manifest: pa.Table) -> Iterator[tuple[str, str, int, int, str
     yield from zip(*cols, has["model_sha256"].to_pylist(), strict=True)
 
 
-def index_by_series(manifest: pa.Table) -> dict[str, int]:
-    """Row index of each series in the manifest, for O(1) lookups."""
-    return {s: i for i, s in enumerate(manifest["series_id"].to_pylist())}
-
-
 def counts(manifest: pa.Table, column: str = "status") -> dict[str, int]:
     values, n = np.unique(
         np.asarray(manifest[column].fill_null("none").to_pylist(), dtype=object).astype(str),

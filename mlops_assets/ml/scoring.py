@@ -151,7 +151,6 @@ def score_table(
             np.array([], "datetime64[us]"),
             np.array([]),
             np.array([], dtype=object),
-            np.zeros(0, np.int64),
             _Errors(0),
         )
     keys = pa.table({k: table[k] for k in spec.series_keys})
@@ -205,7 +204,7 @@ def score_table(
         frame, request_row = _merge(order, series_of, time, target, exog, tails, ids, spec)
         _predict_recursive(frame, request_row, models, predicted, spec, errors)
     versions = np.array([m.version if m is not None else None for m in models], dtype=object)
-    return _result(ids, series_of, time, predicted, versions, series_of, errors)
+    return _result(ids, series_of, time, predicted, versions, errors)
 
 
 def score(
@@ -224,9 +223,9 @@ def score(
     return pd.DataFrame(columns)[out.column_names]
 
 
-def _result(ids, series_of, time, predicted, versions, version_of, errors) -> pa.Table:
+def _result(ids, series_of, time, predicted, versions, errors) -> pa.Table:
     ok = np.isfinite(predicted)
-    version_idx = np.where(ok, version_of, 0).astype(np.int32)
+    version_idx = np.where(ok, series_of, 0).astype(np.int32)
     return pa.table(
         {
             "series_id": pa.DictionaryArray.from_arrays(
