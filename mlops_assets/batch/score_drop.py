@@ -52,7 +52,7 @@ from mlops_assets.remote.common import (
     shard_of_series,
 )
 
-CHUNK_ROWS = 250_000  # rows (of whole series) passed to one scoring.score call
+CHUNK_ROWS = 1_000_000  # rows (of whole series) whose features are computed at once
 
 
 # ---- parameters -----------------------------------------------------------------------------
@@ -110,29 +110,59 @@ def _columns_of(name: str, data: bytes) -> list[str] | None:
         return None
 
 
+def _within(values: pa.ChunkedArray, col) -> bool:
+    """Whether every value of a numeric column passes its rules, in one or two reductions."""
+    lo, hi = (v.as_py() for v in pc.min_max(values, skip_nulls=True).values())
+    if lo is None:
+        return True
+    if (col.min is not None and lo < col.min) or (col.max is not None and hi > col.max):
+        return False
+    if col.allowed:
+        allowed = {float(a) for a in col.allowed}
+        seen = [v for v in pc.unique(values).to_pylist() if v is not None and v == v]
+        return all(float(v) in allowed for v in seen)
+    return True
+
+
 def _value_rules(table: pa.Table, spec: DatasetSpec) -> list[tuple[str, str, np.ndarray]]:
-    """min/max/allowed of every column but the target, on typed values (nulls pass)."""
-    failures = []
+    """min/max/allowed of every column but the target, on typed values (nulls pass).
+
+    Each rule is first checked with one Arrow reduction; a row mask is built only for a rule
+    that some row fails.
+    """
+    checks = []
     for cname, col in spec.columns.items():
         if cname == spec.target or cname not in table.column_names:
             continue
+        values = table[cname]
         if col.type in (ColumnType.float, ColumnType.int) and (
             col.min is not None or col.max is not None or col.allowed
         ):
-            v = pc.cast(table[cname], pa.float64()).to_numpy(zero_copy_only=False)
-            valid = ~np.isnan(v)
+            if _within(values, col):
+                continue
             if col.min is not None:
-                failures.append(("range.min", cname, valid & (v < col.min)))
+                checks.append(("range.min", cname, pc.less(values, col.min)))
             if col.max is not None:
-                failures.append(("range.max", cname, valid & (v > col.max)))
+                checks.append(("range.max", cname, pc.greater(values, col.max)))
             if col.allowed:
-                allowed = np.array([float(a) for a in col.allowed])
-                failures.append(("allowed", cname, valid & ~np.isin(v, allowed)))
+                allowed = pa.array([float(a) for a in col.allowed])
+                number = pc.cast(values, pa.float64())
+                outside = pc.invert(pc.or_(pc.is_in(number, allowed), pc.is_nan(number)))
+                checks.append(("allowed", cname, pc.and_(outside, pc.is_valid(values))))
         elif col.allowed:
-            v = table[cname].to_numpy(zero_copy_only=False).astype(object)
-            ok = pd.isna(v) | np.isin(v.astype(str), col.allowed)
-            failures.append(("allowed", cname, ~ok))
-    return [f for f in failures if f[2].any()]
+            text = (
+                pc.cast(values, pa.string())
+                if not pa.types.is_dictionary(values.type)
+                else (values.cast(values.type.value_type))
+            )
+            outside = pc.invert(pc.is_in(text, pa.array(col.allowed)))
+            checks.append(("allowed", cname, pc.and_(outside, pc.is_valid(values))))
+    failures = []
+    for rule, cname, failed in checks:
+        failed = failed.fill_null(False)  # a null is not a value rule's business
+        if pc.any(failed).as_py():
+            failures.append((rule, cname, failed.to_numpy(zero_copy_only=False)))
+    return failures
 
 
 def validate(name: str, data: bytes, spec: DatasetSpec) -> ParsedDrop:
@@ -140,7 +170,7 @@ def validate(name: str, data: bytes, spec: DatasetSpec) -> ParsedDrop:
     rejected with it. Raises ``DropRejected`` for a file that cannot be read as a drop."""
     cols = _columns_of(name, data)
     sspec = scoring_spec(spec, has_target=cols is None or spec.target in cols)
-    parsed = parse_drop(name, data, sspec)
+    parsed = parse_drop(name, data, sspec, keep_dictionaries=True)
     failures = _value_rules(parsed.good, sspec)
     if not failures:
         return parsed
@@ -154,15 +184,20 @@ def validate(name: str, data: bytes, spec: DatasetSpec) -> ParsedDrop:
 # ---- scoring --------------------------------------------------------------------------------
 
 
-def _pack_reader(storage, series_wanted: int, manifest: pa.Table) -> Callable:
-    """``read_range`` for ModelSetReader: whole packs read once when many models are wanted
-    (a few large reads instead of one request per model), ranged reads otherwise."""
+RANGED_READS = 64  # models read one by one before the reader switches to whole packs
+
+
+def _pack_reader(storage) -> Callable:
+    """``read_range`` for ModelSetReader: ranged reads for the first ``RANGED_READS`` models,
+    then whole packs, each read once (a drop of many series costs a few large reads, not one
+    request per model; a drop of a few series reads only their models)."""
     packs: dict[str, bytes] = {}
-    with_model = int(pc.sum(pc.is_valid(manifest["artifact"])).as_py() or 0)
-    whole = series_wanted > 64 or series_wanted * 4 > max(1, with_model)
+    ranged = 0
 
     def read_range(name: str, offset: int, length: int) -> bytes:
-        if not whole:
+        nonlocal ranged
+        if name not in packs and ranged < RANGED_READS:
+            ranged += 1
             return storage.read_range(name, offset, length)
         if name not in packs:
             packs[name] = storage.read_bytes(name)
@@ -180,32 +215,16 @@ def _row_series_ids(table: pa.Table, spec: DatasetSpec) -> np.ndarray:
     return ids[inverse]
 
 
-def score_in_chunks(
+def score_drop_rows(
     table: pa.Table, spec: DatasetSpec, reader: ModelSetReader, chunk_rows: int = CHUNK_ROWS
 ) -> pa.Table:
-    """``scoring.score_table`` over whole series, about ``chunk_rows`` rows at a time.
+    """``scoring.score_table`` over the drop's good rows, each output row with its source row.
 
-    Scoring is linear in rows; chunks of whole series only bound the feature matrix's memory on
-    a large drop. Each output row carries its source row number.
+    ``score_table`` works through whole series about ``chunk_rows`` rows at a time, which bounds
+    the feature memory on a large drop.
     """
-    codes = series_codes(table, spec.series_keys)
-    order = np.argsort(codes, kind="stable")
-    sorted_codes = codes[order]
-    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
-    bounds = [0]
-    for cut in range(chunk_rows, len(order), chunk_rows):
-        i = int(starts[np.searchsorted(starts, cut, side="right") - 1])
-        if i > bounds[-1]:
-            bounds.append(i)
-    bounds.append(len(order))
-    parts = []
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        rows = pa.array(order[a:b])
-        out = score_table(table.take(rows), spec, reader.model_for)
-        parts.append(out.add_column(0, "source_row", table[ROW].take(rows)))
-    if not parts:
-        return score_table(table, spec, reader.model_for).add_column(0, "source_row", table[ROW])
-    return pa.concat_tables(parts, promote_options="permissive")
+    out = score_table(table, spec, reader.model_for, chunk_rows=chunk_rows)
+    return out.add_column(0, "source_row", table[ROW])
 
 
 # ---- one instance ---------------------------------------------------------------------------
@@ -235,11 +254,27 @@ class Summary:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+# Predictions: row numbers and dates delta-encoded, predictions byte-stream-split (both compress
+# far better under zstd that way), text columns dictionary-encoded.
+_ENCODINGS = {
+    "source_row": "DELTA_BINARY_PACKED",
+    "time": "DELTA_BINARY_PACKED",
+    "prediction": "BYTE_STREAM_SPLIT",
+}
+
+
 def _write_parquet(storage, name: str, table: pa.Table | pd.DataFrame) -> None:
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, preserve_index=False)
+    encodings = {c: e for c, e in _ENCODINGS.items() if c in table.column_names}
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(
+        table,
+        buf,
+        compression="zstd",
+        use_dictionary=[c for c in table.column_names if c not in encodings],
+        column_encoding=encodings,
+    )
     storage.write_bytes(name, buf.getvalue())
 
 
@@ -315,30 +350,21 @@ def run_instance(
     manifest = modelset.read_manifest(
         model_storage.read_bytes(f"{job.model_folder}/{modelset.MANIFEST}")
     )
-    n_series = len(np.unique(series_codes(good, spec.series_keys))) if good.num_rows else 0
     reader = ModelSetReader(
         manifest,
-        _pack_reader(model_storage, n_series, manifest),
+        _pack_reader(model_storage),
         version=job.model_version,
-        max_models=max(2_000, n_series + 1),
-        max_bytes=1 << 40,  # one pass over the drop: models are held by score() anyway
+        # One pass over the drop: score_table holds each series' model until it is done anyway.
+        max_models=manifest.num_rows + 1,
+        max_bytes=1 << 40,
     )
     seconds["models_index"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    scored = score_in_chunks(good, spec, reader, chunk_rows=chunk_rows)
+    scored = score_drop_rows(good, spec, reader, chunk_rows=chunk_rows)
     seconds["score"] = time.perf_counter() - t
     seconds["models_load"] = 0.0  # inside score; cache stats below
-    errors = pc.value_counts(scored["error"].drop_null()).to_pylist()
-    out.errors = {d["values"]: int(d["counts"]) for d in errors}
-    unknown = pc.equal(scored["error"], UNKNOWN_SERIES).fill_null(False)
-    out.rows_scored = scored.num_rows - scored["prediction"].null_count
-    out.rows_unknown_series = int(pc.sum(unknown).as_py() or 0)
-    out.rows_failed = scored.num_rows - out.rows_scored - out.rows_unknown_series
-    series = pc.cast(scored["series_id"], pa.string())
-    out.series = int(pc.count_distinct(series).as_py())
-    out.unknown_series = int(pc.count_distinct(series.filter(unknown)).as_py())
-
+    _count(scored, out)
     t = time.perf_counter()
     name = layout.predictions_name(job.dataset, job.key, rank, world)
     _write_parquet(storage, name, scored)
@@ -352,6 +378,25 @@ def run_instance(
         f"models loaded {reader.stats.misses}, in {seconds['total']:.2f}s -> {out.output_uri}"
     )
     return out
+
+
+def _count(scored: pa.Table, out: Summary) -> None:
+    """Rows scored, failed and of unknown series, and series counts, from score_table's output
+    (its ``series_id`` dictionary holds exactly the drop's series; no per-row decoding)."""
+    out.rows_scored = scored.num_rows - scored["prediction"].null_count
+    series = scored["series_id"].combine_chunks()
+    out.series = len(series.dictionary)
+    error = scored["error"]
+    if error.null_count == len(error):
+        return
+    out.errors = {
+        d["values"]: int(d["counts"]) for d in pc.value_counts(error.drop_null()).to_pylist()
+    }
+    out.rows_unknown_series = out.errors.get(UNKNOWN_SERIES, 0)
+    out.rows_failed = scored.num_rows - out.rows_scored - out.rows_unknown_series
+    if out.rows_unknown_series:
+        unknown = pc.equal(error, UNKNOWN_SERIES).fill_null(False)
+        out.unknown_series = int(pc.count_distinct(series.indices.filter(unknown)).as_py())
 
 
 def combine(summaries: list[Summary]) -> dict:

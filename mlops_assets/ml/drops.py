@@ -136,16 +136,24 @@ def _as_strings(col: pa.ChunkedArray) -> pa.ChunkedArray:
     return col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
 
 
-def _coerce(col: pa.ChunkedArray, ctype: ColumnType) -> tuple[pa.Array, np.ndarray]:
-    """Cast ``col`` to ``ctype``; return the values and a mask of values that did not parse."""
+def _coerce(
+    col: pa.ChunkedArray, ctype: ColumnType, keep_dictionary: bool = False
+) -> tuple[pa.Array | pa.ChunkedArray, np.ndarray]:
+    """Cast ``col`` to ``ctype``; return the values and a mask of values that did not parse.
+
+    With ``keep_dictionary``, a dictionary-encoded text column stays encoded (only its
+    dictionary is typed): a key column of 40M rows and 10,000 values is not decoded.
+    """
     target = ctype.arrow
+    if keep_dictionary and pa.types.is_dictionary(col.type) and pa.types.is_string(target):
+        if not pa.types.is_string(col.type.value_type):
+            col = col.cast(pa.dictionary(col.type.index_type, pa.string()))
+        return col, np.zeros(len(col), dtype=bool)
     if pa.types.is_dictionary(col.type):
         col = col.cast(col.type.value_type)
     try:
-        out = pc.cast(col, target)
-        return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out, np.zeros(
-            len(col), dtype=bool
-        )
+        out = col if col.type == target else pc.cast(col, target)
+        return out, np.zeros(len(col), dtype=bool)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     s = pd.Series(_as_strings(col).to_numpy(zero_copy_only=False), dtype=object)
@@ -168,8 +176,14 @@ def _coerce(col: pa.ChunkedArray, ctype: ColumnType) -> tuple[pa.Array, np.ndarr
     return values, bad
 
 
-def parse_drop(name: str, data: bytes, spec: DatasetSpec) -> ParsedDrop:
-    """Type a drop's rows to the spec; rows that don't type are returned as rejected."""
+def parse_drop(
+    name: str, data: bytes, spec: DatasetSpec, keep_dictionaries: bool = False
+) -> ParsedDrop:
+    """Type a drop's rows to the spec; rows that don't type are returned as rejected.
+
+    ``keep_dictionaries`` keeps dictionary-encoded text columns (Parquet's usual encoding of
+    keys) encoded in ``good``; its schema then has dictionary types where the file had them.
+    """
     fmt = drop_format(name)
     if fmt is None:
         raise DropRejected(
@@ -184,18 +198,19 @@ def parse_drop(name: str, data: bytes, spec: DatasetSpec) -> ParsedDrop:
     rows = pa.array(np.arange(first_row, first_row + n, dtype=np.int64))
     failures: list[tuple[str, str, np.ndarray]] = []
     typed = {}
+    fields = []
     for cname, col in spec.columns.items():
-        values, bad = _coerce(raw[cname], col.type)
+        values, bad = _coerce(raw[cname], col.type, keep_dictionaries)
+        fields.append(pa.field(cname, values.type, nullable=col.nullable))
         typed[cname] = values
         if bad.any():
             failures.append((f"type.{col.type.value}", cname, bad))
-        if not col.nullable:
+        if not col.nullable and values.null_count:
             null = values.is_null().to_numpy(zero_copy_only=False) & ~bad
             if null.any():
                 failures.append(("not_null", cname, null))
-    good = pa.table(
-        {**typed, ROW: rows}, schema=spec.arrow_schema.append(pa.field(ROW, pa.int64()))
-    )
+    schema = spec.arrow_schema if not keep_dictionaries else pa.schema(fields)
+    good = pa.table({**typed, ROW: rows}, schema=schema.append(pa.field(ROW, pa.int64())))
     return split_failures(good, raw, failures, spec)
 
 
@@ -211,29 +226,40 @@ def split_failures(
     ``raw`` supplies the original text of rejected rows; without it the typed values are used.
     """
     n = typed.num_rows
-    rule = np.full(n, None, dtype=object)
-    column = np.full(n, None, dtype=object)
-    for r, c, mask in failures:
-        fresh = mask & (rule == None)  # noqa: E711 - elementwise on an object array
-        rule[fresh], column[fresh] = r, c
-    rejected_mask = rule != None  # noqa: E711
+    if not failures:
+        return ParsedDrop(
+            rows_in=rows_in if rows_in is not None else n,
+            good=typed,
+            rejected=pa.table(
+                {
+                    **{c: pa.array([], pa.string()) for c in spec.columns},
+                    ROW: pa.array([], pa.int64()),
+                    **{c: pa.array([], pa.string()) for c in REJECT_COLUMNS},
+                }
+            ),
+        )
+    first = np.full(n, -1, dtype=np.int16)  # index of the first failing rule of each row
+    for i, (_r, _c, mask) in enumerate(failures):
+        first[mask & (first < 0)] = i
+    rejected_mask = first >= 0
     good = typed.filter(pa.array(~rejected_mask)) if rejected_mask.any() else typed
     source = raw if raw is not None else typed
     idx = np.flatnonzero(rejected_mask)
-    rejected_cols = {c: _as_strings(source[c]).take(idx) for c in spec.columns}
+    rule = np.array([r for r, _c, _m in failures] + [None], dtype=object)[first[idx]]
+    column = np.array([c for _r, c, _m in failures] + [None], dtype=object)[first[idx]]
+    rejected_cols = {c: _as_strings(source[c].take(idx)) for c in spec.columns}
     rejected_cols[ROW] = typed[ROW].take(idx)
     values = [
-        rejected_cols[c][i].as_py() if c in rejected_cols else None
-        for i, c in enumerate(column[idx])
+        rejected_cols[c][i].as_py() if c in rejected_cols else None for i, c in enumerate(column)
     ]
     row_numbers = rejected_cols[ROW].to_pylist()
-    rejected_cols["_rule"] = pa.array(rule[idx].tolist(), type=pa.string())
-    rejected_cols["_column"] = pa.array(column[idx].tolist(), type=pa.string())
+    rejected_cols["_rule"] = pa.array(rule.tolist(), type=pa.string())
+    rejected_cols["_column"] = pa.array(column.tolist(), type=pa.string())
     rejected_cols["_value"] = pa.array(values, type=pa.string())
     rejected_cols["_message"] = pa.array(
         [
             f"row {rn}, column {c!r}: value {v!r} fails rule {r}"
-            for rn, c, v, r in zip(row_numbers, column[idx], values, rule[idx], strict=True)
+            for rn, c, v, r in zip(row_numbers, column, values, rule, strict=True)
         ],
         type=pa.string(),
     )

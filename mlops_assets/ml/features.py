@@ -332,8 +332,8 @@ def _n_calendar(spec: DatasetSpec) -> int:
     return sum(2 if c == "fourier_year" else 1 for c in spec.features.calendar)
 
 
-def feature_matrix(frame: SeriesFrame, spec: DatasetSpec) -> np.ndarray:
-    """The model input for every row: shape ``(n_rows, len(feature_names(spec)))``, float64.
+def feature_columns(frame: SeriesFrame, spec: DatasetSpec) -> list[np.ndarray]:
+    """The model input as one float64 array per feature (in ``feature_names`` order).
 
     Rows whose lags or rolling windows reach before the series start hold NaN there.
     """
@@ -341,7 +341,16 @@ def feature_matrix(frame: SeriesFrame, spec: DatasetSpec) -> np.ndarray:
     pos = positions(frame.offsets)
     columns = _lag_and_rolling(frame.target, pos, spec)
     columns += _calendar(frame.time, spec)
-    columns += [frame.exog[c] for c in spec.features.exogenous]
+    columns += [np.asarray(frame.exog[c], dtype=np.float64) for c in spec.features.exogenous]
+    return columns
+
+
+def feature_matrix(frame: SeriesFrame, spec: DatasetSpec) -> np.ndarray:
+    """The model input for every row: shape ``(n_rows, len(feature_names(spec)))``, float64.
+
+    Rows whose lags or rolling windows reach before the series start hold NaN there.
+    """
+    columns = feature_columns(frame, spec)
     out = np.empty((frame.n_rows, len(columns)), dtype=np.float64)
     for j, col in enumerate(columns):
         out[:, j] = col

@@ -61,3 +61,33 @@ def predict_rows(
     for a, b in zip(cuts[:-1], cuts[1:], strict=True):
         out[a:b] = pipelines[ms[a]].predict(X[rows[a:b]])
     return out
+
+
+def fold_linear(stacked: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(weights, bias) per model with the scaler folded in: ``x @ w + b`` is the pipeline's
+    ``((x - mean) / scale) @ coef + intercept`` up to rounding (a few ulps)."""
+    mean, scale, coef, intercept = stacked
+    weights = coef / scale
+    return weights, intercept - np.einsum("ij,ij->i", mean, weights)
+
+
+def predict_grouped(
+    columns: list[np.ndarray],
+    models: np.ndarray,
+    counts: np.ndarray,
+    folded: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """Predict rows grouped by model, one feature column at a time (no row gathers).
+
+    Rows ``0:counts[0]`` use model ``models[0]``, the next ``counts[1]`` rows ``models[1]``, and
+    so on; ``columns`` are the features, one array per feature. Rows with a missing feature
+    come out NaN. Three passes over memory per feature: work stays linear and vectorised on
+    batches of tens of millions of rows.
+    """
+    weights, bias = folded
+    out = np.repeat(bias[models], counts)
+    term = np.empty_like(out)
+    for j, col in enumerate(columns):
+        np.multiply(col, np.repeat(weights[models, j], counts), out=term)
+        out += term
+    return out

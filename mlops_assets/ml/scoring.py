@@ -13,16 +13,18 @@ row never fails the others. Nothing here reads storage: the caller passes ``mode
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlops_assets.ml.features import SeriesFrame, feature_matrix, feature_names, tail_length
-from mlops_assets.ml.predict import predict_rows, stack_linear
+from mlops_assets.ml.features import SeriesFrame, feature_columns, feature_names, tail_length
+from mlops_assets.ml.predict import fold_linear, predict_grouped, predict_rows, stack_linear
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import series_codes, series_ids
 
@@ -77,9 +79,12 @@ def _table(requests: pa.Table | pd.DataFrame | list[dict], spec: DatasetSpec) ->
             f"missing column(s) {missing}; each row needs {required_columns(spec)} "
             f"(and may carry {spec.target!r} where it is known)"
         )
-    keys = {k: pc.cast(table[k], pa.string()) for k in spec.series_keys}
-    for k, col in keys.items():  # an int id and a string id of one series are one series
-        table = table.set_column(table.column_names.index(k), k, col)
+    for k in spec.series_keys:  # an int id and a string id of one series are one series
+        kind = table[k].type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            table = table.set_column(table.column_names.index(k), k, pc.cast(table[k], pa.string()))
     return table
 
 
@@ -107,25 +112,82 @@ def _period_after(end: str, spec: DatasetSpec) -> pd.Timestamp:
 
 
 class _Errors:
-    """Per-row error codes and messages, set only where something is wrong."""
+    """Per-row error codes and messages, set only where something is wrong.
+
+    Rows hold an index into a list of (code, message) entries, so a batch of tens of millions
+    of rows carries one small int per row, not two Python objects.
+    """
 
     def __init__(self, n: int):
-        self.code = np.full(n, None, dtype=object)
-        self.message = np.full(n, None, dtype=object)
+        self.index = np.full(n, -1, dtype=np.int32)
+        self.codes: list[str] = []
+        self.messages: list[str] = []
 
     def set(self, rows: np.ndarray, code: str, message: str) -> None:
-        self.code[rows] = code
-        self.message[rows] = message
+        self.index[rows] = len(self.codes)
+        self.codes.append(code)
+        self.messages.append(message)
+
+    def set_groups(self, rows: np.ndarray, group: np.ndarray, entries: list[tuple[str, str]]):
+        """``rows[i]`` gets ``entries[group[i]]``: one call for many series' own messages."""
+        self.index[rows] = len(self.codes) + group
+        self.codes += [c for c, _ in entries]
+        self.messages += [m for _, m in entries]
 
     @property
     def clean(self) -> np.ndarray:
-        return np.equal(self.code, None)
+        return self.index < 0
+
+    def columns(self) -> tuple[pa.Array, pa.Array]:
+        n = len(self.index)
+        if not self.codes:
+            return pa.nulls(n, pa.string()), pa.nulls(n, pa.string())
+        idx = pa.array(self.index, mask=self.index < 0)
+        code = pa.DictionaryArray.from_arrays(idx, pa.array(self.codes, pa.string()))
+        message = pa.DictionaryArray.from_arrays(idx, pa.array(self.messages, pa.string()))
+        return code.cast(pa.string()), message.cast(pa.string())
+
+
+def _series_of_rows(keys: pa.Table, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's series number (series numbered in key order) and one row of each series.
+
+    Codes of dictionary-encoded keys are bounded by the dictionaries' sizes, so series are
+    numbered with a count, not a sort of every row.
+    """
+    code = series_codes(keys, spec.series_keys)
+    n = len(code)
+    top = int(code.max()) + 1
+    if top <= 4 * n + 4096:
+        present = np.flatnonzero(np.bincount(code, minlength=top))
+        number = np.empty(top, np.int32 if len(present) < 2**31 else np.int64)
+        number[present] = np.arange(len(present))
+        series_of = number[code]
+        del code
+        row_of = np.empty(len(present), np.int64)
+        row_of[series_of] = np.arange(n)  # any row of a series names it
+        return series_of, row_of
+    _, row_of, series_of = np.unique(code, return_index=True, return_inverse=True)
+    return series_of.ravel(), row_of
+
+
+def _grouped_order(series_of: np.ndarray, time: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Row order by series then time, and whether the rows came that way (strictly)."""
+    block = 1 << 20  # checked a block at a time: no temporaries the size of the batch
+    n = len(series_of)
+    for a in range(0, n - 1, block):
+        s, t = series_of[a : a + block + 1], time[a : a + block + 1]
+        step = np.diff(s)
+        if not ((step >= 0).all() and ((step > 0) | (t[1:] > t[:-1])).all()):
+            return np.lexsort((time, series_of)), False
+    return np.arange(n), True
 
 
 def score_table(
     requests: pa.Table | pd.DataFrame | list[dict],
     spec: DatasetSpec,
     model_for: ModelLookup,
+    *,
+    chunk_rows: int = 1_000_000,
 ) -> pa.Table:
     """Predict every request row with its series' model; Arrow in and out, for large batches.
 
@@ -134,6 +196,8 @@ def score_table(
         spec: The dataset spec.
         model_for: Series id to its ``SeriesModel``; ``None`` for an unknown series, or a
             string saying why a known series has no usable model.
+        chunk_rows: Features and predictions are computed for about this many rows (of whole
+            series) at a time, which bounds memory on a drop of tens of millions of rows.
 
     Returns:
         One row per request row, in request order: ``series_id``, ``time``, ``prediction``,
@@ -153,33 +217,33 @@ def score_table(
             np.array([], dtype=object),
             _Errors(0),
         )
-    keys = pa.table({k: table[k] for k in spec.series_keys})
-    code = series_codes(keys, spec.series_keys)
-    _, first_row, series_of = np.unique(code, return_index=True, return_inverse=True)
+    keys = table.select(spec.series_keys)
+    series_of, first_row = _series_of_rows(keys, spec)
     ids = np.asarray(series_ids(keys.take(first_row), spec).to_pylist(), dtype=object)
     n_series = len(ids)
     time = _times(table[spec.time])
-    target = (
-        _numbers(table[spec.target]) if spec.target in table.column_names else np.full(n, np.nan)
-    )
-    exog = {c: _numbers(table[c]) for c in spec.features.exogenous}
     errors = _Errors(n)
 
     bad_time = np.isnat(time)
     if bad_time.any():
         errors.set(np.flatnonzero(bad_time), BAD_VALUE, f"{spec.time!r} is not a date")
-    order = np.lexsort((time, series_of))
-    s_sorted, t_sorted = series_of[order], time[order]
-    same = (
-        (s_sorted[1:] == s_sorted[:-1]) & (t_sorted[1:] == t_sorted[:-1]) & ~np.isnat(t_sorted[1:])
-    )
-    if same.any():
-        dup = np.zeros(n, bool)
-        dup[order[1:][same]] = dup[order[:-1][same]] = True
-        errors.set(np.flatnonzero(dup), DUPLICATE, "the request has this series and period twice")
+    order, strictly_ordered = _grouped_order(series_of, time)
+    if not strictly_ordered:
+        s_sorted, t_sorted = series_of[order], time[order]
+        same = (
+            (s_sorted[1:] == s_sorted[:-1])
+            & (t_sorted[1:] == t_sorted[:-1])
+            & ~np.isnat(t_sorted[1:])
+        )
+        if same.any():
+            dup = np.zeros(n, bool)
+            dup[order[1:][same]] = dup[order[:-1][same]] = True
+            errors.set(
+                np.flatnonzero(dup), DUPLICATE, "the request has this series and period twice"
+            )
 
     models: list[SeriesModel | None] = [None] * n_series
-    why: list[tuple[str, str] | None] = [None] * n_series
+    why: dict[int, tuple[str, str]] = {}
     for s, sid in enumerate(ids):
         found = model_for(sid)
         if found is None:
@@ -188,23 +252,41 @@ def score_table(
             why[s] = (NO_MODEL, f"series {sid!r} has no usable model: {found}")
         else:
             models[s] = found
-    has_model = np.array([m is not None for m in models], dtype=bool)
-    for s in np.flatnonzero(~has_model):
-        errors.set(np.flatnonzero(series_of == s) if n_series > 1 else np.arange(n), *why[s])
+    _set_series_errors(errors, series_of, why)
 
-    order = order[errors.clean[order]]  # scorable rows, grouped by series, time-ordered
+    identity = strictly_ordered  # order is every row, as the rows came
+    if not errors.clean.all():
+        order, identity = order[errors.clean[order]], False  # scorable rows, grouped, in time
     first_time = np.full(n_series, np.datetime64("NaT"), dtype="datetime64[us]")
     if len(order):
-        starts = np.flatnonzero(np.r_[True, series_of[order][1:] != series_of[order][:-1]])
-        first_time[series_of[order][starts]] = time[order][starts]
+        grouped = series_of if identity else series_of[order]
+        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+        first_time[grouped[starts]] = time[order[starts]]
+        del grouped
     tails = _tails(models, ids, first_time, spec, errors, series_of)
-    order = order[errors.clean[order]]
+    if not errors.clean.all():
+        order, identity = order[errors.clean[order]], False
     predicted = np.full(n, np.nan)
     if len(order):
-        frame, request_row = _merge(order, series_of, time, target, exog, tails, ids, spec)
-        _predict_recursive(frame, request_row, models, predicted, spec, errors)
+        rows = _Rows(table, spec, order, identity, series_of, time, tails)
+        _predict_recursive(rows, models, predicted, spec, errors, chunk_rows)
     versions = np.array([m.version if m is not None else None for m in models], dtype=object)
+    if pa.types.is_date32(table[spec.time].type):
+        time = table[spec.time]  # the request's own dates, not converted back from numpy
     return _result(ids, series_of, time, predicted, versions, errors)
+
+
+def _set_series_errors(
+    errors: _Errors, series_of: np.ndarray, why: dict[int, tuple[str, str]]
+) -> None:
+    """Every row of each series in ``why`` gets that series' error, in one pass over rows."""
+    if not why:
+        return
+    bad = np.array(sorted(why), dtype=np.int64)
+    slot = np.full(int(series_of.max()) + 1 if len(series_of) else 0, -1, np.int64)
+    slot[bad] = np.arange(len(bad))
+    rows = np.flatnonzero(slot[series_of] >= 0)
+    errors.set_groups(rows, slot[series_of[rows]], [why[int(s)] for s in bad])
 
 
 def score(
@@ -224,20 +306,29 @@ def score(
 
 
 def _result(ids, series_of, time, predicted, versions, errors) -> pa.Table:
-    ok = np.isfinite(predicted)
-    version_idx = np.where(ok, series_of, 0).astype(np.int32)
+    """The output table; ``time`` is numpy ``datetime64`` or an Arrow ``date32`` column."""
+    prediction = pa.array(predicted, from_pandas=True)  # NaN (not predicted) becomes null
+    series_idx = pa.array(series_of, pa.int32())
+    # The version of row i is its series' version where it has a prediction: the series
+    # indices under the prediction's validity bitmap (shared buffers, no copy).
+    version_idx = pa.Array.from_buffers(
+        pa.int32(), len(series_idx), [prediction.buffers()[0], series_idx.buffers()[1]]
+    )
+    if not isinstance(time, pa.ChunkedArray | pa.Array):
+        time = pc.cast(pa.array(time, pa.timestamp("us")), pa.date32())
+    error, message = errors.columns()
     return pa.table(
         {
             "series_id": pa.DictionaryArray.from_arrays(
-                pa.array(series_of, pa.int32()), pa.array(list(ids), pa.string())
+                series_idx, pa.array(list(ids), pa.string())
             ),
-            "time": pc.cast(pa.array(time, pa.timestamp("us")), pa.date32()),
-            "prediction": pa.array(predicted, mask=~ok),
+            "time": time,
+            "prediction": prediction,
             "model_version": pa.DictionaryArray.from_arrays(
-                pa.array(version_idx, mask=~ok), pa.array(list(versions), pa.string())
+                version_idx, pa.array(list(versions), pa.string())
             ),
-            "error": pa.array(errors.code, pa.string()),
-            "message": pa.array(errors.message, pa.string()),
+            "error": error,
+            "message": message,
         }
     )
 
@@ -253,6 +344,7 @@ def _tails(
     k = tail_length(spec)
     out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     by_end: dict[str, list[int]] = {}
+    gaps: dict[int, tuple[str, str]] = {}
     for s, m in enumerate(models):
         if m is not None and m.history_end is not None and k and not np.isnat(first_time[s]):
             by_end.setdefault(m.history_end, []).append(s)
@@ -265,8 +357,7 @@ def _tails(
         for s in members:
             first = first_time[s]
             if first > end_t and first != expected:
-                errors.set(
-                    np.flatnonzero(series_of == s),
+                gaps[s] = (
                     GAP,
                     f"series {ids[s]!r} has history until {str(end_t)[:10]}; the next period is "
                     f"{str(expected)[:10]} but the request starts at {str(first)[:10]}: send the "
@@ -277,77 +368,154 @@ def _tails(
             times = grid[len(grid) - len(tail) :]
             keep = times < first
             out[s] = (times[keep], tail[keep])
+    _set_series_errors(errors, series_of, gaps)
     return out
 
 
-def _merge(
-    order, series_of, time, target, exog, tails, ids, spec
-) -> tuple[SeriesFrame, np.ndarray]:
-    """One series frame: each series' tail rows, then its request rows, by computed position."""
-    req_series = series_of[order]
-    present = np.unique(req_series)
-    req_counts = np.bincount(req_series, minlength=len(ids))[present]
-    tail_counts = np.array([len(tails[s][0]) if s in tails else 0 for s in present], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(req_counts + tail_counts)]).astype(np.int64)
-    n_rows = int(offsets[-1])
-    rank = np.full(len(ids), -1, np.int64)
-    rank[present] = np.arange(len(present))
-    # Request row j of series s goes after the series' tail rows.
-    start_of = offsets[:-1] + tail_counts
-    within = np.arange(len(order)) - np.repeat(np.cumsum(req_counts) - req_counts, req_counts)
-    dest = start_of[rank[req_series]] + within
-    t = np.empty(n_rows, "datetime64[us]")
-    y = np.full(n_rows, np.nan)
-    ex = {c: np.full(n_rows, np.nan) for c in exog}
-    request_row = np.full(n_rows, -1, np.int64)
-    t[dest], y[dest], request_row[dest] = time[order], target[order], order
-    for c, v in exog.items():
-        ex[c][dest] = v[order]
-    for i, s in enumerate(present):
-        if tail_counts[i]:
-            a = offsets[i]
-            t[a : a + tail_counts[i]], y[a : a + tail_counts[i]] = tails[s]
-    frame = SeriesFrame(
-        keys=[(int(s),) for s in present], offsets=offsets, time=t, target=y, exog=ex
-    )
-    return frame, request_row
+class _Rows:
+    """The scorable rows grouped by series (in ``order``), read one range of series at a time.
+
+    Targets and exogenous columns stay Arrow until a range is scored: a batch of tens of
+    millions of rows is never copied whole into numpy, only each range of about a million.
+    """
+
+    def __init__(self, table, spec, order, identity, series_of, time, tails):
+        self.table, self.spec, self.order, self.identity = table, spec, order, identity
+        self.time, self.tails = time, tails
+        grouped = series_of if identity else series_of[order]
+        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+        self.present = grouped[starts]  # series numbers, in order
+        self.bounds = np.r_[starts, len(order)]  # rows of present[i]: bounds[i]:bounds[i + 1]
+
+    def ranges(self, max_rows: int) -> list[tuple[int, int]]:
+        """Ranges of ``present`` of about ``max_rows`` rows (whole series, at least one)."""
+        step = max(1, max_rows)
+        cuts = np.searchsorted(self.bounds, np.arange(step, int(self.bounds[-1]), step))
+        edges = np.unique(np.r_[0, cuts, len(self.present)])
+        return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+    def _numbers(self, name: str, rows) -> np.ndarray:
+        if name not in self.table.column_names:
+            n = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+            return np.full(n, np.nan)
+        col = self.table[name]
+        part = (
+            col.slice(rows.start, rows.stop - rows.start)
+            if isinstance(rows, slice)
+            else (col.take(rows))
+        )
+        return _numbers(part)
+
+    def frame(self, i0: int, i1: int) -> tuple[SeriesFrame, np.ndarray]:
+        """Series ``present[i0:i1]`` as one frame: each one's tail rows, then its request rows;
+        and the request row of each frame row (-1 for tail rows)."""
+        a, b = int(self.bounds[i0]), int(self.bounds[i1])
+        rows = slice(a, b) if self.identity else self.order[a:b]
+        request_rows = np.arange(a, b) if self.identity else rows
+        present, bounds = self.present[i0:i1], self.bounds[i0 : i1 + 1] - a
+        tails = self.tails
+        tail_len = np.array([len(tails[s][0]) if s in tails else 0 for s in present], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(np.diff(bounds) + tail_len)]).astype(np.int64)
+        longest = int(tail_len.max()) if len(tail_len) else 0
+        no_value, no_row = np.full(longest, np.nan), np.full(longest, -1, np.int64)
+
+        def interleave(values: np.ndarray, tail_part) -> np.ndarray:
+            pieces = []
+            for i, s in enumerate(present):
+                if tail_len[i]:
+                    pieces.append(tail_part(int(s), int(tail_len[i])))
+                pieces.append(values[bounds[i] : bounds[i + 1]])
+            return np.concatenate(pieces, out=np.empty(offsets[-1], values.dtype))
+
+        frame = SeriesFrame(
+            keys=[(int(s),) for s in present],
+            offsets=offsets,
+            time=interleave(self.time[rows], lambda s, k: tails[s][0]),
+            target=interleave(self._numbers(self.spec.target, rows), lambda s, k: tails[s][1]),
+            exog={
+                c: interleave(self._numbers(c, rows), lambda s, k: no_value[:k])
+                for c in self.spec.features.exogenous
+            },
+        )
+        return frame, interleave(request_rows, lambda s, k: no_row[:k])
 
 
-def _predict_recursive(frame, request_row, models, predicted, spec, errors) -> None:
-    """Predict rows whose features are known; fill unknown targets with predictions; repeat."""
-    frame = replace(frame, target=np.array(frame.target, dtype=float, copy=True))
-    row_model = np.repeat([k[0] for k in frame.keys], np.diff(frame.offsets)).astype(np.int64)
+def _all_finite(columns: list[np.ndarray]) -> np.ndarray:
+    ok = np.isfinite(columns[0])
+    for col in columns[1:]:
+        ok &= np.isfinite(col)
+    return ok
+
+
+def _predict_chunk(frame, model_of, request_row, pipelines, folded, spec):
+    """Recursive prediction of one frame of whole series (its target is updated in place).
+
+    Returns the values of every row (NaN where not predicted), and the request rows left
+    unscored with the pattern of their missing features.
+    """
+    counts = np.diff(frame.offsets)
+    pending = request_row >= 0
+    values = np.full(frame.n_rows, np.nan)
+    columns = feature_columns(frame, spec)
+    while pending.any():
+        ready = pending & _all_finite(columns)
+        if not ready.any():
+            break
+        if folded is not None:
+            values[ready] = predict_grouped(columns, model_of, counts, folded)[ready]
+        else:
+            rows = np.flatnonzero(ready)
+            X = np.column_stack(columns)
+            values[rows] = predict_rows(X, rows, np.repeat(model_of, counts), pipelines, None)
+        fill = ready & np.isnan(frame.target)
+        frame.target[fill] = values[fill]
+        pending &= ~ready
+        if not fill.any():
+            break
+        if pending.any():
+            columns = feature_columns(frame, spec)
+    left = np.flatnonzero(pending)
+    missing = np.column_stack([~np.isfinite(c[left]) for c in columns])
+    return values, request_row[left], missing
+
+
+def _predict_recursive(rows: _Rows, models, predicted, spec, errors, chunk_rows) -> None:
+    """Predict rows whose features are known; fill unknown targets with predictions; repeat.
+
+    Series are independent, so this runs over ranges of whole series of about ``chunk_rows``
+    rows: memory stays bounded, and two ranges run at once (numpy releases the GIL).
+    """
     pipelines = [m.model if m is not None else None for m in models]
     stacked = stack_linear(pipelines)
-    pending = request_row >= 0
-    values = np.full(len(pending), np.nan)
-    X = feature_matrix(frame, spec)
-    while pending.any():
-        ready = np.flatnonzero(pending & np.isfinite(X).all(axis=1))
-        if not len(ready):
-            break
-        values[ready] = predict_rows(X, ready, row_model, pipelines, stacked)
-        fill = ready[np.isnan(frame.target[ready])]
-        frame.target[fill] = values[fill]
-        pending[ready] = False
-        if pending.any() and len(fill):
-            X = feature_matrix(frame, spec)
-    done = np.flatnonzero((request_row >= 0) & np.isfinite(values))
-    predicted[request_row[done]] = values[done]
-    _explain_unscored(np.flatnonzero(pending), X, request_row, spec, errors)
+    folded = fold_linear(stacked) if stacked is not None else None
+
+    def one(bounds: tuple[int, int]):
+        frame, request_row = rows.frame(*bounds)
+        model_of = np.array([k[0] for k in frame.keys], dtype=np.int64)
+        values, unscored, missing = _predict_chunk(
+            frame, model_of, request_row, pipelines, folded, spec
+        )
+        done = (request_row >= 0) & np.isfinite(values)
+        return request_row[done], values[done], unscored, missing
+
+    ranges = rows.ranges(chunk_rows)
+    workers = min(2, os.cpu_count() or 1, len(ranges))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for done_rows, values, unscored, missing in pool.map(one, ranges):
+            predicted[done_rows] = values
+            _explain_unscored(unscored, missing, spec, errors)
 
 
-def _explain_unscored(rows, X, request_row, spec, errors) -> None:
+def _explain_unscored(rows, missing, spec, errors) -> None:
     """One message per set of missing features, not one call per row."""
     if not len(rows):
         return
     names = feature_names(spec)
-    missing = ~np.isfinite(X[rows])
     patterns, which = np.unique(missing, axis=0, return_inverse=True)
     for p, pattern in enumerate(patterns):
         cols = [names[j] for j in np.flatnonzero(pattern)]
         exog_missing = [c for c in cols if c in spec.features.exogenous]
-        target_rows = request_row[rows[which.ravel() == p]]
+        target_rows = rows[which.ravel() == p]
         if exog_missing:
             errors.set(
                 target_rows, MISSING_FEATURE, f"feature(s) {exog_missing} missing or not numbers"

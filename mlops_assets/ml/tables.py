@@ -76,20 +76,28 @@ def series_fingerprints(table: pa.Table, spec: DatasetSpec) -> pa.Table:
 
 
 def series_codes(table: pa.Table, keys: list[str]) -> np.ndarray:
-    """An int64 per row that orders rows like sorting by the key columns; equal keys, equal code."""
+    """An int64 per row that orders rows like sorting by the key columns; equal keys, equal code.
+
+    Works chunk by chunk on dictionary indices (Parquet's encoding of keys): no decoded
+    strings and no temporaries the size of the table.
+    """
     code = np.zeros(table.num_rows, dtype=np.int64)
     for k in keys:
         col = table[k]
-        if pa.types.is_dictionary(col.type):  # already encoded: use its indices as they are
-            enc = (
-                col.unify_dictionaries().combine_chunks()
-                if isinstance(col, pa.ChunkedArray)
-                else col
-            )
-        else:
-            enc = pc.dictionary_encode(col).combine_chunks()
-        dictionary = enc.dictionary.to_numpy(zero_copy_only=False)
-        ranks = np.empty(len(dictionary), dtype=np.int64)
-        ranks[np.argsort(dictionary, kind="stable")] = np.arange(len(dictionary))
-        code = code * len(dictionary) + ranks[enc.indices.to_numpy(zero_copy_only=False)]
+        chunks = [
+            c if pa.types.is_dictionary(c.type) else pc.dictionary_encode(c)
+            for c in (col.chunks if isinstance(col, pa.ChunkedArray) else [col])
+            if len(c)
+        ]
+        if not chunks:
+            continue
+        dictionaries = [c.dictionary.to_numpy(zero_copy_only=False) for c in chunks]
+        values = np.unique(np.concatenate(dictionaries))  # sorted: codes order like the keys
+        a = 0
+        for c, dictionary in zip(chunks, dictionaries, strict=True):
+            ranks = np.searchsorted(values, dictionary)
+            part = code[a : a + len(c)]
+            part *= len(values)  # in place, a chunk at a time
+            part += ranks[c.indices.to_numpy(zero_copy_only=False)]
+            a += len(c)
     return code
