@@ -3,21 +3,25 @@
 ``[<ds>, "batch_predictions"]`` is partitioned by drop version (dynamic partitions
 ``<ds>_scoring_drops``, keys ``<drop>@<etag>``, added by the blob-drop sensor together with the
 run request). A run resolves the ``production`` alias in the prod registry once, then runs the
-Pipes script ``mlops_assets.batch.score_drop`` on the ``batch_compute`` resource for each of its
-drop versions (one, or a range when the sensor batches small drops). Metadata per drop: rows,
-series, unknown series, quarantined rows, latency, and a link to the predictions.
+Pipes script ``mlops_assets.batch.score_drop`` ONCE on the ``batch_compute`` resource for all of
+its drop versions (one, or a range when the sensor batches small drops or a backfill runs): one
+subprocess or one Azure ML job per run, not per drop. The script reports one message per drop
+(matched by ``key``). Metadata per drop: rows, series, unknown series, quarantined rows,
+latency, and a link to the predictions; a run of several drops carries totals and ``per_drop``.
 
 A malformed drop is quarantined by the script with a clear error and no predictions; the run
-then fails (after scoring the other drops of a batch) so the failure sensor can alert.
+then fails (after scoring the other drops of a batch) naming each drop that was not scored, so
+the failure sensor can alert.
 """
 
+import hashlib
 import json
 import time
 
 import dagster as dg
 
 from mlops_assets.batch import layout
-from mlops_assets.batch.score_drop import DropJob
+from mlops_assets.batch.score_drop import DropBatch, DropJob, params_json
 from mlops_assets.evaluation import registered_model_name
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.remote.common import storage_config
@@ -25,6 +29,9 @@ from resources.compute import BatchCompute
 from resources.registry import ModelRegistry
 from resources.storage import Storage
 from sensors.blob_drops import BlobDropConfig, make_blob_drop_sensor
+
+NOT_SCORED = {"rejected": "quarantined", "failed": "failed"}  # statuses that fail the run
+NAMED_IN_FAILURE = 20  # drops named in the failure's text; all of them are in its metadata
 
 
 class BatchScoringConfig(dg.Config):
@@ -38,6 +45,19 @@ def scoring_partitions(spec: DatasetSpec) -> dg.DynamicPartitionsDefinition:
 
 def batch_job_name(spec: DatasetSpec) -> str:
     return f"{spec.name}_batch_scoring"
+
+
+def batch_key(keys: list[str]) -> str:
+    """The compute key of a run's drops: the drop version itself, or ``batch:<digest>`` of
+    all of them (stable, so a retry of the run gets the same deterministic AML job name)."""
+    if len(keys) == 1:
+        return keys[0]
+    return "batch:" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+
+
+def batch_params_name(spec: DatasetSpec, run_id: str) -> str:
+    """Where a run's params go when they are too large for an environment variable."""
+    return f"{layout.root(spec.name)}batches/{run_id}.json"
 
 
 def _metadata(stats: dict, storage: Storage) -> dict:
@@ -64,6 +84,65 @@ def _metadata(stats: dict, storage: Storage) -> dict:
     return md
 
 
+def _drop_summary(stats: dict, storage: Storage) -> dict:
+    """One drop's entry in ``per_drop`` (plain JSON)."""
+    out = {
+        k: stats.get(k, 0)
+        for k in (
+            "status",
+            "rows_in",
+            "rows_scored",
+            "rows_failed",
+            "rows_quarantined",
+            "series",
+            "unknown_series",
+        )
+    }
+    out["seconds"] = (stats.get("seconds") or {}).get("total")
+    if stats.get("output_uris"):
+        out["predictions"] = stats["output_uris"]
+    if stats.get("quarantine"):
+        out["quarantine"] = [storage.uri(q) for q in stats["quarantine"]]
+    if stats.get("errors"):
+        out["row_errors"] = stats["errors"]
+    if stats.get("error"):
+        out["error"] = stats["error"]
+    return out
+
+
+def _missing(key: str) -> dict:
+    return {"key": key, "status": "failed", "error": "the scoring job reported nothing for it"}
+
+
+def _batch_metadata(results: dict[str, dict], storage: Storage, latency: float) -> dict:
+    stats = list(results.values())
+    statuses: dict[str, int] = {}
+    for s in stats:
+        statuses[s["status"]] = statuses.get(s["status"], 0) + 1
+    total = {
+        f: sum(s.get(f, 0) for s in stats)
+        for f in (
+            "rows_in",
+            "rows_scored",
+            "rows_failed",
+            "rows_quarantined",
+            "rows_unknown_series",
+            "unknown_series",
+        )
+    }
+    return {
+        "drops": len(stats),
+        "latency_s": round(latency, 3),
+        **total,
+        "statuses": dg.MetadataValue.json(statuses),
+        "instances": max(s.get("instances", 1) for s in stats),
+        "model_version": next((s["model_version"] for s in stats if s.get("model_version")), ""),
+        "per_drop": dg.MetadataValue.json(
+            {k: _drop_summary(s, storage) for k, s in results.items()}
+        ),
+    }
+
+
 def build_batch_scoring_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     partitions = scoring_partitions(spec)
 
@@ -77,7 +156,8 @@ def build_batch_scoring_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         tags={"stage": "batch_scoring", "dataset": spec.name},
         description=(
             f"Predictions for each {spec.name} drop version under "
-            f"`{layout.inbox_prefix(spec.name)}`, scored with the production model set."
+            f"`{layout.inbox_prefix(spec.name)}`, scored with the production model set "
+            "(one scoring job per run, for all of its drop versions)."
         ),
     )
     def batch_predictions(
@@ -99,47 +179,68 @@ def build_batch_scoring_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 f"no {config.alias!r} model set of {name} in {prod_registry.location}: "
                 "promote one first"
             )
-        results, failed = [], []
-        for key in context.partition_keys:
+        keys = list(context.partition_keys)
+        jobs = []
+        for key in keys:
             relative, etag = layout.split_key(key)
-            job = DropJob(
-                dataset=spec.name,
-                drop=layout.inbox_prefix(spec.name) + relative,
-                etag=etag,
-                key=key,
-                storage=storage_config(storage),
-                model_storage=storage_config(prod_storage),
-                model_folder=version.folder,
-                model_version=str(version.version),
+            jobs.append(
+                DropJob(
+                    dataset=spec.name,
+                    drop=layout.inbox_prefix(spec.name) + relative,
+                    etag=etag,
+                    key=key,
+                    storage=storage_config(storage),
+                    model_storage=storage_config(prod_storage),
+                    model_folder=version.folder,
+                    model_version=str(version.version),
+                )
             )
-            t0 = time.perf_counter()
-            invocation = batch_compute.run_scoring(context, params_json=job.to_json(), key=key)
-            latency = time.perf_counter() - t0
-            messages = invocation.get_custom_messages()
-            if not messages:
-                raise dg.Failure(f"{key}: the scoring script reported nothing")
-            stats = messages[-1]
-            md = {"latency_s": round(latency, 3), **_metadata(stats, storage)}
-            results.append((key, md))
-            context.log.info(f"{key}: {json.dumps({k: str(v) for k, v in md.items()})}")
-            if stats["status"] == "rejected":
-                failed.append(f"{key}: {stats['error']}")
-        if failed:
-            raise dg.Failure(
-                f"{len(failed)} drop(s) quarantined, not scored: " + "; ".join(failed),
-                metadata={"quarantined_drops": dg.MetadataValue.json(failed)},
-            )
-        if len(results) == 1:
-            return dg.MaterializeResult(metadata=results[0][1])
-        return dg.MaterializeResult(
-            metadata={
-                "drops": len(results),
-                "rows_scored": sum(md["rows_scored"] for _, md in results),
-                "per_drop": dg.MetadataValue.json(
-                    {k: {m: str(v) for m, v in md.items()} for k, md in results}
-                ),
-            }
+        params = params_json(
+            DropBatch.of(jobs), storage, batch_params_name(spec, context.run_id)
         )
+        if len(keys) > 1:
+            context.log.info(f"scoring {len(keys)} drop versions in one job")
+        t0 = time.perf_counter()
+        invocation = batch_compute.run_scoring(context, params_json=params, key=batch_key(keys))
+        latency = time.perf_counter() - t0
+
+        wanted = set(keys)
+        reported = {
+            m["key"]: m
+            for m in invocation.get_custom_messages()
+            if isinstance(m, dict) and m.get("key") in wanted
+        }
+        results = {k: reported.get(k) or _missing(k) for k in keys}
+        not_scored = [
+            f"{k}: {NOT_SCORED[s['status']]}: {s.get('error')}"
+            for k, s in results.items()
+            if s["status"] in NOT_SCORED
+        ]
+        if len(keys) == 1:
+            stats = results[keys[0]]
+            md = {"latency_s": round(latency, 3), **_metadata(stats, storage)}
+            context.log.info(f"{keys[0]}: {json.dumps({k: str(v) for k, v in md.items()})}")
+        else:
+            md = _batch_metadata(results, storage, latency)
+            context.log.info(
+                f"{len(keys)} drops in {latency:.1f}s: {md['rows_scored']:,} rows scored, "
+                f"{md['rows_quarantined']:,} quarantined, {len(not_scored)} drop(s) not scored"
+            )
+        if not_scored:
+            for line in not_scored:
+                context.log.error(line)
+            named = "; ".join(not_scored[:NAMED_IN_FAILURE])
+            more = len(not_scored) - NAMED_IN_FAILURE
+            raise dg.Failure(
+                f"{len(not_scored)} of {len(keys)} drop(s) not scored (quarantined or failed): "
+                + named
+                + (f"; and {more} more (see metadata)" if more > 0 else ""),
+                metadata={
+                    "not_scored_drops": dg.MetadataValue.json(not_scored),
+                    **({"per_drop": md["per_drop"]} if "per_drop" in md else {}),
+                },
+            )
+        return dg.MaterializeResult(metadata=md)
 
     return batch_predictions
 
@@ -150,7 +251,7 @@ def build_batch_scoring_job(spec: DatasetSpec):
         selection=dg.AssetSelection.assets(dg.AssetKey([spec.name, "batch_predictions"])),
         partitions_def=scoring_partitions(spec),
         tags={"dataset": spec.name},
-        description=f"Score one {spec.name} drop version (or a batch of them).",
+        description=f"Score one {spec.name} drop version (or a batch of them, in one job).",
     )
 
 

@@ -1,8 +1,9 @@
 """Where remote scripts run: a local subprocess, or an Azure ML compute cluster.
 
-Batch scoring (``mlops_assets.batch.score_drop``) and remote training
-(``mlops_assets.remote.train``) run as ``python -m <module>`` under Dagster Pipes with the
-job's parameters in ``MLOPS_JOB_PARAMS``; ``run_module`` returns the Pipes invocation.
+Batch scoring (``mlops_assets.batch.score_drop``, one job for all the drop versions of a
+Dagster run) and remote training (``mlops_assets.remote.train``) run as ``python -m <module>``
+under Dagster Pipes with the job's parameters in ``MLOPS_JOB_PARAMS``; ``run_module`` returns
+the Pipes invocation.
 
 * ``LocalBatchCompute``: ``PipesSubprocessClient`` (rank 0); with ``instance_count > 1`` the
   other ranks run as plain subprocesses next to it, as the nodes of an AML job would.
@@ -10,7 +11,8 @@ job's parameters in ``MLOPS_JOB_PARAMS``; ``run_module`` returns the Pipes invoc
   (instance count, environment, env vars; PyTorch distribution with one process per node so AML
   sets ``RANK``/``WORLD_SIZE``) submitted by dagster-azure's ``PipesAzureMLClient`` with the Blob
   context injector and message reader. On top of that client: a deterministic job name (run id +
-  drop version + attempt; an earlier attempt still running is cancelled first), an overall
+  key + attempt, the key being the drop version or ``batch:<digest>`` of the run's drop
+  versions; an earlier attempt still running is cancelled first), an overall
   timeout that cancels the job, retries of transient status reads, and cancellation when the
   Dagster run is stopped (the client's ``forward_termination``).
 
@@ -44,7 +46,7 @@ def job_name(run_id: str, key: str, attempt: int = 0, purpose: str = "score") ->
 
 
 class BatchCompute(dg.ConfigurableResource, ABC):
-    """Runs a remote script (batch scoring of a drop, training of a dataset) under Pipes."""
+    """Runs a remote script (batch scoring of drops, training of a dataset) under Pipes."""
 
     instance_count: int = Field(default=1, ge=1, description="Instances sharing the series.")
     timeout_s: float = Field(default=3600.0, description="Overall limit for one job.")
@@ -62,7 +64,13 @@ class BatchCompute(dg.ConfigurableResource, ABC):
         """Run ``python -m module``; return the ``PipesClientCompletedInvocation``."""
 
     def run_scoring(self, context: dg.AssetExecutionContext, *, params_json: str, key: str) -> Any:
-        """Run the batch scoring script for one drop version."""
+        """Run the batch scoring script once for a batch of drop versions.
+
+        ``params_json``: a ``score_drop.DropBatch`` (or one ``DropJob``, or a reference to
+        params in storage), as ``score_drop.params_json`` makes it; ``key``: the drop version,
+        or ``batch:<digest>`` of the run's drop versions (``batch_scoring.batch_key``), which
+        names the job. The script reports one custom message per drop, carrying its ``key``.
+        """
         return self.run_module(
             context, module=MODULE, params_json=params_json, key=key, purpose="score"
         )

@@ -15,7 +15,11 @@ Exactly once, across ticks, daemon restarts and the sensor being off:
   is lost or reset cannot score a drop version twice; an overwritten blob has a new etag, hence a
   new key and a new run.
 * **dynamic partition** per drop version (``<name relative to prefix>@<etag>``), added in the
-  same ``SensorResult`` as the run requests (atomic: both or neither).
+  same ``SensorResult`` as the run requests (atomic: both or neither). So a drop version whose
+  partition exists has been requested already and is skipped: with ``batch_size > 1`` (run key
+  ``batch:<digest>`` of the batch's drop versions, one run over the partition range) this is
+  what keeps a lost or reset cursor, which may cut batches differently, from scoring a drop
+  twice.
 
 Listing cost: Azure lists by name, not by time, so a tick reads every name under the prefix
 (one request per 5,000 blobs). With ``date_subprefix=True`` producers write under
@@ -149,6 +153,16 @@ def make_blob_drop_sensor(
                 cursor=after.dump(),
             )
         keys = [partition_key(b, config.prefix) for b in take]
+        known = context.instance.get_existing_dynamic_partitions(partitions_def.name, keys)
+        if known:  # requested by an earlier tick (a lost or reset cursor): not again
+            take = [b for b, k in zip(take, keys, strict=True) if k not in known]
+            keys = [k for k in keys if k not in known]
+        if not take:
+            return dg.SensorResult(
+                skip_reason=f"{len(known)} drop version(s) under {config.prefix} already "
+                "requested",
+                cursor=after.dump(),
+            )
         requests = []
         for i in range(0, len(take), max(1, config.batch_size)):
             blobs, ks = take[i : i + config.batch_size], keys[i : i + config.batch_size]

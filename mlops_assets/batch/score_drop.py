@@ -1,12 +1,14 @@
-"""Score one drop with each series' production model: the batch scoring job, run under Pipes.
+"""Score drops with each series' production model: the batch scoring job, run under Pipes.
 
 Run as ``python -m mlops_assets.batch.score_drop`` (or as a script). Locally Dagster's
 ``PipesSubprocessClient`` starts it; on Azure ``PipesAzureMLClient`` submits the very same
 command as an AML command job (``resources/compute.py``). What to score comes from the
-``MLOPS_JOB_PARAMS`` environment variable (JSON, see :class:`DropJob`), so every instance of a
-multi-node job gets it whether or not it talks Pipes.
+``MLOPS_JOB_PARAMS`` environment variable (JSON, see :class:`DropBatch`; a single
+:class:`DropJob` is accepted too), so every instance of a multi-node job gets it whether or not
+it talks Pipes. One job scores all the drops of a Dagster run, one after the other: a drop that
+is rejected or fails does not stop the others.
 
-Steps: read the drop (checking that its etag is still the one the sensor saw), validate it
+Steps per drop: read the drop (checking that its etag is still the one the sensor saw), validate it
 against the dataset spec (target column optional or null; bad rows go to quarantine with their
 rule; a malformed file goes to quarantine whole, with a clear error, and nothing is predicted),
 keep this instance's share of the series (stable crc32 hash of the series id modulo the number
@@ -15,9 +17,10 @@ predict (``scoring.score``) and write the predictions Parquet atomically.
 
 Instances: rank and count come from ``MLOPS_RANK``/``MLOPS_WORLD_SIZE``, else the variables Azure
 ML sets for distributed jobs (``RANK``/``WORLD_SIZE``, ``OMPI_COMM_WORLD_RANK``/``..._SIZE``,
-``AZUREML_PROCESS_ID``). Rank 0 talks Pipes: it waits for the other instances' summaries and
-reports the totals (rows scored, series, unknown series, quarantined rows, duration). Other
-ranks only write their part and summary.
+``AZUREML_PROCESS_ID``). Rank 0 talks Pipes: per drop it waits for the other instances'
+summaries and reports the totals (rows scored, series, unknown series, quarantined rows,
+duration) as one custom message carrying the drop's ``key``. Other ranks only write their parts
+and summaries.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -50,6 +54,7 @@ from mlops_assets.remote.common import (
     open_storage,
     rank_and_world,
     shard_of_series,
+    storage_config,
 )
 
 CHUNK_ROWS = 1_000_000  # rows (of whole series) whose features are computed at once
@@ -60,7 +65,7 @@ CHUNK_ROWS = 1_000_000  # rows (of whole series) whose features are computed at 
 
 @dataclass
 class DropJob:
-    """Everything an instance needs to score one drop version (JSON in ``MLOPS_JOB_PARAMS``).
+    """Everything an instance needs to score one drop version.
 
     ``storage``/``model_storage`` are ``{"kind": "local", "root": ...}`` or ``{"kind": "azure",
     "account_url", "container", "prefix"}``; credentials never travel here (managed identity on
@@ -84,6 +89,80 @@ class DropJob:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+
+_PER_DROP = ("drop", "etag", "key")
+PARAMS_INLINE_MAX = 16 * 1024  # larger params travel as a file in storage (see DropBatch)
+
+
+@dataclass
+class DropBatch:
+    """The drop versions one job scores, in order (JSON in ``MLOPS_JOB_PARAMS``).
+
+    What the drops share is stated once; ``drops`` holds each one's ``drop``, ``etag`` and
+    ``key`` (any other :class:`DropJob` field there overrides the shared value)::
+
+        {"dataset": "sales", "storage": {...}, "model_storage": {...}, "model_folder": "...",
+         "model_version": "3", "drops": [{"drop": "...", "etag": "...", "key": "..."}, ...]}
+
+    :meth:`from_json` also takes a single :class:`DropJob` (a batch of one) and a reference
+    ``{"params_file": <name>, "storage": {...}}`` to params written to storage, which is how a
+    batch too large for an environment variable (:func:`params_json`) travels.
+    """
+
+    dataset: str
+    storage: dict
+    model_storage: dict
+    model_folder: str
+    model_version: str
+    drops: list[dict] = field(default_factory=list)
+    spec_path: str | None = None
+    wait_for_ranks_s: float = 3600.0
+
+    @classmethod
+    def of(cls, jobs: list[DropJob]) -> DropBatch:
+        if not jobs:
+            raise ValueError("a batch needs at least one drop")
+        shared = {k: v for k, v in asdict(jobs[0]).items() if k not in _PER_DROP}
+        drops = []
+        for job in jobs:
+            d = asdict(job)
+            drops.append(
+                {k: v for k, v in d.items() if k in _PER_DROP or v != shared.get(k, object())}
+            )
+        return cls(**shared, drops=drops)
+
+    def jobs(self) -> list[DropJob]:
+        shared = {k: v for k, v in asdict(self).items() if k != "drops"}
+        return [DropJob(**{**shared, **d}) for d in self.drops]
+
+    @property
+    def keys(self) -> list[str]:
+        return [d["key"] for d in self.drops]
+
+    @classmethod
+    def from_json(cls, text: str) -> DropBatch:
+        raw = json.loads(text)
+        if "params_file" in raw:
+            raw = json.loads(open_storage(raw["storage"]).read_text(raw["params_file"]))
+        if "drops" not in raw:
+            return cls.of([DropJob(**raw)])
+        return cls(**raw)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+
+def params_json(batch: DropBatch, storage, name: str, limit: int = PARAMS_INLINE_MAX) -> str:
+    """``batch`` as the value of ``MLOPS_JOB_PARAMS``: inline, or, past ``limit`` characters
+    (Linux caps one environment string at 128 KiB; AML job definitions should stay small),
+    written to ``name`` in ``storage`` (a ``resources.storage`` object) and passed by reference.
+    """
+    text = batch.to_json()
+    if len(text) <= limit:
+        return text
+    storage.write_text(name, text)
+    return json.dumps({"params_file": name, "storage": storage_config(storage)})
 
 
 # ---- validation -----------------------------------------------------------------------------
@@ -237,7 +316,7 @@ class Summary:
     key: str
     rank: int = 0
     world: int = 1
-    status: str = "scored"  # scored | rejected | superseded
+    status: str = "scored"  # scored | rejected | superseded | failed
     rows_in: int = 0
     rows_quarantined: int = 0
     rows_scored: int = 0  # rows with a prediction
@@ -400,15 +479,25 @@ def _count(scored: pa.Table, out: Summary) -> None:
 
 
 def combine(summaries: list[Summary]) -> dict:
-    """Totals over every instance's summary, as reported to Dagster."""
+    """Totals over every instance's summary of one drop, as reported to Dagster.
+
+    The status is rank 0's, unless rank 0 scored and another instance did not: then the drop
+    ``failed`` with that instance's error.
+    """
     first = summaries[0]
+    status, error = first.status, first.error
+    if status == "scored":
+        other = next((s for s in summaries[1:] if s.status != "scored"), None)
+        if other is not None:
+            who = f"rank {other.rank}" if other.rank >= 0 else "instances"
+            status, error = "failed", f"{who}: {other.status}: {other.error}"
     total: dict[str, Any] = {
         "key": first.key,
-        "status": first.status,
+        "status": status,
         "instances": first.world,
         "rows_in": first.rows_in,
         "model_version": first.model_version,
-        "error": first.error,
+        "error": error,
         "outputs": [s.output for s in summaries if s.output],
         "output_uris": [s.output_uri for s in summaries if s.output_uri],
         "quarantine": [s.quarantine for s in summaries if s.quarantine],
@@ -431,6 +520,8 @@ def combine(summaries: list[Summary]) -> dict:
 
 
 def wait_for_ranks(storage, job: DropJob, world: int, timeout_s: float) -> list[Summary]:
+    """The summaries of ranks 1.. for ``job``'s drop, as they write them (``TimeoutError``
+    naming the missing ones after ``timeout_s``; 0 looks once)."""
     deadline = time.monotonic() + timeout_s
     names = [layout.summary_name(job.dataset, job.key, r) for r in range(1, world)]
     found: dict[str, Summary] = {}
@@ -439,42 +530,79 @@ def wait_for_ranks(storage, job: DropJob, world: int, timeout_s: float) -> list[
             if n not in found and storage.exists(n):
                 found[n] = Summary(**json.loads(storage.read_text(n)))
         if len(found) < len(names):
-            if time.monotonic() > deadline:
+            if time.monotonic() >= deadline:
                 missing = [n for n in names if n not in found]
                 raise TimeoutError(f"instances did not finish within {timeout_s:.0f}s: {missing}")
-            time.sleep(1.0)
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
     return [found[n] for n in names]
+
+
+def score_one(job: DropJob, rank: int, world: int, log: Callable[[str], None]) -> Summary:
+    """``run_instance``, with an unexpected error turned into a ``failed`` summary (the other
+    drops of the batch are still scored; the traceback goes to stderr)."""
+    try:
+        return run_instance(job, rank, world, log=log)
+    except Exception as e:
+        traceback.print_exc(file=sys.stderr)
+        error = f"{type(e).__name__}: {e}"
+        log(f"{job.key}: scoring failed: {error}")
+        return Summary(
+            key=job.key,
+            rank=rank,
+            world=world,
+            status="failed",
+            error=error,
+            model_version=job.model_version,
+        )
 
 
 # ---- entry point ----------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Score every drop of the batch in turn; rank 0 reports one Pipes message per drop
+    (:func:`combine`, carrying the drop's ``key``) and exits 0 even when some drop was rejected
+    or failed: the asset decides what fails the run."""
     del argv
     raw = os.environ.get(PARAMS_ENV)
     if not raw:
         sys.stderr.write(f"{PARAMS_ENV} is not set: nothing to score\n")
         return 2
-    job = DropJob.from_json(raw)
+    batch = DropBatch.from_json(raw)
+    jobs = batch.jobs()
     rank, world = rank_and_world()
+    storage = open_storage(batch.storage)
     if rank > 0:  # no Pipes: one writer of messages per job (rank 0)
-        summary = run_instance(job, rank, world, log=lambda m: sys.stderr.write(m + "\n"))
-        storage = open_storage(job.storage)
-        storage.write_text(
-            layout.summary_name(job.dataset, job.key, rank), json.dumps(asdict(summary))
-        )
+        for job in jobs:
+            summary = score_one(job, rank, world, log=lambda m: sys.stderr.write(m + "\n"))
+            storage.write_text(
+                layout.summary_name(job.dataset, job.key, rank), json.dumps(asdict(summary))
+            )
         return 0
     with open_pipes() as pipes:
-        summary = run_instance(job, rank, world, log=pipes.log.info)
-        summaries = [summary]
-        if world > 1:
-            storage = open_storage(job.storage)
-            storage.write_text(
-                layout.summary_name(job.dataset, job.key, 0), json.dumps(asdict(summary))
+        wait_s = batch.wait_for_ranks_s
+        for i, job in enumerate(jobs, 1):
+            lines: list[str] = []
+            summary = score_one(job, rank, world, log=lines.append)
+            summaries = [summary]
+            if world > 1:
+                storage.write_text(
+                    layout.summary_name(job.dataset, job.key, 0), json.dumps(asdict(summary))
+                )
+                if summary.status == "scored":
+                    try:
+                        summaries += wait_for_ranks(storage, job, world, wait_s)
+                    except TimeoutError as e:  # later drops only look once: ranks are gone
+                        wait_s = 0.0
+                        summaries.append(
+                            Summary(job.key, rank=-1, world=world, status="failed", error=str(e))
+                        )
+            total = combine(summaries)
+            pipes.log.info(
+                f"{i}/{len(jobs)} drops scored; {job.key}: {total['status']}"
+                + (f": {' '.join(lines)}" if lines else "")
             )
-            if summary.status == "scored":
-                summaries += wait_for_ranks(storage, job, world, job.wait_for_ranks_s)
-        pipes.report_custom_message(combine(summaries))
+            pipes.report_custom_message(total)
     return 0
 
 

@@ -164,22 +164,24 @@ def _series_of_rows(keys: pa.Table, spec: DatasetSpec) -> tuple[np.ndarray, np.n
         series_of = number[code]
         del code
         row_of = np.empty(len(present), np.int64)
-        row_of[series_of] = np.arange(n)  # any row of a series names it
+        block = 1 << 20  # any row of a series names it; aranges a block at a time
+        for a in range(0, n, block):
+            row_of[series_of[a : a + block]] = np.arange(a, min(a + block, n))
         return series_of, row_of
     _, row_of, series_of = np.unique(code, return_index=True, return_inverse=True)
     return series_of.ravel(), row_of
 
 
-def _grouped_order(series_of: np.ndarray, time: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Row order by series then time, and whether the rows came that way (strictly)."""
+def _grouped_order(series_of: np.ndarray, time: np.ndarray) -> np.ndarray | None:
+    """Row order by series then time; None when the rows came that way (strictly)."""
     block = 1 << 20  # checked a block at a time: no temporaries the size of the batch
     n = len(series_of)
     for a in range(0, n - 1, block):
         s, t = series_of[a : a + block + 1], time[a : a + block + 1]
         step = np.diff(s)
         if not ((step >= 0).all() and ((step > 0) | (t[1:] > t[:-1])).all()):
-            return np.lexsort((time, series_of)), False
-    return np.arange(n), True
+            return np.lexsort((time, series_of))
+    return None
 
 
 def score_table(
@@ -227,8 +229,8 @@ def score_table(
     bad_time = np.isnat(time)
     if bad_time.any():
         errors.set(np.flatnonzero(bad_time), BAD_VALUE, f"{spec.time!r} is not a date")
-    order, strictly_ordered = _grouped_order(series_of, time)
-    if not strictly_ordered:
+    order = _grouped_order(series_of, time)  # None: the rows are in that order already
+    if order is not None:
         s_sorted, t_sorted = series_of[order], time[order]
         same = (
             (s_sorted[1:] == s_sorted[:-1])
@@ -254,26 +256,31 @@ def score_table(
             models[s] = found
     _set_series_errors(errors, series_of, why)
 
-    identity = strictly_ordered  # order is every row, as the rows came
-    if not errors.clean.all():
-        order, identity = order[errors.clean[order]], False  # scorable rows, grouped, in time
+    order = _scorable(order, errors)  # rows still clean, grouped by series, in time
     first_time = np.full(n_series, np.datetime64("NaT"), dtype="datetime64[us]")
-    if len(order):
-        grouped = series_of if identity else series_of[order]
+    if order is None or len(order):
+        grouped = series_of if order is None else series_of[order]
         starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
-        first_time[grouped[starts]] = time[order[starts]]
+        first_time[grouped[starts]] = time[starts if order is None else order[starts]]
         del grouped
     tails = _tails(models, ids, first_time, spec, errors, series_of)
-    if not errors.clean.all():
-        order, identity = order[errors.clean[order]], False
+    order = _scorable(order, errors)
     predicted = np.full(n, np.nan)
-    if len(order):
-        rows = _Rows(table, spec, order, identity, series_of, time, tails)
+    if order is None or len(order):
+        rows = _Rows(table, spec, order, series_of, time, tails)
         _predict_recursive(rows, models, predicted, spec, errors, chunk_rows)
-    versions = np.array([m.version if m is not None else None for m in models], dtype=object)
+    versions = [m.version if m is not None else None for m in models]
     if pa.types.is_date32(table[spec.time].type):
         time = table[spec.time]  # the request's own dates, not converted back from numpy
     return _result(ids, series_of, time, predicted, versions, errors)
+
+
+def _scorable(order: np.ndarray | None, errors: _Errors) -> np.ndarray | None:
+    """``order`` without the rows that have an error (None: all rows, as they came)."""
+    clean = errors.clean
+    if clean.all():
+        return order
+    return np.flatnonzero(clean) if order is None else order[clean[order]]
 
 
 def _set_series_errors(
@@ -309,10 +316,13 @@ def _result(ids, series_of, time, predicted, versions, errors) -> pa.Table:
     """The output table; ``time`` is numpy ``datetime64`` or an Arrow ``date32`` column."""
     prediction = pa.array(predicted, from_pandas=True)  # NaN (not predicted) becomes null
     series_idx = pa.array(series_of, pa.int32())
-    # The version of row i is its series' version where it has a prediction: the series
-    # indices under the prediction's validity bitmap (shared buffers, no copy).
+    # The version of row i is its series' version where it has a prediction: an index per
+    # series into the distinct versions, under the prediction's validity bitmap.
+    distinct, version_of = np.unique(np.array(versions, dtype=str), return_inverse=True)
+    version_of = version_of.ravel().astype(np.int32)
+    row_version = version_of[series_of] if len(distinct) > 1 else np.zeros(len(series_of), np.int32)
     version_idx = pa.Array.from_buffers(
-        pa.int32(), len(series_idx), [prediction.buffers()[0], series_idx.buffers()[1]]
+        pa.int32(), len(series_idx), [prediction.buffers()[0], pa.py_buffer(row_version)]
     )
     if not isinstance(time, pa.ChunkedArray | pa.Array):
         time = pc.cast(pa.array(time, pa.timestamp("us")), pa.date32())
@@ -325,7 +335,7 @@ def _result(ids, series_of, time, predicted, versions, errors) -> pa.Table:
             "time": time,
             "prediction": prediction,
             "model_version": pa.DictionaryArray.from_arrays(
-                version_idx, pa.array(list(versions), pa.string())
+                version_idx, pa.array(distinct.tolist(), pa.string())
             ),
             "error": error,
             "message": message,
@@ -379,13 +389,13 @@ class _Rows:
     millions of rows is never copied whole into numpy, only each range of about a million.
     """
 
-    def __init__(self, table, spec, order, identity, series_of, time, tails):
-        self.table, self.spec, self.order, self.identity = table, spec, order, identity
+    def __init__(self, table, spec, order, series_of, time, tails):
+        self.table, self.spec, self.order, self.identity = table, spec, order, order is None
         self.time, self.tails = time, tails
-        grouped = series_of if identity else series_of[order]
+        grouped = series_of if order is None else series_of[order]
         starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
         self.present = grouped[starts]  # series numbers, in order
-        self.bounds = np.r_[starts, len(order)]  # rows of present[i]: bounds[i]:bounds[i + 1]
+        self.bounds = np.r_[starts, len(grouped)]  # rows of present[i]: bounds[i]:bounds[i + 1]
 
     def ranges(self, max_rows: int) -> list[tuple[int, int]]:
         """Ranges of ``present`` of about ``max_rows`` rows (whole series, at least one)."""
