@@ -6,12 +6,17 @@ run request). A run resolves the ``production`` alias in the prod registry once,
 Pipes script ``mlops_assets.batch.score_drop`` ONCE on the ``batch_compute`` resource for all of
 its drop versions (one, or a range when the sensor batches small drops or a backfill runs): one
 subprocess or one Azure ML job per run, not per drop. The script reports one message per drop
-(matched by ``key``). Metadata per drop: rows, series, unknown series, quarantined rows,
-latency, and a link to the predictions; a run of several drops carries totals and ``per_drop``.
+(matched by ``key``). Each drop version's materialization carries that drop's metadata: rows,
+series, unknown series, quarantined rows, latency, and a link to the predictions; in a run of
+several drops also ``batch``, the run's totals (drops, rows, statuses, job seconds). Per-drop
+metadata goes through ``add_asset_metadata(..., partition_key=...)``: the metadata of a range's
+``MaterializeResult`` is copied onto every partition, so a per-drop table there would grow as
+the square of the drops.
 
 A malformed drop is quarantined by the script with a clear error and no predictions; the run
-then fails (after scoring the other drops of a batch) naming each drop that was not scored, so
-the failure sensor can alert.
+then fails, after scoring the other drops of a batch, naming each drop that was not scored
+(every drop's summary is in the failure's ``per_drop`` metadata), so the failure sensor can
+alert.
 """
 
 import hashlib
@@ -114,12 +119,13 @@ def _missing(key: str) -> dict:
     return {"key": key, "status": "failed", "error": "the scoring job reported nothing for it"}
 
 
-def _batch_metadata(results: dict[str, dict], storage: Storage, latency: float) -> dict:
+def _batch_totals(results: dict[str, dict], key: str, latency: float) -> dict:
+    """What a run of several drops did, in a few numbers (on each drop's materialization)."""
     stats = list(results.values())
     statuses: dict[str, int] = {}
     for s in stats:
         statuses[s["status"]] = statuses.get(s["status"], 0) + 1
-    total = {
+    totals = {
         f: sum(s.get(f, 0) for s in stats)
         for f in (
             "rows_in",
@@ -131,15 +137,11 @@ def _batch_metadata(results: dict[str, dict], storage: Storage, latency: float) 
         )
     }
     return {
+        "key": key,
         "drops": len(stats),
-        "latency_s": round(latency, 3),
-        **total,
-        "statuses": dg.MetadataValue.json(statuses),
-        "instances": max(s.get("instances", 1) for s in stats),
-        "model_version": next((s["model_version"] for s in stats if s.get("model_version")), ""),
-        "per_drop": dg.MetadataValue.json(
-            {k: _drop_summary(s, storage) for k, s in results.items()}
-        ),
+        "job_seconds": round(latency, 3),
+        **totals,
+        "statuses": statuses,
     }
 
 
@@ -195,13 +197,12 @@ def build_batch_scoring_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                     model_version=str(version.version),
                 )
             )
-        params = params_json(
-            DropBatch.of(jobs), storage, batch_params_name(spec, context.run_id)
-        )
+        params = params_json(DropBatch.of(jobs), storage, batch_params_name(spec, context.run_id))
         if len(keys) > 1:
             context.log.info(f"scoring {len(keys)} drop versions in one job")
+        bkey = batch_key(keys)
         t0 = time.perf_counter()
-        invocation = batch_compute.run_scoring(context, params_json=params, key=batch_key(keys))
+        invocation = batch_compute.run_scoring(context, params_json=params, key=bkey)
         latency = time.perf_counter() - t0
 
         wanted = set(keys)
@@ -216,15 +217,21 @@ def build_batch_scoring_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             for k, s in results.items()
             if s["status"] in NOT_SCORED
         ]
+        metadata = {
+            k: {"latency_s": round(latency, 3), **_metadata(st, storage)}
+            for k, st in results.items()
+        }
         if len(keys) == 1:
-            stats = results[keys[0]]
-            md = {"latency_s": round(latency, 3), **_metadata(stats, storage)}
+            md = metadata[keys[0]]
             context.log.info(f"{keys[0]}: {json.dumps({k: str(v) for k, v in md.items()})}")
+            totals = {}
         else:
-            md = _batch_metadata(results, storage, latency)
+            totals = {"batch": dg.MetadataValue.json(_batch_totals(results, bkey, latency))}
+            b = totals["batch"].data
             context.log.info(
-                f"{len(keys)} drops in {latency:.1f}s: {md['rows_scored']:,} rows scored, "
-                f"{md['rows_quarantined']:,} quarantined, {len(not_scored)} drop(s) not scored"
+                f"{len(keys)} drops in one job ({latency:.1f}s): {b['rows_scored']:,} rows "
+                f"scored, {b['rows_quarantined']:,} quarantined, {len(not_scored)} drop(s) "
+                "not scored"
             )
         if not_scored:
             for line in not_scored:
@@ -237,10 +244,19 @@ def build_batch_scoring_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 + (f"; and {more} more (see metadata)" if more > 0 else ""),
                 metadata={
                     "not_scored_drops": dg.MetadataValue.json(not_scored),
-                    **({"per_drop": md["per_drop"]} if "per_drop" in md else {}),
+                    "per_drop": dg.MetadataValue.json(
+                        {k: _drop_summary(st, storage) for k, st in results.items()}
+                    ),
+                    **totals,
                 },
             )
-        return dg.MaterializeResult(metadata=md)
+        if len(keys) == 1:
+            return dg.MaterializeResult(metadata=metadata[keys[0]])
+        # Each drop version's own metadata on its partition's materialization; the result's
+        # metadata (the run's totals, small) goes on every partition of the range.
+        for key, md in metadata.items():
+            context.add_asset_metadata(md, partition_key=key)
+        return dg.MaterializeResult(metadata=totals)
 
     return batch_predictions
 

@@ -32,13 +32,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mlops_assets.ml.drops import ROW, DropRejected, ParsedDrop, parse_drop, split_failures
+from mlops_assets.ml.drops import DropRejected, ParsedDrop, parse_drop, split_failures
 from mlops_assets.ml.expectations import DropGate, hint
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.ml.tables import series_codes
+from mlops_assets.ml.tables import decode_dictionaries, series_codes, series_numbers
 from resources.storage import BlobInfo, Storage
 
 SEQ = "_seq"
+STATS_KEY = b"mlops.shard_stats"
 RowRules = Callable[[pa.Table, DatasetSpec], list[tuple[str, str, np.ndarray]]]
 
 
@@ -53,18 +54,25 @@ def _safe(name: str) -> str:
 # ---- rows ---------------------------------------------------------------------------------
 
 
+def _shard_hash(values: tuple) -> int:
+    h = 0
+    for v in values:
+        h = (h * 1_000_003 + zlib.crc32(str(v).encode())) % (1 << 32)
+    return h
+
+
 def shard_of(table: pa.Table, keys: list[str], n_shards: int) -> np.ndarray:
-    """A stable shard per row: crc32 of each key value, combined; same key, same shard, forever."""
-    h = np.zeros(table.num_rows, dtype=np.uint64)
-    for k in keys:
-        enc = pc.dictionary_encode(table[k]).combine_chunks()
-        crc = np.array(
-            [zlib.crc32(str(v).encode()) for v in enc.dictionary.to_pylist()], dtype=np.uint64
-        )
-        h = (h * np.uint64(1_000_003) + crc[enc.indices.to_numpy(zero_copy_only=False)]) % (
-            np.uint64(1) << np.uint64(32)
-        )
-    return (h % np.uint64(n_shards)).astype(np.int64)
+    """A stable shard per row: crc32 of each key value, combined; same key, same shard, forever.
+
+    Hashed once per series (from one row of each), then spread to the rows.
+    """
+    if table.num_rows == 0:
+        return np.zeros(0, np.int64)
+    series_of, first_rows = series_numbers(table, keys)
+    firsts = decode_dictionaries(table.select(keys).take(pa.array(first_rows)))
+    values = zip(*(firsts[k].to_pylist() for k in keys), strict=True)
+    shard = np.array([_shard_hash(v) % n_shards for v in values], dtype=np.int64)
+    return shard[series_of]
 
 
 def _time_ints(col: pa.ChunkedArray) -> np.ndarray:
@@ -94,6 +102,50 @@ def sort_and_dedupe(table: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, int]:
     last_of_run[:-1] = (code[1:] != code[:-1]) | (t[1:] != t[:-1])
     keep = order[last_of_run]
     return table.take(pa.array(keep)), int(len(order) - len(keep))
+
+
+def _search_sorted_pairs(code: np.ndarray, t: np.ndarray, c: np.ndarray, v: np.ndarray):
+    """For each (c, v), its insertion point in rows sorted by (code, t): one searchsorted on a
+    combined key when it fits in int64, else per row within the row's series."""
+    lo_t = min(int(t.min()), int(v.min()))
+    span = max(int(t.max()), int(v.max())) - lo_t + 1
+    top = max(int(code.max()), int(c.max())) + 1
+    if top * span < (1 << 62):
+        return np.searchsorted(code * span + (t - lo_t), c * span + (v - lo_t))
+    lo, hi = np.searchsorted(code, c, "left"), np.searchsorted(code, c, "right")
+    pos = lo.copy()
+    for j in np.flatnonzero(hi > lo):
+        pos[j] = lo[j] + np.searchsorted(t[lo[j] : hi[j]], v[j])
+    return pos
+
+
+def merge_sorted(old: pa.Table, new: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, int]:
+    """``sort_and_dedupe(concat(old, new))`` when ``old`` is already sorted and unique on
+    (key, time), as a curated shard is: only the new rows are sorted, and they are placed by
+    binary search (a daily drop into 40M curated rows moves no old row but to copy it).
+
+    Returns the merged table and how many rows were replaced by a later one.
+    """
+    n_old, n_new = old.num_rows, new.num_rows
+    if n_old == 0 or n_new > max(1_000_000, n_old // 4):
+        return sort_and_dedupe(pa.concat_tables([old, new]), spec)
+    both = pa.concat_tables([old, new])
+    code = series_codes(both, spec.series_keys)
+    t = _time_ints(both[spec.time])
+    co, to, cn, tn = code[:n_old], t[:n_old], code[n_old:], t[n_old:]
+    order = np.lexsort((np.arange(n_new), tn, cn))  # new rows by (key, time), later wins
+    cn, tn = cn[order], tn[order]
+    last = np.ones(n_new, dtype=bool)
+    last[:-1] = (cn[1:] != cn[:-1]) | (tn[1:] != tn[:-1])
+    order, cn, tn = order[last], cn[last], tn[last]
+    pos = _search_sorted_pairs(co, to, cn, tn)
+    at = np.minimum(pos, n_old - 1)
+    replaces = (pos < n_old) & (co[at] == cn) & (to[at] == tn)
+    rows = np.insert(np.arange(n_old), pos, n_old + order)  # new rows before old row pos
+    dropped = np.zeros(n_old + n_new, dtype=bool)
+    dropped[pos[replaces]] = True  # the old row a new one replaces comes right after it
+    rows = rows[~dropped[rows]]
+    return both.take(pa.array(rows)), int(n_new - len(order) + replaces.sum())
 
 
 def duplicate_key_rows(table: pa.Table, spec: DatasetSpec) -> list[tuple[str, str, np.ndarray]]:
@@ -178,9 +230,45 @@ class CuratedStore:
             table = table.filter(pc.less_equal(col, pa.scalar(until, col.type)))
         return table
 
+    def _schema(self) -> pa.Schema:
+        """The shards' schema: the spec's, with series keys dictionary-encoded (as Parquet
+        stores them, so reading and merging never decode them to Python strings)."""
+        fields = [
+            f.with_type(pa.dictionary(pa.int32(), f.type)) if f.name in self.spec.series_keys else f
+            for f in self.spec.arrow_schema
+        ]
+        return pa.schema(fields)
+
+    def conform(self, table: pa.Table) -> pa.Table:
+        """``table`` in the shards' schema (its other columns, such as row numbers, dropped)."""
+        schema = self._schema()
+        columns = []
+        for f in schema:
+            col = table[f.name]
+            if pa.types.is_dictionary(f.type) and not pa.types.is_dictionary(col.type):
+                col = pc.dictionary_encode(col.cast(f.type.value_type))
+            columns.append(col.cast(f.type) if col.type != f.type else col)
+        return pa.table(columns, schema=schema)
+
     def _write_shard(self, name: str, table: pa.Table) -> None:
+        """Write a shard with its own summary (rows, series, time range) in the Parquet footer,
+        so ``summary()`` reads footers, not data."""
+        code = series_codes(table, self.spec.series_keys)
+        mm = pc.min_max(table[self.spec.time]).as_py()
+        stats = {
+            "rows": table.num_rows,
+            "series": int(np.count_nonzero(np.r_[True, code[1:] != code[:-1]])) if len(code) else 0,
+            "time_min": str(mm["min"]) if mm["min"] is not None else None,
+            "time_max": str(mm["max"]) if mm["max"] is not None else None,
+        }
+        meta = {**(table.schema.metadata or {}), STATS_KEY: json.dumps(stats).encode()}
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd", row_group_size=1 << 20)
+        pq.write_table(
+            table.replace_schema_metadata(meta),
+            buf,
+            compression="zstd",
+            row_group_size=1 << 20,
+        )
         self.storage.write_bytes(name, buf.getvalue())
 
     def merge(self, new: pa.Table) -> MergeStats:
@@ -192,13 +280,16 @@ class CuratedStore:
         self._write_layout(n)
         shards = shard_of(new, self.spec.series_keys, n)
         names = set(self.shard_names())
-        schema = self.spec.arrow_schema
+        keys = self.spec.series_keys
 
         def one(i: int) -> tuple[int, int]:
-            part = new.filter(pa.array(shards == i)).select(list(schema.names)).cast(schema)
+            part = self.conform(new.filter(pa.array(shards == i)))
             name = self.shard_name(i)
-            old = self.read_shard(name).cast(schema) if name in names else schema.empty_table()
-            merged, replaced = sort_and_dedupe(pa.concat_tables([old, part]), self.spec)
+            if name in names:
+                old = self.conform(self.read_shard(name, dictionary=keys))
+            else:
+                old = self._schema().empty_table()
+            merged, replaced = merge_sorted(old, part, self.spec)
             self._write_shard(name, merged)
             return part.num_rows - replaced, replaced
 
@@ -210,8 +301,28 @@ class CuratedStore:
         stats.shards_written = len(touched)
         return stats
 
+    def _footer_stats(self, name: str) -> dict | None:
+        """The summary a shard carries in its footer (None for a shard written without)."""
+        size = self.storage.info(name).size
+        tail = self.storage.read_range(name, size - 8, 8)
+        length = int.from_bytes(tail[:4], "little")
+        footer = self.storage.read_range(name, size - 8 - length, length + 8)
+        meta = pq.read_metadata(io.BytesIO(b"PAR1" + footer)).metadata or {}
+        raw = meta.get(STATS_KEY)
+        return json.loads(raw) if raw else None
+
     def summary(self) -> dict:
-        """Rows, series and time range, read from the key and time columns only."""
+        """Rows, series and time range: from the shards' footers (shards hold disjoint
+        series), else read from the key and time columns."""
+        parts = [self._footer_stats(n) for n in self.shard_names()]
+        if all(p is not None for p in parts):
+            times = [p for p in parts if p["rows"]]
+            return {
+                "rows": sum(p["rows"] for p in parts),
+                "series": sum(p["series"] for p in parts),
+                "time_min": min((p["time_min"] for p in times), default=None),
+                "time_max": max((p["time_max"] for p in times), default=None),
+            }
         t = self.read(columns=[*self.spec.series_keys, self.spec.time])
         if t.num_rows == 0:
             return {"rows": 0, "series": 0, "time_min": None, "time_max": None}
@@ -372,7 +483,8 @@ def ingest(
         base = DropOutcome(drop=info.name, etag=info.etag, size=info.size, status="", run_id=run_id)
         parsed = None
         try:
-            parsed = parse_drop(info.name, storage.read_bytes(info.name), spec)
+            data = storage.read_bytes(info.name)
+            parsed = parse_drop(info.name, data, spec, keep_dictionaries=True)
             parsed = _apply_rules(parsed, spec, rules)
             parsed = _explain_rows(parsed, info.name)
             if gate is not None:
@@ -417,7 +529,7 @@ def ingest(
         if parsed.good.num_rows:
             mm = pc.min_max(parsed.good[spec.time]).as_py()
             base.time_min, base.time_max = str(mm["min"]), str(mm["max"])
-            good.append(parsed.good.drop_columns([ROW]))
+            good.append(store.conform(parsed.good))  # CSV and Parquet drops alike
             if gate is not None:
                 gate.accept(parsed.good)
         outcomes.append(base)

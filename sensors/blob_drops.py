@@ -159,8 +159,7 @@ def make_blob_drop_sensor(
             keys = [k for k in keys if k not in known]
         if not take:
             return dg.SensorResult(
-                skip_reason=f"{len(known)} drop version(s) under {config.prefix} already "
-                "requested",
+                skip_reason=f"{len(known)} drop version(s) under {config.prefix} already requested",
                 cursor=after.dump(),
             )
         requests = []

@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from mlops_assets.ml.spec import DatasetSpec
+from mlops_assets.ml.tables import decode_dictionaries, series_codes
 
 _TIME_UNIT = "datetime64[us]"
 _DAYS_PER_YEAR = 365.25
@@ -165,8 +166,7 @@ def _run_starts(codes: np.ndarray) -> np.ndarray:
 def _is_grouped_and_ordered(codes: np.ndarray, time: np.ndarray, starts: np.ndarray) -> bool:
     if len(np.unique(codes[starts])) != len(starts):
         return False
-    same = codes[1:] == codes[:-1]
-    return bool(np.all(time[1:][same] > time[:-1][same]))
+    return bool(np.all((time[1:] > time[:-1]) | (codes[1:] != codes[:-1])))
 
 
 def _wanted_series(spec: DatasetSpec, series: Iterable[str | Sequence] | None) -> set[str] | None:
@@ -192,9 +192,16 @@ def to_series_frame(
         The grouped, time-ordered columns. Already grouped input (the usual case) is not copied
         by a sort; anything else is sorted by series and time.
     """
-    key_values = [_column(data, k) for k in spec.series_keys]
+    arrow_keys = isinstance(data, pa.Table) and all(
+        data[k].null_count == 0 for k in spec.series_keys
+    )
+    if arrow_keys:  # codes from Arrow (dictionary indices, chunk by chunk): no Python strings
+        key_values = None
+        codes = series_codes(data, spec.series_keys)
+    else:
+        key_values = [_column(data, k) for k in spec.series_keys]
+        codes = _group_codes(key_values)
     time = _as_time(_column(data, spec.time))
-    codes = _group_codes(key_values)
     starts = _run_starts(codes)
     order = None
     if not _is_grouped_and_ordered(codes, time, starts):
@@ -202,7 +209,12 @@ def to_series_frame(
         codes, time = codes[order], time[order]
         starts = _run_starts(codes)
     first_rows = starts if order is None else order[starts]
-    keys = list(zip(*(_values_at(v, first_rows) for v in key_values), strict=True))
+    if key_values is None:
+        firsts = data.select(spec.series_keys).take(pa.array(first_rows))
+        columns = [decode_dictionaries(firsts)[k].to_pylist() for k in spec.series_keys]
+    else:
+        columns = [_values_at(v, first_rows) for v in key_values]
+    keys = list(zip(*columns, strict=True))
     offsets = np.append(starts, len(codes)).astype(np.int64)
 
     def take(values: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from mlops_assets.ml.features import SeriesFrame, feature_columns, feature_names, tail_length
 from mlops_assets.ml.predict import fold_linear, predict_grouped, predict_rows, stack_linear
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.ml.tables import series_codes, series_ids
+from mlops_assets.ml.tables import series_ids, series_numbers
 
 UNKNOWN_SERIES = "unknown_series"
 NO_MODEL = "no_model"
@@ -148,30 +148,6 @@ class _Errors:
         return code.cast(pa.string()), message.cast(pa.string())
 
 
-def _series_of_rows(keys: pa.Table, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's series number (series numbered in key order) and one row of each series.
-
-    Codes of dictionary-encoded keys are bounded by the dictionaries' sizes, so series are
-    numbered with a count, not a sort of every row.
-    """
-    code = series_codes(keys, spec.series_keys)
-    n = len(code)
-    top = int(code.max()) + 1
-    if top <= 4 * n + 4096:
-        present = np.flatnonzero(np.bincount(code, minlength=top))
-        number = np.empty(top, np.int32 if len(present) < 2**31 else np.int64)
-        number[present] = np.arange(len(present))
-        series_of = number[code]
-        del code
-        row_of = np.empty(len(present), np.int64)
-        block = 1 << 20  # any row of a series names it; aranges a block at a time
-        for a in range(0, n, block):
-            row_of[series_of[a : a + block]] = np.arange(a, min(a + block, n))
-        return series_of, row_of
-    _, row_of, series_of = np.unique(code, return_index=True, return_inverse=True)
-    return series_of.ravel(), row_of
-
-
 def _grouped_order(series_of: np.ndarray, time: np.ndarray) -> np.ndarray | None:
     """Row order by series then time; None when the rows came that way (strictly)."""
     block = 1 << 20  # checked a block at a time: no temporaries the size of the batch
@@ -220,7 +196,7 @@ def score_table(
             _Errors(0),
         )
     keys = table.select(spec.series_keys)
-    series_of, first_row = _series_of_rows(keys, spec)
+    series_of, first_row = series_numbers(keys, spec.series_keys)
     ids = np.asarray(series_ids(keys.take(first_row), spec).to_pylist(), dtype=object)
     n_series = len(ids)
     time = _times(table[spec.time])

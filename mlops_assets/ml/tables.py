@@ -101,3 +101,29 @@ def series_codes(table: pa.Table, keys: list[str]) -> np.ndarray:
             part += ranks[c.indices.to_numpy(zero_copy_only=False)]
             a += len(c)
     return code
+
+
+def series_numbers(table: pa.Table, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's series number (series numbered in key order) and one row of each series.
+
+    Codes of dictionary-encoded keys are bounded by the dictionaries' sizes, so series are
+    numbered with a count, not a sort of every row.
+    """
+    code = series_codes(table, keys)
+    n = len(code)
+    if n == 0:
+        return np.zeros(0, np.int32), np.zeros(0, np.int64)
+    top = int(code.max()) + 1
+    if top <= 4 * n + 4096:
+        present = np.flatnonzero(np.bincount(code, minlength=top))
+        number = np.empty(top, np.int32 if len(present) < 2**31 else np.int64)
+        number[present] = np.arange(len(present))
+        series_of = number[code]
+        del code
+        row_of = np.empty(len(present), np.int64)
+        block = 1 << 20  # any row of a series names it; aranges a block at a time
+        for a in range(0, n, block):
+            row_of[series_of[a : a + block]] = np.arange(a, min(a + block, n))
+        return series_of, row_of
+    _, row_of, series_of = np.unique(code, return_index=True, return_inverse=True)
+    return series_of.ravel(), row_of

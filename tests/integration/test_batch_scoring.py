@@ -11,12 +11,15 @@ import pytest
 
 from mlops_assets.batch import layout
 from mlops_assets.batch.demo import publish_model_set, register_production
+from mlops_assets.batch.score_drop import DropBatch, DropJob, params_json
 from mlops_assets.batch_scoring import (
+    batch_key,
     build_batch_scoring_asset,
     scoring_partitions,
 )
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
+from mlops_assets.remote.common import storage_config
 from resources.compute import LocalBatchCompute
 from resources.registry import MlflowRegistry
 from resources.storage import BlobInfo, LocalStorage
@@ -77,14 +80,46 @@ def _tick(sensor, instance, resources, cursor):
     return list(result.run_requests or []), result.cursor
 
 
+RANGE_START, RANGE_END = (
+    "dagster/asset_partition_range_start",
+    "dagster/asset_partition_range_end",
+)
+
+
 def _run(asset, instance, resources, request, raise_on_error=True):
+    """The request's run: one partition, or (a batch) the partition range in its tags."""
+    tags = {k: v for k, v in request.tags.items() if k in (RANGE_START, RANGE_END)}
     return dg.materialize(
         [asset],
         partition_key=request.partition_key,
+        tags=tags or None,
         instance=instance,
         resources=resources,
         raise_on_error=raise_on_error,
     )
+
+
+def _drops_of(request, partitions: list[str]) -> list[str]:
+    """The drop versions (partition keys, in order) a run request covers."""
+    if request.partition_key:
+        return [request.partition_key]
+    start, end = request.tags[RANGE_START], request.tags[RANGE_END]
+    return partitions[partitions.index(start) : partitions.index(end) + 1]
+
+
+def _materializations(result) -> dict[str, dict]:
+    """Each materialized partition's metadata."""
+    return {
+        m.partition: m.metadata
+        for m in result.asset_materializations_for_node("sales__batch_predictions")
+    }
+
+
+def _failure(result):
+    """The step failure of a run: its message and the dg.Failure's metadata."""
+    (event,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    data = event.step_failure_data
+    return data.error.message, data.user_failure_data.metadata
 
 
 def test_drop_to_predictions_exactly_once(env, data):
@@ -103,7 +138,7 @@ def test_drop_to_predictions_exactly_once(env, data):
     out = pq.read_table(storage.local_path(layout.predictions_name("sales", key)))
     assert out.num_rows == new.num_rows
     assert out["prediction"].null_count == 0
-    md = result.asset_materializations_for_node("sales__batch_predictions")[0].metadata
+    (md,) = _materializations(result).values()
     assert md["rows_scored"].value == new.num_rows
     assert md["series"].value == 6 and md["unknown_series"].value == 0
 
@@ -148,17 +183,19 @@ def test_malformed_and_bad_rows(env, data):
     assert out.num_rows == 9
     rej = pq.read_table(storage.local_path(layout.quarantined_rows("sales", key)))
     assert rej["_rule"].to_pylist() == ["range.min"]
-    md = partly.asset_materializations_for_node("sales__batch_predictions")[0].metadata
+    (md,) = _materializations(partly).values()
     assert md["rows_quarantined"].value == 1
 
 
 def test_restart_from_cursor_and_1000_drops(env, data, tmp_path):
-    """Drops land while the sensor is off; 1,000 drops over capped ticks: each once."""
+    """1,000 small drops, 600 of them landed while the sensor was off; capped ticks batch them
+    into a handful of runs, each scoring all its drops in ONE Pipes subprocess: 1,000 scored,
+    none twice, each drop's metadata present; more ticks (cursor kept or lost) start nothing."""
     storage = LocalStorage(root=str(tmp_path / "storage"))
     res = {**env, "storage": storage}
     instance = dg.DagsterInstance.ephemeral()
     asset, job = _job_parts()
-    config = BlobDropConfig(prefix=INBOX, max_per_tick=300)
+    config = BlobDropConfig(prefix=INBOX, max_per_tick=300, batch_size=250)
     sensor = make_blob_drop_sensor(job, scoring_partitions(SALES), config)
     small = _parquet(data[1].slice(0, 2))
     for i in range(400):
@@ -172,13 +209,141 @@ def test_restart_from_cursor_and_1000_drops(env, data, tmp_path):
     for _ in range(6):
         requests, cursor = _tick(sensor, instance, res, cursor)
         done += requests
-    keys = [r.run_key for r in done]
-    assert len(keys) == 1000 and len(set(keys)) == 1000
-    assert len(instance.get_dynamic_partitions("sales_scoring_drops")) == 1000
-    for r in (done[0], done[500], done[-1]):  # a subset end to end
-        assert _run(asset, instance, res, r).success
-        out = storage.local_path(layout.predictions_name("sales", r.partition_key))
-        assert pq.read_table(out).num_rows == 2
+    partitions = instance.get_dynamic_partitions("sales_scoring_drops")
+    assert len(partitions) == 1000
+    run_keys = [r.run_key for r in done]
+    assert len(run_keys) == len(set(run_keys)) and 4 <= len(done) <= 8
+    covered = [k for r in done for k in _drops_of(r, partitions)]
+    assert len(covered) == 1000 and set(covered) == set(partitions)  # each drop in one run
+
+    for r in done:  # every run end to end: one subprocess for all its drops
+        keys = _drops_of(r, partitions)
+        result = _run(asset, instance, res, r)
+        assert result.success
+        per_drop = _materializations(result)  # one materialization per drop, its own metadata
+        assert sorted(per_drop) == sorted(keys)
+        for key, md in per_drop.items():
+            assert md["status"].value == "scored" and md["rows_scored"].value == 2
+            assert md["predictions"].value == storage.uri(layout.predictions_name("sales", key))
+            totals = md["batch"].value
+            assert totals["drops"] == len(keys) and totals["rows_scored"] == 2 * len(keys)
+            assert totals["statuses"] == {"scored": len(keys)} and totals["unknown_series"] == 0
+    materialized = instance.get_materialized_partitions(asset.key)
+    assert materialized == set(partitions)
+    predictions = storage.list("scoring/sales/predictions/")
+    assert len(predictions) == 1000
+    assert all(pq.read_metadata(storage.local_path(p.name)).num_rows == 2 for p in predictions)
+    # params of the large batches travelled through storage, the small ones inline
+    spilled = storage.list("scoring/sales/batches/")
+    assert 0 < len(spilled) < len(done)
+
+    again, cursor = _tick(sensor, instance, res, cursor)
+    assert again == []
+    lost = None  # cursor lost: the drops' partitions exist, so nothing is requested
+    for _ in range(4):
+        again, lost = _tick(sensor, instance, res, lost)
+        assert again == []
+
+
+def test_batch_with_a_malformed_drop(env, data, tmp_path):
+    """A batch of drops with a malformed one: the others are scored (one of them with a
+    quarantined row), the bad one is quarantined with its reason, the run fails naming it."""
+    storage = LocalStorage(root=str(tmp_path / "storage"))
+    res = {**env, "storage": storage}
+    instance = dg.DagsterInstance.ephemeral()
+    asset, job = _job_parts()
+    config = BlobDropConfig(prefix=INBOX, batch_size=10)
+    sensor = make_blob_drop_sensor(job, scoring_partitions(SALES), config)
+    good = _parquet(data[1].slice(0, 4))
+    for i in range(3):
+        storage.write_bytes(f"{INBOX}mix/g{i}.parquet", good)
+    storage.write_bytes(f"{INBOX}mix/h-broken.csv", b"store;product;week\nS1;P1;2026-01-05\n")
+    rows = data[1].slice(0, 10).drop_columns([SALES.target]).to_pylist()
+    rows[3]["price"] = -5.0
+    storage.write_bytes(f"{INBOX}mix/i-partly.parquet", _parquet(pa.Table.from_pylist(rows)))
+    (request,), _ = _tick(sensor, instance, res, None)
+    keys = _drops_of(request, instance.get_dynamic_partitions("sales_scoring_drops"))
+    assert len(keys) == 5
+    by_name = {k.split("@")[0].rsplit("/", 1)[-1]: k for k in keys}
+
+    result = _run(asset, instance, res, request, raise_on_error=False)
+    assert not result.success
+    message, metadata = _failure(result)
+    broken = by_name["h-broken.csv"]
+    assert "1 of 5 drop(s) not scored" in message and broken in message
+    assert all(k not in message for k in keys if k != broken)
+    assert _materializations(result) == {}  # the run failed: no partition materialized
+    per_drop = metadata["per_drop"].value
+    assert per_drop[broken]["status"] == "rejected" and "quarantine" in per_drop[broken]
+    assert not storage.exists(layout.predictions_name("sales", broken))
+    reason = storage.read_text(layout.quarantined_file("sales", broken) + ".reason.json")
+    assert "delimit" in reason or "semicolon" in reason
+    for i in range(3):
+        key = by_name[f"g{i}.parquet"]
+        assert per_drop[key]["status"] == "scored" and per_drop[key]["rows_scored"] == 4
+        out = pq.read_table(storage.local_path(layout.predictions_name("sales", key)))
+        assert out.num_rows == 4
+    partly = by_name["i-partly.parquet"]
+    assert per_drop[partly]["rows_scored"] == 9 and per_drop[partly]["rows_quarantined"] == 1
+    rej = pq.read_table(storage.local_path(layout.quarantined_rows("sales", partly)))
+    assert rej["_rule"].to_pylist() == ["range.min"]
+
+
+def test_a_failing_drop_does_not_stop_the_batch(env, data, tmp_path):
+    """An unexpected error in one drop (its model set is gone) is reported as that drop's
+    ``failed`` message; the job still scores the others and exits 0."""
+    storage = LocalStorage(root=str(tmp_path / "storage"))
+    cfg, prod = storage_config(storage), storage_config(env["prod_storage"])
+    jobs = []
+    for i in range(3):
+        info = storage.write_bytes(f"{INBOX}f/{i}.parquet", _parquet(data[1].slice(0, 3)))
+        key = f"f/{i}.parquet@{info.etag}"
+        jobs.append(DropJob("sales", info.name, info.etag, key, cfg, prod, "models/sales/v1", "1"))
+    jobs[1].model_folder = "models/sales/deleted"
+    batch = DropBatch.of(jobs)
+    assert batch.drops[1]["model_folder"] == "models/sales/deleted"  # a per-drop override
+    assert [j.to_json() for j in DropBatch.from_json(batch.to_json()).jobs()] == [
+        j.to_json() for j in jobs
+    ]
+    seen: list[dict] = []
+
+    @dg.asset
+    def scored(context: dg.AssetExecutionContext):
+        inv = LocalBatchCompute().run_scoring(
+            context, params_json=batch.to_json(), key=batch_key(batch.keys)
+        )
+        seen.extend(inv.get_custom_messages())
+        return dg.MaterializeResult()
+
+    assert dg.materialize([scored]).success
+    assert [m["key"] for m in seen] == batch.keys
+    assert [m["status"] for m in seen] == ["scored", "failed", "scored"]
+    assert "models/sales/deleted" in seen[1]["error"]
+    assert [m["rows_scored"] for m in seen] == [3, 0, 3]
+
+
+def test_batch_params_shapes(tmp_path):
+    """A single DropJob is a batch of one; a large batch travels by reference to storage."""
+    storage = LocalStorage(root=str(tmp_path))
+    cfg = storage_config(storage)
+    one = DropJob("sales", f"{INBOX}a.csv", "e1", "a.csv@e1", cfg, cfg, "m/v1", "1")
+    batch = DropBatch.from_json(one.to_json())
+    assert batch.keys == ["a.csv@e1"] and batch.jobs()[0] == one
+    assert batch_key(["a.csv@e1"]) == "a.csv@e1"
+    many = [
+        DropJob("sales", f"{INBOX}{i}.csv", "e", f"{i}.csv@e", cfg, cfg, "m/v1", "1")
+        for i in range(500)
+    ]
+    keys = [j.key for j in many]
+    assert batch_key(keys) == batch_key(list(keys)) != batch_key(keys[:-1])
+    assert batch_key(keys).startswith("batch:")
+    big = DropBatch.of(many)
+    text = params_json(big, storage, "scoring/sales/batches/run-1.json")
+    assert len(text) < 500 and storage.exists("scoring/sales/batches/run-1.json")
+    assert DropBatch.from_json(text) == big
+    small = DropBatch.of(many[:3])
+    assert params_json(small, storage, "unused.json") == small.to_json()
+    assert not storage.exists("unused.json")
 
 
 def test_plan_tick_late_visible_blob_and_cost():

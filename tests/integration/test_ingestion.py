@@ -97,6 +97,27 @@ def test_reingesting_a_drop_never_duplicates_rows_and_later_drop_wins(storage):
     assert curated_rows(storage).equals(after)
 
 
+def test_csv_and_parquet_drops_merge_into_the_same_shards(storage):
+    """A CSV drop (plain text keys) and Parquet drops (dictionary-encoded keys) in one run,
+    then a CSV correction into the dictionary-encoded shards: one dataset, values typed."""
+    land_sales(storage, SALES, SalesShape(6, 20, end="2026-11-09"), n_drops=2)
+    full = decode_dictionaries(sales_table(SalesShape(6, 21, end="2026-11-16")))
+    week = pc.max(full["week"])
+    extra = full.filter(pc.equal(full["week"], week))
+    storage.write_bytes("landing/sales/next_week.csv", to_bytes(extra, "csv"))
+    meta = materialize(storage)
+    assert meta["drops_consumed"] == 3 and meta["rows_curated"] == 6 * 21
+    fixed = extra.set_column(3, "sales", pc.add(extra["sales"], 1.0))
+    storage.write_bytes("landing/sales/next_week_fixed.csv", to_bytes(fixed, "csv"))
+    meta = materialize(storage)
+    assert meta["rows_replaced"] == 6
+    after = decode_dictionaries(curated_rows(storage))
+    assert after.schema.equals(SALES.arrow_schema) and after.num_rows == 6 * 21
+    by_key = [("store", "ascending"), ("product", "ascending")]
+    got = after.filter(pc.equal(after["week"], week)).sort_by(by_key)
+    assert got["sales"].to_pylist() == fixed.sort_by(by_key)["sales"].to_pylist()
+
+
 def test_bad_files_are_quarantined_with_a_reason_and_good_drops_still_ingested(storage):
     land_sales(storage, SALES, SalesShape(6, 30), n_drops=1)
     good = sales_table(SalesShape(6, 30)).slice(0, 20)
