@@ -525,6 +525,7 @@ def wait_for_ranks(storage, job: DropJob, world: int, timeout_s: float) -> list[
     deadline = time.monotonic() + timeout_s
     names = [layout.summary_name(job.dataset, job.key, r) for r in range(1, world)]
     found: dict[str, Summary] = {}
+    pause = 0.02  # ranks go through a batch's drops together: usually a short wait
     while len(found) < len(names):
         for n in names:
             if n not in found and storage.exists(n):
@@ -533,7 +534,8 @@ def wait_for_ranks(storage, job: DropJob, world: int, timeout_s: float) -> list[
             if time.monotonic() >= deadline:
                 missing = [n for n in names if n not in found]
                 raise TimeoutError(f"instances did not finish within {timeout_s:.0f}s: {missing}")
-            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 1.0)
     return [found[n] for n in names]
 
 

@@ -1,13 +1,30 @@
 """The AML command job our compute resource builds: entity, YAML round trip, same script."""
 
 import json
+import threading
+import time
 
 import pytest
 from azure.ai.ml import load_job
 
-from resources.compute import AzureMLBatchCompute, job_name
+from resources.compute import AzureMLBatchCompute, job_name, whole_lines
 
-PARAMS = json.dumps({"dataset": "sales", "drop": "scoring/sales/inbox/a.csv", "etag": "0x1"})
+STORE = {"kind": "azure", "account_url": "https://acct.blob.core.windows.net", "container": "c"}
+PARAMS = json.dumps(  # a DropBatch of two drops, as the batch scoring asset passes it
+    {
+        "dataset": "sales",
+        "storage": STORE,
+        "model_storage": STORE,
+        "model_folder": "models/sales/v3",
+        "model_version": "3",
+        "drops": [
+            {"drop": "scoring/sales/inbox/a.csv", "etag": "0x1", "key": "a.csv@0x1"},
+            {"drop": "scoring/sales/inbox/b.csv", "etag": "0x2", "key": "b.csv@0x2"},
+        ],
+    },
+    separators=(",", ":"),
+)
+KEY = "batch:0123456789abcdef"
 
 
 def _compute(**kw):
@@ -25,11 +42,12 @@ def _compute(**kw):
 
 @pytest.mark.parametrize("instances", [1, 4])
 def test_command_entity_round_trips(tmp_path, instances):
-    name = job_name("run-1", "a.csv@0x1")
+    name = job_name("run-1", KEY)
     cmd = _compute(instance_count=instances, code=str(tmp_path)).build_command(
-        params_json=PARAMS, name=name, key="a.csv@0x1"
+        params_json=PARAMS, name=name, key=KEY
     )
-    assert cmd.name == name and name == job_name("run-1", "a.csv@0x1")  # deterministic
+    assert cmd.name == name and name == job_name("run-1", KEY)  # deterministic
+    assert cmd.tags["mlops/key"] == KEY and KEY in cmd.display_name
     assert cmd.compute == "cpu-batch"
     assert cmd.environment == "azureml:mlops-batch:3"
     assert cmd.resources.instance_count == instances
@@ -44,6 +62,7 @@ def test_command_entity_round_trips(tmp_path, instances):
     assert back.compute == "cpu-batch"
     assert back.resources.instance_count == instances
     assert back.environment_variables["MLOPS_JOB_PARAMS"] == PARAMS
+    assert json.loads(back.environment_variables["MLOPS_JOB_PARAMS"])["drops"][1]["etag"] == "0x2"
     assert back.command == cmd.command
     assert back.name == name
 
@@ -51,10 +70,36 @@ def test_command_entity_round_trips(tmp_path, instances):
 def test_job_names_differ_per_drop_and_attempt():
     assert job_name("r", "a@1") != job_name("r", "a@2")
     assert job_name("r", "a@1", 0) != job_name("r", "a@1", 1)
+    assert job_name("r", KEY) != job_name("r2", KEY)
+
+
+def test_whole_lines_holds_a_half_written_line(tmp_path):
+    """The local Pipes reader never parses part of a message (Dagster's tail_file does)."""
+    path = tmp_path / "messages"
+    path.write_bytes(b'{"a": 1}\n{"b"')
+    closed, got = threading.Event(), []
+
+    def read():
+        for line in whole_lines(str(path), closed.is_set, poll_s=0.001):
+            got.append(line)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)
+    assert got == ['{"a": 1}']  # the half line waits for its newline
+    with open(path, "ab") as f:
+        f.write(b': 2}\n{"c": 3}\n')
+    closed.set()
+    thread.join(10)
+    assert got == ['{"a": 1}', '{"b": 2}', '{"c": 3}']
 
 
 def test_same_script_runs_locally_under_pipes(tmp_path):
-    """The command's module, run by PipesSubprocessClient, scores a drop (2 instances)."""
+    """The command's module, run by PipesSubprocessClient, scores a batch of two drops on two
+    instances: one message per drop, each instance's part of each drop written."""
     import io
 
     import dagster as dg
@@ -63,7 +108,7 @@ def test_same_script_runs_locally_under_pipes(tmp_path):
 
     from mlops_assets.batch import layout
     from mlops_assets.batch.demo import publish_model_set
-    from mlops_assets.batch.score_drop import DropJob
+    from mlops_assets.batch.score_drop import DropBatch, DropJob
     from mlops_assets.ml.sample_data import SalesShape, sales_table
     from mlops_assets.ml.spec import load_spec
     from resources.compute import LocalBatchCompute
@@ -74,27 +119,36 @@ def test_same_script_runs_locally_under_pipes(tmp_path):
     full = sales_table(SalesShape(8, 125, seed=1))
     cut = sorted(set(full["week"].to_pylist()))[120]
     publish_model_set(storage, spec, full.filter(pc.less(full["week"], cut)), "m/v1")
-    buf = io.BytesIO()
-    pq.write_table(full.filter(pc.greater_equal(full["week"], cut)), buf)
-    info = storage.write_bytes("scoring/sales/inbox/a.parquet", buf.getvalue())
-    key = f"a.parquet@{info.etag}"
+    new = full.filter(pc.greater_equal(full["week"], cut))
     cfg = {"kind": "local", "root": str(tmp_path)}
-    job = DropJob("sales", info.name, info.etag, key, cfg, cfg, "m/v1", "1")
-    seen = {}
+    jobs = []
+    for name, table in (("a", new), ("b", new.slice(0, 11))):
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        info = storage.write_bytes(f"scoring/sales/inbox/{name}.parquet", buf.getvalue())
+        key = f"{name}.parquet@{info.etag}"
+        jobs.append(DropJob("sales", info.name, info.etag, key, cfg, cfg, "m/v1", "1"))
+    batch = DropBatch.of(jobs)
+    seen = []
 
     @dg.asset
     def scored(context: dg.AssetExecutionContext):
         inv = LocalBatchCompute(instance_count=2).run_scoring(
-            context, params_json=job.to_json(), key=key
+            context, params_json=batch.to_json(), key="batch:test"
         )
-        seen.update(inv.get_custom_messages()[-1])
+        seen.extend(inv.get_custom_messages())
         return dg.MaterializeResult()
 
     assert dg.materialize([scored]).success
-    assert seen["status"] == "scored" and seen["instances"] == 2
-    assert seen["rows_scored"] == 8 * 5 and seen["series"] == 8
-    rows = sum(
-        pq.read_table(storage.local_path(layout.predictions_name("sales", key, r, 2))).num_rows
-        for r in range(2)
-    )
-    assert rows == 40
+    assert [m["key"] for m in seen] == batch.keys
+    assert all(m["status"] == "scored" and m["instances"] == 2 for m in seen)
+    assert [m["rows_scored"] for m in seen] == [8 * 5, 11]
+    assert seen[0]["series"] == 8
+    for job, m in zip(jobs, seen, strict=True):
+        rows = sum(
+            pq.read_table(
+                storage.local_path(layout.predictions_name("sales", job.key, r, 2))
+            ).num_rows
+            for r in range(2)
+        )
+        assert rows == m["rows_scored"] and len(m["outputs"]) == 2
