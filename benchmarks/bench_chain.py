@@ -44,9 +44,18 @@ def _run(job, instance, partition: str) -> dict:
     steps = _step_seconds(instance, result.run_id)
     train_key = next(k for k in steps if k.endswith("candidate_models"))
     overhead = wall - sum(steps.values())
+    phases = {}
+    for node in ("sales__curated", "sales__candidate_models", "sales__evaluation"):
+        for mat in result.asset_materializations_for_node(node):
+            phases[node] = {
+                k: round(float(v.value), 3)
+                for k, v in mat.metadata.items()
+                if k.startswith("seconds") and isinstance(v.value, int | float)
+            }
     return {
         "wall_s": round(wall, 2),
         "steps_s": steps,
+        "phases_s": phases,
         "orchestration_overhead_s": round(overhead, 2),
         "overhead_vs_training": round(overhead / steps[train_key], 3),
     }

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -406,6 +407,7 @@ class DropLedger:
 class IngestResult:
     outcomes: list[DropOutcome]
     merge: MergeStats
+    seconds: dict[str, float] = field(default_factory=dict)  # read_validate, merge
 
     def count(self, status: str) -> int:
         return sum(o.status == status for o in self.outcomes)
@@ -476,6 +478,7 @@ def ingest(
     ERROR one (row count, distribution beyond the hard band) is quarantined whole, so it never
     reaches the curated data. Each outcome then carries the gate's report in ``validation``.
     """
+    t_start = time.perf_counter()
     ledger = DropLedger(storage, spec)
     store = CuratedStore(storage, spec, n_shards)
     outcomes: list[DropOutcome] = []
@@ -540,14 +543,16 @@ def ingest(
                 gate.accept(parsed.good)
         outcomes.append(base)
 
+    t_merge = time.perf_counter()
     merge = store.merge(pa.concat_tables(good)) if good else MergeStats()
+    seconds = {"read_validate": t_merge - t_start, "merge": time.perf_counter() - t_merge}
     for o in outcomes:
         ledger.record(o)
         if on_drop:
             on_drop(o)
     for _, name in quarantined_files:
         storage.delete(name)
-    return IngestResult(outcomes=outcomes, merge=merge)
+    return IngestResult(outcomes=outcomes, merge=merge, seconds=seconds)
 
 
 def _explain_rows(parsed: ParsedDrop, name: str) -> ParsedDrop:

@@ -1,6 +1,7 @@
 """Ingestion: drops landed under ``landing/<dataset>/`` become the curated Parquet dataset."""
 
 import tempfile
+import time
 
 import dagster as dg
 
@@ -80,12 +81,16 @@ def build_ingestion_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             level(f"{o.status}: {o.drop} ({o.rows_curated} rows curated) {o.message or ''}")
 
         as_of = as_of_date(context.partition_key if context.has_partition_key else None)
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="gx-docs-") as docs_dir:
             gate = (
                 make_gate(storage, spec, as_of, docs_dir if config.data_docs else None)
                 if drops
                 else None
             )
+            seconds["gate"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
             result = ingest(
                 storage,
                 spec,
@@ -95,9 +100,14 @@ def build_ingestion_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 on_drop=progress,
                 gate=gate,
             )
+            seconds["ingest"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
             docs = publish_docs(storage, spec, gate)
+            seconds["docs"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         store = CuratedStore(storage, spec)
         summary = store.summary()
+        seconds["summary"] = time.perf_counter() - t0
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": summary["rows"],
@@ -114,6 +124,8 @@ def build_ingestion_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 "drops": outcome_table(result.outcomes),
                 "curated_uri": dg.MetadataValue.url(storage.uri(store.prefix + "/_layout.json")),
                 "as_of": str(as_of),
+                **{f"seconds_{k}": round(v, 3) for k, v in seconds.items()},
+                **{f"seconds_{k}": round(v, 3) for k, v in result.seconds.items()},
                 **({"data_docs": dg.MetadataValue.url(storage.uri(docs))} if docs else {}),
             },
             check_results=check_results(

@@ -31,8 +31,10 @@ import os
 import sys
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -365,6 +367,39 @@ def quarantine_file(storage, job: DropJob, data: bytes, rejected: DropRejected) 
     return name
 
 
+@lru_cache(maxsize=8)
+def _spec(name: str) -> DatasetSpec:
+    """Specs by name or path, parsed once per process (a batch scores many drops)."""
+    return load_spec(name)
+
+
+_READERS: OrderedDict[tuple[str, str, str], ModelSetReader] = OrderedDict()
+
+
+def _reader(job: DropJob, model_storage) -> ModelSetReader:
+    """The model set's reader, shared by the drops of a batch: a model set folder never
+    changes once written, so its manifest is read and each model loaded once per process."""
+    key = (json.dumps(job.model_storage, sort_keys=True), job.model_folder, job.model_version)
+    if key in _READERS:
+        _READERS.move_to_end(key)
+        return _READERS[key]
+    manifest = modelset.read_manifest(
+        model_storage.read_bytes(f"{job.model_folder}/{modelset.MANIFEST}")
+    )
+    reader = ModelSetReader(
+        manifest,
+        _pack_reader(model_storage),
+        version=job.model_version,
+        # Scoring holds each series' model until a drop is done anyway: keep them all.
+        max_models=manifest.num_rows + 1,
+        max_bytes=1 << 40,
+    )
+    _READERS[key] = reader
+    while len(_READERS) > 2:
+        _READERS.popitem(last=False)
+    return reader
+
+
 def run_instance(
     job: DropJob,
     rank: int = 0,
@@ -377,7 +412,7 @@ def run_instance(
     seconds: dict[str, float] = {}
     storage = open_storage(job.storage)
     model_storage = open_storage(job.model_storage)
-    spec = load_spec(job.spec_path or job.dataset)
+    spec = _spec(job.spec_path or job.dataset)
     out = Summary(key=job.key, rank=rank, world=world, model_version=job.model_version)
 
     info = storage.info(job.drop)
@@ -426,17 +461,7 @@ def run_instance(
     seconds["validate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    manifest = modelset.read_manifest(
-        model_storage.read_bytes(f"{job.model_folder}/{modelset.MANIFEST}")
-    )
-    reader = ModelSetReader(
-        manifest,
-        _pack_reader(model_storage),
-        version=job.model_version,
-        # One pass over the drop: score_table holds each series' model until it is done anyway.
-        max_models=manifest.num_rows + 1,
-        max_bytes=1 << 40,
-    )
+    reader = _reader(job, model_storage)
     seconds["models_index"] = time.perf_counter() - t
 
     t = time.perf_counter()
