@@ -6,11 +6,15 @@ Storage layout under a dataset ``<ds>`` (names relative to the storage root)::
     ledger/<ds>/<drop>@<etag>.json    each drop version's fate: rows in, curated, quarantined, why
     curated/<ds>/_layout.json         shard count and sort order, fixed when the dataset is created
     curated/<ds>/part-<NNN>.parquet   typed rows, one shard per stable hash of the series key,
-                                      sorted by series key then time, unique on (key, time)
+                                      sorted by series key then time, unique on (key, time);
+                                      keys dictionary-encoded, lz4, and the shard's summary
+                                      (rows, series, time range) in the Parquet footer
     quarantine/<ds>/files/<drop>      whole files that could not be curated, + <drop>.reason.json
     quarantine/<ds>/rows/<drop>@<etag>.parquet   rejected rows with rule, column, value, row
 
-Every write is atomic (see ``resources.storage``). Ingesting is idempotent: a crash anywhere
+A drop is merged into a shard by binary search of its rows in the shard's sorted rows (only
+the drop's rows are sorted): a daily week of 10,000 rows into 40M curated rows costs a read and
+a write of each shard, not a sort. Every write is atomic (see ``resources.storage``). Ingesting is idempotent: a crash anywhere
 leaves either the old or the new shard, and the ledger entry is written only after the shards,
 so a rerun ingests the drop again and, because a later drop replaces equal (key, time) rows,
 ends in the same state.
