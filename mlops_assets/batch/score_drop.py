@@ -33,6 +33,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -45,7 +46,16 @@ import pyarrow.parquet as pq
 
 from mlops_assets.batch import layout
 from mlops_assets.ml import modelset
-from mlops_assets.ml.drops import ROW, DropRejected, ParsedDrop, parse_drop, split_failures
+from mlops_assets.ml.drops import (
+    ROW,
+    DropRejected,
+    ParsedDrop,
+    check_columns,
+    drop_format,
+    parse_drop,
+    split_failures,
+    type_rows,
+)
 from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.scoring import UNKNOWN_SERIES, score_table
 from mlops_assets.ml.spec import ColumnType, DatasetSpec, load_spec
@@ -344,18 +354,22 @@ _ENCODINGS = {
 }
 
 
+def _parquet_options(names: list[str]) -> dict:
+    encodings = {c: e for c, e in _ENCODINGS.items() if c in names}
+    return {
+        "compression": "zstd",
+        "use_dictionary": [c for c in names if c not in encodings],
+        "column_encoding": encodings,
+        # Statistics where readers filter (row, series, time), not on the predictions.
+        "write_statistics": [c for c in ("source_row", "series_id", "time") if c in names] or False,
+    }
+
+
 def _write_parquet(storage, name: str, table: pa.Table | pd.DataFrame) -> None:
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, preserve_index=False)
-    encodings = {c: e for c, e in _ENCODINGS.items() if c in table.column_names}
     buf = io.BytesIO()
-    pq.write_table(
-        table,
-        buf,
-        compression="zstd",
-        use_dictionary=[c for c in table.column_names if c not in encodings],
-        column_encoding=encodings,
-    )
+    pq.write_table(table, buf, **_parquet_options(table.column_names))
     storage.write_bytes(name, buf.getvalue())
 
 
@@ -365,6 +379,134 @@ def quarantine_file(storage, job: DropJob, data: bytes, rejected: DropRejected) 
     reason = {**rejected.as_dict(), "drop": job.drop, "etag": job.etag, "key": job.key}
     storage.write_text(f"{name}.reason.json", json.dumps(reason, indent=2))
     return name
+
+
+# ---- large drops, in pieces -----------------------------------------------------------------
+
+STREAM_MIN_ROWS = 2_000_000  # Parquet drops at least this large are scored in pieces
+PIECE_ROWS = 1 << 21  # rows read, typed and scored at a time (whole series, see below)
+
+
+def stream_source(
+    name: str, data: bytes, spec: DatasetSpec, min_rows: int = STREAM_MIN_ROWS
+) -> pq.ParquetFile | None:
+    """A Parquet drop worth scoring in pieces: large, and grouped by series (each series' rows
+    together, as exports by key are). None sends the drop down the whole-file path, which also
+    reports every file-level problem."""
+    if drop_format(name) != "parquet":
+        return None
+    try:
+        pf = pq.ParquetFile(io.BytesIO(data))
+        if pf.metadata.num_rows < min_rows:
+            return None
+        sspec = scoring_spec(spec, has_target=spec.target in pf.schema_arrow.names)
+        check_columns(name, pf.schema_arrow.empty_table(), sspec)
+        keys = pf.read(columns=spec.series_keys)
+    except (DropRejected, pa.ArrowException, OSError):
+        return None
+    if any(keys[k].null_count for k in spec.series_keys):
+        return None
+    code = series_codes(keys, spec.series_keys)
+    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+    return pf if len(np.unique(code[starts])) == len(starts) else None
+
+
+def _last_series_start(piece: pa.Table, spec: DatasetSpec) -> int:
+    """Where the piece's last series begins (its rows may go on in the next batch)."""
+    code = series_codes(piece.select(spec.series_keys), spec.series_keys)
+    changes = np.flatnonzero(code[1:] != code[:-1])
+    return int(changes[-1]) + 1 if len(changes) else 0
+
+
+def score_in_pieces(
+    pf: pq.ParquetFile,
+    name: str,
+    spec: DatasetSpec,
+    reader: ModelSetReader,
+    out: Summary,
+    seconds: dict[str, float],
+    rank: int = 0,
+    world: int = 1,
+    chunk_rows: int = CHUNK_ROWS,
+    piece_rows: int = PIECE_ROWS,
+) -> tuple[bytes, pa.Table]:
+    """Validate and score a large drop grouped by series a piece at a time; return the
+    predictions Parquet (one row group per piece) and the rejected rows.
+
+    Each piece holds whole series (a batch's last series waits for the next batch), so every
+    series is scored with all its rows, as on the whole-file path, with the same rules and
+    results; memory stays bounded by the piece and the writer encodes one piece while the next
+    is scored.
+    """
+    sspec = scoring_spec(spec, has_target=spec.target in pf.schema_arrow.names)
+    buf, writer, pending = io.BytesIO(), None, None
+    rejected: list[pa.Table] = []
+    carry: pa.Table | None = None
+    first = 0
+    empty = None
+    buffered: list[pa.Table] = []
+    for k in ("validate", "score", "write"):
+        seconds.setdefault(k, 0.0)
+
+    def score(piece: pa.Table) -> None:
+        nonlocal writer, pending
+        t = time.perf_counter()
+        scored = score_drop_rows(piece, spec, reader, chunk_rows=chunk_rows)
+        _count(scored, out)
+        seconds["score"] += time.perf_counter() - t
+        t = time.perf_counter()
+        if writer is None:
+            writer = pq.ParquetWriter(buf, scored.schema, **_parquet_options(scored.column_names))
+        if pending is not None:
+            pending.result()
+        pending = pool.submit(writer.write_table, scored)
+        seconds["write"] += time.perf_counter() - t
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for batch in pf.iter_batches(batch_size=piece_rows):
+            t = time.perf_counter()
+            raw = pa.Table.from_batches([batch])
+            parsed = type_rows(raw, sspec, first, keep_dictionaries=True)
+            first += raw.num_rows
+            failures = _value_rules(parsed.good, sspec)
+            if failures:
+                more = split_failures(parsed.good, None, failures, sspec)
+                good = more.good
+                rejected += [parsed.rejected, more.rejected.select(parsed.rejected.column_names)]
+            else:
+                good = parsed.good
+                rejected.append(parsed.rejected)
+            if world > 1:
+                good = good.filter(
+                    pa.array(shard_of_series(_row_series_ids(good, spec), world) == rank)
+                )
+            buffered.append(good)
+            empty = good.slice(0, 0)
+            seconds["validate"] += time.perf_counter() - t
+            if sum(b.num_rows for b in buffered) < piece_rows:
+                continue  # Parquet batches end at row groups: gather a piece's worth
+            t = time.perf_counter()
+            good = pa.concat_tables(buffered).unify_dictionaries()
+            buffered = []
+            piece = good if carry is None else pa.concat_tables([carry, good]).unify_dictionaries()
+            cut = _last_series_start(piece, spec) if piece.num_rows else 0
+            piece, carry = piece.slice(0, cut), piece.slice(cut)
+            seconds["validate"] += time.perf_counter() - t
+            if piece.num_rows:
+                score(piece)
+        if buffered:
+            carry = pa.concat_tables(([carry] if carry is not None else []) + buffered)
+        if carry is not None and carry.num_rows:
+            score(carry.unify_dictionaries())
+        if writer is None:  # no row to score (all rejected, or other instances' series)
+            score(empty)
+        t = time.perf_counter()
+        if pending is not None:
+            pending.result()
+        seconds["write"] += time.perf_counter() - t
+    out.rows_in = first
+    writer.close()
+    return buf.getvalue(), pa.concat_tables(rejected)
 
 
 @lru_cache(maxsize=8)
@@ -406,8 +548,15 @@ def run_instance(
     world: int = 1,
     log: Callable[[str], None] = lambda _m: None,
     chunk_rows: int = CHUNK_ROWS,
+    piece_rows: int = PIECE_ROWS,
+    stream_min_rows: int = STREAM_MIN_ROWS,
 ) -> Summary:
-    """Score this instance's share of the drop and write its part; return what it did."""
+    """Score this instance's share of the drop and write its part; return what it did.
+
+    A Parquet drop of at least ``stream_min_rows`` rows, grouped by series, is read, validated,
+    scored and written about ``piece_rows`` rows at a time (``score_in_pieces``); any other
+    drop whole. Both give the same predictions.
+    """
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     storage = open_storage(job.storage)
@@ -427,6 +576,23 @@ def run_instance(
         return out
     data = storage.read_bytes(job.drop)
     seconds["read"] = time.perf_counter() - t0
+    pieces = stream_source(job.drop, data, spec, stream_min_rows)
+    if pieces is not None:
+        return _run_in_pieces(
+            job,
+            pieces,
+            storage,
+            model_storage,
+            spec,
+            out,
+            seconds,
+            t0,
+            log,
+            rank,
+            world,
+            chunk_rows,
+            piece_rows,
+        )
 
     t = time.perf_counter()
     try:
@@ -453,11 +619,7 @@ def run_instance(
         rej = parsed.rejected
     out.rows_quarantined = rej.num_rows
     if rej.num_rows:
-        name = layout.quarantined_rows(job.dataset, job.key)
-        if world > 1:
-            name = name.removesuffix(".parquet") + f".part-{rank:03d}-of-{world:03d}.parquet"
-        _write_parquet(storage, name, rej)
-        out.quarantine = name
+        out.quarantine = _quarantine_rows(storage, job, rej, rank, world)
     seconds["validate"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -484,23 +646,77 @@ def run_instance(
     return out
 
 
+def _quarantine_rows(storage, job: DropJob, rej: pa.Table, rank: int, world: int) -> str:
+    name = layout.quarantined_rows(job.dataset, job.key)
+    if world > 1:
+        name = name.removesuffix(".parquet") + f".part-{rank:03d}-of-{world:03d}.parquet"
+    _write_parquet(storage, name, rej)
+    return name
+
+
+def _run_in_pieces(
+    job,
+    pf,
+    storage,
+    model_storage,
+    spec,
+    out,
+    seconds,
+    t0,
+    log,
+    rank,
+    world,
+    chunk_rows,
+    piece_rows,
+) -> Summary:
+    """``run_instance`` for a large drop grouped by series (``score_in_pieces``)."""
+    t = time.perf_counter()
+    reader = _reader(job, model_storage)
+    seconds["models_index"] = time.perf_counter() - t
+    data, rejected = score_in_pieces(
+        pf, job.drop, spec, reader, out, seconds, rank, world, chunk_rows, piece_rows
+    )
+    if world > 1 and rejected.num_rows:
+        mine = shard_of_series(_row_series_ids(rejected, spec), world) == rank
+        rejected = rejected.filter(pa.array(mine))
+    out.rows_quarantined = rejected.num_rows
+    if rejected.num_rows:
+        out.quarantine = _quarantine_rows(storage, job, rejected, rank, world)
+    t = time.perf_counter()
+    name = layout.predictions_name(job.dataset, job.key, rank, world)
+    storage.write_bytes(name, data)
+    out.output, out.output_uri = name, storage.uri(name)
+    seconds["write"] += time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t0
+    out.seconds = {k: round(v, 4) for k, v in seconds.items()}
+    log(
+        f"rank {rank}/{world}: {out.rows_scored:,} rows scored over {out.series:,} series "
+        f"({out.unknown_series} unknown) in pieces of {piece_rows:,} rows, "
+        f"{out.rows_quarantined} quarantined, in {seconds['total']:.2f}s -> {out.output_uri}"
+    )
+    return out
+
+
 def _count(scored: pa.Table, out: Summary) -> None:
-    """Rows scored, failed and of unknown series, and series counts, from score_table's output
-    (its ``series_id`` dictionary holds exactly the drop's series; no per-row decoding)."""
-    out.rows_scored = scored.num_rows - scored["prediction"].null_count
+    """Add a scored table's rows scored, failed and of unknown series, and its series, to
+    ``out`` (its ``series_id`` dictionary holds exactly its series; no per-row decoding).
+    Pieces of one drop hold disjoint series, so their counts add up."""
+    scored_rows = scored.num_rows - scored["prediction"].null_count
+    out.rows_scored += scored_rows
     series = scored["series_id"].combine_chunks()
-    out.series = len(series.dictionary)
+    out.series += len(series.dictionary)
     error = scored["error"]
     if error.null_count == len(error):
         return
-    out.errors = {
-        d["values"]: int(d["counts"]) for d in pc.value_counts(error.drop_null()).to_pylist()
-    }
-    out.rows_unknown_series = out.errors.get(UNKNOWN_SERIES, 0)
-    out.rows_failed = scored.num_rows - out.rows_scored - out.rows_unknown_series
-    if out.rows_unknown_series:
+    errors = {d["values"]: int(d["counts"]) for d in pc.value_counts(error.drop_null()).to_pylist()}
+    for k, v in errors.items():
+        out.errors[k] = out.errors.get(k, 0) + v
+    unknown_rows = errors.get(UNKNOWN_SERIES, 0)
+    out.rows_unknown_series += unknown_rows
+    out.rows_failed += scored.num_rows - scored_rows - unknown_rows
+    if unknown_rows:
         unknown = pc.equal(error, UNKNOWN_SERIES).fill_null(False)
-        out.unknown_series = int(pc.count_distinct(series.indices.filter(unknown)).as_py())
+        out.unknown_series += int(pc.count_distinct(series.indices.filter(unknown)).as_py())
 
 
 def combine(summaries: list[Summary]) -> dict:

@@ -101,7 +101,7 @@ def _read_parquet(name: str, data: bytes) -> tuple[pa.Table, int]:
         ) from None
 
 
-def _check_columns(name: str, table: pa.Table, spec: DatasetSpec) -> None:
+def check_columns(name: str, table: pa.Table, spec: DatasetSpec) -> None:
     have, want = table.column_names, list(spec.columns)
     missing = [c for c in want if c not in have]
     extra = [c for c in have if c not in spec.columns]
@@ -190,10 +190,17 @@ def parse_drop(
             name, "file.format", f"unknown file type; drops must end in {sorted(FORMATS)}"
         )
     raw, first_row = (_read_csv if fmt == "csv" else _read_parquet)(name, data)
-    _check_columns(name, raw, spec)
+    check_columns(name, raw, spec)
     if raw.num_rows == 0:
         raise DropRejected(name, "file.has_rows", "the file has a header but no rows")
+    return type_rows(raw, spec, first_row, keep_dictionaries)
 
+
+def type_rows(
+    raw: pa.Table, spec: DatasetSpec, first_row: int = 0, keep_dictionaries: bool = False
+) -> ParsedDrop:
+    """``parse_drop``'s row typing on rows already read (a whole file or one batch of it, whose
+    first row is number ``first_row``); the columns must be the spec's (``check_columns``)."""
     n = raw.num_rows
     rows = pa.array(np.arange(first_row, first_row + n, dtype=np.int64))
     failures: list[tuple[str, str, np.ndarray]] = []

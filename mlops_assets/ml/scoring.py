@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from mlops_assets.ml.features import SeriesFrame, feature_columns, feature_names, tail_length
 from mlops_assets.ml.predict import fold_linear, predict_grouped, predict_rows, stack_linear
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.ml.tables import series_ids, series_numbers
+from mlops_assets.ml.tables import series_ids, series_numbers, take_rows
 
 UNKNOWN_SERIES = "unknown_series"
 NO_MODEL = "no_model"
@@ -119,9 +119,16 @@ class _Errors:
     """
 
     def __init__(self, n: int):
-        self.index = np.full(n, -1, dtype=np.int32)
+        self.n = n
+        self._index: np.ndarray | None = None  # allocated with the first error
         self.codes: list[str] = []
         self.messages: list[str] = []
+
+    @property
+    def index(self) -> np.ndarray:
+        if self._index is None:
+            self._index = np.full(self.n, -1, dtype=np.int32)
+        return self._index
 
     def set(self, rows: np.ndarray, code: str, message: str) -> None:
         self.index[rows] = len(self.codes)
@@ -135,13 +142,17 @@ class _Errors:
         self.messages += [m for _, m in entries]
 
     @property
+    def any(self) -> bool:
+        return bool(self.codes) and bool((self.index >= 0).any())
+
+    @property
     def clean(self) -> np.ndarray:
-        return self.index < 0
+        return self.index < 0 if self.codes else np.ones(self.n, dtype=bool)
 
     def columns(self) -> tuple[pa.Array, pa.Array]:
-        n = len(self.index)
         if not self.codes:
-            return pa.nulls(n, pa.string()), pa.nulls(n, pa.string())
+            none = pa.nulls(self.n, pa.string())  # one buffer for both all-null columns
+            return none, none
         idx = pa.array(self.index, mask=self.index < 0)
         code = pa.DictionaryArray.from_arrays(idx, pa.array(self.codes, pa.string()))
         message = pa.DictionaryArray.from_arrays(idx, pa.array(self.messages, pa.string()))
@@ -197,7 +208,7 @@ def score_table(
         )
     keys = table.select(spec.series_keys)
     series_of, first_row = series_numbers(keys, spec.series_keys)
-    ids = np.asarray(series_ids(keys.take(first_row), spec).to_pylist(), dtype=object)
+    ids = np.asarray(series_ids(take_rows(keys, first_row), spec).to_pylist(), dtype=object)
     n_series = len(ids)
     time = _times(table[spec.time])
     errors = _Errors(n)
@@ -253,9 +264,9 @@ def score_table(
 
 def _scorable(order: np.ndarray | None, errors: _Errors) -> np.ndarray | None:
     """``order`` without the rows that have an error (None: all rows, as they came)."""
-    clean = errors.clean
-    if clean.all():
+    if not errors.any:
         return order
+    clean = errors.clean
     return np.flatnonzero(clean) if order is None else order[clean[order]]
 
 

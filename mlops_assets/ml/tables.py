@@ -139,7 +139,8 @@ def series_codes(table: pa.Table, keys: list[str]) -> np.ndarray:
     """An int64 per row that orders rows like sorting by the key columns; equal keys, equal code.
 
     Works chunk by chunk on dictionary indices (Parquet's encoding of keys): no decoded
-    strings and no temporaries the size of the table.
+    strings and no temporaries the size of the table. Chunks that share a dictionary (those of
+    one Parquet column usually do) are ranked once.
     """
     code = np.zeros(table.num_rows, dtype=np.int64)
     for k in keys:
@@ -151,14 +152,26 @@ def series_codes(table: pa.Table, keys: list[str]) -> np.ndarray:
         ]
         if not chunks:
             continue
-        dictionaries = [c.dictionary.to_numpy(zero_copy_only=False) for c in chunks]
-        values = np.unique(np.concatenate(dictionaries))  # sorted: codes order like the keys
+        distinct: list[pa.Array] = []
+        which = []
+        for c in chunks:
+            d = c.dictionary
+            j = next((i for i, u in enumerate(distinct) if u is d or u.equals(d)), None)
+            if j is None:
+                distinct.append(d)
+                j = len(distinct) - 1
+            which.append(j)
+        values = pc.unique(pa.concat_arrays(distinct))
+        values = values.take(pc.array_sort_indices(values))  # sorted: codes order like keys
+        ranks = [
+            pc.index_in(d, value_set=values).to_numpy(zero_copy_only=False).astype(np.int64)
+            for d in distinct
+        ]
         a = 0
-        for c, dictionary in zip(chunks, dictionaries, strict=True):
-            ranks = np.searchsorted(values, dictionary)
+        for c, j in zip(chunks, which, strict=True):
             part = code[a : a + len(c)]
             part *= len(values)  # in place, a chunk at a time
-            part += ranks[c.indices.to_numpy(zero_copy_only=False)]
+            part += ranks[j][c.indices.to_numpy(zero_copy_only=False)]
             a += len(c)
     return code
 
@@ -187,3 +200,28 @@ def series_numbers(table: pa.Table, keys: list[str]) -> tuple[np.ndarray, np.nda
         return series_of, row_of
     _, row_of, series_of = np.unique(code, return_index=True, return_inverse=True)
     return series_of.ravel(), row_of
+
+
+def take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """``table.take(rows)`` for a few rows of a large, many-chunk table, chunk by chunk.
+
+    Arrow's ``take`` on chunked columns first concatenates each column (a copy of the whole
+    column, dictionaries unified) to pick a handful of rows.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    batches = table.to_batches()
+    if len(batches) <= 1:
+        return table.take(pa.array(rows))
+    bounds = np.cumsum([0] + [b.num_rows for b in batches])
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    cuts = np.searchsorted(sorted_rows, bounds)
+    parts = [
+        pa.Table.from_batches([b.take(pa.array(sorted_rows[cuts[i] : cuts[i + 1]] - bounds[i]))])
+        for i, b in enumerate(batches)
+        if cuts[i + 1] > cuts[i]
+    ]
+    picked = pa.concat_tables(parts, promote_options="permissive") if parts else table.slice(0, 0)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return picked.take(pa.array(inverse))

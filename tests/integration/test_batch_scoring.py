@@ -11,7 +11,13 @@ import pytest
 
 from mlops_assets.batch import layout
 from mlops_assets.batch.demo import publish_model_set, register_production
-from mlops_assets.batch.score_drop import DropBatch, DropJob, params_json
+from mlops_assets.batch.score_drop import (
+    DropBatch,
+    DropJob,
+    params_json,
+    run_instance,
+    stream_source,
+)
 from mlops_assets.batch_scoring import (
     batch_key,
     build_batch_scoring_asset,
@@ -19,6 +25,7 @@ from mlops_assets.batch_scoring import (
 )
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
+from mlops_assets.ml.tables import decode_dictionaries
 from mlops_assets.remote.common import storage_config
 from resources.compute import LocalBatchCompute
 from resources.registry import MlflowRegistry
@@ -379,3 +386,52 @@ def test_sensor_on_azurite_etag_versions(blob_storage, env, data):
     info = blob_storage.write_bytes(f"{INBOX}x/007.parquet", body + b"")
     requests, cursor = _tick(sensor, instance, res, cursor)
     assert [r.run_key for r in requests] == [info.version_key]
+
+
+def _score_once(env, storage, table: pa.Table, name: str, row_group_size: int, **kw):
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=row_group_size)
+    info = storage.write_bytes(f"{INBOX}{name}", buf.getvalue())
+    cfg, prod = storage_config(storage), storage_config(env["prod_storage"])
+    key = f"{name}@{info.etag}"
+    job = DropJob("sales", info.name, info.etag, key, cfg, prod, "models/sales/v1", "1")
+    summary = run_instance(job, **kw)
+    out = pq.read_table(storage.local_path(layout.predictions_name("sales", key)))
+    rejected = pq.read_table(storage.local_path(summary.quarantine)) if summary.quarantine else None
+    return summary, decode_dictionaries(out), rejected
+
+
+def test_a_large_grouped_drop_scored_in_pieces_equals_scoring_it_whole(env, data, tmp_path):
+    """Pieces of whole series (a series split across Parquet batches waits for the next
+    piece): the same predictions, errors, counts and quarantined rows as the whole-file path."""
+    storage = LocalStorage(root=str(tmp_path / "storage"))
+    new = decode_dictionaries(data[1])
+    bad_price = new.slice(5, 1).set_column(4, "price", pa.array([-1.0]))
+    unknown = new.slice(0, 3).set_column(0, "store", pa.array(["S999"] * 3))
+    drop = pa.concat_tables(
+        [new.slice(0, 5), bad_price, new.slice(5, 1), new.slice(5), unknown]
+    )  # a quarantined row, a duplicate (series, week), an unknown series; grouped by series
+    assert stream_source("d.parquet", _bytes(drop, 7), SALES, min_rows=1) is not None
+    whole = _score_once(env, storage, drop, "whole.parquet", 7, stream_min_rows=10**9)
+    parts = _score_once(env, storage, drop, "parts.parquet", 7, stream_min_rows=1, piece_rows=16)
+    s_whole, s_parts = whole[0], parts[0]
+    for f in ("rows_in", "rows_scored", "rows_failed", "rows_unknown_series", "series"):
+        assert getattr(s_parts, f) == getattr(s_whole, f), f
+    assert s_parts.unknown_series == s_whole.unknown_series == 1
+    assert s_parts.errors == s_whole.errors and s_whole.errors["duplicate_row"] == 2
+    assert s_parts.rows_quarantined == s_whole.rows_quarantined == 1
+    assert parts[1].equals(whole[1]) and parts[2].equals(whole[2])
+
+
+def test_an_ungrouped_drop_is_scored_whole():
+    new = decode_dictionaries(sales_table(SalesShape(3, 10, seed=1)))
+    shuffled = new.take(pa.array(list(range(0, new.num_rows, 2)) + list(range(1, new.num_rows, 2))))
+    assert stream_source("d.parquet", _bytes(new, 4), SALES, min_rows=1) is not None
+    assert stream_source("d.parquet", _bytes(shuffled, 4), SALES, min_rows=1) is None
+    assert stream_source("d.csv", b"store,product\n", SALES, min_rows=1) is None
+
+
+def _bytes(table: pa.Table, row_group_size: int) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=row_group_size)
+    return buf.getvalue()
