@@ -34,7 +34,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -578,21 +578,21 @@ def run_instance(
     seconds["read"] = time.perf_counter() - t0
     pieces = stream_source(job.drop, data, spec, stream_min_rows)
     if pieces is not None:
-        return _run_in_pieces(
-            job,
-            pieces,
-            storage,
-            model_storage,
-            spec,
-            out,
-            seconds,
-            t0,
-            log,
-            rank,
-            world,
-            chunk_rows,
-            piece_rows,
-        )
+        try:
+            return _run_in_pieces(
+                job,
+                pieces,
+                replace(out, errors=dict(out.errors)),
+                dict(seconds),
+                storage,
+                model_storage,
+                spec,
+                t0,
+                log,
+                (rank, world, chunk_rows, piece_rows),
+            )
+        except (pa.ArrowException, OSError) as e:  # e.g. a corrupt page past the first pieces:
+            log(f"scoring in pieces stopped ({e}); scoring the drop whole")  # whole says why
 
     t = time.perf_counter()
     try:
@@ -654,22 +654,10 @@ def _quarantine_rows(storage, job: DropJob, rej: pa.Table, rank: int, world: int
     return name
 
 
-def _run_in_pieces(
-    job,
-    pf,
-    storage,
-    model_storage,
-    spec,
-    out,
-    seconds,
-    t0,
-    log,
-    rank,
-    world,
-    chunk_rows,
-    piece_rows,
-) -> Summary:
-    """``run_instance`` for a large drop grouped by series (``score_in_pieces``)."""
+def _run_in_pieces(job, pf, out, seconds, storage, model_storage, spec, t0, log, shape) -> Summary:
+    """``run_instance`` for a large drop grouped by series (``score_in_pieces``); ``shape`` is
+    (rank, world, chunk_rows, piece_rows). Raises Arrow's error for an unreadable piece."""
+    rank, world, chunk_rows, piece_rows = shape
     t = time.perf_counter()
     reader = _reader(job, model_storage)
     seconds["models_index"] = time.perf_counter() - t
