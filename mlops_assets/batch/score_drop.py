@@ -636,12 +636,16 @@ def run_instance(
     _write_parquet(storage, name, scored)
     out.output, out.output_uri = name, storage.uri(name)
     seconds["write"] = time.perf_counter() - t
+    return _finish(out, seconds, t0, log, f"models loaded {reader.stats.misses}")
+
+
+def _finish(out: Summary, seconds: dict, t0: float, log: Callable, how: str) -> Summary:
     seconds["total"] = time.perf_counter() - t0
     out.seconds = {k: round(v, 4) for k, v in seconds.items()}
     log(
-        f"rank {rank}/{world}: {out.rows_scored:,} rows scored over {out.series:,} series "
-        f"({out.unknown_series} unknown), {out.rows_quarantined} quarantined, "
-        f"models loaded {reader.stats.misses}, in {seconds['total']:.2f}s -> {out.output_uri}"
+        f"rank {out.rank}/{out.world}: {out.rows_scored:,} rows scored over {out.series:,} "
+        f"series ({out.unknown_series} unknown), {out.rows_quarantined} quarantined, {how}, "
+        f"in {seconds['total']:.2f}s -> {out.output_uri}"
     )
     return out
 
@@ -675,14 +679,7 @@ def _run_in_pieces(job, pf, out, seconds, storage, model_storage, spec, t0, log,
     storage.write_bytes(name, data)
     out.output, out.output_uri = name, storage.uri(name)
     seconds["write"] += time.perf_counter() - t
-    seconds["total"] = time.perf_counter() - t0
-    out.seconds = {k: round(v, 4) for k, v in seconds.items()}
-    log(
-        f"rank {rank}/{world}: {out.rows_scored:,} rows scored over {out.series:,} series "
-        f"({out.unknown_series} unknown) in pieces of {piece_rows:,} rows, "
-        f"{out.rows_quarantined} quarantined, in {seconds['total']:.2f}s -> {out.output_uri}"
-    )
-    return out
+    return _finish(out, seconds, t0, log, f"in pieces of {piece_rows:,} rows")
 
 
 def _count(scored: pa.Table, out: Summary) -> None:
