@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from mlops_assets.ml.drops import DropRejected, ParsedDrop, parse_drop, split_failures
 from mlops_assets.ml.expectations import DropGate, hint
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.ml.tables import decode_dictionaries, series_codes, series_numbers
+from mlops_assets.ml.tables import decode_dictionaries, series_codes, series_numbers, take_rows
 from resources.storage import BlobInfo, Storage
 
 SEQ = "_seq"
@@ -77,7 +77,7 @@ def shard_of(table: pa.Table, keys: list[str], n_shards: int) -> np.ndarray:
     if table.num_rows == 0:
         return np.zeros(0, np.int64)
     series_of, first_rows = series_numbers(table, keys)
-    firsts = decode_dictionaries(table.select(keys).take(pa.array(first_rows)))
+    firsts = decode_dictionaries(take_rows(table.select(keys), first_rows))
     values = zip(*(firsts[k].to_pylist() for k in keys), strict=True)
     shard = np.array([_shard_hash(v) % n_shards for v in values], dtype=np.int64)
     return shard[series_of]

@@ -59,7 +59,7 @@ from mlops_assets.ml.drops import (
 from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.scoring import UNKNOWN_SERIES, score_table
 from mlops_assets.ml.spec import ColumnType, DatasetSpec, load_spec
-from mlops_assets.ml.tables import series_codes, series_ids
+from mlops_assets.ml.tables import series_codes, series_ids, series_numbers, take_rows
 from mlops_assets.remote.common import (
     PARAMS_ENV,
     open_pipes,
@@ -299,11 +299,10 @@ def _pack_reader(storage) -> Callable:
 
 def _row_series_ids(table: pa.Table, spec: DatasetSpec) -> np.ndarray:
     """Each row's series id, built once per series rather than once per row."""
-    _, first, inverse = np.unique(
-        series_codes(table, spec.series_keys), return_index=True, return_inverse=True
-    )
-    ids = np.asarray(series_ids(table.take(pa.array(first)), spec).to_pylist(), dtype=object)
-    return ids[inverse]
+    keys = table.select(spec.series_keys)
+    series_of, first = series_numbers(keys, spec.series_keys)
+    ids = np.asarray(series_ids(take_rows(keys, first), spec).to_pylist(), dtype=object)
+    return ids[series_of]
 
 
 def score_drop_rows(

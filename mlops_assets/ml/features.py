@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.ml.tables import decode_dictionaries, series_codes
+from mlops_assets.ml.tables import decode_dictionaries, series_codes, take_rows
 
 _TIME_UNIT = "datetime64[us]"
 _DAYS_PER_YEAR = 365.25
@@ -210,7 +210,7 @@ def to_series_frame(
         starts = _run_starts(codes)
     first_rows = starts if order is None else order[starts]
     if key_values is None:
-        firsts = data.select(spec.series_keys).take(pa.array(first_rows))
+        firsts = take_rows(data.select(spec.series_keys), first_rows)
         columns = [decode_dictionaries(firsts)[k].to_pylist() for k in spec.series_keys]
     else:
         columns = [_values_at(v, first_rows) for v in key_values]

@@ -61,7 +61,7 @@ def series_fingerprints(table: pa.Table, spec: DatasetSpec) -> pa.Table:
         ends = ends.cast(pa.date32())
     return pa.table(
         {
-            "series_id": series_ids(table.select(spec.series_keys).take(pa.array(starts)), spec),
+            "series_id": series_ids(take_rows(table.select(spec.series_keys), starts), spec),
             "n_rows": pa.array(counts, pa.int64()),
             "data_end": pc.cast(ends, pa.string()),
             "data_fingerprint": pa.array(["|".join(p) for p in zip(*parts, strict=True)]),
