@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mlops_assets.batch.demo import publish_model_set
-from mlops_assets.batch.score_drop import DropJob, run_instance
+from mlops_assets.domain.demo_model_set import publish_model_set
+from mlops_assets.jobs.score_drops import DropJob, run_instance
 from mlops_assets.ml.features import feature_columns, to_series_frame
 from mlops_assets.ml.predict import predict_grouped
 from mlops_assets.ml.sample_data import SalesShape, sales_table

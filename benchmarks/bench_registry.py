@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     from mlops_assets.ml import modelset, persistence
     from mlops_assets.ml.spec import load_spec
-    from mlops_assets.registry import promote_version, register_release, rollback_alias
+    from mlops_assets.assets.registration import promote_version, register_release, rollback_alias
     from resources.registry import MlflowRegistry
     from resources.storage import LocalStorage
 

@@ -33,7 +33,7 @@ from mlops_assets.ml.engines import result_schema, spark_result_schema, train_lo
 from mlops_assets.ml.features import feature_matrix, feature_names, tail_length, to_series_frame
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import DatasetSpec, load_spec
-from mlops_assets.ml.training import train_partition
+from mlops_assets.ml.fitting import train_partition
 
 RESULTS = Path(__file__).resolve().parent / "results" / "training.json"
 

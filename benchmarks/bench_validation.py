@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlops_assets.curation import _apply_rules
+from mlops_assets.domain.curation import _apply_rules
 from mlops_assets.ml import expectations as ex
 from mlops_assets.ml.drops import ROW, DropRejected, ParsedDrop, split_failures
 from mlops_assets.ml.sample_data import SalesShape, iter_sales

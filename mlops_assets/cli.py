@@ -16,7 +16,7 @@ from mlops_assets.profiles import (
     project_home,
     storage_for,
 )
-from mlops_assets.sample_drops import land_bad, land_diabetes, land_sales
+from mlops_assets.domain.sample_drops import land_bad, land_diabetes, land_sales
 from resources.storage import Storage
 
 
@@ -47,7 +47,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from mlops_assets.definitions import daily_job_name, defs
-    from mlops_assets.registry import promote_job_name
+    from mlops_assets.assets.registration import promote_job_name
 
     home = project_home()
     ensure_dagster_home(home)

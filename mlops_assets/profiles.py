@@ -15,7 +15,7 @@ import dagster as dg
 from resources.endpoints import AzureMLKubernetesEndpoint, EndpointResource, LocalEndpoint
 from resources.registry import MlflowRegistry, ModelRegistry
 from resources.storage import AzureBlobStorage, LocalStorage, Storage
-from resources.training import (
+from resources.training_engine import (
     LocalTrainingEngine,
     PipesTrainingEngine,
     SparkTrainingEngine,

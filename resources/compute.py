@@ -1,7 +1,7 @@
 """Where remote scripts run: a local subprocess, or an Azure ML compute cluster.
 
-Batch scoring (``mlops_assets.batch.score_drop``, one job for all the drop versions of a
-Dagster run) and remote training (``mlops_assets.remote.train``) run as ``python -m <module>``
+Batch scoring (``mlops_assets.jobs.score_drops``, one job for all the drop versions of a
+Dagster run) and remote training (``mlops_assets.jobs.train``) run as ``python -m <module>``
 under Dagster Pipes with the job's parameters in ``MLOPS_JOB_PARAMS``; ``run_module`` returns
 the Pipes invocation.
 
@@ -39,9 +39,9 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from mlops_assets.remote.common import PARAMS_ENV
+from mlops_assets.jobs.common import PARAMS_ENV
 
-MODULE = "mlops_assets.batch.score_drop"
+MODULE = "mlops_assets.jobs.score_drops"
 TERMINAL = {"Completed", "Canceled", "Failed"}
 
 
@@ -72,8 +72,8 @@ class BatchCompute(dg.ConfigurableResource, ABC):
     def run_scoring(self, context: dg.AssetExecutionContext, *, params_json: str, key: str) -> Any:
         """Run the batch scoring script once for a batch of drop versions.
 
-        ``params_json``: a ``score_drop.DropBatch`` (or one ``DropJob``, or a reference to
-        params in storage), as ``score_drop.params_json`` makes it; ``key``: the drop version,
+        ``params_json``: a ``score_drops.DropBatch`` (or one ``DropJob``, or a reference to
+        params in storage), as ``score_drops.params_json`` makes it; ``key``: the drop version,
         or ``batch:<digest>`` of the run's drop versions (``batch_scoring.batch_key``), which
         names the job. The script reports one custom message per drop, carrying its ``key``.
         """

@@ -35,7 +35,7 @@ from mlops_assets.ml.features import (
     to_series_frame,
 )
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.ml.training import METRIC_NAMES, fit_series
+from mlops_assets.ml.fitting import METRIC_NAMES, fit_series
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame as SparkDataFrame

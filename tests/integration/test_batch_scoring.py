@@ -9,16 +9,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from mlops_assets.batch import layout
-from mlops_assets.batch.demo import publish_model_set, register_production
-from mlops_assets.batch.score_drop import (
+from mlops_assets.domain import batch_layout as layout
+from mlops_assets.domain.demo_model_set import publish_model_set, register_production
+from mlops_assets.jobs.score_drops import (
     DropBatch,
     DropJob,
     params_json,
     run_instance,
     stream_source,
 )
-from mlops_assets.batch_scoring import (
+from mlops_assets.assets.batch_scoring import (
     batch_key,
     build_batch_scoring_asset,
     scoring_partitions,
@@ -26,7 +26,7 @@ from mlops_assets.batch_scoring import (
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.ml.tables import decode_dictionaries
-from mlops_assets.remote.common import storage_config
+from mlops_assets.jobs.common import storage_config
 from resources.compute import LocalBatchCompute
 from resources.registry import MlflowRegistry
 from resources.storage import BlobInfo, LocalStorage

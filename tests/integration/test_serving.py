@@ -342,7 +342,7 @@ def test_cache_keeps_memory_bounded_with_10k_models(tmp_path):
 def test_release_sensor_and_deploy_job_switch_the_local_endpoint(tmp_path):
     import dagster as dg
 
-    from mlops_assets.deployment import (
+    from mlops_assets.assets.deployment import (
         build_deployment_assets,
         deploy_job_name,
         deploy_run_config,

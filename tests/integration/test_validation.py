@@ -8,12 +8,12 @@ import dagster as dg
 import pyarrow.compute as pc
 import pytest
 
-from mlops_assets.curation import CuratedStore, DropLedger
-from mlops_assets.ingestion import build_ingestion_asset
+from mlops_assets.domain.curation import CuratedStore, DropLedger
+from mlops_assets.assets.ingestion import build_ingestion_asset
 from mlops_assets.ml.expectations import CONCERNS
 from mlops_assets.ml.sample_data import BAD_KINDS, SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
-from mlops_assets.sample_drops import land_sales
+from mlops_assets.domain.sample_drops import land_sales
 from resources.storage import LocalStorage
 
 pytestmark = pytest.mark.integration
@@ -86,7 +86,7 @@ def test_good_data_trains_and_bad_kinds_are_quarantined(world):
     storage.write_bytes(
         "landing/sales/week_again.csv", last.to_pandas().to_csv(index=False).encode()
     )
-    from mlops_assets.sample_drops import land_bad
+    from mlops_assets.domain.sample_drops import land_bad
 
     for kind in BAD_KINDS:
         land_bad(storage, spec, good, kind)

@@ -54,7 +54,7 @@ def test_command_entity_round_trips(tmp_path, instances):
     env = cmd.environment_variables
     assert env["MLOPS_JOB_PARAMS"] == PARAMS and env["MLOPS_X"] == "1"
     assert env["MLOPS_PIPES_TRANSPORT"] == "azure_blob"
-    assert cmd.command == "python -m mlops_assets.batch.score_drop"
+    assert cmd.command == "python -m mlops_assets.jobs.score_drops"
     assert (cmd.distribution is not None) == (instances > 1)
     path = tmp_path / "job.yml"
     cmd._to_job().dump(path)  # the node as the job PipesAzureMLClient submits
@@ -106,9 +106,9 @@ def test_same_script_runs_locally_under_pipes(tmp_path):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from mlops_assets.batch import layout
-    from mlops_assets.batch.demo import publish_model_set
-    from mlops_assets.batch.score_drop import DropBatch, DropJob
+    from mlops_assets.domain import batch_layout as layout
+    from mlops_assets.domain.demo_model_set import publish_model_set
+    from mlops_assets.jobs.score_drops import DropBatch, DropJob
     from mlops_assets.ml.sample_data import SalesShape, sales_table
     from mlops_assets.ml.spec import load_spec
     from resources.compute import LocalBatchCompute

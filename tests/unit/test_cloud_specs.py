@@ -89,7 +89,7 @@ def test_compute_clusters_scale_to_zero():
 
 def test_train_job_runs_the_remote_training_module():
     job = aml.load_job(source=SPECS / "train-job.yml")
-    assert job.command == "python -m mlops_assets.remote.train"
+    assert job.command == "python -m mlops_assets.jobs.train"
     assert job.resources.instance_count >= 1
     assert Path(SPECS / job.code).resolve() == SPECS.parents[1]
 

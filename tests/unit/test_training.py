@@ -17,7 +17,7 @@ from mlops_assets.ml.features import feature_matrix, to_series_frame
 from mlops_assets.ml.metrics import regression_metrics
 from mlops_assets.ml.sample_data import SalesShape, diabetes_table, sales_table
 from mlops_assets.ml.spec import load_spec
-from mlops_assets.ml.training import (
+from mlops_assets.ml.fitting import (
     FAILED,
     SKIPPED,
     TRAINED,

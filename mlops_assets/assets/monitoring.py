@@ -10,11 +10,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pandas.tseries.frequencies import to_offset
 
-from mlops_assets.curation import CuratedStore
+from mlops_assets.domain.curation import CuratedStore
 from mlops_assets.ml.drift import feature_drift
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.partitions import as_of_days
-from mlops_assets.plots import histograms
+from mlops_assets.assets.plots import histograms
 from mlops_assets.serving.collector import collected_prefix
 from resources.storage import Storage
 

@@ -5,10 +5,10 @@ import time
 
 import dagster as dg
 
-from mlops_assets.curation import CuratedStore, DropOutcome, ingest, landing_prefix, pending_drops
+from mlops_assets.domain.curation import CuratedStore, DropOutcome, ingest, landing_prefix, pending_drops
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.partitions import as_of_days
-from mlops_assets.validation import (
+from mlops_assets.assets.checks import (
     as_of_date,
     check_results,
     check_specs,

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from mlops_assets.curation import landing_prefix
+from mlops_assets.domain.curation import landing_prefix
 from mlops_assets.ml.sample_data import (
     SalesShape,
     diabetes_table,

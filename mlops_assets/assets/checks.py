@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.compute as pc
 
-from mlops_assets.curation import CuratedStore, DropOutcome, IngestResult
+from mlops_assets.domain.curation import CuratedStore, DropOutcome, IngestResult
 from mlops_assets.ml.expectations import (
     CONCERNS,
     DropGate,

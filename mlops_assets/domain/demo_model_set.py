@@ -24,7 +24,7 @@ def publish_model_set(
 
 def register_production(registry, spec: DatasetSpec, storage, folder: str):
     """Register ``folder`` as a version of ``<ds>-models`` and point ``production`` at it."""
-    from mlops_assets.evaluation import registered_model_name
+    from mlops_assets.assets.evaluation import registered_model_name
 
     return registry.register_model_set(
         registered_model_name(spec),

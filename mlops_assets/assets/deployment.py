@@ -1,12 +1,12 @@
 """QA and release of a production model set to the online endpoint.
 
-* ``["serving", <ds>, "qa"]``: starts an ephemeral local endpoint (the AML entry script under
+* ``[<ds>, "qa"]``: starts an ephemeral local endpoint (the AML entry script under
   azmlinfsrv, 127.0.0.1, free port) on the candidate model set (default: the prod registry's
   ``production`` version), runs input/output smoke tests (predictions equal to in-process
   scoring, unknown series, malformed and oversized bodies), then a short closed-loop load
   profile at a few concurrency levels (throughput, p50/p95/p99, server memory) and recommends an
   instance count (azureml-fe formula) and memory request. Any smoke failure fails the asset.
-* ``["serving", <ds>, "deployment"]``: releases the version through the ``endpoint`` resource:
+* ``[<ds>, "deployment"]``: releases the version through the ``endpoint`` resource:
   locally the running endpoint's pointer is switched (hot swap); on Azure a blue/green
   Kubernetes deployment with staged traffic, health checks and automatic rollback.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from mlops_assets.evaluation import registered_model_name
+from mlops_assets.assets.evaluation import registered_model_name
 from mlops_assets.ml import modelset, scoring
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.serving.loadtest import run_concurrency
@@ -44,11 +44,11 @@ def deploy_job_name(spec: DatasetSpec) -> str:
 
 
 def qa_key(spec: DatasetSpec) -> dg.AssetKey:
-    return dg.AssetKey(["serving", spec.name, "qa"])
+    return dg.AssetKey([spec.name, "qa"])
 
 
 def deployment_key(spec: DatasetSpec) -> dg.AssetKey:
-    return dg.AssetKey(["serving", spec.name, "deployment"])
+    return dg.AssetKey([spec.name, "deployment"])
 
 
 def deploy_run_config(spec: DatasetSpec, version: str | int) -> dict:

@@ -9,15 +9,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlops_assets.curation import CuratedStore
+from mlops_assets.domain.curation import CuratedStore
 from mlops_assets.ml import modelset
 from mlops_assets.ml.engines import result_schema
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import series_fingerprints
 from mlops_assets.partitions import as_of_days
-from mlops_assets.plots import histograms
+from mlops_assets.assets.plots import histograms
 from resources.storage import Storage
-from resources.training import TrainingEngine
+from resources.training_engine import TrainingEngine
 
 _SERIES_TABLE = dg.TableSchema(
     columns=[

@@ -1,6 +1,6 @@
 """Score drops with each series' production model: the batch scoring job, run under Pipes.
 
-Run as ``python -m mlops_assets.batch.score_drop`` (or as a script). Locally Dagster's
+Run as ``python -m mlops_assets.jobs.score_drops`` (or as a script). Locally Dagster's
 ``PipesSubprocessClient`` starts it; on Azure ``PipesAzureMLClient`` submits the very same
 command as an AML command job (``resources/compute.py``). What to score comes from the
 ``MLOPS_JOB_PARAMS`` environment variable (JSON, see :class:`DropBatch`; a single
@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mlops_assets.batch import layout
+from mlops_assets.domain import batch_layout as layout
 from mlops_assets.ml import modelset
 from mlops_assets.ml.drops import (
     ROW,
@@ -60,7 +60,7 @@ from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.scoring import UNKNOWN_SERIES, score_table
 from mlops_assets.ml.spec import ColumnType, DatasetSpec, load_spec
 from mlops_assets.ml.tables import series_codes, series_ids, series_numbers, take_rows
-from mlops_assets.remote.common import (
+from mlops_assets.jobs.common import (
     PARAMS_ENV,
     open_pipes,
     open_storage,

@@ -3,7 +3,7 @@
 ``[<ds>, "batch_predictions"]`` is partitioned by drop version (dynamic partitions
 ``<ds>_scoring_drops``, keys ``<drop>@<etag>``, added by the blob-drop sensor together with the
 run request). A run resolves the ``production`` alias in the prod registry once, then runs the
-Pipes script ``mlops_assets.batch.score_drop`` ONCE on the ``batch_compute`` resource for all of
+Pipes script ``mlops_assets.jobs.score_drops`` ONCE on the ``batch_compute`` resource for all of
 its drop versions (one, or a range when the sensor batches small drops or a backfill runs): one
 subprocess or one Azure ML job per run, not per drop. The script reports one message per drop
 (matched by ``key``). Each drop version's materialization carries that drop's metadata: rows,
@@ -25,11 +25,11 @@ import time
 
 import dagster as dg
 
-from mlops_assets.batch import layout
-from mlops_assets.batch.score_drop import DropBatch, DropJob, params_json
-from mlops_assets.evaluation import registered_model_name
+from mlops_assets.domain import batch_layout as layout
+from mlops_assets.jobs.score_drops import DropBatch, DropJob, params_json
+from mlops_assets.assets.evaluation import registered_model_name
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.remote.common import storage_config
+from mlops_assets.jobs.common import storage_config
 from resources.compute import BatchCompute
 from resources.registry import ModelRegistry
 from resources.storage import Storage

@@ -18,7 +18,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlops_assets.evaluation import (
+from mlops_assets.assets.evaluation import (
     DECISIONS_FILE,
     registered_model_name,
     release_pointer,
@@ -26,7 +26,7 @@ from mlops_assets.evaluation import (
 from mlops_assets.ml import modelset, persistence
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.partitions import as_of_days
-from mlops_assets.training import read_pointer
+from mlops_assets.assets.training import read_pointer
 from resources.registry import ModelRegistry, ModelSetVersion, RegistryError, RunRecord
 from resources.storage import Storage
 

@@ -94,7 +94,7 @@ def local_spark(app_name: str = "mlops-assets") -> PySparkResource:
 
 
 class PipesTrainingEngine(TrainingEngine):
-    """Training as a remote job (``mlops_assets.remote.train``) on the ``compute`` resource.
+    """Training as a remote job (``mlops_assets.jobs.train``) on the ``compute`` resource.
 
     With ``AzureMLBatchCompute`` it is an Azure ML command job on a compute cluster whose
     instances split the series; with ``LocalBatchCompute`` the very same script runs as a
@@ -112,8 +112,8 @@ class PipesTrainingEngine(TrainingEngine):
     def train(self, table, spec, series=None, stats=None, *, context=None, as_of=None):
         import time
 
-        from mlops_assets.remote.common import storage_config
-        from mlops_assets.remote.train import MODULE, TrainJob
+        from mlops_assets.jobs.common import storage_config
+        from mlops_assets.jobs.train import MODULE, TrainJob
 
         if context is None or as_of is None:
             raise ValueError("a remote training engine needs the asset's context and as-of date")

@@ -6,7 +6,7 @@ AML job split the work without talking to each other), trains them with the loca
 (``train_local``: the same function every engine runs) and writes one Parquet part of result
 records per instance. Rank 0 reports through Dagster Pipes; the caller reads every part.
 
-    MLOPS_JOB_PARAMS='{"dataset": ...}' python -m mlops_assets.remote.train
+    MLOPS_JOB_PARAMS='{"dataset": ...}' python -m mlops_assets.jobs.train
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlops_assets.curation import CuratedStore
+from mlops_assets.domain.curation import CuratedStore
 from mlops_assets.ml.engines import result_schema, train_local
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import series_codes, series_ids
-from mlops_assets.remote.common import (
+from mlops_assets.jobs.common import (
     PARAMS_ENV,
     open_pipes,
     open_storage,
@@ -35,7 +35,7 @@ from mlops_assets.remote.common import (
     shard_of_series,
 )
 
-MODULE = "mlops_assets.remote.train"
+MODULE = "mlops_assets.jobs.train"
 
 
 @dataclass

@@ -1,1 +1,0 @@
-"""Batch scoring of Blob drops: the Pipes script and the helpers it shares with the asset."""
