@@ -28,7 +28,7 @@ from mlops_assets.ml.features import feature_columns, to_series_frame
 from mlops_assets.ml.predict import predict_grouped
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
-from resources.storage import LocalStorage
+from mlops_assets.storage import LocalStorage
 
 HISTORY = 120
 

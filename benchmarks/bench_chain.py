@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> dict:
         import dagster as dg
 
         from mlops_assets.definitions import daily_job_name, defs
+        from mlops_assets.domain.sample_drops import land_sales
         from mlops_assets.ml.sample_data import SalesShape
         from mlops_assets.ml.spec import load_spec
         from mlops_assets.profiles import ensure_dagster_home, project_home, storage_for
-        from mlops_assets.domain.sample_drops import land_sales
 
         ensure_dagster_home(Path(home))
         spec = load_spec("sales")

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 
 from benchmarks.common import peak_rss_mb, write_result
 from mlops_assets.domain.curation import CuratedStore, ingest, pending_drops
+from mlops_assets.domain.sample_drops import land_sales
 from mlops_assets.ml.sample_data import SalesShape
 from mlops_assets.ml.spec import load_spec
-from mlops_assets.domain.sample_drops import land_sales
-from resources.storage import LocalStorage
+from mlops_assets.storage import LocalStorage
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -73,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
+    from mlops_assets.assets.registration import promote_version, register_release, rollback_alias
     from mlops_assets.ml import modelset, persistence
     from mlops_assets.ml.spec import load_spec
-    from mlops_assets.assets.registration import promote_version, register_release, rollback_alias
+    from mlops_assets.storage import LocalStorage
     from resources.registry import MlflowRegistry
-    from resources.storage import LocalStorage
 
     imports_s = time.perf_counter() - t0
     spec = load_spec("sales")

@@ -31,9 +31,9 @@ from sklearn.preprocessing import StandardScaler
 from mlops_assets.ml import persistence
 from mlops_assets.ml.engines import result_schema, spark_result_schema, train_local, train_spark
 from mlops_assets.ml.features import feature_matrix, feature_names, tail_length, to_series_frame
+from mlops_assets.ml.fitting import train_partition
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import DatasetSpec, load_spec
-from mlops_assets.ml.fitting import train_partition
 
 RESULTS = Path(__file__).resolve().parent / "results" / "training.json"
 

@@ -8,6 +8,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
+from mlops_assets.domain.sample_drops import land_bad, land_diabetes, land_sales
 from mlops_assets.ml.sample_data import BAD_KINDS, SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.profiles import (
@@ -16,8 +17,7 @@ from mlops_assets.profiles import (
     project_home,
     storage_for,
 )
-from mlops_assets.domain.sample_drops import land_bad, land_diabetes, land_sales
-from resources.storage import Storage
+from mlops_assets.storage import Storage
 
 
 def _storage() -> Storage:
@@ -46,8 +46,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from mlops_assets.definitions import daily_job_name, defs
     from mlops_assets.assets.registration import promote_job_name
+    from mlops_assets.definitions import daily_job_name, defs
 
     home = project_home()
     ensure_dagster_home(home)

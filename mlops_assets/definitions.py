@@ -5,15 +5,19 @@ from __future__ import annotations
 import dagster as dg
 
 from mlops_assets.assets.batch_scoring import batch_scoring_definitions
-from mlops_assets.assets.deployment import build_deployment_assets, deploy_job_name, deploy_run_config
+from mlops_assets.assets.deployment import (
+    build_deployment_assets,
+    deploy_job_name,
+    deploy_run_config,
+)
 from mlops_assets.assets.evaluation import build_evaluation_asset, registered_model_name
 from mlops_assets.assets.ingestion import build_ingestion_asset
-from mlops_assets.ml.spec import DatasetSpec, bundled_specs
 from mlops_assets.assets.monitoring import build_inference_summary_asset
-from mlops_assets.partitions import as_of_days
-from mlops_assets.profiles import current_profile, project_home, resources_for
 from mlops_assets.assets.registration import build_promotion_jobs, build_registration_asset
 from mlops_assets.assets.training import build_training_asset
+from mlops_assets.ml.spec import DatasetSpec, bundled_specs
+from mlops_assets.partitions import as_of_days
+from mlops_assets.profiles import current_profile, project_home, resources_for
 from sensors.failures import make_failure_sensor
 from sensors.release import make_release_sensor
 from sensors.schedules import make_daily_schedule

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import dagster as dg
 
+from mlops_assets.storage import Storage
 from resources.endpoints import AzureMLKubernetesEndpoint, EndpointResource, LocalEndpoint
 from resources.registry import MlflowRegistry, ModelRegistry
-from resources.storage import AzureBlobStorage, LocalStorage, Storage
+from resources.storage import AzureBlobStorageResource, LocalStorageResource
 from resources.training_engine import (
     LocalTrainingEngine,
     PipesTrainingEngine,
@@ -39,21 +40,21 @@ def current_profile() -> str:
     return profile
 
 
-def storage_for(profile: str, home: Path) -> Storage:
+def storage_for(profile: str, home: Path) -> dg.ConfigurableResource:
     if profile == "local":
-        return LocalStorage(root=str(home / "storage"))
-    return AzureBlobStorage(
+        return LocalStorageResource(root=str(home / "storage"))
+    return AzureBlobStorageResource(
         account_url=dg.EnvVar("MLOPS_STORAGE_ACCOUNT_URL"),
         container=dg.EnvVar("MLOPS_STORAGE_CONTAINER"),
     )
 
 
-def prod_storage_for(profile: str, home: Path) -> Storage:
+def prod_storage_for(profile: str, home: Path) -> dg.ConfigurableResource:
     """Where promoted model sets are copied: a separate folder locally, the prod account on
     Azure."""
     if profile == "local":
-        return LocalStorage(root=str(home / "prod-storage"))
-    return AzureBlobStorage(
+        return LocalStorageResource(root=str(home / "prod-storage"))
+    return AzureBlobStorageResource(
         account_url=dg.EnvVar("MLOPS_PROD_STORAGE_ACCOUNT_URL"),
         container=dg.EnvVar("MLOPS_PROD_STORAGE_CONTAINER"),
     )
@@ -89,7 +90,9 @@ def registries_for(profile: str, home: Path) -> tuple[ModelRegistry, ModelRegist
     )
 
 
-def training_engine(name: str, profile: str, storage: Storage) -> TrainingEngine:
+def training_engine(
+    name: str, profile: str, storage: dg.ConfigurableResource
+) -> TrainingEngine:
     """``MLOPS_TRAINING_ENGINE``: ``local`` (process pool, default), ``spark`` (applyInPandas on
     a ``local[*]`` session; a cluster through Spark config), or ``azureml`` (a command job on the
     AML compute cluster of ``MLOPS_AML_*``; in the ``local`` profile the same script runs as a

@@ -19,8 +19,8 @@ from pydantic import Field
 from mlops_assets.ml.engines import train_local, train_spark
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import decode_dictionaries
+from mlops_assets.storage import Storage
 from resources.compute import AzureMLBatchCompute, BatchCompute
-from resources.storage import Storage
 
 
 class TrainingEngine(dg.ConfigurableResource, ABC):
@@ -102,7 +102,7 @@ class PipesTrainingEngine(TrainingEngine):
     """
 
     compute: BatchCompute
-    storage: Storage
+    storage: dg.ResourceDependency[Storage]
     max_workers: int | None = Field(default=None, description="Processes per instance.")
 
     @property
@@ -112,7 +112,6 @@ class PipesTrainingEngine(TrainingEngine):
     def train(self, table, spec, series=None, stats=None, *, context=None, as_of=None):
         import time
 
-        from mlops_assets.jobs.common import storage_config
         from mlops_assets.jobs.train import MODULE, TrainJob
 
         if context is None or as_of is None:
@@ -122,7 +121,7 @@ class PipesTrainingEngine(TrainingEngine):
         job = TrainJob(
             spec=spec.model_dump(mode="json"),
             as_of=as_of,
-            storage=storage_config(self.storage),
+            storage=self.storage.config(),
             output=output,
             series=list(series) if series is not None else None,
             max_workers=self.max_workers,

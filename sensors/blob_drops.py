@@ -40,7 +40,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from resources.storage import BlobInfo, Storage
+from mlops_assets.storage import BlobInfo, Storage
 
 DEFAULT_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -140,7 +140,9 @@ def make_blob_drop_sensor(
             f"one dynamic partition of `{partitions_def.name}` per drop version."
         ),
     )
-    def blob_drop_sensor(context: dg.SensorEvaluationContext, storage: Storage) -> dg.SensorResult:
+    def blob_drop_sensor(
+        context: dg.SensorEvaluationContext, storage: dg.ResourceParam[Storage]
+    ) -> dg.SensorResult:
         cursor = Cursor.parse(context.cursor)
         now = datetime.now(UTC)
         listing: list[BlobInfo] = []

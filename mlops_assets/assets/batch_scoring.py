@@ -25,14 +25,13 @@ import time
 
 import dagster as dg
 
+from mlops_assets.assets.evaluation import registered_model_name
 from mlops_assets.domain import batch_layout as layout
 from mlops_assets.jobs.score_drops import DropBatch, DropJob, params_json
-from mlops_assets.assets.evaluation import registered_model_name
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.jobs.common import storage_config
+from mlops_assets.storage import Storage
 from resources.compute import BatchCompute
 from resources.registry import ModelRegistry
-from resources.storage import Storage
 from sensors.blob_drops import BlobDropConfig, make_blob_drop_sensor
 
 NOT_SCORED = {"rejected": "quarantined", "failed": "failed"}  # statuses that fail the run
@@ -165,8 +164,8 @@ def build_batch_scoring_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     def batch_predictions(
         context: dg.AssetExecutionContext,
         config: BatchScoringConfig,
-        storage: Storage,
-        prod_storage: Storage,
+        storage: dg.ResourceParam[Storage],
+        prod_storage: dg.ResourceParam[Storage],
         prod_registry: ModelRegistry,
         batch_compute: BatchCompute,
     ) -> dg.MaterializeResult:
@@ -191,8 +190,8 @@ def build_batch_scoring_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                     drop=layout.inbox_prefix(spec.name) + relative,
                     etag=etag,
                     key=key,
-                    storage=storage_config(storage),
-                    model_storage=storage_config(prod_storage),
+                    storage=storage.config(),
+                    model_storage=prod_storage.config(),
                     model_folder=version.folder,
                     model_version=str(version.version),
                 )

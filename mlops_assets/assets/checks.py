@@ -26,7 +26,7 @@ from mlops_assets.ml.expectations import (
 )
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import decode_dictionaries
-from resources.storage import Storage
+from mlops_assets.storage import Storage
 
 DESCRIPTIONS = {
     "schema": "Each drop is readable, has exactly the spec's columns, its values parse as the "

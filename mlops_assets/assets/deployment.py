@@ -31,9 +31,9 @@ from mlops_assets.serving.local import LocalServer
 from mlops_assets.serving.service import ServingSettings
 from mlops_assets.serving.source import ModelSetRef, load_reader, pointer_name, write_pointer
 from mlops_assets.serving.synthetic import request_rows
+from mlops_assets.storage import Storage
 from resources.endpoints import EndpointResource, ModelSetRelease, ReleaseError
 from resources.registry import ModelRegistry, ModelSetVersion
-from resources.storage import LocalStorage, Storage
 
 SMOKE_SERIES = 20
 HA_MIN_INSTANCES = 3  # "for high availability ... at least 3" (AML docs)
@@ -78,8 +78,9 @@ def resolve_version(
 
 def local_root(storage: Storage, folder: str, tmp: Path) -> str:
     """A local folder holding ``folder`` (the storage root itself, or a downloaded copy)."""
-    if isinstance(storage, LocalStorage):
-        return storage.root
+    root = storage.local_root()
+    if root is not None:
+        return str(root)
     for blob in storage.list(f"{folder}/"):
         path = tmp / blob.name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +161,7 @@ def build_deployment_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
     def serving_qa(
         context: dg.AssetExecutionContext,
         config: QAConfig,
-        prod_storage: Storage,
+        prod_storage: dg.ResourceParam[Storage],
         prod_registry: ModelRegistry,
     ) -> dg.MaterializeResult:
         mv = resolve_version(spec, prod_registry, config.version)
@@ -258,7 +259,7 @@ def build_deployment_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
     def serving_deployment(
         context: dg.AssetExecutionContext,
         config: DeployConfig,
-        prod_storage: Storage,
+        prod_storage: dg.ResourceParam[Storage],
         prod_registry: ModelRegistry,
         endpoint: EndpointResource,
     ) -> dg.MaterializeResult:

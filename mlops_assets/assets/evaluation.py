@@ -19,16 +19,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pandas.tseries.frequencies import to_offset
 
+from mlops_assets.assets.plots import histograms
+from mlops_assets.assets.training import candidate_pointer, load_manifest, models_root, read_pointer
 from mlops_assets.domain.curation import CuratedStore
 from mlops_assets.ml import comparison as ev
 from mlops_assets.ml import modelset, persistence
 from mlops_assets.ml.features import tail_length, to_series_frame
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.partitions import as_of_days
-from mlops_assets.assets.plots import histograms
-from mlops_assets.assets.training import candidate_pointer, load_manifest, models_root, read_pointer
+from mlops_assets.storage import Storage
 from resources.registry import ModelRegistry, RegistryError
-from resources.storage import Storage
 
 DECISIONS_FILE = "decisions.parquet"
 QUALITY_CHECK = "aggregate_quality"
@@ -153,7 +153,7 @@ def build_evaluation_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     def evaluation(
         context: dg.AssetExecutionContext,
         config: EvaluationConfig,
-        storage: Storage,
+        storage: dg.ResourceParam[Storage],
         registry: ModelRegistry,
     ) -> dg.MaterializeResult:
         as_of = context.partition_key

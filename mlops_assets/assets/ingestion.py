@@ -5,9 +5,6 @@ import time
 
 import dagster as dg
 
-from mlops_assets.domain.curation import CuratedStore, DropOutcome, ingest, landing_prefix, pending_drops
-from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.partitions import as_of_days
 from mlops_assets.assets.checks import (
     as_of_date,
     check_results,
@@ -15,7 +12,16 @@ from mlops_assets.assets.checks import (
     make_gate,
     publish_docs,
 )
-from resources.storage import Storage
+from mlops_assets.domain.curation import (
+    CuratedStore,
+    DropOutcome,
+    ingest,
+    landing_prefix,
+    pending_drops,
+)
+from mlops_assets.ml.spec import DatasetSpec
+from mlops_assets.partitions import as_of_days
+from mlops_assets.storage import Storage
 
 _OUTCOME_SCHEMA = dg.TableSchema(
     columns=[
@@ -71,7 +77,7 @@ def build_ingestion_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         ),
     )
     def curated(
-        context: dg.AssetExecutionContext, config: IngestConfig, storage: Storage
+        context: dg.AssetExecutionContext, config: IngestConfig, storage: dg.ResourceParam[Storage]
     ) -> dg.MaterializeResult:
         drops = pending_drops(storage, spec)
         context.log.info(f"{len(drops)} new drop version(s) under {landing_prefix(spec)}")

@@ -10,13 +10,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pandas.tseries.frequencies import to_offset
 
+from mlops_assets.assets.plots import histograms
 from mlops_assets.domain.curation import CuratedStore
 from mlops_assets.ml.drift import feature_drift
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.partitions import as_of_days
-from mlops_assets.assets.plots import histograms
 from mlops_assets.serving.collector import collected_prefix
-from resources.storage import Storage
+from mlops_assets.storage import Storage
 
 _DRIFT_SCHEMA = dg.TableSchema(
     columns=[
@@ -53,7 +53,9 @@ def build_inference_summary_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         ),
     )
     def inference_summary(
-        context: dg.AssetExecutionContext, storage: Storage, prod_storage: Storage
+        context: dg.AssetExecutionContext,
+        storage: dg.ResourceParam[Storage],
+        prod_storage: dg.ResourceParam[Storage],
     ) -> dg.MaterializeResult:
         day = context.partition_key
         collected = read_day(prod_storage, spec, day)

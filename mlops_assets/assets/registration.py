@@ -23,12 +23,12 @@ from mlops_assets.assets.evaluation import (
     registered_model_name,
     release_pointer,
 )
+from mlops_assets.assets.training import read_pointer
 from mlops_assets.ml import modelset, persistence
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.partitions import as_of_days
-from mlops_assets.assets.training import read_pointer
+from mlops_assets.storage import Storage
 from resources.registry import ModelRegistry, ModelSetVersion, RegistryError, RunRecord
-from resources.storage import Storage
 
 GATE_TAG = "quality_gate"
 
@@ -133,7 +133,9 @@ def build_registration_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         ),
     )
     def registered_model_set(
-        context: dg.AssetExecutionContext, storage: Storage, registry: ModelRegistry
+        context: dg.AssetExecutionContext,
+        storage: dg.ResourceParam[Storage],
+        registry: ModelRegistry,
     ) -> dg.MaterializeResult:
         as_of = context.partition_key
         release = read_pointer(storage, release_pointer(spec, as_of))
@@ -290,8 +292,8 @@ def build_promotion_jobs(spec: DatasetSpec) -> list[dg.JobDefinition]:
     def promote(
         context: dg.OpExecutionContext,
         config: PromoteConfig,
-        storage: Storage,
-        prod_storage: Storage,
+        storage: dg.ResourceParam[Storage],
+        prod_storage: dg.ResourceParam[Storage],
         registry: ModelRegistry,
         prod_registry: ModelRegistry,
     ) -> dg.Output:

@@ -9,14 +9,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mlops_assets.assets.plots import histograms
 from mlops_assets.domain.curation import CuratedStore
 from mlops_assets.ml import modelset
 from mlops_assets.ml.engines import result_schema
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import series_fingerprints
 from mlops_assets.partitions import as_of_days
-from mlops_assets.assets.plots import histograms
-from resources.storage import Storage
+from mlops_assets.storage import Storage
 from resources.training_engine import TrainingEngine
 
 _SERIES_TABLE = dg.TableSchema(
@@ -127,7 +127,7 @@ def build_training_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     def candidate_models(
         context: dg.AssetExecutionContext,
         config: TrainConfig,
-        storage: Storage,
+        storage: dg.ResourceParam[Storage],
         training: TrainingEngine,
     ) -> dg.MaterializeResult:
         as_of = context.partition_key

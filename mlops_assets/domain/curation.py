@@ -41,7 +41,7 @@ from mlops_assets.ml.drops import DropRejected, ParsedDrop, parse_drop, split_fa
 from mlops_assets.ml.expectations import DropGate, hint
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import decode_dictionaries, series_codes, series_numbers, take_rows
-from resources.storage import BlobInfo, Storage
+from mlops_assets.storage import BlobInfo, Storage
 
 SEQ = "_seq"
 STATS_KEY = b"mlops.shard_stats"

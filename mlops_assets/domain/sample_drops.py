@@ -19,7 +19,7 @@ from mlops_assets.ml.sample_data import (
 )
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import decode_dictionaries
-from resources.storage import BlobInfo, Storage
+from mlops_assets.storage import BlobInfo, Storage
 
 
 def land_sales(

@@ -10,43 +10,14 @@ from __future__ import annotations
 
 import os
 import zlib
-from typing import Any
 
 import numpy as np
 
+from mlops_assets.storage import CONNECTION_STRING_ENV
+
 PARAMS_ENV = "MLOPS_JOB_PARAMS"
-CONNECTION_STRING_ENV = "MLOPS_JOB_CONNECTION_STRING"  # Azurite/tests only
 PIPES_TRANSPORT_ENV = "MLOPS_PIPES_TRANSPORT"  # "azure_blob" on AML; default: Pipes' env/files
 PIPES_BLOB_ACCOUNT_URL_ENV = "MLOPS_PIPES_BLOB_ACCOUNT_URL"
-
-
-def storage_config(storage: Any) -> dict:
-    """The JSON form of a ``resources.storage`` resource (no secrets)."""
-    from resources.storage import AzureBlobStorage, LocalStorage
-
-    if isinstance(storage, LocalStorage):
-        return {"kind": "local", "root": str(storage.root)}
-    if isinstance(storage, AzureBlobStorage):
-        return {
-            "kind": "azure",
-            "account_url": storage.account_url,
-            "container": storage.container,
-            "prefix": storage.prefix,
-        }
-    raise TypeError(f"cannot pass a {type(storage).__name__} to a remote job")
-
-
-def open_storage(config: dict):
-    from resources.storage import AzureBlobStorage, LocalStorage
-
-    if config["kind"] == "local":
-        return LocalStorage(root=config["root"])
-    return AzureBlobStorage(
-        account_url=config["account_url"],
-        container=config["container"],
-        prefix=config.get("prefix", ""),
-        connection_string=os.environ.get(CONNECTION_STRING_ENV) or None,
-    )
 
 
 def rank_and_world(env: dict[str, str] | None = None) -> tuple[int, int]:

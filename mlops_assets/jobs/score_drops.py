@@ -45,6 +45,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlops_assets.domain import batch_layout as layout
+from mlops_assets.jobs.common import (
+    PARAMS_ENV,
+    open_pipes,
+    rank_and_world,
+    shard_of_series,
+)
 from mlops_assets.ml import modelset
 from mlops_assets.ml.drops import (
     ROW,
@@ -60,14 +66,7 @@ from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.scoring import UNKNOWN_SERIES, score_table
 from mlops_assets.ml.spec import ColumnType, DatasetSpec, load_spec
 from mlops_assets.ml.tables import series_codes, series_ids, series_numbers, take_rows
-from mlops_assets.jobs.common import (
-    PARAMS_ENV,
-    open_pipes,
-    open_storage,
-    rank_and_world,
-    shard_of_series,
-    storage_config,
-)
+from mlops_assets.storage import open_storage
 
 CHUNK_ROWS = 1_000_000  # rows (of whole series) whose features are computed at once
 
@@ -174,7 +173,7 @@ def params_json(batch: DropBatch, storage, name: str, limit: int = PARAMS_INLINE
     if len(text) <= limit:
         return text
     storage.write_text(name, text)
-    return json.dumps({"params_file": name, "storage": storage_config(storage)})
+    return json.dumps({"params_file": name, "storage": storage.config()})
 
 
 # ---- validation -----------------------------------------------------------------------------

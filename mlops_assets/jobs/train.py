@@ -24,16 +24,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlops_assets.domain.curation import CuratedStore
-from mlops_assets.ml.engines import result_schema, train_local
-from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.ml.tables import series_codes, series_ids
 from mlops_assets.jobs.common import (
     PARAMS_ENV,
     open_pipes,
-    open_storage,
     rank_and_world,
     shard_of_series,
 )
+from mlops_assets.ml.engines import result_schema, train_local
+from mlops_assets.ml.spec import DatasetSpec
+from mlops_assets.ml.tables import series_codes, series_ids
+from mlops_assets.storage import open_storage
 
 MODULE = "mlops_assets.jobs.train"
 

@@ -34,8 +34,8 @@ from mlops_assets.ml.features import (
     tail_length,
     to_series_frame,
 )
-from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.fitting import METRIC_NAMES, fit_series
+from mlops_assets.ml.spec import DatasetSpec
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame as SparkDataFrame

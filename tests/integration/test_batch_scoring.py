@@ -9,6 +9,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from mlops_assets.assets.batch_scoring import (
+    batch_key,
+    build_batch_scoring_asset,
+    scoring_partitions,
+)
 from mlops_assets.domain import batch_layout as layout
 from mlops_assets.domain.demo_model_set import publish_model_set, register_production
 from mlops_assets.jobs.score_drops import (
@@ -18,18 +23,12 @@ from mlops_assets.jobs.score_drops import (
     run_instance,
     stream_source,
 )
-from mlops_assets.assets.batch_scoring import (
-    batch_key,
-    build_batch_scoring_asset,
-    scoring_partitions,
-)
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.ml.tables import decode_dictionaries
-from mlops_assets.jobs.common import storage_config
+from mlops_assets.storage import BlobInfo, LocalStorage
 from resources.compute import LocalBatchCompute
 from resources.registry import MlflowRegistry
-from resources.storage import BlobInfo, LocalStorage
 from sensors.blob_drops import BlobDropConfig, Cursor, make_blob_drop_sensor, plan_tick
 
 pytestmark = pytest.mark.integration
@@ -300,7 +299,7 @@ def test_a_failing_drop_does_not_stop_the_batch(env, data, tmp_path):
     """An unexpected error in one drop (its model set is gone) is reported as that drop's
     ``failed`` message; the job still scores the others and exits 0."""
     storage = LocalStorage(root=str(tmp_path / "storage"))
-    cfg, prod = storage_config(storage), storage_config(env["prod_storage"])
+    cfg, prod = storage.config(), env["prod_storage"].config()
     jobs = []
     for i in range(3):
         info = storage.write_bytes(f"{INBOX}f/{i}.parquet", _parquet(data[1].slice(0, 3)))
@@ -332,7 +331,7 @@ def test_a_failing_drop_does_not_stop_the_batch(env, data, tmp_path):
 def test_batch_params_shapes(tmp_path):
     """A single DropJob is a batch of one; a large batch travels by reference to storage."""
     storage = LocalStorage(root=str(tmp_path))
-    cfg = storage_config(storage)
+    cfg = storage.config()
     one = DropJob("sales", f"{INBOX}a.csv", "e1", "a.csv@e1", cfg, cfg, "m/v1", "1")
     batch = DropBatch.from_json(one.to_json())
     assert batch.keys == ["a.csv@e1"] and batch.jobs()[0] == one
@@ -392,7 +391,7 @@ def _score_once(env, storage, table: pa.Table, name: str, row_group_size: int, *
     buf = io.BytesIO()
     pq.write_table(table, buf, row_group_size=row_group_size)
     info = storage.write_bytes(f"{INBOX}{name}", buf.getvalue())
-    cfg, prod = storage_config(storage), storage_config(env["prod_storage"])
+    cfg, prod = storage.config(), env["prod_storage"].config()
     key = f"{name}@{info.etag}"
     job = DropJob("sales", info.name, info.etag, key, cfg, prod, "models/sales/v1", "1")
     summary = run_instance(job, **kw)

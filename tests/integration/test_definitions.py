@@ -44,9 +44,9 @@ def test_assets_are_described_grouped_and_owned(defs):
 
 def test_profiles_pick_implementations_without_touching_the_network(tmp_path):
     local = resources_for("local", tmp_path)
-    assert type(local["storage"]).__name__ == "LocalStorage"
+    assert type(local["storage"]).__name__ == "LocalStorageResource"
     azure = resources_for("prod", tmp_path)
-    assert type(azure["storage"]).__name__ == "AzureBlobStorage"
+    assert type(azure["storage"]).__name__ == "AzureBlobStorageResource"
 
 
 def test_dagster_definitions_validate_passes_from_the_repo_root(tmp_path):

@@ -5,14 +5,14 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
+from mlops_assets.assets.monitoring import build_inference_summary_asset
 from mlops_assets.domain.curation import ingest, pending_drops
+from mlops_assets.domain.sample_drops import land_sales
 from mlops_assets.ml.sample_data import SalesShape
 from mlops_assets.ml.spec import load_spec
-from mlops_assets.assets.monitoring import build_inference_summary_asset
-from mlops_assets.domain.sample_drops import land_sales
 from mlops_assets.serving.collector import Collector
 from mlops_assets.serving.service import collected_columns
-from resources.storage import LocalStorage
+from mlops_assets.storage import LocalStorage
 
 pytestmark = pytest.mark.integration
 SALES = load_spec("sales")

@@ -8,13 +8,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from mlops_assets.domain.curation import CuratedStore, DropLedger, ingest, pending_drops
 from mlops_assets.assets.ingestion import build_ingestion_asset
+from mlops_assets.domain.curation import CuratedStore, DropLedger, ingest, pending_drops
+from mlops_assets.domain.sample_drops import land_bad, land_sales
 from mlops_assets.ml.sample_data import SalesShape, sales_table, to_bytes
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.ml.tables import decode_dictionaries
-from mlops_assets.domain.sample_drops import land_bad, land_sales
-from resources.storage import LocalStorage
+from mlops_assets.storage import LocalStorage
 
 pytestmark = pytest.mark.integration
 

@@ -22,10 +22,10 @@ import dagster as dg
 import pytest
 
 from mlops_assets.definitions import build_definitions, daily_job_name
+from mlops_assets.domain.sample_drops import land_sales
 from mlops_assets.ml.sample_data import SalesShape
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.profiles import resources_for, storage_for
-from mlops_assets.domain.sample_drops import land_sales
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.azurite]
 

@@ -5,17 +5,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mlops_assets.domain.curation import CuratedStore
 from mlops_assets.assets.evaluation import (
     build_evaluation_asset,
     load_model,
     registered_model_name,
     release_pointer,
 )
-from mlops_assets.ml import modelset, persistence
-from mlops_assets.ml.sample_data import SalesShape, sales_table
-from mlops_assets.ml.spec import load_spec
-from mlops_assets.ml.tables import series_ids as row_series
 from mlops_assets.assets.registration import (
     PromotionError,
     build_promotion_jobs,
@@ -24,8 +19,13 @@ from mlops_assets.assets.registration import (
     rollback_alias,
 )
 from mlops_assets.assets.training import build_training_asset, load_manifest, read_pointer
+from mlops_assets.domain.curation import CuratedStore
+from mlops_assets.ml import modelset, persistence
+from mlops_assets.ml.sample_data import SalesShape, sales_table
+from mlops_assets.ml.spec import load_spec
+from mlops_assets.ml.tables import series_ids as row_series
+from mlops_assets.storage import LocalStorage
 from resources.registry import MlflowRegistry, RegistryUnavailableError
-from resources.storage import LocalStorage
 from resources.training_engine import LocalTrainingEngine
 
 pytestmark = pytest.mark.integration

@@ -5,16 +5,21 @@ import pyarrow.compute as pc
 import pytest
 from azure.ai.ml import load_job
 
-from mlops_assets.domain.curation import CuratedStore
 from mlops_assets.assets.ingestion import build_ingestion_asset
+from mlops_assets.assets.training import (
+    build_training_asset,
+    latest_pointer,
+    load_manifest,
+    read_pointer,
+)
+from mlops_assets.domain.curation import CuratedStore
+from mlops_assets.domain.sample_drops import land_sales
+from mlops_assets.jobs.train import MODULE, TrainJob
 from mlops_assets.ml.engines import train_local
 from mlops_assets.ml.sample_data import SalesShape
 from mlops_assets.ml.spec import load_spec
-from mlops_assets.jobs.train import MODULE, TrainJob
-from mlops_assets.domain.sample_drops import land_sales
-from mlops_assets.assets.training import build_training_asset, latest_pointer, load_manifest, read_pointer
+from mlops_assets.storage import LocalStorage
 from resources.compute import AzureMLBatchCompute, LocalBatchCompute
-from resources.storage import LocalStorage
 from resources.training_engine import PipesTrainingEngine
 
 pytestmark = pytest.mark.integration

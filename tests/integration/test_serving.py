@@ -350,9 +350,9 @@ def test_release_sensor_and_deploy_job_switch_the_local_endpoint(tmp_path):
         qa_key,
     )
     from mlops_assets.ml import persistence
+    from mlops_assets.storage import LocalStorage
     from resources.endpoints import LocalEndpoint
     from resources.registry import MlflowRegistry
-    from resources.storage import LocalStorage
     from sensors.release import make_release_sensor
 
     root = tmp_path / "prod"

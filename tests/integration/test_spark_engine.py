@@ -9,9 +9,9 @@ import pytest
 from mlops_assets.ml import persistence
 from mlops_assets.ml.engines import TIMING_COLUMNS, train_local, train_spark
 from mlops_assets.ml.features import feature_matrix, to_series_frame
+from mlops_assets.ml.fitting import SKIPPED, TRAINED
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
-from mlops_assets.ml.fitting import SKIPPED, TRAINED
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
@@ -83,16 +83,16 @@ def test_the_spark_engine_resource_trains_the_daily_asset_like_the_local_engine(
     import dagster as dg
 
     from mlops_assets.assets.ingestion import build_ingestion_asset
-    from mlops_assets.ml.sample_data import SalesShape
-    from mlops_assets.ml.spec import load_spec
-    from mlops_assets.domain.sample_drops import land_sales
     from mlops_assets.assets.training import (
         build_training_asset,
         latest_pointer,
         load_manifest,
         read_pointer,
     )
-    from resources.storage import LocalStorage
+    from mlops_assets.domain.sample_drops import land_sales
+    from mlops_assets.ml.sample_data import SalesShape
+    from mlops_assets.ml.spec import load_spec
+    from mlops_assets.storage import LocalStorage
     from resources.training_engine import LocalTrainingEngine, SparkTrainingEngine, local_spark
 
     sales = load_spec("sales")

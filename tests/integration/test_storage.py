@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from resources.storage import AzureBlobStorage, LocalStorage, Storage
+from mlops_assets.storage import AzureBlobStorage, LocalStorage, Storage
 
 pytestmark = pytest.mark.integration
 
@@ -309,7 +309,7 @@ def test_local_crash_mid_write_keeps_the_previous_version(local: LocalStorage) -
     code = textwrap.dedent(
         f"""
         import os, signal
-        from resources.storage import LocalStorage
+        from mlops_assets.storage import LocalStorage
 
         os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)
         LocalStorage(root={local.root!r}).write_bytes("models/s1/champion.json", b"x" * 100_000)

@@ -5,15 +5,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from mlops_assets.domain.curation import CuratedStore
 from mlops_assets.assets.ingestion import build_ingestion_asset
+from mlops_assets.assets.training import (
+    build_training_asset,
+    latest_pointer,
+    load_manifest,
+    read_pointer,
+)
+from mlops_assets.domain.curation import CuratedStore
+from mlops_assets.domain.sample_drops import land_diabetes, land_sales
 from mlops_assets.ml import modelset, persistence
 from mlops_assets.ml.sample_data import SalesShape
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.ml.tables import decode_dictionaries
-from mlops_assets.domain.sample_drops import land_diabetes, land_sales
-from mlops_assets.assets.training import build_training_asset, latest_pointer, load_manifest, read_pointer
-from resources.storage import LocalStorage
+from mlops_assets.storage import LocalStorage
 from resources.training_engine import LocalTrainingEngine
 
 pytestmark = pytest.mark.integration

@@ -111,8 +111,8 @@ def test_same_script_runs_locally_under_pipes(tmp_path):
     from mlops_assets.jobs.score_drops import DropBatch, DropJob
     from mlops_assets.ml.sample_data import SalesShape, sales_table
     from mlops_assets.ml.spec import load_spec
+    from mlops_assets.storage import LocalStorage
     from resources.compute import LocalBatchCompute
-    from resources.storage import LocalStorage
 
     spec = load_spec("sales")
     storage = LocalStorage(root=str(tmp_path))

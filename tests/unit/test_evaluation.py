@@ -8,9 +8,9 @@ import pytest
 
 from mlops_assets.ml import comparison as ev
 from mlops_assets.ml.features import feature_matrix, to_series_frame
+from mlops_assets.ml.fitting import fit_series
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
-from mlops_assets.ml.fitting import fit_series
 
 P = ev.Policy(margin=0.05)
 T = ev.Policy(margin=0.0, max_metric=20.0)

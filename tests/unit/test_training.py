@@ -14,9 +14,6 @@ from sklearn.metrics import (
 from mlops_assets.ml import persistence
 from mlops_assets.ml.engines import TIMING_COLUMNS, result_schema, train_local
 from mlops_assets.ml.features import feature_matrix, to_series_frame
-from mlops_assets.ml.metrics import regression_metrics
-from mlops_assets.ml.sample_data import SalesShape, diabetes_table, sales_table
-from mlops_assets.ml.spec import load_spec
 from mlops_assets.ml.fitting import (
     FAILED,
     SKIPPED,
@@ -25,6 +22,9 @@ from mlops_assets.ml.fitting import (
     season_length,
     train_partition,
 )
+from mlops_assets.ml.metrics import regression_metrics
+from mlops_assets.ml.sample_data import SalesShape, diabetes_table, sales_table
+from mlops_assets.ml.spec import load_spec
 
 
 @pytest.fixture(scope="module")

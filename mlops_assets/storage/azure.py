@@ -1,0 +1,146 @@
+"""Storage in an Azure Blob Storage / ADLS Gen2 container (through its Blob endpoint)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlops_assets.storage.base import BlobInfo, Storage, check_name, check_prefix
+
+
+class AzureBlobStorage(Storage):
+    """A container in Azure Blob Storage or ADLS Gen2 (through its Blob endpoint).
+
+    Authentication is ``DefaultAzureCredential`` (managed identity, workload identity, az login)
+    unless a connection string is given, which is meant for Azurite and never for production.
+    """
+
+    def __init__(
+        self,
+        account_url: str,
+        container: str,
+        prefix: str = "",
+        connection_string: str | None = None,
+        create_container: bool = False,
+    ):
+        self.account_url = account_url
+        self.container = container
+        self.prefix = prefix
+        self.connection_string = connection_string  # Azurite/tests only: never logged or shown
+        self.create_container = create_container
+        self._client: Any = None
+
+    def __repr__(self) -> str:
+        return f"AzureBlobStorage(account_url={self.account_url!r}, container={self.container!r})"
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "kind": "azure",
+            "account_url": self.account_url,
+            "container": self.container,
+            "prefix": self.prefix,
+        }
+
+    def _container(self):
+        if self._client is None:
+            from azure.storage.blob import ContainerClient
+
+            if self.connection_string:
+                client = ContainerClient.from_connection_string(
+                    self.connection_string, self.container
+                )
+            else:
+                from azure.identity import DefaultAzureCredential
+
+                client = ContainerClient(
+                    self.account_url, self.container, credential=DefaultAzureCredential()
+                )
+            if self.create_container and not client.exists():
+                from azure.core.exceptions import ResourceExistsError
+
+                try:
+                    client.create_container()
+                except ResourceExistsError:
+                    pass
+            self._client = client
+        return self._client
+
+    def _full(self, name: str) -> str:
+        name = check_name(name)
+        return f"{self.prefix.strip('/')}/{name}" if self.prefix.strip("/") else name
+
+    def _rel(self, full: str) -> str:
+        p = self.prefix.strip("/")
+        return full[len(p) + 1 :] if p else full
+
+    def _to_info(self, props) -> BlobInfo:
+        return BlobInfo(
+            name=self._rel(props.name),
+            size=props.size,
+            etag=props.etag.strip('"'),
+            last_modified=props.last_modified,
+        )
+
+    def list(self, prefix: str = "") -> list[BlobInfo]:
+        # A plain string prefix, as in LocalStorage: "a/b" matches "a/b/x" and "a/bc".
+        prefix = check_prefix(prefix)
+        base = self.prefix.strip("/")
+        full = f"{base}/{prefix}" if base else prefix
+        blobs = self._container().list_blobs(name_starts_with=full or None)
+        return sorted((self._to_info(b) for b in blobs), key=lambda b: b.name)
+
+    def info(self, name: str) -> BlobInfo | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            props = self._container().get_blob_client(self._full(name)).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return self._to_info(props)
+
+    def read_bytes(self, name: str) -> bytes:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self._container().download_blob(self._full(name)).readall()
+        except ResourceNotFoundError:
+            raise FileNotFoundError(f"{self.uri(name)} does not exist") from None
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return (
+                self._container()
+                .download_blob(self._full(name), offset=offset, length=length)
+                .readall()
+            )
+        except ResourceNotFoundError:
+            raise FileNotFoundError(f"{self.uri(name)} does not exist") from None
+
+    def write_bytes(self, name: str, data: bytes, *, overwrite: bool = True) -> BlobInfo:
+        from azure.core.exceptions import ResourceExistsError
+
+        # A blob upload commits all of its blocks at once, so readers never see part of it.
+        blob = self._container().get_blob_client(self._full(name))
+        try:
+            result = blob.upload_blob(data, overwrite=overwrite)
+        except ResourceExistsError:
+            raise FileExistsError(f"{self.uri(name)} already exists") from None
+        # The version this call wrote, not whatever a second writer put there since.
+        return BlobInfo(
+            name=check_name(name),
+            size=len(data),
+            etag=result["etag"].strip('"'),
+            last_modified=result["last_modified"],
+        )
+
+    def delete(self, name: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self._container().delete_blob(self._full(name), delete_snapshots="include")
+        except ResourceNotFoundError:
+            pass
+
+    def uri(self, name: str) -> str:
+        return f"{self.account_url.rstrip('/')}/{self.container}/{self._full(name)}"

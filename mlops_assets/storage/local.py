@@ -1,0 +1,175 @@
+"""Storage in a folder on this machine: temp file, fsync, rename."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from mlops_assets.storage.base import BlobInfo, Storage, check_name, check_prefix
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; a committed object gets the mode a plain open() would give it.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
+class LocalStorage(Storage):
+    """A folder on this machine: the embedded default."""
+
+    def __init__(self, root: str | Path):
+        self.root = str(root)
+
+    def __repr__(self) -> str:
+        return f"LocalStorage(root={self.root!r})"
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "local", "root": self.root}
+
+    def _path(self, name: str) -> Path:
+        name = check_name(name)
+        if name.rsplit("/", 1)[-1].startswith(".tmp-"):
+            raise ValueError(f"invalid storage name {name!r}: '.tmp-*' is kept for partial writes")
+        return Path(self.root) / name
+
+    def _info(self, path: Path, name: str) -> BlobInfo:
+        st = path.stat()
+        ns = st.st_mtime_ns
+        return BlobInfo(
+            name=name,
+            size=st.st_size,
+            # Like an HTTP server's weak etag. Every write and move stamps an mtime strictly
+            # later than the version it replaces (see _stamp), so a rewrite of the same size
+            # whose temp file reuses a freed inode still gets a new etag.
+            etag=f"{st.st_ino:x}-{ns:x}-{st.st_size:x}",
+            last_modified=datetime.fromtimestamp(ns // 10**9, tz=UTC).replace(
+                microsecond=(ns // 1000) % 10**6
+            ),
+        )
+
+    @staticmethod
+    def _stamp(new: str | Path, replaces: Path) -> None:
+        """Set ``new``'s mtime to now, and later than that of the version it replaces: file
+        timestamps can be as coarse as a clock tick, and inodes are reused."""
+        now = time.time_ns()
+        try:
+            now = max(now, replaces.stat().st_mtime_ns + 1)
+        except FileNotFoundError:
+            pass
+        os.utime(new, ns=(now, now))
+
+    def list(self, prefix: str = "") -> list[BlobInfo]:
+        prefix = check_prefix(prefix)
+        root = Path(self.root)
+        if not root.exists():
+            return []
+        # Walk only the deepest folder the prefix names, so a narrow prefix stays cheap.
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        base = root / folder
+        if not base.is_dir():
+            return []
+        out = []
+        for dirpath, _dirs, files in os.walk(base):
+            for f in files:
+                if f.startswith(".tmp-"):
+                    continue
+                path = Path(dirpath) / f
+                name = path.relative_to(root).as_posix()
+                if name.startswith(prefix):
+                    try:
+                        out.append(self._info(path, name))
+                    except FileNotFoundError:  # deleted or moved by someone else meanwhile
+                        continue
+        return sorted(out, key=lambda b: b.name)
+
+    def info(self, name: str) -> BlobInfo | None:
+        path = self._path(name)
+        if not path.is_file():
+            return None
+        try:
+            return self._info(path, check_name(name))
+        except FileNotFoundError:
+            return None
+
+    def read_bytes(self, name: str) -> bytes:
+        with self.open_read(name) as f:
+            return f.read()
+
+    def open_read(self, name: str) -> IO[bytes]:
+        path = self._path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.uri(name)} does not exist")
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.uri(name)} does not exist") from None
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        with self.open_read(name) as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def write_bytes(self, name: str, data: bytes, *, overwrite: bool = True) -> BlobInfo:
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fchmod(f.fileno(), _FILE_MODE)
+                self._stamp(tmp, path)
+                os.fsync(f.fileno())
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                # link() fails if the target exists: an atomic create-if-absent.
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise FileExistsError(f"{self.uri(name)} already exists") from None
+                os.unlink(tmp)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return self._info(path, check_name(name))
+
+    def delete(self, name: str) -> None:
+        path = self._path(name)
+        if path.is_dir():  # a folder is not an object: like a missing blob
+            return
+        path.unlink(missing_ok=True)
+
+    def move(self, src: str, dst: str) -> BlobInfo:
+        s, d = self._path(src), self._path(dst)
+        if not s.is_file():
+            raise FileNotFoundError(f"{self.uri(src)} does not exist")
+        if s == d:
+            return self._info(d, check_name(dst))
+        d.parent.mkdir(parents=True, exist_ok=True)
+        # A moved object is a new version at dst (as a blob copy would be): a poller whose
+        # cursor is on (last_modified, name, etag) must see it.
+        try:
+            self._stamp(s, d)
+            os.replace(s, d)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.uri(src)} does not exist") from None
+        return self._info(d, check_name(dst))
+
+    def uri(self, name: str) -> str:
+        return self._path(name).resolve().as_uri()
+
+    def local_root(self) -> Path:
+        return Path(self.root)
+
+    def local_path(self, name: str) -> Path:
+        return self._path(name)
