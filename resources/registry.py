@@ -26,6 +26,8 @@ from urllib.parse import urlparse
 import dagster as dg
 from pydantic import Field
 
+from mlops_assets.domain.model_sets import ModelSetRef
+
 
 class RegistryError(RuntimeError):
     """A registry operation failed."""
@@ -48,6 +50,24 @@ class ModelSetVersion:
     def folder(self) -> str | None:
         """The model-set folder, relative to the storage root it was registered from."""
         return self.tags.get("folder")
+
+    @property
+    def ref(self) -> ModelSetRef:
+        """The registered model set, as every reader takes it.
+
+        Raises:
+            ModelSetError: The version lacks the ``folder`` or ``manifest_sha256`` tag (it was
+                not registered by this project, or its tags were edited): nothing can verify it.
+        """
+        return ModelSetRef.from_dict(
+            {
+                "name": self.name,
+                "version": self.tags.get("candidate_version") or str(self.version),
+                "folder": self.tags.get("folder"),
+                "manifest_sha256": self.tags.get("manifest_sha256"),
+                "registry_version": self.version,
+            }
+        )
 
 
 @dataclass
