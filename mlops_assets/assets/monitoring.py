@@ -1,21 +1,11 @@
 """Monitoring of served predictions: what the endpoint's data collection gathered each day."""
 
-import io
-
 import dagster as dg
-import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from pandas.tseries.frequencies import to_offset
 
 from mlops_assets.assets.plots import histograms
-from mlops_assets.domain.curation import CuratedStore
-from mlops_assets.ml.drift import feature_drift
+from mlops_assets.domain.inference_summary import InferenceSummary, summarize_day
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.partitions import as_of_days
-from mlops_assets.serving.collector import collected_prefix
 from mlops_assets.storage import Storage
 
 _DRIFT_SCHEMA = dg.TableSchema(
@@ -30,15 +20,32 @@ _DRIFT_SCHEMA = dg.TableSchema(
 )
 
 
-def read_day(storage: Storage, spec: DatasetSpec, day: str) -> pa.Table | None:
-    names = [b.name for b in storage.list(f"{collected_prefix(spec.name)}/date={day}/")]
-    tables = [pq.read_table(io.BytesIO(storage.read_bytes(n))) for n in names]
-    return pa.concat_tables(tables, promote_options="permissive") if tables else None
+def summary_metadata(spec: DatasetSpec, summary: InferenceSummary) -> dict:
+    md: dict = {
+        "records": summary.records,
+        "requests": summary.requests,
+        "errors": summary.errors,
+        "error_rate": summary.error_rate,
+        "features_drifting": summary.features_drifting,
+        "input_drift": dg.MetadataValue.table(
+            [dg.TableRecord(d) for d in summary.drift], schema=_DRIFT_SCHEMA
+        ),
+    }
+    if summary.median_prediction is not None:
+        md["median_prediction"] = summary.median_prediction
+    if summary.values:
+        first, (training, served) = next(iter(summary.values.items()))
+        md[f"{first}_distribution"] = dg.MetadataValue.md(
+            histograms(
+                {"training": training, "served": served},
+                f"{spec.name}: {first}, training vs served",
+                first,
+            )
+        )
+    return md
 
 
 def build_inference_summary_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
-    numeric = [spec.target, *spec.features.exogenous]
-
     @dg.asset(
         key=[spec.name, "inference_summary"],
         group_name=f"{spec.name}_serving",
@@ -58,54 +65,10 @@ def build_inference_summary_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         prod_storage: dg.ResourceParam[Storage],
     ) -> dg.MaterializeResult:
         day = context.partition_key
-        collected = read_day(prod_storage, spec, day)
-        if collected is None:
+        summary = summarize_day(storage, prod_storage, spec, day)
+        if summary is None:
             context.log.info(f"no requests were collected on {day}")
             return dg.MaterializeResult(metadata={"records": 0, "requests": 0})
-        reference = CuratedStore(storage, spec).read(
-            columns=[spec.time, *numeric], until=pd.Timestamp(day).date()
-        )
-        if reference.num_rows:
-            last = pc.max(reference[spec.time]).as_py()
-            window = spec.validation.drift.reference_periods * to_offset(spec.frequency)
-            start = pd.Timestamp(last) - window
-            reference = reference.filter(
-                pc.greater(reference[spec.time], pa.scalar(start.date(), reference[spec.time].type))
-            )
-
-        def values(table: pa.Table, c: str) -> np.ndarray:
-            if c not in table.column_names:
-                return np.array([])
-            return pc.cast(table[c], pa.float64()).to_numpy(zero_copy_only=False)
-
-        inputs = [c for c in spec.features.exogenous if c in collected.column_names]
-        drift = feature_drift(
-            {c: values(reference, c) for c in inputs}, {c: values(collected, c) for c in inputs}
-        )
-        errors = pc.value_counts(collected["error"].drop_null()).to_pylist()
-        md: dict = {
-            "records": collected.num_rows,
-            "requests": pc.count_distinct(collected["request_id"]).as_py()
-            if "request_id" in collected.column_names
-            else 0,
-            "errors": {d["values"]: int(d["counts"]) for d in errors},
-            "error_rate": round(sum(d["counts"] for d in errors) / collected.num_rows, 4),
-            "features_drifting": [d["feature"] for d in drift if d["verdict"] == "large"],
-            "input_drift": dg.MetadataValue.table(
-                [dg.TableRecord(d) for d in drift], schema=_DRIFT_SCHEMA
-            ),
-        }
-        if "prediction" in collected.column_names:
-            md["median_prediction"] = float(np.nanmedian(values(collected, "prediction")))
-        if inputs:
-            first = inputs[0]
-            md[f"{first}_distribution"] = dg.MetadataValue.md(
-                histograms(
-                    {"training": values(reference, first), "served": values(collected, first)},
-                    f"{spec.name}: {first}, training vs served",
-                    first,
-                )
-            )
-        return dg.MaterializeResult(metadata=md)
+        return dg.MaterializeResult(metadata=summary_metadata(spec, summary))
 
     return inference_summary
