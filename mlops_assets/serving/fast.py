@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from mlops_assets.ml import scoring
 from mlops_assets.ml.features import SeriesFrame, feature_matrix, tail_length
+from mlops_assets.ml.predict import predict_pipeline
 from mlops_assets.ml.scoring import ModelLookup, RequestError, SeriesModel
 from mlops_assets.ml.spec import DatasetSpec
 
@@ -59,22 +60,6 @@ def _number(value) -> float | None:
         return None
     v = float(value)
     return v if math.isfinite(v) else None
-
-
-def _predict(model, X: np.ndarray) -> np.ndarray:
-    """The pipeline's prediction; linear pipelines without sklearn's per-call validation."""
-    try:
-        first, last = model[0], model[-1]
-        mean, scale = first.mean_, first.scale_
-        coef, intercept = last.coef_, last.intercept_
-    except (AttributeError, TypeError, IndexError):
-        return model.predict(X)
-    if type(first).__name__ != "StandardScaler" or type(last).__name__ not in (
-        "Ridge",
-        "LinearRegression",
-    ):
-        return model.predict(X)
-    return ((X - mean) / scale) @ coef + intercept
 
 
 def check_columns(records: list[dict], spec: DatasetSpec) -> None:
@@ -223,7 +208,7 @@ def _score_fast(records, parsed, idx, models, spec, out) -> None:
         out[i] = {
             "series_id": sid,
             "time": str(day),
-            "prediction": float(_predict(model.model, row)[0]),
+            "prediction": float(predict_pipeline(model.model, row)[0]),
             "model_version": model.version,
             "error": None,
             "message": None,
