@@ -38,6 +38,7 @@ MAGIC = b"MMSKL\x00v1"
 LINEAR, SKOPS = "linear", "skops"
 _HEADER_LEN = struct.Struct("<I")
 
+
 class ModelLoadError(ValueError):
     """The bytes are not a model artifact this code will load."""
 
