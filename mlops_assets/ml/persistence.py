@@ -3,12 +3,13 @@
 An artifact is ``MAGIC | header length (uint32 LE) | JSON header | payload``. The header names
 the payload format and the scikit-learn version that wrote it. Two payload formats:
 
-* ``linear``: a ``[StandardScaler ->] Ridge | LinearRegression`` pipeline as raw float64 arrays
-  (a few hundred bytes, ~20 us to write). Loading rebuilds the estimators from a fixed class map
-  and sets their fitted arrays; nothing in the payload can name code to run.
-* ``skops``: any other pipeline, via ``skops.io`` with an allow-list of type names pinned here.
-  Every type named in the file's schema must be on the list, checked before ``skops.io.loads``;
-  ``trusted=True`` is never used (CVE-2024-37065).
+* ``linear``: a ``[StandardScaler ->] estimator`` pipeline whose estimator is the ``linear``
+  class of a family (``families``), as raw float64 arrays (a few hundred bytes, ~20 us to
+  write). Loading rebuilds the estimators from that fixed class map and sets their fitted
+  arrays; nothing in the payload can name code to run.
+* ``skops``: any other pipeline, via ``skops.io`` with the allow-list of type names the families
+  pin (``families.trusted_skops_types``). Every type named in the file's schema must be on the
+  list, checked before ``skops.io.loads``; ``trusted=True`` is never used (CVE-2024-37065).
 
 Loading refuses anything else, including pickle and joblib files, a bare skops file, a sha256
 mismatch and a scikit-learn major.minor version other than the running one.
@@ -28,48 +29,14 @@ from typing import Any
 import numpy as np
 import sklearn
 import skops.io as sio
-from sklearn.linear_model import LinearRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from mlops_assets.ml import families
+
 MAGIC = b"MMSKL\x00v1"
 LINEAR, SKOPS = "linear", "skops"
-_LINEAR_CLASSES: dict[str, type] = {"Ridge": Ridge, "LinearRegression": LinearRegression}
 _HEADER_LEN = struct.Struct("<I")
-
-# Every type a skops file of a supported family may contain. Reviewed by hand; extend only after
-# reviewing the new type (tests/unit/test_persistence.py shows which types each family needs).
-TRUSTED_SKOPS_TYPES = frozenset(
-    {
-        "builtins.bool",
-        "builtins.dict",
-        "builtins.float",
-        "builtins.int",
-        "builtins.list",
-        "builtins.str",
-        "builtins.tuple",
-        "numpy.dtype",
-        "numpy.float64",
-        "numpy.int64",
-        "numpy.ndarray",
-        "numpy.random._generator.Generator",
-        "numpy.uint64",
-        "sklearn._loss._loss.CyHalfSquaredError",
-        "sklearn._loss.link.IdentityLink",
-        "sklearn._loss.link.Interval",
-        "sklearn._loss.loss.HalfSquaredError",
-        "sklearn.ensemble._forest.RandomForestRegressor",
-        "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
-        "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
-        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-        "sklearn.linear_model._base.LinearRegression",
-        "sklearn.linear_model._ridge.Ridge",
-        "sklearn.pipeline.Pipeline",
-        "sklearn.preprocessing._data.StandardScaler",
-        "sklearn.tree._classes.DecisionTreeRegressor",
-        "sklearn.tree._tree.Tree",
-    }
-)
 
 
 class ModelLoadError(ValueError):
@@ -101,9 +68,9 @@ def _linear_parts(model: Pipeline) -> tuple[StandardScaler | None, Any] | None:
     steps = [s for _, s in model.steps]
     scaler = steps[0] if len(steps) == 2 else None
     est = steps[-1]
-    if len(steps) > 2 or type(est).__name__ not in _LINEAR_CLASSES:
+    if len(steps) > 2 or type(est) is not families.linear_classes().get(type(est).__name__):
         return None
-    if type(est) is not _LINEAR_CLASSES[type(est).__name__] or np.ndim(est.coef_) != 1:
+    if np.ndim(est.coef_) != 1:
         return None
     if scaler is not None and (
         type(scaler) is not StandardScaler or not (scaler.with_mean and scaler.with_std)
@@ -168,7 +135,7 @@ def read_header(data: bytes) -> tuple[dict, bytes]:
 
 
 def _load_linear(header: dict, payload: bytes) -> Pipeline:
-    cls = _LINEAR_CLASSES.get(header.get("estimator"))
+    cls = families.linear_classes().get(header.get("estimator"))
     if cls is None:
         raise UntrustedModelError(f"unknown linear estimator {header.get('estimator')!r}")
     p = int(header["n_features"])
@@ -210,12 +177,13 @@ def skops_types(payload: bytes) -> set[str]:
 
 
 def _load_skops(payload: bytes) -> Pipeline:
-    untrusted = skops_types(payload) - TRUSTED_SKOPS_TYPES
+    trusted = families.trusted_skops_types()
+    untrusted = skops_types(payload) - trusted
     if untrusted:
         raise UntrustedModelError(
             f"artifact names types not on the allow-list: {sorted(untrusted)}"
         )
-    model = sio.loads(payload, trusted=sorted(TRUSTED_SKOPS_TYPES))
+    model = sio.loads(payload, trusted=sorted(trusted))
     if not isinstance(model, Pipeline):
         raise UntrustedModelError(f"artifact holds a {type(model).__name__}, not a Pipeline")
     return model

@@ -15,6 +15,8 @@ import pyarrow as pa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mlops_assets.ml import families
+
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 
 
@@ -68,8 +70,14 @@ class FeatureSpec(BaseModel):
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    family: Literal["ridge", "hist_gradient_boosting", "linear", "random_forest"] = "ridge"
+    family: str = Field(default="ridge", description="A name in the table of ``families``.")
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, v: str) -> str:
+        families.family(v)  # raises UnknownFamilyError, a ValueError, for a name not in the table
+        return v
 
 
 class DriftBands(BaseModel):

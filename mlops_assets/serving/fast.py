@@ -18,15 +18,20 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from mlops_assets.ml import scoring
 from mlops_assets.ml.features import SeriesFrame, feature_matrix, tail_length
-from mlops_assets.ml.scoring import ModelLookup, RequestError, SeriesModel
+from mlops_assets.ml.predict import predict_pipeline
+from mlops_assets.ml.score_request import (
+    RESULT_COLUMNS,
+    ModelLookup,
+    SeriesModel,
+    period_after,
+    require_columns,
+    required_columns,
+)
 from mlops_assets.ml.spec import DatasetSpec
-
-RESULT_FIELDS = ("series_id", "time", "prediction", "model_version", "error", "message")
 
 
 @dataclass
@@ -40,8 +45,7 @@ class Scored:
 
 @lru_cache(maxsize=4096)
 def _next_period(history_end: str, frequency: str) -> np.datetime64:
-    nxt = pd.date_range(start=pd.Timestamp(history_end), periods=2, freq=frequency)[-1]
-    return np.datetime64(nxt.date(), "D")
+    return np.datetime64(period_after(history_end, frequency).date(), "D")
 
 
 def _day(value) -> np.datetime64 | None:
@@ -61,35 +65,15 @@ def _number(value) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _predict(model, X: np.ndarray) -> np.ndarray:
-    """The pipeline's prediction; linear pipelines without sklearn's per-call validation."""
-    try:
-        first, last = model[0], model[-1]
-        mean, scale = first.mean_, first.scale_
-        coef, intercept = last.coef_, last.intercept_
-    except (AttributeError, TypeError, IndexError):
-        return model.predict(X)
-    if type(first).__name__ != "StandardScaler" or type(last).__name__ not in (
-        "Ridge",
-        "LinearRegression",
-    ):
-        return model.predict(X)
-    return ((X - mean) / scale) @ coef + intercept
-
-
 def check_columns(records: list[dict], spec: DatasetSpec) -> None:
     """``scoring.score``'s request-level check: a required column no record has."""
-    required = scoring.required_columns(spec)
+    required = required_columns(spec)
     seen: set[str] = set()
     for r in records:
         seen.update(r)
         if seen.issuperset(required):
             return
-    missing = [c for c in required if c not in seen]
-    raise RequestError(
-        f"missing column(s) {missing}; each row needs {required} "
-        f"(and may carry {spec.target!r} where it is known)"
-    )
+    require_columns(seen, spec)
 
 
 def score_records(records: list[dict], spec: DatasetSpec, model_for: ModelLookup) -> Scored:
@@ -116,7 +100,7 @@ def score_records(records: list[dict], spec: DatasetSpec, model_for: ModelLookup
             continue  # slow path decides (missing value)
         if not all(isinstance(v, str) for v in vals):
             continue
-        sid = "/".join(f"{c}={v}" for c, v in zip(keys, vals, strict=True))
+        sid = spec.series_id(vals)
         parsed[i] = (sid, _day(r.get(time_col)), [_number(r.get(c)) for c in exog_cols])
         if sid in by_series:
             slow_series.add(sid)
@@ -187,7 +171,7 @@ def _clean(row: dict) -> dict:
         v = row.get(f)
         if v is not None and not isinstance(v, str):
             row[f] = None if isinstance(v, float) and math.isnan(v) else str(v)
-    return {f: row.get(f) for f in RESULT_FIELDS}
+    return {f: row.get(f) for f in RESULT_COLUMNS}
 
 
 def _score_fast(records, parsed, idx, models, spec, out) -> None:
@@ -223,7 +207,7 @@ def _score_fast(records, parsed, idx, models, spec, out) -> None:
         out[i] = {
             "series_id": sid,
             "time": str(day),
-            "prediction": float(_predict(model.model, row)[0]),
+            "prediction": float(predict_pipeline(model.model, row)[0]),
             "model_version": model.version,
             "error": None,
             "message": None,

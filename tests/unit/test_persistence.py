@@ -16,12 +16,11 @@ from sklearn.linear_model import LinearRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from mlops_assets.ml import persistence
+from mlops_assets.ml import families, persistence
 from mlops_assets.ml.persistence import (
     LINEAR,
     MAGIC,
     SKOPS,
-    TRUSTED_SKOPS_TYPES,
     ModelIntegrityError,
     ModelLoadError,
     ModelVersionError,
@@ -77,7 +76,7 @@ def test_skops_families_only_name_allow_listed_types():
     for name in ("hgb", "forest"):
         model, _ = PIPELINES[name]
         payload = read_header(dumps(model.fit(X, Y)))[1]
-        assert skops_types(payload) <= TRUSTED_SKOPS_TYPES
+        assert skops_types(payload) <= families.trusted_skops_types()
 
 
 def test_tampered_bytes_are_refused(ridge_bytes):

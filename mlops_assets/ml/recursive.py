@@ -1,0 +1,215 @@
+"""Recursive prediction over ranges of whole series: the heart of ``scoring.score_table``.
+
+Rows whose features are all known are predicted in one pass; a row that needs a target nobody
+sent (the second period ahead, say) waits for the prediction of the period before it, which
+fills that target; this repeats until no row can move. Each range of series is scored as one
+``SeriesFrame``: each series' stored history tail, then its request rows.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+
+from mlops_assets.ml.features import SeriesFrame, feature_columns, feature_names
+from mlops_assets.ml.predict import fold_linear, predict_grouped, predict_rows, stack_linear
+from mlops_assets.ml.score_request import (
+    INSUFFICIENT_HISTORY,
+    MISSING_FEATURE,
+    RowErrors,
+    SeriesModel,
+    column_numbers,
+)
+from mlops_assets.ml.spec import DatasetSpec
+
+
+class SeriesRows:
+    """The scorable rows grouped by series (in ``order``), read one range of series at a time.
+
+    Targets and exogenous columns stay Arrow until a range is scored: a batch of tens of
+    millions of rows is never copied whole into numpy, only each range of about a million.
+    """
+
+    def __init__(
+        self,
+        table: pa.Table,
+        spec: DatasetSpec,
+        order: np.ndarray | None,
+        series_of: np.ndarray,
+        time: np.ndarray,
+        tails: dict[int, tuple[np.ndarray, np.ndarray]],
+    ):
+        """The rows ``order`` (None: all, as they came) of ``table``, grouped by series.
+
+        Args:
+            table: The request.
+            spec: The dataset spec.
+            order: Row numbers grouped by series then time, or None for all rows as they are.
+            series_of: Series number of each request row.
+            time: Period of each request row.
+            tails: Per series number: (times, targets) of the history before its first row.
+        """
+        self.table, self.spec, self.order, self.identity = table, spec, order, order is None
+        self.time, self.tails = time, tails
+        grouped = series_of if order is None else series_of[order]
+        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+        self.present = grouped[starts]  # series numbers, in order
+        self.bounds = np.r_[starts, len(grouped)]  # rows of present[i]: bounds[i]:bounds[i + 1]
+
+    def ranges(self, max_rows: int) -> list[tuple[int, int]]:
+        """Ranges of ``present`` of about ``max_rows`` rows (whole series, at least one)."""
+        step = max(1, max_rows)
+        cuts = np.searchsorted(self.bounds, np.arange(step, int(self.bounds[-1]), step))
+        edges = np.unique(np.r_[0, cuts, len(self.present)])
+        return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+    def _numbers(self, name: str, rows) -> np.ndarray:
+        if name not in self.table.column_names:
+            n = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+            return np.full(n, np.nan)
+        col = self.table[name]
+        part = (
+            col.slice(rows.start, rows.stop - rows.start)
+            if isinstance(rows, slice)
+            else (col.take(rows))
+        )
+        return column_numbers(part)
+
+    def frame(self, i0: int, i1: int) -> tuple[SeriesFrame, np.ndarray]:
+        """Series ``present[i0:i1]`` as one frame: each one's tail rows, then its request rows;
+        and the request row of each frame row (-1 for tail rows)."""
+        a, b = int(self.bounds[i0]), int(self.bounds[i1])
+        rows = slice(a, b) if self.identity else self.order[a:b]
+        request_rows = np.arange(a, b) if self.identity else rows
+        present, bounds = self.present[i0:i1], self.bounds[i0 : i1 + 1] - a
+        tails = self.tails
+        tail_len = np.array([len(tails[s][0]) if s in tails else 0 for s in present], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(np.diff(bounds) + tail_len)]).astype(np.int64)
+        longest = int(tail_len.max()) if len(tail_len) else 0
+        no_value, no_row = np.full(longest, np.nan), np.full(longest, -1, np.int64)
+
+        def interleave(values: np.ndarray, tail_part) -> np.ndarray:
+            pieces = []
+            for i, s in enumerate(present):
+                if tail_len[i]:
+                    pieces.append(tail_part(int(s), int(tail_len[i])))
+                pieces.append(values[bounds[i] : bounds[i + 1]])
+            return np.concatenate(pieces, out=np.empty(offsets[-1], values.dtype))
+
+        frame = SeriesFrame(
+            keys=[(int(s),) for s in present],
+            offsets=offsets,
+            time=interleave(self.time[rows], lambda s, k: tails[s][0]),
+            target=interleave(self._numbers(self.spec.target, rows), lambda s, k: tails[s][1]),
+            exog={
+                c: interleave(self._numbers(c, rows), lambda s, k: no_value[:k])
+                for c in self.spec.features.exogenous
+            },
+        )
+        return frame, interleave(request_rows, lambda s, k: no_row[:k])
+
+
+def _all_finite(columns: list[np.ndarray]) -> np.ndarray:
+    ok = np.isfinite(columns[0])
+    for col in columns[1:]:
+        ok &= np.isfinite(col)
+    return ok
+
+
+def _predict_chunk(frame, model_of, request_row, pipelines, folded, spec):
+    """Recursive prediction of one frame of whole series (its target is updated in place).
+
+    Returns the values of every row (NaN where not predicted), and the request rows left
+    unscored with the pattern of their missing features.
+    """
+    counts = np.diff(frame.offsets)
+    pending = request_row >= 0
+    values = np.full(frame.n_rows, np.nan)
+    columns = feature_columns(frame, spec)
+    while pending.any():
+        ready = pending & _all_finite(columns)
+        if not ready.any():
+            break
+        if folded is not None:
+            values[ready] = predict_grouped(columns, model_of, counts, folded)[ready]
+        else:
+            rows = np.flatnonzero(ready)
+            X = np.column_stack(columns)
+            values[rows] = predict_rows(X, rows, np.repeat(model_of, counts), pipelines, None)
+        fill = ready & np.isnan(frame.target)
+        frame.target[fill] = values[fill]
+        pending &= ~ready
+        if not fill.any():
+            break
+        if pending.any():
+            columns = feature_columns(frame, spec)
+    left = np.flatnonzero(pending)
+    missing = np.column_stack([~np.isfinite(c[left]) for c in columns])
+    return values, request_row[left], missing
+
+
+def predict_recursive(
+    rows: SeriesRows,
+    models: list[SeriesModel | None],
+    predicted: np.ndarray,
+    spec: DatasetSpec,
+    errors: RowErrors,
+    chunk_rows: int,
+) -> None:
+    """Predict rows whose features are known; fill unknown targets with predictions; repeat.
+
+    Series are independent, so this runs over ranges of whole series of about ``chunk_rows``
+    rows: memory stays bounded, and two ranges run at once (numpy releases the GIL).
+
+    Args:
+        rows: The scorable rows, grouped by series.
+        models: Each series number's model (None: none; its rows are not among ``rows``).
+        predicted: Filled in place: the prediction of each request row.
+        spec: The dataset spec.
+        errors: Filled in place: rows whose features stay unknown.
+        chunk_rows: About how many rows (of whole series) are scored at a time.
+    """
+    pipelines = [m.model if m is not None else None for m in models]
+    stacked = stack_linear(pipelines)
+    folded = fold_linear(stacked) if stacked is not None else None
+
+    def one(bounds: tuple[int, int]):
+        frame, request_row = rows.frame(*bounds)
+        model_of = np.array([k[0] for k in frame.keys], dtype=np.int64)
+        values, unscored, missing = _predict_chunk(
+            frame, model_of, request_row, pipelines, folded, spec
+        )
+        done = (request_row >= 0) & np.isfinite(values)
+        return request_row[done], values[done], unscored, missing
+
+    ranges = rows.ranges(chunk_rows)
+    workers = min(2, os.cpu_count() or 1, len(ranges))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for done_rows, values, unscored, missing in pool.map(one, ranges):
+            predicted[done_rows] = values
+            _explain_unscored(unscored, missing, spec, errors)
+
+
+def _explain_unscored(rows, missing, spec, errors) -> None:
+    """One message per set of missing features, not one call per row."""
+    if not len(rows):
+        return
+    names = feature_names(spec)
+    patterns, which = np.unique(missing, axis=0, return_inverse=True)
+    for p, pattern in enumerate(patterns):
+        cols = [names[j] for j in np.flatnonzero(pattern)]
+        exog_missing = [c for c in cols if c in spec.features.exogenous]
+        target_rows = rows[which.ravel() == p]
+        if exog_missing:
+            errors.set(
+                target_rows, MISSING_FEATURE, f"feature(s) {exog_missing} missing or not numbers"
+            )
+        else:
+            errors.set(
+                target_rows,
+                INSUFFICIENT_HISTORY,
+                f"not enough history before this period for {cols}",
+            )
