@@ -18,6 +18,7 @@ from mlops_assets.ml.drops import ROW, DropRejected
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.validation.failures import Failure, plain
 from mlops_assets.ml.validation.gx import GxRunner, gx_failures
+from mlops_assets.ml.validation.masks import columns_of
 from mlops_assets.ml.validation.profile import (
     Band,
     distinct,
@@ -201,11 +202,7 @@ class DropGate:
             self._window = self._window_series = self._bands = None
 
     def _extra_drop_level(self, good: pa.Table) -> list[Failure]:
-        cols = sorted({c for e in self.extra_drop for c in _kw_columns(e["kwargs"])})
+        cols = sorted({c for e in self.extra_drop for c in columns_of(e["kwargs"])})
         frame = good.select(cols).to_pandas(date_as_object=False)
         result = self.runner.run(build_suite(f"{self.spec.name}.extra", self.extra_drop), frame)
         return list(gx_failures(result, {}, self.spec))
-
-
-def _kw_columns(kw: dict) -> list[str]:
-    return [kw["column"]] if "column" in kw else list(kw.get("column_list", []))

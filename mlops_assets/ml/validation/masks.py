@@ -177,7 +177,8 @@ def row_failures(
     GIL), so a large drop uses every core. Configs whose columns ``table`` lacks are skipped (a
     scoring drop may come without its target).
     """
-    configs = [c for c in configs if _columns(c["kwargs"]) <= set(table.column_names)]
+    have = set(table.column_names)
+    configs = [c for c in configs if set(columns_of(c["kwargs"])) <= have]
     if not configs:
         return []
     workers = workers or os.cpu_count() or 1
@@ -195,5 +196,6 @@ def row_failures(
     return [r for r in results if r is not None]
 
 
-def _columns(kw: dict) -> set[str]:
-    return {kw["column"]} if "column" in kw else set(kw.get("column_list", []))
+def columns_of(kw: dict) -> list[str]:
+    """The columns an expectation's kwargs name."""
+    return [kw["column"]] if "column" in kw else list(kw.get("column_list", []))
