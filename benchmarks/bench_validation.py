@@ -2,9 +2,9 @@
 
 Times, on the same typed drop in the same run:
 
-* ``gate`` (and ``gate_shuffled``, the same rows in random order): exactly what ``curation.ingest`` runs per drop with a gate: the row-level masks of
-  the suite (``DropGate.row_rules``), the split into good and quarantined rows, and the
-  drop-level expectations (exact profile + great-expectations run on it, with distribution
+* ``gate`` (and ``gate_shuffled``, the same rows in random order): exactly what
+  ``curation.ingest`` runs per drop with a gate: the row-level masks of the suite and the split
+  into kept and quarantined rows (``validate_rows``), and the drop-level expectations (exact profile + great-expectations run on it, with distribution
   bands from a reference window).
 * ``pandas``: the same rules written as plain pandas (notna, isfinite, between, isin,
   duplicated, row count, mean/std/quantiles) on the same data already in a DataFrame.
@@ -30,11 +30,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlops_assets.domain.curation import _apply_rules
-from mlops_assets.ml import expectations as ex
-from mlops_assets.ml.drops import ROW, DropRejected, ParsedDrop, split_failures
+from mlops_assets.ml.drops import ROW, DropRejected
 from mlops_assets.ml.sample_data import SalesShape, iter_sales
 from mlops_assets.ml.spec import load_spec
+from mlops_assets.ml.validation.gate import DropGate
+from mlops_assets.ml.validation.gx import GxRunner
+from mlops_assets.ml.validation.rows import validate_rows
+from mlops_assets.ml.validation.suite import build_suite, drift_columns, row_expectations
 
 AS_OF = "2026-11-21"
 RESULTS = Path(__file__).resolve().parent / "results" / "validation.json"
@@ -61,20 +63,18 @@ def typed_drop(n_rows: int, n_periods: int = 4000) -> pa.Table:
     return t.append_column(ROW, pa.array(np.arange(t.num_rows, dtype=np.int64)))
 
 
-def run_gate(gate: ex.DropGate, table: pa.Table, spec) -> dict:
+def run_gate(gate: DropGate, table: pa.Table, spec) -> dict:
     """What ``ingest`` does with a parsed drop: row masks, split, drop-level expectations."""
     t0 = time.perf_counter()
-    empty = split_failures(table.slice(0, 0), None, [], spec).rejected
-    parsed = ParsedDrop(rows_in=table.num_rows, good=table, rejected=empty)  # as parse_drop gives
-    parsed = _apply_rules(parsed, spec, (gate.row_rules,))
+    check = validate_rows(table, spec, for_scoring=False, as_of=gate.as_of)
     t1 = time.perf_counter()
     try:
-        report = gate.check_drop("bench.parquet", parsed)
+        report = gate.check_drop("bench.parquet", check)
         out = {"failures": len(report.failures)}
     except DropRejected as e:
-        out = {"rejected": str(e)}
+        out = {"quarantined": str(e)}
     t2 = time.perf_counter()
-    return {"good": parsed.good.num_rows, "row_level_s": t1 - t0, "drop_level_s": t2 - t1, **out}
+    return {"good": check.kept.num_rows, "row_level_s": t1 - t0, "drop_level_s": t2 - t1, **out}
 
 
 def run_pandas(df, spec) -> dict:
@@ -101,7 +101,7 @@ def run_pandas(df, spec) -> dict:
     t2 = time.perf_counter()
     good = df[~bad]
     stats = {}
-    for c in ex.drift_columns(spec):
+    for c in drift_columns(spec):
         g = good[c]
         stats[c] = (g.mean(), g.std(), *g.quantile([0.1, 0.5, 0.9]).tolist())
     ok = v.min_rows_per_drop <= len(good)
@@ -139,7 +139,7 @@ def main() -> None:
     spec = load_spec("sales")
 
     t0 = time.perf_counter()
-    runner = ex.GxRunner()
+    runner = GxRunner()
     gx_startup = time.perf_counter() - t0
     results = []
     for n in args.rows:
@@ -147,7 +147,7 @@ def main() -> None:
         # Reference window: every period of the same data (a drop spanning all periods is
         # then in band and passes, the common case; a rejection would take the same path).
         spec.validation.drift.reference_periods = len(pc.unique(table[spec.time]))
-        gate = ex.DropGate(spec, AS_OF, reference=table, runner=runner)
+        gate = DropGate(spec, AS_OF, reference=table, runner=runner)
         _ = gate.bands  # reference bands are computed once per run, before the first drop
         run_gate(gate, table.take(np.arange(0, table.num_rows, 997)), spec)  # warm-up
         g_med, g_all, g_out = median_time(
@@ -189,7 +189,7 @@ def main() -> None:
     if args.gx_rows:
         small = typed_drop(args.gx_rows)
         frame = small.drop_columns([ROW]).to_pandas(date_as_object=False)
-        suite = ex.build_suite("bench.rows", ex.row_expectations(spec, AS_OF))
+        suite = build_suite("bench.rows", row_expectations(spec, AS_OF))
         g_med, _, res = median_time(lambda: runner.run(suite, frame), 1)
         gx_full = {
             "rows": small.num_rows,

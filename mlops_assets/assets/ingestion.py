@@ -1,24 +1,11 @@
 """Ingestion: drops landed under ``landing/<dataset>/`` become the curated Parquet dataset."""
 
-import tempfile
-import time
-
 import dagster as dg
 
-from mlops_assets.assets.checks import (
-    as_of_date,
-    check_results,
-    check_specs,
-    make_gate,
-    publish_docs,
-)
-from mlops_assets.domain.curation import (
-    CuratedStore,
-    DropOutcome,
-    ingest,
-    landing_prefix,
-    pending_drops,
-)
+from mlops_assets.assets.checks import as_of_date, check_result, check_specs
+from mlops_assets.domain.ingest_run import IngestionRun, run_ingestion
+from mlops_assets.domain.ledger import DropOutcome
+from mlops_assets.domain.validation_report import check_outcomes
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.partitions import as_of_days
 from mlops_assets.storage import Storage
@@ -59,6 +46,29 @@ def outcome_table(outcomes: list[DropOutcome], limit: int = 50) -> dg.TableMetad
     return dg.MetadataValue.table(records, schema=_OUTCOME_SCHEMA)
 
 
+def run_metadata(storage: Storage, run: IngestionRun, as_of: object) -> dict:
+    """The curated asset's metadata for one ingestion run."""
+    result, summary = run.result, run.summary
+    return {
+        "dagster/row_count": summary["rows"],
+        "series": summary["series"],
+        "time_min": summary["time_min"] or "",
+        "time_max": summary["time_max"] or "",
+        "drops_consumed": len(result.outcomes),
+        "drops_quarantined": result.count("quarantined"),
+        "drops_partial": result.count("partially_ingested"),
+        "rows_in": result.rows_in,
+        "rows_curated": result.rows_curated,
+        "rows_quarantined": result.rows_quarantined,
+        "rows_replaced": result.merge.rows_replaced,
+        "drops": outcome_table(result.outcomes),
+        "curated_uri": dg.MetadataValue.url(storage.uri(run.layout)),
+        "as_of": str(as_of),
+        **run.phases.metadata(),
+        **({"data_docs": dg.MetadataValue.url(storage.uri(run.docs))} if run.docs else {}),
+    }
+
+
 def build_ingestion_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     @dg.asset(
         key=[spec.name, "curated"],
@@ -79,64 +89,28 @@ def build_ingestion_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     def curated(
         context: dg.AssetExecutionContext, config: IngestConfig, storage: dg.ResourceParam[Storage]
     ) -> dg.MaterializeResult:
-        drops = pending_drops(storage, spec)
-        context.log.info(f"{len(drops)} new drop version(s) under {landing_prefix(spec)}")
-
         def progress(o: DropOutcome) -> None:
             level = context.log.warning if o.status != "ingested" else context.log.info
             level(f"{o.status}: {o.drop} ({o.rows_curated} rows curated) {o.message or ''}")
 
         as_of = as_of_date(context.partition_key if context.has_partition_key else None)
-        seconds: dict[str, float] = {}
-        t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="gx-docs-") as docs_dir:
-            gate = (
-                make_gate(storage, spec, as_of, docs_dir if config.data_docs else None)
-                if drops
-                else None
-            )
-            seconds["gate"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            result = ingest(
-                storage,
-                spec,
-                drops,
-                n_shards=config.n_shards,
-                run_id=context.run_id,
-                on_drop=progress,
-                gate=gate,
-            )
-            seconds["ingest"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            docs = publish_docs(storage, spec, gate)
-            seconds["docs"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        store = CuratedStore(storage, spec)
-        summary = store.summary()
-        seconds["summary"] = time.perf_counter() - t0
+        run = run_ingestion(
+            storage,
+            spec,
+            as_of,
+            n_shards=config.n_shards,
+            data_docs=config.data_docs,
+            run_id=context.run_id,
+            on_drop=progress,
+            log=context.log.info,
+        )
+        docs_uri = storage.uri(run.docs) if run.docs else None
         return dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": summary["rows"],
-                "series": summary["series"],
-                "time_min": summary["time_min"] or "",
-                "time_max": summary["time_max"] or "",
-                "drops_consumed": len(result.outcomes),
-                "drops_quarantined": result.count("quarantined"),
-                "drops_partial": result.count("partially_ingested"),
-                "rows_in": result.rows_in,
-                "rows_curated": result.rows_curated,
-                "rows_quarantined": result.rows_quarantined,
-                "rows_replaced": result.merge.rows_replaced,
-                "drops": outcome_table(result.outcomes),
-                "curated_uri": dg.MetadataValue.url(storage.uri(store.prefix + "/_layout.json")),
-                "as_of": str(as_of),
-                **{f"seconds_{k}": round(v, 3) for k, v in seconds.items()},
-                **{f"seconds_{k}": round(v, 3) for k, v in result.seconds.items()},
-                **({"data_docs": dg.MetadataValue.url(storage.uri(docs))} if docs else {}),
-            },
-            check_results=check_results(
-                spec, result, as_of, docs_uri=storage.uri(docs) if docs else None
-            ),
+            metadata=run_metadata(storage, run, as_of),
+            check_results=[
+                check_result(spec, c, docs_uri=docs_uri)
+                for c in check_outcomes(spec, run.result, as_of)
+            ],
         )
 
     return curated

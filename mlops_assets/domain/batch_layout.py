@@ -6,7 +6,7 @@ wiring, the asset and the script, so the names agree everywhere)::
     scoring/<ds>/predictions/<drop>@<etag>/part-<r>-of-<n>.parquet   (n instances)
     scoring/<ds>/predictions/<drop>@<etag>/_summary-<r>.json        per-instance counts
     scoring/<ds>/quarantine/files/<drop>@<etag>    a malformed drop, + .reason.json
-    scoring/<ds>/quarantine/rows/<drop>@<etag>.parquet   rejected rows with rule and reason
+    scoring/<ds>/quarantine/rows/<drop>@<etag>.parquet   quarantined rows with rule and reason
 
 ``<drop>`` is the drop's name relative to the inbox (it may contain folders, e.g. a date
 sub-prefix ``2026/11/21/store-17.csv``). A drop version is ``<drop>@<etag>``: this is also the

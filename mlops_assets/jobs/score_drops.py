@@ -59,13 +59,13 @@ from mlops_assets.ml.drops import (
     check_columns,
     drop_format,
     parse_drop,
-    split_failures,
     type_rows,
 )
 from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.scoring import UNKNOWN_SERIES, score_table
-from mlops_assets.ml.spec import ColumnType, DatasetSpec, load_spec
+from mlops_assets.ml.spec import DatasetSpec, load_spec
 from mlops_assets.ml.tables import series_codes, series_ids, series_numbers, take_rows
+from mlops_assets.ml.validation.rows import validate_rows
 from mlops_assets.storage import open_storage
 
 CHUNK_ROWS = 1_000_000  # rows (of whole series) whose features are computed at once
@@ -200,75 +200,14 @@ def _columns_of(name: str, data: bytes) -> list[str] | None:
         return None
 
 
-def _within(values: pa.ChunkedArray, col) -> bool:
-    """Whether every value of a numeric column passes its rules, in one or two reductions."""
-    lo, hi = (v.as_py() for v in pc.min_max(values, skip_nulls=True).values())
-    if lo is None:
-        return True
-    if (col.min is not None and lo < col.min) or (col.max is not None and hi > col.max):
-        return False
-    if col.allowed:
-        allowed = {float(a) for a in col.allowed}
-        seen = [v for v in pc.unique(values).to_pylist() if v is not None and v == v]
-        return all(float(v) in allowed for v in seen)
-    return True
-
-
-def _value_rules(table: pa.Table, spec: DatasetSpec) -> list[tuple[str, str, np.ndarray]]:
-    """min/max/allowed of every column but the target, on typed values (nulls pass).
-
-    Each rule is first checked with one Arrow reduction; a row mask is built only for a rule
-    that some row fails.
-    """
-    checks = []
-    for cname, col in spec.columns.items():
-        if cname == spec.target or cname not in table.column_names:
-            continue
-        values = table[cname]
-        if col.type in (ColumnType.float, ColumnType.int) and (
-            col.min is not None or col.max is not None or col.allowed
-        ):
-            if _within(values, col):
-                continue
-            if col.min is not None:
-                checks.append(("range.min", cname, pc.less(values, col.min)))
-            if col.max is not None:
-                checks.append(("range.max", cname, pc.greater(values, col.max)))
-            if col.allowed:
-                allowed = pa.array([float(a) for a in col.allowed])
-                number = pc.cast(values, pa.float64())
-                outside = pc.invert(pc.or_(pc.is_in(number, allowed), pc.is_nan(number)))
-                checks.append(("allowed", cname, pc.and_(outside, pc.is_valid(values))))
-        elif col.allowed:
-            text = (
-                pc.cast(values, pa.string())
-                if not pa.types.is_dictionary(values.type)
-                else (values.cast(values.type.value_type))
-            )
-            outside = pc.invert(pc.is_in(text, pa.array(col.allowed)))
-            checks.append(("allowed", cname, pc.and_(outside, pc.is_valid(values))))
-    failures = []
-    for rule, cname, failed in checks:
-        failed = failed.fill_null(False)  # a null is not a value rule's business
-        if pc.any(failed).as_py():
-            failures.append((rule, cname, failed.to_numpy(zero_copy_only=False)))
-    return failures
-
-
 def validate(name: str, data: bytes, spec: DatasetSpec) -> ParsedDrop:
     """Type the drop against the scoring spec; rows failing a type, null or value rule are
     rejected with it. Raises ``DropRejected`` for a file that cannot be read as a drop."""
     cols = _columns_of(name, data)
     sspec = scoring_spec(spec, has_target=cols is None or spec.target in cols)
     parsed = parse_drop(name, data, sspec, keep_dictionaries=True)
-    failures = _value_rules(parsed.good, sspec)
-    if not failures:
-        return parsed
-    more = split_failures(parsed.good, None, failures, sspec)
-    rejected = pa.concat_tables(
-        [parsed.rejected, more.rejected.select(parsed.rejected.column_names)]
-    )
-    return ParsedDrop(rows_in=parsed.rows_in, good=more.good, rejected=rejected)
+    check = validate_rows(parsed, sspec, for_scoring=True)
+    return ParsedDrop(rows_in=check.rows_in, good=check.kept, rejected=check.quarantined)
 
 
 # ---- scoring --------------------------------------------------------------------------------
@@ -466,14 +405,9 @@ def score_in_pieces(
             raw = pa.Table.from_batches([batch])
             parsed = type_rows(raw, sspec, first, keep_dictionaries=True)
             first += raw.num_rows
-            failures = _value_rules(parsed.good, sspec)
-            if failures:
-                more = split_failures(parsed.good, None, failures, sspec)
-                good = more.good
-                rejected += [parsed.rejected, more.rejected.select(parsed.rejected.column_names)]
-            else:
-                good = parsed.good
-                rejected.append(parsed.rejected)
+            check = validate_rows(parsed, sspec, for_scoring=True)
+            good = check.kept
+            rejected.append(check.quarantined)
             if world > 1:
                 good = good.filter(
                     pa.array(shard_of_series(_row_series_ids(good, spec), world) == rank)

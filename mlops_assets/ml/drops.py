@@ -2,8 +2,9 @@
 
 File-level problems (unreadable, empty, wrong delimiter or encoding, missing or extra columns)
 raise ``DropRejected``; the whole file goes to quarantine. Row-level problems (a value that does
-not parse as its column's type, a null key) come back as rejected rows with the rule, column,
-value and source row number, so nothing is silently dropped.
+not parse as its column's type, a null key) come back as quarantined rows
+(``ParsedDrop.rejected``) with the rule, column, value and source row number, so nothing is
+silently dropped. Rule names are ``validation.rules``'.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mlops_assets.ml.spec import ColumnType, DatasetSpec
+from mlops_assets.ml.validation.rules import Rule, type_rule
 
 ROW = "_row"  # 1-based line number in a CSV (header is line 1), 0-based row index in Parquet
 REJECT_COLUMNS = ("_rule", "_column", "_value", "_message")
@@ -26,10 +28,11 @@ FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
 class DropRejected(Exception):
-    """The whole file cannot be curated; ``rule`` names the file-level rule that failed."""
+    """The whole file cannot be curated and goes to quarantine; ``rule`` names the file- or
+    drop-level rule that failed (a ``validation.rules`` name)."""
 
     def __init__(self, name: str, rule: str, message: str, column: str | None = None):
-        self.name, self.rule, self.column = name, rule, column
+        self.name, self.rule, self.column = name, str(rule), column
         super().__init__(f"{name}: {message} [rule: {rule}]")
 
     @property
@@ -60,11 +63,11 @@ def drop_format(name: str) -> str | None:
 
 def _read_csv(name: str, data: bytes) -> tuple[pa.Table, int]:
     if not data.strip():
-        raise DropRejected(name, "file.not_empty", "the file is empty (0 bytes of data)")
+        raise DropRejected(name, Rule.FILE_NOT_EMPTY, "the file is empty (0 bytes of data)")
     if data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data[:4096]:
         raise DropRejected(
             name,
-            "file.encoding",
+            Rule.FILE_ENCODING,
             "the file is not UTF-8 (it looks like UTF-16); re-export as UTF-8",
         )
     try:
@@ -72,7 +75,7 @@ def _read_csv(name: str, data: bytes) -> tuple[pa.Table, int]:
     except UnicodeDecodeError as e:
         raise DropRejected(
             name,
-            "file.encoding",
+            Rule.FILE_ENCODING,
             f"the file is not UTF-8 (byte {e.start} is invalid); re-export as UTF-8",
         ) from None
     header = data.split(b"\n", 1)[0].decode("utf-8").lstrip("\ufeff")
@@ -88,7 +91,7 @@ def _read_csv(name: str, data: bytes) -> tuple[pa.Table, int]:
             ),
         )
     except pa.ArrowInvalid as e:
-        raise DropRejected(name, "file.readable", f"not a readable CSV file: {e}") from None
+        raise DropRejected(name, Rule.FILE_READABLE, f"not a readable CSV file: {e}") from None
     return table, 2  # data rows start on line 2
 
 
@@ -97,7 +100,7 @@ def _read_parquet(name: str, data: bytes) -> tuple[pa.Table, int]:
         return pq.read_table(io.BytesIO(data)), 0
     except (pa.ArrowInvalid, OSError) as e:
         raise DropRejected(
-            name, "file.readable", f"not a readable Parquet file (truncated or corrupt?): {e}"
+            name, Rule.FILE_READABLE, f"not a readable Parquet file (truncated or corrupt?): {e}"
         ) from None
 
 
@@ -109,21 +112,21 @@ def check_columns(name: str, table: pa.Table, spec: DatasetSpec) -> None:
         delim = next(d for d in ";\t|" if d in have[0])
         raise DropRejected(
             name,
-            "file.delimiter",
+            Rule.FILE_DELIMITER,
             f"the header is one column {have[0][:60]!r}: the file looks {delim!r}-delimited; "
             "drops must be comma-separated",
         )
     if missing:
         raise DropRejected(
             name,
-            "schema.missing_column",
+            Rule.SCHEMA_MISSING_COLUMN,
             f"missing column(s) {missing}; expected exactly {want}",
             column=missing[0],
         )
     if extra:
         raise DropRejected(
             name,
-            "schema.extra_column",
+            Rule.SCHEMA_EXTRA_COLUMN,
             f"unexpected column(s) {extra}; expected exactly {want} (add them to the spec "
             "to accept them)",
             column=extra[0],
@@ -187,12 +190,12 @@ def parse_drop(
     fmt = drop_format(name)
     if fmt is None:
         raise DropRejected(
-            name, "file.format", f"unknown file type; drops must end in {sorted(FORMATS)}"
+            name, Rule.FILE_FORMAT, f"unknown file type; drops must end in {sorted(FORMATS)}"
         )
     raw, first_row = (_read_csv if fmt == "csv" else _read_parquet)(name, data)
     check_columns(name, raw, spec)
     if raw.num_rows == 0:
-        raise DropRejected(name, "file.has_rows", "the file has a header but no rows")
+        raise DropRejected(name, Rule.FILE_HAS_ROWS, "the file has a header but no rows")
     return type_rows(raw, spec, first_row, keep_dictionaries)
 
 
@@ -211,11 +214,11 @@ def type_rows(
         fields.append(pa.field(cname, values.type, nullable=col.nullable))
         typed[cname] = values
         if bad.any():
-            failures.append((f"type.{col.type.value}", cname, bad))
+            failures.append((type_rule(col.type.value), cname, bad))
         if not col.nullable and values.null_count:
             null = values.is_null().to_numpy(zero_copy_only=False) & ~bad
             if null.any():
-                failures.append(("not_null", cname, null))
+                failures.append((Rule.NOT_NULL, cname, null))
     schema = spec.arrow_schema if not keep_dictionaries else pa.schema(fields)
     good = pa.table({**typed, ROW: rows}, schema=schema.append(pa.field(ROW, pa.int64())))
     return split_failures(good, raw, failures, spec)

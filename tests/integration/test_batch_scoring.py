@@ -188,7 +188,7 @@ def test_malformed_and_bad_rows(env, data):
     out = pq.read_table(storage.local_path(layout.predictions_name("sales", key)))
     assert out.num_rows == 9
     rej = pq.read_table(storage.local_path(layout.quarantined_rows("sales", key)))
-    assert rej["_rule"].to_pylist() == ["range.min"]
+    assert rej["_rule"].to_pylist() == ["values.range"]
     (md,) = _materializations(partly).values()
     assert md["rows_quarantined"].value == 1
 
@@ -292,7 +292,7 @@ def test_batch_with_a_malformed_drop(env, data, tmp_path):
     partly = by_name["i-partly.parquet"]
     assert per_drop[partly]["rows_scored"] == 9 and per_drop[partly]["rows_quarantined"] == 1
     rej = pq.read_table(storage.local_path(layout.quarantined_rows("sales", partly)))
-    assert rej["_rule"].to_pylist() == ["range.min"]
+    assert rej["_rule"].to_pylist() == ["values.range"]
 
 
 def test_a_failing_drop_does_not_stop_the_batch(env, data, tmp_path):

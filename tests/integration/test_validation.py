@@ -11,9 +11,9 @@ import pytest
 from mlops_assets.assets.ingestion import build_ingestion_asset
 from mlops_assets.domain.curation import CuratedStore, DropLedger
 from mlops_assets.domain.sample_drops import land_sales
-from mlops_assets.ml.expectations import CONCERNS
 from mlops_assets.ml.sample_data import BAD_KINDS, SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
+from mlops_assets.ml.validation.rules import CONCERNS
 from mlops_assets.storage import LocalStorage
 
 pytestmark = pytest.mark.integration

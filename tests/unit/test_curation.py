@@ -2,7 +2,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mlops_assets.domain.curation import merge_sorted, sort_and_dedupe
+from mlops_assets.domain.merge import merge_sorted, sort_and_dedupe
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.ml.tables import decode_dictionaries

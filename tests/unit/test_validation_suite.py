@@ -1,4 +1,4 @@
-"""The suite builder: expectations derived from specs, and masks that agree with GX."""
+"""The suite builder: expectations derived from specs, masks that agree with GX, the gate."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mlops_assets.ml import expectations as ex
-from mlops_assets.ml.drops import ROW, ParsedDrop, split_failures
+from mlops_assets.ml.drops import ROW, DropRejected, split_failures
 from mlops_assets.ml.spec import ExtraExpectation, load_spec
+from mlops_assets.ml.validation import masks, suite
+from mlops_assets.ml.validation.gate import DropGate
+from mlops_assets.ml.validation.gx import GxRunner
+from mlops_assets.ml.validation.profile import Band
+from mlops_assets.ml.validation.rows import RowCheck, validate_rows
+from mlops_assets.ml.validation.rules import Rule
 
 AS_OF = date(2026, 11, 20)
 
@@ -49,10 +54,10 @@ def _rules(configs):
     ],
 )
 def test_row_suite_from_spec(spec_name, expected):
-    configs = ex.row_expectations(load_spec(spec_name), AS_OF)
+    configs = suite.row_expectations(load_spec(spec_name), AS_OF)
     assert expected <= _rules(configs)
-    suite = ex.build_suite(f"{spec_name}.rows", configs)
-    assert len(suite.expectations) == len(configs)
+    built = suite.build_suite(f"{spec_name}.rows", configs)
+    assert len(built.expectations) == len(configs)
 
 
 @pytest.mark.parametrize(
@@ -77,15 +82,15 @@ def test_row_suite_from_spec(spec_name, expected):
 def test_extra_expectations_from_yaml(extra, level):
     spec = load_spec("sales")
     spec.validation.expectations = [ExtraExpectation(**extra)]
-    rules = _rules(ex.row_expectations(spec, AS_OF))
+    rules = _rules(suite.row_expectations(spec, AS_OF))
     in_rows = any(r.startswith("custom.") for r, _ in rules)
     assert in_rows == (level == "row")
 
 
 def test_drop_suite_bands_and_freshness():
     spec = load_spec("sales")
-    bands = {"sales__mean": ex.Band(10.0, 1.0, 52)}
-    configs = ex.drop_expectations(spec, AS_OF, bands)
+    bands = {"sales__mean": Band(10.0, 1.0, 52)}
+    configs = suite.drop_expectations(spec, AS_OF, bands)
     by_rule = {(c["meta"]["rule"], c["meta"]["severity"]): c["kwargs"] for c in configs}
     d = spec.validation.drift
     assert by_rule[("drift.sales.mean", "warn")]["max_value"] == 10 + d.warn_sigmas
@@ -137,28 +142,28 @@ def test_masks_match_expected_rows(rule, column, rows):
     table = _table()
     configs = [
         c
-        for c in ex.row_expectations(spec, AS_OF)
+        for c in suite.row_expectations(spec, AS_OF)
         if c["meta"]["rule"] == rule and c["kwargs"].get("column") in (column, None)
     ]
     assert configs
     mask = np.zeros(table.num_rows, dtype=bool)
     for c in configs:
-        mask |= ex.ROW_EVALUATORS[c["type"]](table, c["kwargs"])
+        mask |= masks.ROW_EVALUATORS[c["type"]](table, c["kwargs"])
     assert np.flatnonzero(mask).tolist() == rows
 
 
 @pytest.fixture(scope="module")
 def runner():
-    return ex.GxRunner()
+    return GxRunner()
 
 
 def test_masks_agree_with_great_expectations(runner):
     """Each row-level expectation: our mask counts what GX counts as unexpected."""
     spec = load_spec("sales")
     table = _table()
-    configs = ex.row_expectations(spec, AS_OF)
+    configs = suite.row_expectations(spec, AS_OF)
     result = runner.run(
-        ex.build_suite("sales.rows", configs), table.to_pandas(date_as_object=False)
+        suite.build_suite("sales.rows", configs), table.to_pandas(date_as_object=False)
     )
     assert len(result.results) == len(configs)
     by_config = {
@@ -170,7 +175,7 @@ def test_masks_agree_with_great_expectations(runner):
             continue
         r = by_config[(c["meta"]["rule"], str(c["kwargs"].get("column")))]
         gx_count = r.result.get("unexpected_count", 0)
-        ours = int(ex.ROW_EVALUATORS[c["type"]](table, c["kwargs"]).sum())
+        ours = int(masks.ROW_EVALUATORS[c["type"]](table, c["kwargs"]).sum())
         # GX skips NaN (a pandas null) in value expectations; so do we (NaN is not_null's).
         assert ours == gx_count, (c, r.result)
 
@@ -188,7 +193,12 @@ def _reference(rng):
     )
 
 
-def _drop(rng, scale: float = 1.0, shift: float = 0.0, n: int = 20) -> ParsedDrop:
+def _checked(drop: pa.Table, spec) -> RowCheck:
+    """``drop``'s rows, all kept (as ``validate_rows`` returns a clean drop)."""
+    return RowCheck(drop.num_rows, drop, split_failures(drop.slice(0, 0), None, [], spec).rejected)
+
+
+def _drop(rng, scale: float = 1.0, shift: float = 0.0, n: int = 20) -> RowCheck:
     spec = load_spec("sales")
     drop = pa.table(
         {
@@ -201,7 +211,7 @@ def _drop(rng, scale: float = 1.0, shift: float = 0.0, n: int = 20) -> ParsedDro
         }
     )
     drop = drop.append_column(ROW, pa.array(np.arange(n, dtype=np.int64)))
-    return ParsedDrop(n, drop, split_failures(drop.slice(0, 0), None, [], spec).rejected)
+    return _checked(drop, spec)
 
 
 @pytest.mark.parametrize(
@@ -218,14 +228,14 @@ def test_gate_drop_level_rules(case, settings, drop_kw, rule):
     for k, v in settings.items():
         setattr(spec.validation, k, v)
     rng = np.random.default_rng(0)
-    gate = ex.DropGate(spec, AS_OF, reference=_reference(rng))
+    gate = DropGate(spec, AS_OF, reference=_reference(rng))
     parsed = _drop(rng, **drop_kw)
     if rule is None:
         report = gate.check_drop("ok.csv", parsed)
-        assert not [f for f in report.failures if f["severity"] == "error"], case
+        assert not [f for f in report.failures if f.severity == "error"], case
         assert report.profile["rows_in"] == 20
         return
-    with pytest.raises(ex.DropRejected) as err:
+    with pytest.raises(DropRejected) as err:
         gate.check_drop("bad.csv", parsed)
     assert err.value.rule.startswith(rule), case
     assert "bad.csv" in err.value.message and "quarantined" in err.value.message
@@ -247,7 +257,7 @@ def test_distribution_compares_like_with_like(stores, expected):
     # Series differ in level: S0 and S1 sell far more than the others.
     level = np.where(np.isin(ref["store"].to_numpy(zero_copy_only=False), ["S0", "S1"]), 20, 1)
     ref = ref.set_column(2 + 1, "sales", pa.array(ref["sales"].to_numpy() * level))
-    gate = ex.DropGate(spec, AS_OF, reference=ref)
+    gate = DropGate(spec, AS_OF, reference=ref)
     n = len(stores)
     drop = pa.table(
         {
@@ -259,6 +269,77 @@ def test_distribution_compares_like_with_like(stores, expected):
             "promo": pa.array([0] * n, pa.int64()),
         }
     ).append_column(ROW, pa.array(np.arange(n, dtype=np.int64)))
-    parsed = ParsedDrop(n, drop, split_failures(drop.slice(0, 0), None, [], spec).rejected)
-    report = gate.check_drop("drop.csv", parsed)  # raises if compared with the wrong history
+    report = gate.check_drop(
+        "drop.csv", _checked(drop, spec)
+    )  # raises if compared with the wrong history
     assert report.reference.endswith(expected)
+
+
+def test_a_null_passes_value_rules_as_in_great_expectations(runner):
+    """Nulls (and NaN) of a nullable column are not a value rule's business, in GX or ours."""
+    spec = load_spec("sales")
+    for name in ("promo", "price"):
+        spec.columns[name] = spec.columns[name].model_copy(update={"nullable": True})
+    table = _table().slice(0, 3)
+    table = table.set_column(5, "promo", pa.array([None, 1, 7], pa.int64()))
+    table = table.set_column(4, "price", pa.array([None, float("nan"), -1.0]))
+    configs = [
+        c
+        for c in suite.row_expectations(spec, AS_OF)
+        if c["meta"]["rule"] in ("values.allowed", "values.range")
+        and c["kwargs"]["column"] in ("promo", "price")
+    ]
+    assert len(configs) == 2
+    result = runner.run(suite.build_suite("nulls", configs), table.to_pandas(date_as_object=False))
+    for c, r in zip(configs, result.results, strict=True):
+        mask = masks.ROW_EVALUATORS[c["type"]](table, c["kwargs"])
+        assert np.flatnonzero(mask).tolist() == [2]
+        assert int(mask.sum()) == r.result.get("unexpected_count", 0)
+
+
+def _typed(table: pa.Table) -> pa.Table:
+    return table.append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+
+
+def test_validate_rows_keeps_or_quarantines_every_row_with_its_first_rule():
+    spec = load_spec("sales")
+    check = validate_rows(_typed(_table()), spec, for_scoring=False, as_of=AS_OF)
+    assert check.rows_in == 7 and check.kept.num_rows + check.rows_quarantined == 7
+    assert check.kept[ROW].to_pylist() == [0]
+    got = {r[ROW]: r["_rule"] for r in check.quarantined.to_pylist()}
+    # precedence: not_null, then the value rules column by column, time, then uniqueness
+    assert got == {
+        1: Rule.VALUES_RANGE,
+        2: Rule.VALUES_RANGE,
+        3: Rule.VALUES_FINITE,
+        4: Rule.TIME_NOT_FUTURE,
+        5: Rule.NOT_NULL,
+        6: Rule.VALUES_RANGE,
+    }
+    assert check.rule_counts() == {
+        "values.range": 3,
+        "values.finite": 1,
+        "time.not_future": 1,
+        "not_null": 1,
+    }
+    by_rule = {(f.rule, f.column): f for f in check.failures(spec)}
+    assert by_rule[("values.range", "price")].count == 2
+    assert by_rule[("values.range", "price")].concern == "values"
+    assert by_rule[("not_null", "sales")].to_dict()["unexpected_count"] == 1
+
+
+def test_scoring_checks_value_bounds_of_inputs_with_the_same_rule_names():
+    """Batch scoring: only value bounds, not on the (optional) target; keys may repeat."""
+    spec = load_spec("sales")
+    columns = {k: c for k, c in spec.columns.items() if k != spec.target}
+    spec = spec.model_copy(update={"columns": columns})  # a drop without its target
+    table = _typed(_table()).drop_columns([spec.target])
+    check = validate_rows(table, spec, for_scoring=True)
+    got = {r[ROW]: (r["_rule"], r["_column"]) for r in check.quarantined.to_pylist()}
+    # row 2 fails values.allowed (promo 7) too, but price comes first in column order
+    assert got == {2: ("values.range", "price"), 6: ("values.range", "price")}
+    assert check.kept[ROW].to_pylist() == [0, 1, 3, 4, 5]
+    i = table.schema.get_field_index("price")
+    fair = table.set_column(i, "price", pa.array([1.0] * table.num_rows))
+    only_promo = validate_rows(fair, spec, for_scoring=True)
+    assert [r["_rule"] for r in only_promo.quarantined.to_pylist()] == [Rule.VALUES_ALLOWED]

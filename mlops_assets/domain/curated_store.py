@@ -1,0 +1,221 @@
+"""The curated dataset of one spec: typed Parquet shards by stable hash of the series key.
+
+Layout under ``curated/<ds>/`` (names relative to the storage root)::
+
+    _layout.json         shard count and sort order, fixed when the dataset is created
+    part-<NNN>.parquet   typed rows, one shard per stable hash of the series key, sorted by
+                         series key then time, unique on (key, time); keys dictionary-encoded,
+                         lz4, and the shard's summary (rows, series, time range) in the footer
+
+Every write is atomic (see ``mlops_assets.storage``): a crash leaves the old or the new shard.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mlops_assets.domain.merge import merge_sorted
+from mlops_assets.ml.spec import DatasetSpec
+from mlops_assets.ml.tables import decode_dictionaries, series_codes, series_numbers, take_rows
+from mlops_assets.storage import Storage
+
+STATS_KEY = b"mlops.shard_stats"
+# Shards are rewritten by every drop: lz4 writes and reads about twice as fast as zstd here,
+# for files within a few % of the size (measured on the 40M-row sales data).
+SHARD_CODEC = "lz4"
+
+
+def _shard_hash(values: tuple) -> int:
+    h = 0
+    for v in values:
+        h = (h * 1_000_003 + zlib.crc32(str(v).encode())) % (1 << 32)
+    return h
+
+
+def shard_of(table: pa.Table, keys: list[str], n_shards: int) -> np.ndarray:
+    """A stable shard per row: crc32 of each key value, combined; same key, same shard, forever.
+
+    Hashed once per series (from one row of each), then spread to the rows.
+    """
+    if table.num_rows == 0:
+        return np.zeros(0, np.int64)
+    series_of, first_rows = series_numbers(table, keys)
+    firsts = decode_dictionaries(take_rows(table.select(keys), first_rows))
+    values = zip(*(firsts[k].to_pylist() for k in keys), strict=True)
+    shard = np.array([_shard_hash(v) % n_shards for v in values], dtype=np.int64)
+    return shard[series_of]
+
+
+@dataclass
+class MergeStats:
+    rows_added: int = 0
+    rows_replaced: int = 0
+    shards_written: int = 0
+
+
+class CuratedStore:
+    """The curated, typed Parquet dataset of one spec, sharded by series key."""
+
+    def __init__(self, storage: Storage, spec: DatasetSpec, n_shards: int = 8):
+        self.storage, self.spec = storage, spec
+        self.prefix = f"curated/{spec.name}"
+        self._n_shards = n_shards
+
+    @property
+    def n_shards(self) -> int:
+        layout = f"{self.prefix}/_layout.json"
+        if self.storage.exists(layout):
+            return int(json.loads(self.storage.read_text(layout))["shards"])
+        return self._n_shards
+
+    def _write_layout(self, n: int) -> None:
+        layout = f"{self.prefix}/_layout.json"
+        if not self.storage.exists(layout):
+            doc = {"shards": n, "sort": self.spec.key_columns, "hash": "crc32-combined"}
+            self.storage.write_text(layout, json.dumps(doc))
+
+    def shard_name(self, i: int) -> str:
+        return f"{self.prefix}/part-{i:03d}.parquet"
+
+    def shard_names(self) -> list[str]:
+        return [b.name for b in self.storage.list(f"{self.prefix}/part-")]
+
+    def read_shard(
+        self, name: str, columns: list[str] | None = None, filters=None, dictionary=None
+    ) -> pa.Table:
+        with self.storage.open_read(name) as f:
+            return pq.read_table(f, columns=columns, filters=filters, read_dictionary=dictionary)
+
+    def read(self, columns: list[str] | None = None, until=None, since=None) -> pa.Table:
+        """The whole dataset (optionally only rows with ``since`` <= time <= ``until``)."""
+        names = self.shard_names()
+        if not names:
+            return self.spec.arrow_schema.empty_table()
+        filters = [(self.spec.time, ">=", since)] if since is not None else None
+        # Series keys come back dictionary-encoded, as Parquet stores them: grouping 40M rows
+        # by their codes is cheap, by Python strings it is not.
+        keys = [k for k in self.spec.series_keys if columns is None or k in columns]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            tables = list(pool.map(lambda n: self.read_shard(n, columns, filters, keys), names))
+        table = pa.concat_tables(tables).unify_dictionaries()
+        if until is not None:
+            col = table[self.spec.time]
+            bound = pa.scalar(until, col.type)
+            latest = pc.max(col)
+            if latest.is_valid and pc.greater(latest, bound).as_py():  # else: no row to drop
+                table = table.filter(pc.less_equal(col, bound))
+        return table
+
+    def _schema(self) -> pa.Schema:
+        """The shards' schema: the spec's, with series keys dictionary-encoded (as Parquet
+        stores them, so reading and merging never decode them to Python strings)."""
+        fields = [
+            f.with_type(pa.dictionary(pa.int32(), f.type)) if f.name in self.spec.series_keys else f
+            for f in self.spec.arrow_schema
+        ]
+        return pa.schema(fields)
+
+    def conform(self, table: pa.Table) -> pa.Table:
+        """``table`` in the shards' schema (its other columns, such as row numbers, dropped)."""
+        schema = self._schema()
+        columns = []
+        for f in schema:
+            col = table[f.name]
+            if pa.types.is_dictionary(f.type) and not pa.types.is_dictionary(col.type):
+                col = pc.dictionary_encode(col.cast(f.type.value_type))
+            columns.append(col.cast(f.type) if col.type != f.type else col)
+        return pa.table(columns, schema=schema)
+
+    def _write_shard(self, name: str, table: pa.Table) -> None:
+        """Write a shard with its own summary (rows, series, time range) in the Parquet footer,
+        so ``summary()`` reads footers, not data."""
+        code = series_codes(table, self.spec.series_keys)
+        mm = pc.min_max(table[self.spec.time]).as_py()
+        stats = {
+            "rows": table.num_rows,
+            "series": int(np.count_nonzero(np.r_[True, code[1:] != code[:-1]])) if len(code) else 0,
+            "time_min": str(mm["min"]) if mm["min"] is not None else None,
+            "time_max": str(mm["max"]) if mm["max"] is not None else None,
+        }
+        meta = {**(table.schema.metadata or {}), STATS_KEY: json.dumps(stats).encode()}
+        buf = io.BytesIO()
+        pq.write_table(
+            table.replace_schema_metadata(meta),
+            buf,
+            compression=SHARD_CODEC,
+            row_group_size=1 << 20,
+        )
+        self.storage.write_bytes(name, buf.getvalue())
+
+    def merge(self, new: pa.Table) -> MergeStats:
+        """Upsert rows (later rows in ``new`` win over earlier ones and over curated rows)."""
+        stats = MergeStats()
+        if new.num_rows == 0:
+            return stats
+        n = self.n_shards
+        self._write_layout(n)
+        shards = shard_of(new, self.spec.series_keys, n)
+        names = set(self.shard_names())
+        keys = self.spec.series_keys
+
+        def one(i: int) -> tuple[int, int]:
+            part = self.conform(new.filter(pa.array(shards == i)))
+            name = self.shard_name(i)
+            if name in names:
+                old = self.conform(self.read_shard(name, dictionary=keys))
+            else:
+                old = self._schema().empty_table()
+            merged, replaced = merge_sorted(old, part, self.spec)
+            self._write_shard(name, merged)
+            return part.num_rows - replaced, replaced
+
+        touched = [int(i) for i in np.unique(shards)]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for added, replaced in pool.map(one, touched):
+                stats.rows_added += added
+                stats.rows_replaced += replaced
+        stats.shards_written = len(touched)
+        return stats
+
+    def _footer_stats(self, name: str) -> dict | None:
+        """The summary a shard carries in its footer (None for a shard written without)."""
+        size = self.storage.info(name).size
+        tail = self.storage.read_range(name, size - 8, 8)
+        length = int.from_bytes(tail[:4], "little")
+        footer = self.storage.read_range(name, size - 8 - length, length + 8)
+        meta = pq.read_metadata(io.BytesIO(b"PAR1" + footer)).metadata or {}
+        raw = meta.get(STATS_KEY)
+        return json.loads(raw) if raw else None
+
+    def summary(self) -> dict:
+        """Rows, series and time range: from the shards' footers (shards hold disjoint
+        series), else read from the key and time columns."""
+        parts = [self._footer_stats(n) for n in self.shard_names()]
+        if all(p is not None for p in parts):
+            times = [p for p in parts if p["rows"]]
+            return {
+                "rows": sum(p["rows"] for p in parts),
+                "series": sum(p["series"] for p in parts),
+                "time_min": min((p["time_min"] for p in times), default=None),
+                "time_max": max((p["time_max"] for p in times), default=None),
+            }
+        t = self.read(columns=[*self.spec.series_keys, self.spec.time])
+        if t.num_rows == 0:
+            return {"rows": 0, "series": 0, "time_min": None, "time_max": None}
+        mm = pc.min_max(t[self.spec.time]).as_py()
+        series = len(np.unique(series_codes(t, self.spec.series_keys)))
+        return {
+            "rows": t.num_rows,
+            "series": series,
+            "time_min": str(mm["min"]),
+            "time_max": str(mm["max"]),
+        }

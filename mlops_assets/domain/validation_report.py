@@ -1,0 +1,189 @@
+"""The validation gate's verdict per concern, from one ingestion run's drop outcomes.
+
+The ingestion asset validates each new drop once, as it ingests it, and reports one blocking
+asset check per concern (``rules.CONCERNS``) computed here, so a check describes exactly the
+drops the run ingested. ``assets.checks`` only turns each ``CheckOutcome`` into Dagster's form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from mlops_assets.domain.curation import DropOutcome, IngestResult
+from mlops_assets.ml.spec import DatasetSpec
+from mlops_assets.ml.validation.failures import DropFailure, Failure, failure_from_dict
+from mlops_assets.ml.validation.rules import CONCERNS, Rule, concern_of
+from mlops_assets.ml.validation.suite import drift_columns, drop_expectations, row_expectations
+
+DESCRIPTIONS = {
+    "schema": "Each drop is readable, has exactly the spec's columns, its values parse as the "
+    "column types, and its row count is within the spec's bounds.",
+    "keys": "Series keys and time are never null and (series key, time) is unique in each drop.",
+    "values": "Values are finite, within the spec's [min, max] and among the allowed categories.",
+    "freshness": "No timestamp after the run's as-of date or before the earliest plausible date; "
+    "each drop's newest timestamp is within max_age_days of the as-of date.",
+    "distribution": "Each drop's mean, stdev and quantiles of the target and numeric features "
+    "lie within the warn (WARN) and hard (ERROR) sigma bands of the last reference_periods "
+    "periods of curated history.",
+    "row_accounting": "For every drop, rows in = rows curated + rows quarantined, and the curated "
+    "store took exactly the rows reported as curated.",
+}
+ALWAYS_ERROR = {"schema", "keys", "row_accounting"}
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """One concern's verdict on a run's drops (an asset check result, without Dagster)."""
+
+    concern: str
+    passed: bool
+    severity: str  # error | warn
+    description: str | None
+    expectation: str  # the concern's expectations, one per line
+    observed: str
+    drops_checked: int
+    rows_checked: int
+    unexpected_count: int
+    unexpected_percent: float
+    failed_rules: str
+    files_quarantined: int
+    failures: list[Failure] = field(default_factory=list)  # ERROR first, each with its file
+    sample: list[dict[str, Any]] = field(default_factory=list)  # file, row, column, value, rule
+    profiles: dict[str, dict] | None = None  # per drop (distribution only)
+
+
+def expectations_text(spec: DatasetSpec, concern: str, as_of: date) -> str:
+    """The expectations a concern's check reports, one line each."""
+    configs = row_expectations(spec, as_of) + drop_expectations(spec, as_of)
+    lines = sorted(
+        {
+            f"{c['meta']['rule']}: {c['type']}"
+            + "({})".format(
+                c["kwargs"].get("column")
+                or c["kwargs"].get("column_list")
+                or c["kwargs"].get("column_set")
+            )
+            for c in configs
+            if concern_of(c["meta"]["rule"], c["kwargs"].get("column"), spec) == concern
+        }
+    )
+    if concern == "distribution":
+        d = spec.validation.drift
+        lines.append(
+            f"drift.<column>.<mean|stdev|q10|q50|q90>: expect_column_values_to_be_between on "
+            f"the drop profile, warn ±{d.warn_sigmas}σ, error ±{d.error_sigmas}σ of the last "
+            f"{d.reference_periods} periods, columns {drift_columns(spec)}"
+        )
+    if concern == "row_accounting":
+        lines.append("rows_in == rows_curated + rows_quarantined for every drop")
+    return "\n".join(lines)
+
+
+def describe(failure: Failure) -> str:
+    """A failure's message, naming its file."""
+    message = failure.message or failure.rule
+    if not message.startswith(failure.file or ""):
+        message = f"{failure.file}: {message}"
+    return message[:1000]
+
+
+def _observed(failures: list[Failure]) -> str:
+    if not failures:
+        return "no failures"
+    shown = [
+        f"{f.file}: {f.rule}"
+        + (f" observed {f.observed}" if isinstance(f, DropFailure) and f.expectation else "")
+        + (f" ({f.count} rows)" if f.count else "")
+        for f in failures[:10]
+    ]
+    return "; ".join(shown)
+
+
+def row_accounting(result: IngestResult) -> list[DropFailure]:
+    """Rows lost or invented by ingestion: a bug, reported as the row_accounting concern."""
+    out = []
+    for o in result.outcomes:
+        if o.rows_in is None:
+            continue  # unreadable file: no rows known, the whole file is in quarantine
+        if o.rows_in != o.rows_curated + o.rows_quarantined:
+            message = (
+                f"{o.drop}: rows in {o.rows_in} != curated {o.rows_curated} + quarantined "
+                f"{o.rows_quarantined}; report a bug in ingestion"
+            )
+            out.append(DropFailure(Rule.ROWS_IDENTITY, message, "row_accounting", file=o.drop))
+    merged = result.merge.rows_added + result.merge.rows_replaced
+    if merged != result.rows_curated:
+        message = (
+            f"the curated store took {merged} rows but drops report {result.rows_curated} "
+            "curated; report a bug in ingestion"
+        )
+        out.append(DropFailure(Rule.ROWS_MERGED, message, "row_accounting", file="*"))
+    return out
+
+
+def _failures(outcome: DropOutcome, spec: DatasetSpec) -> list[Failure]:
+    stored = (outcome.validation or {}).get("failures", [])
+    return [failure_from_dict({**f, "file": outcome.drop}, spec) for f in stored]
+
+
+def _blocks(f: Failure) -> bool:
+    """A whole file quarantined by an ERROR file- or drop-level rule."""
+    return f.level in ("file", "drop") and f.severity == "error"
+
+
+def _severity(concern: str, mine: list[Failure], pct: float, tolerance: float) -> str:
+    if concern in ALWAYS_ERROR or any(f.severity == "error" and f.level != "row" for f in mine):
+        return "error"
+    return "warn" if concern == "distribution" or pct <= tolerance else "error"
+
+
+def check_outcomes(spec: DatasetSpec, result: IngestResult, as_of: date) -> list[CheckOutcome]:
+    """One outcome per concern, computed from this run's drop outcomes."""
+    rows_in = result.rows_in
+    failures = [f for o in result.outcomes for f in _failures(o, spec)] + row_accounting(result)
+    samples = [
+        {**s, "value": None if s.get("value") is None else str(s["value"])}
+        for o in result.outcomes
+        for s in (o.validation or {}).get("sample", [])
+    ]
+    out = []
+    for concern in CONCERNS:
+        # ERROR findings first, so the check's description names what blocks.
+        mine = sorted(
+            (f for f in failures if f.concern == concern), key=lambda f: f.severity != "error"
+        )
+        blocked = {f.file for f in mine if _blocks(f)}
+        file_rows = sum(
+            o.rows_in or 0
+            for o in result.outcomes
+            if o.status == "quarantined" and o.drop in blocked
+        )
+        unexpected = sum(f.count for f in mine if f.level == "row") + file_rows
+        pct = 100.0 * unexpected / rows_in if rows_in else 0.0
+        rules = {f.rule + (f"[{f.column}]" if f.column else "") for f in mine}
+        out.append(
+            CheckOutcome(
+                concern=concern,
+                passed=not mine,
+                severity=_severity(concern, mine, pct, spec.validation.max_quarantined_pct),
+                description=describe(mine[0]) if mine else None,
+                expectation=expectations_text(spec, concern, as_of),
+                observed=_observed(mine),
+                drops_checked=len(result.outcomes),
+                rows_checked=rows_in,
+                unexpected_count=unexpected,
+                unexpected_percent=round(pct, 6),
+                failed_rules=", ".join(sorted(rules)) or "none",
+                files_quarantined=len(blocked),
+                failures=mine,
+                sample=[s for s in samples if concern_of(s["rule"], s["column"], spec) == concern],
+                profiles=(
+                    {o.drop: (o.validation or {}).get("profile", {}) for o in result.outcomes[:20]}
+                    if concern == "distribution"
+                    else None
+                ),
+            )
+        )
+    return out
