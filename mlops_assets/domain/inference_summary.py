@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pandas.tseries.frequencies import to_offset
 
-from mlops_assets.domain.curation import CuratedStore
+from mlops_assets.domain.curated_store import CuratedStore
 from mlops_assets.ml.drift import feature_drift
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.serving.collector import collected_prefix
