@@ -90,9 +90,7 @@ def registries_for(profile: str, home: Path) -> tuple[ModelRegistry, ModelRegist
     )
 
 
-def training_engine(
-    name: str, profile: str, storage: dg.ConfigurableResource
-) -> TrainingEngine:
+def training_engine(name: str, profile: str, storage: dg.ConfigurableResource) -> TrainingEngine:
     """``MLOPS_TRAINING_ENGINE``: ``local`` (process pool, default), ``spark`` (applyInPandas on
     a ``local[*]`` session; a cluster through Spark config), or ``azureml`` (a command job on the
     AML compute cluster of ``MLOPS_AML_*``; in the ``local`` profile the same script runs as a
