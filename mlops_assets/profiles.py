@@ -12,7 +12,6 @@ from pathlib import Path
 
 import dagster as dg
 
-from mlops_assets.storage import Storage
 from resources.endpoints import AzureMLKubernetesEndpoint, EndpointResource, LocalEndpoint
 from resources.registry import MlflowRegistry, ModelRegistry
 from resources.storage import AzureBlobStorageResource, LocalStorageResource

@@ -16,6 +16,7 @@ from mlops_assets.assets.registration import (
     rollback_alias,
 )
 from mlops_assets.assets.training import build_training_asset
+from mlops_assets.domain.curation import CuratedStore
 from mlops_assets.domain.model_sets import (
     load_model,
     read_manifest,
@@ -23,7 +24,6 @@ from mlops_assets.domain.model_sets import (
     registered_model_name,
     release_pointer,
 )
-from mlops_assets.domain.curation import CuratedStore
 from mlops_assets.ml import modelset, persistence
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
