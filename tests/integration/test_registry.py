@@ -108,6 +108,22 @@ def corrupt(table: pa.Table, series_id: str, seed: int = 0) -> pa.Table:
     return table.set_column(table.column_names.index("sales"), "sales", pa.array(sales))
 
 
+def registration_fails(env, as_of, message, **resources):
+    """The registration asset alone fails with ``message``; the good registry is untouched."""
+    before = [v.version for v in env.registry.list_versions(NAME)]
+    res = dg.materialize(
+        [build_registration_asset(SALES)],
+        resources={**env.resources(), **resources},
+        partition_key=as_of,
+        instance=env.instance,
+        raise_on_error=False,
+    )
+    assert not res.success
+    errors = [e for e in res.all_events if e.is_step_failure]
+    assert message in errors[0].event_specific_data.error.message
+    assert [v.version for v in env.registry.list_versions(NAME)] == before
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     return Env(tmp_path_factory.mktemp("registry"))
@@ -256,18 +272,7 @@ def test_unreachable_registry_is_a_clear_error_and_leaves_nothing(env, uri):
     if read_release(env.storage, release_pointer(SALES, AS_OF)) is None:
         env.curate(clean())
         assert env.run().success
-    before = [v.version for v in env.registry.list_versions(NAME)]
-    res = dg.materialize(
-        [build_registration_asset(SALES)],
-        resources={**env.resources(), "registry": bad},
-        partition_key=AS_OF,
-        instance=env.instance,
-        raise_on_error=False,
-    )
-    assert not res.success
-    errors = [e for e in res.all_events if e.is_step_failure]
-    assert "cannot be reached" in errors[0].event_specific_data.error.message
-    assert [v.version for v in env.registry.list_versions(NAME)] == before
+    registration_fails(env, AS_OF, "cannot be reached", registry=bad)
 
 
 def test_half_registration_is_undone(env, monkeypatch):
@@ -307,15 +312,4 @@ def test_a_release_without_its_gate_outcome_is_not_registered(env):
     del record["passed"]
     day = "2026-11-19"
     env.storage.write_text(release_pointer(SALES, day), json.dumps(record))
-    before = [v.version for v in env.registry.list_versions(NAME)]
-    res = dg.materialize(
-        [build_registration_asset(SALES)],
-        resources=env.resources(),
-        partition_key=day,
-        instance=env.instance,
-        raise_on_error=False,
-    )
-    assert not res.success
-    errors = [e for e in res.all_events if e.is_step_failure]
-    assert "gate outcome" in errors[0].event_specific_data.error.message
-    assert [v.version for v in env.registry.list_versions(NAME)] == before
+    registration_fails(env, day, "gate outcome")
