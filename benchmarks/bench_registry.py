@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
-    from mlops_assets.assets.registration import promote_version, register_release, rollback_alias
-    from mlops_assets.ml import modelset, persistence
+    from mlops_assets.domain.model_sets import ReleaseRecord, write_model_set
+    from mlops_assets.domain.promotion import promote_version, register_release, rollback_alias
     from mlops_assets.ml.spec import load_spec
     from mlops_assets.storage import LocalStorage
     from resources.registry import MlflowRegistry
@@ -95,10 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         folder = "models/sales/releases/2026-11-17/bench0001"
         manifest, packs = build_model_set(args.series, folder)
-        for pack, data in packs:
-            storage.write_bytes(pack, data)
-        manifest_data = modelset.manifest_bytes(manifest)
-        storage.write_bytes(f"{folder}/{modelset.MANIFEST}", manifest_data)
+        ref = write_model_set(
+            storage,
+            manifest,
+            packs,
+            name="sales-models",
+            version="2026-11-17/bench0001",
+            folder=folder,
+        )
         out["build_set_s"] = round(time.perf_counter() - t0, 3)
         out["packs"] = len(packs)
         out["pack_bytes"] = sum(len(d) for _, d in packs)
@@ -108,13 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         prod._client()
         out["store_init_s"] = round(time.perf_counter() - t0, 3)
 
-        release = {
-            "folder": folder,
-            "version": "2026-11-17/bench0001",
-            "manifest_sha256": persistence.sha256(manifest_data),
-            "quality": {"passed": True, "resulting_median": 20.0, "champion_median": 21.0},
-            "policy": {"margin": 0.02},
-        }
+        release = ReleaseRecord(
+            ref=ref,
+            candidate=ref,
+            passed=True,
+            resulting_median=20.0,
+            champion_median=21.0,
+            policy={"margin": 0.02},
+        )
         t0 = time.perf_counter()
         version, created = register_release(
             storage, dev, spec, release, "2026-11-17", "bench", alias="champion"

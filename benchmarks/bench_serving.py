@@ -28,11 +28,12 @@ import time
 from pathlib import Path
 
 from benchmarks.common import write_result
+from mlops_assets.domain.model_sets import pointer_name, write_pointer
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.serving.local import LocalServer
 from mlops_assets.serving.service import ServingSettings
-from mlops_assets.serving.source import pointer_name, write_pointer
-from mlops_assets.serving.synthetic import request_rows, synthetic_model_set
+from mlops_assets.serving.synthetic import model_set_ref, request_rows, synthetic_model_set
+from mlops_assets.storage import LocalStorage
 
 RATES = (50, 200, 500)
 TARGETS_MS = {200: 10.0, 500: 25.0}
@@ -92,9 +93,8 @@ def main() -> int:
     t0 = time.perf_counter()
     manifest = synthetic_model_set(tmp, "models/sales/bench", spec, n_series=args.series)
     build_s = time.perf_counter() - t0
-    write_pointer(
-        tmp, pointer_name("sales", "production"), {"version": "1", "folder": "models/sales/bench"}
-    )
+    ref = model_set_ref(tmp, "models/sales/bench").registered(1)
+    write_pointer(LocalStorage(tmp), pointer_name("sales", "production"), ref)
     sids = manifest["series_id"].to_pylist()
     one = {sid: body(request_rows(spec, manifest, [sid])) for sid in sids}
     result: dict = {

@@ -32,6 +32,7 @@ from mlops_assets.ml import persistence
 from mlops_assets.ml.engines import result_schema, spark_result_schema, train_local, train_spark
 from mlops_assets.ml.features import feature_matrix, feature_names, tail_length, to_series_frame
 from mlops_assets.ml.fitting import train_partition
+from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import DatasetSpec, load_spec
 
@@ -45,9 +46,9 @@ def _timed(fn, *args, **kwargs):
 
 
 def bench_local(table: pa.Table, spec: DatasetSpec, workers: int) -> tuple[dict, pd.DataFrame]:
-    stats: dict = {}
-    results, wall = _timed(train_local, table, spec, max_workers=workers, stats=stats)
-    return {"wall_s": wall, **stats}, results
+    phases = Phases()
+    results, wall = _timed(train_local, table, spec, max_workers=workers, phases=phases)
+    return {"wall_s": wall, **{f"{k}_s": v for k, v in phases.seconds.items()}}, results
 
 
 def bench_numpy_floor(table: pa.Table, spec: DatasetSpec, block: int = 500) -> tuple[dict, dict]:

@@ -10,11 +10,12 @@ from mlops_assets.assets.deployment import (
     deploy_job_name,
     deploy_run_config,
 )
-from mlops_assets.assets.evaluation import build_evaluation_asset, registered_model_name
+from mlops_assets.assets.evaluation import build_evaluation_asset
 from mlops_assets.assets.ingestion import build_ingestion_asset
 from mlops_assets.assets.monitoring import build_inference_summary_asset
 from mlops_assets.assets.registration import build_promotion_jobs, build_registration_asset
 from mlops_assets.assets.training import build_training_asset
+from mlops_assets.domain.model_sets import registered_model_name
 from mlops_assets.ml.spec import DatasetSpec, bundled_specs
 from mlops_assets.partitions import as_of_days
 from mlops_assets.profiles import current_profile, project_home, resources_for

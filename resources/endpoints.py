@@ -4,7 +4,8 @@
 report; a failed release leaves the previous version serving.
 
 * ``LocalEndpoint``: the ``mlops serve`` endpoint (azmlinfsrv on 127.0.0.1). Releasing rewrites
-  the pointer file it polls (``serving/<dataset>/<alias>.json`` under the prod storage root);
+  the pointer file it polls (``serving/<dataset>/<alias>.json`` under the prod storage root, a
+  ``ModelSetRef``);
   the server hot-swaps. With ``url`` set, the release waits until the endpoint answers with the
   new version, and puts the pointer back if it does not within ``switch_timeout_s``.
 * ``AzureMLKubernetesEndpoint``: a ``KubernetesOnlineEndpoint`` on an attached AKS compute with
@@ -35,7 +36,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from mlops_assets.serving.source import pointer_name, write_pointer
+from mlops_assets.domain.model_sets import ModelSetRef, pointer_name, read_pointer, write_pointer
+from mlops_assets.storage import LocalStorage
 
 COLORS = ("blue", "green")
 SCORING_SCRIPT = "mlops_assets/serving/score.py"
@@ -45,16 +47,24 @@ class ReleaseError(RuntimeError):
     """The release did not complete; the previous version is serving (rolled back)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelSetRelease:
-    """What to release: a model-set version and where its files are."""
+    """What to release: a registered model set (its ref has the prod registry version) and
+    records to smoke-test it with."""
 
     dataset: str
-    version: str
-    folder: str
-    manifest_sha256: str | None = None
+    ref: ModelSetRef
     source_uri: str | None = None  # the registry version's source (a folder URI)
     smoke_records: list[dict] = field(default_factory=list)
+
+    @property
+    def version(self) -> str:
+        """The version the endpoint reports (the registry version)."""
+        return self.ref.label
+
+    @property
+    def folder(self) -> str:
+        return self.ref.folder
 
 
 class EndpointResource(dg.ConfigurableResource, ABC):
@@ -96,23 +106,18 @@ class LocalEndpoint(EndpointResource):
     def pointer(self, dataset: str) -> Path:
         return Path(self.root) / pointer_name(dataset, self.alias)
 
-    def current(self, dataset: str) -> dict | None:
-        p = self.pointer(dataset)
-        return json.loads(p.read_text()) if p.is_file() else None
+    def current(self, dataset: str) -> ModelSetRef | None:
+        return read_pointer(LocalStorage(self.root), pointer_name(dataset, self.alias))
 
     def release(self, release: ModelSetRelease, log: Callable[[str], None] = print) -> dict:
         t0 = time.perf_counter()
+        storage, name = LocalStorage(self.root), pointer_name(release.dataset, self.alias)
         previous = self.current(release.dataset)
-        ref = {
-            "version": release.version,
-            "folder": release.folder,
-            "manifest_sha256": release.manifest_sha256,
-        }
-        write_pointer(self.root, pointer_name(release.dataset, self.alias), ref)
+        write_pointer(storage, name, release.ref)
         log(f"pointer {self.pointer(release.dataset)} -> v{release.version} ({release.folder})")
         report = {
             "endpoint": self.describe(),
-            "previous_version": (previous or {}).get("version"),
+            "previous_version": previous.label if previous else None,
             "version": release.version,
             "switched": False,
         }
@@ -129,15 +134,11 @@ class LocalEndpoint(EndpointResource):
                 time.sleep(0.2)
             else:
                 if previous:
-                    write_pointer(
-                        self.root,
-                        pointer_name(release.dataset, self.alias),
-                        {k: previous.get(k) for k in ("version", "folder", "manifest_sha256")},
-                    )
+                    write_pointer(storage, name, previous)
                 raise ReleaseError(
                     f"{self.url} still serves {info.get('model_set_version')!r} after "
                     f"{self.switch_timeout_s}s (last error: {info.get('last_error') or info.get('error')}); "
-                    f"pointer put back to v{(previous or {}).get('version')}"
+                    f"pointer put back to v{previous.label if previous else None}"
                 )
             report["switched"] = True
             report["endpoint_info"] = {
@@ -172,7 +173,7 @@ def model_entity(release: ModelSetRelease, path: str):
         path=path,
         type="custom_model",
         description=f"{release.dataset} model set (manifest + packs), as registered in MLflow.",
-        tags={"folder": release.folder, "manifest_sha256": release.manifest_sha256 or ""},
+        tags={"folder": release.folder, "manifest_sha256": release.ref.manifest_sha256},
     )
 
 
@@ -249,6 +250,8 @@ def deployment_entity(
             "MLOPS_SERVING_DATASET": release.dataset,
             "MLOPS_SERVING_SOURCE": "model_dir",
             "MLOPS_SERVING_VERSION": str(release.version),
+            # The model directory's manifest must match the registered digest (model_dir source).
+            "MLOPS_SERVING_MANIFEST_SHA256": release.ref.manifest_sha256,
             "MLOPS_SERVING_CACHE_MODELS": str(s.cache_models),
             "MLOPS_SERVING_CACHE_BYTES": str(s.cache_bytes),
         },

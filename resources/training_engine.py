@@ -7,7 +7,6 @@ runs ``groupBy(keys).applyInPandas`` on the session of dagster-pyspark's ``PySpa
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -17,6 +16,7 @@ from dagster_pyspark import PySparkResource
 from pydantic import Field
 
 from mlops_assets.ml.engines import train_local, train_spark
+from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import decode_dictionaries
 from mlops_assets.storage import Storage
@@ -36,14 +36,15 @@ class TrainingEngine(dg.ConfigurableResource, ABC):
         table: pa.Table,
         spec: DatasetSpec,
         series: Sequence[str] | None = None,
-        stats: dict[str, Any] | None = None,
+        phases: Phases | None = None,
         *,
         context: dg.AssetExecutionContext | None = None,
         as_of: str | None = None,
     ) -> pd.DataFrame:
         """Result records (``engines.result_schema``) of ``series`` (None: all) in ``table``.
 
-        Remote engines read the curated data themselves (up to ``as_of``) and report to
+        ``phases``, if given, gets the engine's phase seconds (at least ``wall``). Remote engines
+        read the curated data themselves (up to ``as_of``) and report to
         ``context`` through Pipes; in-process engines use ``table``.
         """
 
@@ -55,8 +56,8 @@ class LocalTrainingEngine(TrainingEngine):
     def name(self) -> str:
         return "local"
 
-    def train(self, table, spec, series=None, stats=None, *, context=None, as_of=None):
-        return train_local(table, spec, series=series, max_workers=self.max_workers, stats=stats)
+    def train(self, table, spec, series=None, phases=None, *, context=None, as_of=None):
+        return train_local(table, spec, series=series, max_workers=self.max_workers, phases=phases)
 
 
 class SparkTrainingEngine(TrainingEngine):
@@ -66,7 +67,7 @@ class SparkTrainingEngine(TrainingEngine):
     def name(self) -> str:
         return "spark"
 
-    def train(self, table, spec, series=None, stats=None, *, context=None, as_of=None):
+    def train(self, table, spec, series=None, phases=None, *, context=None, as_of=None):
         import time
 
         started = time.perf_counter()
@@ -74,8 +75,8 @@ class SparkTrainingEngine(TrainingEngine):
         session.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
         sdf = session.createDataFrame(decode_dictionaries(table).to_pandas())
         out = train_spark(sdf, spec, series=series).toPandas()
-        if stats is not None:
-            stats.update(wall_s=time.perf_counter() - started, series=len(out))
+        if phases is not None:
+            phases.add("wall", time.perf_counter() - started)
         return out.sort_values("series_id", ignore_index=True)
 
 
@@ -109,7 +110,7 @@ class PipesTrainingEngine(TrainingEngine):
     def name(self) -> str:
         return "azureml" if isinstance(self.compute, AzureMLBatchCompute) else "subprocess"
 
-    def train(self, table, spec, series=None, stats=None, *, context=None, as_of=None):
+    def train(self, table, spec, series=None, phases=None, *, context=None, as_of=None):
         import time
 
         from mlops_assets.jobs.train import MODULE, TrainJob
@@ -141,6 +142,6 @@ class PipesTrainingEngine(TrainingEngine):
             )
         tables = [pq.read_table(self.storage.open_read(p)) for p in parts]
         out = pa.concat_tables(tables).to_pandas().sort_values("series_id", ignore_index=True)
-        if stats is not None:
-            stats.update(wall_s=time.perf_counter() - started, series=len(out))
+        if phases is not None:
+            phases.add("wall", time.perf_counter() - started)
         return out

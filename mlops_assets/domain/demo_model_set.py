@@ -4,32 +4,46 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from mlops_assets.domain import model_sets as ms
 from mlops_assets.ml import modelset
 from mlops_assets.ml.engines import train_local
 from mlops_assets.ml.spec import DatasetSpec
+from mlops_assets.storage import Storage
 
 
 def publish_model_set(
-    storage, spec: DatasetSpec, history: pa.Table, folder: str, max_workers: int = 1
+    storage: Storage, spec: DatasetSpec, history: pa.Table, folder: str, max_workers: int = 1
 ) -> pa.Table:
-    """Train every series of ``history`` and write manifest + packs under ``folder``."""
+    """Train every series of ``history`` and write the set (packs, manifest, ref) under
+    ``folder``. Returns the manifest; ``model_sets.read_ref_file`` gives its ref."""
     results = train_local(history, spec, max_workers=max_workers)
     table = pa.Table.from_pandas(results, preserve_index=False)
     manifest, packs = modelset.pack_models(table, folder)
-    for name, data in packs:
-        storage.write_bytes(name, data)
-    storage.write_bytes(f"{folder}/{modelset.MANIFEST}", modelset.manifest_bytes(manifest))
+    version = folder.rstrip("/").rsplit("/", 1)[-1]
+    ms.write_model_set(
+        storage,
+        manifest,
+        packs,
+        name=ms.registered_model_name(spec),
+        version=version,
+        folder=folder,
+    )
     return manifest
 
 
-def register_production(registry, spec: DatasetSpec, storage, folder: str):
-    """Register ``folder`` as a version of ``<ds>-models`` and point ``production`` at it."""
-    from mlops_assets.assets.evaluation import registered_model_name
-
+def register_production(registry, spec: DatasetSpec, storage: Storage, folder: str):
+    """Register the set at ``folder`` as a version of ``<ds>-models`` (tags from its ref, so
+    ``ModelSetVersion.ref`` verifies it) and point ``production`` at it."""
+    ref = ms.read_ref_file(storage, folder)
     return registry.register_model_set(
-        registered_model_name(spec),
+        ref.name,
         storage.uri(folder),
-        {"folder": folder, "dataset": spec.name},
+        {
+            "folder": folder,
+            "dataset": spec.name,
+            "manifest_sha256": ref.manifest_sha256,
+            "candidate_version": ref.version,
+        },
         None,
         "production",
     )

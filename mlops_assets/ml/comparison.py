@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mlops_assets.ml import modelset
 from mlops_assets.ml.features import (
     SeriesFrame,
     feature_matrix,
@@ -275,27 +276,24 @@ def resulting_manifest(
     decisions = decisions.select(["series_id", *(f.name for f in DECISION_FIELDS)])
     promoted = decisions["promoted"].to_numpy(zero_copy_only=False)
     ids = decisions["series_id"]
-    keep_ids = pa.array(np.asarray(ids.to_pylist(), dtype=object)[~promoted].tolist(), pa.string())
-    parts = [candidate.filter(pc.is_in(candidate["series_id"], ids.filter(pa.array(promoted))))]
-    kept_from_champion: set[str] = set()
+    keep_ids = ids.filter(pa.array(~promoted))
+    challengers = candidate.filter(pc.is_in(candidate["series_id"], ids.filter(pa.array(promoted))))
+    champ = None
     if champion is not None:
         champ = champion.filter(
             pc.and_(pc.is_in(champion["series_id"], keep_ids), pc.is_valid(champion["artifact"]))
         )
-        champ = _conform(champ, candidate.schema)
-        kept_from_champion = set(champ["series_id"].to_pylist())
-        parts.append(champ)
-    rest = [s for s in keep_ids.to_pylist() if s not in kept_from_champion]
-    if rest:
-        orphan = candidate.filter(pc.is_in(candidate["series_id"], pa.array(rest, pa.string())))
+    out = modelset.carry_over(challengers, champ)
+    rest = pc.invert(pc.is_in(candidate["series_id"], out["series_id"].combine_chunks()))
+    orphan = candidate.filter(rest)
+    if orphan.num_rows:
         for name in ("artifact", "offset", "length", "model_sha256", "model_format"):
             if name in orphan.column_names:
                 i = orphan.column_names.index(name)
                 orphan = orphan.set_column(
                     i, orphan.schema.field(i), pa.nulls(orphan.num_rows, orphan.schema[i].type)
                 )
-        parts.append(orphan)
-    out = pa.concat_tables([_conform(t, candidate.schema) for t in parts]).sort_by("series_id")
+        out = modelset.carry_over(out, orphan)
     out = out.drop_columns([f.name for f in DECISION_FIELDS if f.name in out.column_names])
     # One row per candidate series on both sides: align by sorted id (pyarrow's join does not
     # carry list columns).
@@ -305,17 +303,6 @@ def resulting_manifest(
     for f in DECISION_FIELDS:
         out = out.append_column(f, decisions[f.name].cast(f.type))
     return out
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` with ``schema``'s columns (missing ones null), cast to ``schema``."""
-    cols = []
-    for f in schema:
-        if f.name in table.column_names:
-            cols.append(table[f.name].cast(f.type))
-        else:
-            cols.append(pa.nulls(table.num_rows, f.type))
-    return pa.Table.from_arrays(cols, schema=pa.schema([f.with_nullable(True) for f in schema]))
 
 
 @dataclass(frozen=True)

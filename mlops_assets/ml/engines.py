@@ -19,7 +19,7 @@ import time as _time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache, partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,7 @@ from mlops_assets.ml.features import (
     to_series_frame,
 )
 from mlops_assets.ml.fitting import METRIC_NAMES, fit_series
+from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ def train_local(
     max_workers: int | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     start_method: str | None = None,
-    stats: dict[str, Any] | None = None,
+    phases: Phases | None = None,
 ) -> pd.DataFrame:
     """Train every series (or the chosen ones) in a pool of processes.
 
@@ -147,7 +148,8 @@ def train_local(
         max_workers: Processes to use; default all cores, 1 trains in this process.
         chunk_rows: Rows per task; tasks hold whole series.
         start_method: ``fork`` (default where available) or ``spawn``/``forkserver``.
-        stats: If given, filled with phase timings (seconds summed over workers) and counts.
+        phases: If given, the seconds of each phase are added to it (prepare, features, fit,
+            serialize: summed over workers; wall).
 
     Returns:
         One row per series, ``result_schema(spec)`` columns, in series order.
@@ -166,16 +168,15 @@ def train_local(
         results = _run_pool(chunks, spec, min(workers, len(chunks)), start_method)
     records = [r for rs, _ in results for r in rs]
     out = _to_frame(records, spec)
-    if stats is not None:
-        stats.update(
-            prepare_s=prepared - started,
-            features_s=sum(f for _, f in results),
-            fit_s=float(out["fit_seconds"].sum()),
-            serialize_s=float(out["serialize_seconds"].sum()),
-            wall_s=_time.perf_counter() - started,
-            workers=workers,
-            chunks=len(chunks),
-            series=len(out),
+    if phases is not None:
+        phases.update(
+            {
+                "prepare": prepared - started,
+                "features": sum(f for _, f in results),
+                "fit": float(out["fit_seconds"].sum()),
+                "serialize": float(out["serialize_seconds"].sum()),
+                "wall": _time.perf_counter() - started,
+            }
         )
     return out
 

@@ -93,8 +93,14 @@ class ModelSetReader:
         if artifact is None:
             status = self._entry(i, "status")
             return f"{status}: {self._entry(i, 'reason') or 'no model was stored'}"
-        data = self._read(artifact, self._entry(i, "offset"), self._entry(i, "length"))
-        model = persistence.load_verified(data, self._entry(i, "model_sha256"))
+        offset = self._entry(i, "offset")
+        data = self._read(artifact, offset, self._entry(i, "length"))
+        try:
+            model = persistence.load_verified(data, self._entry(i, "model_sha256"))
+        except persistence.ModelIntegrityError as exc:
+            raise persistence.ModelIntegrityError(
+                f"model of series {series_id} ({artifact}@{offset}): {exc}"
+            ) from None
         entry = SeriesModel(
             model=model,
             version=self._entry(i, "trained_in") or self.version,

@@ -106,3 +106,36 @@ def counts(manifest: pa.Table, column: str = "status") -> dict[str, int]:
         return_counts=True,
     )
     return {str(v): int(c) for v, c in zip(values, n, strict=True)}
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with ``schema``'s columns (missing ones null, extra ones dropped), cast to it,
+    every field nullable (so conformed tables concatenate)."""
+    cols = [
+        table[f.name].cast(f.type)
+        if f.name in table.column_names
+        else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(cols, schema=pa.schema([f.with_nullable(True) for f in schema]))
+
+
+def carry_over(fresh: pa.Table | None, previous: pa.Table | None) -> pa.Table:
+    """The manifest of ``fresh``'s series plus ``previous``'s entries for every other series.
+
+    Carried entries keep their pack, offset, sha256 and ``trained_in`` (by reference, no copy),
+    in ``fresh``'s schema: columns an older manifest lacks are null. Sorted by series id.
+
+    Raises:
+        ValueError: Both are None.
+    """
+    if fresh is None:
+        if previous is None:
+            raise ValueError("nothing to carry over: no fresh and no previous manifest")
+        return previous.sort_by("series_id")
+    parts = [conform(fresh, fresh.schema)]
+    if previous is not None:
+        done = pa.array(sorted(set(fresh["series_id"].to_pylist())), pa.string())
+        carried = previous.filter(pc.invert(pc.is_in(previous["series_id"], value_set=done)))
+        parts.append(conform(carried, fresh.schema))
+    return pa.concat_tables(parts).sort_by("series_id")

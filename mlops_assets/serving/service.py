@@ -51,119 +51,13 @@ from mlops_assets.ml.scoring import UNKNOWN_SERIES, RequestError
 from mlops_assets.ml.spec import DatasetSpec, load_spec
 from mlops_assets.serving.collector import Collector
 from mlops_assets.serving.fast import score_records
-from mlops_assets.serving.source import (
-    ModelDirSource,
-    ModelSetRef,
-    PointerSource,
-    RegistrySource,
-    Source,
-    SourceError,
-    load_reader,
-    pointer_name,
-)
+from mlops_assets.serving.settings import ServingSettings
+from mlops_assets.serving.source import Served, load_reader
+
+__all__ = ["Reply", "ScoringService", "ServingSettings"]
 
 log = logging.getLogger("mlops.serving")
-ENV_PREFIX = "MLOPS_SERVING_"
 FREEZE_EVERY_LOADS = 1_000  # models loaded between two GC freezes (see _freeze_heap)
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    v = os.environ.get(ENV_PREFIX + name)
-    return v if v not in (None, "") else default
-
-
-@dataclass
-class ServingSettings:
-    """What the server serves and its limits; ``from_env`` reads ``MLOPS_SERVING_*``."""
-
-    dataset: str = "sales"
-    source: str = "auto"  # auto | model_dir | pointer | registry
-    root: str | None = None  # storage root (local folder) holding model sets and pointers
-    alias: str = "production"
-    pointer: str | None = None  # relative to root; default serving/<dataset>/<alias>.json
-    registry_uri: str | None = None
-    model_name: str | None = None  # default <dataset>-models
-    model_dir: str | None = None  # AZUREML_MODEL_DIR
-    api_keys: list[str] = field(default_factory=list)
-    max_body_bytes: int = 4 << 20
-    max_records: int = 10_000
-    cache_models: int = 2_000
-    cache_bytes: int = 256 << 20
-    verify_all: bool = True
-    poll_s: float = 2.0
-    collect_rate: float = 0.0
-    collect_root: str | None = None
-    collect_queue: int = 1_000
-
-    @classmethod
-    def from_env(cls) -> ServingSettings:
-        keys = [k.strip() for k in (_env("API_KEYS") or _env("API_KEY") or "").split(",")]
-        return cls(
-            dataset=_env("DATASET", "sales"),
-            source=_env("SOURCE", "auto"),
-            root=_env("ROOT"),
-            alias=_env("ALIAS", "production"),
-            pointer=_env("POINTER"),
-            registry_uri=_env("REGISTRY_URI"),
-            model_name=_env("MODEL_NAME"),
-            model_dir=os.environ.get("AZUREML_MODEL_DIR") or None,
-            api_keys=[k for k in keys if k],
-            max_body_bytes=int(_env("MAX_BODY_BYTES", str(4 << 20))),
-            max_records=int(_env("MAX_RECORDS", "10000")),
-            cache_models=int(_env("CACHE_MODELS", "2000")),
-            cache_bytes=int(_env("CACHE_BYTES", str(256 << 20))),
-            verify_all=_env("VERIFY_ALL", "1") not in ("0", "false", "no"),
-            poll_s=float(_env("POLL_S", "2.0")),
-            collect_rate=float(_env("COLLECT_RATE", "0")),
-            collect_root=_env("COLLECT_ROOT"),
-            collect_queue=int(_env("COLLECT_QUEUE", "1000")),
-        )
-
-    def to_env(self) -> dict[str, str]:
-        """The environment that makes ``from_env`` give these settings back."""
-        out = {}
-        for k, v in asdict(self).items():
-            if v is None or k == "model_dir":
-                continue
-            name = ENV_PREFIX + ("API_KEYS" if k == "api_keys" else k.upper())
-            if isinstance(v, bool):
-                v = "1" if v else "0"
-            elif isinstance(v, list):
-                v = ",".join(v)
-            out[name] = str(v)
-        return out
-
-    def make_source(self) -> Source:
-        kind = self.source
-        pointer = self.pointer or pointer_name(self.dataset, self.alias)
-        if kind == "auto":
-            if self.model_dir:
-                kind = "model_dir"
-            elif self.root and os.path.isfile(os.path.join(self.root, pointer)):
-                kind = "pointer"
-            elif self.registry_uri and self.root:
-                kind = "registry"
-            elif self.root:
-                kind = "pointer"
-            else:
-                raise SourceError(
-                    "nothing to serve: set AZUREML_MODEL_DIR, or MLOPS_SERVING_ROOT with a "
-                    "pointer file or MLOPS_SERVING_REGISTRY_URI"
-                )
-        if kind == "model_dir":
-            if not self.model_dir:
-                raise SourceError("source model_dir needs AZUREML_MODEL_DIR")
-            return ModelDirSource(self.model_dir, _env("VERSION"))
-        if not self.root:
-            raise SourceError(f"source {kind} needs MLOPS_SERVING_ROOT (the storage root)")
-        if kind == "pointer":
-            return PointerSource(self.root, pointer)
-        if kind == "registry":
-            if not self.registry_uri:
-                raise SourceError("source registry needs MLOPS_SERVING_REGISTRY_URI")
-            name = self.model_name or f"{self.dataset}-models"
-            return RegistrySource(self.registry_uri, name, self.alias, self.root)
-        raise SourceError(f"unknown source {kind!r}: auto, model_dir, pointer or registry")
 
 
 @dataclass
@@ -185,7 +79,7 @@ class Reply:
 
 @dataclass
 class Active:
-    ref: ModelSetRef
+    served: Served
     reader: ModelSetReader
     loaded_at: float
 
@@ -267,10 +161,10 @@ class ScoringService:
     def start(self) -> ScoringService:
         """Load the current model set (raises if it cannot: the server must not turn ready),
         then start polling for a new one."""
-        ref = self.source.resolve()
-        self._active = self._load(ref, previous=None)
+        served = self.source.resolve()
+        self._active = self._load(served, previous=None)
         _freeze_heap()
-        log.info("serving %s model set %s from %s", self.spec.name, ref.version, ref.root)
+        log.info("serving %s model set %s", self.spec.name, served.describe())
         if self.source.dynamic and self.settings.poll_s > 0:
             self._poller = threading.Thread(target=self._poll, name="modelset-poll", daemon=True)
             self._poller.start()
@@ -283,10 +177,10 @@ class ScoringService:
         if self.collector is not None:
             self.collector.close()
 
-    def _load(self, ref: ModelSetRef, previous: Active | None) -> Active:
+    def _load(self, served: Served, previous: Active | None) -> Active:
         s = self.settings
         reader = load_reader(
-            ref, max_models=s.cache_models, max_bytes=s.cache_bytes, verify_all=s.verify_all
+            served, max_models=s.cache_models, max_bytes=s.cache_bytes, verify_all=s.verify_all
         )
         if previous is not None:
             # Warm the new set with the series hot in the old one: no latency step at swap.
@@ -294,21 +188,22 @@ class ScoringService:
             for sid in hot:
                 if sid in reader:
                     reader.model_for(sid)
-        return Active(ref, reader, time.time())
+        return Active(served, reader, time.time())
 
     def check_for_update(self) -> bool:
         """Resolve the source once; load and swap if it names another set. True if swapped."""
         with self._swap_lock:
-            ref = self.source.resolve()
+            served = self.source.resolve()
             current = self._active
-            if current is not None and ref.key == current.ref.key:
+            if current is not None and served.key == current.served.key:
                 return False
-            new = self._load(ref, previous=current)
+            new = self._load(served, previous=current)
             self._active = new  # the swap: one reference
             self.swaps += 1
             self._frozen_at = new.reader.stats.misses
             _freeze_heap()
-            log.info("hot swap: %s -> %s", current.ref.version if current else None, ref.version)
+            old = current.served.label if current else None
+            log.info("hot swap: %s -> %s", old, served.label)
             return True
 
     def _poll(self) -> None:
@@ -343,8 +238,8 @@ class ScoringService:
         out = {
             "dataset": self.spec.name,
             "source": self.source.describe(),
-            "model_set_version": a.ref.version if a else None,
-            "folder": a.ref.folder if a else None,
+            "model_set_version": a.served.label if a else None,
+            "folder": a.served.ref.folder if a else None,
             "loaded_at": a.loaded_at if a else None,
             "series": len(a.reader.series) if a else 0,
             "swaps": self.swaps,
@@ -375,7 +270,7 @@ class ScoringService:
             reply = _error(500, "internal_error", f"{type(exc).__name__} (ref {ref})")
         a = self._active
         if a is not None:
-            reply.headers.setdefault("x-model-set-version", a.ref.version)
+            reply.headers.setdefault("x-model-set-version", a.served.label)
         return reply
 
     def _handle(self, method: str, headers, body: bytes | None, too_large: bool) -> Reply:
@@ -443,8 +338,8 @@ class ScoringService:
             status = 404 if all(r["error"] == UNKNOWN_SERIES for r in rows) else 422
         if self.collector is not None:
             rid = headers.get("x-request-id") or ""
-            self.collector.offer(records, rows, active.ref.version, rid)
+            self.collector.offer(records, rows, active.served.label, rid)
         return Reply(
             status,
-            {"model_set_version": active.ref.version, "predictions": rows, "n_errors": n_err},
+            {"model_set_version": active.served.label, "predictions": rows, "n_errors": n_err},
         )

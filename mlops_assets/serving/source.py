@@ -1,68 +1,63 @@
 """Where the scoring server finds the model set it serves, and how it loads one.
 
-Three sources, chosen by ``ServingSettings.source`` (``auto`` picks the first that applies):
+Every source resolves to a ``Served``: the set's ``ModelSetRef`` (with the manifest digest), the
+``Storage`` its files are read from, and the version label the server reports. Three sources,
+chosen by ``ServingSettings.source`` (``auto`` picks the first that applies):
 
 * ``model_dir``: ``AZUREML_MODEL_DIR`` (on AKS the deployment's registered model folder). The
-  folder holds ``manifest.parquet`` and its packs, possibly one level down; fixed for the life
-  of the container (a new set is a new deployment: blue/green).
-* ``pointer``: a JSON file ``{"version", "folder", "manifest_sha256"}`` in the storage root
-  (``serving/<dataset>/<alias>.json``); a deployment moves the endpoint by rewriting it.
+  folder holds the manifest, its packs and ``model_set.json`` (the set's ref, written with the
+  set), possibly one level down; the digest comes from ``MLOPS_SERVING_MANIFEST_SHA256`` (set by
+  the deployment) or else that file. Fixed for the life of the container (blue/green).
+* ``pointer``: a ``ModelSetRef`` JSON in the storage root (``serving/<dataset>/<alias>.json``);
+  a deployment moves the endpoint by rewriting it.
 * ``registry``: the MLflow registry alias (``production``) of ``<dataset>-models``; the
-  version's ``folder`` tag names the set under the storage root.
+  version's ``folder`` and ``manifest_sha256`` tags make its ref.
 
-Loading reads the manifest, checks its sha256 against the one recorded (pointer or registry
-tag), optionally verifies every model's sha256 (one read per pack), and returns a
-``ModelSetReader`` that loads models lazily into its bounded cache. No Dagster imports.
+``load_reader`` verifies the manifest against the ref's digest and, with ``verify_all``, every
+model (one read per pack), and returns a ``ModelSetReader`` that loads models lazily into its
+bounded cache. No Dagster imports.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import pyarrow.compute as pc
-
+from mlops_assets.domain import model_sets as ms
+from mlops_assets.domain.registry_records import ModelSetVersion
 from mlops_assets.ml import modelset
 from mlops_assets.ml.model_cache import ModelSetReader
-from mlops_assets.ml.persistence import ModelIntegrityError
+from mlops_assets.storage import LocalStorage, Storage
+from mlops_assets.storage.base import check_name
 
 
 class SourceError(RuntimeError):
-    """No model set can be resolved (nothing configured, alias unset, folder missing)."""
+    """No model set can be resolved (nothing configured, alias unset, no verifiable ref)."""
 
 
 @dataclass(frozen=True)
-class ModelSetRef:
-    """One model set to serve: a label, where its files are and the manifest's digest."""
+class Served:
+    """A model set to serve: its ref, where its files are read from, the version it reports."""
 
-    version: str
-    folder: str  # relative to ``root``; "" when the manifest sits in ``root`` itself
-    root: str
-    manifest_sha256: str | None = None
-    flat: bool = False  # packs next to the manifest, whatever their recorded folder
-    tags: dict = field(default_factory=dict, compare=False)
+    ref: ms.ModelSetRef
+    storage: Storage
+    label: str
 
     @property
     def key(self) -> tuple:
-        return (self.version, self.root, self.folder, self.manifest_sha256)
+        """Equal for the same set at the same place: a poll that finds it again does not swap."""
+        return (self.label, self.storage.uri(self.ref.manifest_name), self.ref.manifest_sha256)
+
+    def describe(self) -> str:
+        return f"{self.label} ({self.storage.uri(self.ref.folder)})"
 
 
-def pointer_name(dataset: str, alias: str) -> str:
-    return f"serving/{dataset}/{alias}.json"
+class FlatFolderStorage(LocalStorage):
+    """A copied-out model-set folder (``AZUREML_MODEL_DIR``): every name is read from the folder
+    by its last part, whatever folder the manifest recorded."""
 
-
-def write_pointer(root: str | Path, name: str, ref: dict) -> Path:
-    """Atomically (temp file, rename) point ``name`` at a model set."""
-    path = Path(root) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{time.time_ns()}-{path.name}")
-    tmp.write_text(json.dumps({**ref, "written_at": time.time()}, sort_keys=True))
-    os.replace(tmp, path)
-    return path
+    def _path(self, name: str) -> Path:
+        return Path(self.root) / check_name(name).rsplit("/", 1)[-1]
 
 
 class Source:
@@ -70,7 +65,7 @@ class Source:
 
     dynamic = True
 
-    def resolve(self) -> ModelSetRef:  # pragma: no cover - interface
+    def resolve(self) -> Served:  # pragma: no cover - interface
         raise NotImplementedError
 
     def describe(self) -> str:  # pragma: no cover - interface
@@ -80,72 +75,67 @@ class Source:
 class ModelDirSource(Source):
     dynamic = False
 
-    def __init__(self, model_dir: str, version: str | None = None):
+    def __init__(
+        self, model_dir: str, version: str | None = None, manifest_sha256: str | None = None
+    ):
         self.model_dir = model_dir
         self.version = version
+        self.manifest_sha256 = manifest_sha256
 
     def describe(self) -> str:
         return f"model_dir:{self.model_dir}"
 
-    def resolve(self) -> ModelSetRef:
+    def resolve(self) -> Served:
         base = Path(self.model_dir)
         found = sorted(base.glob(modelset.MANIFEST)) or sorted(base.glob(f"*/{modelset.MANIFEST}"))
         found = found or sorted(base.rglob(modelset.MANIFEST))
         if not found:
             raise SourceError(f"no {modelset.MANIFEST} under AZUREML_MODEL_DIR={self.model_dir}")
-        folder = found[0].parent
-        meta = folder / "model_set.json"
-        info = json.loads(meta.read_text()) if meta.is_file() else {}
-        version = self.version or str(info.get("version") or "") or None
-        return ModelSetRef(
-            version=version or f"sha-{_sha256(found[0].read_bytes())[:12]}",
-            folder="",
-            root=str(folder),
-            manifest_sha256=info.get("manifest_sha256"),
-            flat=True,
-        )
+        storage = FlatFolderStorage(found[0].parent)
+        ref = None
+        if storage.exists(ms.REF_FILE):
+            ref = ms.ModelSetRef.from_json(storage.read_text(ms.REF_FILE))
+        if self.manifest_sha256:
+            ref = (
+                replace(ref, manifest_sha256=self.manifest_sha256)
+                if ref
+                else ms.ModelSetRef("model_dir", "model_dir", ".", self.manifest_sha256)
+            )
+        if ref is None:
+            raise SourceError(
+                f"{found[0].parent}: no {ms.REF_FILE} and no MLOPS_SERVING_MANIFEST_SHA256: "
+                "nothing to verify the manifest against; refusing to serve it"
+            )
+        return Served(ref, storage, self.version or ref.label)
 
 
 class PointerSource(Source):
-    def __init__(self, root: str, name: str):
-        self.root, self.name = root, name
+    def __init__(self, storage: Storage, name: str):
+        self.storage, self.name = storage, name
 
     def describe(self) -> str:
-        return f"pointer:{Path(self.root) / self.name}"
+        return f"pointer:{self.storage.uri(self.name)}"
 
-    def resolve(self) -> ModelSetRef:
-        path = Path(self.root) / self.name
+    def resolve(self) -> Served:
         try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise SourceError(f"no pointer file {path}") from None
-        except ValueError as exc:
-            raise SourceError(f"pointer file {path} is not JSON: {exc}") from None
-        if not data.get("folder"):
-            raise SourceError(f"pointer file {path} names no folder")
-        return ModelSetRef(
-            version=str(data.get("version") or data["folder"]),
-            folder=data["folder"],
-            root=str(data.get("root") or self.root),
-            manifest_sha256=data.get("manifest_sha256"),
-            tags=data,
-        )
+            ref = ms.read_pointer(self.storage, self.name)
+        except ms.ModelSetError as exc:
+            raise SourceError(str(exc)) from None
+        if ref is None:
+            raise SourceError(f"no pointer file {self.storage.uri(self.name)}")
+        return Served(ref, self.storage, ref.label)
 
 
 class RegistrySource(Source):
-    def __init__(self, tracking_uri: str, model_name: str, alias: str, root: str):
-        self.tracking_uri, self.model_name, self.alias, self.root = (
-            tracking_uri,
-            model_name,
-            alias,
-            root,
-        )
+    def __init__(self, tracking_uri: str, model_name: str, alias: str, storage: Storage):
+        self.tracking_uri, self.model_name, self.alias = tracking_uri, model_name, alias
+        self.storage = storage
         self._client = None
 
     def describe(self) -> str:
         return f"registry:{self.model_name}@{self.alias}"
 
-    def resolve(self) -> ModelSetRef:
+    def resolve(self) -> Served:
         if self._client is None:
             from mlflow import MlflowClient
 
@@ -158,100 +148,28 @@ class RegistrySource(Source):
             raise SourceError(
                 f"alias {self.alias!r} of {self.model_name} in {self.tracking_uri}: {exc}"
             ) from None
-        tags = dict(mv.tags or {})
-        if not tags.get("folder"):
-            raise SourceError(f"{self.model_name} v{mv.version} has no 'folder' tag")
-        return ModelSetRef(
-            version=str(mv.version),
-            folder=tags["folder"],
-            root=self.root,
-            manifest_sha256=tags.get("manifest_sha256"),
-            tags=tags,
-        )
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-class _Files:
-    """``read_range`` over a local folder (a storage root, or a flat model directory)."""
-
-    def __init__(self, ref: ModelSetRef):
-        self.root = Path(ref.root)
-        self.flat = ref.flat
-
-    def path(self, name: str) -> Path:
-        if self.flat:
-            return self.root / name.rsplit("/", 1)[-1]
-        p = (self.root / name).resolve()
-        if self.root.resolve() not in p.parents:
-            raise ValueError(f"artifact {name!r} escapes the model root")
-        return p
-
-    def read_range(self, name: str, offset: int, length: int) -> bytes:
-        with open(self.path(name), "rb") as f:
-            f.seek(offset)
-            data = f.read(length)
-        if len(data) != length:
-            raise ModelIntegrityError(f"{name}@{offset}+{length}: file too short")
-        return data
-
-
-def manifest_path(ref: ModelSetRef) -> Path:
-    base = Path(ref.root) / ref.folder if ref.folder else Path(ref.root)
-    return base / modelset.MANIFEST
-
-
-def verify_models(manifest, files: _Files) -> int:
-    """Check every model's sha256 against the manifest (one read per pack). Returns the count.
-
-    Raises:
-        ModelIntegrityError: A model's bytes differ from their recorded sha256.
-    """
-    has = manifest.filter(pc.is_valid(manifest["artifact"]))
-    by_pack: dict[str, list] = {}
-    for sid, artifact, offset, length, sha in modelset.iter_locations(has):
-        by_pack.setdefault(artifact, []).append((sid, offset, length, sha))
-    n = 0
-    for artifact, entries in by_pack.items():
-        blob = files.path(artifact).read_bytes()
-        for sid, offset, length, sha in entries:
-            if _sha256(blob[offset : offset + length]) != sha:
-                raise ModelIntegrityError(
-                    f"model of {sid} ({artifact}@{offset}) does not match its sha256; "
-                    "refusing to serve this model set"
-                )
-            n += 1
-    return n
+        version = ModelSetVersion(self.model_name, int(mv.version), mv.source, dict(mv.tags or {}))
+        try:
+            ref = version.ref
+        except ms.ModelSetError as exc:
+            raise SourceError(f"{self.model_name} v{mv.version}: {exc}") from None
+        return Served(ref, self.storage, str(mv.version))
 
 
 def load_reader(
-    ref: ModelSetRef,
-    *,
-    max_models: int,
-    max_bytes: int,
-    verify_all: bool = True,
+    served: Served, *, max_models: int, max_bytes: int, verify_all: bool = True
 ) -> ModelSetReader:
-    """A reader over ``ref``'s model set, manifest (and models) verified.
+    """A reader over the served set, its manifest (and with ``verify_all`` every model) verified.
 
     Raises:
-        SourceError: The manifest is missing.
+        ModelSetError: The manifest is missing.
         ModelIntegrityError: The manifest or a model does not match its recorded sha256.
     """
-    path = manifest_path(ref)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise SourceError(f"model set {ref.version}: no manifest at {path}") from None
-    if ref.manifest_sha256 and _sha256(data) != ref.manifest_sha256:
-        raise ModelIntegrityError(
-            f"{path}: sha256 {_sha256(data)} differs from the recorded {ref.manifest_sha256}"
-        )
-    manifest = modelset.read_manifest(data)
-    files = _Files(ref)
-    if verify_all:
-        verify_models(manifest, files)
-    return ModelSetReader(
-        manifest, files.read_range, version=ref.version, max_models=max_models, max_bytes=max_bytes
+    return ms.open_reader(
+        served.storage,
+        served.ref,
+        max_models=max_models,
+        max_bytes=max_bytes,
+        verify_all=verify_all,
+        label=served.label,
     )

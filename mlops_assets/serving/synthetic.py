@@ -10,35 +10,34 @@ registry version or an ``AZUREML_MODEL_DIR`` holds. No Dagster or Azure imports.
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from mlops_assets.domain import model_sets as ms
 from mlops_assets.ml import modelset, persistence
 from mlops_assets.ml.engines import train_series_frame
 from mlops_assets.ml.features import tail_length, to_series_frame
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import DatasetSpec
+from mlops_assets.storage import LocalStorage
 
 
-def _write(root: Path, name: str, data: bytes) -> None:
-    path = root / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def write_model_set(root: str | Path, folder: str, results: pa.Table) -> pa.Table:
-    """Pack ``results`` (training records with a ``model`` column) into ``root/folder``."""
+def write_model_set(root: str | Path, folder: str, results: pa.Table, version: str) -> pa.Table:
+    """Pack ``results`` (training records with a ``model`` column) into ``root/folder`` as the
+    set ``version`` of ``sales-models`` (its ref next to the manifest). Returns the manifest."""
     manifest, packs = modelset.pack_models(results, folder, pack_bytes=8 << 20)
-    for name, data in packs:
-        _write(Path(root), name, data)
-    _write(Path(root), f"{folder}/{modelset.MANIFEST}", modelset.manifest_bytes(manifest))
+    ms.write_model_set(
+        LocalStorage(root), manifest, packs, name="sales-models", version=version, folder=folder
+    )
     return manifest
+
+
+def model_set_ref(root: str | Path, folder: str) -> ms.ModelSetRef:
+    """The ref of the set written under ``root/folder``."""
+    return ms.read_ref_file(LocalStorage(root), folder)
 
 
 def train_records(spec: DatasetSpec, n_series: int, n_periods: int = 120, seed: int = 0):
@@ -55,7 +54,7 @@ def real_model_set(
     """Train ``n_series`` sales series and write them as a model set. Returns (manifest, data)."""
     results, data = train_records(spec, n_series)
     results = results.append_column("trained_in", pa.array([version] * results.num_rows))
-    return write_model_set(root, folder, results), data
+    return write_model_set(root, folder, results, version), data
 
 
 def synthetic_model_set(
@@ -99,7 +98,7 @@ def synthetic_model_set(
                 "trained_in": version,
             }
         )
-    return write_model_set(root, folder, pa.Table.from_pylist(out))
+    return write_model_set(root, folder, pa.Table.from_pylist(out), version)
 
 
 def request_rows(

@@ -1,16 +1,13 @@
 """Evaluation, registration (MLflow, SQLite), promotion dev -> prod, rollback, safe loading."""
 
+import json
+
 import dagster as dg
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from mlops_assets.assets.evaluation import (
-    build_evaluation_asset,
-    load_model,
-    registered_model_name,
-    release_pointer,
-)
+from mlops_assets.assets.evaluation import build_evaluation_asset
 from mlops_assets.assets.registration import (
     PromotionError,
     build_promotion_jobs,
@@ -18,8 +15,15 @@ from mlops_assets.assets.registration import (
     promote_version,
     rollback_alias,
 )
-from mlops_assets.assets.training import build_training_asset, load_manifest, read_pointer
+from mlops_assets.assets.training import build_training_asset
 from mlops_assets.domain.curation import CuratedStore
+from mlops_assets.domain.model_sets import (
+    load_model,
+    read_manifest,
+    read_release,
+    registered_model_name,
+    release_pointer,
+)
 from mlops_assets.ml import modelset, persistence
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
@@ -77,8 +81,8 @@ class Env:
         )
 
     def decisions(self, as_of=AS_OF):
-        release = read_pointer(self.storage, release_pointer(SALES, as_of))
-        table = load_manifest(self.storage, release["folder"])
+        release = read_release(self.storage, release_pointer(SALES, as_of))
+        table = read_manifest(self.storage, release.ref)
         return {r["series_id"]: r for r in table.to_pylist()}, release
 
 
@@ -104,6 +108,22 @@ def corrupt(table: pa.Table, series_id: str, seed: int = 0) -> pa.Table:
     return table.set_column(table.column_names.index("sales"), "sales", pa.array(sales))
 
 
+def registration_fails(env, as_of, message, **resources):
+    """The registration asset alone fails with ``message``; the good registry is untouched."""
+    before = [v.version for v in env.registry.list_versions(NAME)]
+    res = dg.materialize(
+        [build_registration_asset(SALES)],
+        resources={**env.resources(), **resources},
+        partition_key=as_of,
+        instance=env.instance,
+        raise_on_error=False,
+    )
+    assert not res.success
+    errors = [e for e in res.all_events if e.is_step_failure]
+    assert message in errors[0].event_specific_data.error.message
+    assert [v.version for v in env.registry.list_versions(NAME)] == before
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     return Env(tmp_path_factory.mktemp("registry"))
@@ -120,9 +140,9 @@ def test_first_run_registers_every_series_as_one_version(env):
     assert all(r["promoted"] and r["artifact"] for r in rows.values())
     champion = env.registry.get_alias(NAME)
     assert champion.version == 1 and env.registry.list_versions(NAME)[-1].version == 1
-    assert champion.tags["manifest_sha256"] == release["manifest_sha256"]
+    assert champion.tags["manifest_sha256"] == release.ref.manifest_sha256
     assert champion.tags["count_series"] == str(len(rows)) and champion.tags["as_of"] == AS_OF
-    assert champion.source.startswith("file://") and champion.source.endswith(release["folder"])
+    assert champion.source.startswith("file://") and champion.source.endswith(release.ref.folder)
     # One MLflow run in experiment "sales" with the manifest as artifact.
     client = env.registry._client()
     run = client.get_run(champion.run_id)
@@ -145,7 +165,7 @@ def test_better_data_promotes_only_the_improved_series(env):
     others = [r for s, r in rows.items() if s != target]
     assert others and all(r["decision"] == "not_better" and not r["promoted"] for r in others)
     # Carried by reference: the champion's pack and lineage, not a copy.
-    v1 = load_manifest(env.storage, env.registry.get_version(NAME, 1).folder)
+    v1 = read_manifest(env.storage, env.registry.get_version(NAME, 1).ref)
     v1_rows = {r["series_id"]: r for r in v1.to_pylist()}
     for s, r in rows.items():
         if s != target:
@@ -192,7 +212,7 @@ def test_promotion_to_prod_and_rollback(env):
     assert prod.tags["dev_version"] == str(dev.version)
     assert prod.source.startswith(env.prod_storage.uri("models"))
     # Every model of the prod set loads verified from prod storage.
-    manifest = load_manifest(env.prod_storage, prod.folder)
+    manifest = read_manifest(env.prod_storage, prod.ref)
     for sid in manifest["series_id"].to_pylist():
         assert load_model(env.prod_storage, manifest, sid) is not None
     # Promote v1 explicitly, then roll production back to the previous version.
@@ -216,8 +236,7 @@ def test_promotion_to_prod_and_rollback(env):
 
 
 def test_tampered_artifact_is_refused(env):
-    folder = env.registry.get_alias(NAME).folder
-    manifest = load_manifest(env.storage, folder)
+    manifest = read_manifest(env.storage, env.registry.get_alias(NAME).ref)
     sid, artifact, offset, length, _sha = next(modelset.iter_locations(manifest))
     assert load_model(env.storage, manifest, sid) is not None
     data = bytearray(env.storage.read_bytes(artifact))
@@ -250,21 +269,10 @@ def test_unreachable_registry_is_a_clear_error_and_leaves_nothing(env, uri):
     with pytest.raises(RegistryUnavailableError, match="cannot be reached"):
         bad.register_model_set(NAME, "file:///nowhere", {"a": "b"})
     # Through the asset: the run fails with the same message; the good registry is untouched.
-    if read_pointer(env.storage, release_pointer(SALES, AS_OF)) is None:
+    if read_release(env.storage, release_pointer(SALES, AS_OF)) is None:
         env.curate(clean())
         assert env.run().success
-    before = [v.version for v in env.registry.list_versions(NAME)]
-    res = dg.materialize(
-        [build_registration_asset(SALES)],
-        resources={**env.resources(), "registry": bad},
-        partition_key=AS_OF,
-        instance=env.instance,
-        raise_on_error=False,
-    )
-    assert not res.success
-    errors = [e for e in res.all_events if e.is_step_failure]
-    assert "cannot be reached" in errors[0].event_specific_data.error.message
-    assert [v.version for v in env.registry.list_versions(NAME)] == before
+    registration_fails(env, AS_OF, "cannot be reached", registry=bad)
 
 
 def test_half_registration_is_undone(env, monkeypatch):
@@ -293,3 +301,15 @@ def test_quality_gate_fails_the_run_before_registration(env):
     assert checks and not checks[0].passed
     assert env.registry.get_alias(NAME).version == before  # nothing registered
     env.curate(table)
+
+
+def test_a_release_without_its_gate_outcome_is_not_registered(env):
+    """Registration fails closed: a release record that does not say it passed is refused."""
+    if read_release(env.storage, release_pointer(SALES, AS_OF)) is None:
+        env.curate(clean())
+        assert env.run().success
+    record = json.loads(env.storage.read_text(release_pointer(SALES, AS_OF)))
+    del record["passed"]
+    day = "2026-11-19"
+    env.storage.write_text(release_pointer(SALES, day), json.dumps(record))
+    registration_fails(env, day, "gate outcome")

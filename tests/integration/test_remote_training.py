@@ -6,13 +6,9 @@ import pytest
 from azure.ai.ml import load_job
 
 from mlops_assets.assets.ingestion import build_ingestion_asset
-from mlops_assets.assets.training import (
-    build_training_asset,
-    latest_pointer,
-    load_manifest,
-    read_pointer,
-)
+from mlops_assets.assets.training import build_training_asset
 from mlops_assets.domain.curation import CuratedStore
+from mlops_assets.domain.model_sets import latest_pointer, read_manifest, read_pointer
 from mlops_assets.domain.sample_drops import land_sales
 from mlops_assets.jobs.train import MODULE, TrainJob
 from mlops_assets.ml.engines import train_local
@@ -43,7 +39,7 @@ def test_remote_engine_trains_the_same_models_as_the_local_engine(tmp_path):
     run_id = result.run_id
     parts = storage.list(f"models/sales/remote/{run_id}/part-")
     assert len(parts) == 2
-    manifest = load_manifest(storage, read_pointer(storage, latest_pointer(SALES))["folder"])
+    manifest = read_manifest(storage, read_pointer(storage, latest_pointer(SALES)))
 
     local = train_local(CuratedStore(storage, SALES).read(), SALES, max_workers=1)
     local = local.sort_values("series_id", ignore_index=True)

@@ -11,18 +11,25 @@ import json
 import shutil
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from mlops_assets.domain.model_sets import open_reader, pointer_name, write_pointer
 from mlops_assets.ml import scoring
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.serving.collector import read_collected
 from mlops_assets.serving.local import LocalServer
 from mlops_assets.serving.service import ServingSettings
-from mlops_assets.serving.source import ModelSetRef, load_reader, pointer_name, write_pointer
-from mlops_assets.serving.synthetic import real_model_set, request_rows, synthetic_model_set
+from mlops_assets.serving.synthetic import (
+    model_set_ref,
+    real_model_set,
+    request_rows,
+    synthetic_model_set,
+)
+from mlops_assets.storage import LocalStorage
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +45,7 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     m1, _ = real_model_set(root, V1, SPEC, n_series=20, version="train-1")
     synthetic_model_set(root, V2, SPEC, n_series=20, version="train-2", seed=7)
-    write_pointer(root, pointer_name("sales", "production"), {"version": "1", "folder": V1})
+    point(root, V1, "1")
     settings = ServingSettings(
         root=str(root),
         api_keys=KEYS,
@@ -54,11 +61,20 @@ def served(tmp_path_factory):
         server.stop()
 
 
+def point(root: Path, folder: str, label: str) -> None:
+    """Point the production pointer at the set in ``root/folder``, served as version ``label``."""
+    ref = model_set_ref(root, folder)
+    ref = ref.registered(int(label)) if label.isdigit() else replace(ref, version=label)
+    write_pointer(LocalStorage(root), pointer_name("sales", "production"), ref)
+
+
 def _direct(root: Path, folder: str, version: str, records: list[dict]):
-    reader = load_reader(
-        ModelSetRef(version=version, folder=folder, root=str(root)),
+    reader = open_reader(
+        LocalStorage(root),
+        model_set_ref(root, folder),
         max_models=100,
         max_bytes=1 << 30,
+        label=version,
     )
     return scoring.score(records, SPEC, reader.model_for)
 
@@ -210,7 +226,7 @@ def test_hot_swap_under_concurrent_load(served):
         t.start()
     try:
         time.sleep(1.0)
-        write_pointer(root, pointer_name("sales", "production"), {"version": "2", "folder": V2})
+        point(root, V2, "2")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not all(s and s[-1] == "2" for s in seen):
             time.sleep(0.1)
@@ -234,16 +250,13 @@ def test_hot_swap_under_concurrent_load(served):
         [p["prediction"] for p in body["predictions"]], want["prediction"].to_numpy(float)
     )
     # A broken set named by the pointer is refused; the server keeps serving the last good one.
-    write_pointer(
-        root,
-        pointer_name("sales", "production"),
-        {"version": "3", "folder": V1, "manifest_sha256": "0" * 64},
-    )
+    broken = replace(model_set_ref(root, V1).registered(3), manifest_sha256="0" * 64)
+    write_pointer(LocalStorage(root), pointer_name("sales", "production"), broken)
     time.sleep(1.0)
     info = server.info()
     assert info["model_set_version"] == "2" and "sha256" in (info["last_error"] or "")
     assert server.score(records)[0] == 200
-    write_pointer(root, pointer_name("sales", "production"), {"version": "1", "folder": V1})
+    point(root, V1, "1")
     deadline = time.monotonic() + 10
     while server.info()["model_set_version"] != "1" and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -272,7 +285,7 @@ def test_tampered_model_set_is_refused_at_start(tmp_path):
     data = bytearray(pack.read_bytes())
     data[-5] ^= 0xFF
     pack.write_bytes(bytes(data))
-    write_pointer(root, pointer_name("sales", "production"), {"version": "1", "folder": V1})
+    point(root, V1, "1")
     server = LocalServer(ServingSettings(root=str(root), poll_s=0), log_path=root / "log.txt")
     with pytest.raises(RuntimeError, match="exited"):
         server.start(timeout=60)
@@ -287,7 +300,7 @@ def test_model_failing_its_hash_at_load_is_a_per_record_error(tmp_path):
     data = bytearray(pack.read_bytes())
     data[-5] ^= 0xFF  # the last series' model
     pack.write_bytes(bytes(data))
-    write_pointer(tmp_path, pointer_name("sales", "production"), {"version": "1", "folder": V1})
+    point(tmp_path, V1, "1")
     service = ScoringService(ServingSettings(root=str(tmp_path), poll_s=0, verify_all=False))
     service.start()
     records = request_rows(SPEC, manifest, manifest["series_id"].to_pylist())
@@ -321,9 +334,7 @@ def test_cache_keeps_memory_bounded_with_10k_models(tmp_path):
     root = tmp_path
     manifest = synthetic_model_set(root, "models/sales/big", SPEC, n_series=10_000)
     shutil.copy(root / "models/sales/big/manifest.parquet", root / "manifest-copy.parquet")
-    write_pointer(
-        root, pointer_name("sales", "production"), {"version": "big", "folder": "models/sales/big"}
-    )
+    point(root, "models/sales/big", "big")
     settings = ServingSettings(root=str(root), cache_models=300, poll_s=0, max_records=1000)
     with LocalServer(settings, log_path=root / "server.log") as server:
         before = server.info()
@@ -371,7 +382,7 @@ def test_release_sensor_and_deploy_job_switch_the_local_endpoint(tmp_path):
         )
     registry.set_alias("sales-models", "production", versions[0].version)
     v1, v2 = (str(v.version) for v in versions)
-    write_pointer(root, pointer_name("sales", "production"), {"version": v1, "folder": V1})
+    point(root, V1, v1)
 
     assets = build_deployment_assets(SPEC)
     job = dg.define_asset_job(deploy_job_name(SPEC), selection=dg.AssetSelection.assets(*assets))

@@ -83,12 +83,8 @@ def test_the_spark_engine_resource_trains_the_daily_asset_like_the_local_engine(
     import dagster as dg
 
     from mlops_assets.assets.ingestion import build_ingestion_asset
-    from mlops_assets.assets.training import (
-        build_training_asset,
-        latest_pointer,
-        load_manifest,
-        read_pointer,
-    )
+    from mlops_assets.assets.training import build_training_asset
+    from mlops_assets.domain.model_sets import latest_pointer, read_manifest, read_pointer
     from mlops_assets.domain.sample_drops import land_sales
     from mlops_assets.ml.sample_data import SalesShape
     from mlops_assets.ml.spec import load_spec
@@ -112,7 +108,7 @@ def test_the_spark_engine_resource_trains_the_daily_asset_like_the_local_engine(
         assert result.success
         meta = result.asset_materializations_for_node("sales__candidate_models")[0].metadata
         assert meta["engine"].value == name
-        manifest = load_manifest(storage, read_pointer(storage, latest_pointer(sales))["folder"])
+        manifest = read_manifest(storage, read_pointer(storage, latest_pointer(sales)))
         shas[name] = dict(
             zip(
                 manifest["series_id"].to_pylist(), manifest["model_sha256"].to_pylist(), strict=True

@@ -6,13 +6,9 @@ import pyarrow.compute as pc
 import pytest
 
 from mlops_assets.assets.ingestion import build_ingestion_asset
-from mlops_assets.assets.training import (
-    build_training_asset,
-    latest_pointer,
-    load_manifest,
-    read_pointer,
-)
+from mlops_assets.assets.training import build_training_asset
 from mlops_assets.domain.curation import CuratedStore
+from mlops_assets.domain.model_sets import latest_pointer, read_manifest, read_pointer
 from mlops_assets.domain.sample_drops import land_diabetes, land_sales
 from mlops_assets.ml import modelset, persistence
 from mlops_assets.ml.sample_data import SalesShape
@@ -38,7 +34,7 @@ def run(storage, spec, day, config=None, instance=None):
     assert result.success
     meta = result.asset_materializations_for_node(f"{spec.name}__candidate_models")[0].metadata
     pointer = read_pointer(storage, latest_pointer(spec))
-    return {k: v.value for k, v in meta.items()}, load_manifest(storage, pointer["folder"])
+    return {k: v.value for k, v in meta.items()}, read_manifest(storage, pointer)
 
 
 @pytest.fixture
@@ -74,8 +70,8 @@ def test_a_backfilled_as_of_date_trains_on_the_data_known_then(storage):
     )
     assert result.success
     pointer = read_pointer(storage, latest_pointer(SALES))
-    assert pointer["version"].startswith("2026-10-01/")
-    manifest = load_manifest(storage, pointer["folder"])
+    assert pointer.version.startswith("2026-10-01/")
+    manifest = read_manifest(storage, pointer)
     assert set(manifest["history_end"].to_pylist()) == {"2026-09-28"}
 
 

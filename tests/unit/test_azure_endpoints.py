@@ -11,6 +11,7 @@ import yaml
 from azure.ai.ml import load_environment, load_model, load_online_deployment, load_online_endpoint
 from azure.ai.ml.entities import KubernetesOnlineDeployment, KubernetesOnlineEndpoint
 
+from mlops_assets.domain.model_sets import ModelSetRef
 from resources.endpoints import (
     SCORING_SCRIPT,
     AzureMLKubernetesEndpoint,
@@ -29,9 +30,13 @@ REPO = Path(__file__).resolve().parents[2]
 CLOUD = REPO / ".cloud" / "azureml"
 RELEASE = ModelSetRelease(
     dataset="sales",
-    version="7",
-    folder="models/sales/releases/2026-11-21",
-    manifest_sha256="ab" * 32,
+    ref=ModelSetRef(
+        name="sales-models",
+        version="2026-11-21/abcd1234",
+        folder="models/sales/releases/2026-11-21",
+        manifest_sha256="ab" * 32,
+        registry_version=7,
+    ),
     smoke_records=[{"store": "S0000", "product": "P000", "week": "2026-11-23"}],
 )
 
@@ -77,6 +82,7 @@ def test_deployment_entity_roundtrips(tmp_path, color):
     env = back.environment_variables
     assert env["MLOPS_SERVING_SOURCE"] == "model_dir"
     assert env["MLOPS_SERVING_VERSION"] == "7"
+    assert env["MLOPS_SERVING_MANIFEST_SHA256"] == RELEASE.ref.manifest_sha256
     assert env["MLOPS_SERVING_CACHE_MODELS"] == "500"
     assert back.tags["folder"] == RELEASE.folder
 
@@ -110,7 +116,7 @@ def test_model_entity_roundtrips(tmp_path):
     back = load_model(path)
     assert back.name == "sales-models" and back.version == "7"
     assert back.type == "custom_model"
-    assert back.tags["manifest_sha256"] == RELEASE.manifest_sha256
+    assert back.tags["manifest_sha256"] == RELEASE.ref.manifest_sha256
 
 
 def test_cloud_specs_load():

@@ -1,17 +1,4 @@
-"""The model set: its identity (``ModelSetRef``), where it lives, and verified reading.
-
-A model set is one training run's models for every series: packs of model bytes plus a manifest
-(``ml.modelset``). It is referred to everywhere, from training through evaluation, registration,
-promotion, serving and batch scoring, by one frozen ``ModelSetRef``; every reader checks the
-manifest's sha256 against the reference before using it, and each model's sha256 before loading
-it. Storage layout under the storage root::
-
-    models/<dataset>/sets/<as_of>/<run8>/       candidate sets (training)
-    models/<dataset>/releases/<as_of>/<run8>/   release sets (evaluation: promoted + carried)
-    models/<dataset>/candidates/<as_of>.json    pointer to the as-of date's latest candidate
-    models/<dataset>/releases/<as_of>.json      pointer to the as-of date's release
-    models/<dataset>/latest.json                pointer to the latest candidate
-"""
+"""``ModelSetRef``: the one identity of a model set, from training to serving and batch scoring."""
 
 from __future__ import annotations
 
@@ -20,11 +7,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-import pyarrow as pa
-
 from mlops_assets.ml import modelset
-from mlops_assets.ml.persistence import ModelIntegrityError
-from mlops_assets.storage import Storage
 
 
 class ModelSetError(RuntimeError):
@@ -53,6 +36,12 @@ class ModelSetRef:
     @property
     def manifest_name(self) -> str:
         return f"{self.folder}/{modelset.MANIFEST}"
+
+    @property
+    def label(self) -> str:
+        """What a server reports as its model-set version: the registry version once there is
+        one, else the training run's label."""
+        return str(self.registry_version) if self.registry_version is not None else self.version
 
     def registered(self, registry_version: int) -> ModelSetRef:
         return replace(self, registry_version=int(registry_version))
@@ -84,25 +73,3 @@ class ModelSetRef:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def read_manifest(storage: Storage, ref: ModelSetRef) -> pa.Table:
-    """The manifest of ``ref``, after checking its bytes against ``ref.manifest_sha256``.
-
-    Raises:
-        ModelSetError: No manifest at the reference's folder.
-        ModelIntegrityError: The manifest's sha256 differs from the reference's.
-    """
-    try:
-        data = storage.read_bytes(ref.manifest_name)
-    except FileNotFoundError:
-        raise ModelSetError(
-            f"model set {ref.name} {ref.version}: no manifest at {storage.uri(ref.manifest_name)}"
-        ) from None
-    digest = sha256(data)
-    if digest != ref.manifest_sha256:
-        raise ModelIntegrityError(
-            f"{storage.uri(ref.manifest_name)}: sha256 {digest} differs from the reference's "
-            f"{ref.manifest_sha256}; the manifest was changed after it was written: refusing it"
-        )
-    return modelset.read_manifest(data)

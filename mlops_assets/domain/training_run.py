@@ -1,0 +1,163 @@
+"""One training run: curated data up to an as-of date -> a candidate model set and its ref.
+
+Series not retrained (chosen or changed-only runs) are carried over from the latest candidate
+by reference (``modelset.carry_over``). The set is written through ``model_sets.write_model_set``
+and both pointers (the as-of date's candidate, the latest) name its ``ModelSetRef``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlops_assets.domain import model_sets as ms
+from mlops_assets.domain.curation import CuratedStore
+from mlops_assets.ml import modelset
+from mlops_assets.ml.engines import result_schema
+from mlops_assets.ml.phases import Phases
+from mlops_assets.ml.spec import DatasetSpec
+from mlops_assets.ml.tables import series_fingerprints
+from mlops_assets.storage import Storage
+
+
+class TrainingInputError(ValueError):
+    """The run cannot start: no curated data, or unknown series asked for."""
+
+
+class Engine(Protocol):
+    """What a run needs of a training engine (``resources.training_engine``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def train(
+        self,
+        table: pa.Table,
+        spec: DatasetSpec,
+        series: Sequence[str] | None = None,
+        phases: Phases | None = None,
+        *,
+        context: Any = None,
+        as_of: str | None = None,
+    ) -> pd.DataFrame: ...
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """A written candidate set: its ref and manifest, this run's training records and timings."""
+
+    ref: ms.ModelSetRef
+    manifest: pa.Table
+    trained: pd.DataFrame  # one row per series trained now (status, metrics, fit seconds)
+    rows: int
+    phases: Phases = field(compare=False)
+
+
+def choose_series(
+    series: Sequence[str], changed_only: bool, fingerprints: pa.Table, previous: pa.Table | None
+) -> list[str] | None:
+    """The series to train: chosen ones, changed ones, or None for all.
+
+    Raises:
+        TrainingInputError: A chosen series is not in the data.
+    """
+    if series:
+        unknown = sorted(set(series) - set(fingerprints["series_id"].to_pylist()))
+        if unknown:
+            raise TrainingInputError(
+                f"unknown series {unknown[:5]} (of {len(unknown)}); series ids look like "
+                f"{fingerprints['series_id'][0].as_py()!r}"
+            )
+        return sorted(series)
+    if changed_only and previous is not None and "data_fingerprint" in previous.column_names:
+        before = dict(
+            zip(
+                previous["series_id"].to_pylist(),
+                previous["data_fingerprint"].to_pylist(),
+                strict=True,
+            )
+        )
+        ids = fingerprints["series_id"].to_pylist()
+        prints = fingerprints["data_fingerprint"].to_pylist()
+        return [s for s, fp in zip(ids, prints, strict=True) if before.get(s) != fp]
+    return None
+
+
+def fresh_manifest(
+    results: pd.DataFrame, fingerprints: pa.Table, spec: DatasetSpec, version: str, folder: str
+) -> tuple[pa.Table, list[tuple[str, bytes]]]:
+    """This run's records as manifest rows (with their data window) and the packs to write."""
+    fresh = pa.Table.from_pandas(results, schema=result_schema(spec), preserve_index=False)
+    at = pc.index_in(fresh["series_id"], value_set=fingerprints["series_id"])
+    for name in ("n_rows", "data_end", "data_fingerprint"):
+        fresh = fresh.append_column(name, fingerprints[name].take(at))
+    fresh = fresh.sort_by("series_id")
+    fresh = fresh.append_column("trained_in", pa.array([version] * fresh.num_rows))
+    return modelset.pack_models(fresh, folder)
+
+
+def train_candidate(
+    storage: Storage,
+    spec: DatasetSpec,
+    engine: Engine,
+    *,
+    as_of: str,
+    run_id: str,
+    series: Sequence[str] = (),
+    changed_only: bool = False,
+    context: Any = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> TrainingOutcome:
+    """Train (all, chosen or changed series) on curated data up to ``as_of``; write the set.
+
+    Raises:
+        TrainingInputError: No curated rows up to ``as_of``, or unknown chosen series.
+    """
+    phases = Phases()
+    with phases("read"):
+        table = CuratedStore(storage, spec).read(until=pd.Timestamp(as_of).date())
+        if table.num_rows == 0:
+            raise TrainingInputError(
+                f"no curated {spec.name} rows up to {as_of}: land drops under "
+                f"landing/{spec.name}/ (e.g. `mlops generate {spec.name}`) and ingest them first"
+            )
+        fingerprints = series_fingerprints(table, spec)
+        latest = ms.read_pointer(storage, ms.latest_pointer(spec))
+        previous = ms.read_manifest(storage, latest) if latest else None
+    chosen = choose_series(series, changed_only, fingerprints, previous)
+    log(
+        f"training {'all' if chosen is None else len(chosen)} of {fingerprints.num_rows} "
+        f"series on {table.num_rows:,} rows with the {engine.name} engine"
+    )
+    engine_phases = Phases()
+    with phases("train"):
+        results = None
+        if chosen != []:
+            results = engine.train(
+                table, spec, series=chosen, phases=engine_phases, context=context, as_of=as_of
+            )
+    phases.update(engine_phases, prefix="engine_")
+    version = f"{as_of}/{run_id[:8]}"
+    folder = ms.set_folder(spec, version)
+    with phases("write"):
+        fresh, packs = None, []
+        if results is not None and len(results):
+            fresh, packs = fresh_manifest(results, fingerprints, spec, version, folder)
+        manifest = modelset.carry_over(fresh, previous)
+        ref = ms.write_model_set(
+            storage,
+            manifest,
+            packs,
+            name=ms.registered_model_name(spec),
+            version=version,
+            folder=folder,
+        )
+        ms.write_pointer(storage, ms.candidate_pointer(spec, as_of), ref)
+        ms.write_pointer(storage, ms.latest_pointer(spec), ref)
+    trained = results if results is not None else pd.DataFrame(columns=["status"])
+    return TrainingOutcome(ref, manifest, trained, table.num_rows, phases)

@@ -1,0 +1,122 @@
+"""What a scoring server serves and its limits: ``ServingSettings`` (``MLOPS_SERVING_*``).
+
+``make_source`` turns the settings into the ``Source`` the service polls (``serving.source``).
+No Dagster imports.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+from mlops_assets.domain.model_sets import pointer_name, registered_model_name
+from mlops_assets.serving.source import (
+    ModelDirSource,
+    PointerSource,
+    RegistrySource,
+    Source,
+    SourceError,
+)
+from mlops_assets.storage import LocalStorage
+
+ENV_PREFIX = "MLOPS_SERVING_"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    v = os.environ.get(ENV_PREFIX + name)
+    return v if v not in (None, "") else default
+
+
+@dataclass
+class ServingSettings:
+    """What the server serves and its limits; ``from_env`` reads ``MLOPS_SERVING_*``."""
+
+    dataset: str = "sales"
+    source: str = "auto"  # auto | model_dir | pointer | registry
+    root: str | None = None  # storage root (local folder) holding model sets and pointers
+    alias: str = "production"
+    pointer: str | None = None  # relative to root; default serving/<dataset>/<alias>.json
+    registry_uri: str | None = None
+    model_name: str | None = None  # default <dataset>-models
+    model_dir: str | None = None  # AZUREML_MODEL_DIR
+    api_keys: list[str] = field(default_factory=list)
+    max_body_bytes: int = 4 << 20
+    max_records: int = 10_000
+    cache_models: int = 2_000
+    cache_bytes: int = 256 << 20
+    verify_all: bool = True
+    poll_s: float = 2.0
+    collect_rate: float = 0.0
+    collect_root: str | None = None
+    collect_queue: int = 1_000
+
+    @classmethod
+    def from_env(cls) -> ServingSettings:
+        keys = [k.strip() for k in (_env("API_KEYS") or _env("API_KEY") or "").split(",")]
+        return cls(
+            dataset=_env("DATASET", "sales"),
+            source=_env("SOURCE", "auto"),
+            root=_env("ROOT"),
+            alias=_env("ALIAS", "production"),
+            pointer=_env("POINTER"),
+            registry_uri=_env("REGISTRY_URI"),
+            model_name=_env("MODEL_NAME"),
+            model_dir=os.environ.get("AZUREML_MODEL_DIR") or None,
+            api_keys=[k for k in keys if k],
+            max_body_bytes=int(_env("MAX_BODY_BYTES", str(4 << 20))),
+            max_records=int(_env("MAX_RECORDS", "10000")),
+            cache_models=int(_env("CACHE_MODELS", "2000")),
+            cache_bytes=int(_env("CACHE_BYTES", str(256 << 20))),
+            verify_all=_env("VERIFY_ALL", "1") not in ("0", "false", "no"),
+            poll_s=float(_env("POLL_S", "2.0")),
+            collect_rate=float(_env("COLLECT_RATE", "0")),
+            collect_root=_env("COLLECT_ROOT"),
+            collect_queue=int(_env("COLLECT_QUEUE", "1000")),
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes ``from_env`` give these settings back."""
+        out = {}
+        for k, v in asdict(self).items():
+            if v is None or k == "model_dir":
+                continue
+            name = ENV_PREFIX + ("API_KEYS" if k == "api_keys" else k.upper())
+            if isinstance(v, bool):
+                v = "1" if v else "0"
+            elif isinstance(v, list):
+                v = ",".join(v)
+            out[name] = str(v)
+        return out
+
+    def make_source(self) -> Source:
+        kind = self.source
+        pointer = self.pointer or pointer_name(self.dataset, self.alias)
+        if kind == "auto":
+            if self.model_dir:
+                kind = "model_dir"
+            elif self.root and LocalStorage(self.root).exists(pointer):
+                kind = "pointer"
+            elif self.registry_uri and self.root:
+                kind = "registry"
+            elif self.root:
+                kind = "pointer"
+            else:
+                raise SourceError(
+                    "nothing to serve: set AZUREML_MODEL_DIR, or MLOPS_SERVING_ROOT with a "
+                    "pointer file or MLOPS_SERVING_REGISTRY_URI"
+                )
+        if kind == "model_dir":
+            if not self.model_dir:
+                raise SourceError("source model_dir needs AZUREML_MODEL_DIR")
+            return ModelDirSource(self.model_dir, _env("VERSION"), _env("MANIFEST_SHA256"))
+        if not self.root:
+            raise SourceError(f"source {kind} needs MLOPS_SERVING_ROOT (the storage root)")
+        storage = LocalStorage(self.root)
+        if kind == "pointer":
+            return PointerSource(storage, pointer)
+        if kind == "registry":
+            if not self.registry_uri:
+                raise SourceError("source registry needs MLOPS_SERVING_REGISTRY_URI")
+            name = self.model_name or registered_model_name(self.dataset)
+            return RegistrySource(self.registry_uri, name, self.alias, storage)
+        raise SourceError(f"unknown source {kind!r}: auto, model_dir, pointer or registry")
