@@ -14,7 +14,8 @@ import time
 import pyarrow.parquet as pq
 
 from benchmarks.common import peak_rss_mb, write_result
-from mlops_assets.domain.curation import CuratedStore, ingest, pending_drops
+from mlops_assets.domain.curated_store import CuratedStore
+from mlops_assets.domain.curation import ingest, pending_drops
 from mlops_assets.domain.sample_drops import land_sales
 from mlops_assets.ml.sample_data import SalesShape
 from mlops_assets.ml.spec import load_spec

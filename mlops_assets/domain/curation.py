@@ -38,16 +38,6 @@ from mlops_assets.ml.validation.rows import RowCheck, explain_rows, validate_row
 from mlops_assets.storage import BlobInfo, Storage
 
 # Callers read the curated dataset and the ledger through this module too.
-__all__ = [
-    "CuratedStore",
-    "DropLedger",
-    "DropOutcome",
-    "IngestResult",
-    "MergeStats",
-    "ingest",
-    "landing_prefix",
-    "pending_drops",
-]
 
 
 def landing_prefix(spec: DatasetSpec) -> str:

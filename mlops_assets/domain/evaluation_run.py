@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from pandas.tseries.frequencies import to_offset
 
 from mlops_assets.domain import model_sets as ms
-from mlops_assets.domain.curation import CuratedStore
+from mlops_assets.domain.curated_store import CuratedStore
 from mlops_assets.ml import comparison as ev
 from mlops_assets.ml import modelset
 from mlops_assets.ml.features import tail_length, to_series_frame

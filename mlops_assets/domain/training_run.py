@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlops_assets.domain import model_sets as ms
-from mlops_assets.domain.curation import CuratedStore
+from mlops_assets.domain.curated_store import CuratedStore
 from mlops_assets.ml import modelset
 from mlops_assets.ml.engines import result_schema
 from mlops_assets.ml.phases import Phases

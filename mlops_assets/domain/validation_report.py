@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from mlops_assets.domain.curation import DropOutcome, IngestResult
+from mlops_assets.domain.curation import IngestResult
+from mlops_assets.domain.ledger import DropOutcome
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.validation.failures import DropFailure, Failure, failure_from_dict
 from mlops_assets.ml.validation.rules import CONCERNS, Rule, concern_of

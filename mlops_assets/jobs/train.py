@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlops_assets.domain.curation import CuratedStore
+from mlops_assets.domain.curated_store import CuratedStore
 from mlops_assets.jobs.common import (
     PARAMS_ENV,
     open_pipes,

@@ -9,7 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlops_assets.assets.ingestion import build_ingestion_asset
-from mlops_assets.domain.curation import CuratedStore, DropLedger, ingest, pending_drops
+from mlops_assets.domain.curated_store import CuratedStore
+from mlops_assets.domain.curation import ingest, pending_drops
+from mlops_assets.domain.ledger import DropLedger
 from mlops_assets.domain.sample_drops import land_bad, land_sales
 from mlops_assets.ml.sample_data import SalesShape, sales_table, to_bytes
 from mlops_assets.ml.spec import load_spec

@@ -16,7 +16,7 @@ from mlops_assets.assets.registration import (
     rollback_alias,
 )
 from mlops_assets.assets.training import build_training_asset
-from mlops_assets.domain.curation import CuratedStore
+from mlops_assets.domain.curated_store import CuratedStore
 from mlops_assets.domain.model_sets import (
     load_model,
     read_manifest,

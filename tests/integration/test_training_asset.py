@@ -7,7 +7,7 @@ import pytest
 
 from mlops_assets.assets.ingestion import build_ingestion_asset
 from mlops_assets.assets.training import build_training_asset
-from mlops_assets.domain.curation import CuratedStore
+from mlops_assets.domain.curated_store import CuratedStore
 from mlops_assets.domain.model_sets import latest_pointer, read_manifest, read_pointer
 from mlops_assets.domain.sample_drops import land_diabetes, land_sales
 from mlops_assets.ml import modelset, persistence

@@ -9,7 +9,8 @@ import pyarrow.compute as pc
 import pytest
 
 from mlops_assets.assets.ingestion import build_ingestion_asset
-from mlops_assets.domain.curation import CuratedStore, DropLedger
+from mlops_assets.domain.curated_store import CuratedStore
+from mlops_assets.domain.ledger import DropLedger
 from mlops_assets.domain.sample_drops import land_sales
 from mlops_assets.ml.sample_data import BAD_KINDS, SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
