@@ -12,7 +12,6 @@ from pathlib import Path
 
 import dagster as dg
 
-from mlops_assets.storage import Storage
 from resources.endpoints import AzureMLKubernetesEndpoint, EndpointResource, LocalEndpoint
 from resources.registry import MlflowRegistry, ModelRegistry
 from resources.storage import AzureBlobStorageResource, LocalStorageResource
@@ -90,9 +89,7 @@ def registries_for(profile: str, home: Path) -> tuple[ModelRegistry, ModelRegist
     )
 
 
-def training_engine(
-    name: str, profile: str, storage: dg.ConfigurableResource
-) -> TrainingEngine:
+def training_engine(name: str, profile: str, storage: dg.ConfigurableResource) -> TrainingEngine:
     """``MLOPS_TRAINING_ENGINE``: ``local`` (process pool, default), ``spark`` (applyInPandas on
     a ``local[*]`` session; a cluster through Spark config), or ``azureml`` (a command job on the
     AML compute cluster of ``MLOPS_AML_*``; in the ``local`` profile the same script runs as a

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from mlops_assets.domain.model_sets import ModelSetRef
 from mlops_assets.ml import modelset
 from mlops_assets.ml.engines import train_local
+from mlops_assets.ml.persistence import sha256
 from mlops_assets.ml.spec import DatasetSpec
 
 
@@ -22,14 +24,26 @@ def publish_model_set(
     return manifest
 
 
+def demo_ref(storage, spec: DatasetSpec, folder: str, version: str = "demo") -> ModelSetRef:
+    """The reference of a set ``publish_model_set`` wrote (its manifest digest as stored)."""
+    return ModelSetRef(
+        name=f"{spec.name}-models",
+        version=version,
+        folder=folder,
+        manifest_sha256=sha256(storage.read_bytes(f"{folder}/{modelset.MANIFEST}")),
+    )
+
+
 def register_production(registry, spec: DatasetSpec, storage, folder: str):
-    """Register ``folder`` as a version of ``<ds>-models`` and point ``production`` at it."""
+    """Register ``folder`` as a version of ``<ds>-models`` (with the folder and manifest
+    digest tags every reader verifies against) and point ``production`` at it."""
     from mlops_assets.assets.evaluation import registered_model_name
 
+    ref = demo_ref(storage, spec, folder)
     return registry.register_model_set(
         registered_model_name(spec),
         storage.uri(folder),
-        {"folder": folder, "dataset": spec.name},
+        {"folder": folder, "dataset": spec.name, "manifest_sha256": ref.manifest_sha256},
         None,
         "production",
     )

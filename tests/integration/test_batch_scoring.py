@@ -15,14 +15,10 @@ from mlops_assets.assets.batch_scoring import (
     scoring_partitions,
 )
 from mlops_assets.domain import batch_layout as layout
-from mlops_assets.domain.demo_model_set import publish_model_set, register_production
-from mlops_assets.jobs.score_drops import (
-    DropBatch,
-    DropJob,
-    params_json,
-    run_instance,
-    stream_source,
-)
+from mlops_assets.domain.demo_model_set import demo_ref, publish_model_set, register_production
+from mlops_assets.jobs.batch_params import DropBatch, DropJob, params_json
+from mlops_assets.jobs.drop_pieces import stream_source
+from mlops_assets.jobs.score_drops import run_instance
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.ml.tables import decode_dictionaries
@@ -34,8 +30,10 @@ from sensors.blob_drops import BlobDropConfig, Cursor, make_blob_drop_sensor, pl
 pytestmark = pytest.mark.integration
 
 SALES = load_spec("sales")
+SALES_JSON = SALES.model_dump(mode="json")
 INBOX = layout.inbox_prefix("sales")
 HISTORY = 120
+A_REF = {"name": "sales-models", "version": "v1", "folder": "m/v1", "manifest_sha256": "0" * 64}
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +60,14 @@ def env(tmp_path_factory, data):
         "prod_registry": registry,
         "batch_compute": LocalBatchCompute(),
     }
+
+
+def _drop_job(env, storage, info, key: str, spec: dict = SALES_JSON, **ref) -> DropJob:
+    """A job scoring one drop version with the published model set (``ref`` overrides)."""
+    model_set = {**demo_ref(env["prod_storage"], SALES, "models/sales/v1").to_dict(), **ref}
+    return DropJob(
+        spec, info.name, info.etag, key, storage.config(), env["prod_storage"].config(), model_set
+    )
 
 
 def _parquet(table: pa.Table) -> bytes:
@@ -299,15 +305,13 @@ def test_a_failing_drop_does_not_stop_the_batch(env, data, tmp_path):
     """An unexpected error in one drop (its model set is gone) is reported as that drop's
     ``failed`` message; the job still scores the others and exits 0."""
     storage = LocalStorage(root=str(tmp_path / "storage"))
-    cfg, prod = storage.config(), env["prod_storage"].config()
     jobs = []
     for i in range(3):
         info = storage.write_bytes(f"{INBOX}f/{i}.parquet", _parquet(data[1].slice(0, 3)))
-        key = f"f/{i}.parquet@{info.etag}"
-        jobs.append(DropJob("sales", info.name, info.etag, key, cfg, prod, "models/sales/v1", "1"))
-    jobs[1].model_folder = "models/sales/deleted"
+        jobs.append(_drop_job(env, storage, info, f"f/{i}.parquet@{info.etag}"))
+    jobs[1].model_set = {**jobs[1].model_set, "folder": "models/sales/deleted"}
     batch = DropBatch.of(jobs)
-    assert batch.drops[1]["model_folder"] == "models/sales/deleted"  # a per-drop override
+    assert batch.drops[1]["model_set"]["folder"] == "models/sales/deleted"  # a per-drop override
     assert [j.to_json() for j in DropBatch.from_json(batch.to_json()).jobs()] == [
         j.to_json() for j in jobs
     ]
@@ -332,12 +336,12 @@ def test_batch_params_shapes(tmp_path):
     """A single DropJob is a batch of one; a large batch travels by reference to storage."""
     storage = LocalStorage(root=str(tmp_path))
     cfg = storage.config()
-    one = DropJob("sales", f"{INBOX}a.csv", "e1", "a.csv@e1", cfg, cfg, "m/v1", "1")
+    one = DropJob(SALES_JSON, f"{INBOX}a.csv", "e1", "a.csv@e1", cfg, cfg, A_REF)
     batch = DropBatch.from_json(one.to_json())
     assert batch.keys == ["a.csv@e1"] and batch.jobs()[0] == one
     assert batch_key(["a.csv@e1"]) == "a.csv@e1"
     many = [
-        DropJob("sales", f"{INBOX}{i}.csv", "e", f"{i}.csv@e", cfg, cfg, "m/v1", "1")
+        DropJob(SALES_JSON, f"{INBOX}{i}.csv", "e", f"{i}.csv@e", cfg, cfg, A_REF)
         for i in range(500)
     ]
     keys = [j.key for j in many]
@@ -391,10 +395,8 @@ def _score_once(env, storage, table: pa.Table, name: str, row_group_size: int, *
     buf = io.BytesIO()
     pq.write_table(table, buf, row_group_size=row_group_size)
     info = storage.write_bytes(f"{INBOX}{name}", buf.getvalue())
-    cfg, prod = storage.config(), env["prod_storage"].config()
     key = f"{name}@{info.etag}"
-    job = DropJob("sales", info.name, info.etag, key, cfg, prod, "models/sales/v1", "1")
-    summary = run_instance(job, **kw)
+    summary = run_instance(_drop_job(env, storage, info, key), **kw)
     out = pq.read_table(storage.local_path(layout.predictions_name("sales", key)))
     rejected = pq.read_table(storage.local_path(summary.quarantine)) if summary.quarantine else None
     return summary, decode_dictionaries(out), rejected
