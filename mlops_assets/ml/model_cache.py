@@ -94,7 +94,12 @@ class ModelSetReader:
             status = self._entry(i, "status")
             return f"{status}: {self._entry(i, 'reason') or 'no model was stored'}"
         data = self._read(artifact, self._entry(i, "offset"), self._entry(i, "length"))
-        model = persistence.load_verified(data, self._entry(i, "model_sha256"))
+        try:
+            model = persistence.load_verified(data, self._entry(i, "model_sha256"))
+        except persistence.ModelIntegrityError as e:
+            raise persistence.ModelIntegrityError(
+                f"model set {self.version}: artifact {artifact} of series {series_id!r}: {e}"
+            ) from None
         entry = SeriesModel(
             model=model,
             version=self._entry(i, "trained_in") or self.version,

@@ -19,6 +19,7 @@ from mlops_assets.domain.demo_model_set import demo_ref, publish_model_set, regi
 from mlops_assets.jobs.batch_params import DropBatch, DropJob, params_json
 from mlops_assets.jobs.drop_pieces import stream_source
 from mlops_assets.jobs.score_drops import run_instance
+from mlops_assets.ml import modelset
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.ml.tables import decode_dictionaries
@@ -436,3 +437,84 @@ def _bytes(table: pa.Table, row_group_size: int) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, row_group_size=row_group_size)
     return buf.getvalue()
+
+
+def _prod(tmp_path, spec, history: pa.Table, folder: str = "models/v1") -> dict:
+    """A prod storage and registry of their own, with ``folder`` registered as production."""
+    prod_storage = LocalStorage(root=str(tmp_path / "prod"))
+    registry = MlflowRegistry(tracking_uri=f"sqlite:///{tmp_path}/prod.db", alias="production")
+    publish_model_set(prod_storage, spec, history, folder)
+    register_production(registry, spec, prod_storage, folder)
+    return {
+        "storage": LocalStorage(root=str(tmp_path / "storage")),
+        "prod_storage": prod_storage,
+        "prod_registry": registry,
+        "batch_compute": LocalBatchCompute(),
+    }
+
+
+def _score_drop_through_the_asset(spec, res: dict, table: pa.Table):
+    """Land ``table`` as one drop of ``spec`` and run the batch scoring asset on it."""
+    info = res["storage"].write_bytes(f"{layout.inbox_prefix(spec.name)}d.parquet", _parquet(table))
+    key = f"d.parquet@{info.etag}"
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(scoring_partitions(spec).name, [key])
+    result = dg.materialize(
+        [build_batch_scoring_asset(spec)],
+        partition_key=key,
+        instance=instance,
+        resources=res,
+        raise_on_error=False,
+    )
+    return result, key
+
+
+def test_a_spec_from_a_path_is_batch_scored(data, tmp_path):
+    """A dataset added from a spec YAML (no bundled spec of that name): the spec travels as
+    JSON to the Pipes job, which scores the drop with it."""
+    import yaml
+
+    path = tmp_path / "shop.yaml"
+    path.write_text(yaml.safe_dump({**SALES.model_dump(mode="json"), "name": "shop"}))
+    shop = load_spec(str(path))
+    assert shop.name == "shop"
+    with pytest.raises(FileNotFoundError):
+        load_spec("shop")  # not a bundled name: only its JSON can tell the job about it
+    res = _prod(tmp_path, shop, data[0])
+    result, key = _score_drop_through_the_asset(shop, res, data[1])
+    assert result.success
+    out = pq.read_table(res["storage"].local_path(layout.predictions_name("shop", key)))
+    assert out.num_rows == data[1].num_rows and out["prediction"].null_count == 0
+    (md,) = [m.metadata for m in result.asset_materializations_for_node("shop__batch_predictions")]
+    assert md["rows_scored"].value == data[1].num_rows and md["model_version"].value == "1"
+
+
+def test_a_model_set_with_a_wrong_manifest_digest_is_refused(data, tmp_path):
+    res = _prod(tmp_path, SALES, data[0])
+    manifest = "models/v1/" + modelset.MANIFEST
+    prod = res["prod_storage"]
+    prod.write_bytes(manifest, prod.read_bytes(manifest) + b"\n")  # edited after registration
+    result, key = _score_drop_through_the_asset(SALES, res, data[1])
+    assert not result.success
+    message, metadata = _failure(result)
+    assert "1 of 1 drop(s) not scored" in message and key in message
+    assert "ModelIntegrityError" in message and "manifest" in message
+    assert metadata["per_drop"].value[key]["status"] == "failed"
+    assert not res["storage"].exists(layout.predictions_name("sales", key))
+
+
+def test_a_model_set_with_a_wrong_artifact_is_refused(data, tmp_path):
+    res = _prod(tmp_path, SALES, data[0])
+    prod = res["prod_storage"]
+    entries = modelset.read_manifest(prod.read_bytes("models/v1/" + modelset.MANIFEST))
+    first = entries.slice(0, 1).to_pylist()[0]  # one series' model bytes changed in its pack
+    pack = bytearray(prod.read_bytes(first["artifact"]))
+    pack[first["offset"] + first["length"] // 2] ^= 0xFF
+    prod.write_bytes(first["artifact"], bytes(pack))
+    result, key = _score_drop_through_the_asset(SALES, res, data[1])
+    assert not result.success
+    message, metadata = _failure(result)
+    assert key in message and "ModelIntegrityError" in message
+    assert first["artifact"] in message and repr(first["series_id"]) in message
+    assert metadata["per_drop"].value[key]["status"] == "failed"
+    assert not res["storage"].exists(layout.predictions_name("sales", key))
