@@ -115,7 +115,7 @@ def run_instance(
 
     Raises:
         ModelSetError, ModelIntegrityError: The model set is missing, or its manifest or a
-            model is not what the reference and manifest say (nothing is written).
+            model is not what the reference and manifest say (no predictions are written).
     """
     out = Summary(key=job.key, rank=rank, world=world, model_version=model_set_label(job.model_set))
     drop = _Drop(
@@ -189,9 +189,10 @@ def _score_whole(d: _Drop) -> str | None:
             good = good.filter(pa.array(_mine(good, spec, rank, world)))
             if rej.num_rows:
                 rej = rej.filter(pa.array(_mine(rej, spec, rank, world)))
-        _quarantine(d, rej)
-    with d.phases("models_index"):
+    with d.phases("models_index"):  # before anything is written: a refused set writes nothing
         reader = model_set_reader(job_model_set(job), d.model_storage)
+    with d.phases("validate"):
+        _quarantine(d, rej)
     with d.phases("score"):
         scored = score_drop_rows(good, spec, reader, chunk_rows=d.chunk_rows)
         count_scored(scored, out)
