@@ -22,8 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mlops_assets.domain.demo_model_set import publish_model_set
-from mlops_assets.jobs.score_drops import DropJob, run_instance
+from mlops_assets.domain.demo_model_set import demo_ref, publish_model_set
+from mlops_assets.jobs.batch_params import DropJob
+from mlops_assets.jobs.score_drops import run_instance
 from mlops_assets.ml.features import feature_columns, to_series_frame
 from mlops_assets.ml.predict import predict_grouped
 from mlops_assets.ml.sample_data import SalesShape, sales_table
@@ -76,9 +77,9 @@ def main() -> None:
     info = storage.write_bytes("scoring/sales/inbox/bench.parquet", buf.getvalue())
     prep = time.perf_counter() - t
     cfg = {"kind": "local", "root": root}
-    job = DropJob(
-        "sales", info.name, info.etag, f"bench.parquet@{info.etag}", cfg, cfg, "m/v1", "1"
-    )
+    ref = demo_ref(storage, spec, "m/v1").to_dict()
+    spec_json = spec.model_dump(mode="json")
+    job = DropJob(spec_json, info.name, info.etag, f"bench.parquet@{info.etag}", cfg, cfg, ref)
     t = time.perf_counter()
     summary = run_instance(job)
     ours = time.perf_counter() - t

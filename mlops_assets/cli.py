@@ -7,6 +7,8 @@ import os
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlops_assets.domain.sample_drops import land_bad, land_diabetes, land_sales
 from mlops_assets.ml.sample_data import BAD_KINDS, SalesShape, sales_table
@@ -18,6 +20,9 @@ from mlops_assets.profiles import (
     storage_for,
 )
 from mlops_assets.storage import Storage
+
+if TYPE_CHECKING:
+    from mlops_assets.serving.service import ServingSettings
 
 
 def _storage() -> Storage:
@@ -91,18 +96,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """The AML entry script under azmlinfsrv on 127.0.0.1, following the prod alias."""
+def serve_settings(args: argparse.Namespace, home: Path) -> ServingSettings:
+    """What ``mlops serve`` serves: ``--dataset`` is a bundled spec's name or a spec YAML's
+    path, and the spec travels to the server as JSON either way.
+
+    Raises:
+        FileNotFoundError: ``--dataset`` is neither.
+    """
     from mlops_assets.profiles import registries_for
-    from mlops_assets.serving.local import LocalServer
     from mlops_assets.serving.service import ServingSettings
 
-    home = project_home()
+    spec = load_spec(args.dataset)
     root = args.root or str(home / "prod-storage")
     _, prod_registry = registries_for("local", home)
     keys = [k for k in (os.environ.get(args.api_key_env) or "").split(",") if k]
-    settings = ServingSettings(
-        dataset=args.dataset,
+    return ServingSettings.for_spec(
+        spec,
         source=args.source,
         root=root,
         alias=args.alias,
@@ -112,14 +121,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cache_models=args.cache_models,
         collect_rate=args.collect_rate,
     )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The AML entry script under azmlinfsrv on 127.0.0.1, following the prod alias."""
     import signal
+
+    from mlops_assets.serving.local import LocalServer
+
+    try:
+        settings = serve_settings(args, project_home())
+    except FileNotFoundError as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        return 2
+    keys = settings.api_keys
 
     def _terminate(signum, frame):  # SIGTERM stops the server too, like Ctrl-C
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
     server = LocalServer(settings, port=args.port, workers=args.workers, log_path=args.log)
-    print(f"starting azmlinfsrv for {args.dataset} ({args.source}) on {server.url} ...")
+    print(f"starting azmlinfsrv for {settings.dataset} ({args.source}) on {server.url} ...")
     try:
         try:
             info = server.start(timeout=120).info()
@@ -222,7 +244,7 @@ def cmd_check_azure(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -243,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(func=cmd_demo)
 
     serve = sub.add_parser("serve", help="serve the production model set on a local endpoint")
-    serve.add_argument("--dataset", default="sales", choices=["sales", "diabetes"])
+    serve.add_argument(
+        "--dataset", default="sales", help="a bundled spec's name or a spec YAML's path"
+    )
     serve.add_argument("--port", type=int, default=5001)
     serve.add_argument("--workers", type=int, default=1, help="gunicorn workers (WORKER_COUNT)")
     serve.add_argument("--alias", default="production")
@@ -272,7 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     azure.add_argument("--dry-run", action="store_true", help="print what it would check")
     azure.set_defaults(func=cmd_check_azure)
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

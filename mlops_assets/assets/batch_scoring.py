@@ -19,23 +19,28 @@ then fails, after scoring the other drops of a batch, naming each drop that was 
 alert.
 """
 
-import hashlib
-import json
-import time
-
 import dagster as dg
 
 from mlops_assets.assets.evaluation import registered_model_name
 from mlops_assets.domain import batch_layout as layout
-from mlops_assets.jobs.score_drops import DropBatch, DropJob, params_json
+from mlops_assets.domain.batch_runs import (
+    BatchRun,
+    batch_key,
+    batch_params_name,
+    drop_batch,
+    production_model_set,
+)
+from mlops_assets.domain.model_sets import ModelSetError
+from mlops_assets.jobs.batch_params import params_json
+from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.storage import Storage
 from resources.compute import BatchCompute
 from resources.registry import ModelRegistry
 from sensors.blob_drops import BlobDropConfig, make_blob_drop_sensor
 
-NOT_SCORED = {"rejected": "quarantined", "failed": "failed"}  # statuses that fail the run
-NAMED_IN_FAILURE = 20  # drops named in the failure's text; all of them are in its metadata
+__all__ = ["batch_key", "batch_scoring_definitions", "build_batch_scoring_asset"]
+URL_KEYS = ("predictions", "quarantine")
 
 
 class BatchScoringConfig(dg.Config):
@@ -51,97 +56,16 @@ def batch_job_name(spec: DatasetSpec) -> str:
     return f"{spec.name}_batch_scoring"
 
 
-def batch_key(keys: list[str]) -> str:
-    """The compute key of a run's drops: the drop version itself, or ``batch:<digest>`` of
-    all of them (stable, so a retry of the run gets the same deterministic AML job name)."""
-    if len(keys) == 1:
-        return keys[0]
-    return "batch:" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
-
-
-def batch_params_name(spec: DatasetSpec, run_id: str) -> str:
-    """Where a run's params go when they are too large for an environment variable."""
-    return f"{layout.root(spec.name)}batches/{run_id}.json"
-
-
-def _metadata(stats: dict, storage: Storage) -> dict:
-    md: dict = {
-        "status": stats["status"],
-        "rows_in": stats.get("rows_in", 0),
-        "rows_scored": stats.get("rows_scored", 0),
-        "rows_failed": stats.get("rows_failed", 0),
-        "rows_quarantined": stats.get("rows_quarantined", 0),
-        "series": stats.get("series", 0),
-        "unknown_series": stats.get("unknown_series", 0),
-        "instances": stats.get("instances", 1),
-        "model_version": stats.get("model_version", ""),
-        "script_seconds": dg.MetadataValue.json(stats.get("seconds", {})),
-    }
-    if stats.get("errors"):
-        md["row_errors"] = dg.MetadataValue.json(stats["errors"])
-    for i, uri in enumerate(stats.get("output_uris") or []):
-        md["predictions" if i == 0 else f"predictions_{i}"] = dg.MetadataValue.url(uri)
-    if stats.get("quarantine"):
-        md["quarantine"] = dg.MetadataValue.url(storage.uri(stats["quarantine"][0]))
-    if stats.get("error"):
-        md["error"] = stats["error"]
-    return md
-
-
-def _drop_summary(stats: dict, storage: Storage) -> dict:
-    """One drop's entry in ``per_drop`` (plain JSON)."""
-    out = {
-        k: stats.get(k, 0)
-        for k in (
-            "status",
-            "rows_in",
-            "rows_scored",
-            "rows_failed",
-            "rows_quarantined",
-            "series",
-            "unknown_series",
-        )
-    }
-    out["seconds"] = (stats.get("seconds") or {}).get("total")
-    if stats.get("output_uris"):
-        out["predictions"] = stats["output_uris"]
-    if stats.get("quarantine"):
-        out["quarantine"] = [storage.uri(q) for q in stats["quarantine"]]
-    if stats.get("errors"):
-        out["row_errors"] = stats["errors"]
-    if stats.get("error"):
-        out["error"] = stats["error"]
+def _dagster_metadata(plain: dict) -> dict:
+    """Plain metadata with its URLs and JSON values typed for the Dagster UI."""
+    out = {}
+    for k, v in plain.items():
+        if k.startswith(URL_KEYS) and isinstance(v, str):
+            v = dg.MetadataValue.url(v)
+        elif isinstance(v, dict | list):
+            v = dg.MetadataValue.json(v)
+        out[k] = v
     return out
-
-
-def _missing(key: str) -> dict:
-    return {"key": key, "status": "failed", "error": "the scoring job reported nothing for it"}
-
-
-def _batch_totals(results: dict[str, dict], key: str, latency: float) -> dict:
-    """What a run of several drops did, in a few numbers (on each drop's materialization)."""
-    stats = list(results.values())
-    statuses: dict[str, int] = {}
-    for s in stats:
-        statuses[s["status"]] = statuses.get(s["status"], 0) + 1
-    totals = {
-        f: sum(s.get(f, 0) for s in stats)
-        for f in (
-            "rows_in",
-            "rows_scored",
-            "rows_failed",
-            "rows_quarantined",
-            "rows_unknown_series",
-            "unknown_series",
-        )
-    }
-    return {
-        "key": key,
-        "drops": len(stats),
-        "job_seconds": round(latency, 3),
-        **totals,
-        "statuses": statuses,
-    }
 
 
 def build_batch_scoring_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
@@ -169,93 +93,35 @@ def build_batch_scoring_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         prod_registry: ModelRegistry,
         batch_compute: BatchCompute,
     ) -> dg.MaterializeResult:
-        name = registered_model_name(spec)
-        version = (
-            prod_registry.get_version(name, config.model_version)
-            if config.model_version is not None
-            else prod_registry.get_alias(name, config.alias)
-        )
-        if version is None or not version.folder:
-            raise dg.Failure(
-                f"no {config.alias!r} model set of {name} in {prod_registry.location}: "
-                "promote one first"
-            )
         keys = list(context.partition_keys)
-        jobs = []
-        for key in keys:
-            relative, etag = layout.split_key(key)
-            jobs.append(
-                DropJob(
-                    dataset=spec.name,
-                    drop=layout.inbox_prefix(spec.name) + relative,
-                    etag=etag,
-                    key=key,
-                    storage=storage.config(),
-                    model_storage=prod_storage.config(),
-                    model_folder=version.folder,
-                    model_version=str(version.version),
-                )
+        try:
+            ref = production_model_set(
+                prod_registry, registered_model_name(spec), config.model_version, config.alias
             )
-        params = params_json(DropBatch.of(jobs), storage, batch_params_name(spec, context.run_id))
-        if len(keys) > 1:
-            context.log.info(f"scoring {len(keys)} drop versions in one job")
-        bkey = batch_key(keys)
-        t0 = time.perf_counter()
-        invocation = batch_compute.run_scoring(context, params_json=params, key=bkey)
-        latency = time.perf_counter() - t0
-
-        wanted = set(keys)
-        reported = {
-            m["key"]: m
-            for m in invocation.get_custom_messages()
-            if isinstance(m, dict) and m.get("key") in wanted
-        }
-        results = {k: reported.get(k) or _missing(k) for k in keys}
-        not_scored = [
-            f"{k}: {NOT_SCORED[s['status']]}: {s.get('error')}"
-            for k, s in results.items()
-            if s["status"] in NOT_SCORED
-        ]
-        metadata = {
-            k: {"latency_s": round(latency, 3), **_metadata(st, storage)}
-            for k, st in results.items()
-        }
-        if len(keys) == 1:
-            md = metadata[keys[0]]
-            context.log.info(f"{keys[0]}: {json.dumps({k: str(v) for k, v in md.items()})}")
-            totals = {}
-        else:
-            totals = {"batch": dg.MetadataValue.json(_batch_totals(results, bkey, latency))}
-            b = totals["batch"].data
-            context.log.info(
-                f"{len(keys)} drops in one job ({latency:.1f}s): {b['rows_scored']:,} rows "
-                f"scored, {b['rows_quarantined']:,} quarantined, {len(not_scored)} drop(s) "
-                "not scored"
-            )
-        if not_scored:
-            for line in not_scored:
+        except ModelSetError as e:
+            raise dg.Failure(str(e)) from None
+        batch = drop_batch(spec, keys, storage, prod_storage, ref)
+        params = params_json(batch, storage, batch_params_name(spec, context.run_id))
+        context.log.info(f"scoring {len(keys)} drop version(s) in one job with {ref.to_json()}")
+        phases = Phases()
+        with phases("job"):
+            invocation = batch_compute.run_scoring(context, params_json=params, key=batch_key(keys))
+        messages = invocation.get_custom_messages()
+        run = BatchRun.collect(keys, messages, phases.seconds["job"], storage)
+        context.log.info(run.summary_line())
+        failure = run.failure()
+        if failure is not None:
+            for line in run.not_scored:
                 context.log.error(line)
-            named = "; ".join(not_scored[:NAMED_IN_FAILURE])
-            more = len(not_scored) - NAMED_IN_FAILURE
-            raise dg.Failure(
-                f"{len(not_scored)} of {len(keys)} drop(s) not scored (quarantined or failed): "
-                + named
-                + (f"; and {more} more (see metadata)" if more > 0 else ""),
-                metadata={
-                    "not_scored_drops": dg.MetadataValue.json(not_scored),
-                    "per_drop": dg.MetadataValue.json(
-                        {k: _drop_summary(st, storage) for k, st in results.items()}
-                    ),
-                    **totals,
-                },
-            )
+            raise dg.Failure(failure[0], metadata=_dagster_metadata(failure[1]))
+        metadata = run.metadata()
         if len(keys) == 1:
-            return dg.MaterializeResult(metadata=metadata[keys[0]])
+            return dg.MaterializeResult(metadata=_dagster_metadata(metadata[keys[0]]))
         # Each drop version's own metadata on its partition's materialization; the result's
         # metadata (the run's totals, small) goes on every partition of the range.
         for key, md in metadata.items():
-            context.add_asset_metadata(md, partition_key=key)
-        return dg.MaterializeResult(metadata=totals)
+            context.add_asset_metadata(_dagster_metadata(md), partition_key=key)
+        return dg.MaterializeResult(metadata=_dagster_metadata({"batch": run.totals()}))
 
     return batch_predictions
 

@@ -47,3 +47,11 @@ def register_production(registry, spec: DatasetSpec, storage: Storage, folder: s
         None,
         "production",
     )
+
+
+def demo_ref(storage: Storage, spec: DatasetSpec, folder: str) -> ms.ModelSetRef:
+    """The reference of a set ``publish_model_set`` wrote (read back from its ref file)."""
+    ref = ms.read_ref_file(storage, folder)
+    if ref.name != ms.registered_model_name(spec):
+        raise ms.ModelSetError(f"{folder} holds a set of {ref.name}, not of {spec.name}")
+    return ref

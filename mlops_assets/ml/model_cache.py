@@ -99,7 +99,8 @@ class ModelSetReader:
             model = persistence.load_verified(data, self._entry(i, "model_sha256"))
         except persistence.ModelIntegrityError as exc:
             raise persistence.ModelIntegrityError(
-                f"model of series {series_id} ({artifact}@{offset}): {exc}"
+                f"model set {self.version}: artifact {artifact}@{offset} of series {series_id!r}: "
+                f"{exc}"
             ) from None
         entry = SeriesModel(
             model=model,

@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.persistence import ModelLoadError
 from mlops_assets.ml.scoring import UNKNOWN_SERIES, RequestError
-from mlops_assets.ml.spec import DatasetSpec, load_spec
+from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.serving.collector import Collector
 from mlops_assets.serving.fast import score_records
 from mlops_assets.serving.settings import ServingSettings
@@ -130,7 +130,7 @@ def rss_bytes() -> int:
 class ScoringService:
     def __init__(self, settings: ServingSettings, spec: DatasetSpec | None = None):
         self.settings = settings
-        self.spec = spec or load_spec(settings.dataset)
+        self.spec = spec or settings.dataset_spec()
         self.source = settings.make_source()
         self._active: Active | None = None
         self._stop = threading.Event()

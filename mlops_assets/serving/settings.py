@@ -10,6 +10,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from mlops_assets.domain.model_sets import pointer_name, registered_model_name
+from mlops_assets.ml.spec import DatasetSpec, load_spec
 from mlops_assets.serving.source import (
     ModelDirSource,
     PointerSource,
@@ -31,7 +32,8 @@ def _env(name: str, default: str | None = None) -> str | None:
 class ServingSettings:
     """What the server serves and its limits; ``from_env`` reads ``MLOPS_SERVING_*``."""
 
-    dataset: str = "sales"
+    dataset: str = "sales"  # the spec's name (a bundled spec, unless spec_json says otherwise)
+    spec_json: str | None = None  # the DatasetSpec as JSON: any spec, not only bundled ones
     source: str = "auto"  # auto | model_dir | pointer | registry
     root: str | None = None  # storage root (local folder) holding model sets and pointers
     alias: str = "production"
@@ -55,6 +57,7 @@ class ServingSettings:
         keys = [k.strip() for k in (_env("API_KEYS") or _env("API_KEY") or "").split(",")]
         return cls(
             dataset=_env("DATASET", "sales"),
+            spec_json=_env("SPEC_JSON"),
             source=_env("SOURCE", "auto"),
             root=_env("ROOT"),
             alias=_env("ALIAS", "production"),
@@ -87,6 +90,25 @@ class ServingSettings:
                 v = ",".join(v)
             out[name] = str(v)
         return out
+
+    @classmethod
+    def for_spec(cls, spec: DatasetSpec, **kw) -> ServingSettings:
+        """Settings serving ``spec``, which travels whole (as validated JSON) to the server."""
+        return cls(dataset=spec.name, spec_json=spec.model_dump_json(), **kw)
+
+    def dataset_spec(self) -> DatasetSpec:
+        """The served spec: ``spec_json`` validated, else the bundled spec ``dataset``.
+
+        Raises:
+            pydantic.ValidationError: ``spec_json`` is not a valid spec.
+            ValueError: ``spec_json`` names another dataset than ``dataset``.
+        """
+        if not self.spec_json:
+            return load_spec(self.dataset)
+        spec = DatasetSpec.model_validate_json(self.spec_json)
+        if spec.name != self.dataset:
+            raise ValueError(f"the spec JSON is {spec.name!r}'s, not {self.dataset!r}'s")
+        return spec
 
     def make_source(self) -> Source:
         kind = self.source

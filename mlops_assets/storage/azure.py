@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import IO, Any
 
 from mlops_assets.storage.base import BlobInfo, Storage, check_name, check_prefix
+from mlops_assets.storage.ranged import open_ranged
 
 
 class AzureBlobStorage(Storage):
@@ -116,6 +117,38 @@ class AzureBlobStorage(Storage):
             )
         except ResourceNotFoundError:
             raise FileNotFoundError(f"{self.uri(name)} does not exist") from None
+
+    def open_read(self, name: str) -> IO[bytes]:
+        """A seekable file whose reads are ranged downloads of the version current at open:
+        a Parquet reader wanting a column or a row group fetches the footer and those column
+        chunks, not the blob. ``.raw.requests``/``.raw.bytes_read`` count what was fetched.
+
+        Raises:
+            FileNotFoundError: No such blob.
+            OSError: The blob was replaced while being read (a read would mix two versions).
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        blob = self._container().get_blob_client(self._full(name))
+        try:
+            props = blob.get_blob_properties()
+        except ResourceNotFoundError:
+            raise FileNotFoundError(f"{self.uri(name)} does not exist") from None
+        uri = self.uri(name)
+
+        def read_at(offset: int, length: int) -> bytes:
+            try:
+                return blob.download_blob(
+                    offset=offset,
+                    length=length,
+                    etag=props.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                ).readall()
+            except (ResourceModifiedError, ResourceNotFoundError) as e:
+                raise OSError(f"{uri} changed while being read: {type(e).__name__}") from None
+
+        return open_ranged(read_at, props.size, uri)
 
     def write_bytes(self, name: str, data: bytes, *, overwrite: bool = True) -> BlobInfo:
         from azure.core.exceptions import ResourceExistsError

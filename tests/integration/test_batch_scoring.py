@@ -15,14 +15,11 @@ from mlops_assets.assets.batch_scoring import (
     scoring_partitions,
 )
 from mlops_assets.domain import batch_layout as layout
-from mlops_assets.domain.demo_model_set import publish_model_set, register_production
-from mlops_assets.jobs.score_drops import (
-    DropBatch,
-    DropJob,
-    params_json,
-    run_instance,
-    stream_source,
-)
+from mlops_assets.domain.demo_model_set import demo_ref, publish_model_set, register_production
+from mlops_assets.jobs.batch_params import DropBatch, DropJob, params_json
+from mlops_assets.jobs.drop_pieces import stream_source
+from mlops_assets.jobs.score_drops import run_instance
+from mlops_assets.ml import modelset
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.ml.tables import decode_dictionaries
@@ -34,8 +31,10 @@ from sensors.blob_drops import BlobDropConfig, Cursor, make_blob_drop_sensor, pl
 pytestmark = pytest.mark.integration
 
 SALES = load_spec("sales")
+SALES_JSON = SALES.model_dump(mode="json")
 INBOX = layout.inbox_prefix("sales")
 HISTORY = 120
+A_REF = {"name": "sales-models", "version": "v1", "folder": "m/v1", "manifest_sha256": "0" * 64}
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +61,14 @@ def env(tmp_path_factory, data):
         "prod_registry": registry,
         "batch_compute": LocalBatchCompute(),
     }
+
+
+def _drop_job(env, storage, info, key: str, spec: dict = SALES_JSON, **ref) -> DropJob:
+    """A job scoring one drop version with the published model set (``ref`` overrides)."""
+    model_set = {**demo_ref(env["prod_storage"], SALES, "models/sales/v1").to_dict(), **ref}
+    return DropJob(
+        spec, info.name, info.etag, key, storage.config(), env["prod_storage"].config(), model_set
+    )
 
 
 def _parquet(table: pa.Table) -> bytes:
@@ -299,15 +306,13 @@ def test_a_failing_drop_does_not_stop_the_batch(env, data, tmp_path):
     """An unexpected error in one drop (its model set is gone) is reported as that drop's
     ``failed`` message; the job still scores the others and exits 0."""
     storage = LocalStorage(root=str(tmp_path / "storage"))
-    cfg, prod = storage.config(), env["prod_storage"].config()
     jobs = []
     for i in range(3):
         info = storage.write_bytes(f"{INBOX}f/{i}.parquet", _parquet(data[1].slice(0, 3)))
-        key = f"f/{i}.parquet@{info.etag}"
-        jobs.append(DropJob("sales", info.name, info.etag, key, cfg, prod, "models/sales/v1", "1"))
-    jobs[1].model_folder = "models/sales/deleted"
+        jobs.append(_drop_job(env, storage, info, f"f/{i}.parquet@{info.etag}"))
+    jobs[1].model_set = {**jobs[1].model_set, "folder": "models/sales/deleted"}
     batch = DropBatch.of(jobs)
-    assert batch.drops[1]["model_folder"] == "models/sales/deleted"  # a per-drop override
+    assert batch.drops[1]["model_set"]["folder"] == "models/sales/deleted"  # a per-drop override
     assert [j.to_json() for j in DropBatch.from_json(batch.to_json()).jobs()] == [
         j.to_json() for j in jobs
     ]
@@ -332,12 +337,12 @@ def test_batch_params_shapes(tmp_path):
     """A single DropJob is a batch of one; a large batch travels by reference to storage."""
     storage = LocalStorage(root=str(tmp_path))
     cfg = storage.config()
-    one = DropJob("sales", f"{INBOX}a.csv", "e1", "a.csv@e1", cfg, cfg, "m/v1", "1")
+    one = DropJob(SALES_JSON, f"{INBOX}a.csv", "e1", "a.csv@e1", cfg, cfg, A_REF)
     batch = DropBatch.from_json(one.to_json())
     assert batch.keys == ["a.csv@e1"] and batch.jobs()[0] == one
     assert batch_key(["a.csv@e1"]) == "a.csv@e1"
     many = [
-        DropJob("sales", f"{INBOX}{i}.csv", "e", f"{i}.csv@e", cfg, cfg, "m/v1", "1")
+        DropJob(SALES_JSON, f"{INBOX}{i}.csv", "e", f"{i}.csv@e", cfg, cfg, A_REF)
         for i in range(500)
     ]
     keys = [j.key for j in many]
@@ -391,10 +396,8 @@ def _score_once(env, storage, table: pa.Table, name: str, row_group_size: int, *
     buf = io.BytesIO()
     pq.write_table(table, buf, row_group_size=row_group_size)
     info = storage.write_bytes(f"{INBOX}{name}", buf.getvalue())
-    cfg, prod = storage.config(), env["prod_storage"].config()
     key = f"{name}@{info.etag}"
-    job = DropJob("sales", info.name, info.etag, key, cfg, prod, "models/sales/v1", "1")
-    summary = run_instance(job, **kw)
+    summary = run_instance(_drop_job(env, storage, info, key), **kw)
     out = pq.read_table(storage.local_path(layout.predictions_name("sales", key)))
     rejected = pq.read_table(storage.local_path(summary.quarantine)) if summary.quarantine else None
     return summary, decode_dictionaries(out), rejected
@@ -434,3 +437,84 @@ def _bytes(table: pa.Table, row_group_size: int) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, row_group_size=row_group_size)
     return buf.getvalue()
+
+
+def _prod(tmp_path, spec, history: pa.Table, folder: str = "models/v1") -> dict:
+    """A prod storage and registry of their own, with ``folder`` registered as production."""
+    prod_storage = LocalStorage(root=str(tmp_path / "prod"))
+    registry = MlflowRegistry(tracking_uri=f"sqlite:///{tmp_path}/prod.db", alias="production")
+    publish_model_set(prod_storage, spec, history, folder)
+    register_production(registry, spec, prod_storage, folder)
+    return {
+        "storage": LocalStorage(root=str(tmp_path / "storage")),
+        "prod_storage": prod_storage,
+        "prod_registry": registry,
+        "batch_compute": LocalBatchCompute(),
+    }
+
+
+def _score_drop_through_the_asset(spec, res: dict, table: pa.Table):
+    """Land ``table`` as one drop of ``spec`` and run the batch scoring asset on it."""
+    info = res["storage"].write_bytes(f"{layout.inbox_prefix(spec.name)}d.parquet", _parquet(table))
+    key = f"d.parquet@{info.etag}"
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(scoring_partitions(spec).name, [key])
+    result = dg.materialize(
+        [build_batch_scoring_asset(spec)],
+        partition_key=key,
+        instance=instance,
+        resources=res,
+        raise_on_error=False,
+    )
+    return result, key
+
+
+def test_a_spec_from_a_path_is_batch_scored(data, tmp_path):
+    """A dataset added from a spec YAML (no bundled spec of that name): the spec travels as
+    JSON to the Pipes job, which scores the drop with it."""
+    import yaml
+
+    path = tmp_path / "shop.yaml"
+    path.write_text(yaml.safe_dump({**SALES.model_dump(mode="json"), "name": "shop"}))
+    shop = load_spec(str(path))
+    assert shop.name == "shop"
+    with pytest.raises(FileNotFoundError):
+        load_spec("shop")  # not a bundled name: only its JSON can tell the job about it
+    res = _prod(tmp_path, shop, data[0])
+    result, key = _score_drop_through_the_asset(shop, res, data[1])
+    assert result.success
+    out = pq.read_table(res["storage"].local_path(layout.predictions_name("shop", key)))
+    assert out.num_rows == data[1].num_rows and out["prediction"].null_count == 0
+    (md,) = [m.metadata for m in result.asset_materializations_for_node("shop__batch_predictions")]
+    assert md["rows_scored"].value == data[1].num_rows and md["model_version"].value == "1"
+
+
+def test_a_model_set_with_a_wrong_manifest_digest_is_refused(data, tmp_path):
+    res = _prod(tmp_path, SALES, data[0])
+    manifest = "models/v1/" + modelset.MANIFEST
+    prod = res["prod_storage"]
+    prod.write_bytes(manifest, prod.read_bytes(manifest) + b"\n")  # edited after registration
+    result, key = _score_drop_through_the_asset(SALES, res, data[1])
+    assert not result.success
+    message, metadata = _failure(result)
+    assert "1 of 1 drop(s) not scored" in message and key in message
+    assert "ModelIntegrityError" in message and "manifest" in message
+    assert metadata["per_drop"].value[key]["status"] == "failed"
+    assert not res["storage"].exists(layout.predictions_name("sales", key))
+
+
+def test_a_model_set_with_a_wrong_artifact_is_refused(data, tmp_path):
+    res = _prod(tmp_path, SALES, data[0])
+    prod = res["prod_storage"]
+    entries = modelset.read_manifest(prod.read_bytes("models/v1/" + modelset.MANIFEST))
+    first = entries.slice(0, 1).to_pylist()[0]  # one series' model bytes changed in its pack
+    pack = bytearray(prod.read_bytes(first["artifact"]))
+    pack[first["offset"] + first["length"] // 2] ^= 0xFF
+    prod.write_bytes(first["artifact"], bytes(pack))
+    result, key = _score_drop_through_the_asset(SALES, res, data[1])
+    assert not result.success
+    message, metadata = _failure(result)
+    assert key in message and "ModelIntegrityError" in message
+    assert first["artifact"] in message and repr(first["series_id"]) in message
+    assert metadata["per_drop"].value[key]["status"] == "failed"
+    assert not res["storage"].exists(layout.predictions_name("sales", key))

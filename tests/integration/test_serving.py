@@ -430,3 +430,37 @@ def test_release_sensor_and_deploy_job_switch_the_local_endpoint(tmp_path):
     assert [p["errors"] for p in qa["load_profile"].value] == [0, 0]
     dep = result.asset_materializations_for_node(deployment_key(SPEC).to_python_identifier())[0]
     assert dep.metadata["report"].value["switched"] is True
+
+
+@pytest.mark.parametrize("known", ["sales", "diabetes", "path"])
+def test_mlops_serve_dataset_is_a_spec_path_or_a_known_name(tmp_path, monkeypatch, known):
+    """``mlops serve --dataset`` takes a bundled name or a spec YAML's path; the server gets
+    the spec as JSON (its environment), so a spec outside the package serves too."""
+    import yaml
+
+    from mlops_assets.cli import build_parser, serve_settings
+
+    value = known
+    if known == "path":
+        value = str(tmp_path / "shop.yaml")
+        Path(value).write_text(yaml.safe_dump({**SPEC.model_dump(mode="json"), "name": "shop"}))
+    want = load_spec(value)
+    settings = serve_settings(build_parser().parse_args(["serve", "--dataset", value]), tmp_path)
+    assert settings.dataset == want.name
+    assert settings.dataset_spec() == want
+    for name, env in settings.to_env().items():  # as the server process reads them
+        monkeypatch.setenv(name, env)
+    served = ServingSettings.from_env()
+    assert served.dataset == want.name and served.dataset_spec() == want
+    assert pointer_name(served.dataset, served.alias) == f"serving/{want.name}/production.json"
+
+
+def test_mlops_serve_refuses_an_unknown_dataset(tmp_path, monkeypatch, capsys):
+    from mlops_assets.cli import build_parser, serve_settings
+
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    args = build_parser().parse_args(["serve", "--dataset", "nope"])
+    with pytest.raises(FileNotFoundError, match="bundled specs"):
+        serve_settings(args, tmp_path)
+    assert args.func(args) == 2
+    assert "no dataset spec" in capsys.readouterr().err

@@ -410,3 +410,59 @@ def test_azurite_fixture_endpoints(azurite) -> None:
     assert "AccountName=devstoreaccount1;" in azurite.connection_string
     assert f"QueueEndpoint={azurite.queue_url};" in azurite.connection_string
     assert azurite.process.poll() is None
+
+
+def _parquet_of_row_groups(rows: int, row_group_size: int) -> bytes:
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    table = pa.table({c: rng.normal(size=rows) for c in ("a", "b", "c", "d")})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=row_group_size, compression="none")
+    return buf.getvalue()
+
+
+@pytest.mark.azurite
+def test_azure_parquet_reads_fetch_only_the_wanted_bytes(blob_storage: AzureBlobStorage) -> None:
+    """One column, or one row group, of a multi-row-group Parquet blob through ``open_read``:
+    ranged requests for the footer and those column chunks, far fewer bytes than the blob."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    data = _parquet_of_row_groups(200_000, 25_000)  # 8 row groups, 4 columns, ~6.4 MB
+    size = blob_storage.write_bytes("curated/sales/part-000.parquet", data).size
+    whole = pq.read_table(io.BytesIO(data))
+
+    with blob_storage.open_read("curated/sales/part-000.parquet") as f:
+        pf = pq.ParquetFile(f)
+        assert pf.metadata.num_row_groups == 8
+        got = pf.read_row_group(3, columns=["b"])
+        assert got["b"].equals(whole["b"].slice(3 * 25_000, 25_000))
+        assert 0 < f.raw.bytes_read < size / 16  # one column chunk of 32, plus the footer
+        assert f.raw.requests <= 4
+
+    with blob_storage.open_read("curated/sales/part-000.parquet") as f:
+        column = pq.read_table(f, columns=["c"])
+        assert column["c"].equals(whole["c"])
+        assert f.raw.bytes_read < size / 3  # one column of four
+
+    with blob_storage.open_read("curated/sales/part-000.parquet") as f:
+        assert f.read() == data and f.raw.bytes_read == size
+
+
+@pytest.mark.azurite
+def test_azure_open_read_refuses_a_blob_replaced_while_read(blob_storage: AzureBlobStorage) -> None:
+    blob_storage.write_bytes("drops/a.bin", b"x" * 600_000)
+    with blob_storage.open_read("drops/a.bin") as f:
+        assert f.read(10) == b"x" * 10
+        blob_storage.write_bytes("drops/a.bin", b"y" * 600_000)
+        f.seek(400_000)  # past the read-ahead buffer: a new ranged request
+        with pytest.raises(OSError, match="changed while being read"):
+            f.read(10)
+    with pytest.raises(FileNotFoundError):
+        blob_storage.open_read("drops/missing.bin")

@@ -12,11 +12,16 @@ from resources.compute import AzureMLBatchCompute, job_name, whole_lines
 STORE = {"kind": "azure", "account_url": "https://acct.blob.core.windows.net", "container": "c"}
 PARAMS = json.dumps(  # a DropBatch of two drops, as the batch scoring asset passes it
     {
-        "dataset": "sales",
+        "spec": {"name": "sales"},  # the whole DatasetSpec JSON in practice
         "storage": STORE,
         "model_storage": STORE,
-        "model_folder": "models/sales/v3",
-        "model_version": "3",
+        "model_set": {
+            "name": "sales-models",
+            "version": "2026-11-20/abcd1234",
+            "folder": "models/sales/releases/2026-11-20/abcd1234",
+            "manifest_sha256": "ab" * 32,
+            "registry_version": 3,
+        },
         "drops": [
             {"drop": "scoring/sales/inbox/a.csv", "etag": "0x1", "key": "a.csv@0x1"},
             {"drop": "scoring/sales/inbox/b.csv", "etag": "0x2", "key": "b.csv@0x2"},
@@ -107,8 +112,8 @@ def test_same_script_runs_locally_under_pipes(tmp_path):
     import pyarrow.parquet as pq
 
     from mlops_assets.domain import batch_layout as layout
-    from mlops_assets.domain.demo_model_set import publish_model_set
-    from mlops_assets.jobs.score_drops import DropBatch, DropJob
+    from mlops_assets.domain.demo_model_set import demo_ref, publish_model_set
+    from mlops_assets.jobs.batch_params import DropBatch, DropJob
     from mlops_assets.ml.sample_data import SalesShape, sales_table
     from mlops_assets.ml.spec import load_spec
     from mlops_assets.storage import LocalStorage
@@ -127,7 +132,8 @@ def test_same_script_runs_locally_under_pipes(tmp_path):
         pq.write_table(table, buf)
         info = storage.write_bytes(f"scoring/sales/inbox/{name}.parquet", buf.getvalue())
         key = f"{name}.parquet@{info.etag}"
-        jobs.append(DropJob("sales", info.name, info.etag, key, cfg, cfg, "m/v1", "1"))
+        ref = demo_ref(storage, spec, "m/v1").to_dict()
+        jobs.append(DropJob(spec.model_dump(mode="json"), info.name, info.etag, key, cfg, cfg, ref))
     batch = DropBatch.of(jobs)
     seen = []
 

@@ -1,0 +1,147 @@
+"""Large Parquet drops, grouped by series, read, validated, scored and written in pieces.
+
+The drop is read through a seekable file (``Storage.open_read``: ranged reads on Azure), so an
+instance holds about one piece of it at a time, never the whole file.
+"""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mlops_assets.jobs.common import shard_of_series
+from mlops_assets.jobs.drop_results import Summary, count_scored
+from mlops_assets.jobs.drop_scoring import (
+    CHUNK_ROWS,
+    parquet_options,
+    row_series_ids,
+    score_drop_rows,
+)
+from mlops_assets.jobs.drop_validation import apply_value_rules, scoring_spec
+from mlops_assets.ml.drops import DropRejected, check_columns, drop_format, type_rows
+from mlops_assets.ml.model_cache import ModelSetReader
+from mlops_assets.ml.phases import Phases
+from mlops_assets.ml.spec import DatasetSpec
+from mlops_assets.ml.tables import series_codes
+
+STREAM_MIN_ROWS = 2_000_000  # Parquet drops at least this large are scored in pieces
+PIECE_ROWS = 1 << 21  # rows read, typed and scored at a time (whole series, see below)
+
+
+def stream_source(
+    name: str, source: bytes | IO[bytes], spec: DatasetSpec, min_rows: int = STREAM_MIN_ROWS
+) -> pq.ParquetFile | None:
+    """A Parquet drop worth scoring in pieces: large, and grouped by series (each series' rows
+    together, as exports by key are). None sends the drop down the whole-file path, which also
+    reports every file-level problem. ``source`` is the drop's bytes or a seekable file of
+    them; only the footer and the series key columns are read here."""
+    if drop_format(name) != "parquet":
+        return None
+    try:
+        pf = pq.ParquetFile(io.BytesIO(source) if isinstance(source, bytes) else source)
+        if pf.metadata.num_rows < min_rows:
+            return None
+        sspec = scoring_spec(spec, has_target=spec.target in pf.schema_arrow.names)
+        check_columns(name, pf.schema_arrow.empty_table(), sspec)
+        keys = pf.read(columns=spec.series_keys)
+    except (DropRejected, pa.ArrowException, OSError):
+        return None
+    if any(keys[k].null_count for k in spec.series_keys):
+        return None
+    code = series_codes(keys, spec.series_keys)
+    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+    return pf if len(np.unique(code[starts])) == len(starts) else None
+
+
+def _last_series_start(piece: pa.Table, spec: DatasetSpec) -> int:
+    """Where the piece's last series begins (its rows may go on in the next batch)."""
+    code = series_codes(piece.select(spec.series_keys), spec.series_keys)
+    changes = np.flatnonzero(code[1:] != code[:-1])
+    return int(changes[-1]) + 1 if len(changes) else 0
+
+
+def score_in_pieces(
+    pf: pq.ParquetFile,
+    spec: DatasetSpec,
+    reader: ModelSetReader,
+    out: Summary,
+    phases: Phases,
+    chunk_rows: int = CHUNK_ROWS,
+    piece_rows: int = PIECE_ROWS,
+) -> tuple[bytes, pa.Table]:
+    """Validate and score a large drop grouped by series a piece at a time; return the
+    predictions Parquet (one row group per piece) and the rejected rows.
+
+    Each piece holds whole series (a batch's last series waits for the next batch), so every
+    series is scored with all its rows, as on the whole-file path, with the same rules and
+    results; memory stays bounded by the piece and the writer encodes one piece while the next
+    is scored. This instance keeps its share of the series (``out.rank`` of ``out.world``).
+    """
+    sspec = scoring_spec(spec, has_target=spec.target in pf.schema_arrow.names)
+    buf, writer, pending = io.BytesIO(), None, None
+    rejected: list[pa.Table] = []
+    carry: pa.Table | None = None
+    first = 0
+    empty = None
+    buffered: list[pa.Table] = []
+    for name in ("validate", "score", "write"):
+        phases.add(name, 0.0)
+
+    def score(piece: pa.Table) -> None:
+        nonlocal writer, pending
+        with phases("score"):
+            scored = score_drop_rows(piece, spec, reader, chunk_rows=chunk_rows)
+            count_scored(scored, out)
+        with phases("write"):
+            if writer is None:
+                writer = pq.ParquetWriter(
+                    buf, scored.schema, **parquet_options(scored.column_names)
+                )
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(writer.write_table, scored)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for batch in pf.iter_batches(batch_size=piece_rows):
+            with phases("validate"):
+                raw = pa.Table.from_batches([batch])
+                parsed = apply_value_rules(
+                    type_rows(raw, sspec, first, keep_dictionaries=True), sspec
+                )
+                first += raw.num_rows
+                rejected.append(parsed.rejected)
+                good = parsed.good
+                if out.world > 1:
+                    mine = shard_of_series(row_series_ids(good, spec), out.world) == out.rank
+                    good = good.filter(pa.array(mine))
+                buffered.append(good)
+                empty = good.slice(0, 0)
+            if sum(b.num_rows for b in buffered) < piece_rows:
+                continue  # Parquet batches end at row groups: gather a piece's worth
+            with phases("validate"):
+                good = pa.concat_tables(buffered).unify_dictionaries()
+                buffered = []
+                piece = (
+                    good if carry is None else pa.concat_tables([carry, good]).unify_dictionaries()
+                )
+                cut = _last_series_start(piece, spec) if piece.num_rows else 0
+                piece, carry = piece.slice(0, cut), piece.slice(cut)
+            if piece.num_rows:
+                score(piece)
+        if buffered:
+            carry = pa.concat_tables(([carry] if carry is not None else []) + buffered)
+        if carry is not None and carry.num_rows:
+            score(carry.unify_dictionaries())
+        if writer is None:  # no row to score (all rejected, or other instances' series)
+            score(empty)
+        with phases("write"):
+            if pending is not None:
+                pending.result()
+    out.rows_in = first
+    writer.close()
+    return buf.getvalue(), pa.concat_tables(rejected)
