@@ -65,6 +65,18 @@ class FeatureSpec(BaseModel):
     exogenous: list[str] = Field(
         default_factory=list, description="Columns used as they are (price, promotion...)."
     )
+    known_in_advance: list[str] = Field(
+        default_factory=list,
+        description="Exogenous columns whose future values are known when forecasting (planned "
+        "prices, holidays); a multi-step forecast carries the others' last value forward.",
+    )
+
+    @model_validator(mode="after")
+    def _known_are_exogenous(self) -> FeatureSpec:
+        unknown = [c for c in self.known_in_advance if c not in self.exogenous]
+        if unknown:
+            raise ValueError(f"features.known_in_advance names non-exogenous columns: {unknown}")
+        return self
 
 
 class ModelSpec(BaseModel):
@@ -141,6 +153,60 @@ class ValidationSpec(BaseModel):
     )
 
 
+FillRule = Literal["zero", "ffill", "none"]
+FallbackMethod = Literal["seasonal_naive", "naive", "mean", "croston_sba", "tsb"]
+
+
+class CalendarSpec(BaseModel):
+    """How rows map onto the calendar of ``frequency`` (see ``ml.calendar``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    off_calendar: Literal["quarantine", "snap"] = Field(
+        default="quarantine",
+        description="A timestamp off the frequency's anchor (a Thursday in a W-MON spec): "
+        "quarantine the row (rule time.off_calendar) or snap it to its period.",
+    )
+    fill: dict[str, FillRule] = Field(
+        default_factory=dict,
+        description="What a missing period means per column (target or exogenous): zero (no "
+        "row means none sold), ffill (last value holds, e.g. a price), none (unknown: NaN). "
+        "The key `default` applies to unnamed columns; without it, none.",
+    )
+
+
+class BacktestSpec(BaseModel):
+    """Rolling-origin backtest at the horizon (see ``ml.backtest``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    origins: int = Field(default=4, ge=1, description="Forecast origins per series.")
+    step: int = Field(default=1, ge=1, description="Periods between consecutive origins.")
+
+
+class IntervalSpec(BaseModel):
+    """Conformal prediction intervals from backtest residuals (see ``ml.intervals``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    levels: list[float] = Field(
+        default_factory=list, description="Coverage levels in percent, e.g. [80, 95]; none: off."
+    )
+    min_residuals: int | None = Field(
+        default=None,
+        ge=1,
+        description="Fewer residuals per (series, step) than this: use the pooled quantile. "
+        "Default: the fewest that give a finite quantile at the level.",
+    )
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_in_range(cls, v: list[float]) -> list[float]:
+        if any(not 0 < level < 100 for level in v):
+            raise ValueError(f"interval levels must be in (0, 100) percent: {v}")
+        return v
+
+
 class DatasetSpec(BaseModel):
     """What a dataset looks like and how its many models are trained."""
 
@@ -159,6 +225,17 @@ class DatasetSpec(BaseModel):
     features: FeatureSpec = Field(default_factory=FeatureSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
+    calendar: CalendarSpec = Field(default_factory=CalendarSpec)
+    fallback: list[FallbackMethod] = Field(
+        default_factory=list,
+        description="Forecasts without fitting, tried in order for a series the model cannot "
+        "serve (e.g. [seasonal_naive, naive, mean]); empty: no fallback.",
+    )
+    mean_window: int = Field(
+        default=13, ge=1, description="Observed values the `mean` fallback averages."
+    )
+    backtest: BacktestSpec = Field(default_factory=BacktestSpec)
+    intervals: IntervalSpec = Field(default_factory=IntervalSpec)
 
     @field_validator("columns")
     @classmethod
@@ -179,6 +256,9 @@ class DatasetSpec(BaseModel):
             missing = [c for c in cols if c not in self.columns]
             if missing:
                 raise ValueError(f"{field} names columns not in `columns`: {missing}")
+        filled = [c for c in self.calendar.fill if c != "default" and c not in self.columns]
+        if filled:
+            raise ValueError(f"calendar.fill names columns not in `columns`: {filled}")
         if self.columns[self.time].type not in (ColumnType.date, ColumnType.timestamp):
             raise ValueError(f"time column {self.time!r} must be of type date or timestamp")
         if self.columns[self.target].type not in (ColumnType.float, ColumnType.int):

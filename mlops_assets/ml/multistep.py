@@ -1,0 +1,186 @@
+"""Recursive multi-step forecasts of per-series linear models, for many series at once.
+
+Step ``j`` of every series is predicted in one vectorised pass; its prediction becomes the
+target of that period, so the lags and rolling means of step ``j + 1`` see it, exactly as the
+features of training see actuals (the same ``feature_columns`` code builds both). Exogenous
+columns the spec declares ``known_in_advance`` take their future values from the caller; any
+other one carries its last observed value forward, since its future is not known at the origin.
+
+Frames must be regular (one row per period: ``calendar.regularize``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlops_assets.ml import calendar
+from mlops_assets.ml.baselines import naive
+from mlops_assets.ml.families import family
+from mlops_assets.ml.features import (
+    SeriesFrame,
+    feature_columns,
+    feature_matrix,
+    last_rows,
+    positions,
+    tail_length,
+)
+from mlops_assets.ml.predict import fold_linear, stack_linear
+from mlops_assets.ml.spec import DatasetSpec
+
+
+@dataclass(frozen=True)
+class LinearModels:
+    """Per series ``x @ weights[i] + bias[i]`` (the scaler folded in); NaN bias: no model."""
+
+    weights: np.ndarray
+    bias: np.ndarray
+
+    @property
+    def fitted(self) -> np.ndarray:
+        return np.isfinite(self.bias)
+
+
+def fit_linear(frame: SeriesFrame, spec: DatasetSpec) -> LinearModels:
+    """The spec's linear family fitted on every complete row of each series.
+
+    A series with fewer than ``spec.min_history`` complete rows, or a constant target, gets no
+    model. Fitting is the one per-series step (as in ``fitting``); features are one pass.
+
+    Raises:
+        ValueError: The spec's family is not linear.
+    """
+    fam = family(spec.model.family)
+    if fam.linear is None:
+        raise ValueError(f"model family {fam.name!r} is not linear")
+    params = spec.model.params
+    X = feature_matrix(frame, spec)
+    complete = np.isfinite(X).all(axis=1) & np.isfinite(frame.target)
+    pipelines = []
+    for a, b in zip(frame.offsets[:-1], frame.offsets[1:], strict=True):
+        rows = np.flatnonzero(complete[a:b]) + a
+        y = frame.target[rows]
+        if len(rows) < spec.min_history or np.ptp(y) == 0:
+            pipelines.append(None)
+        elif fam.has_closed_form(params):
+            pipelines.append(fam.closed_form(X[rows], y, params))
+        else:
+            pipelines.append(fam.pipeline(params).fit(X[rows], y))
+    stacked = stack_linear(pipelines)
+    if stacked is None or not any(p is not None for p in pipelines):
+        p = X.shape[1]
+        return LinearModels(np.zeros((frame.n_series, p)), np.full(frame.n_series, np.nan))
+    weights, bias = fold_linear(stacked)
+    return LinearModels(weights, bias)
+
+
+def _extended(
+    tail: SeriesFrame,
+    spec: DatasetSpec,
+    horizon: int,
+    future_exog: dict[str, np.ndarray],
+) -> tuple[SeriesFrame, np.ndarray]:
+    """Each series' tail rows then ``horizon`` future rows; and the future rows' indices."""
+    n, lengths = tail.n_series, np.diff(tail.offsets)
+    offsets = np.concatenate([[0], np.cumsum(lengths + horizon)]).astype(np.int64)
+    old = np.repeat(offsets[:-1], lengths) + positions(tail.offsets)
+    future = (offsets[:-1] + lengths)[:, None] + np.arange(horizon)[None, :]
+
+    def place(past: np.ndarray, ahead: np.ndarray, fill) -> np.ndarray:
+        out = np.full(int(offsets[-1]), fill, dtype=past.dtype)
+        out[old], out[future.ravel()] = past, ahead.ravel()
+        return out
+
+    times = calendar.future_times(tail, spec.frequency, horizon)
+    exog = {}
+    for c, values in tail.exog.items():
+        if c in spec.features.known_in_advance:
+            ahead = np.asarray(future_exog[c], dtype=float).reshape(n, horizon)
+        else:  # not known at the origin: the last observed value holds
+            ahead = naive(SeriesFrame(tail.keys, tail.offsets, tail.time, values, {}), horizon)
+        exog[c] = place(values, ahead, np.nan)
+    frame = SeriesFrame(
+        keys=tail.keys,
+        offsets=offsets,
+        time=place(tail.time, times, np.datetime64("NaT")),
+        target=place(tail.target, np.full((n, horizon), np.nan), np.nan),
+        exog=exog,
+    )
+    return frame, future
+
+
+def forecast_linear(
+    frame: SeriesFrame,
+    models: LinearModels,
+    spec: DatasetSpec,
+    horizon: int,
+    future_exog: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """The next ``horizon`` periods of every series, recursively: ``[n_series, horizon]``.
+
+    Args:
+        frame: Each series' history (regular), in the order of ``models``.
+        models: One linear model per series (NaN rows out for a series without one).
+        spec: The dataset spec (features, frequency, ``features.known_in_advance``).
+        horizon: Periods to forecast.
+        future_exog: ``[n_series, horizon]`` future values of each known-in-advance column.
+
+    Raises:
+        ValueError: A known-in-advance column has no future values.
+    """
+    future_exog = future_exog or {}
+    missing = [c for c in spec.features.known_in_advance if c not in future_exog]
+    if missing:
+        raise ValueError(f"no future values of known-in-advance columns {missing}")
+    out = np.full((frame.n_series, horizon), np.nan)
+    has_rows = np.diff(frame.offsets) > 0
+    if not has_rows.any():
+        return out
+    idx = np.flatnonzero(has_rows)
+    tail = last_rows(_take_series(frame, idx), max(tail_length(spec), 1))
+    ahead = {c: np.asarray(v, dtype=float)[idx] for c, v in future_exog.items()}
+    ext, future = _extended(tail, spec, horizon, ahead)
+    weights, bias = models.weights[idx], models.bias[idx]
+    for j in range(horizon):
+        rows = future[:, j]
+        value = bias.copy()
+        for k, col in enumerate(feature_columns(ext, spec)):
+            value += col[rows] * weights[:, k]
+        ext.target[rows] = value
+        out[idx, j] = value
+    return out
+
+
+def _take_series(frame: SeriesFrame, idx: np.ndarray) -> SeriesFrame:
+    lengths = np.diff(frame.offsets)[idx]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    rows = np.repeat(frame.offsets[idx] - offsets[:-1], lengths) + np.arange(int(offsets[-1]))
+    return SeriesFrame(
+        keys=[frame.keys[i] for i in idx],
+        offsets=offsets,
+        time=frame.time[rows],
+        target=frame.target[rows],
+        exog={c: v[rows] for c, v in frame.exog.items()},
+    )
+
+
+def known_future(full: SeriesFrame, train: SeriesFrame, horizon: int, columns) -> dict:
+    """Future values of ``columns`` for each series of ``train`` (a head of ``full``, same
+    series), from the rows of ``full`` after it: ``{column: [n_series, horizon]}``."""
+    rows = full.offsets[:-1, None] + np.diff(train.offsets)[:, None] + np.arange(horizon)
+    inside = rows < full.offsets[1:, None]
+    safe = np.where(inside, rows, 0)
+    return {c: np.where(inside, full.exog[c][safe], np.nan) for c in columns}
+
+
+def linear_forecaster(spec: DatasetSpec, full: SeriesFrame):
+    """A backtest forecaster: fit the spec's linear model per series on the fold's rows, then
+    forecast recursively, known-in-advance columns read from ``full``'s later rows."""
+
+    def forecast(train: SeriesFrame, horizon: int) -> np.ndarray:
+        models = fit_linear(train, spec)
+        ahead = known_future(full, train, horizon, spec.features.known_in_advance)
+        return forecast_linear(train, models, spec, horizon, ahead)
+
+    return forecast

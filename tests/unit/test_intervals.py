@@ -1,0 +1,66 @@
+"""Conformal intervals: the split-conformal rank, the pooled fallback, coverage near nominal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlops_assets.ml import intervals
+
+
+def test_min_count_is_the_fewest_residuals_for_a_finite_quantile():
+    assert intervals.min_count(0.8) == 4
+    assert intervals.min_count(0.95) == 19
+    assert intervals.min_count(0.5) == 1
+
+
+def test_quantile_is_the_conformal_rank_per_series_and_step():
+    rng = np.random.default_rng(0)
+    residuals = rng.normal(size=(9, 3, 2))
+    residuals[0, 1, 0] = np.nan  # 8 residuals there
+    q = intervals.conformal_quantiles(residuals, [80])
+    for i in range(3):
+        for j in range(2):
+            r = np.sort(np.abs(residuals[:, i, j][np.isfinite(residuals[:, i, j])]))
+            rank = int(np.ceil((len(r) + 1) * 0.8))
+            assert q.width[80][i, j] == r[rank - 1]
+    assert not q.pooled[80].any()
+
+
+def test_too_few_residuals_take_the_pooled_scaled_quantile():
+    rng = np.random.default_rng(1)
+    scale = np.geomspace(1, 100, 10)
+    residuals = rng.normal(size=(4, 10, 2)) * scale[None, :, None]
+    q = intervals.conformal_quantiles(residuals, [95], scale=scale)
+    assert q.pooled[95].all()  # 4 residuals < 19
+    pooled = np.sort((np.abs(residuals) / scale[None, :, None])[:, :, 0].ravel())
+    rank = int(np.ceil(41 * 0.95))
+    np.testing.assert_allclose(q.width[95][:, 0], pooled[rank - 1] * scale)
+    forced = intervals.conformal_quantiles(residuals, [80], scale=scale, min_residuals=10)
+    assert forced.pooled[80].all()
+
+
+@pytest.mark.parametrize("folds", [40, 4])
+def test_gaussian_errors_are_covered_at_the_nominal_rate(folds):
+    rng = np.random.default_rng(folds)
+    n_series, horizon = 2000, 3
+    sigma = rng.uniform(0.5, 20, n_series)
+    growth = np.array([1.0, 1.5, 2.0])  # errors widen with the step
+    noise = sigma[None, :, None] * growth[None, None, :]
+    calibration = rng.normal(size=(folds, n_series, horizon)) * noise
+    q = intervals.conformal_quantiles(calibration, [80, 95], scale=sigma)
+    point = rng.normal(100, 5, (n_series, horizon))
+    actual = point + rng.normal(size=(n_series, horizon)) * noise[0]
+    for level, target in ((80, 0.8), (95, 0.95)):
+        lower, upper = intervals.interval_bounds(point, q.width[level])
+        got = intervals.coverage(actual, lower, upper)
+        assert got.count == n_series * horizon
+        assert abs(got.overall - target) < 0.03, (level, got.overall)
+        assert np.all(np.abs(got.per_step - target) < 0.05)
+
+
+def test_bounds_clip_and_coverage_skips_missing():
+    lower, upper = intervals.interval_bounds(np.array([[1.0, 5.0]]), np.array([[2.0, 2.0]]), 0.0)
+    np.testing.assert_array_equal(lower, [[0, 3]])
+    got = intervals.coverage(np.array([[0.5, np.nan]]), lower, upper)
+    assert got.overall == 1.0 and got.count == 1
