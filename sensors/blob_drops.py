@@ -120,6 +120,35 @@ def partition_key(blob: BlobInfo, prefix: str) -> str:
     return f"{blob.name.removeprefix(prefix)}@{blob.etag}"
 
 
+def run_requests(blobs: list[BlobInfo], keys: list[str], batch_size: int) -> list[dg.RunRequest]:
+    """One run per drop version, or per ``batch_size`` of them (a range of the partitions added
+    in this tick, in this order); run keys are stable, so a drop is requested once."""
+    requests = []
+    for i in range(0, len(blobs), max(1, batch_size)):
+        group, ks = blobs[i : i + batch_size], keys[i : i + batch_size]
+        if len(group) == 1:
+            requests.append(
+                dg.RunRequest(
+                    run_key=group[0].version_key,
+                    partition_key=ks[0],
+                    tags={"mlops/drop": group[0].name, "mlops/etag": group[0].etag},
+                )
+            )
+            continue
+        digest = hashlib.sha256("\n".join(b.version_key for b in group).encode())
+        requests.append(
+            dg.RunRequest(
+                run_key=f"batch:{digest.hexdigest()[:32]}",
+                tags={
+                    "dagster/asset_partition_range_start": ks[0],
+                    "dagster/asset_partition_range_end": ks[-1],
+                    "mlops/drops": str(len(group)),
+                },
+            )
+        )
+    return requests
+
+
 def make_blob_drop_sensor(
     job,
     partitions_def: dg.DynamicPartitionsDefinition,
@@ -164,29 +193,7 @@ def make_blob_drop_sensor(
                 skip_reason=f"{len(known)} drop version(s) under {config.prefix} already requested",
                 cursor=after.dump(),
             )
-        requests = []
-        for i in range(0, len(take), max(1, config.batch_size)):
-            blobs, ks = take[i : i + config.batch_size], keys[i : i + config.batch_size]
-            if len(blobs) == 1:
-                requests.append(
-                    dg.RunRequest(
-                        run_key=blobs[0].version_key,
-                        partition_key=ks[0],
-                        tags={"mlops/drop": blobs[0].name, "mlops/etag": blobs[0].etag},
-                    )
-                )
-            else:  # a range of the partitions added just now, in this order
-                digest = hashlib.sha256("\n".join(b.version_key for b in blobs).encode())
-                requests.append(
-                    dg.RunRequest(
-                        run_key=f"batch:{digest.hexdigest()[:32]}",
-                        tags={
-                            "dagster/asset_partition_range_start": ks[0],
-                            "dagster/asset_partition_range_end": ks[-1],
-                            "mlops/drops": str(len(blobs)),
-                        },
-                    )
-                )
+        requests = run_requests(take, keys, config.batch_size)
         context.log.info(
             f"{len(take)} new drop version(s) under {config.prefix} -> {len(requests)} run(s)"
         )
