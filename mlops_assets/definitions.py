@@ -16,7 +16,6 @@ from mlops_assets.assets.monitoring import build_inference_summary_asset
 from mlops_assets.assets.registration import build_promotion_jobs, build_registration_asset
 from mlops_assets.assets.training import build_training_asset
 from mlops_assets.ml.spec import DatasetSpec, bundled_specs
-from mlops_assets.partitions import as_of_days
 from mlops_assets.profiles import current_profile, project_home, resources_for
 from sensors.failures import make_failure_sensor
 from sensors.release import make_release_sensor
@@ -38,7 +37,6 @@ def dataset_definitions(spec: DatasetSpec) -> dg.Definitions:
     daily = dg.define_asset_job(
         daily_job_name(spec),
         selection=dg.AssetSelection.assets(*assets),
-        partitions_def=as_of_days,
         description=(
             f"The daily {spec.name} chain in one run: ingest new drops, validate, train every "
             "series, evaluate against the champions, register (blocking checks stop it)."
