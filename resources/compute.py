@@ -271,10 +271,10 @@ class AzureMLBatchCompute(BatchCompute):
         )
 
         attempt = getattr(context, "retry_number", 0) or 0
-        name = job_name(context.run_id, key, attempt, purpose)
+        name = job_name(context.run.run_id, key, attempt, purpose)
         ml = self.ml_client()
         for earlier in range(attempt):  # a step retry: no orphaned job from an earlier attempt
-            self._cancel_if_running(ml, job_name(context.run_id, key, earlier, purpose), context)
+            self._cancel_if_running(ml, job_name(context.run.run_id, key, earlier, purpose), context)
         client = TimedAzureMLClient(
             client=ml,
             context_injector=PipesAzureBlobStorageContextInjector(

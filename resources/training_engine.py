@@ -117,7 +117,7 @@ class PipesTrainingEngine(TrainingEngine):
         if context is None or as_of is None:
             raise ValueError("a remote training engine needs the asset's context and as-of date")
         started = time.perf_counter()
-        output = f"models/{spec.name}/remote/{context.run_id}"
+        output = f"models/{spec.name}/remote/{context.run.run_id}"
         job = TrainJob(
             spec=spec.model_dump(mode="json"),
             as_of=as_of,
