@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+
 import dagster as dg
 
 from mlops_assets.assets.batch_scoring import batch_scoring_definitions
@@ -67,7 +70,7 @@ def serving_definitions(spec: DatasetSpec) -> dg.Definitions:
             make_release_sensor(
                 deploy,
                 registered_model_name(spec),
-                run_config=lambda v, spec=spec: deploy_run_config(spec, v),
+                run_config=functools.partial(deploy_run_config, spec),
             )
         ],
     )
@@ -75,8 +78,6 @@ def serving_definitions(spec: DatasetSpec) -> dg.Definitions:
 
 def schedule_hour() -> int:
     """Hour (UTC) of the daily retrain: ``MLOPS_RETRAIN_HOUR``, default 2."""
-    import os
-
     return int(os.environ.get("MLOPS_RETRAIN_HOUR", "2"))
 
 

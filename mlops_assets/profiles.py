@@ -12,9 +12,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from mlops_assets.storage import Storage
 from resources.endpoints import AzureMLKubernetesEndpoint, EndpointResource, LocalEndpoint
-from resources.registry import MlflowRegistry, ModelRegistry
+from resources.registry import MlflowRegistry
 from resources.storage import AzureBlobStorageResource, LocalStorageResource
 from resources.training_engine import (
     LocalTrainingEngine,
@@ -60,7 +59,7 @@ def prod_storage_for(profile: str, home: Path) -> dg.ConfigurableResource:
     )
 
 
-def registries_for(profile: str, home: Path) -> tuple[ModelRegistry, ModelRegistry]:
+def registries_for(profile: str, home: Path) -> tuple[MlflowRegistry, MlflowRegistry]:
     """(dev registry with alias champion, prod registry with alias production).
 
     Local: SQLite stores under the project home, artifacts next to the storage resource's data.
@@ -90,9 +89,7 @@ def registries_for(profile: str, home: Path) -> tuple[ModelRegistry, ModelRegist
     )
 
 
-def training_engine(
-    name: str, profile: str, storage: dg.ConfigurableResource
-) -> TrainingEngine:
+def training_engine(name: str, profile: str, storage: dg.ConfigurableResource) -> TrainingEngine:
     """``MLOPS_TRAINING_ENGINE``: ``local`` (process pool, default), ``spark`` (applyInPandas on
     a ``local[*]`` session; a cluster through Spark config), or ``azureml`` (a command job on the
     AML compute cluster of ``MLOPS_AML_*``; in the ``local`` profile the same script runs as a

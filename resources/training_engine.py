@@ -73,7 +73,7 @@ class SparkTrainingEngine(TrainingEngine):
         session = self.pyspark.spark_session
         session.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
         sdf = session.createDataFrame(decode_dictionaries(table).to_pandas())
-        out = train_spark(sdf, spec, series=series).toPandas()
+        out: pd.DataFrame = train_spark(sdf, spec, series=series).toPandas()
         if stats is not None:
             stats.update(wall_s=time.perf_counter() - started, series=len(out))
         return out.sort_values("series_id", ignore_index=True)
