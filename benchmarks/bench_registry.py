@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         out["pack_bytes"] = sum(len(d) for _, d in packs)
 
         t0 = time.perf_counter()
-        dev._client()
-        prod._client()
+        dev.client()
+        prod.client()
         out["store_init_s"] = round(time.perf_counter() - t0, 3)
 
         release = {
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         # Baseline: one registry version per model, on a sample, extrapolated.
         from mlflow import MlflowClient
 
-        client: MlflowClient = dev._client()
+        client: MlflowClient = dev.client()
         client.create_registered_model("per-model-baseline")
         t0 = time.perf_counter()
         for i in range(args.baseline_sample):

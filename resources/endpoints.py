@@ -75,7 +75,7 @@ def _get_json(url: str, api_key: str | None, timeout: float = 5) -> dict:
     req = urllib.request.Request(url)
     if api_key:
         req.add_header("Authorization", f"Bearer {api_key}")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - local URL
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
 
 

@@ -168,7 +168,8 @@ class MlflowRegistry(ModelRegistry):
             f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         )
 
-    def _client(self):
+    def client(self):
+        """The MlflowClient of these stores (cached per URI pair, both stores probed once)."""
         key = (self.tracking_uri, self.registry_uri or self.tracking_uri)
         with _LOCK:
             client = _CLIENTS.get(key)
@@ -239,7 +240,7 @@ class MlflowRegistry(ModelRegistry):
     ) -> ModelSetVersion:
         from mlflow.entities import Metric, Param, RunTag
 
-        client = self._client()
+        client = self.client()
         run_id = None
         created = None
         try:
@@ -296,29 +297,29 @@ class MlflowRegistry(ModelRegistry):
         if version is not None:
             try:
                 client.delete_model_version(name, version)
-            except Exception:  # noqa: S110 - best effort; the original error is raised
+            except Exception:
                 pass
         if run_id is not None:
             try:
                 client.set_terminated(run_id, "FAILED")
-            except Exception:  # noqa: S110
+            except Exception:
                 pass
 
     def get_version(self, name: str, version: int) -> ModelSetVersion | None:
-        mv = self._call(self._client().get_model_version, name, str(version))
+        mv = self._call(self.client().get_model_version, name, str(version))
         return None if mv is None else self._version(mv)
 
     def get_alias(self, name: str, alias: str | None = None) -> ModelSetVersion | None:
-        mv = self._call(self._client().get_model_version_by_alias, name, alias or self.alias)
+        mv = self._call(self.client().get_model_version_by_alias, name, alias or self.alias)
         return None if mv is None else self._version(mv)
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
-        self._call(self._client().set_registered_model_alias, name, alias, str(version))
+        self._call(self.client().set_registered_model_alias, name, alias, str(version))
 
     def find_version(self, name: str, tag: str, value: str) -> ModelSetVersion | None:
         safe = value.replace("'", "")
         found = self._call(
-            self._client().search_model_versions,
+            self.client().search_model_versions,
             f"name = '{name}' and tags.`{tag}` = '{safe}'",
         )
         if not found:
@@ -326,7 +327,7 @@ class MlflowRegistry(ModelRegistry):
         return self._version(max(found, key=lambda mv: int(mv.version)))
 
     def list_versions(self, name: str) -> list[ModelSetVersion]:
-        found = self._call(self._client().search_model_versions, f"name = '{name}'") or []
+        found = self._call(self.client().search_model_versions, f"name = '{name}'") or []
         return sorted((self._version(mv) for mv in found), key=lambda v: v.version)
 
 

@@ -68,8 +68,13 @@ def test_workspace_yaml_still_loads_the_code_location(tmp_path):
     """workspace.yaml (dagster dev -w, dagster-webserver) names the same code location."""
     env = {"MLOPS_HOME": str(tmp_path), "PATH": str(Path(sys.executable).parent)}
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate"]
-        + ["-w", "workspace.yaml"],
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "definitions",
+            "validate",
+            "-w",
+            "workspace.yaml",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -93,7 +98,9 @@ def test_jobs_are_described_and_tagged_with_their_dataset(defs):
 
 def test_schedules_and_sensors_are_described_and_target_real_jobs(defs):
     jobs = {j.name for j in _user_jobs(defs)}
-    automations = [*(defs.schedules or []), *(defs.sensors or [])]
+    # A schedule of an asset job resolves with the Definitions (its partitions come from the assets).
+    schedules = [defs.resolve_schedule_def(s.name) for s in defs.schedules or []]
+    automations = [*schedules, *(defs.sensors or [])]
     assert automations
     for auto in automations:
         assert auto.description, f"{auto.name} has no description"

@@ -124,7 +124,7 @@ def test_first_run_registers_every_series_as_one_version(env):
     assert champion.tags["count_series"] == str(len(rows)) and champion.tags["as_of"] == AS_OF
     assert champion.source.startswith("file://") and champion.source.endswith(release["folder"])
     # One MLflow run in experiment "sales" with the manifest as artifact.
-    client = env.registry._client()
+    client = env.registry.client()
     run = client.get_run(champion.run_id)
     assert run.info.status == "FINISHED" and run.data.params["as_of"] == AS_OF
     assert "n_series" in run.data.metrics
@@ -269,7 +269,7 @@ def test_unreachable_registry_is_a_clear_error_and_leaves_nothing(env, uri):
 
 def test_half_registration_is_undone(env, monkeypatch):
     """A failure after the version was created (moving the alias) removes the version."""
-    client = env.registry._client()
+    client = env.registry.client()
     before = [v.version for v in env.registry.list_versions(NAME)]
 
     def boom(*a, **k):
