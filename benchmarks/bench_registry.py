@@ -9,7 +9,7 @@ against local MLflow SQLite stores:
   prod registry and move ``production``;
 * ``rollback``: move ``production`` back;
 * the baseline in the same run: registering models one version each, measured on a sample and
-  extrapolated to N (DESIGN.md §3: ~4 ms a version locally).
+  extrapolated to N (docs/architecture.md §3: ~4 ms a version locally).
 
 Store creation (MLflow's schema migrations) and imports are reported apart from the target.
 

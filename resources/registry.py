@@ -2,7 +2,7 @@
 
 A version's source is the URI of a model-set folder (manifest + packs); its tags carry what a
 person or a gate needs without opening it (as-of date, counts, manifest sha256, the storage
-folder). Registering costs a fixed number of calls whatever the number of series (DESIGN.md §3).
+folder). Registering costs a fixed number of calls whatever the number of series (docs/architecture.md §3).
 
 ``MlflowRegistry`` talks to any MLflow tracking/registry server: locally a SQLite store under the
 project home (``sqlite:///<home>/mlflow/dev.db``), on Azure the AML workspace's MLflow tracking
