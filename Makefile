@@ -9,7 +9,7 @@ export MLOPS_HOME ?= $(CURDIR)/.mlops
 export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
 
 .DEFAULT_GOAL := help
-.PHONY: help env tools apt-packages demo dev test test-fast test-e2e bench lint format lock clean check-azure
+.PHONY: help env tools apt-packages demo dev check-defs test test-fast test-e2e bench lint format lock clean check-azure
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,7 +46,10 @@ demo: env ## Generate a small sales dataset and run the daily retraining job loc
 
 dev: env ## Open the Dagster UI (webserver + daemon) on http://127.0.0.1:3000
 	@mkdir -p $(DAGSTER_HOME) && [ -f $(DAGSTER_HOME)/dagster.yaml ] || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
+	$(VENV)/bin/dg dev -h 127.0.0.1 -p 3000
+
+check-defs: env ## Load and validate the code location (dg check defs)
+	$(VENV)/bin/dg check defs
 
 test: env tools ## Run the whole test suite (starts Azurite, Spark, servers as needed)
 	$(VENV)/bin/pytest -q
@@ -63,9 +66,10 @@ check-azure: env ## Check the configured AML workspace and compute exist (DRY_RU
 bench: env ## Run the benchmarks; JSON results in benchmarks/results/
 	$(PY) -m benchmarks.run_all
 
-lint: env ## Ruff lint and format check
+lint: env ## Ruff lint and format check, mypy type check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: env ## Format the code
 	$(VENV)/bin/ruff check --fix .

@@ -3,7 +3,7 @@
     python -m benchmarks.bench_batch_scoring --series 10000 --periods 4000   # 40M rows
     python -m benchmarks.bench_batch_scoring --series 1000 --periods 200     # quick
 
-Baseline in the same run (the floor DESIGN.md quotes as "read, features, predict, write"): read
+Baseline in the same run (the floor docs/architecture.md §4 quotes as "read, features, predict, write"): read
 the drop a piece at a time, features, one vectorised linear predict, write the predictions. Results: benchmarks/results/batch_scoring.json.
 """
 

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
         storage = storage_for("local", project_home())
         t0 = time.perf_counter()
         shape = SalesShape(args.series, args.periods + 1, end="2026-11-16")
-        history, week = land_sales(storage, spec, shape, n_drops=2)
+        _history, week = land_sales(storage, spec, shape, n_drops=2)
         held = storage.move(week.name, "holding/" + week.name.rsplit("/", 1)[-1])
         land_s = time.perf_counter() - t0
 

@@ -9,7 +9,7 @@ against local MLflow SQLite stores:
   prod registry and move ``production``;
 * ``rollback``: move ``production`` back;
 * the baseline in the same run: registering models one version each, measured on a sample and
-  extrapolated to N (DESIGN.md §3: ~4 ms a version locally).
+  extrapolated to N (docs/architecture.md §3: ~4 ms a version locally).
 
 Store creation (MLflow's schema migrations) and imports are reported apart from the target.
 
@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         out["pack_bytes"] = sum(len(d) for _, d in packs)
 
         t0 = time.perf_counter()
-        dev._client()
-        prod._client()
+        dev.client()
+        prod.client()
         out["store_init_s"] = round(time.perf_counter() - t0, 3)
 
         release = ReleaseRecord(
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         # Baseline: one registry version per model, on a sample, extrapolated.
         from mlflow import MlflowClient
 
-        client: MlflowClient = dev._client()
+        client: MlflowClient = dev.client()
         client.create_registered_model("per-model-baseline")
         t0 = time.perf_counter()
         for i in range(args.baseline_sample):

@@ -8,8 +8,8 @@ In one run, on this machine:
 
 Each at 50, 200 and 500 requests/s (open loop, driven from a separate process, one connection
 per request as gunicorn's sync workers close it), with p50/p95/p99 latency, errors, and the
-server's memory. Targets (DESIGN.md §4, 2 cores, warm): p99 <= 10 ms at 200 rps, <= 25 ms at
-500 rps, 0 errors. The machine load average is recorded with every phase (shared machine).
+server's memory. Targets checked here (2 cores, warm): p99 <= 10 ms at 200 rps, <= 25 ms at
+500 rps, 0 errors; docs/architecture.md §4 bounds warm p99 as a ratio to the bare server. The machine load average is recorded with every phase (shared machine).
 
     .venv/bin/python -m benchmarks.bench_serving [--seconds 10] [--workers 1]
 """

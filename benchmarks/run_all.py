@@ -1,6 +1,6 @@
 """Run every benchmark, one process each (so peak memory and imports don't mix), in order.
 
-    python -m benchmarks.run_all            # DESIGN.md sizes: 10,000 series x 4,000 weeks
+    python -m benchmarks.run_all            # the sizes of docs/architecture.md §4: 10,000 series x 4,000 weeks
     python -m benchmarks.run_all --quick    # small sizes, a few minutes: a smoke run
 
 Each benchmark writes benchmarks/results/<name>.json with its baseline from the same run.

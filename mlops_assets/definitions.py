@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+
 import dagster as dg
 
 from mlops_assets.assets.batch_scoring import batch_scoring_definitions
@@ -17,7 +20,6 @@ from mlops_assets.assets.registration import build_promotion_jobs, build_registr
 from mlops_assets.assets.training import build_training_asset
 from mlops_assets.domain.model_sets import registered_model_name
 from mlops_assets.ml.spec import DatasetSpec, bundled_specs
-from mlops_assets.partitions import as_of_days
 from mlops_assets.profiles import current_profile, project_home, resources_for
 from sensors.failures import make_failure_sensor
 from sensors.release import make_release_sensor
@@ -39,7 +41,6 @@ def dataset_definitions(spec: DatasetSpec) -> dg.Definitions:
     daily = dg.define_asset_job(
         daily_job_name(spec),
         selection=dg.AssetSelection.assets(*assets),
-        partitions_def=as_of_days,
         description=(
             f"The daily {spec.name} chain in one run: ingest new drops, validate, train every "
             "series, evaluate against the champions, register (blocking checks stop it)."
@@ -70,7 +71,7 @@ def serving_definitions(spec: DatasetSpec) -> dg.Definitions:
             make_release_sensor(
                 deploy,
                 registered_model_name(spec),
-                run_config=lambda v, spec=spec: deploy_run_config(spec, v),
+                run_config=functools.partial(deploy_run_config, spec),
             )
         ],
     )
@@ -78,8 +79,6 @@ def serving_definitions(spec: DatasetSpec) -> dg.Definitions:
 
 def schedule_hour() -> int:
     """Hour (UTC) of the daily retrain: ``MLOPS_RETRAIN_HOUR``, default 2."""
-    import os
-
     return int(os.environ.get("MLOPS_RETRAIN_HOUR", "2"))
 
 

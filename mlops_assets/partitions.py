@@ -1,6 +1,7 @@
 """Dagster partitions carry the time axis: one partition per retrain as-of date (UTC).
 
-Series are never Dagster partitions (see DESIGN.md §3): one run trains every series of a day.
+Series are never Dagster partitions (docs/architecture.md §3): one run trains every series of
+a day.
 """
 
 import dagster as dg

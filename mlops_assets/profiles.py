@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 from resources.endpoints import AzureMLKubernetesEndpoint, EndpointResource, LocalEndpoint
-from resources.registry import MlflowRegistry, ModelRegistry
+from resources.registry import MlflowRegistry
 from resources.storage import AzureBlobStorageResource, LocalStorageResource
 from resources.training_engine import (
     LocalTrainingEngine,
@@ -59,7 +59,7 @@ def prod_storage_for(profile: str, home: Path) -> dg.ConfigurableResource:
     )
 
 
-def registries_for(profile: str, home: Path) -> tuple[ModelRegistry, ModelRegistry]:
+def registries_for(profile: str, home: Path) -> tuple[MlflowRegistry, MlflowRegistry]:
     """(dev registry with alias champion, prod registry with alias production).
 
     Local: SQLite stores under the project home, artifacts next to the storage resource's data.

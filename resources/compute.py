@@ -23,6 +23,7 @@ pass their own ``ml_client``/``blob_client`` factories.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -271,10 +272,12 @@ class AzureMLBatchCompute(BatchCompute):
         )
 
         attempt = getattr(context, "retry_number", 0) or 0
-        name = job_name(context.run_id, key, attempt, purpose)
+        name = job_name(context.run.run_id, key, attempt, purpose)
         ml = self.ml_client()
         for earlier in range(attempt):  # a step retry: no orphaned job from an earlier attempt
-            self._cancel_if_running(ml, job_name(context.run_id, key, earlier, purpose), context)
+            self._cancel_if_running(
+                ml, job_name(context.run.run_id, key, earlier, purpose), context
+            )
         client = TimedAzureMLClient(
             client=ml,
             context_injector=PipesAzureBlobStorageContextInjector(
@@ -348,13 +351,10 @@ def _make_timed_client():
     return _Timed
 
 
-class _LazyTimed:
-    _cls = None
-
-    def __call__(self, **kwargs):
-        if _LazyTimed._cls is None:
-            _LazyTimed._cls = _make_timed_client()
-        return _LazyTimed._cls(**kwargs)
+def TimedAzureMLClient(**kwargs):
+    """A ``PipesAzureMLClient`` with an overall timeout; the class is made (and dagster_azure
+    imported) on first use."""
+    return _timed_client_class()(**kwargs)
 
 
-TimedAzureMLClient = _LazyTimed()
+_timed_client_class = functools.cache(_make_timed_client)

@@ -85,7 +85,7 @@ def _get_json(url: str, api_key: str | None, timeout: float = 5) -> dict:
     req = urllib.request.Request(url)
     if api_key:
         req.add_header("Authorization", f"Bearer {api_key}")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - local URL
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
 
 
@@ -322,12 +322,13 @@ def staged_rollout(
     for plan in traffic_stages(old, new, stages):
         ops.set_traffic(plan)
         log(f"traffic {plan}")
-        stage = {"traffic": plan, "checks": []}
+        checks: list[str] = []
+        stage = {"traffic": plan, "checks": checks}
         report["stages"].append(stage)
         for _ in range(checks_per_stage):
             sleep(stage_wait_s / max(1, checks_per_stage))
             problem = ops.health_check(None, release) or ops.health_check(new, release)
-            stage["checks"].append(problem or "ok")
+            checks.append(problem or "ok")
             if problem:
                 back = {old: 100, new: 0} if old else {new: 0}
                 ops.set_traffic(back)

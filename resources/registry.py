@@ -2,7 +2,7 @@
 
 A version's source is the URI of a model-set folder (manifest + packs); its tags carry what a
 person or a gate needs without opening it (as-of date, counts, manifest sha256, the storage
-folder). Registering costs a fixed number of calls whatever the number of series (DESIGN.md §3).
+folder). Registering costs a fixed number of calls whatever the number of series (docs/architecture.md §3).
 
 ``MlflowRegistry`` talks to any MLflow tracking/registry server: locally a SQLite store under the
 project home (``sqlite:///<home>/mlflow/dev.db``), on Azure the AML workspace's MLflow tracking
@@ -128,7 +128,8 @@ class MlflowRegistry(ModelRegistry):
             f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         )
 
-    def _client(self):
+    def client(self):
+        """The MlflowClient of these stores (cached per URI pair, both stores probed once)."""
         key = (self.tracking_uri, self.registry_uri or self.tracking_uri)
         with _LOCK:
             client = _CLIENTS.get(key)
@@ -199,7 +200,7 @@ class MlflowRegistry(ModelRegistry):
     ) -> ModelSetVersion:
         from mlflow.entities import Metric, Param, RunTag
 
-        client = self._client()
+        client = self.client()
         run_id = None
         created = None
         try:
@@ -256,29 +257,29 @@ class MlflowRegistry(ModelRegistry):
         if version is not None:
             try:
                 client.delete_model_version(name, version)
-            except Exception:  # noqa: S110 - best effort; the original error is raised
+            except Exception:
                 pass
         if run_id is not None:
             try:
                 client.set_terminated(run_id, "FAILED")
-            except Exception:  # noqa: S110
+            except Exception:
                 pass
 
     def get_version(self, name: str, version: int) -> ModelSetVersion | None:
-        mv = self._call(self._client().get_model_version, name, str(version))
+        mv = self._call(self.client().get_model_version, name, str(version))
         return None if mv is None else self._version(mv)
 
     def get_alias(self, name: str, alias: str | None = None) -> ModelSetVersion | None:
-        mv = self._call(self._client().get_model_version_by_alias, name, alias or self.alias)
+        mv = self._call(self.client().get_model_version_by_alias, name, alias or self.alias)
         return None if mv is None else self._version(mv)
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
-        self._call(self._client().set_registered_model_alias, name, alias, str(version))
+        self._call(self.client().set_registered_model_alias, name, alias, str(version))
 
     def find_version(self, name: str, tag: str, value: str) -> ModelSetVersion | None:
         safe = value.replace("'", "")
         found = self._call(
-            self._client().search_model_versions,
+            self.client().search_model_versions,
             f"name = '{name}' and tags.`{tag}` = '{safe}'",
         )
         if not found:
@@ -286,7 +287,7 @@ class MlflowRegistry(ModelRegistry):
         return self._version(max(found, key=lambda mv: int(mv.version)))
 
     def list_versions(self, name: str) -> list[ModelSetVersion]:
-        found = self._call(self._client().search_model_versions, f"name = '{name}'") or []
+        found = self._call(self.client().search_model_versions, f"name = '{name}'") or []
         return sorted((self._version(mv) for mv in found), key=lambda v: v.version)
 
 

@@ -74,7 +74,7 @@ class SparkTrainingEngine(TrainingEngine):
         session = self.pyspark.spark_session
         session.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
         sdf = session.createDataFrame(decode_dictionaries(table).to_pandas())
-        out = train_spark(sdf, spec, series=series).toPandas()
+        out: pd.DataFrame = train_spark(sdf, spec, series=series).toPandas()
         if phases is not None:
             phases.add("wall", time.perf_counter() - started)
         return out.sort_values("series_id", ignore_index=True)
@@ -118,7 +118,7 @@ class PipesTrainingEngine(TrainingEngine):
         if context is None or as_of is None:
             raise ValueError("a remote training engine needs the asset's context and as-of date")
         started = time.perf_counter()
-        output = f"models/{spec.name}/remote/{context.run_id}"
+        output = f"models/{spec.name}/remote/{context.run.run_id}"
         job = TrainJob(
             spec=spec.model_dump(mode="json"),
             as_of=as_of,

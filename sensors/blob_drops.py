@@ -158,6 +158,9 @@ def make_blob_drop_sensor(
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
 ) -> dg.SensorDefinition:
     """One run (or one run per ``batch_size`` drops) per new drop version under the prefix."""
+    partitions_name = partitions_def.name
+    if partitions_name is None:
+        raise ValueError("the drop partitions need a name (DynamicPartitionsDefinition(name=...))")
 
     @dg.sensor(
         name=name or f"{job.name}_blob_drops",
@@ -166,7 +169,7 @@ def make_blob_drop_sensor(
         default_status=default_status,
         description=(
             f"Each new drop version under `{config.prefix}` once: run key `<name>@<etag>`, "
-            f"one dynamic partition of `{partitions_def.name}` per drop version."
+            f"one dynamic partition of `{partitions_name}` per drop version."
         ),
     )
     def blob_drop_sensor(
@@ -184,7 +187,7 @@ def make_blob_drop_sensor(
                 cursor=after.dump(),
             )
         keys = [partition_key(b, config.prefix) for b in take]
-        known = context.instance.get_existing_dynamic_partitions(partitions_def.name, keys)
+        known = context.instance.get_existing_dynamic_partitions(partitions_name, keys)
         if known:  # requested by an earlier tick (a lost or reset cursor): not again
             take = [b for b, k in zip(take, keys, strict=True) if k not in known]
             keys = [k for k in keys if k not in known]

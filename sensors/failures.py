@@ -16,7 +16,7 @@ def failure_report(context: dg.RunFailureSensorContext) -> dict[str, str]:
     run = context.dagster_run
     steps = []
     for event in context.get_step_failure_events()[:3]:
-        err = event.event_specific_data.error if event.event_specific_data else None
+        err = event.step_failure_data.error if event.event_specific_data else None
         while err is not None and err.cause is not None:  # the user's error, not the wrapper
             err = err.cause
         msg = err.message.strip().splitlines()[0] if err and err.message else "unknown error"

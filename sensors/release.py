@@ -8,6 +8,8 @@ job, so this module imports no asset module.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import dagster as dg
 
 from resources.registry import ModelRegistry, RegistryError
@@ -18,7 +20,7 @@ def make_release_sensor(
     model_name: str,
     *,
     alias: str = "production",
-    run_config: callable | None = None,
+    run_config: Callable[[str], dict] | None = None,
     name: str | None = None,
     minimum_interval_seconds: int = 60,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
+
+if TYPE_CHECKING:
+    # What Dagster returns for an asset job whose partitions resolve with the Definitions.
+    from dagster._core.definitions.partitions.partitioned_schedule import (
+        UnresolvedPartitionedAssetScheduleDefinition,
+    )
 
 
 def make_daily_schedule(
@@ -12,7 +20,7 @@ def make_daily_schedule(
     *,
     name: str | None = None,
     default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
-) -> dg.ScheduleDefinition:
+) -> dg.ScheduleDefinition | UnresolvedPartitionedAssetScheduleDefinition:
     """A schedule that runs ``job`` (daily-partitioned) at ``hour:minute`` UTC for the as-of
     partition of that day.
 

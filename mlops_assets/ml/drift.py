@@ -32,7 +32,7 @@ def feature_drift(
     reference: dict[str, np.ndarray], current: dict[str, np.ndarray]
 ) -> list[dict[str, float | str]]:
     """Per feature: reference and current mean, standardised mean difference, PSI, verdict."""
-    out = []
+    out: list[dict[str, float | str]] = []
     for name, ref in reference.items():
         cur = current.get(name)
         if cur is None:

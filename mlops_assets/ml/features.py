@@ -17,6 +17,7 @@ be regular (one row per period), which validation enforces; gaps are not filled 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -81,7 +82,7 @@ class SeriesFrame:
             if i > bounds[-1] and i < self.n_series:
                 bounds.append(i)
         bounds.append(self.n_series)
-        return [self.slice_series(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return [self.slice_series(a, b) for a, b in itertools.pairwise(bounds)]
 
 
 def feature_names(spec: DatasetSpec) -> list[str]:

@@ -111,7 +111,10 @@ def score_records(records: list[dict], spec: DatasetSpec, model_for: ModelLookup
     for sid, i in by_series.items():
         if sid in slow_series:
             continue
-        _, day, ex = parsed[i]
+        entry = parsed[i]
+        if entry is None:
+            continue
+        _, day, ex = entry
         if day is None or any(v is None for v in ex):
             continue
         m = model_for(sid)

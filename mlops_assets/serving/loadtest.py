@@ -27,8 +27,13 @@ def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     s = sorted(values)
-    k = min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))
+    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
     return s[k]
+
+
+def _percentile_ms(values: list[float], q: float) -> float | None:
+    v = _percentile(values, q)
+    return None if v is None else round(v, 2)
 
 
 def summarize(
@@ -42,13 +47,10 @@ def summarize(
         "errors": offered - ok,
         "statuses": {str(k): v for k, v in sorted(statuses.items(), key=lambda kv: str(kv[0]))},
         "achieved_rps": round(sum(statuses.values()) / wall, 1) if wall else None,
-        **{
-            f"p{q}_ms": None if (v := _percentile(lat_ms, q)) is None else round(v, 2)
-            for q in (50, 95, 99)
-        },
+        **{f"p{q}_ms": _percentile_ms(lat_ms, q) for q in (50, 95, 99)},
         "max_ms": round(max(lat_ms), 2) if lat_ms else None,
-        "service_p50_ms": None if not service_ms else round(_percentile(service_ms, 50), 2),
-        "service_p99_ms": None if not service_ms else round(_percentile(service_ms, 99), 2),
+        "service_p50_ms": _percentile_ms(service_ms, 50),
+        "service_p99_ms": _percentile_ms(service_ms, 99),
     }
 
 

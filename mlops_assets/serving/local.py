@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 from mlops_assets.serving.service import ServingSettings
 
@@ -47,7 +48,7 @@ class LocalServer:
         self.log_path = Path(log_path) if log_path else None
         self.extra_env = env or {}
         self.proc: subprocess.Popen | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -81,6 +82,7 @@ class LocalServer:
             "--port",
             str(self.port),
         ]
+        out: IO[bytes] | int
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")

@@ -112,7 +112,7 @@ def request_rows(
         keys = dict(part.split("=", 1) for part in sid.split("/"))
         weeks = pd.date_range(pd.Timestamp(end[sid]), periods=periods + 1, freq=spec.frequency)
         for j, w in enumerate(weeks[1:]):
-            row = {**keys, spec.time: str(w.date())}
+            row: dict[str, object] = {**keys, spec.time: str(w.date())}
             for c in spec.features.exogenous:
                 row[c] = 1 if c == "promo" and j % 3 == 0 else (0 if c == "promo" else 9.5)
             rows.append(row)

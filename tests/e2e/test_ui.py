@@ -1,6 +1,6 @@
 """The operator's path through the Dagster UI, in a real browser.
 
-``dagster dev`` (webserver + daemon) serves the code location from a fresh instance with a
+``dg dev`` (webserver + daemon) serves the code location from a fresh instance with a
 small landed sales dataset; headless Chromium (Debian's ``/usr/bin/chromium``, driven by
 Playwright) opens the job's asset graph, materializes the latest as-of partition from the
 launchpad, waits for the run to succeed, and reads the asset checks and the training metadata
@@ -58,7 +58,7 @@ def _graphql(base: str, query: str, variables: dict | None = None) -> dict:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """``dagster dev`` stops its webserver, daemon and code server on Ctrl-C; the process group
+    """``dg dev`` stops its webserver, daemon and code server on Ctrl-C; the process group
     is killed after a grace period so nothing outlives the test."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         if proc.poll() is not None:
@@ -100,13 +100,13 @@ def dagster_ui(tmp_path_factory) -> Iterator[str]:
     port = _free_port()
     log = (home / "dagster-dev.log").open("w")
     proc = subprocess.Popen(
-        [str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port)],
+        [str(BIN / "dg"), "dev", "-h", "127.0.0.1", "-p", str(port)],
         cwd=ROOT,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        # A shell that started pytest in the background left SIGINT ignored; dagster dev shuts
+        # A shell that started pytest in the background left SIGINT ignored; dg dev shuts
         # down cleanly on it, so give it back.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
@@ -120,7 +120,7 @@ def dagster_ui(tmp_path_factory) -> Iterator[str]:
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     log.flush()
-                    pytest.fail("dagster dev did not start:\n" + _tail(home / "dagster-dev.log"))
+                    pytest.fail("dg dev did not start:\n" + _tail(home / "dagster-dev.log"))
                 time.sleep(0.5)
         _wait_for_code_location(base, deadline)
         # A fresh instance greets the first visit with a newsletter dialog; mark it seen.

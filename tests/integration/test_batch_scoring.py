@@ -371,7 +371,7 @@ def test_plan_tick_late_visible_blob_and_cost():
     assert take == []
     # 10,000 existing old blobs: a tick's work is a filter over the listing, cursor stays small
     old = [BlobInfo(f"in/o{i}.csv", 1, "x", t - timedelta(days=9)) for i in range(10_000)]
-    take, cur2 = plan_tick(old + [a, late], cur, cfg)
+    take, cur2 = plan_tick([*old, a, late], cur, cfg)
     assert take == [] and len(cur2.dump()) < 500
 
 

@@ -49,10 +49,32 @@ def test_profiles_pick_implementations_without_touching_the_network(tmp_path):
     assert type(azure["storage"]).__name__ == "AzureBlobStorageResource"
 
 
-def test_dagster_definitions_validate_passes_from_the_repo_root(tmp_path):
+def test_dg_check_defs_passes_from_the_repo_root(tmp_path):
+    """`dg check defs` finds the project through pyproject's [tool.dg] and loads it."""
     env = {"MLOPS_HOME": str(tmp_path), "PATH": str(Path(sys.executable).parent)}
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate"],
+        [str(Path(sys.executable).parent / "dg"), "check", "defs"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "All definitions loaded successfully" in out.stdout + out.stderr
+
+
+def test_workspace_yaml_still_loads_the_code_location(tmp_path):
+    """workspace.yaml (dagster dev -w, dagster-webserver) names the same code location."""
+    env = {"MLOPS_HOME": str(tmp_path), "PATH": str(Path(sys.executable).parent)}
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "definitions",
+            "validate",
+            "-w",
+            "workspace.yaml",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -76,7 +98,9 @@ def test_jobs_are_described_and_tagged_with_their_dataset(defs):
 
 def test_schedules_and_sensors_are_described_and_target_real_jobs(defs):
     jobs = {j.name for j in _user_jobs(defs)}
-    automations = [*(defs.schedules or []), *(defs.sensors or [])]
+    # A schedule of an asset job resolves with the Definitions (its partitions come from the assets).
+    schedules = [defs.resolve_schedule_def(s.name) for s in defs.schedules or []]
+    automations = [*schedules, *(defs.sensors or [])]
     assert automations
     for auto in automations:
         assert auto.description, f"{auto.name} has no description"

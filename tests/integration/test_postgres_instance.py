@@ -109,8 +109,9 @@ def deploy_instance(postgres, azurite, tmp_path, monkeypatch) -> Iterator[dg.Dag
     service = BlobServiceClient.from_connection_string(azurite.connection_string)
     service.create_container(container)
     logs = instance.compute_log_manager
-    logs._blob_client = service
-    logs._container_client = service.get_container_client(container)
+    # Dagster's log manager has no public hook for an emulator's connection string.
+    logs._blob_client = service  # noqa: SLF001
+    logs._container_client = service.get_container_client(container)  # noqa: SLF001
     try:
         yield instance
     finally:
@@ -169,7 +170,8 @@ def test_daily_chain_records_to_postgres_and_logs_to_azurite(deploy_instance, po
     ).records
     assert records and records[0].partition_key == AS_OF
 
-    blobs = [b.name for b in deploy_instance.compute_log_manager._container_client.list_blobs()]
+    logs = deploy_instance.compute_log_manager
+    blobs = [b.name for b in logs._container_client.list_blobs()]  # noqa: SLF001 - see above
     assert any(result.run_id in name for name in blobs), blobs
     assert any(name.endswith(".err") for name in blobs), blobs
 

@@ -124,17 +124,41 @@ def registration_fails(env, as_of, message, **resources):
     assert [v.version for v in env.registry.list_versions(NAME)] == before
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return Env(tmp_path_factory.mktemp("registry"))
+
+# Every test builds the registry state it needs in its own home: they pass in any order.
+@pytest.fixture
+def env(tmp_path):
+    return Env(tmp_path)
+
+
+def register_first_version(env: Env) -> dg.ExecuteInProcessResult:
+    """v1: every series registered; the first series trained on a corrupted history."""
+    table = clean()
+    env.curate(corrupt(table, series_ids(table)[0]))
+    result = env.run()
+    assert result.success
+    return result
+
+
+@pytest.fixture
+def champion_env(env):
+    """A dev registry whose champion (v1) was trained on the clean history of every series."""
+    env.curate(clean())
+    assert env.run().success
+    return env
+
+
+@pytest.fixture
+def two_versions_env(env):
+    """v1 as in the first run, then v2 where the repaired series won."""
+    register_first_version(env)
+    env.curate(clean())
+    assert env.run().success
+    return env
 
 
 def test_first_run_registers_every_series_as_one_version(env):
-    table = clean()
-    target = series_ids(table)[0]
-    env.curate(corrupt(table, target))
-    result = env.run()
-    assert result.success
+    result = register_first_version(env)
     rows, release = env.decisions()
     assert {r["decision"] for r in rows.values()} == {"no_champion"}
     assert all(r["promoted"] and r["artifact"] for r in rows.values())
@@ -144,7 +168,7 @@ def test_first_run_registers_every_series_as_one_version(env):
     assert champion.tags["count_series"] == str(len(rows)) and champion.tags["as_of"] == AS_OF
     assert champion.source.startswith("file://") and champion.source.endswith(release.ref.folder)
     # One MLflow run in experiment "sales" with the manifest as artifact.
-    client = env.registry._client()
+    client = env.registry.client()
     run = client.get_run(champion.run_id)
     assert run.info.status == "FINISHED" and run.data.params["as_of"] == AS_OF
     assert "n_series" in run.data.metrics
@@ -156,6 +180,7 @@ def test_first_run_registers_every_series_as_one_version(env):
 
 
 def test_better_data_promotes_only_the_improved_series(env):
+    register_first_version(env)
     table = clean()
     target = series_ids(table)[0]
     env.curate(table)  # the corrupted series gets its clean history back
@@ -178,7 +203,8 @@ def test_better_data_promotes_only_the_improved_series(env):
     assert env.registry.get_alias(NAME).version == 2
 
 
-def test_worse_challenger_is_rejected_with_its_reason(env):
+def test_worse_challenger_is_rejected_with_its_reason(champion_env):
+    env = champion_env
     table = clean()
     victim = series_ids(table)[1]
     env.curate(corrupt(table, victim, seed=7))
@@ -187,7 +213,6 @@ def test_worse_challenger_is_rejected_with_its_reason(env):
     assert rows[victim]["decision"] == "not_better" and not rows[victim]["promoted"]
     assert "vs champion" in rows[victim]["decision_reason"]
     assert rows[victim]["challenger_metric"] > rows[victim]["champion_metric"]
-    env.curate(table)
 
 
 def test_business_threshold_blocks_promotion(tmp_path):
@@ -201,7 +226,8 @@ def test_business_threshold_blocks_promotion(tmp_path):
     assert "business threshold" in next(iter(rows.values()))["decision_reason"]
 
 
-def test_promotion_to_prod_and_rollback(env):
+def test_promotion_to_prod_and_rollback(two_versions_env):
+    env = two_versions_env
     jobs = {j.name: j for j in build_promotion_jobs(SALES)}
     res = jobs["sales_promote_to_prod"].execute_in_process(
         resources=env.resources(), instance=env.instance
@@ -235,7 +261,8 @@ def test_promotion_to_prod_and_rollback(env):
         rollback_alias(SALES, env.registry, "champion", 99)
 
 
-def test_tampered_artifact_is_refused(env):
+def test_tampered_artifact_is_refused(champion_env):
+    env = champion_env
     manifest = read_manifest(env.storage, env.registry.get_alias(NAME).ref)
     sid, artifact, offset, length, _sha = next(modelset.iter_locations(manifest))
     assert load_model(env.storage, manifest, sid) is not None
@@ -275,9 +302,10 @@ def test_unreachable_registry_is_a_clear_error_and_leaves_nothing(env, uri):
     registration_fails(env, AS_OF, "cannot be reached", registry=bad)
 
 
-def test_half_registration_is_undone(env, monkeypatch):
+def test_half_registration_is_undone(champion_env, monkeypatch):
     """A failure after the version was created (moving the alias) removes the version."""
-    client = env.registry._client()
+    env = champion_env
+    client = env.registry.client()
     before = [v.version for v in env.registry.list_versions(NAME)]
 
     def boom(*a, **k):
@@ -289,7 +317,8 @@ def test_half_registration_is_undone(env, monkeypatch):
     assert [v.version for v in env.registry.list_versions(NAME)] == before
 
 
-def test_quality_gate_fails_the_run_before_registration(env):
+def test_quality_gate_fails_the_run_before_registration(champion_env):
+    env = champion_env
     table = clean()
     before = env.registry.get_alias(NAME).version
     env.curate(corrupt(corrupt(table, series_ids(table)[2], 1), series_ids(table)[3], 2))
@@ -300,14 +329,11 @@ def test_quality_gate_fails_the_run_before_registration(env):
     checks = result.get_asset_check_evaluations()
     assert checks and not checks[0].passed
     assert env.registry.get_alias(NAME).version == before  # nothing registered
-    env.curate(table)
 
 
-def test_a_release_without_its_gate_outcome_is_not_registered(env):
+def test_a_release_without_its_gate_outcome_is_not_registered(champion_env):
     """Registration fails closed: a release record that does not say it passed is refused."""
-    if read_release(env.storage, release_pointer(SALES, AS_OF)) is None:
-        env.curate(clean())
-        assert env.run().success
+    env = champion_env
     record = json.loads(env.storage.read_text(release_pointer(SALES, AS_OF)))
     del record["passed"]
     day = "2026-11-19"

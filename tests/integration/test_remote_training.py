@@ -77,7 +77,7 @@ def test_the_training_job_is_a_valid_azure_ml_command_job(tmp_path):
         purpose="train",
     )
     path = tmp_path / "job.yml"
-    command._to_job().dump(path)  # the job PipesAzureMLClient submits
+    command._to_job().dump(path)  # noqa: SLF001 - the job PipesAzureMLClient submits
     back = load_job(path)
     assert back.command == f"python -m {MODULE}"
     assert back.compute == "cpu-train" and back.resources.instance_count == 4

@@ -129,7 +129,8 @@ def test_missing_feature_and_bad_records(served):
     # JSON mixes types in a column; with records that take the general path (several periods
     # of one series) too: still per-record errors, never a failed request.
     sids = manifest["series_id"].to_pylist()
-    mixed = request_rows(SPEC, manifest, sids[3:4], periods=2) + [
+    mixed = [
+        *request_rows(SPEC, manifest, sids[3:4], periods=2),
         {**good[1], "price": "cheap"},
         {**good[2], "store": 5},
         {**good[0], "promo": True, "price": "9.5"},
@@ -245,6 +246,7 @@ def test_hot_swap_under_concurrent_load(served):
     assert info["model_set_version"] == "2" and info["swaps"] >= 1
     # The answers now come from the new set.
     status, body = server.score(records)
+    assert status == 200, body
     want = _direct(root, V2, "2", records)
     np.testing.assert_allclose(
         [p["prediction"] for p in body["predictions"]], want["prediction"].to_numpy(float)

@@ -62,7 +62,7 @@ def test_command_entity_round_trips(tmp_path, instances):
     assert cmd.command == "python -m mlops_assets.jobs.score_drops"
     assert (cmd.distribution is not None) == (instances > 1)
     path = tmp_path / "job.yml"
-    cmd._to_job().dump(path)  # the node as the job PipesAzureMLClient submits
+    cmd._to_job().dump(path)  # noqa: SLF001 - the node as the job PipesAzureMLClient submits
     back = load_job(path)
     assert back.compute == "cpu-batch"
     assert back.resources.instance_count == instances

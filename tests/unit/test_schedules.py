@@ -16,7 +16,7 @@ def thing() -> None:
     return None
 
 
-job = dg.define_asset_job("thing_daily", selection=[thing], partitions_def=days)
+job = dg.define_asset_job("thing_daily", selection=[thing])
 
 
 def _defs(*extra):

@@ -161,7 +161,7 @@ def test_reader_is_safe_under_concurrent_first_requests(data, tmp_path):
         try:
             for sid in reader.series:
                 assert reader.model_for(sid) is not None
-        except Exception as e:  # noqa: BLE001 - collected for the assertion below
+        except Exception as e:
             errors.append(e)
 
     threads = [threading.Thread(target=hit) for _ in range(8)]
@@ -187,7 +187,7 @@ def test_mixed_json_types_in_a_column_are_judged_row_by_row(models):
 
 def test_the_last_trained_periods_can_be_rescored_from_the_stored_tail(data, models):
     """A drop that repeats the newest trained week (with or without targets) is scorable."""
-    full, train, _ = data
+    _full, train, _ = data
     last_week = train[train.week == train.week.max()]
     for rows in (last_week, last_week.drop(columns=["sales"])):
         out = score(rows, SPEC, models.get)

@@ -167,7 +167,7 @@ def test_fast_ridge_handles_a_constant_feature(sales):
 
 def test_diabetes_single_partition_beats_naive():
     spec = load_spec("diabetes")
-    model, info = train_partition(diabetes_table().to_pandas(), spec)
+    _model, info = train_partition(diabetes_table().to_pandas(), spec)
     assert info["status"] == TRAINED
     assert info["n_holdout"] == 88
     assert info["mae"] < 0.6 * info["naive_mae"]
