@@ -101,7 +101,7 @@ def build_batch_scoring_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         except ModelSetError as e:
             raise dg.Failure(str(e)) from None
         batch = drop_batch(spec, keys, storage, prod_storage, ref)
-        params = params_json(batch, storage, batch_params_name(spec, context.run_id))
+        params = params_json(batch, storage, batch_params_name(spec, context.run.run_id))
         context.log.info(f"scoring {len(keys)} drop version(s) in one job with {ref.to_json()}")
         phases = Phases()
         with phases("job"):
@@ -130,7 +130,6 @@ def build_batch_scoring_job(spec: DatasetSpec):
     return dg.define_asset_job(
         batch_job_name(spec),
         selection=dg.AssetSelection.assets(dg.AssetKey([spec.name, "batch_predictions"])),
-        partitions_def=scoring_partitions(spec),
         tags={"dataset": spec.name},
         description=f"Score one {spec.name} drop version (or a batch of them, in one job).",
     )

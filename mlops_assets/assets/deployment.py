@@ -12,6 +12,7 @@ No ``from __future__ import annotations`` here: Dagster reads the Config classes
 """
 
 import dagster as dg
+from pydantic import Field
 
 from mlops_assets.domain.model_sets import ModelSetError, read_manifest, registered_model_name
 from mlops_assets.domain.serving_qa import (
@@ -94,7 +95,7 @@ def build_deployment_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
     class QAConfig(dg.Config):
         version: int | None = None
         """Prod registry version to test; default: the one ``production`` points at."""
-        concurrency: list[int] = [1, 4, 16]
+        concurrency: list[int] = Field(default_factory=lambda: [1, 4, 16])
         seconds_per_level: float = 3.0
         target_rps: float = 200.0
         p99_target_ms: float = 100.0

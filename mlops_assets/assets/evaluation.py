@@ -124,7 +124,7 @@ def build_evaluation_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 registry,
                 spec,
                 as_of=context.partition_key,
-                run_id=context.run_id,
+                run_id=context.run.run_id,
                 policy=policy,
                 max_median_increase=config.max_median_increase,
                 config=config.model_dump(),

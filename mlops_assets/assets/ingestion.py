@@ -100,7 +100,7 @@ def build_ingestion_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             as_of,
             n_shards=config.n_shards,
             data_docs=config.data_docs,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
             on_drop=progress,
             log=context.log.info,
         )

@@ -99,7 +99,7 @@ def build_registration_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 raise dg.Failure(f"the release of {as_of} failed its quality gate; not registering")
             with phases("register"):
                 version, created = register_release(
-                    storage, registry, spec, release, as_of, context.run_id, registry.alias
+                    storage, registry, spec, release, as_of, context.run.run_id, registry.alias
                 )
         except (RegistryError, ModelSetError, ModelIntegrityError) as exc:
             raise dg.Failure(str(exc)) from exc

@@ -3,6 +3,7 @@
 import dagster as dg
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from mlops_assets.assets.plots import histograms
 from mlops_assets.domain.training_run import TrainingInputError, TrainingOutcome, train_candidate
@@ -24,7 +25,7 @@ _SERIES_TABLE = dg.TableSchema(
 
 
 class TrainConfig(dg.Config):
-    series: list[str] = []
+    series: list[str] = Field(default_factory=list)
     """Train only these series ids (e.g. ``store=S0001/product=P001``); empty: all series."""
     changed_only: bool = False
     """Train only series whose data changed since the latest model set; carry the others."""
@@ -74,7 +75,7 @@ def build_training_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 spec,
                 training,
                 as_of=context.partition_key,
-                run_id=context.run_id,
+                run_id=context.run.run_id,
                 series=config.series,
                 changed_only=config.changed_only,
                 context=context,

@@ -79,7 +79,7 @@ def run_instance(job: TrainJob, rank: int, world: int) -> dict:
     return {
         "rank": rank,
         "world": world,
-        "series": int(len(mine)),
+        "series": len(mine),
         "trained": int((results["status"] == "trained").sum()) if len(results) else 0,
         "rows": table.num_rows,
         "seconds": round(time.perf_counter() - started, 3),

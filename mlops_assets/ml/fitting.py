@@ -76,7 +76,7 @@ class SeriesFit:
 def season_length(frequency: str) -> int | None:
     """Periods per season for the seasonal naive baseline (52 for weekly data), if known."""
     try:
-        name = to_offset(frequency).name
+        name = to_offset(frequency).rule_code
     except ValueError:
         return None
     return _SEASONS.get(name.split("-")[0])

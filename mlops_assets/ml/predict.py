@@ -8,6 +8,7 @@ numbers as ``Pipeline.predict``.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -79,7 +80,7 @@ def predict_rows(
         return out
     ms = row_model[rows]
     cuts = np.flatnonzero(np.r_[True, ms[1:] != ms[:-1], True])
-    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+    for a, b in itertools.pairwise(cuts):
         out[a:b] = pipelines[ms[a]].predict(X[rows[a:b]])
     return out
 

@@ -8,6 +8,7 @@ fills that target; this repeats until no row can move. Each range of series is s
 
 from __future__ import annotations
 
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -64,7 +65,7 @@ class SeriesRows:
         step = max(1, max_rows)
         cuts = np.searchsorted(self.bounds, np.arange(step, int(self.bounds[-1]), step))
         edges = np.unique(np.r_[0, cuts, len(self.present)])
-        return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
     def _numbers(self, name: str, rows) -> np.ndarray:
         if name not in self.table.column_names:

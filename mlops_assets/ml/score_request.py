@@ -40,7 +40,7 @@ class SeriesModel:
     tail: np.ndarray  # the last ``tail_length(spec)`` targets, oldest first
 
 
-ModelLookup = Callable[[str], "SeriesModel | None | str"]
+ModelLookup = Callable[[str], "SeriesModel | str | None"]
 
 
 def required_columns(spec: DatasetSpec) -> list[str]:

@@ -59,7 +59,7 @@ def test_pointer_source_serves_a_verified_set(root):
 
 def test_pointer_source_refuses_a_wrong_manifest_digest(root):
     ref = replace(model_set_ref(root, FOLDER), manifest_sha256=WRONG)
-    with pytest.raises(ModelIntegrityError, match="sha256 .* differs from the reference"):
+    with pytest.raises(ModelIntegrityError, match=r"sha256 .* differs from the reference"):
         start(point(root, ref))
 
 

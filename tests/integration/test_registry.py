@@ -124,7 +124,6 @@ def registration_fails(env, as_of, message, **resources):
     assert [v.version for v in env.registry.list_versions(NAME)] == before
 
 
-
 # Every test builds the registry state it needs in its own home: they pass in any order.
 @pytest.fixture
 def env(tmp_path):

@@ -74,7 +74,7 @@ def test_every_family_in_the_table_builds_fits_persists_and_predicts(name):
     model = fit.model
     assert [n for n, _ in model.steps] == (["scale", "model"] if fam.scaled else ["model"])
     data = persistence.dumps(model)
-    header, payload = persistence.read_header(data)
+    header, _payload = persistence.read_header(data)
     assert header["format"] == (persistence.LINEAR if fam.linear else persistence.SKOPS)
     # Each family's own entry allows every type its files name.
     assert persistence.skops_types(sio.dumps(model)) <= COMMON_SKOPS_TYPES | fam.skops_types
