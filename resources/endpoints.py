@@ -115,7 +115,7 @@ class LocalEndpoint(EndpointResource):
         previous = self.current(release.dataset)
         write_pointer(storage, name, release.ref)
         log(f"pointer {self.pointer(release.dataset)} -> v{release.version} ({release.folder})")
-        report = {
+        report: dict[str, Any] = {
             "endpoint": self.describe(),
             "previous_version": previous.label if previous else None,
             "version": release.version,

@@ -10,6 +10,7 @@ not execute (blocking applies within a run only; see reliability notes 1.4).
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from typing import Any
 
 import dagster as dg
 
@@ -90,7 +91,7 @@ def check_result(
     """A concern's verdict as Dagster's check result (failing rows and Data Docs linked)."""
     keys = ("file", "row", "column", "value", "rule")
     sample = [dg.TableRecord({k: s.get(k) for k in keys}) for s in c.sample[:sample_rows]]
-    metadata = {
+    metadata: dict[str, Any] = {
         "expectation": dg.MetadataValue.md(c.expectation),
         "observed_value": c.observed,
         "drops_checked": c.drops_checked,

@@ -32,7 +32,10 @@ def histograms(series: dict[str, np.ndarray], title: str, xlabel: str) -> str:
     for label, values in finite.items():
         med = float(np.median(values)) if len(values) else float("nan")
         ax.hist(
-            np.clip(values, 0, bins[-1]), bins=bins, alpha=0.55, label=f"{label} (median {med:.3g})"
+            np.clip(values, 0, bins[-1]),
+            bins=bins.tolist(),
+            alpha=0.55,
+            label=f"{label} (median {med:.3g})",
         )
     ax.set_title(title)
     ax.set_xlabel(xlabel)

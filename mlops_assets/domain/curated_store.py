@@ -188,7 +188,10 @@ class CuratedStore:
 
     def _footer_stats(self, name: str) -> dict | None:
         """The summary a shard carries in its footer (None for a shard written without)."""
-        size = self.storage.info(name).size
+        info = self.storage.info(name)
+        if info is None:
+            raise FileNotFoundError(f"{self.storage.uri(name)} does not exist")
+        size = info.size
         tail = self.storage.read_range(name, size - 8, 8)
         length = int.from_bytes(tail[:4], "little")
         footer = self.storage.read_range(name, size - 8 - length, length + 8)
@@ -199,8 +202,9 @@ class CuratedStore:
     def summary(self) -> dict:
         """Rows, series and time range: from the shards' footers (shards hold disjoint
         series), else read from the key and time columns."""
-        parts = [self._footer_stats(n) for n in self.shard_names()]
-        if all(p is not None for p in parts):
+        names = self.shard_names()
+        parts = [p for p in (self._footer_stats(n) for n in names) if p is not None]
+        if len(parts) == len(names):
             times = [p for p in parts if p["rows"]]
             return {
                 "rows": sum(p["rows"] for p in parts),

@@ -108,13 +108,13 @@ def _curate_one(
     outcome: DropOutcome,
     gate: DropGate | None,
     as_of: date | datetime | str | None,
-) -> RowCheck | None:
-    """Validate one drop and fill in ``outcome``; its checked rows, or None if quarantined whole.
+) -> RowCheck:
+    """Validate one drop and fill in ``outcome``; its checked rows.
 
     Raises:
         DropRejected: the file is quarantined whole (``outcome`` says why).
     """
-    check = None
+    check: RowCheck | None = None
     try:
         parsed = parse_drop(info.name, storage.read_bytes(info.name), spec, keep_dictionaries=True)
         check = explain_rows(validate_rows(parsed, spec, for_scoring=False, as_of=as_of), info.name)
@@ -132,6 +132,13 @@ def _curate_one(
             outcome.validation = {"failures": [failure.to_dict()]}
         outcome.quarantine = _quarantine_file(storage, spec, info, err)
         raise
+    return _record_rows(storage, spec, info, outcome, check)
+
+
+def _record_rows(
+    storage: Storage, spec: DatasetSpec, info: BlobInfo, outcome: DropOutcome, check: RowCheck
+) -> RowCheck:
+    """Fill in ``outcome`` from a drop's checked rows; quarantine the rows that failed."""
     outcome.rows_in, outcome.rows_curated = check.rows_in, check.kept.num_rows
     outcome.rows_quarantined, outcome.rules = check.rows_quarantined, check.rule_counts()
     outcome.status = _status(check)

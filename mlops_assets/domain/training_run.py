@@ -145,7 +145,8 @@ def train_candidate(
     version = f"{as_of}/{run_id[:8]}"
     folder = ms.set_folder(spec, version)
     with phases("write"):
-        fresh, packs = None, []
+        fresh = None
+        packs: list[tuple[str, bytes]] = []
         if results is not None and len(results):
             fresh, packs = fresh_manifest(results, fingerprints, spec, version, folder)
         manifest = modelset.carry_over(fresh, previous)

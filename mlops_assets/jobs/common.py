@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -20,8 +21,8 @@ PIPES_TRANSPORT_ENV = "MLOPS_PIPES_TRANSPORT"  # "azure_blob" on AML; default: P
 PIPES_BLOB_ACCOUNT_URL_ENV = "MLOPS_PIPES_BLOB_ACCOUNT_URL"
 
 
-def rank_and_world(env: dict[str, str] | None = None) -> tuple[int, int]:
-    env = os.environ if env is None else env
+def rank_and_world(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    env = os.environ if environ is None else environ
     for r, w in (
         ("MLOPS_RANK", "MLOPS_WORLD_SIZE"),
         ("RANK", "WORLD_SIZE"),  # AML PyTorch distribution

@@ -143,5 +143,7 @@ def score_in_pieces(
             if pending is not None:
                 pending.result()
     out.rows_in = first
+    if writer is None:
+        raise RuntimeError("scoring an empty piece opened no writer")
     writer.close()
     return buf.getvalue(), pa.concat_tables(rejected)

@@ -212,7 +212,7 @@ def trusted_skops_types() -> frozenset[str]:
 
 
 @cache
-def linear_classes() -> MappingProxyType[str, type]:
+def linear_classes() -> MappingProxyType[str, type[Any]]:
     """The ``linear`` classes of the registered families, by class name."""
     found = {f.linear.__name__: f.linear for f in _TABLE.values() if f.linear is not None}
     return MappingProxyType(found)

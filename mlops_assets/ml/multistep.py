@@ -12,6 +12,7 @@ Frames must be regular (one row per period: ``calendar.regularize``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from mlops_assets.ml.features import (
 )
 from mlops_assets.ml.predict import fold_linear, stack_linear
 from mlops_assets.ml.spec import DatasetSpec
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 
 @dataclass(frozen=True)
@@ -57,13 +61,13 @@ def fit_linear(frame: SeriesFrame, spec: DatasetSpec) -> LinearModels:
     params = spec.model.params
     X = feature_matrix(frame, spec)
     complete = np.isfinite(X).all(axis=1) & np.isfinite(frame.target)
-    pipelines = []
+    pipelines: list[Pipeline | None] = []
     for a, b in zip(frame.offsets[:-1], frame.offsets[1:], strict=True):
         rows = np.flatnonzero(complete[a:b]) + a
         y = frame.target[rows]
         if len(rows) < spec.min_history or np.ptp(y) == 0:
             pipelines.append(None)
-        elif fam.has_closed_form(params):
+        elif fam.closed_form is not None and fam.has_closed_form(params):
             pipelines.append(fam.closed_form(X[rows], y, params))
         else:
             pipelines.append(fam.pipeline(params).fit(X[rows], y))

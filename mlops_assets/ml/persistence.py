@@ -67,8 +67,9 @@ def _major_minor(version: str) -> tuple[str, ...]:
 def _linear_parts(model: Pipeline) -> tuple[StandardScaler | None, Any] | None:
     steps = [s for _, s in model.steps]
     scaler = steps[0] if len(steps) == 2 else None
-    est = steps[-1]
-    if len(steps) > 2 or type(est) is not families.linear_classes().get(type(est).__name__):
+    est: Any = steps[-1]
+    cls = type(est)
+    if len(steps) > 2 or cls is not families.linear_classes().get(cls.__name__):
         return None
     if np.ndim(est.coef_) != 1:
         return None
@@ -80,7 +81,7 @@ def _linear_parts(model: Pipeline) -> tuple[StandardScaler | None, Any] | None:
 
 
 @lru_cache(maxsize=8)
-def _param_names(cls: type) -> tuple[str, ...]:
+def _param_names(cls: Any) -> tuple[str, ...]:
     return tuple(cls._get_param_names())
 
 
@@ -96,7 +97,7 @@ def _dump_linear(scaler: StandardScaler | None, est: Any) -> bytes:
         "format": LINEAR,
         "sklearn": sklearn.__version__,
         "estimator": type(est).__name__,
-        "params": {k: getattr(est, k) for k in _param_names(type(est))},
+        "params": {k: getattr(est, k) for k in _param_names(est.__class__)},
         "n_features": p,
         "scaled": scaler is not None,
     }
@@ -135,7 +136,7 @@ def read_header(data: bytes) -> tuple[dict, bytes]:
 
 
 def _load_linear(header: dict, payload: bytes) -> Pipeline:
-    cls = families.linear_classes().get(header.get("estimator"))
+    cls = families.linear_classes().get(str(header.get("estimator")))
     if cls is None:
         raise UntrustedModelError(f"unknown linear estimator {header.get('estimator')!r}")
     p = int(header["n_features"])

@@ -42,7 +42,7 @@ def predict_pipeline(model: Any, X: np.ndarray) -> np.ndarray:
 
 def stack_linear(pipelines: list) -> tuple[np.ndarray, ...] | None:
     """(mean, scale, coef, intercept) per model when all are scaler + linear, else None."""
-    parts = []
+    parts: list[tuple[Any, Any, Any, float] | None] = []
     for p in pipelines:
         if p is None:
             parts.append(None)
@@ -54,8 +54,8 @@ def stack_linear(pipelines: list) -> tuple[np.ndarray, ...] | None:
         parts.append((scaler.mean_, scaler.scale_, linear.coef_, float(linear.intercept_)))
     p = next((len(x[0]) for x in parts if x is not None), 0)
     fill = (np.zeros(p), np.ones(p), np.zeros(p), np.nan)
-    parts = [x if x is not None else fill for x in parts]
-    return tuple(np.array([x[i] for x in parts]) for i in range(4))
+    filled = [x if x is not None else fill for x in parts]
+    return tuple(np.array([x[i] for x in filled]) for i in range(4))
 
 
 def predict_rows(
@@ -80,7 +80,7 @@ def predict_rows(
         return out
     ms = row_model[rows]
     cuts = np.flatnonzero(np.r_[True, ms[1:] != ms[:-1], True])
-    for a, b in itertools.pairwise(cuts):
+    for a, b in itertools.pairwise(cuts.tolist()):
         out[a:b] = pipelines[ms[a]].predict(X[rows[a:b]])
     return out
 

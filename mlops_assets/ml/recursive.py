@@ -83,8 +83,8 @@ class SeriesRows:
         """Series ``present[i0:i1]`` as one frame: each one's tail rows, then its request rows;
         and the request row of each frame row (-1 for tail rows)."""
         a, b = int(self.bounds[i0]), int(self.bounds[i1])
-        rows = slice(a, b) if self.identity else self.order[a:b]
-        request_rows = np.arange(a, b) if self.identity else rows
+        rows: slice | np.ndarray = slice(a, b) if self.order is None else self.order[a:b]
+        request_rows = np.arange(a, b) if isinstance(rows, slice) else rows
         present, bounds = self.present[i0:i1], self.bounds[i0 : i1 + 1] - a
         tails = self.tails
         tail_len = np.array([len(tails[s][0]) if s in tails else 0 for s in present], np.int64)

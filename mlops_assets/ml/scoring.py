@@ -220,6 +220,14 @@ def score(
     return pd.DataFrame(columns)[out.column_names]
 
 
+def models_tail(models: list[SeriesModel | None], s: int) -> list:
+    """The history tail of series ``s``'s model (callers only ask for series with a model)."""
+    model = models[s]
+    if model is None:
+        raise ValueError(f"series number {s} has no model")
+    return list(model.tail)
+
+
 def _tails(
     models: list[SeriesModel | None],
     ids: np.ndarray,
@@ -243,7 +251,8 @@ def _tails(
     for end, members in by_end.items():
         end_t = np.datetime64(pd.Timestamp(end).to_datetime64(), "us")
         expected = np.datetime64(period_after(end, spec.frequency).to_datetime64(), "us")
-        longest = max(len(models[s].tail) for s in members)
+        tails = {s: models_tail(models, s) for s in members}
+        longest = max(len(t) for t in tails.values())
         grid = pd.date_range(end=end, periods=longest, freq=spec.frequency).to_numpy()
         grid = grid.astype("datetime64[us]")
         for s in members:
@@ -256,7 +265,7 @@ def _tails(
                     "periods in between (with their targets where known)",
                 )
                 continue
-            tail = np.asarray(models[s].tail, dtype=float)
+            tail = np.asarray(tails[s], dtype=float)
             times = grid[len(grid) - len(tail) :]
             keep = times < first
             out[s] = (times[keep], tail[keep])

@@ -23,9 +23,13 @@ from mlops_assets.storage import LocalStorage
 ENV_PREFIX = "MLOPS_SERVING_"
 
 
-def _env(name: str, default: str | None = None) -> str | None:
+def _env(name: str) -> str | None:
     v = os.environ.get(ENV_PREFIX + name)
-    return v if v not in (None, "") else default
+    return v if v not in (None, "") else None
+
+
+def _env_or(name: str, default: str) -> str:
+    return _env(name) or default
 
 
 @dataclass
@@ -56,25 +60,25 @@ class ServingSettings:
     def from_env(cls) -> ServingSettings:
         keys = [k.strip() for k in (_env("API_KEYS") or _env("API_KEY") or "").split(",")]
         return cls(
-            dataset=_env("DATASET", "sales"),
+            dataset=_env_or("DATASET", "sales"),
             spec_json=_env("SPEC_JSON"),
-            source=_env("SOURCE", "auto"),
+            source=_env_or("SOURCE", "auto"),
             root=_env("ROOT"),
-            alias=_env("ALIAS", "production"),
+            alias=_env_or("ALIAS", "production"),
             pointer=_env("POINTER"),
             registry_uri=_env("REGISTRY_URI"),
             model_name=_env("MODEL_NAME"),
             model_dir=os.environ.get("AZUREML_MODEL_DIR") or None,
             api_keys=[k for k in keys if k],
-            max_body_bytes=int(_env("MAX_BODY_BYTES", str(4 << 20))),
-            max_records=int(_env("MAX_RECORDS", "10000")),
-            cache_models=int(_env("CACHE_MODELS", "2000")),
-            cache_bytes=int(_env("CACHE_BYTES", str(256 << 20))),
-            verify_all=_env("VERIFY_ALL", "1") not in ("0", "false", "no"),
-            poll_s=float(_env("POLL_S", "2.0")),
-            collect_rate=float(_env("COLLECT_RATE", "0")),
+            max_body_bytes=int(_env_or("MAX_BODY_BYTES", str(4 << 20))),
+            max_records=int(_env_or("MAX_RECORDS", "10000")),
+            cache_models=int(_env_or("CACHE_MODELS", "2000")),
+            cache_bytes=int(_env_or("CACHE_BYTES", str(256 << 20))),
+            verify_all=_env_or("VERIFY_ALL", "1") not in ("0", "false", "no"),
+            poll_s=float(_env_or("POLL_S", "2.0")),
+            collect_rate=float(_env_or("COLLECT_RATE", "0")),
             collect_root=_env("COLLECT_ROOT"),
-            collect_queue=int(_env("COLLECT_QUEUE", "1000")),
+            collect_queue=int(_env_or("COLLECT_QUEUE", "1000")),
         )
 
     def to_env(self) -> dict[str, str]:

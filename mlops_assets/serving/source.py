@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from mlops_assets.domain import model_sets as ms
 from mlops_assets.domain.registry_records import ModelSetVersion
@@ -130,7 +131,7 @@ class RegistrySource(Source):
     def __init__(self, tracking_uri: str, model_name: str, alias: str, storage: Storage):
         self.tracking_uri, self.model_name, self.alias = tracking_uri, model_name, alias
         self.storage = storage
-        self._client = None
+        self._client: Any = None
 
     def describe(self) -> str:
         return f"registry:{self.model_name}@{self.alias}"

@@ -100,6 +100,13 @@ class DropGate:
             self._runner = GxRunner(self.docs_dir)
         return self._runner
 
+    def _window_keys(self) -> pa.Table:
+        """The distinct series of the reference window."""
+        self._window_table()
+        if self._window_series is None:
+            raise RuntimeError("the reference window has no series table")
+        return self._window_series
+
     def _window_table(self) -> pa.Table:
         """The last ``reference_periods`` periods of the reference, and its distinct series."""
         if self._window is None:
@@ -134,11 +141,11 @@ class DropGate:
             return {}, "no reference history yet"
         keys = self.spec.series_keys
         series = distinct(good, keys)
-        known = self._window_series.join(series, keys, join_type="inner")
+        known = self._window_keys().join(series, keys, join_type="inner")
         if known.num_rows == 0:
             return {}, "no reference history for the drop's series"
         note = f"{known.num_rows} of {series.num_rows} drop series have history"
-        if known.num_rows == self._window_series.num_rows:
+        if known.num_rows == self._window_keys().num_rows:
             return self.bands, note + " (the whole population)"
         sub = window.join(known, keys, join_type="inner")
         return reference_bands(sub, self.spec), note

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.validation.failures import DropFailure
@@ -52,7 +52,7 @@ class GxRunner:
         self.context.build_data_docs(site_names=[self.DOCS_SITE])
         return os.path.join(self.docs_dir, "index.html")
 
-    def run(self, suite, frame, result_format: str = "SUMMARY"):
+    def run(self, suite, frame, result_format: Literal["BASIC", "SUMMARY", "COMPLETE"] = "SUMMARY"):
         """Validate ``frame`` against ``suite``; returns GX's ``ExpectationSuiteValidationResult``."""
         self._n += 1
         suite = self.context.suites.add(
@@ -99,7 +99,7 @@ def gx_failures(result, observed: dict[str, Any], spec: DatasetSpec) -> list[Dro
                 observed=_shown(value),
                 expected={k: v for k, v in kw.items() if k in ("min_value", "max_value")},
                 message=(
-                    f"{col.replace('__', ' ')} = {_shown(value)} is outside {bounds} ({severity} "
+                    f"{str(col).replace('__', ' ')} = {_shown(value)} is outside {bounds} ({severity} "
                     "band)"
                     if not raised
                     else f"GX raised: {r.exception_info}"
