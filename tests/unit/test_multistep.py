@@ -50,7 +50,7 @@ def _reference(frame, weights, bias, spec, horizon, future_exog):
             t = last_time + pd.Timedelta(weeks=j + 1)
             x = [y[-k] for k in spec.features.lags]
             x += [sum(y[-w:]) / w for w in spec.features.rolling]
-            angle = 2 * np.pi * (t.dayofyear - 1) / 365.25
+            angle = 2 * np.pi * (t.day_of_year - 1) / 365.25
             x += [np.sin(angle), np.cos(angle)]
             for c in spec.features.exogenous:
                 if c in spec.features.known_in_advance:
