@@ -48,15 +48,22 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, data):
+def production(tmp_path_factory, data):
+    """The published production model set, shared (read only) by the module's tests."""
     home = tmp_path_factory.mktemp("batch")
-    storage = LocalStorage(root=str(home / "storage"))
     prod_storage = LocalStorage(root=str(home / "prod-storage"))
     registry = MlflowRegistry(tracking_uri=f"sqlite:///{home}/prod.db", alias="production")
     publish_model_set(prod_storage, SALES, data[0], "models/sales/v1")
     register_production(registry, SALES, prod_storage, "models/sales/v1")
+    return prod_storage, registry
+
+
+@pytest.fixture
+def env(tmp_path, production):
+    """Each test's own inbox and outputs beside the shared production set: any order works."""
+    prod_storage, registry = production
     return {
-        "storage": storage,
+        "storage": LocalStorage(root=str(tmp_path / "storage")),
         "prod_storage": prod_storage,
         "prod_registry": registry,
         "batch_compute": LocalBatchCompute(),
