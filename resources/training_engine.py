@@ -68,15 +68,11 @@ class SparkTrainingEngine(TrainingEngine):
         return "spark"
 
     def train(self, table, spec, series=None, phases=None, *, context=None, as_of=None):
-        import time
-
-        started = time.perf_counter()
-        session = self.pyspark.spark_session
-        session.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
-        sdf = session.createDataFrame(decode_dictionaries(table).to_pandas())
-        out: pd.DataFrame = train_spark(sdf, spec, series=series).toPandas()
-        if phases is not None:
-            phases.add("wall", time.perf_counter() - started)
+        with (phases or Phases())("wall"):
+            session = self.pyspark.spark_session
+            session.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
+            sdf = session.createDataFrame(decode_dictionaries(table).to_pandas())
+            out: pd.DataFrame = train_spark(sdf, spec, series=series).toPandas()
         return out.sort_values("series_id", ignore_index=True)
 
 
@@ -111,13 +107,14 @@ class PipesTrainingEngine(TrainingEngine):
         return "azureml" if isinstance(self.compute, AzureMLBatchCompute) else "subprocess"
 
     def train(self, table, spec, series=None, phases=None, *, context=None, as_of=None):
-        import time
-
-        from mlops_assets.jobs.train import MODULE, TrainJob
-
         if context is None or as_of is None:
             raise ValueError("a remote training engine needs the asset's context and as-of date")
-        started = time.perf_counter()
+        with (phases or Phases())("wall"):
+            return self._run_job(spec, series, context, as_of)
+
+    def _run_job(self, spec, series, context, as_of: str) -> pd.DataFrame:
+        from mlops_assets.jobs.train import MODULE, TrainJob
+
         output = f"models/{spec.name}/remote/{context.run.run_id}"
         job = TrainJob(
             spec=spec.model_dump(mode="json"),
@@ -141,7 +138,4 @@ class PipesTrainingEngine(TrainingEngine):
                 f"parts under {self.storage.uri(output)}; see the job's logs"
             )
         tables = [pq.read_table(self.storage.open_read(p)) for p in parts]
-        out = pa.concat_tables(tables).to_pandas().sort_values("series_id", ignore_index=True)
-        if phases is not None:
-            phases.add("wall", time.perf_counter() - started)
-        return out
+        return pa.concat_tables(tables).to_pandas().sort_values("series_id", ignore_index=True)
