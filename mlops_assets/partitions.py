@@ -19,9 +19,7 @@ DEFAULT_HISTORY_START = date(2020, 1, 1)
 
 @functools.cache
 def _daily_from(start: date) -> dg.DailyPartitionsDefinition:
-    return dg.DailyPartitionsDefinition(
-        start_date=start.isoformat(), timezone="UTC", end_offset=1
-    )
+    return dg.DailyPartitionsDefinition(start_date=start.isoformat(), timezone="UTC", end_offset=1)
 
 
 def as_of_partitions(spec: DatasetSpec) -> dg.DailyPartitionsDefinition:

@@ -28,9 +28,7 @@ from mlops_assets.storage import BlobInfo, Storage
 def drop_names(times: list, n_drops: int) -> list[str]:
     """Names of ``split_by_time``'s drops: ``history_until_<date>`` then ``week_<date>``."""
     later = [str(t)[:10] for t in times[len(times) - n_drops + 1 :]] if n_drops > 1 else []
-    return [f"history_until_{str(times[len(times) - n_drops])[:10]}"] + [
-        f"week_{d}" for d in later
-    ]
+    return [f"history_until_{str(times[len(times) - n_drops])[:10]}"] + [f"week_{d}" for d in later]
 
 
 def land_sales(
