@@ -9,7 +9,7 @@ export MLOPS_HOME ?= $(CURDIR)/.mlops
 export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
 
 .DEFAULT_GOAL := help
-.PHONY: help env tools apt-packages demo dev check-defs test test-fast test-e2e bench lint format lock clean check-azure
+.PHONY: help env tools apt-packages demo dev check-defs test test-fast test-real test-e2e bench lint format lock clean check-azure
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,10 @@ test: env tools ## Run the whole test suite (starts Azurite, Spark, servers as n
 
 test-fast: env ## Unit tests only (no outside components)
 	$(VENV)/bin/pytest -q -m "not integration"
+
+test-real: env ## The chain on a real panel (MLOPS_REAL_DATA: folder of dominicks_beer_dev.parquet)
+	@test -n "$(MLOPS_REAL_DATA)" || { echo "set MLOPS_REAL_DATA (docs/example-beer.md)"; exit 2; }
+	$(VENV)/bin/pytest -q -m real_data
 
 test-e2e: env tools ## The browser test of the Dagster UI only (screenshot in test-artifacts/)
 	$(VENV)/bin/pytest -q -m e2e

@@ -12,7 +12,7 @@ Methods: naive, seasonal naive, window mean, Croston-SBA, TSB, the fallback chai
 forecast recursively). A method that cannot forecast a (series, fold) is filled by the chain,
 so every method is scored on the same pairs. Writes ``benchmarks/results/forecast_quality.json``.
 
-    python -m benchmarks.bench_forecast_quality --data /work/shared/data --max-series 1000
+    python -m benchmarks.bench_forecast_quality --data "$MLOPS_REAL_DATA" --max-series 1000
 """
 
 from __future__ import annotations

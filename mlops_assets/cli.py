@@ -10,7 +10,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlops_assets.domain.sample_drops import land_bad, land_diabetes, land_sales
+from mlops_assets.domain.sample_drops import (
+    choose_series,
+    land_bad,
+    land_diabetes,
+    land_sales,
+    land_table,
+    read_spec_table,
+)
 from mlops_assets.ml.sample_data import BAD_KINDS, SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.profiles import (
@@ -45,6 +52,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for b in landed:
         print(f"  {storage.uri(b.name)}  ({b.size:,} bytes)")
     print(f"landed {len(landed)} drop(s) for {spec.name!r} in {took:.1f}s")
+    return 0
+
+
+def cmd_land(args: argparse.Namespace) -> int:
+    """Land a Parquet file of a spec's columns as drops: a history drop, then one per period."""
+    spec = load_spec(args.dataset)
+    try:
+        table = read_spec_table(args.file, spec)
+        if args.series:
+            table = choose_series(table, spec, args.series)
+        landed = land_table(_storage(), spec, table, args.drops, args.format)
+    except (OSError, ValueError) as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"landed {len(landed)} drop(s), {table.num_rows:,} rows, under landing/{spec.name}/ "
+        f"({landed[0].name} .. {landed[-1].name})"
+    )
     return 0
 
 
@@ -257,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--bad", action="append", default=[], choices=BAD_KINDS, metavar="KIND")
     gen.set_defaults(func=cmd_generate)
+
+    land = sub.add_parser("land", help="land a Parquet file of a spec's columns as drops")
+    land.add_argument("--dataset", required=True, help="a bundled spec's name or a spec's path")
+    land.add_argument("--file", required=True, help="Parquet file with the spec's columns")
+    land.add_argument("--drops", type=int, default=1, help="a history drop, then one per period")
+    land.add_argument("--series", type=int, default=0, help="only this many series (0: all)")
+    land.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    land.set_defaults(func=cmd_land)
 
     demo = sub.add_parser("demo", help="generate a small dataset and run the daily jobs")
     demo.add_argument("--series", type=int, default=50)

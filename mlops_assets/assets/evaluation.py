@@ -24,7 +24,7 @@ from mlops_assets.domain.evaluation_run import (
 from mlops_assets.domain.model_sets import ModelSetError, registered_model_name
 from mlops_assets.ml import comparison as ev
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.partitions import as_of_days
+from mlops_assets.partitions import as_of_partitions
 from mlops_assets.storage import Storage
 from resources.registry import ModelRegistry, RegistryError
 
@@ -87,7 +87,7 @@ def build_evaluation_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         key=key,
         deps=[dg.AssetKey([spec.name, "candidate_models"])],
         group_name=f"{spec.name}_training",
-        partitions_def=as_of_days,
+        partitions_def=as_of_partitions(spec),
         kinds={"scikit-learn", "python"},
         owners=["team:ml-platform"],
         tags={"stage": "evaluation", "dataset": spec.name},

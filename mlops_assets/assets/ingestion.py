@@ -7,7 +7,7 @@ from mlops_assets.domain.ingest_run import IngestionRun, run_ingestion
 from mlops_assets.domain.ledger import DropOutcome
 from mlops_assets.domain.validation_report import check_outcomes
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.partitions import as_of_days
+from mlops_assets.partitions import as_of_partitions
 from mlops_assets.storage import Storage
 
 _OUTCOME_SCHEMA = dg.TableSchema(
@@ -57,6 +57,7 @@ def run_metadata(storage: Storage, run: IngestionRun, as_of: object) -> dict:
         "drops_consumed": len(result.outcomes),
         "drops_quarantined": result.count("quarantined"),
         "drops_partial": result.count("partially_ingested"),
+        "drops_deferred": len(result.deferred),
         "rows_in": result.rows_in,
         "rows_curated": result.rows_curated,
         "rows_quarantined": result.rows_quarantined,
@@ -73,7 +74,7 @@ def build_ingestion_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     @dg.asset(
         key=[spec.name, "curated"],
         group_name=f"{spec.name}_ingestion",
-        partitions_def=as_of_days,
+        partitions_def=as_of_partitions(spec),
         kinds={"parquet", "pyarrow", "azure"},
         owners=["team:data-platform"],
         check_specs=check_specs(spec),

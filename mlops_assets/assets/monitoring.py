@@ -5,7 +5,7 @@ import dagster as dg
 from mlops_assets.assets.plots import histograms
 from mlops_assets.domain.inference_summary import InferenceSummary, summarize_day
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.partitions import as_of_days
+from mlops_assets.partitions import as_of_partitions
 from mlops_assets.storage import Storage
 
 _DRIFT_SCHEMA = dg.TableSchema(
@@ -49,7 +49,7 @@ def build_inference_summary_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     @dg.asset(
         key=[spec.name, "inference_summary"],
         group_name=f"{spec.name}_serving",
-        partitions_def=as_of_days,
+        partitions_def=as_of_partitions(spec),
         kinds={"parquet", "python"},
         owners=["team:ml-platform"],
         tags={"stage": "monitoring", "dataset": spec.name},

@@ -30,7 +30,7 @@ from mlops_assets.domain.promotion import (
 from mlops_assets.ml.persistence import ModelIntegrityError
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.partitions import as_of_days
+from mlops_assets.partitions import as_of_partitions
 from mlops_assets.storage import Storage
 from resources.registry import ModelRegistry, ModelSetVersion, RegistryError
 
@@ -75,7 +75,7 @@ def build_registration_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         key=[spec.name, "registered_model_set"],
         deps=[dg.AssetKey([spec.name, "evaluation"])],
         group_name=f"{spec.name}_training",
-        partitions_def=as_of_days,
+        partitions_def=as_of_partitions(spec),
         kinds={"mlflow", "python"},
         owners=["team:ml-platform"],
         tags={"stage": "registry", "dataset": spec.name},

@@ -8,7 +8,7 @@ from pydantic import Field
 from mlops_assets.assets.plots import histograms
 from mlops_assets.domain.training_run import TrainingInputError, TrainingOutcome, train_candidate
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.partitions import as_of_days
+from mlops_assets.partitions import as_of_partitions
 from mlops_assets.storage import Storage
 from resources.training_engine import TrainingEngine
 
@@ -53,7 +53,7 @@ def build_training_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         key=[spec.name, "candidate_models"],
         deps=[dg.AssetKey([spec.name, "curated"])],
         group_name=f"{spec.name}_training",
-        partitions_def=as_of_days,
+        partitions_def=as_of_partitions(spec),
         kinds={"scikit-learn", "spark", "python"},
         owners=["team:ml-platform"],
         tags={"stage": "training", "dataset": spec.name},

@@ -8,6 +8,10 @@ Storage layout under a dataset ``<ds>`` (names relative to the storage root)::
     quarantine/<ds>/files/<drop>      whole files that could not be curated, + <drop>.reason.json
     quarantine/<ds>/rows/<drop>@<etag>.parquet   quarantined rows with rule, column, value, row
 
+A drop whose rows all lie after the run's as-of date (and not after today) waits in landing for
+a later as-of date: a backfill can land a dataset's whole history first, then run its as-of
+dates in any order, and each run curates only what had arrived by its date.
+
 A drop is merged into a shard by binary search of its rows in the shard's sorted rows (only
 the drop's rows are sorted; see ``merge``). Ingesting is idempotent: a crash anywhere leaves
 either the old or the new shard, and the ledger entry is written only after the shards, so a
@@ -21,7 +25,7 @@ import io
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,7 +33,7 @@ import pyarrow.parquet as pq
 
 from mlops_assets.domain.curated_store import CuratedStore, MergeStats
 from mlops_assets.domain.ledger import DropLedger, DropOutcome, safe_name
-from mlops_assets.ml.drops import DropRejected, parse_drop
+from mlops_assets.ml.drops import DropRejected, ParsedDrop, parse_drop
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.validation.failures import DropFailure
@@ -56,6 +60,7 @@ class IngestResult:
     outcomes: list[DropOutcome]
     merge: MergeStats
     seconds: dict[str, float] = field(default_factory=dict)  # read_validate, merge
+    deferred: list[str] = field(default_factory=list)  # drops left for a later as-of date
 
     def count(self, status: str) -> int:
         return sum(o.status == status for o in self.outcomes)
@@ -71,6 +76,27 @@ class IngestResult:
     @property
     def rows_quarantined(self) -> int:
         return sum(o.rows_quarantined for o in self.outcomes)
+
+
+class DropDeferred(Exception):
+    """A drop dated after the run's as-of date: it stays in landing, unrecorded."""
+
+
+def _day(value: date | datetime | str) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+
+
+def _waits(parsed: ParsedDrop, spec: DatasetSpec, as_of: date | datetime | str | None) -> bool:
+    """Whether every typed row is after ``as_of`` and none after today (UTC).
+
+    Rows after today are not deferred: they are dated in the future and fail time.not_future.
+    """
+    if as_of is None or parsed.good.num_rows == 0:
+        return False
+    span = pc.min_max(parsed.good[spec.time]).as_py()
+    return _day(as_of) < _day(span["min"]) and _day(span["max"]) <= datetime.now(UTC).date()
 
 
 def _basename(name: str) -> str:
@@ -113,10 +139,13 @@ def _curate_one(
 
     Raises:
         DropRejected: the file is quarantined whole (``outcome`` says why).
+        DropDeferred: every row is dated after ``as_of`` (see ``_waits``).
     """
     check: RowCheck | None = None
     try:
         parsed = parse_drop(info.name, storage.read_bytes(info.name), spec, keep_dictionaries=True)
+        if _waits(parsed, spec, as_of):
+            raise DropDeferred(info.name)
         check = explain_rows(validate_rows(parsed, spec, for_scoring=False, as_of=as_of), info.name)
         if gate is not None:
             outcome.validation = gate.check_drop(info.name, check).as_dict()
@@ -173,7 +202,8 @@ def ingest(
     or the gate's, later timestamps fail). With a ``gate`` (``ml.validation.gate``), its
     drop-level expectations run on each drop's kept rows: a drop failing an ERROR one (row
     count, distribution beyond the hard band) is quarantined whole, so it never reaches the
-    curated data. Each outcome then carries the gate's report in ``validation``.
+    curated data. Each outcome then carries the gate's report in ``validation``. A drop dated
+    wholly after ``as_of`` (a backfill's later drops) is left in landing, in ``deferred``.
     """
     phases = Phases()
     as_of = gate.as_of if gate is not None and as_of is None else as_of
@@ -181,17 +211,22 @@ def ingest(
     outcomes: list[DropOutcome] = []
     good: list[pa.Table] = []
     quarantined_files: list[str] = []
+    deferred: list[str] = []
     with phases("read_validate"):
         for info in drops:
             outcome = DropOutcome(
                 drop=info.name, etag=info.etag, size=info.size, status="", run_id=run_id
             )
-            outcomes.append(outcome)
             try:
                 check = _curate_one(storage, spec, info, outcome, gate, as_of)
+            except DropDeferred:
+                deferred.append(info.name)
+                continue
             except DropRejected:
+                outcomes.append(outcome)
                 quarantined_files.append(info.name)
                 continue
+            outcomes.append(outcome)
             if check.kept.num_rows:
                 good.append(store.conform(check.kept))  # CSV and Parquet drops alike
                 if gate is not None:
@@ -205,4 +240,4 @@ def ingest(
             on_drop(o)
     for name in quarantined_files:
         storage.delete(name)
-    return IngestResult(outcomes=outcomes, merge=merge, seconds=phases.seconds)
+    return IngestResult(outcomes=outcomes, merge=merge, seconds=phases.seconds, deferred=deferred)

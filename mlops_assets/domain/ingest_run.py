@@ -110,6 +110,8 @@ def run_ingestion(
                 gate=gate,
                 as_of=as_of,
             )
+        if log and result.deferred:
+            log(f"{len(result.deferred)} drop(s) dated after {as_of} wait for a later as-of date")
         with phases("docs"):
             docs = publish_docs(storage, spec, gate)
     with phases("summary"):

@@ -1,10 +1,13 @@
-"""Land sample data as drops in a storage's landing area (for the demo, tests and benchmarks)."""
+"""Land data as drops in a storage's landing area: sample data (for the demo, tests and
+benchmarks) and any table of a spec's columns (e.g. a real panel, ``docs/example-beer.md``)."""
 
 from __future__ import annotations
 
 import io
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -18,8 +21,14 @@ from mlops_assets.ml.sample_data import (
     to_bytes,
 )
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.ml.tables import decode_dictionaries
+from mlops_assets.ml.tables import decode_dictionaries, series_ids
 from mlops_assets.storage import BlobInfo, Storage
+
+
+def drop_names(times: list, n_drops: int) -> list[str]:
+    """Names of ``split_by_time``'s drops: ``history_until_<date>`` then ``week_<date>``."""
+    later = [str(t)[:10] for t in times[len(times) - n_drops + 1 :]] if n_drops > 1 else []
+    return [f"history_until_{str(times[len(times) - n_drops])[:10]}"] + [f"week_{d}" for d in later]
 
 
 def land_sales(
@@ -31,11 +40,7 @@ def land_sales(
     progress: bool = False,
 ) -> list[BlobInfo]:
     """Write the sales data as a history drop plus one drop per later week, streamed by chunk."""
-    weeks = shape.weeks
-    cut_names = [str(w.date()) for w in weeks[len(weeks) - n_drops + 1 :]] if n_drops > 1 else []
-    names = [f"history_until_{weeks[len(weeks) - n_drops].date()}"] + [
-        f"week_{d}" for d in cut_names
-    ]
+    names = drop_names(list(shape.weeks), n_drops)
     bufs = [io.BytesIO() for _ in names]
     writers: list = [None] * len(names)
     for chunk in iter_sales(shape, progress=progress):
@@ -70,3 +75,40 @@ def land_bad(storage: Storage, spec: DatasetSpec, good: pa.Table, kind: str) -> 
     """A drop of named kind of bad data, made from ``good`` rows (see ``BAD_KINDS``)."""
     data, ext = make_bad_drop(decode_dictionaries(good).to_pandas(), spec.target, spec.time, kind)
     return storage.write_bytes(f"{landing_prefix(spec)}bad_{kind}.{ext}", data)
+
+
+def read_spec_table(path: str, spec: DatasetSpec) -> pa.Table:
+    """A Parquet file's columns of ``spec``, cast to its schema (a timestamp to a date column).
+
+    Raises:
+        ValueError: the file lacks a column of the spec.
+    """
+    table = pq.read_table(path)
+    missing = [c for c in spec.columns if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path} lacks the {spec.name} spec's columns {missing}")
+    return decode_dictionaries(table.select(list(spec.columns))).cast(spec.arrow_schema)
+
+
+def choose_series(table: pa.Table, spec: DatasetSpec, n_series: int) -> pa.Table:
+    """The rows of ``n_series`` series spread evenly over history length (shortest to longest,
+    ties by id): a deterministic subset that keeps short and ragged series."""
+    ids = series_ids(table, spec)
+    unique, counts = np.unique(ids.to_numpy(zero_copy_only=False), return_counts=True)
+    if n_series >= len(unique):
+        return table
+    by_length = unique[np.lexsort((unique, counts))]
+    picks = by_length[np.linspace(0, len(unique) - 1, n_series).round().astype(int)]
+    return table.filter(pc.is_in(ids, pa.array(picks)))
+
+
+def land_table(
+    storage: Storage, spec: DatasetSpec, table: pa.Table, n_drops: int = 1, fmt: str = "parquet"
+) -> list[BlobInfo]:
+    """``table`` as a history drop then one drop per later period (``split_by_time``)."""
+    times = pc.unique(table[spec.time]).sort().to_pylist()
+    parts = split_by_time(table, spec.time, n_drops)
+    return [
+        storage.write_bytes(f"{landing_prefix(spec)}{name}.{fmt}", to_bytes(part, fmt))
+        for name, part in zip(drop_names(times, n_drops), parts, strict=True)
+    ]

@@ -7,6 +7,7 @@ and models from it. Nothing here imports Dagster or Azure.
 
 from __future__ import annotations
 
+from datetime import date
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -222,6 +223,12 @@ class DatasetSpec(BaseModel):
     horizon: int = Field(ge=1, description="Periods ahead the models forecast.")
     holdout: int = Field(ge=1, description="Trailing periods held out to evaluate each model.")
     min_history: int = Field(ge=1, description="Fewer training periods than this: skip series.")
+    history_start: date | None = Field(
+        default=None,
+        description="The first as-of date of the daily chain (its first Dagster partition), "
+        "so past dates can be backfilled; default: mlops_assets.partitions."
+        "DEFAULT_HISTORY_START.",
+    )
     features: FeatureSpec = Field(default_factory=FeatureSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
