@@ -22,9 +22,10 @@ from pandas.tseries.frequencies import to_offset
 
 from mlops_assets.ml.features import SeriesFrame
 from mlops_assets.ml.spec import DatasetSpec
+from mlops_assets.ml.validation.rules import Rule
 
-OFF_CALENDAR_RULE = "time.off_calendar"
-DUPLICATE_PERIOD_RULE = "time.duplicate_period"
+OFF_CALENDAR_RULE = Rule.TIME_OFF_CALENDAR
+DUPLICATE_PERIOD_RULE = Rule.TIME_DUPLICATE_PERIOD
 _TIME_UNIT = "datetime64[us]"
 
 
