@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
 
-from mlops_assets.ml.features import SeriesFrame
+from mlops_assets.ml.features import SeriesFrame, take_series
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.validation.rules import Rule
 
@@ -190,14 +190,16 @@ class Layout:
         return self.source >= 0
 
 
-def regular_layout(offsets: np.ndarray, time: np.ndarray, frequency: str) -> Layout:
+def regular_layout(
+    offsets: np.ndarray, time: np.ndarray, frequency: str, p: Periods | None = None
+) -> Layout:
     """One row per period from each series' first to last row (time-ordered rows on the
-    calendar, at most one per period).
+    calendar, at most one per period); ``p``: ``periods(time, frequency)`` if known.
 
     Raises:
         ValueError: A row is off the calendar, or two rows of a series share a period.
     """
-    p = periods(time, frequency)
+    p = p if p is not None else periods(time, frequency)
     if not p.on_calendar.all():
         raise ValueError(
             f"{int((~p.on_calendar).sum())} rows are off the {frequency} calendar: "
@@ -255,16 +257,17 @@ class Regularized:
     observed: np.ndarray
 
 
-def regularize(frame: SeriesFrame, spec: DatasetSpec) -> Regularized:
+def regularize(frame: SeriesFrame, spec: DatasetSpec, p: Periods | None = None) -> Regularized:
     """Each series as one row per period between its first and last row, filled per spec.
 
     The target and each exogenous column of an inserted row follow ``fill_rule``; with
     ``none`` the target is NaN, so the row keeps lags in step but is no training row.
+    ``p``: ``periods(frame.time, spec.frequency)`` if known.
 
     Raises:
         ValueError: A row is off the calendar or two share a period (see ``regular_layout``).
     """
-    layout = regular_layout(frame.offsets, frame.time, spec.frequency)
+    layout = regular_layout(frame.offsets, frame.time, spec.frequency, p)
     out = SeriesFrame(
         keys=frame.keys,
         offsets=layout.offsets,
@@ -290,3 +293,56 @@ def future_times(frame: SeriesFrame, frequency: str, horizon: int) -> np.ndarray
     ahead = pd.date_range(pd.Timestamp(p.grid[-1]), periods=horizon + 1, freq=to_offset(frequency))
     grid = np.concatenate([p.grid, ahead[1:].to_numpy().astype(_TIME_UNIT)])
     return grid[p.period[:, None] + np.arange(1, horizon + 1)[None, :]]
+
+
+@dataclass(frozen=True)
+class CalendarSeries:
+    """A frame's series on the calendar: the one layout training, evaluation and scoring use.
+
+    Attributes:
+        frame: The series that could be laid out, one row per period (the input frame itself,
+            not a copy, when it was regular already).
+        observed: Whether each row of ``frame`` was in the input (None: every row was).
+        kept: Index in the input frame of each series of ``frame``.
+        invalid: Why each left-out series (by input index) could not be laid out.
+    """
+
+    frame: SeriesFrame
+    observed: np.ndarray | None
+    kept: np.ndarray
+    invalid: dict[int, str]
+
+
+def calendar_series(frame: SeriesFrame, spec: DatasetSpec) -> CalendarSeries:
+    """Each series regularized (``regularize``, the spec's fill rules), so that lags and
+    rolling windows count periods; a series with a row off the calendar or two rows in one
+    period is left out with its reason (validation quarantines or snaps such rows first).
+    """
+    p = periods(frame.time, spec.frequency)
+    dup = duplicate_period_rows(frame.offsets, p.period)
+    bad_rows = ~p.on_calendar | dup
+    invalid: dict[int, str] = {}
+    if bad_rows.any():
+        series_of = _series_of_rows(frame.offsets)
+        for s in np.unique(series_of[dup]):
+            invalid[int(s)] = (
+                f"duplicate timestamps in the series: two rows in one {spec.frequency} period "
+                f"({DUPLICATE_PERIOD_RULE})"
+            )
+        for s in np.unique(series_of[~p.on_calendar]):
+            invalid[int(s)] = (
+                f"rows off the {spec.frequency} calendar ({OFF_CALENDAR_RULE}): validate the "
+                "data (quarantine or snap them) before training or scoring"
+            )
+    keep = np.ones(frame.n_series, bool)
+    keep[list(invalid)] = False
+    if invalid:
+        rows = np.repeat(keep, np.diff(frame.offsets))
+        frame = take_series(frame, keep)
+        p = Periods(p.grid, p.period[rows], p.on_calendar[rows])
+    kept = np.flatnonzero(keep)
+    if not gaps(frame.offsets, p.period).missing.any():
+        return CalendarSeries(frame, None, kept, invalid)
+    reg = regularize(frame, spec, p)
+    return CalendarSeries(reg.frame, reg.observed, kept, invalid)
+

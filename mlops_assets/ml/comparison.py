@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlops_assets.ml import modelset
+from mlops_assets.ml.calendar import calendar_series
 from mlops_assets.ml.features import (
     SeriesFrame,
     feature_matrix,
@@ -97,6 +98,7 @@ def rescore(
     Returns:
         ``{series_id: {"mae", "rmse", "smape", "mape", "n_holdout"}}`` for every scored series.
     """
+    frame = calendar_series(frame, spec).frame  # training's layout: rows are periods
     frame = last_rows(frame, spec.holdout + tail_length(spec))
     X = feature_matrix(frame, spec)
     lengths = np.diff(frame.offsets)

@@ -29,6 +29,7 @@ import sklearn
 from pandas.tseries.frequencies import to_offset
 from sklearn.pipeline import Pipeline
 
+from mlops_assets.ml.calendar import calendar_series
 from mlops_assets.ml.families import family
 from mlops_assets.ml.features import feature_matrix, feature_names, to_series_frame
 from mlops_assets.ml.metrics import ERROR_METRICS, regression_metrics, regression_metrics_rows
@@ -213,6 +214,10 @@ def train_partition(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[Pipeline | 
     series = to_series_frame(frame, spec)
     if series.n_series != 1:
         raise ValueError(f"train_partition takes one series; got {series.n_series}")
+    cal = calendar_series(series, spec)  # the engines' layout: one row per period
+    if cal.invalid:
+        return None, SeriesFit(None, FAILED, cal.invalid[0]).info()
+    series = cal.frame
     X = feature_matrix(series, spec)
     fit = fit_series(X, series.target, series.time, spec)
     return fit.model, fit.info()
