@@ -251,10 +251,12 @@ def fill_column(values: np.ndarray, layout: Layout, rule: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Regularized:
-    """A frame with one row per period, and which of its rows were observed."""
+    """A frame with one row per period, which of its rows were observed, and the input row
+    of each (-1 for an inserted period)."""
 
     frame: SeriesFrame
     observed: np.ndarray
+    source: np.ndarray
 
 
 def regularize(frame: SeriesFrame, spec: DatasetSpec, p: Periods | None = None) -> Regularized:
@@ -275,7 +277,7 @@ def regularize(frame: SeriesFrame, spec: DatasetSpec, p: Periods | None = None) 
         target=fill_column(frame.target, layout, fill_rule(spec, spec.target)),
         exog={c: fill_column(v, layout, fill_rule(spec, c)) for c, v in frame.exog.items()},
     )
-    return Regularized(out, layout.observed)
+    return Regularized(out, layout.observed, layout.source)
 
 
 def future_times(frame: SeriesFrame, frequency: str, horizon: int) -> np.ndarray:
@@ -302,13 +304,14 @@ class CalendarSeries:
     Attributes:
         frame: The series that could be laid out, one row per period (the input frame itself,
             not a copy, when it was regular already).
-        observed: Whether each row of ``frame`` was in the input (None: every row was).
+        source: The input row of each row of ``frame``, -1 for an inserted period (None:
+            ``frame`` is the input, or its rows of the ``kept`` series, row for row).
         kept: Index in the input frame of each series of ``frame``.
         invalid: Why each left-out series (by input index) could not be laid out.
     """
 
     frame: SeriesFrame
-    observed: np.ndarray | None
+    source: np.ndarray | None
     kept: np.ndarray
     invalid: dict[int, str]
 
@@ -336,13 +339,14 @@ def calendar_series(frame: SeriesFrame, spec: DatasetSpec) -> CalendarSeries:
             )
     keep = np.ones(frame.n_series, bool)
     keep[list(invalid)] = False
+    rows = None
     if invalid:
-        rows = np.repeat(keep, np.diff(frame.offsets))
+        rows = np.flatnonzero(np.repeat(keep, np.diff(frame.offsets)))
         frame = take_series(frame, keep)
         p = Periods(p.grid, p.period[rows], p.on_calendar[rows])
     kept = np.flatnonzero(keep)
     if not gaps(frame.offsets, p.period).missing.any():
         return CalendarSeries(frame, None, kept, invalid)
     reg = regularize(frame, spec, p)
-    return CalendarSeries(reg.frame, reg.observed, kept, invalid)
-
+    source = reg.source if rows is None else np.where(reg.source >= 0, rows[reg.source], -1)
+    return CalendarSeries(reg.frame, source, kept, invalid)

@@ -33,7 +33,7 @@ from mlops_assets.ml.features import (
     tail_length,
 )
 from mlops_assets.ml.metrics import ERROR_METRICS, grouped_metrics
-from mlops_assets.ml.predict import predict_rows, stack_linear
+from mlops_assets.ml.predict import clip_to_bounds, predict_rows, stack_linear
 from mlops_assets.ml.spec import DatasetSpec
 
 BETTER = "better"
@@ -110,7 +110,9 @@ def rescore(
     models = [predictor(sid) for sid in ids]
     has_model = np.array([m is not None for m in models], dtype=bool)
     rows = np.flatnonzero(in_holdout & complete & has_model[row_series])
-    predicted = predict_rows(X, rows, row_series, models, stack_linear(models))
+    predicted = clip_to_bounds(
+        predict_rows(X, rows, row_series, models, stack_linear(models)), spec
+    )
     m = grouped_metrics(frame.target[rows], predicted, row_series[rows], frame.n_series)
     return {
         ids[i]: {**{k: float(m[k][i]) for k in ERROR_METRICS}, "n_holdout": float(m["count"][i])}

@@ -27,6 +27,7 @@ import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from mlops_assets.ml import persistence
+from mlops_assets.ml.calendar import calendar_series
 from mlops_assets.ml.features import (
     SeriesFrame,
     feature_matrix,
@@ -34,7 +35,6 @@ from mlops_assets.ml.features import (
     tail_length,
     to_series_frame,
 )
-from mlops_assets.ml.calendar import calendar_series
 from mlops_assets.ml.fitting import FAILED, METRIC_NAMES, SeriesFit, fit_series
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec

@@ -33,7 +33,7 @@ from mlops_assets.ml.calendar import calendar_series
 from mlops_assets.ml.families import family
 from mlops_assets.ml.features import feature_matrix, feature_names, to_series_frame
 from mlops_assets.ml.metrics import ERROR_METRICS, regression_metrics, regression_metrics_rows
-from mlops_assets.ml.predict import predict_pipeline
+from mlops_assets.ml.predict import clip_to_bounds, predict_pipeline
 from mlops_assets.ml.spec import ColumnType, DatasetSpec
 
 TRAINED, SKIPPED, FAILED = "trained", "skipped", "failed"
@@ -185,7 +185,7 @@ def _fit_and_score(
 ) -> SeriesFit:
     try:
         model = _fit(X[train], y[train], spec, fast)
-        predicted = predict_pipeline(model, X[rows])
+        predicted = clip_to_bounds(predict_pipeline(model, X[rows]), spec)
     except Exception as exc:  # one bad series must not stop the others
         result.status, result.reason = FAILED, f"{type(exc).__name__}: {exc}"
         return result
