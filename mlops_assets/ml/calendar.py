@@ -133,6 +133,20 @@ def gaps(offsets: np.ndarray, period: np.ndarray) -> Gaps:
     return Gaps(missing=span - lengths, longest=longest, span=span)
 
 
+def gap_summary(gaps: Gaps, top: int = 10) -> tuple[dict, np.ndarray]:
+    """Totals of ``gaps`` (series with gaps, missing periods, longest gap) and the indices of
+    the ``top`` series with the most missing periods (worst first; only series with gaps)."""
+    missing = np.maximum(gaps.missing, 0)  # rows sharing a period (not validated) count none
+    worst = np.argsort(-missing, kind="stable")[:top]
+    worst = worst[missing[worst] > 0]
+    totals = {
+        "series_with_gaps": int((missing > 0).sum()),
+        "missing_periods": int(missing.sum()),
+        "longest_gap": int(gaps.longest.max(initial=0)),
+    }
+    return totals, worst
+
+
 def series_gaps(frame: SeriesFrame, frequency: str) -> Gaps:
     """``gaps`` of a frame's series on the calendar of ``frequency``."""
     return gaps(frame.offsets, periods(frame.time, frequency).period)

@@ -9,7 +9,7 @@ import pytest
 
 from mlops_assets.ml import modelset, persistence
 from mlops_assets.ml.engines import result_schema, train_local
-from mlops_assets.ml.features import feature_matrix, to_series_frame
+from mlops_assets.ml.features import feature_matrix, tail_length, to_series_frame
 from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.scoring import RequestError, SeriesModel, score
@@ -268,3 +268,28 @@ def test_training_and_scoring_agree_on_a_series_with_gaps():
     from_tail = score(future, SPEC, lookup.get).prediction[0]
     from_rows = score(pd.concat([gapped, future]), SPEC, lookup.get).prediction.iloc[-1]
     assert from_tail == pytest.approx(from_rows, rel=1e-10)
+
+
+def test_real_time_fast_path_clips_and_agrees_with_batch_after_a_gap(models):
+    """serving.fast: the next period takes the fast path, a request after a gap the shared
+    path; both clipped to the bounds, both as ``score`` answers."""
+    from mlops_assets.serving.fast import score_records
+
+    spec = SPEC.model_copy(deep=True)
+    spec.columns["sales"] = spec.columns["sales"].model_copy(update={"min": 1e9})
+    nxt = _gap_request(models, spec, 1)
+    other = {**_gap_request(models, spec, 3)[0], "product": "P001"}
+    m = models["store=S0000/product=P001"]
+    other["week"] = str((pd.Timestamp(m.history_end) + pd.Timedelta(weeks=3)).date())
+    k = tail_length(SPEC)  # the fast path takes a tail of exactly what the features need
+    served = {
+        sid: SeriesModel(m.model, m.version, m.history_end, m.tail[-k:])
+        for sid, m in models.items()
+    }
+    scored = score_records([*nxt, other], spec, served.get)
+    assert (scored.fast, scored.slow) == (1, 1)
+    assert [r["prediction"] for r in scored.rows] == [1e9, 1e9]
+    unclipped = score_records([*nxt, other], SPEC, served.get).rows
+    batch = score([*nxt, other], SPEC, models.get)
+    assert [r["error"] for r in unclipped] == [None, None]
+    np.testing.assert_allclose([r["prediction"] for r in unclipped], batch.prediction, rtol=1e-12)
