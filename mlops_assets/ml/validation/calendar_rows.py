@@ -55,7 +55,7 @@ def calendar_rows(table: pa.Table, spec: DatasetSpec) -> CalendarRows:
         return CalendarRows([])
     off = filled(pc.is_in(col, value_set=distinct.filter(pa.array(~on))))
     if spec.calendar.off_calendar != "snap":
-        return CalendarRows([(Rule.TIME_OFF_CALENDAR, spec.time, off)])
+        return CalendarRows([(str(Rule.TIME_OFF_CALENDAR), spec.time, off)])
     anchors = pa.array(calendar.snap(_as_times(distinct), spec.frequency), pa.timestamp("us"))
     snapped = pa.chunked_array([anchors.cast(col.type).take(pc.index_in(col, distinct))])
     keyed = table.select(spec.series_keys).append_column(spec.time, snapped)
@@ -63,5 +63,7 @@ def calendar_rows(table: pa.Table, spec: DatasetSpec) -> CalendarRows:
         keyed, {"column_list": spec.key_columns}
     )
     dup = shared & off  # every copy is flagged; an on-calendar row keeps its period
-    failures = [(Rule.TIME_DUPLICATE_PERIOD, spec.time, dup)] if dup.any() else []
+    failures: list[MaskFailure] = []
+    if dup.any():
+        failures.append((str(Rule.TIME_DUPLICATE_PERIOD), spec.time, dup))
     return CalendarRows(failures, snapped)
