@@ -27,6 +27,7 @@ from mlops_assets.ml.validation.rules import Rule
 OFF_CALENDAR_RULE = Rule.TIME_OFF_CALENDAR
 DUPLICATE_PERIOD_RULE = Rule.TIME_DUPLICATE_PERIOD
 _TIME_UNIT = "datetime64[us]"
+_DAY = 86_400_000_000  # microseconds
 
 
 def _is_end_anchored(offset: pd.DateOffset) -> bool:
@@ -67,6 +68,19 @@ def periods(time: np.ndarray, frequency: str) -> Periods:
     if len(time) == 0:
         empty = np.zeros(0, np.int64)
         return Periods(np.zeros(0, _TIME_UNIT), empty, np.zeros(0, bool))
+    ticks = time.view(np.int64)
+    lo, hi = int(ticks.min()), int(ticks.max())
+    if (hi - lo) // _DAY <= max(len(time), 1 << 16) and not (ticks % _DAY).any():
+        # Whole days over a short range (dates: the usual case): locate each day of the range
+        # once and gather, O(rows), instead of a binary search per row.
+        days = np.arange(lo, hi + 1, _DAY).view(_TIME_UNIT)
+        p = _located(days, frequency)
+        day = (ticks - lo) // _DAY
+        return Periods(p.grid, p.period[day], p.on_calendar[day])
+    return _located(time, frequency)
+
+
+def _located(time: np.ndarray, frequency: str) -> Periods:
     grid = anchor_grid(time, frequency)
     if _is_end_anchored(to_offset(frequency)):
         period = np.searchsorted(grid, time, side="left")
@@ -129,7 +143,8 @@ def gaps(offsets: np.ndarray, period: np.ndarray) -> Gaps:
     step_gap[1:] = period[1:] - period[:-1] - 1
     step_gap[offsets[:-1][nonempty]] = 0
     longest = np.zeros(n_series, np.int64)
-    np.maximum.at(longest, _series_of_rows(offsets), step_gap)
+    if nonempty.any():  # reduceat over each nonempty series' rows (ufunc.at is ~10x slower)
+        longest[nonempty] = np.maximum.reduceat(step_gap, offsets[:-1][nonempty])
     return Gaps(missing=span - lengths, longest=longest, span=span)
 
 
