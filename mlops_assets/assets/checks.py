@@ -47,8 +47,19 @@ _FAILURES = dg.TableSchema(
 _SEVERITY = {"error": dg.AssetCheckSeverity.ERROR, "warn": dg.AssetCheckSeverity.WARN}
 
 
+GAPS_CHECK = "calendar_gaps"
+_WORST = dg.TableSchema(
+    columns=[
+        dg.TableColumn("series_id", "string"),
+        dg.TableColumn("missing_periods", "int"),
+        dg.TableColumn("longest_gap", "int"),
+    ]
+)
+
+
 def check_specs(spec: DatasetSpec) -> list[dg.AssetCheckSpec]:
-    """One blocking check per concern on ``[<ds>, "curated"]``."""
+    """One blocking check per concern on ``[<ds>, "curated"]``, and the non-blocking
+    ``calendar_gaps`` warning."""
     return [
         dg.AssetCheckSpec(
             concern,
@@ -57,7 +68,47 @@ def check_specs(spec: DatasetSpec) -> list[dg.AssetCheckSpec]:
             description=DESCRIPTIONS[concern],
         )
         for concern in CONCERNS
+    ] + [
+        dg.AssetCheckSpec(
+            GAPS_CHECK,
+            asset=dg.AssetKey([spec.name, "curated"]),
+            blocking=False,
+            description=f"Series of the curated data have no missing {spec.frequency} period "
+            "between their first and last row (WARN only: training and scoring fill a missing "
+            "period per the spec's calendar.fill).",
+        )
     ]
+
+
+def gap_metadata(gaps: dict) -> dict[str, Any]:
+    """Missing periods of the curated series (``CuratedStore.summary()['gaps']``) as metadata."""
+    worst = [
+        dg.TableRecord({"series_id": w[0], "missing_periods": w[1], "longest_gap": w[2]})
+        for w in gaps.get("worst", [])
+    ]
+    return {
+        "series_with_gaps": gaps["series_with_gaps"],
+        "missing_periods": gaps["missing_periods"],
+        "longest_gap": gaps["longest_gap"],
+        "gaps_worst_series": dg.MetadataValue.table(worst, schema=_WORST),
+    }
+
+
+def gaps_check_result(spec: DatasetSpec, gaps: dict) -> dg.AssetCheckResult:
+    """The ``calendar_gaps`` warning: passed when no curated series misses a period."""
+    n = gaps["series_with_gaps"]
+    return dg.AssetCheckResult(
+        check_name=GAPS_CHECK,
+        passed=n == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        asset_key=dg.AssetKey([spec.name, "curated"]),
+        metadata=gap_metadata(gaps),
+        description=None
+        if n == 0
+        else f"{n} series miss {gaps['missing_periods']} {spec.frequency} periods in all "
+        f"(longest gap {gaps['longest_gap']}); they are filled per calendar.fill "
+        f"{spec.calendar.fill or '(none: unknown)'}",
+    )
 
 
 def as_of_date(partition_key: str | None) -> date:

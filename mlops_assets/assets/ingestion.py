@@ -2,7 +2,13 @@
 
 import dagster as dg
 
-from mlops_assets.assets.checks import as_of_date, check_result, check_specs
+from mlops_assets.assets.checks import (
+    as_of_date,
+    check_result,
+    check_specs,
+    gap_metadata,
+    gaps_check_result,
+)
 from mlops_assets.domain.ingest_run import IngestionRun, run_ingestion
 from mlops_assets.domain.ledger import DropOutcome
 from mlops_assets.domain.validation_report import check_outcomes
@@ -65,6 +71,7 @@ def run_metadata(storage: Storage, run: IngestionRun, as_of: object) -> dict:
         "drops": outcome_table(result.outcomes),
         "curated_uri": dg.MetadataValue.url(storage.uri(run.layout)),
         "as_of": str(as_of),
+        **gap_metadata(summary["gaps"]),
         **run.phases.metadata(),
         **({"data_docs": dg.MetadataValue.url(storage.uri(run.docs))} if run.docs else {}),
     }
@@ -109,8 +116,11 @@ def build_ingestion_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         return dg.MaterializeResult(
             metadata=run_metadata(storage, run, as_of),
             check_results=[
-                check_result(spec, c, docs_uri=docs_uri)
-                for c in check_outcomes(spec, run.result, as_of)
+                *(
+                    check_result(spec, c, docs_uri=docs_uri)
+                    for c in check_outcomes(spec, run.result, as_of)
+                ),
+                gaps_check_result(spec, run.summary["gaps"]),
             ],
         )
 

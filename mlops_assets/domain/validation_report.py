@@ -24,7 +24,8 @@ DESCRIPTIONS = {
     "keys": "Series keys and time are never null and (series key, time) is unique in each drop.",
     "values": "Values are finite, within the spec's [min, max] and among the allowed categories.",
     "freshness": "No timestamp after the run's as-of date or before the earliest plausible date; "
-    "each drop's newest timestamp is within max_age_days of the as-of date.",
+    "every timestamp on the spec's calendar (an anchor of its frequency; snapped when the spec "
+    "says so); each drop's newest timestamp is within max_age_days of the as-of date.",
     "distribution": "Each drop's mean, stdev and quantiles of the target and numeric features "
     "lie within the warn (WARN) and hard (ERROR) sigma bands of the last reference_periods "
     "periods of curated history.",
@@ -76,6 +77,12 @@ def expectations_text(spec: DatasetSpec, concern: str, as_of: date) -> str:
             f"drift.<column>.<mean|stdev|q10|q50|q90>: expect_column_values_to_be_between on "
             f"the drop profile, warn ±{d.warn_sigmas}σ, error ±{d.error_sigmas}σ of the last "
             f"{d.reference_periods} periods, columns {drift_columns(spec)}"
+        )
+    if concern == "freshness":  # no GX equivalent: ml.validation.calendar_rows
+        lines.append(
+            f"{Rule.TIME_OFF_CALENDAR}: each timestamp is an anchor of {spec.frequency} "
+            f"(off-calendar rows: {spec.calendar.off_calendar}); "
+            f"{Rule.TIME_DUPLICATE_PERIOD}: one row per series and period after snapping"
         )
     if concern == "row_accounting":
         lines.append("rows_in == rows_curated + rows_quarantined for every drop")

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlops_assets.ml import modelset
+from mlops_assets.ml.calendar import calendar_series
 from mlops_assets.ml.features import (
     SeriesFrame,
     feature_matrix,
@@ -32,7 +33,7 @@ from mlops_assets.ml.features import (
     tail_length,
 )
 from mlops_assets.ml.metrics import ERROR_METRICS, grouped_metrics
-from mlops_assets.ml.predict import predict_rows, stack_linear
+from mlops_assets.ml.predict import clip_to_bounds, predict_rows, stack_linear
 from mlops_assets.ml.spec import DatasetSpec
 
 BETTER = "better"
@@ -97,6 +98,7 @@ def rescore(
     Returns:
         ``{series_id: {"mae", "rmse", "smape", "mape", "n_holdout"}}`` for every scored series.
     """
+    frame = calendar_series(frame, spec).frame  # training's layout: rows are periods
     frame = last_rows(frame, spec.holdout + tail_length(spec))
     X = feature_matrix(frame, spec)
     lengths = np.diff(frame.offsets)
@@ -108,7 +110,9 @@ def rescore(
     models = [predictor(sid) for sid in ids]
     has_model = np.array([m is not None for m in models], dtype=bool)
     rows = np.flatnonzero(in_holdout & complete & has_model[row_series])
-    predicted = predict_rows(X, rows, row_series, models, stack_linear(models))
+    predicted = clip_to_bounds(
+        predict_rows(X, rows, row_series, models, stack_linear(models)), spec
+    )
     m = grouped_metrics(frame.target[rows], predicted, row_series[rows], frame.n_series)
     return {
         ids[i]: {**{k: float(m[k][i]) for k in ERROR_METRICS}, "n_holdout": float(m["count"][i])}

@@ -27,6 +27,7 @@ import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from mlops_assets.ml import persistence
+from mlops_assets.ml.calendar import calendar_series
 from mlops_assets.ml.features import (
     SeriesFrame,
     feature_matrix,
@@ -34,7 +35,7 @@ from mlops_assets.ml.features import (
     tail_length,
     to_series_frame,
 )
-from mlops_assets.ml.fitting import METRIC_NAMES, fit_series
+from mlops_assets.ml.fitting import FAILED, METRIC_NAMES, SeriesFit, fit_series
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
 
@@ -93,18 +94,39 @@ def _record(spec: DatasetSpec, key: tuple, X: np.ndarray, frame: SeriesFrame, a:
 def train_series_frame(frame: SeriesFrame, spec: DatasetSpec) -> tuple[list[dict], float]:
     """Train every series of a batch: the function both engines run.
 
+    The series are laid out on the calendar first (``calendar.calendar_series``, the spec's
+    fill rules), so lags and rolling windows count periods; a filled period whose target is
+    unknown (fill ``none``) has a NaN target and is never a training or holdout row.
+
     Returns:
         One record per series (``result_schema`` fields) and the seconds spent on features.
     """
     started = _time.perf_counter()
-    X = feature_matrix(frame, spec)
+    cal = calendar_series(frame, spec)
+    regular = cal.frame
+    X = feature_matrix(regular, spec)
     features_seconds = _time.perf_counter() - started
-    off = frame.offsets
-    records = [
-        _record(spec, key, X, frame, int(off[i]), int(off[i + 1]))
-        for i, key in enumerate(frame.keys)
-    ]
-    return records, features_seconds
+    off = regular.offsets
+    records: list[dict | None] = [None] * frame.n_series
+    for j, i in enumerate(cal.kept):
+        records[i] = _record(spec, regular.keys[j], X, regular, int(off[j]), int(off[j + 1]))
+    for i, reason in cal.invalid.items():
+        records[i] = _failed_record(spec, frame.keys[i], reason)
+    return [r for r in records if r is not None], features_seconds
+
+
+def _failed_record(spec: DatasetSpec, key: tuple, reason: str) -> dict:
+    return {
+        "series_id": spec.series_id(key),
+        **{k: str(v) for k, v in zip(spec.series_keys, key, strict=True)},
+        **SeriesFit(None, FAILED, reason).info(),
+        "serialize_seconds": 0.0,
+        "model_format": None,
+        "model": None,
+        "model_sha256": None,
+        "history_end": None,
+        "history_tail": [],
+    }
 
 
 def _to_frame(records: list[dict], spec: DatasetSpec) -> pd.DataFrame:

@@ -238,7 +238,11 @@ def select_series(
     wanted = _wanted_series(spec, series)
     if wanted is None:
         return frame
-    keep = np.array([spec.series_id(k) in wanted for k in frame.keys], dtype=bool)
+    return take_series(frame, np.array([spec.series_id(k) in wanted for k in frame.keys], bool))
+
+
+def take_series(frame: SeriesFrame, keep: np.ndarray) -> SeriesFrame:
+    """The series of a frame where ``keep`` (one bool per series) is True."""
     lengths = np.diff(frame.offsets)
     rows = np.repeat(keep, lengths)
     return SeriesFrame(

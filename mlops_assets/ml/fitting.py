@@ -29,10 +29,11 @@ import sklearn
 from pandas.tseries.frequencies import to_offset
 from sklearn.pipeline import Pipeline
 
+from mlops_assets.ml.calendar import calendar_series
 from mlops_assets.ml.families import family
 from mlops_assets.ml.features import feature_matrix, feature_names, to_series_frame
 from mlops_assets.ml.metrics import ERROR_METRICS, regression_metrics, regression_metrics_rows
-from mlops_assets.ml.predict import predict_pipeline
+from mlops_assets.ml.predict import clip_to_bounds, predict_pipeline
 from mlops_assets.ml.spec import ColumnType, DatasetSpec
 
 TRAINED, SKIPPED, FAILED = "trained", "skipped", "failed"
@@ -184,7 +185,7 @@ def _fit_and_score(
 ) -> SeriesFit:
     try:
         model = _fit(X[train], y[train], spec, fast)
-        predicted = predict_pipeline(model, X[rows])
+        predicted = clip_to_bounds(predict_pipeline(model, X[rows]), spec)
     except Exception as exc:  # one bad series must not stop the others
         result.status, result.reason = FAILED, f"{type(exc).__name__}: {exc}"
         return result
@@ -213,6 +214,10 @@ def train_partition(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[Pipeline | 
     series = to_series_frame(frame, spec)
     if series.n_series != 1:
         raise ValueError(f"train_partition takes one series; got {series.n_series}")
+    cal = calendar_series(series, spec)  # the engines' layout: one row per period
+    if cal.invalid:
+        return None, SeriesFit(None, FAILED, cal.invalid[0]).info()
+    series = cal.frame
     X = feature_matrix(series, spec)
     fit = fit_series(X, series.target, series.time, spec)
     return fit.model, fit.info()

@@ -9,12 +9,15 @@ numbers as ``Pipeline.predict``.
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.preprocessing import StandardScaler
 
 from mlops_assets.ml.families import linear_types
+
+if TYPE_CHECKING:
+    from mlops_assets.ml.spec import DatasetSpec
 
 _CHUNK = 1 << 20  # rows per vectorised step: bounded temporaries on 40M-row batches
 
@@ -28,6 +31,18 @@ def scaled_linear(model: Any) -> tuple[StandardScaler, Any] | None:
     if isinstance(scaler, StandardScaler) and isinstance(linear, linear_types()):
         return scaler, linear
     return None
+
+
+def clip_to_bounds(values: np.ndarray, spec: DatasetSpec) -> np.ndarray:
+    """Predictions within the target column's ``[min, max]`` of the spec (NaN stays NaN).
+
+    The one place predictions are clipped: training's holdout, evaluation's re-scoring, batch
+    and real-time scoring (before a prediction feeds the next period's lags) all call it.
+    """
+    col = spec.columns[spec.target]
+    if col.min is None and col.max is None:
+        return values
+    return np.clip(values, col.min, col.max)
 
 
 def predict_pipeline(model: Any, X: np.ndarray) -> np.ndarray:

@@ -15,14 +15,23 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 
+from mlops_assets.ml.calendar import calendar_series
 from mlops_assets.ml.features import SeriesFrame, feature_columns, feature_names
-from mlops_assets.ml.predict import fold_linear, predict_grouped, predict_rows, stack_linear
+from mlops_assets.ml.predict import (
+    clip_to_bounds,
+    fold_linear,
+    predict_grouped,
+    predict_rows,
+    stack_linear,
+)
 from mlops_assets.ml.score_request import (
     INSUFFICIENT_HISTORY,
     MISSING_FEATURE,
+    OFF_CALENDAR,
     RowErrors,
     SeriesModel,
     column_numbers,
+    off_calendar_message,
 )
 from mlops_assets.ml.spec import DatasetSpec
 
@@ -79,9 +88,10 @@ class SeriesRows:
         )
         return column_numbers(part)
 
-    def frame(self, i0: int, i1: int) -> tuple[SeriesFrame, np.ndarray]:
-        """Series ``present[i0:i1]`` as one frame: each one's tail rows, then its request rows;
-        and the request row of each frame row (-1 for tail rows)."""
+    def frame(self, i0: int, i1: int) -> tuple[SeriesFrame, np.ndarray, np.ndarray]:
+        """Series ``present[i0:i1]`` as one frame: each one's tail rows, then its request rows,
+        laid out on the calendar (``on_calendar``); the request row of each frame row (-1 for
+        tail rows and inserted periods), and the request rows of series left out."""
         a, b = int(self.bounds[i0]), int(self.bounds[i1])
         rows: slice | np.ndarray = slice(a, b) if self.order is None else self.order[a:b]
         request_rows = np.arange(a, b) if isinstance(rows, slice) else rows
@@ -110,7 +120,32 @@ class SeriesRows:
                 for c in self.spec.features.exogenous
             },
         )
-        return frame, interleave(request_rows, lambda s, k: no_row[:k])
+        return on_calendar(frame, interleave(request_rows, lambda s, k: no_row[:k]), self.spec)
+
+
+def on_calendar(
+    frame: SeriesFrame, request_row: np.ndarray, spec: DatasetSpec
+) -> tuple[SeriesFrame, np.ndarray, np.ndarray]:
+    """Tail and request rows one row per period, as training lays series out
+    (``calendar.calendar_series``, the spec's fill rules): a period missing between the
+    history and the request, or between request rows, is filled per the spec.
+
+    Returns:
+        The frame, the request row of each of its rows (-1: tail or inserted period), and the
+        request rows of series that cannot be laid out (a row off the calendar).
+    """
+    cal = calendar_series(frame, spec)
+    left_out = np.zeros(0, np.int64)
+    if cal.invalid:
+        bad = np.zeros(frame.n_series, bool)
+        bad[list(cal.invalid)] = True
+        rows = request_row[np.repeat(bad, np.diff(frame.offsets))]
+        left_out = rows[rows >= 0]
+        if cal.source is None:
+            request_row = request_row[np.repeat(~bad, np.diff(frame.offsets))]
+    if cal.source is not None:
+        request_row = np.where(cal.source >= 0, request_row[cal.source], -1)
+    return cal.frame, request_row, left_out
 
 
 def _all_finite(columns: list[np.ndarray]) -> np.ndarray:
@@ -140,6 +175,7 @@ def _predict_chunk(frame, model_of, request_row, pipelines, folded, spec):
             rows = np.flatnonzero(ready)
             X = np.column_stack(columns)
             values[rows] = predict_rows(X, rows, np.repeat(model_of, counts), pipelines, None)
+        values[ready] = clip_to_bounds(values[ready], spec)  # what is served feeds the lags
         fill = ready & np.isnan(frame.target)
         frame.target[fill] = values[fill]
         pending &= ~ready
@@ -178,20 +214,22 @@ def predict_recursive(
     folded = fold_linear(stacked) if stacked is not None else None
 
     def one(bounds: tuple[int, int]):
-        frame, request_row = rows.frame(*bounds)
+        frame, request_row, left_out = rows.frame(*bounds)
         model_of = np.array([k[0] for k in frame.keys], dtype=np.int64)
         values, unscored, missing = _predict_chunk(
             frame, model_of, request_row, pipelines, folded, spec
         )
         done = (request_row >= 0) & np.isfinite(values)
-        return request_row[done], values[done], unscored, missing
+        return request_row[done], values[done], unscored, missing, left_out
 
     ranges = rows.ranges(chunk_rows)
     workers = min(2, os.cpu_count() or 1, len(ranges))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for done_rows, values, unscored, missing in pool.map(one, ranges):
+        for done_rows, values, unscored, missing, left_out in pool.map(one, ranges):
             predicted[done_rows] = values
             _explain_unscored(unscored, missing, spec, errors)
+            if len(left_out):
+                errors.set(left_out, OFF_CALENDAR, off_calendar_message(spec))
 
 
 def _explain_unscored(rows, missing, spec, errors) -> None:

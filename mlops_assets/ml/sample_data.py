@@ -205,6 +205,11 @@ def make_bad_drop(df: pd.DataFrame, target: str, time_col: str, kind: str) -> tu
             df.loc[rows, time_col] = pd.Timestamp("1800-01-06")
             df[time_col] = df[time_col].dt.date
             return _csv(df), "csv"
+        case "off_calendar_timestamps":  # a weekly spec: Thursdays among the Mondays
+            df[time_col] = pd.to_datetime(df[time_col]).astype("datetime64[us]")
+            df.loc[rows, time_col] += pd.Timedelta(days=3)
+            df[time_col] = df[time_col].dt.date
+            return _csv(df), "csv"
         case "distribution_shift":
             df[target] = df[target] * 25 + 1000
             return _csv(df), "csv"
@@ -237,6 +242,7 @@ BAD_KINDS = (
     "duplicate_key_time",
     "future_timestamps",
     "ancient_timestamps",
+    "off_calendar_timestamps",
     "distribution_shift",
     "unknown_category",
 )

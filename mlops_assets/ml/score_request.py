@@ -24,6 +24,15 @@ INSUFFICIENT_HISTORY = "insufficient_history"
 GAP = "gap_after_history"
 DUPLICATE = "duplicate_row"
 BAD_VALUE = "bad_value"
+OFF_CALENDAR = "off_calendar"
+
+
+def off_calendar_message(spec: DatasetSpec) -> str:
+    """The message of a request row whose period is not on the spec's calendar."""
+    return (
+        f"{spec.time!r} is not on the {spec.frequency} calendar (rule time.off_calendar): send "
+        "the period's anchor date, or set `calendar.off_calendar: snap` in the spec"
+    )
 
 
 class RequestError(ValueError):

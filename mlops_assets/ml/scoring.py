@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from mlops_assets.ml import calendar
 from mlops_assets.ml.features import tail_length
 from mlops_assets.ml.recursive import SeriesRows, predict_recursive
 from mlops_assets.ml.score_request import (
@@ -29,6 +30,7 @@ from mlops_assets.ml.score_request import (
     INSUFFICIENT_HISTORY,
     MISSING_FEATURE,
     NO_MODEL,
+    OFF_CALENDAR,
     UNKNOWN_SERIES,
     ModelLookup,
     RequestError,
@@ -36,6 +38,7 @@ from mlops_assets.ml.score_request import (
     SeriesModel,
     as_table,
     column_times,
+    off_calendar_message,
     period_after,
     required_columns,
     result_table,
@@ -50,6 +53,7 @@ __all__ = [
     "INSUFFICIENT_HISTORY",
     "MISSING_FEATURE",
     "NO_MODEL",
+    "OFF_CALENDAR",
     "UNKNOWN_SERIES",
     "ModelLookup",
     "RequestError",
@@ -112,22 +116,53 @@ def score_table(
     ids = np.asarray(series_ids(take_rows(keys, first_row), spec).to_pylist(), dtype=object)
     time = column_times(table[spec.time])
     errors = RowErrors(n)
+    time, snapped = _on_calendar(time, spec, errors)
     order = _mark_bad_rows(series_of, time, spec, errors)  # None: rows came grouped in time
     models, why = _look_up(ids, model_for)
     _set_series_errors(errors, series_of, why)
 
     order = _scorable(order, errors)  # rows still clean, grouped by series, in time
     first_time = _first_times(order, series_of, time, len(ids))
-    tails = _tails(models, ids, first_time, spec, errors, series_of)
-    order = _scorable(order, errors)
+    tails, gaps = _tails(models, ids, first_time, spec)
     predicted = np.full(n, np.nan)
     if order is None or len(order):
         rows = SeriesRows(table, spec, order, series_of, time, tails)
         predict_recursive(rows, models, predicted, spec, errors, chunk_rows)
+    _blame_gaps(errors, series_of, gaps)
     versions = [m.version if m is not None else None for m in models]
-    if pa.types.is_date32(table[spec.time].type):
+    if pa.types.is_date32(table[spec.time].type) and not snapped:
         time = table[spec.time]  # the request's own dates, not converted back from numpy
     return result_table(ids, series_of, time, predicted, versions, errors)
+
+
+def _on_calendar(time: np.ndarray, spec: DatasetSpec, errors: RowErrors) -> tuple[np.ndarray, bool]:
+    """Rows off the spec's calendar get an error, or are snapped when the spec says so (as
+    ``validation.calendar_rows`` does to a drop); the periods, and whether any was snapped.
+
+    Only the distinct timestamps (a batch holds few) are located on the calendar.
+    """
+    distinct = pd.unique(time[~np.isnat(time)])
+    if len(distinct) == 0:
+        return time, False
+    on = calendar.periods(distinct, spec.frequency).on_calendar
+    if on.all():
+        return time, False
+    off = np.isin(time, distinct[~on])
+    if spec.calendar.off_calendar == "snap":
+        time = time.copy()
+        time[off] = calendar.snap(time[off], spec.frequency)
+        return time, True
+    errors.set(np.flatnonzero(off), OFF_CALENDAR, off_calendar_message(spec))
+    return time, False
+
+
+def _blame_gaps(errors: RowErrors, series_of: np.ndarray, gaps: dict[int, tuple[str, str]]):
+    """Rows left without history because of a gap the spec does not fill (``fill: none`` for
+    the target) get the gap's error instead of ``insufficient_history``."""
+    if not gaps or not errors.codes:
+        return
+    short = np.array([c == INSUFFICIENT_HISTORY for c in errors.codes] + [False])
+    _set_series_errors(errors, series_of, gaps, only=short[errors.index])
 
 
 def _mark_bad_rows(
@@ -192,15 +227,20 @@ def _scorable(order: np.ndarray | None, errors: RowErrors) -> np.ndarray | None:
 
 
 def _set_series_errors(
-    errors: RowErrors, series_of: np.ndarray, why: dict[int, tuple[str, str]]
+    errors: RowErrors,
+    series_of: np.ndarray,
+    why: dict[int, tuple[str, str]],
+    only: np.ndarray | None = None,
 ) -> None:
-    """Every row of each series in ``why`` gets that series' error, in one pass over rows."""
+    """Every row (or every row in ``only``) of each series in ``why`` gets that series' error,
+    in one pass over rows."""
     if not why:
         return
     bad = np.array(sorted(why), dtype=np.int64)
     slot = np.full(int(series_of.max()) + 1 if len(series_of) else 0, -1, np.int64)
     slot[bad] = np.arange(len(bad))
-    rows = np.flatnonzero(slot[series_of] >= 0)
+    hit = slot[series_of] >= 0
+    rows = np.flatnonzero(hit if only is None else hit & only)
     errors.set_groups(rows, slot[series_of[rows]], [why[int(s)] for s in bad])
 
 
@@ -233,10 +273,12 @@ def _tails(
     ids: np.ndarray,
     first_time: np.ndarray,
     spec: DatasetSpec,
-    errors: RowErrors,
-    series_of: np.ndarray,
-) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Per series: (times, targets) of its history tail that precede its first request row.
+) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict[int, tuple[str, str]]]:
+    """Per series: (times, targets) of its history tail that precede its first request row;
+    and the ``gap_after_history`` error of each series whose request starts after a gap the
+    spec does not fill (``fill: none`` for the target: ``_blame_gaps`` sets it on the rows
+    whose lags need the missing periods). Other gaps are filled per the spec when the rows
+    are laid out on the calendar (``recursive.on_calendar``), as training fills them.
 
     Tail times come from one ``date_range`` per distinct history end (series trained together
     share it), not one per series.
@@ -245,6 +287,7 @@ def _tails(
     out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     by_end: dict[str, list[int]] = {}
     gaps: dict[int, tuple[str, str]] = {}
+    unknown = calendar.fill_rule(spec, spec.target) == "none"
     for s, m in enumerate(models):
         if m is not None and m.history_end is not None and k and not np.isnat(first_time[s]):
             by_end.setdefault(m.history_end, []).append(s)
@@ -257,17 +300,16 @@ def _tails(
         grid = grid.astype("datetime64[us]")
         for s in members:
             first = first_time[s]
-            if first > end_t and first != expected:
+            if unknown and first > expected:
                 gaps[s] = (
                     GAP,
                     f"series {ids[s]!r} has history until {str(end_t)[:10]}; the next period is "
-                    f"{str(expected)[:10]} but the request starts at {str(first)[:10]}: send the "
-                    "periods in between (with their targets where known)",
+                    f"{str(expected)[:10]} but the request starts at {str(first)[:10]}, and the "
+                    f"spec's fill rule for {spec.target!r} is none (a missing period is "
+                    "unknown): send the periods in between (with their targets where known)",
                 )
-                continue
             tail = np.asarray(tails[s], dtype=float)
             times = grid[len(grid) - len(tail) :]
             keep = times < first
             out[s] = (times[keep], tail[keep])
-    _set_series_errors(errors, series_of, gaps)
-    return out
+    return out, gaps

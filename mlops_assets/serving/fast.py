@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from mlops_assets.ml import scoring
 from mlops_assets.ml.features import SeriesFrame, feature_matrix, tail_length
-from mlops_assets.ml.predict import predict_pipeline
+from mlops_assets.ml.predict import clip_to_bounds, predict_pipeline
 from mlops_assets.ml.score_request import (
     RESULT_COLUMNS,
     ModelLookup,
@@ -210,7 +210,7 @@ def _score_fast(records, parsed, idx, models, spec, out) -> None:
         out[i] = {
             "series_id": sid,
             "time": str(day),
-            "prediction": float(predict_pipeline(model.model, row)[0]),
+            "prediction": float(clip_to_bounds(predict_pipeline(model.model, row), spec)[0]),
             "model_version": model.version,
             "error": None,
             "message": None,

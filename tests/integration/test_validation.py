@@ -8,12 +8,14 @@ import dagster as dg
 import pyarrow.compute as pc
 import pytest
 
+from mlops_assets.assets.checks import GAPS_CHECK
 from mlops_assets.assets.ingestion import build_ingestion_asset
 from mlops_assets.domain.curated_store import CuratedStore
 from mlops_assets.domain.ledger import DropLedger
 from mlops_assets.domain.sample_drops import land_sales
 from mlops_assets.ml.sample_data import BAD_KINDS, SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
+from mlops_assets.ml.tables import decode_dictionaries
 from mlops_assets.ml.validation.rules import CONCERNS
 from mlops_assets.storage import LocalStorage
 
@@ -37,6 +39,7 @@ EXPECTED = {
     "duplicate_key_time": ("rows", "unique.key_time", "keys"),
     "future_timestamps": ("rows", "time.not_future", "freshness"),
     "ancient_timestamps": ("rows", "time.earliest", "freshness"),
+    "off_calendar_timestamps": ("rows", "time.off_calendar", "freshness"),
     "distribution_shift": ("file", "drift.sales.", "distribution"),
     "unknown_category": ("rows", "values.allowed", "values"),
 }
@@ -96,7 +99,11 @@ def test_good_data_trains_and_bad_kinds_are_quarantined(world):
     assert not executed, "training ran although blocking checks failed"
 
     checks = _checks(result)
-    assert set(checks) == set(CONCERNS)
+    assert set(checks) == {*CONCERNS, GAPS_CHECK}
+    # The synthetic series have no missing week: the non-blocking warning passes.
+    assert checks[GAPS_CHECK].passed
+    assert checks[GAPS_CHECK].severity == dg.AssetCheckSeverity.WARN
+    assert checks[GAPS_CHECK].metadata["missing_periods"].value == 0
     ledger = {o.drop.rsplit("/", 1)[-1]: o for o in DropLedger(storage, spec).all()}
     assert ledger["week_again.csv"].status == "ingested"
     for kind, (where, rule, concern) in EXPECTED.items():
@@ -170,3 +177,34 @@ def test_warn_band_drift_fails_check_but_does_not_block(world):
     assert result.success and executed, "a WARN check must not block training"
     o = next(o for o in DropLedger(storage, spec).all() if o.drop.endswith("week_high.csv"))
     assert o.status == "ingested"
+
+
+def test_missing_weeks_are_reported_in_metadata_and_a_warning(tmp_path):
+    """Weeks missing inside a series: the curated asset says how many, where, and warns; the
+    warning does not block training."""
+    spec = load_spec("sales")
+    storage = LocalStorage(root=str(tmp_path / "storage"))
+    good = decode_dictionaries(sales_table(SHAPE))
+    weeks = pc.unique(good[spec.time]).sort()
+    first = pc.min(good["product"]).as_py()
+    hole = pc.and_(
+        pc.equal(good["product"], first),
+        pc.is_in(good[spec.time], weeks.slice(20, 3)),
+    )
+    storage.write_bytes(
+        "landing/sales/gappy.csv",
+        good.filter(pc.invert(hole)).to_pandas().to_csv(index=False).encode(),
+    )
+    executed: list = []
+    result = _run(spec, storage, executed)
+    assert result.success and executed, "a gap warns; it does not block"
+    check = _checks(result)[GAPS_CHECK]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    series = {r["store"] for r in good.filter(hole).select(["store"]).to_pylist()}
+    assert check.metadata["series_with_gaps"].value == len(series)
+    assert check.metadata["missing_periods"].value == 3 * len(series)
+    assert check.metadata["longest_gap"].value == 3
+    worst = check.metadata["gaps_worst_series"].value.records
+    assert worst[0].data["missing_periods"] == 3 and first in worst[0].data["series_id"]
+    meta = result.asset_materializations_for_node("sales__curated")[0].metadata
+    assert meta["missing_periods"].value == 3 * len(series)

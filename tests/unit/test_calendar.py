@@ -144,6 +144,7 @@ def test_lag_52_after_regularization_is_52_calendar_weeks_back():
     spec = _spec()
     spec.features.lags, spec.features.rolling = [1, 52], [4]
     spec.features.calendar, spec.features.exogenous = [], []
+    spec.calendar.fill = {}  # a missing week is unknown (NaN), not zero
     weeks = pd.date_range("2020-01-06", periods=160, freq="W-MON")
     rows = []
     for s, (start, stop) in enumerate([(0, 160), (10, 130), (40, 158)]):

@@ -9,7 +9,7 @@ import pytest
 
 from mlops_assets.ml import modelset, persistence
 from mlops_assets.ml.engines import result_schema, train_local
-from mlops_assets.ml.features import feature_matrix, to_series_frame
+from mlops_assets.ml.features import feature_matrix, tail_length, to_series_frame
 from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.scoring import RequestError, SeriesModel, score
@@ -83,7 +83,7 @@ def test_future_periods_are_forecast_recursively_from_the_stored_tail(data, mode
     "row,code",
     [
         ({"store": "S9", "product": "P0", "week": "2026-10-05"}, "unknown_series"),
-        ({"store": "S0000", "product": "P000", "week": "2027-03-01"}, "gap_after_history"),
+        ({"store": "S0000", "product": "P000", "week": "2026-10-08"}, "off_calendar"),
         (
             {"store": "S0000", "product": "P001", "week": "2026-10-05", "price": None},
             "missing_feature",
@@ -193,3 +193,103 @@ def test_the_last_trained_periods_can_be_rescored_from_the_stored_tail(data, mod
         out = score(rows, SPEC, models.get)
         assert out.error.isna().all(), out.message.dropna().unique()
         assert np.isfinite(out.prediction.astype(float)).all()
+
+
+def _gap_request(models, spec, weeks_after: int, target=None):
+    """One row ``weeks_after`` periods after series P000's history (1: no gap)."""
+    m = models["store=S0000/product=P000"]
+    week = pd.Timestamp(m.history_end) + pd.Timedelta(weeks=weeks_after)
+    row = {"store": "S0000", "product": "P000", "week": str(week.date()), "price": 5.0, "promo": 0}
+    return [row] if target is None else [{**row, "sales": target}]
+
+
+def test_a_request_after_a_gap_is_scored_per_the_fill_rules(models):
+    """sales: fill zero. Two weeks nobody sent are two weeks of zero sales, as in training:
+    the same prediction as a request that sends those weeks with zero sales."""
+    after_gap = score(_gap_request(models, SPEC, 3), SPEC, models.get)
+    assert after_gap.error.isna().all(), after_gap.message.tolist()
+    sent = _gap_request(models, SPEC, 1, 0.0) + _gap_request(models, SPEC, 2, 0.0)
+    explicit = score(sent + _gap_request(models, SPEC, 3), SPEC, models.get)
+    assert after_gap.prediction[0] == pytest.approx(explicit.prediction[2], rel=1e-12)
+
+
+def test_a_gap_the_spec_does_not_fill_is_refused_where_lags_need_it(models):
+    spec = SPEC.model_copy(deep=True)
+    spec.calendar.fill = {}  # a missing week is unknown
+    out = score(_gap_request(models, spec, 3), spec, models.get)
+    assert out.error.tolist() == ["gap_after_history"]
+    assert "fill rule for 'sales' is none" in out.message[0]
+    assert score(_gap_request(models, spec, 1), spec, models.get).error.isna().all()
+
+
+def test_off_calendar_request_rows_are_snapped_when_the_spec_says_so(models):
+    spec = SPEC.model_copy(deep=True)
+    spec.calendar.off_calendar = "snap"
+    on = _gap_request(models, spec, 1)
+    off = [{**on[0], "week": str((pd.Timestamp(on[0]["week"]) + pd.Timedelta(days=3)).date())}]
+    snapped = score(off, spec, models.get)
+    assert snapped.error.isna().all()
+    assert snapped.time[0] == on[0]["week"]
+    assert snapped.prediction[0] == score(on, spec, models.get).prediction[0]
+
+
+def test_predictions_are_clipped_to_the_target_bounds(models):
+    spec = SPEC.model_copy(deep=True)
+    spec.columns["sales"] = spec.columns["sales"].model_copy(update={"min": 1e9})
+    out = score(_gap_request(models, spec, 1), spec, models.get)
+    assert out.prediction.tolist() == [1e9]
+    spec.columns["sales"] = spec.columns["sales"].model_copy(update={"min": None, "max": -5.0})
+    assert score(_gap_request(models, spec, 1), spec, models.get).prediction.tolist() == [-5.0]
+
+
+def test_training_and_scoring_agree_on_a_series_with_gaps():
+    """The features training computes for a period equal those scoring computes for it, on a
+    series with missing weeks: scoring the training rows gives the model on training's X."""
+    from mlops_assets.ml.calendar import calendar_series
+
+    full = sales_table(SalesShape(1, 140, seed=5)).to_pandas()
+    full["store"], full["product"] = full.store.astype(str), full["product"].astype(str)
+    gapped = full.drop(index=full.index[[60, 61, 62, 90, 120, *range(130, 140)]])
+    results = train_local(gapped, SPEC, max_workers=1)
+    r = results.iloc[0]
+    assert r["status"] == "trained"
+    model = persistence.loads(r["model"])
+    cal = calendar_series(to_series_frame(gapped, SPEC), SPEC)
+    X = feature_matrix(cal.frame, SPEC)
+    observed = cal.source >= 0
+    complete = np.isfinite(X).all(axis=1) & observed
+    lookup = {r["series_id"]: SeriesModel(model, "v", r["history_end"], r["history_tail"])}
+    out = score(gapped.sample(frac=1.0, random_state=1), SPEC, lookup.get)
+    by_week = dict(zip(pd.to_datetime(out.time), out.prediction, strict=True))
+    got = np.array([by_week[pd.Timestamp(t)] for t in cal.frame.time[complete]])
+    np.testing.assert_allclose(got, model.predict(X[complete]), rtol=1e-10)
+    # A forecast after the history, from the tail training stored: same as from the rows.
+    future = full.iloc[[130]].drop(columns="sales")
+    from_tail = score(future, SPEC, lookup.get).prediction[0]
+    from_rows = score(pd.concat([gapped, future]), SPEC, lookup.get).prediction.iloc[-1]
+    assert from_tail == pytest.approx(from_rows, rel=1e-10)
+
+
+def test_real_time_fast_path_clips_and_agrees_with_batch_after_a_gap(models):
+    """serving.fast: the next period takes the fast path, a request after a gap the shared
+    path; both clipped to the bounds, both as ``score`` answers."""
+    from mlops_assets.serving.fast import score_records
+
+    spec = SPEC.model_copy(deep=True)
+    spec.columns["sales"] = spec.columns["sales"].model_copy(update={"min": 1e9})
+    nxt = _gap_request(models, spec, 1)
+    other = {**_gap_request(models, spec, 3)[0], "product": "P001"}
+    m = models["store=S0000/product=P001"]
+    other["week"] = str((pd.Timestamp(m.history_end) + pd.Timedelta(weeks=3)).date())
+    k = tail_length(SPEC)  # the fast path takes a tail of exactly what the features need
+    served = {
+        sid: SeriesModel(m.model, m.version, m.history_end, m.tail[-k:])
+        for sid, m in models.items()
+    }
+    scored = score_records([*nxt, other], spec, served.get)
+    assert (scored.fast, scored.slow) == (1, 1)
+    assert [r["prediction"] for r in scored.rows] == [1e9, 1e9]
+    unclipped = score_records([*nxt, other], SPEC, served.get).rows
+    batch = score([*nxt, other], SPEC, models.get)
+    assert [r["error"] for r in unclipped] == [None, None]
+    np.testing.assert_allclose([r["prediction"] for r in unclipped], batch.prediction, rtol=1e-12)

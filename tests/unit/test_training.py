@@ -243,3 +243,44 @@ def test_metrics_edge_cases():
 @pytest.mark.parametrize(("freq", "season"), [("W-MON", 52), ("D", 7), ("MS", 12), ("zz", None)])
 def test_season_length(freq, season):
     assert season_length(freq) == season
+
+
+def _gapped(df: pd.DataFrame, rows: list[int]) -> pd.DataFrame:
+    return df.drop(index=df.index[rows])
+
+
+@pytest.mark.parametrize("fill", ["zero", "none"])
+def test_a_series_with_missing_weeks_trains_with_lags_by_period(sales, fill):
+    """Missing weeks are laid out as periods (filled per the spec) before features, so lag_k
+    is k weeks back: the model equals one trained on the rows filled by hand."""
+    spec = sales.model_copy(deep=True)
+    spec.calendar.fill = (
+        {"sales": "zero", "promo": "zero", "price": "ffill"} if fill == "zero" else {}
+    )
+    df = _series(120)
+    missing = [70, 71, 72]
+    by_hand = df.copy()
+    if fill == "zero":
+        by_hand.loc[by_hand.index[missing], ["sales", "promo"]] = 0
+        by_hand.loc[by_hand.index[missing], "price"] = df["price"].iloc[69]
+    else:
+        by_hand.loc[by_hand.index[missing], ["sales", "price", "promo"]] = np.nan
+    got = train_local(_gapped(df, missing), spec, max_workers=1)
+    want = train_local(by_hand, spec, max_workers=1)
+    assert got["status"].tolist() == [TRAINED]
+    assert got["model_sha256"].tolist() == want["model_sha256"].tolist()
+    assert got["n_train"].tolist() == want["n_train"].tolist()
+    tail = got["history_tail"][0]
+    np.testing.assert_array_equal(tail, want["history_tail"][0])
+    if fill == "none":  # an unobserved period is never a training row, nor its lags'
+        assert got["n_train"][0] < train_local(_gapped(df, []), spec, max_workers=1)["n_train"][0]
+
+
+def test_a_series_off_the_calendar_fails_alone(sales):
+    df = _series(120)
+    other = _series(120, seed=1).assign(product="P999")
+    df.loc[df.index[10], "week"] = df["week"].iloc[10] + pd.Timedelta(days=3)  # a Thursday
+    out = train_local(pd.concat([df, other]), sales, max_workers=1)
+    by_status = dict(zip(out["status"], out["reason"], strict=True))
+    assert set(by_status) == {FAILED, TRAINED}
+    assert "time.off_calendar" in by_status[FAILED]

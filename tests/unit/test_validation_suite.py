@@ -15,7 +15,7 @@ from mlops_assets.ml.validation import masks, suite
 from mlops_assets.ml.validation.gate import DropGate
 from mlops_assets.ml.validation.gx import GxRunner
 from mlops_assets.ml.validation.profile import Band
-from mlops_assets.ml.validation.rows import RowCheck, validate_rows
+from mlops_assets.ml.validation.rows import RowCheck, explain_rows, validate_rows
 from mlops_assets.ml.validation.rules import Rule
 
 AS_OF = date(2026, 11, 20)
@@ -343,3 +343,58 @@ def test_scoring_checks_value_bounds_of_inputs_with_the_same_rule_names():
     fair = table.set_column(i, "price", pa.array([1.0] * table.num_rows))
     only_promo = validate_rows(fair, spec, for_scoring=True)
     assert [r["_rule"] for r in only_promo.quarantined.to_pylist()] == [Rule.VALUES_ALLOWED]
+
+
+def _weekly(weeks: list[date], stores: list[str] | None = None) -> pa.Table:
+    n = len(weeks)
+    return _typed(
+        pa.table(
+            {
+                "store": stores or ["S1"] * n,
+                "product": ["P1"] * n,
+                "week": pa.array(weeks, pa.date32()),
+                "sales": [1.0] * n,
+                "price": [1.0] * n,
+                "promo": pa.array([0] * n, pa.int64()),
+            }
+        )
+    )
+
+
+def test_calendar_rules_have_no_great_expectations_equivalent():
+    """GX has no "timestamp is an anchor of a frequency" expectation: the calendar rules are
+    not in the GX suite (the contract above covers the suite); ``validate_rows`` applies them."""
+    rules = {c["meta"]["rule"] for c in suite.row_expectations(load_spec("sales"), AS_OF)}
+    assert Rule.TIME_OFF_CALENDAR not in rules and Rule.TIME_DUPLICATE_PERIOD not in rules
+
+
+@pytest.mark.parametrize("for_scoring", [False, True])
+def test_off_calendar_rows_are_quarantined_with_the_rule(for_scoring):
+    """2026-01-08 is a Thursday on a W-MON calendar: ingestion and scoring drops alike."""
+    spec = load_spec("sales")
+    table = _weekly([date(2026, 1, 5), date(2026, 1, 8), date(2026, 1, 12)])
+    check = validate_rows(table, spec, for_scoring=for_scoring, as_of=AS_OF)
+    assert check.kept[ROW].to_pylist() == [0, 2]
+    (row,) = check.quarantined.to_pylist()
+    assert (row[ROW], row["_rule"], row["_column"]) == (1, "time.off_calendar", "week")
+    explained = explain_rows(check, "landing/sales/d.csv").quarantined["_message"][0].as_py()
+    assert explained.startswith("landing/sales/d.csv: row 1, column 'week'")
+    assert "calendar.off_calendar: snap" in explained  # says what to do
+    (failure,) = check.failures(spec)
+    assert (failure.rule, failure.count, failure.concern) == ("time.off_calendar", 1, "freshness")
+
+
+def test_off_calendar_rows_are_snapped_when_the_spec_says_so():
+    spec = load_spec("sales")
+    spec.calendar.off_calendar = "snap"
+    # S1: Thursday 8th snaps onto Monday 5th, which S1 has: a duplicate period, quarantined.
+    # S2: Thursday 8th snaps onto Monday 5th, which S2 lacks: kept, snapped.
+    weeks = [date(2026, 1, 5), date(2026, 1, 8), date(2026, 1, 8), date(2026, 1, 12)]
+    table = _weekly(weeks, ["S1", "S1", "S2", "S2"])
+    check = validate_rows(table, spec, for_scoring=False, as_of=AS_OF)
+    assert check.kept[ROW].to_pylist() == [0, 2, 3]
+    assert check.kept["week"].to_pylist() == [date(2026, 1, 5), date(2026, 1, 5), date(2026, 1, 12)]
+    (row,) = check.quarantined.to_pylist()
+    assert (row[ROW], row["_rule"], row["_value"]) == (1, "time.duplicate_period", "2026-01-08")
+    on_calendar = validate_rows(_weekly([date(2026, 1, 5)]), spec, for_scoring=False)
+    assert on_calendar.rows_quarantined == 0

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from mlops_assets.ml.drops import ParsedDrop, split_failures
 from mlops_assets.ml.spec import DatasetSpec
+from mlops_assets.ml.validation.calendar_rows import calendar_rows
 from mlops_assets.ml.validation.failures import RowFailure, row_failures_of
 from mlops_assets.ml.validation.masks import row_failures
 from mlops_assets.ml.validation.rules import hint
@@ -62,7 +63,8 @@ def validate_rows(
     for_scoring: bool,
     as_of: date | datetime | str | None = None,
 ) -> RowCheck:
-    """Split a drop's typed rows into kept and quarantined by the spec's row-level suite.
+    """Split a drop's typed rows into kept and quarantined by the spec's row-level suite and
+    its calendar rules (``calendar_rows``: off-calendar rows quarantined, or snapped).
 
     Args:
         rows: typed rows (the spec's columns and the row number), or a ``ParsedDrop`` whose
@@ -75,10 +77,14 @@ def validate_rows(
     parsed = (
         rows if isinstance(rows, ParsedDrop) else split_failures(rows, None, [], spec)  # nothing
     )
-    good = parsed.good
+    good = kept = parsed.good
     failures = row_failures(good, row_expectations(spec, as_of, for_scoring=for_scoring))
+    on_calendar = calendar_rows(good, spec)  # after the suite's rules: they win a tie
+    failures += on_calendar.failures
+    if on_calendar.time is not None:  # kept rows snapped; quarantined ones show their own time
+        kept = good.set_column(good.schema.get_field_index(spec.time), spec.time, on_calendar.time)
     if not failures:
-        return RowCheck(parsed.rows_in, good, parsed.rejected)
+        return RowCheck(parsed.rows_in, kept, parsed.rejected)
     # Split only the failing rows (usually few): building the quarantined table formats every
     # column as text, which costs seconds on a 10M-row drop if done for all rows.
     bad = np.zeros(good.num_rows, dtype=bool)
@@ -91,7 +97,7 @@ def validate_rows(
     quarantined = pa.concat_tables(
         [parsed.rejected, more.rejected.select(parsed.rejected.column_names)]
     )
-    return RowCheck(parsed.rows_in, good.filter(pa.array(~bad)), quarantined)
+    return RowCheck(parsed.rows_in, kept.filter(pa.array(~bad)), quarantined)
 
 
 def explain_rows(check: RowCheck, name: str) -> RowCheck:

@@ -32,6 +32,8 @@ class Rule(StrEnum):
     VALUES_ALLOWED = "values.allowed"
     TIME_EARLIEST = "time.earliest"
     TIME_NOT_FUTURE = "time.not_future"
+    TIME_OFF_CALENDAR = "time.off_calendar"
+    TIME_DUPLICATE_PERIOD = "time.duplicate_period"
     DROP_ROW_COUNT = "drop.row_count"
     FRESHNESS_MAX_AGE = "freshness.max_age"
     ROWS_IDENTITY = "rows.identity"
@@ -68,6 +70,11 @@ HINTS = {
     Rule.TIME_EARLIEST: "the timestamp is before the earliest plausible date; check the date "
     "format",
     Rule.TIME_NOT_FUTURE: "the timestamp is after the run's as-of date; check the date or clock",
+    Rule.TIME_OFF_CALENDAR: "the timestamp is not on the spec's calendar (an anchor of its "
+    "frequency, e.g. a Monday for W-MON); send the period's anchor date, or set "
+    "`calendar.off_calendar: snap` in the spec to move such rows to their period",
+    Rule.TIME_DUPLICATE_PERIOD: "snapped to its period, the row lands on a period its series "
+    "already has in the drop; send one row per series and period",
     "custom": "the row fails an extra expectation of the spec; see the expectation",
     Rule.DROP_ROW_COUNT: "the drop has too few or too many rows; check it is complete and not "
     "duplicated, then land it again",
