@@ -141,7 +141,12 @@ def evaluate_candidate(
             candidate, champion, scores, cand_ref.version, champ_label, policy
         )
         result = ev.resulting_manifest(candidate, champion, decisions)
-        quality = ev.aggregate_quality(decisions, max_median_increase, policy.metric)
+        quality = ev.aggregate_quality(
+            decisions,
+            max_median_increase,
+            policy.metric,
+            allow_uncompared=policy.unscored == "promote",
+        )
         folder = ms.release_folder(spec, cand_ref.version)
         storage.write_bytes(f"{folder}/{DECISIONS_FILE}", modelset.manifest_bytes(decisions))
         ref = ms.write_model_set(

@@ -104,6 +104,11 @@ def holdout_rows(X: np.ndarray, y: np.ndarray, holdout: int) -> np.ndarray:
     return np.flatnonzero(complete[split:]) + split
 
 
+def _if_fits(model: object | None, n_features: int) -> object | None:
+    n = getattr(model, "n_features_in_", None)
+    return model if n is None or n == n_features else None
+
+
 def rescore(
     frame: SeriesFrame,
     spec: DatasetSpec,
@@ -116,7 +121,8 @@ def rescore(
             ``holdout + tail_length(spec)`` rows of each (fewer rows score fewer points).
         spec: The dataset spec (features, holdout).
         predictor: A fitted model (anything with ``predict``) for a series id, or None to skip
-            the series. The caller loads it verified (``persistence.load_verified``).
+            the series. The caller loads it verified (``persistence.load_verified``). A model
+            expecting another number of features than the spec's is skipped too.
 
     Returns:
         ``{series_id: {"mae", "rmse", "smape", "mape", "n_holdout"}}`` for every scored series.
@@ -129,7 +135,9 @@ def rescore(
     in_holdout = (positions(frame.offsets) >= split) & (split >= 1)
     complete = np.isfinite(X).all(axis=1) & np.isfinite(frame.target)
     ids = [spec.series_id(k) for k in frame.keys]
-    models = [predictor(sid) for sid in ids]
+    # A model fitted on another feature set (the spec's features changed since) cannot score
+    # these rows: its series is left unscored, not the run failed.
+    models = [_if_fits(predictor(sid), X.shape[1]) for sid in ids]
     has_model = np.array([m is not None for m in models], dtype=bool)
     rows = np.flatnonzero(in_holdout & complete & has_model[row_series])
     predicted = predict_rows(X, rows, row_series, models, stack_linear(models))
@@ -272,7 +280,11 @@ class Quality:
 
 
 def aggregate_quality(
-    decisions: pa.Table, max_median_increase: float, metric: str = "smape"
+    decisions: pa.Table,
+    max_median_increase: float,
+    metric: str = "smape",
+    *,
+    allow_uncompared: bool = False,
 ) -> Quality:
     """Median metric of the resulting set against the champion set, on the series compared.
 
@@ -284,6 +296,9 @@ def aggregate_quality(
     Args:
         decisions: ``evaluate_sets`` output.
         max_median_increase: How much the median may rise (metric points) before the gate fails.
+        metric: The metric's name, for the description.
+        allow_uncompared: Pass with no comparison at all (the policy's ``unscored: promote``,
+            e.g. once after the spec's features changed, which leaves every champion unscored).
     """
 
     def col(name: str) -> np.ndarray:
@@ -305,12 +320,12 @@ def aggregate_quality(
         f"{counts['below_baseline']} below the baseline"
     )
     if not n:
-        ok = counts["with_champion"] == 0
+        ok = counts["with_champion"] == 0 or allow_uncompared
         why = (
             "no champion set to compare with: passes"
-            if ok
+            if counts["with_champion"] == 0
             else f"{counts['with_champion']} challengers have a champion but none was compared "
-            "on the same points: FAILS"
+            "on the same points: " + ("passes only as unscored: promote allows" if ok else "FAILS")
         )
         challenger_median = float(np.nanmedian(chall)) if np.isfinite(chall).any() else np.nan
         return Quality(ok, challenger_median, np.nan, 0, max_median_increase, why + tail, counts)

@@ -293,6 +293,9 @@ def test_gate_fails_when_champions_exist_and_none_was_compared(unscored):
     q = ev.aggregate_quality(decisions, 1.0)
     assert not q.passed and q.compared_series == 0
     assert "2 challengers have a champion but none was compared" in q.description
+    # Only the policy that promotes unscored challengers lets such a set through, counted.
+    allowed = ev.aggregate_quality(decisions, 1.0, allow_uncompared=unscored == "promote")
+    assert allowed.passed == (unscored == "promote")
     assert q.counts["compared"] == 0 and q.counts["with_champion"] == 2
     assert q.counts["promoted_first"] == 1
     assert q.counts["promoted_without_comparison"] == (2 if unscored == "promote" else 0)
@@ -339,6 +342,10 @@ def test_rescore_uses_the_challengers_holdout_rows():
         assert scores[sid]["n_holdout"] == fit.n_holdout
         np.testing.assert_allclose(scores[sid]["smape"], fit.metrics["smape"], rtol=1e-9)
     assert ev.rescore(frame, spec, lambda s: None) == {}
+    # Champions fitted on another feature set (the spec gained a lag) are left unscored.
+    wider = spec.model_copy(deep=True)
+    wider.features.lags = [*spec.features.lags, 3]
+    assert ev.rescore(frame, wider, lambda s: fits[s].model) == {}
 
 
 def _fit_one(spec, y):
