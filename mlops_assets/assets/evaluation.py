@@ -3,10 +3,11 @@
 The champion is the model set the dev registry's alias (``champion``) points at. For each series
 the candidate trained in this run, the champion's model is loaded (sha256-verified against its
 manifest entry) and re-scored on the challenger's holdout rows with the same feature code, so
-both numbers describe the same weeks. ``ml.comparison`` decides, ``domain.evaluation_run``
-reads and writes; this module reports. The result is a *release* model set: the manifest of the resulting set (promoted
-challengers plus champion entries carried by reference), written under
-``models/<ds>/releases/<version>/``; registration registers exactly that folder.
+both numbers describe the same weeks. ``ml.champion_gate`` decides (fed by ``ml.comparison``),
+``domain.evaluation_run`` reads and writes; this module reports. The result is a *release* model
+set: the manifest of the resulting set (promoted challengers plus champion entries carried by
+reference), written under ``models/<ds>/releases/<version>/``; registration registers exactly
+that folder.
 """
 
 import dagster as dg
