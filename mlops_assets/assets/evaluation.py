@@ -3,10 +3,11 @@
 The champion is the model set the dev registry's alias (``champion``) points at. For each series
 the candidate trained in this run, the champion's model is loaded (sha256-verified against its
 manifest entry) and re-scored on the challenger's holdout rows with the same feature code, so
-both numbers describe the same weeks. ``ml.comparison`` decides, ``domain.evaluation_run``
-reads and writes; this module reports. The result is a *release* model set: the manifest of the resulting set (promoted
-challengers plus champion entries carried by reference), written under
-``models/<ds>/releases/<version>/``; registration registers exactly that folder.
+both numbers describe the same weeks. ``ml.champion_gate`` decides (fed by ``ml.comparison``),
+``domain.evaluation_run`` reads and writes; this module reports. The result is a *release* model
+set: the manifest of the resulting set (promoted challengers plus champion entries carried by
+reference), written under ``models/<ds>/releases/<version>/``; registration registers exactly
+that folder.
 """
 
 import dagster as dg
@@ -39,6 +40,7 @@ _DECISION_TABLE = dg.TableSchema(
         dg.TableColumn("challenger", "float"),
         dg.TableColumn("champion", "float"),
         dg.TableColumn("naive", "float"),
+        dg.TableColumn("baseline", "float"),
         dg.TableColumn("change", "float"),
         dg.TableColumn("reason", "string"),
     ]
@@ -52,8 +54,13 @@ class EvaluationConfig(dg.Config):
     """Relative improvement a challenger needs over the champion (0.02 = 2% lower error)."""
     max_metric: float | None = None
     """Business threshold: a challenger with a higher error is never promoted (None: off)."""
-    require_beats_naive: bool = False
-    """Also refuse challengers that do not beat the naive (last value) baseline."""
+    require_beats_baseline: str = "seasonal_naive"
+    """The baseline a challenger must beat on the same rows to be promoted: seasonal_naive
+    (naive where seasonal naive could not be scored there, e.g. under a season of history),
+    naive, or none. A first model that does not is still promoted, flagged below_baseline."""
+    unscored: str = "keep"
+    """A series whose champion cannot be scored on the challenger's rows: keep the champion
+    (decision kept_unscored), or promote the challenger without a comparison."""
     max_median_increase: float = 1.0
     """Blocking gate: the resulting set's median metric may exceed the champion set's by at most
     this much (metric points) on the same holdout, else the run fails before registration."""
@@ -71,6 +78,7 @@ def _records(df: pd.DataFrame) -> dg.TableMetadataValue:
                 "challenger": f(r.challenger_metric),
                 "champion": f(r.champion_metric),
                 "naive": f(r.naive_metric),
+                "baseline": f(r.baseline_metric),
                 "change": f(r.change),
                 "reason": r.decision_reason or "",
             }
@@ -97,13 +105,15 @@ def build_evaluation_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 asset=key,
                 blocking=True,
                 description="Median error of the resulting set vs the champion set on the "
-                "same holdout, within the configured tolerance; failing stops registration.",
+                "same holdout, within the configured tolerance; fails too when challengers "
+                "have champions but none was compared. Failing stops registration.",
             )
         ],
         description=(
             f"Each {spec.name} challenger against its champion (re-scored on the same holdout) "
-            "and the naive baseline; promote when better by the margin and within the business "
-            "threshold. Writes the resulting (release) model set."
+            "and the seasonal-naive baseline; promote when it beats the baseline, is better by "
+            "the margin and within the business threshold. A champion that cannot be scored "
+            "stays. Writes the resulting (release) model set."
         ),
     )
     def evaluation(
@@ -112,13 +122,14 @@ def build_evaluation_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         storage: dg.ResourceParam[Storage],
         registry: ModelRegistry,
     ) -> dg.MaterializeResult:
-        policy = ev.Policy(
-            metric=config.metric,
-            margin=config.margin,
-            max_metric=config.max_metric,
-            require_beats_naive=config.require_beats_naive,
-        )
         try:
+            policy = ev.Policy(
+                metric=config.metric,
+                margin=config.margin,
+                max_metric=config.max_metric,
+                require_beats_baseline=config.require_beats_baseline,
+                unscored=config.unscored,
+            )
             outcome = evaluate_candidate(
                 storage,
                 registry,
@@ -129,7 +140,7 @@ def build_evaluation_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 max_median_increase=config.max_median_increase,
                 config=config.model_dump(),
             )
-        except (EvaluationInputError, RegistryError, ModelSetError) as exc:
+        except (EvaluationInputError, RegistryError, ModelSetError, ValueError) as exc:
             raise dg.Failure(str(exc)) from exc
         return dg.MaterializeResult(
             metadata=_metadata(spec, outcome, storage), check_results=[quality_check(key, outcome)]
@@ -155,6 +166,7 @@ def quality_check(key: dg.AssetKey, outcome: EvaluationOutcome) -> dg.AssetCheck
             "champion_median": _f(quality.champion_median),
             "compared_series": quality.compared_series,
             "tolerance": quality.tolerance,
+            **{f"series_{k}": v for k, v in quality.counts.items()},
         },
     )
 
@@ -167,6 +179,10 @@ def _metadata(spec: DatasetSpec, outcome: EvaluationOutcome, storage: Storage) -
     md.update(
         series_total=len(df),
         series_promoted=int(df["promoted"].sum()),
+        promoted_without_comparison=quality.counts.get("promoted_without_comparison", 0),
+        promoted_first=quality.counts.get("promoted_first", 0),
+        promoted_below_baseline=quality.counts.get("promoted_below_baseline", 0),
+        series_compared=quality.counts.get("compared", 0),
         series_with_model=int(pc.sum(pc.is_valid(result["artifact"])).as_py() or 0),
         champion_version=release.champion_version or "none",
         median_resulting=_f(quality.resulting_median),
@@ -193,8 +209,9 @@ def _metadata(spec: DatasetSpec, outcome: EvaluationOutcome, storage: Storage) -
         both["change"] = both.challenger_metric - both.champion_metric
         md["biggest_gains"] = _records(both.nsmallest(10, "change"))
         md["biggest_regressions"] = _records(both.nlargest(10, "change"))
-    rejected = df[df.decision.isin([ev.BELOW_THRESHOLD])].head(20).copy()
-    if len(rejected):
-        rejected["change"] = rejected.challenger_metric - rejected.champion_metric
-        md["below_threshold"] = _records(rejected)
+    for decision in (ev.BELOW_THRESHOLD, ev.BELOW_BASELINE, ev.KEPT_UNSCORED):
+        rejected = df[df.decision == decision].head(20).copy()
+        if len(rejected):
+            rejected["change"] = rejected.challenger_metric - rejected.champion_metric
+            md[decision] = _records(rejected)
     return md

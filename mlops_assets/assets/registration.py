@@ -22,6 +22,7 @@ from mlops_assets.domain.model_sets import (
 )
 from mlops_assets.domain.promotion import (
     GATE_TAG,
+    UNCOMPARED_TAG,
     PromotionError,
     promote_version,
     register_release,
@@ -66,7 +67,8 @@ def registration_metadata(
         "manifest_sha256": version.tags.get("manifest_sha256", ""),
         "mlflow_run_id": version.run_id or "",
         **phases.metadata(),
-        **{k: v for k, v in version.tags.items() if k.startswith("count_")},
+        **{k: v for k, v in version.tags.items() if k.startswith(("count_", "gate_"))},
+        UNCOMPARED_TAG: version.tags.get(UNCOMPARED_TAG, ""),
     }
 
 

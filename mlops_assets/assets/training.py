@@ -113,6 +113,14 @@ def training_metadata(
         ok = trained[trained.status == "trained"]
         md["median_smape"] = float(np.nanmedian(ok.smape)) if len(ok) else float("nan")
         md["median_naive_smape"] = float(np.nanmedian(ok.naive_smape)) if len(ok) else float("nan")
+        # Seasonal naive is the baseline the champion gate requires by default; NaN where it
+        # could not be scored on a series' holdout rows (under a season of history).
+        seasonal = ok.seasonal_naive_smape.to_numpy(float)
+        scored = np.isfinite(seasonal)
+        md["median_seasonal_naive_smape"] = (
+            float(np.median(seasonal[scored])) if scored.any() else float("nan")
+        )
+        md["series_beating_seasonal_naive"] = int(np.sum(ok.smape.to_numpy(float) < seasonal))
         md["holdout_smape"] = dg.MetadataValue.md(
             histograms(
                 {"model": ok.smape.to_numpy(float), "naive": ok.naive_smape.to_numpy(float)},

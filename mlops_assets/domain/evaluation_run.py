@@ -2,16 +2,19 @@
 
 The champion is the set the dev registry's alias points at (read through its registered
 ``ModelSetRef``, manifest and models verified). Challengers trained in this run are compared with
-the champion's models re-scored on the same holdout (``ml.comparison``); the resulting set
-(promoted challengers plus carried champion entries) is written under
-``models/<ds>/releases/<version>/`` and recorded with its gate outcome as a ``ReleaseRecord``.
+the champion's models re-scored on the same evaluation rows (``ml.comparison``), read with all
+the history their features need; the resulting set (promoted challengers plus carried champion
+entries) is written under ``models/<ds>/releases/<version>/`` and recorded with its gate
+outcome as a ``ReleaseRecord``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,7 +24,7 @@ from mlops_assets.domain import model_sets as ms
 from mlops_assets.domain.curated_store import CuratedStore
 from mlops_assets.ml import comparison as ev
 from mlops_assets.ml import modelset
-from mlops_assets.ml.features import tail_length, to_series_frame
+from mlops_assets.ml.features import SeriesFrame, select_series, tail_length, to_series_frame
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.storage import Storage
@@ -45,6 +48,36 @@ class EvaluationOutcome:
     phases: Phases = field(compare=False)
 
 
+def history_frames(
+    storage: Storage, spec: DatasetSpec, as_of: str, series: Iterable[str]
+) -> list[SeriesFrame]:
+    """Every row the features of the series' evaluation rows need, up to ``as_of``.
+
+    The evaluation rows are each series' last ``holdout`` rows; their features need the
+    ``tail_length`` rows before them. One read of a window twice that many periods long covers a
+    regular series; a series with fewer rows in it (gaps, or no row in the window at all) may
+    have older rows the window cut off, so those series are read again with no lower bound.
+    A series shorter than the window is read whole either way.
+
+    Returns:
+        One or two frames (the windowed one, then the re-read one), no series in both.
+    """
+    wanted = sorted(series)
+    need = spec.holdout + tail_length(spec)
+    store = CuratedStore(storage, spec)
+    until = pd.Timestamp(as_of).date()
+    since = (pd.Timestamp(as_of) - 2 * need * to_offset(spec.frequency)).date()
+    window = to_series_frame(store.read(until=until, since=since), spec, series=wanted)
+    full = np.diff(window.offsets) >= need
+    ids = [spec.series_id(k) for k in window.keys]
+    covered = [s for s, ok in zip(ids, full, strict=True) if ok]
+    frames = [select_series(window, spec, covered)]
+    again = set(wanted) - set(covered)
+    if again:
+        frames.append(to_series_frame(store.read(until=until), spec, series=sorted(again)))
+    return frames
+
+
 def champion_scores(
     storage: Storage,
     spec: DatasetSpec,
@@ -53,7 +86,8 @@ def champion_scores(
     candidate_version: str,
     champion: pa.Table,
 ) -> dict[str, dict[str, float]]:
-    """The champion's models re-scored on the holdout of every challenger trained this run."""
+    """The champion's models re-scored on the evaluation rows of every challenger trained this
+    run, whatever the series' length (``history_frames``)."""
     fresh = pc.and_(
         pc.equal(candidate["trained_in"], candidate_version),
         pc.equal(candidate["status"], "trained"),
@@ -64,13 +98,11 @@ def champion_scores(
     if not to_score:
         return {}
     models = ms.load_models(storage, champion, to_score)
-    # Holdout features need holdout + tail_length rows a series; read twice that many periods
-    # back, for series with gaps (rescore trims by rows).
-    periods = 2 * (spec.holdout + tail_length(spec))
-    since = pd.Timestamp(as_of) - periods * to_offset(spec.frequency)
-    table = CuratedStore(storage, spec).read(until=pd.Timestamp(as_of).date(), since=since.date())
-    frame = to_series_frame(table, spec, series=sorted(to_score))
-    return ev.rescore(frame, spec, models.get)
+    scores: dict[str, dict[str, float]] = {}
+    for frame in history_frames(storage, spec, as_of, to_score):
+        if frame.n_series:
+            scores.update(ev.rescore(frame, spec, models.get))
+    return scores
 
 
 def evaluate_candidate(
@@ -109,7 +141,12 @@ def evaluate_candidate(
             candidate, champion, scores, cand_ref.version, champ_label, policy
         )
         result = ev.resulting_manifest(candidate, champion, decisions)
-        quality = ev.aggregate_quality(decisions, max_median_increase, policy.metric)
+        quality = ev.aggregate_quality(
+            decisions,
+            max_median_increase,
+            policy.metric,
+            allow_uncompared=policy.unscored == "promote",
+        )
         folder = ms.release_folder(spec, cand_ref.version)
         storage.write_bytes(f"{folder}/{DECISIONS_FILE}", modelset.manifest_bytes(decisions))
         ref = ms.write_model_set(
@@ -122,6 +159,7 @@ def evaluate_candidate(
             resulting_median=quality.resulting_median,
             champion_median=quality.champion_median,
             champion_version=champ_version.version if champ_version else None,
+            gate_counts=quality.counts,
             policy=dict(config or {}),
             run_id=run_id,
         )

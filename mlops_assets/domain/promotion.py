@@ -1,8 +1,9 @@
 """Registration of a release set, promotion dev -> prod, and rollback of an alias.
 
 * ``register_release``: the release set of a ``ReleaseRecord`` as ONE version of
-  ``<ds>-models`` (source = the folder's URI; tags = as-of date, counts, the ref's folder and
-  manifest sha256, the gate outcome), with one run holding params, metrics and the manifest.
+  ``<ds>-models`` (source = the folder's URI; tags = as-of date, counts, the champion gate's
+  counts, the ref's folder and manifest sha256, the gate outcome), with one run holding params,
+  metrics and the manifest.
 * ``promote_version``: a dev version's set copied (verified) to prod storage under the same
   folder, registered in the prod registry: the prod ref is the dev ref with the prod version.
 * ``rollback_alias``: an alias moved back to an earlier version (no data moves).
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from resources.registry import ModelRegistry
 
 GATE_TAG = "quality_gate"
+# Challengers that replaced a champion never scored on their points (target 0).
+UNCOMPARED_TAG = "promoted_without_comparison"
 
 
 class PromotionError(RuntimeError):
@@ -50,6 +53,7 @@ def _run_record(
     spec: DatasetSpec, release: ms.ReleaseRecord, as_of: str, run_id: str, counts: dict, data: dict
 ) -> RunRecord:
     metrics = {f"n_{k}": float(v) for k, v in counts.items()}
+    metrics.update({f"gate_{k}": float(v) for k, v in release.gate_counts.items()})
     for k, v in (
         ("resulting_median", release.resulting_median),
         ("champion_median", release.champion_median),
@@ -105,7 +109,10 @@ def register_release(
         "dagster_run_id": run_id,
         GATE_TAG: "passed" if release.passed else "failed",
         **{f"count_{k}": str(v) for k, v in counts.items()},
+        **{f"gate_{k}": str(v) for k, v in release.gate_counts.items()},
     }
+    if "promoted_without_comparison" in release.gate_counts:
+        tags[UNCOMPARED_TAG] = str(release.gate_counts["promoted_without_comparison"])
     artifacts = {modelset.MANIFEST: data}
     if storage.exists(f"{ref.folder}/{DECISIONS_FILE}"):
         artifacts[DECISIONS_FILE] = storage.read_bytes(f"{ref.folder}/{DECISIONS_FILE}")

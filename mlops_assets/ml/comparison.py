@@ -1,13 +1,14 @@
-"""Challenger against champion, per series, on the challenger's holdout window.
+"""Challenger against champion, per series, on the challenger's evaluation rows.
 
 Pure functions (numpy, pyarrow): the evaluation asset, the benchmarks and the tests call them;
-nothing here imports Dagster or Azure.
+nothing here imports Dagster or Azure. The decision rules themselves live in ``champion_gate``
+(per-series error arrays in, decisions out); this module feeds them from model-set manifests.
 
 * ``holdout_rows``: the rows training evaluated a series on (the last ``spec.holdout`` periods
   with complete features and a finite target), so the champion is re-scored on exactly the rows
   the challenger's metrics come from.
 * ``rescore``: the champion's (already verified and loaded) models on those rows.
-* ``decide_all``: the promotion decision of every series at once, each with a reason.
+* ``evaluate_sets``: the decision of every series of a candidate set, each with a reason.
 * ``resulting_manifest``: the model set after the decisions: promoted series take the
   challenger's entry, the others keep the champion's entry by reference (same pack, offset,
   sha256 and ``trained_in``).
@@ -17,7 +18,7 @@ nothing here imports Dagster or Azure.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,22 @@ import pyarrow.compute as pc
 
 from mlops_assets.ml import modelset
 from mlops_assets.ml.calendar import calendar_series
+from mlops_assets.ml.champion_gate import (
+    BELOW_BASELINE,
+    BELOW_THRESHOLD,
+    BETTER,
+    DECISIONS,
+    KEPT_UNSCORED,
+    NO_CHAMPION,
+    NOT_BETTER,
+    PROMOTED_UNSCORED,
+    SKIPPED,
+    Errors,
+    Policy,
+    decide,
+    decide_all,
+    gate_counts,
+)
 from mlops_assets.ml.features import (
     SeriesFrame,
     feature_matrix,
@@ -32,45 +49,51 @@ from mlops_assets.ml.features import (
     positions,
     tail_length,
 )
+from mlops_assets.ml.fitting import BASELINES as BASELINE_NAMES
 from mlops_assets.ml.metrics import ERROR_METRICS, grouped_metrics
 from mlops_assets.ml.predict import clip_to_bounds, predict_rows, stack_linear
 from mlops_assets.ml.spec import DatasetSpec
 
-BETTER = "better"
-NOT_BETTER = "not_better"
-BELOW_THRESHOLD = "below_threshold"
-NO_CHAMPION = "no_champion"
-SKIPPED = "skipped"
-DECISIONS = (BETTER, NOT_BETTER, BELOW_THRESHOLD, NO_CHAMPION, SKIPPED)
+__all__ = [
+    "BELOW_BASELINE",
+    "BELOW_THRESHOLD",
+    "BETTER",
+    "DECISIONS",
+    "DECISION_FIELDS",
+    "KEPT_UNSCORED",
+    "NOT_BETTER",
+    "NO_CHAMPION",
+    "PROMOTED_UNSCORED",
+    "SKIPPED",
+    "Errors",
+    "Policy",
+    "Quality",
+    "aggregate_quality",
+    "decide",
+    "decide_all",
+    "evaluate_sets",
+    "gate_counts",
+    "holdout_rows",
+    "rescore",
+    "resulting_manifest",
+]
 
 DECISION_FIELDS = [
     pa.field("decision", pa.string()),
     pa.field("decision_reason", pa.string()),
     pa.field("promoted", pa.bool_()),
+    pa.field("compared", pa.bool_()),
+    pa.field("below_baseline", pa.bool_()),
+    pa.field("n_evaluated", pa.int64()),
     pa.field("challenger_metric", pa.float64()),
     pa.field("champion_metric", pa.float64()),
+    pa.field("champion_n", pa.int64()),
     pa.field("naive_metric", pa.float64()),
+    pa.field("seasonal_naive_metric", pa.float64()),
+    pa.field("baseline", pa.string()),
+    pa.field("baseline_metric", pa.float64()),
     pa.field("champion_version", pa.string()),
 ]
-
-
-@dataclass(frozen=True)
-class Policy:
-    """When a challenger replaces the champion of its series.
-
-    Attributes:
-        metric: Error metric compared (lower is better), a manifest column: ``smape``, ``mae``...
-        margin: Relative improvement required: the challenger must reach
-            ``champion * (1 - margin)`` or less. 0 promotes on any strict improvement; a negative
-            margin tolerates a worse challenger (never use it outside tests and drills).
-        max_metric: Business threshold: a challenger above it is never promoted (None: off).
-        require_beats_naive: Also refuse a challenger that does not beat the naive baseline.
-    """
-
-    metric: str = "smape"
-    margin: float = 0.02
-    max_metric: float | None = None
-    require_beats_naive: bool = False
 
 
 def holdout_rows(X: np.ndarray, y: np.ndarray, holdout: int) -> np.ndarray:
@@ -82,6 +105,11 @@ def holdout_rows(X: np.ndarray, y: np.ndarray, holdout: int) -> np.ndarray:
     return np.flatnonzero(complete[split:]) + split
 
 
+def _if_fits(model: object | None, n_features: int) -> object | None:
+    n = getattr(model, "n_features_in_", None)
+    return model if n is None or n == n_features else None
+
+
 def rescore(
     frame: SeriesFrame,
     spec: DatasetSpec,
@@ -90,10 +118,12 @@ def rescore(
     """Metrics of the models ``predictor(series_id)`` gives on each series' holdout rows.
 
     Args:
-        frame: The series to score (their rows up to the as-of date).
+        frame: The series to score: every row up to the as-of date, or at least the last
+            ``holdout + tail_length(spec)`` rows of each (fewer rows score fewer points).
         spec: The dataset spec (features, holdout).
         predictor: A fitted model (anything with ``predict``) for a series id, or None to skip
-            the series. The caller loads it verified (``persistence.load_verified``).
+            the series. The caller loads it verified (``persistence.load_verified``). A model
+            expecting another number of features than the spec's is skipped too.
 
     Returns:
         ``{series_id: {"mae", "rmse", "smape", "mape", "n_holdout"}}`` for every scored series.
@@ -107,7 +137,9 @@ def rescore(
     in_holdout = (positions(frame.offsets) >= split) & (split >= 1)
     complete = np.isfinite(X).all(axis=1) & np.isfinite(frame.target)
     ids = [spec.series_id(k) for k in frame.keys]
-    models = [predictor(sid) for sid in ids]
+    # A model fitted on another feature set (the spec's features changed since) cannot score
+    # these rows: its series is left unscored, not the run failed.
+    models = [_if_fits(predictor(sid), X.shape[1]) for sid in ids]
     has_model = np.array([m is not None for m in models], dtype=bool)
     rows = np.flatnonzero(in_holdout & complete & has_model[row_series])
     predicted = clip_to_bounds(
@@ -120,98 +152,10 @@ def rescore(
     }
 
 
-def decide_all(
-    challenger_trained: np.ndarray,
-    challenger: np.ndarray,
-    champion: np.ndarray,
-    has_champion: np.ndarray,
-    naive: np.ndarray,
-    policy: Policy,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The decision of every series, vectorised.
-
-    Args:
-        challenger_trained: The challenger was trained in this run (status ``trained``).
-        challenger: Challenger metric on its holdout (NaN if none).
-        champion: Champion metric re-scored on the same holdout (NaN if it could not be).
-        has_champion: The series has a champion entry with a model.
-        naive: Naive-baseline metric on the same holdout.
-        policy: Margin, business threshold and baseline rule.
-
-    Returns:
-        (decision, promoted, reason) arrays: a ``DECISIONS`` value, whether the challenger
-        becomes the series' model, and a sentence a person can read.
-    """
-    n = len(challenger)
-    challenger = np.asarray(challenger, dtype=np.float64)
-    champion = np.asarray(champion, dtype=np.float64)
-    naive = np.asarray(naive, dtype=np.float64)
-    trained = np.asarray(challenger_trained, dtype=bool) & np.isfinite(challenger)
-    has = np.asarray(has_champion, dtype=bool)
-    decision = np.full(n, SKIPPED, dtype=object)
-    promoted = np.zeros(n, dtype=bool)
-    reason = np.empty(n, dtype=object)
-    m = policy.metric
-    for i in range(n):
-        c, k, z = challenger[i], champion[i], naive[i]
-        if not trained[i]:
-            decision[i] = SKIPPED
-            reason[i] = "no challenger trained in this run" + (
-                "; the champion stays" if has[i] else ""
-            )
-            continue
-        if policy.max_metric is not None and not c <= policy.max_metric:
-            decision[i] = BELOW_THRESHOLD
-            reason[i] = f"{m} {c:.3f} above the business threshold {policy.max_metric:g}"
-            continue
-        if policy.require_beats_naive and np.isfinite(z) and not c < z:
-            decision[i] = BELOW_THRESHOLD
-            reason[i] = f"{m} {c:.3f} does not beat the naive baseline {z:.3f}"
-            continue
-        if not has[i]:
-            decision[i], promoted[i] = NO_CHAMPION, True
-            reason[i] = f"first model of the series ({m} {c:.3f})"
-            continue
-        if not np.isfinite(k):
-            # A champion that cannot be scored on today's holdout cannot defend its place.
-            decision[i], promoted[i] = BETTER, True
-            reason[i] = f"champion could not be scored on the holdout; challenger {m} {c:.3f}"
-            continue
-        bar = k * (1.0 - policy.margin)
-        if c <= bar and (c < k or policy.margin < 0):
-            decision[i], promoted[i] = BETTER, True
-            reason[i] = f"{m} {c:.3f} vs champion {k:.3f} (needs <= {bar:.3f})"
-        else:
-            decision[i] = NOT_BETTER
-            reason[i] = f"{m} {c:.3f} vs champion {k:.3f} (needs <= {bar:.3f})"
-    return decision, promoted, reason
-
-
-def decide(
-    challenger: float | None,
-    champion: float | None,
-    policy: Policy,
-    *,
-    trained: bool = True,
-    naive: float | None = None,
-) -> tuple[str, bool, str]:
-    """``decide_all`` for one series (None: no value / no champion)."""
-    nan = float("nan")
-    d, p, r = decide_all(
-        np.array([trained]),
-        np.array([nan if challenger is None else challenger]),
-        np.array([nan if champion is None else champion]),
-        np.array([champion is not None]),
-        np.array([nan if naive is None else naive]),
-        policy,
-    )
-    return str(d[0]), bool(p[0]), str(r[0])
-
-
-def _column(table: pa.Table, name: str, n: int, dtype=np.float64) -> np.ndarray:
+def _column(table: pa.Table, name: str, n: int) -> np.ndarray:
     if name not in table.column_names:
         return np.full(n, np.nan)
-    return np.asarray(table[name].to_numpy(zero_copy_only=False), dtype=dtype)
+    return np.asarray(table[name].to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 def evaluate_sets(
@@ -225,7 +169,10 @@ def evaluate_sets(
     """One row per series of the candidate set: the inputs of its decision and the decision.
 
     A challenger counts as trained in this run when its ``trained_in`` is ``candidate_version``
-    and its status is ``trained``; series the candidate set only carried are ``skipped``.
+    and its status is ``trained``; series the candidate set only carried are ``skipped``. Its
+    error and points are the manifest's ``<metric>`` and ``n_holdout``; the baselines'
+    (``naive_<metric>``, ``seasonal_naive_<metric>``) are scored by training on exactly those
+    rows or not at all; the champion's come from ``champion_scores`` (``rescore``).
     """
     ids = candidate["series_id"].to_pylist()
     n = len(ids)
@@ -244,21 +191,31 @@ def evaluate_sets(
         with_model = champion.filter(pc.is_valid(champion["artifact"]))
         champ_ids = set(with_model["series_id"].to_pylist())
         has = np.array([s in champ_ids for s in ids], dtype=bool)
-    champ_metric = np.array(
-        [champion_scores.get(s, {}).get(m, np.nan) for s in ids], dtype=np.float64
+    nan = float("nan")
+    champ_scores = [champion_scores.get(s, {}) for s in ids]
+    champ = Errors.of(
+        [d.get(m, nan) for d in champ_scores], [d.get("n_holdout", nan) for d in champ_scores]
     )
-    challenger = _column(candidate, m, n)
-    naive = _column(candidate, f"naive_{m}", n)
-    decision, promoted, reason = decide_all(trained, challenger, champ_metric, has, naive, policy)
+    points = _column(candidate, "n_holdout", n)
+    challenger = Errors.of(_column(candidate, m, n), points)
+    baselines = {b: Errors.of(_column(candidate, f"{b}_{m}", n), points) for b in BASELINE_NAMES}
+    d = decide_all(trained, challenger, champ, has, baselines, policy)
     return pa.table(
         {
             "series_id": pa.array(ids, pa.string()),
-            "decision": pa.array(decision.tolist(), pa.string()),
-            "decision_reason": pa.array(reason.tolist(), pa.string()),
-            "promoted": pa.array(promoted),
-            "challenger_metric": pa.array(challenger),
-            "champion_metric": pa.array(champ_metric),
-            "naive_metric": pa.array(naive),
+            "decision": pa.array(d.decision.tolist(), pa.string()),
+            "decision_reason": pa.array(d.reason.tolist(), pa.string()),
+            "promoted": pa.array(d.promoted),
+            "compared": pa.array(d.compared),
+            "below_baseline": pa.array(d.below_baseline),
+            "n_evaluated": pa.array(challenger.count),
+            "challenger_metric": pa.array(challenger.value),
+            "champion_metric": pa.array(champ.value),
+            "champion_n": pa.array(champ.count),
+            "naive_metric": pa.array(baselines["naive"].value),
+            "seasonal_naive_metric": pa.array(baselines["seasonal_naive"].value),
+            "baseline": pa.array(d.baseline.tolist(), pa.string()),
+            "baseline_metric": pa.array(d.baseline_error),
             "champion_version": pa.array(
                 [champion_version if h else None for h in has], pa.string()
             ),
@@ -311,49 +268,82 @@ def resulting_manifest(
 
 @dataclass(frozen=True)
 class Quality:
+    """The aggregate gate's outcome.
+
+    Attributes:
+        counts: ``champion_gate.gate_counts`` of the decisions (compared, promoted, kept, ...).
+    """
+
     passed: bool
     resulting_median: float
     champion_median: float
     compared_series: int
     tolerance: float
     description: str
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 def aggregate_quality(
-    decisions: pa.Table, max_median_increase: float, metric: str = "smape"
+    decisions: pa.Table,
+    max_median_increase: float,
+    metric: str = "smape",
+    *,
+    allow_uncompared: bool = False,
 ) -> Quality:
-    """Median metric of the resulting set against the champion set, on the series both have.
+    """Median metric of the resulting set against the champion set, on the series compared.
 
     The resulting set's value per series is the challenger's metric where it was promoted and
-    the champion's re-scored metric where the champion stayed, all on today's holdout.
+    the champion's re-scored metric where the champion stayed, all on the same points. The gate
+    fails when series with a champion got a challenger but not one was compared: a set whose
+    champions could not be scored cannot show it is no worse.
 
     Args:
         decisions: ``evaluate_sets`` output.
         max_median_increase: How much the median may rise (metric points) before the gate fails.
+        metric: The metric's name, for the description.
+        allow_uncompared: Pass with no comparison at all (the policy's ``unscored: promote``,
+            e.g. once after the spec's features changed, which leaves every champion unscored).
     """
-    promoted = decisions["promoted"].to_numpy(zero_copy_only=False).astype(bool)
-    chall = decisions["challenger_metric"].to_numpy(zero_copy_only=False).astype(float)
-    champ = decisions["champion_metric"].to_numpy(zero_copy_only=False).astype(float)
+
+    def col(name: str) -> np.ndarray:
+        return decisions[name].to_numpy(zero_copy_only=False)
+
+    promoted = col("promoted").astype(bool)
+    compared = col("compared").astype(bool)
+    chall = col("challenger_metric").astype(float)
+    champ = col("champion_metric").astype(float)
+    has = pc.is_valid(decisions["champion_version"]).to_numpy(zero_copy_only=False)
+    counts = gate_counts(col("decision"), promoted, compared, has)
     result = np.where(promoted, chall, champ)
-    both = np.isfinite(champ) & np.isfinite(result)
-    if not both.any():
-        return Quality(
-            True,
-            float(np.nanmedian(chall)) if np.isfinite(chall).any() else float("nan"),
-            float("nan"),
-            0,
-            max_median_increase,
-            "no champion set to compare with: passes",
+    both = compared & np.isfinite(result)
+    n = int(both.sum())
+    tail = (
+        f"; {counts['promoted']} promoted ({counts['promoted_first']} first models, "
+        f"{counts['promoted_without_comparison']} without a comparison), "
+        f"{counts['kept']} champions kept ({counts['kept_unscored']} unscored), "
+        f"{counts['below_baseline']} below the baseline"
+    )
+    if not n:
+        ok = counts["with_champion"] == 0 or allow_uncompared
+        why = (
+            "no champion set to compare with: passes"
+            if counts["with_champion"] == 0
+            else f"{counts['with_champion']} challengers have a champion but none was compared "
+            "on the same points: " + ("passes only as unscored: promote allows" if ok else "FAILS")
         )
+        challenger_median = float(np.nanmedian(chall)) if np.isfinite(chall).any() else np.nan
+        return Quality(ok, challenger_median, np.nan, 0, max_median_increase, why + tail, counts)
     new, old = float(np.median(result[both])), float(np.median(champ[both]))
     ok = new <= old + max_median_increase
     return Quality(
         ok,
         new,
         old,
-        int(both.sum()),
+        n,
         max_median_increase,
         f"median {metric} of the resulting set {new:.3f} vs champion set {old:.3f} on "
-        f"{int(both.sum())} series (tolerance +{max_median_increase:g}): "
-        + ("passes" if ok else "FAILS"),
+        f"{n} series compared (tolerance +{max_median_increase:g}): "
+        + ("passes" if ok else "FAILS")
+        + tail,
+        counts,
     )

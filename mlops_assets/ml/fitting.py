@@ -3,7 +3,8 @@
 ``fit_series`` is the one per-series function every engine calls (local processes, Spark's
 ``applyInPandas``, an Azure ML job); ``train_partition`` wraps it for a pandas frame of one
 series. Neither raises for a bad series: the outcome is a status (``trained``, ``skipped``,
-``failed``) with a reason, and the naive baselines are recorded whenever there is a holdout.
+``failed``) with a reason, and the naive and seasonal-naive baselines are recorded whenever there
+is a holdout, each scored on exactly the model's holdout rows or not at all.
 
 Decisions:
 
@@ -99,11 +100,22 @@ def _format_time(t: np.datetime64, spec: DatasetSpec) -> str:
 
 
 def _baselines(y: np.ndarray, rows: np.ndarray, season: int | None) -> dict[str, float]:
+    """Naive (the last value observed before the row) and seasonal naive (the value one season
+    back) on exactly the evaluation ``rows``.
+
+    A baseline that cannot forecast every one of the rows (under a season of history, a value
+    one season back not observed) is not scored at all (NaN): its error always describes the
+    same rows as the model's, so the champion gate can compare them.
+    """
     predictions = np.full((len(BASELINES), len(rows)), np.nan)
-    for i, lag in enumerate((1, season)):
-        if lag is not None:
-            ok = rows >= lag
-            predictions[i, ok] = y[rows[ok] - lag]
+    if len(rows):
+        seen = np.maximum.accumulate(np.where(np.isfinite(y), np.arange(len(y)), -1))
+        last = seen[rows - 1]  # rows >= 1: the holdout starts after at least one row
+        predictions[0, last >= 0] = y[last[last >= 0]]
+        if season is not None:
+            ok = rows >= season
+            predictions[1, ok] = y[rows[ok] - season]
+    predictions[~np.isfinite(predictions).all(axis=1)] = np.nan
     per_baseline = regression_metrics_rows(y[rows], predictions)
     return {
         f"{b}_{k}": v for b, m in zip(BASELINES, per_baseline, strict=True) for k, v in m.items()

@@ -65,13 +65,13 @@ class Env:
     def curate(self, table):
         CuratedStore(self.storage, SALES).merge(table)
 
-    def run(self, evaluation=None, as_of=AS_OF, raise_on_error=True):
+    def run(self, evaluation=None, as_of=AS_OF, raise_on_error=True, spec=SALES):
         config = {"ops": {"sales__evaluation": {"config": evaluation}}} if evaluation else None
         return dg.materialize(
             [
-                build_training_asset(SALES),
-                build_evaluation_asset(SALES),
-                build_registration_asset(SALES),
+                build_training_asset(spec),
+                build_evaluation_asset(spec),
+                build_registration_asset(spec),
             ],
             resources=self.resources(),
             partition_key=as_of,
@@ -176,6 +176,13 @@ def test_first_run_registers_every_series_as_one_version(env):
     # The asset check ran and passed.
     checks = result.get_asset_check_evaluations()
     assert checks and all(c.passed for c in checks)
+    # First models are counted apart from promotions without a comparison (none).
+    assert champion.tags["promoted_without_comparison"] == "0"
+    assert champion.tags["gate_promoted_first"] == str(len(rows))
+    assert checks[0].metadata["series_compared"].value == 0
+    meta = result.asset_materializations_for_node("sales__evaluation")[0].metadata
+    assert meta["promoted_without_comparison"].value == 0
+    assert meta["promoted_first"].value == len(rows)
 
 
 def test_better_data_promotes_only_the_improved_series(env):
@@ -200,18 +207,32 @@ def test_better_data_promotes_only_the_improved_series(env):
             )
     assert rows[target]["artifact"] != v1_rows[target]["artifact"]
     assert env.registry.get_alias(NAME).version == 2
+    # Every challenger was compared with its champion on the same rows.
+    assert all(r["compared"] and r["champion_n"] == r["n_evaluated"] for r in rows.values())
+    tags = env.registry.get_alias(NAME).tags
+    assert tags["gate_compared"] == str(len(rows)) and tags["promoted_without_comparison"] == "0"
 
 
-def test_worse_challenger_is_rejected_with_its_reason(champion_env):
+@pytest.mark.parametrize(
+    ("baseline", "decision", "reason"),
+    [
+        # Margin rules alone: rejected by the champion comparison.
+        ("none", "not_better", "vs champion"),
+        # The default: this challenger does not even beat seasonal naive, which rejects it first.
+        ("seasonal_naive", "below_baseline", "does not beat the seasonal_naive baseline"),
+    ],
+)
+def test_worse_challenger_is_rejected_with_its_reason(champion_env, baseline, decision, reason):
     env = champion_env
     table = clean()
     victim = series_ids(table)[1]
     env.curate(corrupt(table, victim, seed=7))
-    assert env.run().success
+    assert env.run(evaluation={"require_beats_baseline": baseline}).success
     rows, _ = env.decisions()
-    assert rows[victim]["decision"] == "not_better" and not rows[victim]["promoted"]
-    assert "vs champion" in rows[victim]["decision_reason"]
+    assert rows[victim]["decision"] == decision and not rows[victim]["promoted"]
+    assert reason in rows[victim]["decision_reason"]
     assert rows[victim]["challenger_metric"] > rows[victim]["champion_metric"]
+    assert rows[victim]["compared"]  # re-scored on the same rows either way
 
 
 def test_business_threshold_blocks_promotion(tmp_path):
@@ -321,9 +342,10 @@ def test_quality_gate_fails_the_run_before_registration(champion_env):
     table = clean()
     before = env.registry.get_alias(NAME).version
     env.curate(corrupt(corrupt(table, series_ids(table)[2], 1), series_ids(table)[3], 2))
-    result = env.run(
-        evaluation={"margin": -100.0, "max_median_increase": 0.0}, raise_on_error=False
-    )
+    # A drill that promotes worse challengers: the baseline rule, on by default, is turned off
+    # (it would reject these challengers before the aggregate gate saw them).
+    drill = {"margin": -100.0, "max_median_increase": 0.0, "require_beats_baseline": "none"}
+    result = env.run(evaluation=drill, raise_on_error=False)
     assert not result.success
     checks = result.get_asset_check_evaluations()
     assert checks and not checks[0].passed
@@ -338,3 +360,30 @@ def test_a_release_without_its_gate_outcome_is_not_registered(champion_env):
     day = "2026-11-19"
     env.storage.write_text(release_pointer(SALES, day), json.dumps(record))
     registration_fails(env, day, "gate outcome")
+
+
+def test_champions_that_cannot_be_scored_stay_and_the_gate_fails(champion_env):
+    """The spec gained a lag: no champion can be scored on the new features. Each keeps its
+    place (``kept_unscored``), and with champions but no comparison the blocking check fails
+    and nothing is registered; ``unscored: promote`` lets the change through, counted."""
+    env = champion_env
+    wider = SALES.model_copy(deep=True)
+    wider.features.lags = [*SALES.features.lags, 3]
+    before = env.registry.get_alias(NAME).version
+    result = env.run(spec=wider, raise_on_error=False)
+    assert not result.success
+    check = result.get_asset_check_evaluations()[0]
+    assert not check.passed and "none was compared" in check.description
+    assert check.metadata["series_kept_unscored"].value == SHAPE.n_series
+    assert check.metadata["series_compared"].value == 0
+    assert check.metadata["series_promoted_without_comparison"].value == 0
+    rows, release = env.decisions()
+    assert not release.passed
+    assert {r["decision"] for r in rows.values()} == {"kept_unscored"}
+    assert all(r["trained_in"] != release.ref.version for r in rows.values())  # champions kept
+    assert env.registry.get_alias(NAME).version == before
+    # The operator accepts the uncompared promotions once: measured, not hidden.
+    assert env.run(spec=wider, evaluation={"unscored": "promote"}).success
+    tags = env.registry.get_alias(NAME).tags
+    assert tags["promoted_without_comparison"] == str(SHAPE.n_series)
+    assert tags["gate_compared"] == "0"

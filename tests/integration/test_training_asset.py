@@ -1,5 +1,7 @@
 """The training asset in a Dagster run: all series, chosen ones, changed ones, one partition."""
 
+import math
+
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -48,6 +50,11 @@ def test_all_series_are_trained_packed_and_loadable(storage):
 
     assert meta["series_trained"] == 12 and meta["series_total"] == 12
     assert meta["median_smape"] < meta["median_naive_smape"]
+    # Both baselines the champion gate uses, scored on each series' holdout rows.
+    assert meta["median_smape"] < meta["median_seasonal_naive_smape"]
+    assert meta["series_beating_seasonal_naive"] >= 10
+    for b in ("naive", "seasonal_naive"):
+        assert pc.all(pc.is_finite(manifest[f"{b}_smape"])).as_py()
     assert meta["holdout_smape"].startswith("![")
     assert manifest.num_rows == 12
     row = manifest.filter(pc.equal(manifest["series_id"], "store=S0000/product=P005")).to_pylist()[
@@ -140,6 +147,11 @@ def test_too_short_series_are_skipped_with_a_reason_and_the_others_trained(stora
     assert meta["series_trained"] == 3 and meta["series_skipped"] == 1
     skipped = manifest.filter(pc.equal(manifest["status"], "skipped")).to_pylist()[0]
     assert skipped["artifact"] is None and "history" in skipped["reason"]
+    # Under a season of history (lag_52 never complete): no holdout row has complete features,
+    # so no baseline is scored either (they are scored on the model's rows or not at all).
+    assert skipped["n_holdout"] == 0
+    for b in ("naive", "seasonal_naive"):
+        assert skipped[f"{b}_smape"] is None or math.isnan(skipped[f"{b}_smape"])
 
 
 def test_diabetes_one_partition_trains_end_to_end(storage):
@@ -149,4 +161,5 @@ def test_diabetes_one_partition_trains_end_to_end(storage):
     row = manifest.to_pylist()[0]
     assert row["series_id"] == "cohort=all"
     assert row["mae"] < row["naive_mae"]
+    assert row["mae"] < row["seasonal_naive_mae"]  # daily: a season of 7 days
     assert modelset.counts(manifest) == {"trained": 1}

@@ -29,6 +29,8 @@ class ReleaseRecord:
         champion_version: Registry version of the champion compared against, if any.
         policy: The evaluation configuration used.
         run_id: The run that evaluated it.
+        gate_counts: What the champion gate did, counted (``champion_gate.gate_counts``:
+            compared, promoted, kept, promoted_without_comparison, ...).
     """
 
     ref: ModelSetRef
@@ -39,6 +41,7 @@ class ReleaseRecord:
     champion_version: int | None = None
     policy: dict[str, Any] = field(default_factory=dict, compare=False)
     run_id: str = ""
+    gate_counts: dict[str, int] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         def finite(x: float | None) -> float | None:
@@ -53,6 +56,7 @@ class ReleaseRecord:
             "champion_version": self.champion_version,
             "policy": self.policy,
             "run_id": self.run_id,
+            "gate_counts": self.gate_counts,
         }
 
     def to_json(self) -> str:
@@ -78,6 +82,7 @@ class ReleaseRecord:
             champion_version=int(cv) if cv not in (None, "") else None,
             policy=dict(data.get("policy") or {}),
             run_id=str(data.get("run_id") or ""),
+            gate_counts={k: int(v) for k, v in (data.get("gate_counts") or {}).items()},
         )
 
 
