@@ -42,11 +42,7 @@ query Resources($selector: RepositorySelector!) {
 
 
 def files_holding(folder: Path, secret: str) -> list[str]:
-    return [
-        str(p)
-        for p in folder.rglob("*")
-        if p.is_file() and secret.encode() in p.read_bytes()
-    ]
+    return [str(p) for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
 
 def test_the_ui_shows_no_api_key(tmp_path, monkeypatch):
