@@ -165,7 +165,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
-    server = LocalServer(settings, port=args.port, workers=args.workers, log_path=args.log)
+    server = LocalServer(
+        settings,
+        port=args.port,
+        workers=args.workers,
+        worker_timeout_s=args.worker_timeout,
+        log_path=args.log,
+    )
     print(f"starting azmlinfsrv for {settings.dataset} ({args.source}) on {server.url} ...")
     try:
         try:
@@ -302,7 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset", default="sales", help="a bundled spec's name or a spec YAML's path"
     )
     serve.add_argument("--port", type=int, default=5001)
-    serve.add_argument("--workers", type=int, default=1, help="gunicorn workers (WORKER_COUNT)")
+    serve.add_argument(
+        "--workers", type=int, help="gunicorn workers (WORKER_COUNT); default 2-4 by CPUs"
+    )
+    serve.add_argument(
+        "--worker-timeout",
+        type=int,
+        default=30,
+        help="seconds a worker may spend on one connection before it is replaced (WORKER_TIMEOUT)",
+    )
     serve.add_argument("--alias", default="production")
     serve.add_argument(
         "--source", default="auto", choices=["auto", "pointer", "registry", "model_dir"]

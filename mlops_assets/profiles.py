@@ -106,13 +106,14 @@ def training_engine(name: str, profile: str, storage: dg.ConfigurableResource) -
 def endpoint_for(profile: str, home: Path) -> EndpointResource:
     """Where real-time scoring is released. Local: the ``mlops serve`` endpoint on the prod
     storage (``MLOPS_ENDPOINT_URL``, e.g. http://127.0.0.1:5001, makes a release wait for it
-    to switch). dev/prod: a Kubernetes online endpoint, blue/green, settings from ``MLOPS_AML_*``.
+    to switch; its key, ``MLOPS_SERVING_API_KEY``, is read when a run calls it). dev/prod: a
+    Kubernetes online endpoint, blue/green, settings from ``MLOPS_AML_*``.
     """
     if profile == "local":
         return LocalEndpoint(
             root=str(home / "prod-storage"),
             url=os.environ.get("MLOPS_ENDPOINT_URL") or None,
-            api_key=os.environ.get("MLOPS_SERVING_API_KEY") or None,
+            api_key_env="MLOPS_SERVING_API_KEY",  # read at run time, never put in the config
         )
     return AzureMLKubernetesEndpoint(
         subscription_id=dg.EnvVar("MLOPS_AML_SUBSCRIPTION_ID"),

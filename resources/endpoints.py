@@ -7,7 +7,9 @@ report; a failed release leaves the previous version serving.
   the pointer file it polls (``serving/<dataset>/<alias>.json`` under the prod storage root, a
   ``ModelSetRef``);
   the server hot-swaps. With ``url`` set, the release waits until the endpoint answers with the
-  new version, and puts the pointer back if it does not within ``switch_timeout_s``.
+  new version, and puts the pointer back if it does not within ``switch_timeout_s``. Its API
+  key is read from the environment variable ``api_key_env`` when a run calls the endpoint: the
+  config (shown by the UI, stored in run snapshots) holds only the variable's name.
 * ``AzureMLKubernetesEndpoint``: a ``KubernetesOnlineEndpoint`` on an attached AKS compute with
   two deployments, ``blue`` and ``green``. The idle colour gets the new model set (registered
   as an AML model asset) at 0 % traffic, is health-checked by direct calls (the
@@ -25,6 +27,7 @@ a fake; only ``AmlRolloutOps`` talks to Azure (``DefaultAzureCredential``).
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.request
 from abc import ABC, abstractmethod
@@ -89,6 +92,12 @@ def _get_json(url: str, api_key: str | None, timeout: float = 5) -> dict:
         return json.loads(resp.read())
 
 
+def key_from_env(name: str) -> str | None:
+    """The first key of the comma-separated list in ``$name`` (the one clients send)."""
+    keys = [k.strip() for k in (os.environ.get(name) or "").split(",")]
+    return next((k for k in keys if k), None)
+
+
 class LocalEndpoint(EndpointResource):
     """The local azmlinfsrv endpoint started by ``mlops serve``, switched by a pointer file."""
 
@@ -97,8 +106,24 @@ class LocalEndpoint(EndpointResource):
     url: str | None = Field(
         default=None, description="e.g. http://127.0.0.1:5001 ; None: only write the pointer."
     )
-    api_key: str | None = None
+    api_key_env: str = Field(
+        default="MLOPS_SERVING_API_KEY",
+        description="The environment variable holding the endpoint's API key(s), read when a "
+        "run calls the endpoint; the key itself is never part of this config.",
+    )
     switch_timeout_s: float = 30.0
+
+    def info(self) -> dict:
+        """``GET /score`` of the endpoint (version served, cache, last error).
+
+        Raises:
+            ValueError: No ``url`` is configured.
+            OSError: The endpoint did not answer (``urllib.error.HTTPError`` for 401 and the
+                like).
+        """
+        if not self.url:
+            raise ValueError(f"{self.describe()} has no url to call")
+        return _get_json(f"{self.url.rstrip('/')}/score", key_from_env(self.api_key_env))
 
     def describe(self) -> str:
         return f"local endpoint {self.url or '(not watched)'} on {self.root}"
@@ -126,7 +151,7 @@ class LocalEndpoint(EndpointResource):
             info: dict = {}
             while time.monotonic() < deadline:
                 try:
-                    info = _get_json(f"{self.url.rstrip('/')}/score", self.api_key)
+                    info = self.info()
                     if str(info.get("model_set_version")) == str(release.version):
                         break
                 except OSError as exc:

@@ -4,6 +4,13 @@
 ``MLOPS_SERVING_*`` environment of a ``ServingSettings``, waits until ``GET /`` (liveness) and
 ``GET /score`` (readiness: the model set is loaded) answer, and stops it. Used by ``mlops
 serve``, the QA asset, the tests and the benchmark. No Dagster imports.
+
+The server runs gunicorn's sync workers: one connection at a time each. Two of the server's own
+settings keep one slow or stalled client from holding the endpoint: ``WORKER_COUNT`` (several
+workers, ``default_workers``) and ``WORKER_TIMEOUT`` (gunicorn ``--timeout``: a worker that
+spends longer than this on one connection, e.g. on headers that never finish, is killed and
+replaced, which closes that connection). A body that stops arriving is answered 408 sooner by
+the entry script (``MLOPS_SERVING_READ_TIMEOUT_S``).
 """
 
 from __future__ import annotations
@@ -22,6 +29,12 @@ from typing import IO
 from mlops_assets.serving.service import ServingSettings
 
 ENTRY_SCRIPT = Path(__file__).with_name("score.py")
+WORKER_TIMEOUT_S = 30  # gunicorn's default; azmlinfsrv's own default is 300
+
+
+def default_workers() -> int:
+    """Several workers (each loads the model set and has its own cache): 2 to 4 by CPUs."""
+    return max(2, min(4, os.cpu_count() or 1))
 
 
 def free_port() -> int:
@@ -36,14 +49,16 @@ class LocalServer:
         settings: ServingSettings,
         *,
         port: int | None = None,
-        workers: int = 1,
+        workers: int | None = None,
+        worker_timeout_s: int = WORKER_TIMEOUT_S,
         entry_script: str | Path = ENTRY_SCRIPT,
         log_path: str | Path | None = None,
         env: dict[str, str] | None = None,
     ):
         self.settings = settings
         self.port = port or free_port()
-        self.workers = workers
+        self.workers = workers or default_workers()
+        self.worker_timeout_s = worker_timeout_s
         self.entry_script = Path(entry_script)
         self.log_path = Path(log_path) if log_path else None
         self.extra_env = env or {}
@@ -67,6 +82,7 @@ class LocalServer:
         env.update(
             {
                 "WORKER_COUNT": str(self.workers),
+                "WORKER_TIMEOUT": str(self.worker_timeout_s),
                 "AZUREML_LOG_LEVEL": env.get("AZUREML_LOG_LEVEL", "WARNING"),
                 "PYTHONUNBUFFERED": "1",
             }

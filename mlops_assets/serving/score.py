@@ -2,12 +2,15 @@
 
 Served by Azure ML's inference server (``azmlinfsrv --entry_script mlops_assets/serving/score.py``)
 on a local port and in the AKS deployment alike. ``@rawhttp`` gives ``run`` the HTTP request,
-so it can check the API key, refuse an oversized body before reading it, and answer with the
-right status code through ``AMLResponse``. All logic is in ``mlops_assets.serving.service``;
-configuration is ``MLOPS_SERVING_*`` plus ``AZUREML_MODEL_DIR`` (see docs/serving.md).
+so it can refuse a query string and check the API key before reading the body, bound each
+body read by ``MLOPS_SERVING_READ_TIMEOUT_S`` (408), refuse an oversized body before reading
+it, and answer with the right status code through ``AMLResponse``. All logic is in
+``mlops_assets.serving.service``; configuration is ``MLOPS_SERVING_*`` plus ``AZUREML_MODEL_DIR`` (see docs/serving.md).
 """
 
+import logging
 import os
+import re
 import sys
 
 # The deployment uploads the repository as its code folder: make its packages importable.
@@ -22,37 +25,85 @@ except ImportError:  # pragma: no cover - imported outside the server
     from azureml_inference_server_http.api.aml_request import rawhttp
     from azureml_inference_server_http.api.aml_response import AMLResponse
 
-from mlops_assets.serving.service import ScoringService  # noqa: E402
+from werkzeug.exceptions import ClientDisconnected  # noqa: E402
+
+from mlops_assets.serving.service import Reply, ScoringService  # noqa: E402
 
 service: ScoringService | None = None
 _DRAIN_FACTOR = 4  # an oversized body up to this multiple of the cap is read and dropped
+_QUERY = re.compile(r"(/[^\s?\"]*)\?[^\s\"]*")
+
+
+class RedactQueryStrings(logging.Filter):
+    """Drop query strings from the request lines the server logs (gunicorn's access log and
+    azmlinfsrv's own): a key sent there is refused, and must not be written down either."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "?" in msg:
+            record.msg, record.args = _QUERY.sub(r"\1?<redacted>", msg), ()
+        return True
 
 
 def init() -> None:
     """Resolve, verify and open the model set; refuse to start if that fails."""
     global service
+    for name in ("gunicorn.access", "azmlinfsrv"):
+        logging.getLogger(name).addFilter(RedactQueryStrings())
     service = ScoringService.from_env().start()
 
 
-def _read_body(request, cap: int) -> tuple[bytes | None, bool]:
-    length = request.content_length
-    if length is not None and length > cap:
-        if length <= cap * _DRAIN_FACTOR:  # let the client finish sending, then answer 413
-            while request.stream.read(1 << 20):
-                pass
-        return None, True
-    data = request.stream.read(cap + 1)  # also bounds a chunked body without a length
-    return data, len(data) > cap
+def _read_body(request, cap: int, timeout: float) -> tuple[bytes | None, bool]:
+    """(the body, whether it is over ``cap``). Raises TimeoutError when one read gets no bytes
+    for ``timeout`` seconds (the server's worker timeout bounds a trickling client)."""
+    sock = request.environ.get("gunicorn.socket")
+    before = sock.gettimeout() if sock is not None else None
+    if sock is not None:
+        sock.settimeout(timeout)
+    try:
+        length = request.content_length
+        if length is not None and length > cap:
+            if length <= cap * _DRAIN_FACTOR:  # let the client finish sending, then answer 413
+                while request.stream.read(1 << 20):
+                    pass
+            return None, True
+        data = request.stream.read(cap + 1)  # also bounds a chunked body without a length
+        return data, len(data) > cap
+    except (OSError, ClientDisconnected) as exc:  # werkzeug wraps the socket's timeout
+        raise TimeoutError(str(exc)) from exc
+    finally:
+        if sock is not None:
+            sock.settimeout(before)
+
+
+def _answer(reply) -> AMLResponse:
+    return AMLResponse(
+        reply.body(), reply.status, {"Content-Type": "application/json", **reply.headers}
+    )
 
 
 @rawhttp
 def run(request):
     if service is None:
         return AMLResponse('{"error":"not_ready"}', 503, {"Content-Type": "application/json"})
+    # The query string and the key first: nothing of the body is read for a refused request.
+    refused = service.refusal(request.method, request.headers, request.query_string)
+    if refused is not None:
+        return _answer(refused)
     body, too_large = None, False
     if request.method == "POST":
-        body, too_large = _read_body(request, service.settings.max_body_bytes)
-    reply = service.handle(request.method, request.headers, body, too_large)
-    return AMLResponse(
-        reply.body(), reply.status, {"Content-Type": "application/json", **reply.headers}
-    )
+        s = service.settings
+        try:
+            body, too_large = _read_body(request, s.max_body_bytes, s.read_timeout_s)
+        except TimeoutError:
+            return _answer(
+                Reply(
+                    408,
+                    {
+                        "error": "request_timeout",
+                        "message": f"the body did not arrive within {s.read_timeout_s}s",
+                    },
+                    {"Connection": "close"},
+                )
+            )
+    return _answer(service.handle(request.method, request.headers, body, too_large, checked=True))

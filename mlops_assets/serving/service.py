@@ -7,14 +7,16 @@ wrong is answered, never raised:
 ===========================================  ======================================
 problem                                      answer
 ===========================================  ======================================
+a query string (a key there would be logged)  400 ``query_string_refused``
 API keys configured, key missing or wrong    401 (``Authorization: Bearer <key>`` or
                                              ``x-api-key``)
+the body did not arrive in time              408 (``score.py``, ``read_timeout_s``)
 body over ``max_body_bytes``                 413
 more than ``max_records`` records            413
 not JSON, or no record list                  400
 a column every record needs is missing       422
-unknown series, missing feature, ...         200, with ``error``/``message`` on those
-                                             records (others are scored)
+unknown series, missing feature, input out   200, with ``error``/``message`` on those
+of range, non-finite prediction, ...         records (others are scored)
 no record could be scored                    404 if every record named an unknown
                                              series, else 422; the records say why
 no model set loaded                          503
@@ -29,6 +31,9 @@ Hot swap: a background thread polls the source (registry alias or pointer file);
 a new set, it builds and verifies a new reader, pre-loads the series that are hot in the old
 cache, then swaps one reference. A request holds the set it started with, so none fails during
 a swap; a set that fails to load is logged and the old one keeps serving. No Dagster imports.
+
+Order of the checks: query string, then the key (``refusal``), both before the entry script
+reads the body, so an unauthenticated client cannot make the server read or wait for a body.
 """
 
 from __future__ import annotations
@@ -51,10 +56,17 @@ from mlops_assets.ml.scoring import UNKNOWN_SERIES, RequestError
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.serving.collector import Collector
 from mlops_assets.serving.fast import score_records
+from mlops_assets.serving.guards import (
+    NON_FINITE_PREDICTION,
+    OUT_OF_RANGE,
+    InputBounds,
+    error_row,
+    flag_non_finite,
+)
 from mlops_assets.serving.settings import ServingSettings
 from mlops_assets.serving.source import Served, load_reader
 
-__all__ = ["Reply", "ScoringService", "ServingSettings"]
+__all__ = ["NON_FINITE_PREDICTION", "OUT_OF_RANGE", "Reply", "ScoringService", "ServingSettings"]
 
 log = logging.getLogger("mlops.serving")
 FREEZE_EVERY_LOADS = 1_000  # models loaded between two GC freezes (see _freeze_heap)
@@ -132,6 +144,7 @@ class ScoringService:
         self.settings = settings
         self.spec = spec or settings.dataset_spec()
         self.source = settings.make_source()
+        self.bounds = InputBounds(self.spec, settings.max_abs_value)
         self._active: Active | None = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -260,10 +273,36 @@ class ScoringService:
             out["collector"] = dict(self.collector.stats)
         return out
 
-    def handle(self, method: str, headers, body: bytes | None, too_large: bool = False) -> Reply:
-        """One request; never raises."""
+    def refusal(self, method: str, headers, query: bytes | str = b"") -> Reply | None:
+        """The answer to a request refused before its body is read (a query string, a missing
+        or wrong key), or None."""
+        if query:
+            return _error(
+                400,
+                "query_string_refused",
+                "/score takes no query string: send the key in the Authorization header "
+                "(Bearer) or x-api-key, never in the URL (URLs are logged)",
+            )
+        if not self.authorized(headers):
+            r = _error(401, "unauthorized", "missing or wrong API key")
+            r.headers["WWW-Authenticate"] = 'Bearer realm="score"'
+            return r
+        return None
+
+    def handle(
+        self,
+        method: str,
+        headers,
+        body: bytes | None,
+        too_large: bool = False,
+        *,
+        query: bytes | str = b"",
+        checked: bool = False,
+    ) -> Reply:
+        """One request; never raises. ``checked``: ``refusal`` already let it through."""
         try:
-            reply = self._handle(method, headers, body, too_large)
+            refused = None if checked else self.refusal(method, headers, query)
+            reply = refused or self._handle(method, headers, body, too_large)
         except Exception as exc:  # a bug, not the caller's fault: 500 with a reference
             ref = uuid.uuid4().hex[:12]
             log.exception("scoring failed (ref %s)", ref)
@@ -273,11 +312,28 @@ class ScoringService:
             reply.headers.setdefault("x-model-set-version", a.served.label)
         return reply
 
+    def _refused_records(self, records: list) -> tuple[list[dict], list[int]]:
+        """(answer rows with the records refused before scoring filled in, indexes of the
+        records to score): not an object, or a numeric input out of range."""
+        rows: list[dict] = [error_row("bad_record", "a record must be a JSON object")] * len(
+            records
+        )
+        good = []
+        keys = self.spec.series_keys
+        for i, r in enumerate(records):
+            if not isinstance(r, dict):
+                continue
+            problem = self.bounds.problem(r)
+            if problem is None:
+                good.append(i)
+                continue
+            vals = [r.get(k) for k in keys]
+            sid = self.spec.series_id(vals) if all(isinstance(v, str) for v in vals) else None
+            t = r.get(self.spec.time)
+            rows[i] = error_row(OUT_OF_RANGE, problem, sid, t if isinstance(t, str) else None)
+        return rows, good
+
     def _handle(self, method: str, headers, body: bytes | None, too_large: bool) -> Reply:
-        if not self.authorized(headers):
-            r = _error(401, "unauthorized", "missing or wrong API key")
-            r.headers["WWW-Authenticate"] = 'Bearer realm="score"'
-            return r
         if method == "GET":
             return Reply(200, self.info())
         if method != "POST":
@@ -314,22 +370,12 @@ class ScoringService:
             # never scans them again (instead of a full collection every so often, forever).
             self._frozen_at = loaded
             _freeze_heap()
-        good = [i for i, r in enumerate(records) if isinstance(r, dict)]
+        rows, good = self._refused_records(records)
         try:
             scored = score_records([records[i] for i in good], self.spec, active.lookup)
         except RequestError as exc:
             return _error(422, "bad_request", str(exc))
-        rows: list[dict] = [
-            {
-                "series_id": None,
-                "time": None,
-                "prediction": None,
-                "model_version": None,
-                "error": "bad_record",
-                "message": "a record must be a JSON object",
-            }
-        ] * len(records)
-        rows = list(rows)
+        flag_non_finite(scored.rows)
         for i, row in zip(good, scored.rows, strict=True):
             rows[i] = row
         n_err = sum(1 for r in rows if r["error"] is not None)

@@ -48,6 +48,8 @@ class ServingSettings:
     api_keys: list[str] = field(default_factory=list)
     max_body_bytes: int = 4 << 20
     max_records: int = 10_000
+    read_timeout_s: float = 10.0  # one body read that gets no bytes for this long: 408
+    max_abs_value: float = 1e15  # bound of numeric inputs whose column declares no min/max
     cache_models: int = 2_000
     cache_bytes: int = 256 << 20
     verify_all: bool = True
@@ -72,6 +74,8 @@ class ServingSettings:
             api_keys=[k for k in keys if k],
             max_body_bytes=int(_env_or("MAX_BODY_BYTES", str(4 << 20))),
             max_records=int(_env_or("MAX_RECORDS", "10000")),
+            read_timeout_s=float(_env_or("READ_TIMEOUT_S", "10")),
+            max_abs_value=float(_env_or("MAX_ABS_VALUE", "1e15")),
             cache_models=int(_env_or("CACHE_MODELS", "2000")),
             cache_bytes=int(_env_or("CACHE_BYTES", str(256 << 20))),
             verify_all=_env_or("VERIFY_ALL", "1") not in ("0", "false", "no"),

@@ -338,7 +338,8 @@ def test_cache_keeps_memory_bounded_with_10k_models(tmp_path):
     shutil.copy(root / "models/sales/big/manifest.parquet", root / "manifest-copy.parquet")
     point(root, "models/sales/big", "big")
     settings = ServingSettings(root=str(root), cache_models=300, poll_s=0, max_records=1000)
-    with LocalServer(settings, log_path=root / "server.log") as server:
+    # One worker: GET /score reports that worker's cache, which must see every request.
+    with LocalServer(settings, workers=1, log_path=root / "server.log") as server:
         before = server.info()
         sids = manifest["series_id"].to_pylist()
         for a in range(0, len(sids), 500):

@@ -1,0 +1,88 @@
+"""Per-record guards around scoring: numeric inputs in range, predictions finite.
+
+A value far outside what a model was trained on (``price: 1e308``) does not fail the
+arithmetic; it gives an absurd or non-finite prediction that JSON can only send as ``null``.
+``InputBounds`` refuses such records before scoring (``out_of_range``: outside the spec's
+``min``/``max``, or beyond ``max_abs_value`` where the column declares no bound, or
+not finite: Python's JSON reads ``Infinity`` and ``NaN``); ``flag_non_finite`` turns any
+prediction that is still not a finite number into ``non_finite_prediction``. No Dagster imports.
+"""
+
+from __future__ import annotations
+
+import math
+
+from mlops_assets.ml.spec import DatasetSpec
+
+OUT_OF_RANGE = "out_of_range"
+NON_FINITE_PREDICTION = "non_finite_prediction"
+
+
+def _numeric(value) -> float | None:
+    """The value as a number where scoring would read it as one (numbers, numeric strings)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond float's range
+            return math.inf
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+class InputBounds:
+    """The numeric request columns of a spec (exogenous features, the target) and their range."""
+
+    def __init__(self, spec: DatasetSpec, max_abs_value: float):
+        self.bounds: dict[str, tuple[float, float]] = {}
+        for name in [*spec.features.exogenous, spec.target]:
+            col = spec.columns.get(name)
+            lo = col.min if col is not None and col.min is not None else -max_abs_value
+            hi = col.max if col is not None and col.max is not None else max_abs_value
+            self.bounds[name] = (float(lo), float(hi))
+
+    def problem(self, record: dict) -> str | None:
+        """Why ``record`` is out of range, or None. Values that are not numbers are left to
+        scoring (a per-record ``missing_feature``)."""
+        for name, (lo, hi) in self.bounds.items():
+            v = _numeric(record.get(name))
+            if v is None:
+                continue
+            if not math.isfinite(v):
+                return f"{name!r} is {v}, not a finite number"
+            if not lo <= v <= hi:
+                return f"{name!r} is {v:g}, outside [{lo:g}, {hi:g}]"
+        return None
+
+
+def error_row(code: str, message: str, series_id=None, time=None) -> dict:
+    """An answer row for a record refused before scoring."""
+    return {
+        "series_id": series_id,
+        "time": time,
+        "prediction": None,
+        "model_version": None,
+        "error": code,
+        "message": message,
+    }
+
+
+def flag_non_finite(rows: list[dict]) -> None:
+    """Rows scored without an error whose prediction is missing or not finite get
+    ``non_finite_prediction`` (in place)."""
+    for row in rows:
+        if row["error"] is not None:
+            continue
+        p = row["prediction"]
+        if p is None or not math.isfinite(p):
+            row["prediction"] = None
+            row["error"] = NON_FINITE_PREDICTION
+            row["message"] = (
+                f"the model of {row['series_id']} gave {p} for this record; check its inputs "
+                "against the ranges it was trained on"
+            )
