@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         ensure_dagster_home(Path(home))
         spec = load_spec("sales")
-        storage = storage_for("local", project_home())
+        storage = storage_for("local", project_home()).process_config_and_initialize()
         t0 = time.perf_counter()
         shape = SalesShape(args.series, args.periods + 1, end="2026-11-16")
         _history, week = land_sales(storage, spec, shape, n_drops=2)
