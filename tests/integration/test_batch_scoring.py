@@ -510,7 +510,10 @@ def test_a_model_set_with_a_wrong_manifest_digest_is_refused(data, tmp_path):
     assert not res["storage"].exists(layout.predictions_name("sales", key))
 
 
-def test_a_model_set_with_a_wrong_artifact_is_refused(data, tmp_path):
+def test_a_tampered_model_fails_only_its_series_loudly(data, tmp_path):
+    """One model's bytes changed in its pack: its series' rows get ``model_integrity`` (the
+    message names the series and the artifact), the other series are scored, and the run fails
+    with the drop ``failed`` and its counts in the metadata."""
     res = _prod(tmp_path, SALES, data[0])
     prod = res["prod_storage"]
     entries = modelset.read_manifest(prod.read_bytes("models/v1/" + modelset.MANIFEST))
@@ -521,7 +524,17 @@ def test_a_model_set_with_a_wrong_artifact_is_refused(data, tmp_path):
     result, key = _score_drop_through_the_asset(SALES, res, data[1])
     assert not result.success
     message, metadata = _failure(result)
-    assert key in message and "ModelIntegrityError" in message
+    assert key in message and "ModelIntegrityError" in message and "model_integrity" in message
     assert first["artifact"] in message and repr(first["series_id"]) in message
-    assert metadata["per_drop"].value[key]["status"] == "failed"
-    assert not res["storage"].exists(layout.predictions_name("sales", key))
+    per_drop = metadata["per_drop"].value[key]
+    assert per_drop["status"] == "failed" and per_drop["predictions"]
+    out = decode_dictionaries(
+        pq.read_table(res["storage"].local_path(layout.predictions_name("sales", key)))
+    )
+    bad = pc.equal(out["series_id"], first["series_id"])
+    assert set(out.filter(bad)["error"].to_pylist()) == {"model_integrity"}
+    assert all(first["artifact"] in m for m in out.filter(bad)["message"].to_pylist())
+    good = out.filter(pc.invert(bad))
+    assert good.num_rows > 0 and good["prediction"].null_count == 0
+    assert per_drop["row_errors"] == {"model_integrity": out.num_rows - good.num_rows}
+    assert per_drop["rows_scored"] == good.num_rows
