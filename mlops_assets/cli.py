@@ -10,7 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlops_assets.domain.sample_drops import land_bad, land_diabetes, land_sales
+from mlops_assets.domain.batch_layout import inbox_prefix
+from mlops_assets.domain.curation import landing_prefix
+from mlops_assets.domain.sample_drops import land_bad, land_diabetes, land_files, land_sales
 from mlops_assets.ml.sample_data import BAD_KINDS, SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.profiles import (
@@ -45,6 +47,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for b in landed:
         print(f"  {storage.uri(b.name)}  ({b.size:,} bytes)")
     print(f"landed {len(landed)} drop(s) for {spec.name!r} in {took:.1f}s")
+    return 0
+
+
+def cmd_land(args: argparse.Namespace) -> int:
+    """Land files as drops, each in one atomic write (the sensor never sees half a file)."""
+    spec = load_spec(args.dataset)
+    base = inbox_prefix(spec.name) if args.to == "inbox" else landing_prefix(spec)
+    under = args.under.strip("/")
+    storage = _storage()
+    try:
+        landed = land_files(storage, f"{base}{under}/" if under else base, args.files)
+    except FileNotFoundError as exc:
+        print(f"mlops land: {exc}", file=sys.stderr)
+        return 2
+    for b in landed:
+        print(f"  {storage.uri(b.name)}  ({b.size:,} bytes, etag {b.etag})")
+    print(f"landed {len(landed)} drop(s) for {spec.name!r} in {args.to}")
     return 0
 
 
@@ -257,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--bad", action="append", default=[], choices=BAD_KINDS, metavar="KIND")
     gen.set_defaults(func=cmd_generate)
+
+    land = sub.add_parser("land", help="land files as drops, atomically (scoring inbox)")
+    land.add_argument("files", nargs="+", type=Path)
+    land.add_argument("--dataset", default="sales", help="a bundled spec's name or a YAML path")
+    land.add_argument("--to", choices=["inbox", "landing"], default="inbox")
+    land.add_argument("--under", default="", help="a subfolder, e.g. 2026/11/21")
+    land.set_defaults(func=cmd_land)
 
     demo = sub.add_parser("demo", help="generate a small dataset and run the daily jobs")
     demo.add_argument("--series", type=int, default=50)

@@ -306,7 +306,8 @@ class MlflowRegistry(ModelRegistry):
     def _restore_alias(self, client, name: str, version) -> None:
         """Point the alias an unfinished registration moved back where it was."""
         mv = self._call(client.get_model_version, name, str(version))
-        alias, _, before = (mv.tags or {}).get(REPLACES_TAG, "").partition(":") if mv else ("", "", "")
+        replaced = (mv.tags or {}).get(REPLACES_TAG, "") if mv is not None else ""
+        alias, _, before = replaced.partition(":")
         if not alias:
             return
         current = self._call(client.get_model_version_by_alias, name, alias)

@@ -79,7 +79,7 @@ def _expected_tables() -> set[str]:
 def _count(con: sqlite3.Connection, table: str, tables: set[str]) -> int:
     if table not in tables:
         return 0
-    return int(con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608
+    return int(con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
 
 def inspect_store(path: Path) -> SchemaState:

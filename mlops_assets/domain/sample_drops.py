@@ -1,8 +1,13 @@
-"""Land sample data as drops in a storage's landing area (for the demo, tests and benchmarks)."""
+"""Land drops in a storage: files as they are (``land_files``, what ``mlops land`` does), and
+sample data in the landing area (for the demo, tests and benchmarks).
+
+Every drop is written in one atomic step (``Storage.write_bytes``: locally a temporary name,
+then a rename; on Blob one committed upload), so a sensor never lists half a file."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -20,6 +25,20 @@ from mlops_assets.ml.sample_data import (
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import decode_dictionaries
 from mlops_assets.storage import BlobInfo, Storage
+
+
+def land_files(storage: Storage, prefix: str, paths: list[Path]) -> list[BlobInfo]:
+    """Each local file in ``paths`` as the drop ``<prefix><file name>``, written atomically.
+
+    Raises:
+        FileNotFoundError: A path is not a file (nothing after it is landed).
+    """
+    landed = []
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is not a file")
+        landed.append(storage.write_bytes(f"{prefix}{path.name}", path.read_bytes()))
+    return landed
 
 
 def land_sales(
