@@ -249,7 +249,9 @@ class MlflowRegistry(ModelRegistry):
                     if self._call(client.get_registered_model, name) is None:
                         raise
             self.recover_interrupted(name)
-            tags = {k: str(v) for k, v in tags.items()} | {STATE_TAG: INCOMPLETE}
+            # Our state tags are this registration's own (a promotion copies a dev version's).
+            tags = {k: str(v) for k, v in tags.items() if k not in (STATE_TAG, REPLACES_TAG)}
+            tags[STATE_TAG] = INCOMPLETE
             if alias:
                 before = self._call(client.get_model_version_by_alias, name, alias)
                 tags[REPLACES_TAG] = f"{alias}:{before.version if before is not None else ''}"
