@@ -45,7 +45,7 @@ demo: env ## Generate a small sales dataset and run the daily retraining job loc
 	$(VENV)/bin/mlops demo
 
 dev: env ## Open the Dagster UI (webserver + daemon) on http://127.0.0.1:3000
-	@mkdir -p $(DAGSTER_HOME) && [ -f $(DAGSTER_HOME)/dagster.yaml ] || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	@DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/python -c 'from pathlib import Path; from mlops_assets.profiles import ensure_dagster_home; ensure_dagster_home(Path("."))'
 	$(VENV)/bin/dg dev -h 127.0.0.1 -p 3000
 
 check-defs: env ## Load and validate the code location (dg check defs)

@@ -10,10 +10,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlops_assets.domain.batch_layout import inbox_prefix
+from mlops_assets.domain.curation import landing_prefix
 from mlops_assets.domain.sample_drops import (
     choose_series,
     land_bad,
     land_diabetes,
+    land_files,
     land_sales,
     land_table,
     read_spec_table,
@@ -55,21 +58,47 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_land(args: argparse.Namespace) -> int:
-    """Land a Parquet file of a spec's columns as drops: a history drop, then one per period."""
-    spec = load_spec(args.dataset)
+def _land_table(storage, spec, args: argparse.Namespace) -> int:
+    """``mlops land --file``: a table split into a history drop, then one drop per period."""
     try:
         table = read_spec_table(args.file, spec)
         if args.series:
             table = choose_series(table, spec, args.series)
-        landed = land_table(_storage(), spec, table, args.drops, args.format)
+        landed = land_table(storage, spec, table, args.drops, args.format)
     except (OSError, ValueError) as exc:
-        print(f"failed: {exc}", file=sys.stderr)
+        print(f"mlops land: {exc}", file=sys.stderr)
         return 2
     print(
         f"landed {len(landed)} drop(s), {table.num_rows:,} rows, under landing/{spec.name}/ "
         f"({landed[0].name} .. {landed[-1].name})"
     )
+    return 0
+
+
+def cmd_land(args: argparse.Namespace) -> int:
+    """Land files as drops, each in one atomic write (the sensor never sees half a file).
+
+    ``--file F``: F is a Parquet table of the spec's columns, split into a history drop and one
+    drop per period under ``landing/<ds>/``. ``FILE...``: each file landed as it is, in the
+    scoring inbox (or ``--to landing``).
+    """
+    spec = load_spec(args.dataset)
+    storage = _storage()
+    if args.file:
+        return _land_table(storage, spec, args)
+    if not args.files:
+        print("mlops land: name files to land, or --file with --drops", file=sys.stderr)
+        return 2
+    base = inbox_prefix(spec.name) if args.to == "inbox" else landing_prefix(spec)
+    under = args.under.strip("/")
+    try:
+        landed = land_files(storage, f"{base}{under}/" if under else base, args.files)
+    except FileNotFoundError as exc:
+        print(f"mlops land: {exc}", file=sys.stderr)
+        return 2
+    for b in landed:
+        print(f"  {storage.uri(b.name)}  ({b.size:,} bytes, etag {b.etag})")
+    print(f"landed {len(landed)} drop(s) for {spec.name!r} in {args.to}")
     return 0
 
 
@@ -289,11 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--bad", action="append", default=[], choices=BAD_KINDS, metavar="KIND")
     gen.set_defaults(func=cmd_generate)
 
-    land = sub.add_parser("land", help="land a Parquet file of a spec's columns as drops")
-    land.add_argument("--dataset", required=True, help="a bundled spec's name or a spec's path")
-    land.add_argument("--file", required=True, help="Parquet file with the spec's columns")
-    land.add_argument("--drops", type=int, default=1, help="a history drop, then one per period")
-    land.add_argument("--series", type=int, default=0, help="only this many series (0: all)")
+    land = sub.add_parser("land", help="land files as drops, atomically")
+    land.add_argument("files", nargs="*", type=Path, help="files landed as they are")
+    land.add_argument("--dataset", default="sales", help="a bundled spec's name or a YAML path")
+    land.add_argument("--to", choices=["inbox", "landing"], default="inbox")
+    land.add_argument("--under", default="", help="a subfolder, e.g. 2026/11/21")
+    land.add_argument("--file", help="a Parquet table of the spec's columns, split into drops")
+    land.add_argument("--drops", type=int, default=1, help="with --file: history, then 1/period")
+    land.add_argument("--series", type=int, default=0, help="with --file: this many series")
     land.add_argument("--format", choices=["parquet", "csv"], default="parquet")
     land.set_defaults(func=cmd_land)
 

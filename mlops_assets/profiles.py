@@ -156,12 +156,29 @@ def batch_compute_for(profile: str):
     )
 
 
+# Run monitoring (the daemon) fails runs whose process died: a run STARTING for longer than
+# start_timeout_seconds, and a run STARTED for longer than max_runtime_seconds (the local run
+# launcher cannot see whether a run's process is alive, so a killed local run is failed when it
+# passes this ceiling; the tag dagster/max_runtime_seconds changes it for one run).
+RUN_MONITORING = """run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  max_runtime_seconds: 21600
+  poll_interval_seconds: 60
+"""
+
+
 def ensure_dagster_home(home: Path) -> Path:
-    """The Dagster instance folder under the project home, with a local ``dagster.yaml``."""
+    """The Dagster instance folder under the project home, with a local ``dagster.yaml``
+    (telemetry off, run monitoring on; monitoring is added to an existing file without it)."""
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster")
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
     if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+        config.write_text("telemetry:\n  enabled: false\n" + RUN_MONITORING)
+    else:
+        text = config.read_text()
+        if not any(line.startswith("run_monitoring:") for line in text.splitlines()):
+            config.write_text(text.rstrip("\n") + "\n" + RUN_MONITORING)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return dagster_home

@@ -13,6 +13,8 @@ message, and a registration that fails half way removes the version it created.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
 import threading
@@ -26,17 +28,23 @@ import dagster as dg
 from pydantic import Field
 
 from mlops_assets.domain.registry_records import (
+    COMPLETE,
+    INCOMPLETE,
+    REPLACES_TAG,
+    STATE_TAG,
     ModelSetVersion,
     RegistryError,
     RegistryUnavailableError,
     RunRecord,
 )
+from resources.registry_store import RegistryStoreError, ensure_sqlite_store
 
 __all__ = [
     "MlflowRegistry",
     "ModelRegistry",
     "ModelSetVersion",
     "RegistryError",
+    "RegistryStoreError",
     "RegistryUnavailableError",
     "RunRecord",
 ]
@@ -90,6 +98,8 @@ class ModelRegistry(dg.ConfigurableResource, ABC):
         """Where the registry is, for messages."""
 
 
+log = logging.getLogger(__name__)
+
 _CLIENTS: dict[tuple[str, str], Any] = {}
 _LOCK = threading.Lock()
 
@@ -117,6 +127,11 @@ class MlflowRegistry(ModelRegistry):
     http_timeout_s: int | None = Field(
         default=None, description="MLFLOW_HTTP_REQUEST_TIMEOUT for http(s) servers."
     )
+    incomplete_grace_s: int = Field(
+        default=600,
+        description="A registration interrupted (version left `mlops_state=incomplete`) longer "
+        "ago than this is removed by the next registration; a younger one may still be running.",
+    )
 
     @property
     def location(self) -> str:
@@ -142,15 +157,16 @@ class MlflowRegistry(ModelRegistry):
             try:
                 for uri in set(key):
                     if uri.startswith("sqlite:///"):
-                        Path(uri.removeprefix("sqlite:///")).parent.mkdir(
-                            parents=True, exist_ok=True
-                        )
+                        # Created atomically (a kill mid-migration leaves nothing half-made).
+                        ensure_sqlite_store(Path(uri.removeprefix("sqlite:///")))
                 from mlflow import MlflowClient
 
                 client = MlflowClient(tracking_uri=key[0], registry_uri=key[1])
                 # Probe both stores once: a wrong URI fails here, before anything is written.
                 client.search_experiments(max_results=1)
                 client.search_registered_models(max_results=1)
+            except RegistryStoreError:
+                raise
             except Exception as exc:
                 raise self._unavailable(exc) from exc
             _CLIENTS[key] = client
@@ -232,17 +248,27 @@ class MlflowRegistry(ModelRegistry):
                 except Exception:
                     if self._call(client.get_registered_model, name) is None:
                         raise
-            # One call creates the version with every tag: no version without its tags.
-            mv = client.create_model_version(
-                name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()}
-            )
+            self.recover_interrupted(name)
+            # Our state tags are this registration's own (a promotion copies a dev version's).
+            tags = {k: str(v) for k, v in tags.items() if k not in (STATE_TAG, REPLACES_TAG)}
+            tags[STATE_TAG] = INCOMPLETE
+            if alias:
+                before = self._call(client.get_model_version_by_alias, name, alias)
+                tags[REPLACES_TAG] = f"{alias}:{before.version if before is not None else ''}"
+            # Phase one: the version with every tag, marked incomplete (readers skip it).
+            mv = client.create_model_version(name, source, run_id=run_id, tags=tags)
             created = mv.version
             if alias:
                 client.set_registered_model_alias(name, alias, mv.version)
             if run_id:
                 client.set_terminated(run_id, "FINISHED")
+            # Phase two, the last write: the version is complete.
+            client.set_model_version_tag(name, mv.version, STATE_TAG, COMPLETE)
             return self._version(client.get_model_version(name, mv.version))
         except Exception as exc:
+            if created is not None:
+                with contextlib.suppress(Exception):
+                    self._restore_alias(client, name, created)
             self._undo(client, name, created, run_id)
             if isinstance(exc, RegistryError):
                 raise
@@ -251,6 +277,48 @@ class MlflowRegistry(ModelRegistry):
             raise RegistryError(
                 f"registering {name} at {self.location} failed (nothing left registered): {exc}"
             ) from exc
+
+    def recover_interrupted(self, name: str) -> list[int]:
+        """Remove the versions of ``name`` whose registration was interrupted (a killed
+        process) more than ``incomplete_grace_s`` ago: an alias moved to one goes back to the
+        version it replaced, its tracking run is ended as FAILED. Returns the versions removed.
+        """
+        client = self.client()
+        found = self._call(
+            client.search_model_versions,
+            f"name = '{name}' and tags.`{STATE_TAG}` = '{INCOMPLETE}'",
+        )
+        cutoff_ms = (time.time() - self.incomplete_grace_s) * 1000
+        removed = []
+        for mv in found or []:
+            if (mv.last_updated_timestamp or mv.creation_timestamp or 0) > cutoff_ms:
+                continue
+            self._restore_alias(client, name, mv.version)
+            self._undo(client, name, mv.version, mv.run_id or None)
+            removed.append(int(mv.version))
+            log.warning(
+                "%s v%s at %s: its registration was interrupted; removed it (run %s ended FAILED)",
+                name,
+                mv.version,
+                self.location,
+                mv.run_id or "-",
+            )
+        return removed
+
+    def _restore_alias(self, client, name: str, version) -> None:
+        """Point the alias an unfinished registration moved back where it was."""
+        mv = self._call(client.get_model_version, name, str(version))
+        replaced = (mv.tags or {}).get(REPLACES_TAG, "") if mv is not None else ""
+        alias, _, before = replaced.partition(":")
+        if not alias:
+            return
+        current = self._call(client.get_model_version_by_alias, name, alias)
+        if current is None or str(current.version) != str(version):
+            return
+        if before:
+            client.set_registered_model_alias(name, alias, before)
+        else:
+            client.delete_registered_model_alias(name, alias)
 
     @staticmethod
     def _undo(client, name: str, version, run_id: str | None) -> None:
@@ -266,12 +334,21 @@ class MlflowRegistry(ModelRegistry):
                 pass
 
     def get_version(self, name: str, version: int) -> ModelSetVersion | None:
+        """Version ``version``; None if it does not exist or its registration was interrupted."""
         mv = self._call(self.client().get_model_version, name, str(version))
-        return None if mv is None else self._version(mv)
+        found = None if mv is None else self._version(mv)
+        return found if found is not None and found.complete else None
 
     def get_alias(self, name: str, alias: str | None = None) -> ModelSetVersion | None:
-        mv = self._call(self.client().get_model_version_by_alias, name, alias or self.alias)
-        return None if mv is None else self._version(mv)
+        """The version ``alias`` points at; if its registration was interrupted after the alias
+        moved, the complete version the alias pointed at before."""
+        alias = alias or self.alias
+        mv = self._call(self.client().get_model_version_by_alias, name, alias)
+        found = None if mv is None else self._version(mv)
+        if found is None or found.complete:
+            return found
+        moved, _, before = found.tags.get(REPLACES_TAG, "").partition(":")
+        return self.get_version(name, int(before)) if moved == alias and before else None
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
         self._call(self.client().set_registered_model_alias, name, alias, str(version))
@@ -282,13 +359,13 @@ class MlflowRegistry(ModelRegistry):
             self.client().search_model_versions,
             f"name = '{name}' and tags.`{tag}` = '{safe}'",
         )
-        if not found:
-            return None
-        return self._version(max(found, key=lambda mv: int(mv.version)))
+        versions = [v for v in (self._version(mv) for mv in found or []) if v.complete]
+        return max(versions, key=lambda v: v.version) if versions else None
 
     def list_versions(self, name: str) -> list[ModelSetVersion]:
         found = self._call(self.client().search_model_versions, f"name = '{name}'") or []
-        return sorted((self._version(mv) for mv in found), key=lambda v: v.version)
+        versions = (self._version(mv) for mv in found)
+        return sorted((v for v in versions if v.complete), key=lambda v: v.version)
 
 
 def _is_not_found(exc: BaseException) -> bool:

@@ -21,6 +21,15 @@ Exactly once, across ticks, daemon restarts and the sensor being off:
   what keeps a lost or reset cursor, which may cut batches differently, from scoring a drop
   twice.
 
+Only complete drops are taken. Names a writer uses while it writes are ignored (``.tmp-*`` and
+other names starting with ``.``, ``_`` or ``~``, ``*.partial``, ``*._COPYING_``, ``*.tmp``), and
+a blob is taken once it is **settled**: either its ``last_modified`` is at least ``settle_s``
+old, or the previous tick listed it with the same etag and size (a file still being copied
+changes between two listings; the cursor keeps ``pending``, the young blobs of the last tick,
+so this costs no extra listing). A drop is thus taken one tick (``minimum_interval_seconds``)
+after it stops changing, or at once if it is older than ``settle_s``. Producers should still land
+atomically (``mlops land``, or write a temporary name and rename; a Blob upload commits at once).
+
 Listing cost: Azure lists by name, not by time, so a tick reads every name under the prefix
 (one request per 5,000 blobs). With ``date_subprefix=True`` producers write under
 ``<prefix>YYYY/MM/DD/`` and a tick lists only the days from ``hw - lag_s`` (minus one day of
@@ -32,6 +41,7 @@ No asset modules are imported here; the job and partitions come from the caller.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 from collections.abc import Sequence
@@ -43,6 +53,8 @@ import dagster as dg
 from mlops_assets.storage import BlobInfo, Storage
 
 DEFAULT_SUFFIXES = (".csv", ".parquet", ".pq")
+# Names writers use for files not yet complete (matched against the last part of the name).
+TEMPORARY_NAMES = (".*", "_*", "~*", "*.partial", "*._COPYING_", "*.tmp")
 
 
 @dataclass(frozen=True)
@@ -57,24 +69,45 @@ class BlobDropConfig:
     date_subprefix: bool = False
     max_days_listed: int = 400
     minimum_interval_seconds: int = 30
+    settle_s: float = 60.0  # a blob this old is taken without waiting for a second listing
+    ignore: tuple[str, ...] = TEMPORARY_NAMES
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.settle_s < self.lag_s:
+            raise ValueError(f"settle_s ({self.settle_s}) must be in [0, lag_s={self.lag_s})")
+
+    def wanted(self, name: str) -> bool:
+        """A drop's name (suffix), not a temporary one."""
+        base = name.rsplit("/", 1)[-1]
+        return name.lower().endswith(self.suffixes) and not any(
+            fnmatch.fnmatchcase(base, p) for p in self.ignore
+        )
 
 
 @dataclass
 class Cursor:
     hw: datetime | None = None
     seen: dict[str, tuple[str, float]] | None = None  # name -> (etag, last_modified ts)
+    pending: dict[str, tuple[str, int]] | None = None  # young, not taken: name -> (etag, size)
 
     @classmethod
     def parse(cls, text: str | None) -> Cursor:
         if not text:
-            return cls(None, {})
+            return cls(None, {}, {})
         raw = json.loads(text)
         hw = datetime.fromisoformat(raw["hw"]) if raw.get("hw") else None
-        return cls(hw, {n: (e, float(t)) for n, e, t in raw.get("seen", [])})
+        return cls(
+            hw,
+            {n: (e, float(t)) for n, e, t in raw.get("seen", [])},
+            {n: (e, int(z)) for n, e, z in raw.get("pending", [])},
+        )
 
     def dump(self) -> str:
         seen = sorted([n, e, t] for n, (e, t) in (self.seen or {}).items())
-        return json.dumps({"hw": self.hw.isoformat() if self.hw else None, "seen": seen})
+        pending = sorted([n, e, z] for n, (e, z) in (self.pending or {}).items())
+        return json.dumps(
+            {"hw": self.hw.isoformat() if self.hw else None, "seen": seen, "pending": pending}
+        )
 
 
 def _ts(dt: datetime) -> float:
@@ -92,28 +125,44 @@ def list_prefixes(config: BlobDropConfig, cursor: Cursor, now: datetime) -> list
 
 
 def plan_tick(
-    listing: Sequence[BlobInfo], cursor: Cursor, config: BlobDropConfig
+    listing: Sequence[BlobInfo],
+    cursor: Cursor,
+    config: BlobDropConfig,
+    now: datetime | None = None,
 ) -> tuple[list[BlobInfo], Cursor]:
-    """The drop versions to request now (oldest first) and the cursor after this tick."""
+    """The settled drop versions to request now (oldest first) and the cursor after this tick."""
     seen = dict(cursor.seen or {})
+    was_pending = cursor.pending or {}
     floor = _ts(cursor.hw) - config.lag_s if cursor.hw else float("-inf")
+    young_from = _ts(now or datetime.now(UTC)) - config.settle_s
     fresh = [
         b
         for b in listing
-        if b.name.lower().endswith(config.suffixes)
+        if config.wanted(b.name)
         and _ts(b.last_modified) >= floor
         and seen.get(b.name, (None,))[0] != b.etag
     ]
     fresh.sort(key=lambda b: (_ts(b.last_modified), b.name))
-    take = fresh[: config.max_per_tick]
+    settled = [
+        b
+        for b in fresh
+        if _ts(b.last_modified) <= young_from or was_pending.get(b.name) == (b.etag, b.size)
+    ]
+    take = settled[: config.max_per_tick]
+    taken = {b.name for b in take}
+    pending = {
+        b.name: (b.etag, b.size)
+        for b in fresh
+        if b.name not in taken and _ts(b.last_modified) > young_from
+    }
     if not take:
-        return [], Cursor(cursor.hw, seen)
+        return [], Cursor(cursor.hw, seen, pending)
     for b in take:
         seen[b.name] = (b.etag, _ts(b.last_modified))
     hw = max([b.last_modified for b in take] + ([cursor.hw] if cursor.hw else []), key=_ts)
     keep_from = _ts(hw) - config.lag_s
     seen = {n: (e, t) for n, (e, t) in seen.items() if t >= keep_from}
-    return take, Cursor(hw, seen)
+    return take, Cursor(hw, seen, pending)
 
 
 def partition_key(blob: BlobInfo, prefix: str) -> str:
@@ -180,10 +229,11 @@ def make_blob_drop_sensor(
         listing: list[BlobInfo] = []
         for p in list_prefixes(config, cursor, now):
             listing.extend(storage.list(p))
-        take, after = plan_tick(listing, cursor, config)
+        take, after = plan_tick(listing, cursor, config, now)
         if not take:
+            waiting = f", {len(after.pending)} settling" if after.pending else ""
             return dg.SensorResult(
-                skip_reason=f"no new drop under {config.prefix} ({len(listing)} listed)",
+                skip_reason=f"no new drop under {config.prefix} ({len(listing)} listed{waiting})",
                 cursor=after.dump(),
             )
         keys = [partition_key(b, config.prefix) for b in take]

@@ -133,7 +133,9 @@ def build_promotion_jobs(spec: DatasetSpec) -> list[dg.JobDefinition]:
         )
         context.log.info(
             f"{prod.name}: dev v{prod.tags.get('dev_version')} -> prod v{prod.version} "
-            f"({stats['models_verified']} models verified, {stats['packs_copied']} packs copied)"
+            f"({stats['models_verified']} models verified, {stats['packs_copied']} packs copied, "
+            f"{stats['packs_repaired']} pack{'' if stats['packs_repaired'] == 1 else 's'} "
+            "repaired)"
         )
         return dg.Output(
             prod.version,

@@ -6,7 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlops_assets.domain.model_sets import ModelSetRef
+from mlops_assets.domain.model_sets import ModelSetError, ModelSetRef
+
+# Two-phase registration: a version is created with STATE_TAG = INCOMPLETE and gets COMPLETE
+# as its last write; an interrupted one is ignored by readers and removed by a later run.
+STATE_TAG = "mlops_state"
+INCOMPLETE = "incomplete"
+COMPLETE = "complete"
+# "<alias>:<version>": what the alias pointed at before this registration moved it.
+REPLACES_TAG = "mlops_replaces"
 
 
 class RegistryError(RuntimeError):
@@ -27,6 +35,12 @@ class ModelSetVersion:
     run_id: str | None = None
 
     @property
+    def complete(self) -> bool:
+        """False for a version whose registration was interrupted (versions registered before
+        the state tag existed count as complete)."""
+        return self.tags.get(STATE_TAG) != INCOMPLETE
+
+    @property
     def folder(self) -> str | None:
         """The model-set folder, relative to the storage root it was registered from."""
         return self.tags.get("folder")
@@ -37,8 +51,14 @@ class ModelSetVersion:
 
         Raises:
             ModelSetError: The version lacks the ``folder`` or ``manifest_sha256`` tag (it was
-                not registered by this project, or its tags were edited): nothing can verify it.
+                not registered by this project, or its tags were edited): nothing can verify it;
+                or its registration was interrupted.
         """
+        if not self.complete:
+            raise ModelSetError(
+                f"{self.name} v{self.version}: its registration was interrupted "
+                f"({STATE_TAG}={INCOMPLETE}); the next registration removes it"
+            )
         return ModelSetRef.from_dict(
             {
                 "name": self.name,

@@ -1,9 +1,14 @@
-"""Land data as drops in a storage's landing area: sample data (for the demo, tests and
-benchmarks) and any table of a spec's columns (e.g. a real panel, ``docs/example-beer.md``)."""
+"""Land drops in a storage: files as they are (``land_files``, what ``mlops land`` does), any
+table of a spec's columns split by period (``land_table``, e.g. a real panel,
+``docs/example-beer.md``), and sample data (for the demo, tests and benchmarks).
+
+Every drop is written in one atomic step (``Storage.write_bytes``: locally a temporary name,
+then a rename; on Blob one committed upload), so a sensor never lists half a file."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +34,20 @@ def drop_names(times: list, n_drops: int) -> list[str]:
     """Names of ``split_by_time``'s drops: ``history_until_<date>`` then ``week_<date>``."""
     later = [str(t)[:10] for t in times[len(times) - n_drops + 1 :]] if n_drops > 1 else []
     return [f"history_until_{str(times[len(times) - n_drops])[:10]}"] + [f"week_{d}" for d in later]
+
+
+def land_files(storage: Storage, prefix: str, paths: list[Path]) -> list[BlobInfo]:
+    """Each local file in ``paths`` as the drop ``<prefix><file name>``, written atomically.
+
+    Raises:
+        FileNotFoundError: A path is not a file (nothing after it is landed).
+    """
+    landed = []
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is not a file")
+        landed.append(storage.write_bytes(f"{prefix}{path.name}", path.read_bytes()))
+    return landed
 
 
 def land_sales(

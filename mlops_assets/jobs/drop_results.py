@@ -11,7 +11,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlops_assets.domain import batch_layout as layout
-from mlops_assets.ml.scoring import UNKNOWN_SERIES
+from mlops_assets.ml.scoring import MODEL_INTEGRITY, UNKNOWN_SERIES
+
+NAMED_INTEGRITY = 3  # bad models named in a drop's error (all are in the rows' messages)
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Summary:
     error: str | None = None
     model_version: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    integrity: list[str] = field(default_factory=list)  # the first bad models' messages
 
 
 def count_scored(scored: pa.Table, out: Summary) -> None:
@@ -58,6 +61,25 @@ def count_scored(scored: pa.Table, out: Summary) -> None:
     if unknown_rows:
         unknown = pc.equal(error, UNKNOWN_SERIES).fill_null(False)
         out.unknown_series += int(pc.count_distinct(series.indices.filter(unknown)).as_py())
+    if errors.get(MODEL_INTEGRITY) and len(out.integrity) < NAMED_INTEGRITY:
+        bad = pc.equal(error, MODEL_INTEGRITY).fill_null(False)
+        for message in pc.unique(scored["message"].filter(bad)).to_pylist():
+            if len(out.integrity) < NAMED_INTEGRITY:
+                out.integrity.append(message)
+
+
+def fail_on_integrity(out: Summary) -> None:
+    """A drop with rows refused for a tampered model is ``failed`` (loudly: the run fails),
+    though its other series were scored and written: the error names the bad models."""
+    rows = out.errors.get(MODEL_INTEGRITY, 0)
+    if not rows or out.status != "scored":
+        return
+    out.status = "failed"
+    out.error = (
+        f"ModelIntegrityError: {rows} row(s) not scored ({MODEL_INTEGRITY}): "
+        + "; ".join(out.integrity)
+        + f"; the other series were scored into {out.output_uri}"
+    )
 
 
 _SUMMED = (

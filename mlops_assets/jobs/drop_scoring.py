@@ -2,7 +2,8 @@
 
 The model set arrives as a ``ModelSetRef``: its manifest is read only if its sha256 is the
 reference's (``model_sets.read_manifest``), and each model only if its sha256 is the manifest's
-(``ModelSetReader``); a model set failing either is refused, and the drop is not scored.
+(``ModelSetReader``). A manifest failing its digest refuses the whole set (the drop is not
+scored); a model failing its digest fails only its series' rows (error ``model_integrity``).
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ def score_drop_rows(
     """``scoring.score_table`` over the drop's good rows, each output row with its source row.
 
     ``score_table`` works through whole series about ``chunk_rows`` rows at a time, which bounds
-    the feature memory on a large drop. A model failing its digest raises
-    ``ModelIntegrityError`` naming the artifact and the series: nothing is written.
+    the feature memory on a large drop. A model failing its digest gives its series' rows the
+    error ``model_integrity``, the message naming the artifact and the series.
     """
     out = score_table(table, spec, reader.model_for, chunk_rows=chunk_rows)
     return out.add_column(0, "source_row", table[ROW])

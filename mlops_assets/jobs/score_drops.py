@@ -53,6 +53,7 @@ from mlops_assets.jobs.drop_results import (
     Summary,
     combine,
     count_scored,
+    fail_on_integrity,
     wait_for_ranks,
     write_summary,
 )
@@ -113,9 +114,12 @@ def run_instance(
     scored and written about ``piece_rows`` rows at a time (``score_in_pieces``); any other
     drop whole. Both give the same predictions.
 
+    A model whose bytes do not match its sha256 fails only its series (rows with error
+    ``model_integrity``); the drop's status is then ``failed``, naming the series and artifact.
+
     Raises:
-        ModelSetError, ModelIntegrityError: The model set is missing, or its manifest or a
-            model is not what the reference and manifest say (no predictions are written).
+        ModelSetError, ModelIntegrityError: The model set is missing, or its manifest is not
+            what the reference says (no predictions are written).
     """
     out = Summary(key=job.key, rank=rank, world=world, model_version=model_set_label(job.model_set))
     drop = _Drop(
@@ -133,6 +137,7 @@ def run_instance(
         how = _score(drop, stream_min_rows)
     out = drop.out  # a fresh one if scoring in pieces stopped and the drop was scored whole
     out.seconds = drop.phases.metadata(prefix="")
+    fail_on_integrity(out)
     if how is not None:
         log(
             f"rank {out.rank}/{out.world}: {out.rows_scored:,} rows scored over {out.series:,} "

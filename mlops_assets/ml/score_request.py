@@ -24,6 +24,7 @@ INSUFFICIENT_HISTORY = "insufficient_history"
 GAP = "gap_after_history"
 DUPLICATE = "duplicate_row"
 BAD_VALUE = "bad_value"
+MODEL_INTEGRITY = "model_integrity"  # the series' model bytes do not match their sha256
 OFF_CALENDAR = "off_calendar"
 
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from mlops_assets.ml import calendar
 from mlops_assets.ml.features import tail_length
+from mlops_assets.ml.persistence import ModelIntegrityError
 from mlops_assets.ml.recursive import SeriesRows, predict_recursive
 from mlops_assets.ml.score_request import (
     BAD_VALUE,
@@ -29,6 +30,7 @@ from mlops_assets.ml.score_request import (
     GAP,
     INSUFFICIENT_HISTORY,
     MISSING_FEATURE,
+    MODEL_INTEGRITY,
     NO_MODEL,
     OFF_CALENDAR,
     UNKNOWN_SERIES,
@@ -52,6 +54,7 @@ __all__ = [
     "GAP",
     "INSUFFICIENT_HISTORY",
     "MISSING_FEATURE",
+    "MODEL_INTEGRITY",
     "NO_MODEL",
     "OFF_CALENDAR",
     "UNKNOWN_SERIES",
@@ -192,11 +195,16 @@ def _mark_bad_rows(
 def _look_up(
     ids: np.ndarray, model_for: ModelLookup
 ) -> tuple[list[SeriesModel | None], dict[int, tuple[str, str]]]:
-    """Each series' model, and the (code, message) of each series that has none."""
+    """Each series' model, and the (code, message) of each series that has none; a model
+    refused by its digest fails only its own series' rows (the message names the artifact)."""
     models: list[SeriesModel | None] = [None] * len(ids)
     why: dict[int, tuple[str, str]] = {}
     for s, sid in enumerate(ids):
-        found = model_for(sid)
+        try:
+            found = model_for(sid)
+        except ModelIntegrityError as exc:
+            why[s] = (MODEL_INTEGRITY, str(exc))
+            continue
         if found is None:
             why[s] = (UNKNOWN_SERIES, f"no model set entry for series {sid!r}")
         elif isinstance(found, str):

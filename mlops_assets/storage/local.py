@@ -1,4 +1,9 @@
-"""Storage in a folder on this machine: temp file, fsync, rename."""
+"""Storage in a folder on this machine: temp file, fsync, rename.
+
+A write killed before its rename leaves a ``.tmp-*`` file (never listed, never readable by
+name); the next writer in that folder removes those older than ``TMP_GRACE_S`` (younger ones
+may belong to a write still under way), at most once per ``SWEEP_EVERY_S`` per folder.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,42 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+TMP_PREFIX = ".tmp-"
+TMP_GRACE_S = 3600.0
+SWEEP_EVERY_S = 60.0
+_SWEPT: dict[Path, float] = {}  # folder -> monotonic time of its last sweep, in this process
+
+
+def sweep_stale_tmp(folder: Path, grace_s: float = TMP_GRACE_S) -> int:
+    """Remove ``.tmp-*`` files in ``folder`` last modified more than ``grace_s`` ago: what
+    interrupted writes left. Returns how many were removed."""
+    cutoff = time.time() - grace_s
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if not entry.name.startswith(TMP_PREFIX):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:  # finished or removed by another writer meanwhile
+            continue
+    return removed
+
+
+def _sweep_now(folder: Path) -> None:
+    now = time.monotonic()
+    last = _SWEPT.get(folder)
+    if last is not None and now - last < SWEEP_EVERY_S:
+        return
+    _SWEPT[folder] = now
+    sweep_stale_tmp(folder)
 
 
 # mkstemp creates 0600 files; a committed object gets the mode a plain open() would give it.
@@ -36,7 +77,7 @@ class LocalStorage(Storage):
 
     def _path(self, name: str) -> Path:
         name = check_name(name)
-        if name.rsplit("/", 1)[-1].startswith(".tmp-"):
+        if name.rsplit("/", 1)[-1].startswith(TMP_PREFIX):
             raise ValueError(f"invalid storage name {name!r}: '.tmp-*' is kept for partial writes")
         return Path(self.root) / name
 
@@ -79,7 +120,7 @@ class LocalStorage(Storage):
         out = []
         for dirpath, _dirs, files in os.walk(base):
             for f in files:
-                if f.startswith(".tmp-"):
+                if f.startswith(TMP_PREFIX):
                     continue
                 path = Path(dirpath) / f
                 name = path.relative_to(root).as_posix()
@@ -120,7 +161,8 @@ class LocalStorage(Storage):
     def write_bytes(self, name: str, data: bytes, *, overwrite: bool = True) -> BlobInfo:
         path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        _sweep_now(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

@@ -100,6 +100,14 @@ def _tick(sensor, instance, resources, cursor):
     return list(result.run_requests or []), result.cursor
 
 
+def _settled_tick(sensor, instance, resources, cursor):
+    """Drops just written are young: the first tick only notes them (size, etag), the next
+    takes those that did not change in between."""
+    first, cursor = _tick(sensor, instance, resources, cursor)
+    assert first == []
+    return _tick(sensor, instance, resources, cursor)
+
+
 RANGE_START, RANGE_END = (
     "dagster/asset_partition_range_start",
     "dagster/asset_partition_range_end",
@@ -150,7 +158,7 @@ def test_drop_to_predictions_exactly_once(env, data):
     new = data[1]
 
     info = storage.write_bytes(f"{INBOX}2026/11/21/drop-a.parquet", _parquet(new))
-    requests, cursor = _tick(sensor, instance, env, None)
+    requests, cursor = _settled_tick(sensor, instance, env, None)
     assert [r.run_key for r in requests] == [info.version_key]
     result = _run(asset, instance, env, requests[0])
     assert result.success
@@ -169,7 +177,7 @@ def test_drop_to_predictions_exactly_once(env, data):
     # overwritten (new etag): scored again, under its own key
     info2 = storage.write_bytes(f"{INBOX}2026/11/21/drop-a.parquet", _parquet(new.slice(0, 7)))
     assert info2.etag != info.etag
-    requests, cursor = _tick(sensor, instance, env, cursor)
+    requests, cursor = _settled_tick(sensor, instance, env, cursor)
     assert [r.run_key for r in requests] == [info2.version_key]
     assert _run(asset, instance, env, requests[0]).success
     out2 = pq.read_table(
@@ -187,7 +195,7 @@ def test_malformed_and_bad_rows(env, data):
     rows = data[1].slice(0, 10).drop_columns([SALES.target]).to_pylist()
     rows[3]["price"] = -5.0  # value rule: quarantined row, the other 9 scored
     storage.write_bytes(f"{INBOX}bad/partly.parquet", _parquet(pa.Table.from_pylist(rows)))
-    requests, _ = _tick(sensor, instance, env, None)
+    requests, _ = _settled_tick(sensor, instance, env, None)
     by_name = {r.tags["mlops/drop"].rsplit("/", 1)[-1]: r for r in requests}
 
     broken = _run(asset, instance, env, by_name["broken.csv"], raise_on_error=False)
@@ -222,7 +230,7 @@ def test_restart_from_cursor_and_1000_drops(env, data, tmp_path):
         storage.write_bytes(f"{INBOX}many/d{i:05d}.parquet", small)
     done: list[dg.RunRequest] = []
     requests, cursor = _tick(sensor, instance, res, None)
-    done += requests
+    assert requests == []  # just written: noted, taken by the next tick if unchanged
     # the sensor is off; 600 more land; it restarts from its stored cursor
     for i in range(400, 1000):
         storage.write_bytes(f"{INBOX}many/d{i:05d}.parquet", small)
@@ -281,7 +289,7 @@ def test_batch_with_a_malformed_drop(env, data, tmp_path):
     rows = data[1].slice(0, 10).drop_columns([SALES.target]).to_pylist()
     rows[3]["price"] = -5.0
     storage.write_bytes(f"{INBOX}mix/i-partly.parquet", _parquet(pa.Table.from_pylist(rows)))
-    (request,), _ = _tick(sensor, instance, res, None)
+    (request,), _ = _settled_tick(sensor, instance, res, None)
     keys = _drops_of(request, instance.get_dynamic_partitions("sales_scoring_drops"))
     assert len(keys) == 5
     by_name = {k.split("@")[0].rsplit("/", 1)[-1]: k for k in keys}
@@ -382,6 +390,77 @@ def test_plan_tick_late_visible_blob_and_cost():
     assert take == [] and len(cur2.dump()) < 500
 
 
+def test_plan_tick_takes_a_drop_once_it_settles_and_never_a_temporary_name():
+    """A young blob is taken once a second listing finds the same etag and size; one older than
+    ``settle_s`` at once; temporary names never, however old."""
+    now = datetime(2026, 11, 21, 12, tzinfo=UTC)
+    cfg = BlobDropConfig(prefix="in/", settle_s=60)
+    old = now - timedelta(minutes=5)
+    temporary = [
+        BlobInfo(n, 9, "t", old)
+        for n in ("in/.tmp-a.parquet", "in/_b.parquet", "in/c.parquet.partial", "in/~d.csv")
+    ]
+    copying = BlobInfo("in/e.parquet._COPYING_", 9, "t", old)
+    settled = BlobInfo("in/old.parquet", 9, "o", old)
+    growing = BlobInfo("in/new.parquet", 100, "g1", now - timedelta(seconds=1))
+    take, cur = plan_tick([*temporary, copying, settled, growing], Cursor(), cfg, now)
+    assert take == [settled] and set(cur.pending) == {"in/new.parquet"}
+    later = now + timedelta(seconds=30)  # still being written: bigger, another etag
+    grown = BlobInfo("in/new.parquet", 200, "g2", later - timedelta(seconds=1))
+    take, cur = plan_tick([settled, grown], Cursor.parse(cur.dump()), cfg, later)
+    assert take == []
+    take, cur = plan_tick([settled, grown], cur, cfg, later + timedelta(seconds=30))
+    assert take == [grown] and not cur.pending
+    assert plan_tick([settled, grown], cur, cfg, later + timedelta(seconds=60))[0] == []
+    with pytest.raises(ValueError, match="settle_s"):
+        BlobDropConfig(prefix="in/", settle_s=900, lag_s=600)
+
+
+def test_a_drop_copied_in_place_is_scored_once_complete(env, data):
+    """A plain ``cp`` into the inbox: the sensor never takes the half-written file; it takes
+    the complete one once two listings agree, and it scores every row."""
+    storage = env["storage"]
+    instance = dg.DagsterInstance.ephemeral()
+    asset, job = _job_parts()
+    sensor = make_blob_drop_sensor(job, scoring_partitions(SALES), BlobDropConfig(prefix=INBOX))
+    body = _parquet(data[1])
+    path = storage.local_path(f"{INBOX}cp/drop.parquet")
+    path.parent.mkdir(parents=True)
+    with open(path, "wb") as f:
+        f.write(body[: len(body) // 2])
+        f.flush()
+        requests, cursor = _tick(sensor, instance, env, None)
+        assert requests == []  # half a file
+        f.write(body[len(body) // 2 :])
+    requests, cursor = _tick(sensor, instance, env, cursor)
+    assert requests == []  # changed since the last listing: not settled yet
+    requests, cursor = _tick(sensor, instance, env, cursor)
+    (request,) = requests
+    assert request.run_key == storage.info(f"{INBOX}cp/drop.parquet").version_key
+    result = _run(asset, instance, env, request)
+    (md,) = _materializations(result).values()
+    assert md["status"].value == "scored" and md["rows_scored"].value == data[1].num_rows
+    assert _tick(sensor, instance, env, cursor)[0] == []
+
+
+def test_mlops_land_writes_each_drop_atomically(env, data, tmp_path, monkeypatch):
+    from mlops_assets.cli import main
+
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLOPS_PROFILE", "local")
+    files = []
+    for i in range(2):
+        files.append(tmp_path / f"week_{i}.parquet")
+        files[-1].write_bytes(_parquet(data[1].slice(i, 5)))
+    assert main(["land", *map(str, files), "--under", "2026/11/21"]) == 0
+    storage = LocalStorage(root=str(tmp_path / "home" / "storage"))
+    landed = storage.list(INBOX)
+    assert [b.name for b in landed] == [f"{INBOX}2026/11/21/week_{i}.parquet" for i in range(2)]
+    assert [storage.read_bytes(b.name) for b in landed] == [f.read_bytes() for f in files]
+    assert not [p for p in (tmp_path / "home").rglob(".tmp-*")]
+    assert main(["land", str(tmp_path / "missing.parquet")]) == 2
+
+
 @pytest.mark.azurite
 def test_sensor_on_azurite_etag_versions(blob_storage, env, data):
     instance = dg.DagsterInstance.ephemeral()
@@ -391,11 +470,13 @@ def test_sensor_on_azurite_etag_versions(blob_storage, env, data):
     body = _parquet(data[1].slice(0, 3))
     for i in range(30):
         blob_storage.write_bytes(f"{INBOX}x/{i:03d}.parquet", body)
-    requests, cursor = _tick(sensor, instance, res, None)
+    blob_storage.write_bytes(f"{INBOX}x/.tmp-upload.parquet", body)  # temporary names: never
+    blob_storage.write_bytes(f"{INBOX}x/031.parquet._COPYING_", body)
+    requests, cursor = _settled_tick(sensor, instance, res, None)
     assert len({r.run_key for r in requests}) == 30
     assert _tick(sensor, instance, res, cursor)[0] == []
     info = blob_storage.write_bytes(f"{INBOX}x/007.parquet", body + b"")
-    requests, cursor = _tick(sensor, instance, res, cursor)
+    requests, cursor = _settled_tick(sensor, instance, res, cursor)
     assert [r.run_key for r in requests] == [info.version_key]
 
 
@@ -510,7 +591,10 @@ def test_a_model_set_with_a_wrong_manifest_digest_is_refused(data, tmp_path):
     assert not res["storage"].exists(layout.predictions_name("sales", key))
 
 
-def test_a_model_set_with_a_wrong_artifact_is_refused(data, tmp_path):
+def test_a_tampered_model_fails_only_its_series_loudly(data, tmp_path):
+    """One model's bytes changed in its pack: its series' rows get ``model_integrity`` (the
+    message names the series and the artifact), the other series are scored, and the run fails
+    with the drop ``failed`` and its counts in the metadata."""
     res = _prod(tmp_path, SALES, data[0])
     prod = res["prod_storage"]
     entries = modelset.read_manifest(prod.read_bytes("models/v1/" + modelset.MANIFEST))
@@ -521,7 +605,17 @@ def test_a_model_set_with_a_wrong_artifact_is_refused(data, tmp_path):
     result, key = _score_drop_through_the_asset(SALES, res, data[1])
     assert not result.success
     message, metadata = _failure(result)
-    assert key in message and "ModelIntegrityError" in message
+    assert key in message and "ModelIntegrityError" in message and "model_integrity" in message
     assert first["artifact"] in message and repr(first["series_id"]) in message
-    assert metadata["per_drop"].value[key]["status"] == "failed"
-    assert not res["storage"].exists(layout.predictions_name("sales", key))
+    per_drop = metadata["per_drop"].value[key]
+    assert per_drop["status"] == "failed" and per_drop["predictions"]
+    out = decode_dictionaries(
+        pq.read_table(res["storage"].local_path(layout.predictions_name("sales", key)))
+    )
+    bad = pc.equal(out["series_id"], first["series_id"])
+    assert set(out.filter(bad)["error"].to_pylist()) == {"model_integrity"}
+    assert all(first["artifact"] in m for m in out.filter(bad)["message"].to_pylist())
+    good = out.filter(pc.invert(bad))
+    assert good.num_rows > 0 and good["prediction"].null_count == 0
+    assert per_drop["row_errors"] == {"model_integrity": out.num_rows - good.num_rows}
+    assert per_drop["rows_scored"] == good.num_rows

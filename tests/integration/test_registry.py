@@ -387,3 +387,36 @@ def test_champions_that_cannot_be_scored_stay_and_the_gate_fails(champion_env):
     tags = env.registry.get_alias(NAME).tags
     assert tags["promoted_without_comparison"] == str(SHAPE.n_series)
     assert tags["gate_compared"] == "0"
+
+
+def test_repromotion_repairs_a_corrupt_prod_pack(champion_env):
+    """What prod already holds is verified: a pack tampered with in prod is replaced from the
+    verified dev copy; with dev bad as well, promotion is refused."""
+    env = champion_env
+    version = env.registry.get_alias(NAME).version
+
+    def promote():
+        return promote_version(
+            SALES, env.storage, env.prod_storage, env.registry, env.prod_registry, version
+        )
+
+    prod, first = promote()
+    assert first["packs_copied"] == first["packs"] and first["packs_repaired"] == 0
+    manifest = read_manifest(env.prod_storage, prod.ref)
+    sid, artifact, offset, length, _sha = next(modelset.iter_locations(manifest))
+    data = bytearray(env.prod_storage.read_bytes(artifact))
+    data[offset + length - 1] ^= 0xFF
+    env.prod_storage.write_bytes(artifact, bytes(data))
+    with pytest.raises(persistence.ModelIntegrityError):
+        load_model(env.prod_storage, manifest, sid)
+    again, second = promote()
+    assert again.version == prod.version
+    assert load_model(env.prod_storage, manifest, sid) is not None
+    assert (second["packs_copied"], second["packs_repaired"]) == (0, 1)
+    # Dev corrupt too: refused, naming the series and the pack; prod left as it is.
+    env.prod_storage.write_bytes(artifact, bytes(data))
+    good = env.storage.read_bytes(artifact)
+    env.storage.write_bytes(artifact, bytes(data))
+    with pytest.raises(PromotionError, match=f"series {sid}.*does not match"):
+        promote()
+    env.storage.write_bytes(artifact, good)

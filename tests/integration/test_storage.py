@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -302,21 +303,26 @@ def _temp_files(root: str) -> list[Path]:
     return [p for p in Path(root).rglob("*") if p.name.startswith(".tmp-")]
 
 
-def test_local_crash_mid_write_keeps_the_previous_version(local: LocalStorage) -> None:
-    """A process killed after writing the new bytes but before committing them."""
-    local.write_bytes("models/s1/champion.json", b'{"v": 1}')
-    before = local.info("models/s1/champion.json")
+def _killed_write(local: LocalStorage, name: str) -> None:
+    """A process killed after writing the new bytes of ``name`` but before committing them."""
     code = textwrap.dedent(
         f"""
         import os, signal
         from mlops_assets.storage import LocalStorage
 
         os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)
-        LocalStorage(root={local.root!r}).write_bytes("models/s1/champion.json", b"x" * 100_000)
+        LocalStorage(root={local.root!r}).write_bytes({name!r}, b"x" * 100_000)
         """
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, timeout=120)
     assert proc.returncode == -signal.SIGKILL
+
+
+def test_local_crash_mid_write_keeps_the_previous_version(local: LocalStorage) -> None:
+    """A process killed after writing the new bytes but before committing them."""
+    local.write_bytes("models/s1/champion.json", b'{"v": 1}')
+    before = local.info("models/s1/champion.json")
+    _killed_write(local, "models/s1/champion.json")
 
     assert len(_temp_files(local.root)) == 1  # the crash left its partial write behind ...
     assert local.read_bytes("models/s1/champion.json") == b'{"v": 1}'  # ... invisibly
@@ -325,6 +331,24 @@ def test_local_crash_mid_write_keeps_the_previous_version(local: LocalStorage) -
     local.write_bytes("models/s1/champion.json", b'{"v": 2}')
     assert names(local.list()) == ["models/s1/champion.json"]
     assert local.read_bytes("models/s1/champion.json") == b'{"v": 2}'
+
+
+def test_local_next_writer_removes_stale_temp_files_of_killed_writes(local: LocalStorage) -> None:
+    """Temporary files of writes killed long ago go with the next write in their folder;
+    a young one (a write perhaps still under way) stays."""
+    _killed_write(local, "inbox/a.parquet")
+    (stale,) = _temp_files(local.root)
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    young = stale.parent / ".tmp-still-writing"
+    young.write_bytes(b"y")
+    elsewhere = Path(local.root) / "other" / ".tmp-old"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b"z")
+    os.utime(elsewhere, (old, old))
+    local.write_bytes("inbox/b.parquet", b"b")
+    assert sorted(_temp_files(local.root)) == sorted([young, elsewhere])
+    assert names(local.list()) == ["inbox/b.parquet"]
 
 
 def test_local_failed_write_leaves_previous_version_and_no_temp_file(

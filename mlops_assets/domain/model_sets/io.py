@@ -94,26 +94,37 @@ def _by_pack(manifest: pa.Table) -> dict[str, list[tuple[str, int, int, str]]]:
     return out
 
 
-def _verified_packs(storage: Storage, manifest: pa.Table) -> Iterator[tuple[str, bytes, int]]:
-    """(pack name, bytes, models in it) for every pack, each model checked by its sha256.
+def _mismatch(blob: bytes, entries: list[tuple[str, int, int, str]]) -> tuple[str, int, int] | None:
+    """The first (series, offset, length) in ``blob`` whose bytes differ from their sha256."""
+    for sid, offset, length, sha in entries:
+        if not hmac.compare_digest(sha256(blob[offset : offset + length]), sha):
+            return sid, offset, length
+    return None
+
+
+def _verified_packs(
+    storage: Storage, manifest: pa.Table
+) -> Iterator[tuple[str, bytes, list[tuple[str, int, int, str]]]]:
+    """(pack name, bytes, its manifest entries) for every pack, each model checked by sha256.
 
     Raises:
         ModelIntegrityError: A model's bytes differ from their recorded sha256.
     """
     for artifact, entries in _by_pack(manifest).items():
         blob = storage.read_bytes(artifact)
-        for sid, offset, length, sha in entries:
-            if sha256(blob[offset : offset + length]) != sha:
-                raise ModelIntegrityError(
-                    f"model of series {sid} ({artifact}@{offset}+{length}) does not match its "
-                    "recorded sha256: refusing this model set"
-                )
-        yield artifact, blob, len(entries)
+        bad = _mismatch(blob, entries)
+        if bad is not None:
+            sid, offset, length = bad
+            raise ModelIntegrityError(
+                f"model of series {sid} ({storage.uri(artifact)}@{offset}+{length}) does not "
+                "match its recorded sha256: refusing this model set"
+            )
+        yield artifact, blob, entries
 
 
 def verify_models(storage: Storage, manifest: pa.Table) -> int:
     """Check every model's sha256 (one read per pack). Returns how many were checked."""
-    return sum(n for _, _, n in _verified_packs(storage, manifest))
+    return sum(len(entries) for _, _, entries in _verified_packs(storage, manifest))
 
 
 def load_models(storage: Storage, manifest: pa.Table, series: set[str]) -> dict[str, object]:
@@ -137,25 +148,50 @@ def load_model(storage: Storage, manifest: pa.Table, series_id: str):
     return _load(storage.read_range(artifact, offset, length), sha, series_id, artifact, offset)
 
 
+def _needs_write(dst: Storage, artifact: str, blob: bytes, entries) -> str | None:
+    """Why ``dst``'s copy of a pack must be (re)written: "missing", "corrupt", or None when
+    every model in it matches its recorded sha256."""
+    info = dst.info(artifact)
+    if info is None:
+        return "missing"
+    if info.size != len(blob) or _mismatch(dst.read_bytes(artifact), entries) is not None:
+        return "corrupt"
+    return None
+
+
 def copy_model_set(src: Storage, dst: Storage, ref: ModelSetRef) -> dict[str, int]:
     """Copy ``ref``'s set (packs, manifest, ref file) from ``src`` to ``dst`` under the same
-    names, once the manifest and every model verify; else nothing is copied. Packs already in
-    ``dst`` with the same size are not copied again. Returns counts."""
+    names, once the manifest and every model in ``src`` verify; else nothing is copied.
+
+    What ``dst`` already holds is verified too: a pack whose models all match their sha256 is
+    kept, a missing one is copied, a corrupt one (changed on ``dst`` after an earlier copy) is
+    replaced by the verified ``src`` copy. Returns counts (``packs_copied``, ``packs_repaired``).
+
+    Raises:
+        ModelSetError: No manifest in ``src``.
+        ModelIntegrityError: The manifest or a model in ``src`` does not verify (nothing written).
+    """
     data = read_manifest_bytes(src, ref)
     manifest = modelset.read_manifest(data)
     packs, verified = [], 0
-    for artifact, blob, n in _verified_packs(src, manifest):
-        packs.append((artifact, blob))
-        verified += n
-    copied = 0
-    for artifact, blob in packs:
-        info = dst.info(artifact)
-        if info is None or info.size != len(blob):
+    for artifact, blob, entries in _verified_packs(src, manifest):
+        packs.append((artifact, blob, entries))
+        verified += len(entries)
+    copied = repaired = 0
+    for artifact, blob, entries in packs:
+        why = _needs_write(dst, artifact, blob, entries)
+        if why is not None:
             dst.write_bytes(artifact, blob)
-            copied += 1
+            copied += why == "missing"
+            repaired += why == "corrupt"
     dst.write_bytes(ref.manifest_name, data)  # after the packs: the set is complete
     dst.write_text(f"{ref.folder}/{REF_FILE}", ref.to_json())
-    return {"models_verified": verified, "packs": len(packs), "packs_copied": copied}
+    return {
+        "models_verified": verified,
+        "packs": len(packs),
+        "packs_copied": copied,
+        "packs_repaired": repaired,
+    }
 
 
 def open_reader(

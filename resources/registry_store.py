@@ -1,0 +1,200 @@
+"""A local MLflow SQLite store, created and migrated atomically.
+
+MLflow creates a SQLite store in place: a process killed during its ~1,700 migration statements
+leaves a half-migrated file ("table `_alembic_tmp_params` already exists", "out-of-date database
+schema") that every later open refuses and ``mlflow db upgrade`` cannot repair. Here the store
+is built in a temporary file next to it (MLflow's own schema creation), its schema is verified,
+and only then is it renamed into place; a file lock serialises creators across processes.
+
+An existing file whose schema is not MLflow's current one (a store left half-created by an
+older version of this code, or by MLflow itself) is rebuilt when it holds no runs and no model
+versions (moved aside, with a warning), and refused with what to do when it holds data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlops_assets.domain.registry_records import RegistryError
+
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = ".tmp-"
+# The tables a registry needs; MLflow's full list is checked through its metadata as well.
+_CORE_TABLES = ("experiments", "runs", "registered_models", "model_versions")
+
+
+class RegistryStoreError(RegistryError):
+    """A local registry store is damaged and holds data: it is not rebuilt automatically."""
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """What a SQLite file holds, as far as MLflow's schema goes."""
+
+    revision: str | None
+    head: str
+    missing: tuple[str, ...]
+    leftovers: tuple[str, ...]
+    runs: int
+    versions: int
+
+    @property
+    def ok(self) -> bool:
+        return self.revision == self.head and not self.missing and not self.leftovers
+
+    @property
+    def has_data(self) -> bool:
+        return self.runs > 0 or self.versions > 0
+
+    def describe(self) -> str:
+        parts = [f"schema revision {self.revision or 'none'} (expected {self.head})"]
+        if self.missing:
+            parts.append(f"missing tables {', '.join(self.missing[:5])}")
+        if self.leftovers:
+            parts.append(f"leftover tables {', '.join(self.leftovers)}")
+        return "; ".join(parts)
+
+
+def _head_revision() -> str:
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return str(_get_latest_schema_revision())
+
+
+def _expected_tables() -> set[str]:
+    from mlflow.store.db.base_sql_model import Base
+
+    return set(Base.metadata.tables) | set(_CORE_TABLES)
+
+
+def _count(con: sqlite3.Connection, table: str, tables: set[str]) -> int:
+    if table not in tables:
+        return 0
+    return int(con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
+def inspect_store(path: Path) -> SchemaState:
+    """The schema state of the SQLite file at ``path`` (read only)."""
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        revision = None
+        if "alembic_version" in tables:
+            row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+            revision = row[0] if row else None
+        return SchemaState(
+            revision=revision,
+            head=_head_revision(),
+            missing=tuple(sorted(_expected_tables() - tables)),
+            leftovers=tuple(sorted(t for t in tables if t.startswith("_alembic_tmp"))),
+            runs=_count(con, "runs", tables),
+            versions=_count(con, "model_versions", tables),
+        )
+    finally:
+        con.close()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path``'s creation, across processes (released at exit or kill)."""
+    lock = path.parent / f".{path.name}.lock"
+    with open(lock, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unsynced(dbapi_connection, _record) -> None:
+    dbapi_connection.execute("PRAGMA synchronous=OFF")
+    dbapi_connection.execute("PRAGMA journal_mode=MEMORY")
+
+
+def _build(path: Path) -> None:
+    """Create a fresh store at ``path``: in a temporary file, migrated, verified, renamed."""
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables
+
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    try:
+        engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
+        # No per-commit fsync while building: a killed build is discarded whole, and the
+        # finished file is synced once before the rename.
+        sqlalchemy.event.listen(engine, "connect", _unsynced)
+        try:
+            _initialize_tables(engine)  # MLflow's own creation: initial tables, then migrations
+        finally:
+            engine.dispose()
+        state = inspect_store(tmp)
+        if not state.ok:
+            raise RegistryError(f"creating registry store {path} failed: {state.describe()}")
+        _fsync(tmp)
+        os.replace(tmp, path)
+        _fsync(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Temporary stores of creators that died (we hold the lock: none is alive)."""
+    for stale in path.parent.glob(f"{TMP_PREFIX}{path.name}-*"):
+        stale.unlink(missing_ok=True)
+
+
+def ensure_sqlite_store(path: Path) -> str:
+    """Make sure ``path`` holds a complete MLflow store. Returns what was done, for logs:
+    ``"ok"``, ``"created"`` or ``"rebuilt"``.
+
+    Raises:
+        RegistryStoreError: The file's schema is incomplete and it holds runs or versions.
+    """
+    if path.is_file() and inspect_store(path).ok:  # the common case: no lock taken
+        return "ok"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        _remove_stale_tmp(path)
+        if not path.exists():
+            _build(path)
+            return "created"
+        state = inspect_store(path)
+        if state.ok:
+            return "ok"
+        if state.has_data:
+            uri = f"sqlite:///{path}"
+            raise RegistryStoreError(
+                f"registry store {path} is damaged ({state.describe()}) and holds "
+                f"{state.versions} model versions and {state.runs} runs, so it is not rebuilt. "
+                f"Stop the processes using it and back it up; then drop the leftover "
+                f"`_alembic_tmp_*` tables and run `mlflow db upgrade {uri}`, or move the file "
+                "aside to start an empty registry (re-promote the versions you need)."
+            )
+        aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(path, aside)
+        _build(path)
+        log.warning(
+            "registry store %s was left half-created (%s) and held no runs or model versions: "
+            "moved aside to %s and rebuilt",
+            path,
+            state.describe(),
+            aside.name,
+        )
+        return "rebuilt"
