@@ -6,19 +6,7 @@ import numpy as np
 import pytest
 
 from mlops_assets.ml import baselines
-from mlops_assets.ml.features import SeriesFrame
-
-
-def _frame(series: list[list[float]]) -> SeriesFrame:
-    lengths = [len(s) for s in series]
-    n = sum(lengths)
-    return SeriesFrame(
-        keys=[(i,) for i in range(len(series))],
-        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        time=np.arange(n).astype("datetime64[W]").astype("datetime64[us]"),
-        target=np.array([v for s in series for v in s], dtype=float),
-        exog={},
-    )
+from tests.fixtures.frames import series_frame as _frame
 
 
 def _ses(x: list[float], alpha: float) -> float:
