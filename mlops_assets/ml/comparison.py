@@ -129,12 +129,15 @@ def rescore(
         ``{series_id: {"mae", "rmse", "smape", "mape", "n_holdout"}}`` for every scored series.
     """
     frame = calendar_series(frame, spec).frame  # training's layout: rows are periods
+    # Training evaluates a series only when a row is left to train on (fit_series' split >= 1):
+    # judged on the whole series, before it is trimmed to the rows the holdout's features need.
+    trainable = np.diff(frame.offsets) > spec.holdout
     frame = last_rows(frame, spec.holdout + tail_length(spec))
     X = feature_matrix(frame, spec)
     lengths = np.diff(frame.offsets)
     row_series = np.repeat(np.arange(frame.n_series), lengths)
     split = (lengths - spec.holdout)[row_series]  # as training.fit_series splits each series
-    in_holdout = (positions(frame.offsets) >= split) & (split >= 1)
+    in_holdout = (positions(frame.offsets) >= split) & trainable[row_series]
     complete = np.isfinite(X).all(axis=1) & np.isfinite(frame.target)
     ids = [spec.series_id(k) for k in frame.keys]
     # A model fitted on another feature set (the spec's features changed since) cannot score

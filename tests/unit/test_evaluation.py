@@ -17,7 +17,7 @@ from mlops_assets.ml import comparison as ev
 from mlops_assets.ml.calendar import calendar_series
 from mlops_assets.ml.features import feature_matrix, to_series_frame
 from mlops_assets.ml.fitting import fit_series
-from mlops_assets.ml.sample_data import SalesShape, sales_table
+from mlops_assets.ml.sample_data import SalesShape, diabetes_table, sales_table
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.ml.tables import series_ids as row_series
 from mlops_assets.storage import LocalStorage
@@ -439,3 +439,17 @@ def test_champion_is_rescored_on_the_challengers_rows_whatever_the_series_length
     for sid, fit in fits.items():
         assert scores[sid]["n_holdout"] == fit.n_holdout
         np.testing.assert_allclose(scores[sid]["smape"], fit.metrics["smape"], rtol=1e-9)
+
+
+def test_a_series_without_lag_features_is_rescored_on_its_holdout():
+    """No lags or rolling windows (diabetes): the champion is still re-scored on the holdout
+    training evaluated (it used to score nothing, so a day-2 retrain could not compare)."""
+    spec = load_spec("diabetes")
+    frame = calendar_series(to_series_frame(diabetes_table(), spec), spec).frame
+    X = feature_matrix(frame, spec)
+    fit = fit_series(X, frame.target, frame.time, spec)
+    assert fit.status == "trained"
+    scores = ev.rescore(frame, spec, lambda s: fit.model)
+    (score,) = scores.values()
+    assert score["n_holdout"] == fit.n_holdout == spec.holdout
+    np.testing.assert_allclose(score["smape"], fit.metrics["smape"], rtol=1e-9)
