@@ -49,40 +49,31 @@ def test_profiles_pick_implementations_without_touching_the_network(tmp_path):
     assert type(azure["storage"]).__name__ == "AzureBlobStorageResource"
 
 
-def test_dg_check_defs_passes_from_the_repo_root(tmp_path):
-    """`dg check defs` finds the project through pyproject's [tool.dg] and loads it."""
-    env = {"MLOPS_HOME": str(tmp_path), "PATH": str(Path(sys.executable).parent)}
+def _venv_command(home: Path, command: str, *args: str) -> str:
+    """Run one of the venv's commands from the repository root; its output, after exit 0."""
+    bin_dir = Path(sys.executable).parent
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "dg"), "check", "defs"],
+        [str(bin_dir / command), *args],
         cwd=ROOT,
-        env=env,
+        env={"MLOPS_HOME": str(home), "PATH": str(bin_dir)},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "All definitions loaded successfully" in out.stdout + out.stderr
+    return out.stdout + out.stderr
+
+
+def test_dg_check_defs_passes_from_the_repo_root(tmp_path):
+    """`dg check defs` finds the project through pyproject's [tool.dg] and loads it."""
+    output = _venv_command(tmp_path, "dg", "check", "defs")
+    assert "All definitions loaded successfully" in output
 
 
 def test_workspace_yaml_still_loads_the_code_location(tmp_path):
     """workspace.yaml (dagster dev -w, dagster-webserver) names the same code location."""
-    env = {"MLOPS_HOME": str(tmp_path), "PATH": str(Path(sys.executable).parent)}
-    out = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "dagster"),
-            "definitions",
-            "validate",
-            "-w",
-            "workspace.yaml",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "All code locations passed validation" in out.stdout + out.stderr
+    output = _venv_command(tmp_path, "dagster", "definitions", "validate", "-w", "workspace.yaml")
+    assert "All code locations passed validation" in output
 
 
 def _user_jobs(defs):
