@@ -15,7 +15,8 @@ Rules, in order, for each series whose challenger was trained in this run:
    history; no baseline scored there counts as not beaten). The champion stays; a series
    without one is still given the challenger, flagged ``below_baseline``, so every series has a
    forecast (serving the baseline itself there is a later change).
-3. ``no_champion``: the first model of the series: promoted.
+3. ``no_champion``: the first model of the series: promoted. A fallback method on a series too
+   short to backtest has no score; it is promoted only as a series' first model.
 4. ``kept_unscored``: the champion could not be scored on the challenger's points: it stays
    (``unscored: promote`` promotes instead, as ``promoted_unscored``: a promotion without a
    comparison, counted as such).
@@ -167,6 +168,8 @@ def decide_all(
     has_champion: np.ndarray,
     baselines: Mapping[str, Errors],
     policy: Policy,
+    *,
+    first_unscored: np.ndarray | None = None,
 ) -> Decisions:
     """The decision of every series, vectorised (see the module docstring for the rules).
 
@@ -177,10 +180,16 @@ def decide_all(
         has_champion: The series has a champion with a model.
         baselines: ``{"naive": Errors, "seasonal_naive": Errors}`` on those points.
         policy: Margin, business threshold, baseline and unscored rules.
+        first_unscored: Challengers trained in this run that cannot be scored by design (a
+            fallback method on a series too short to backtest): promoted as the series' first
+            model where it has no champion, so every series has a forecast; else skipped.
     """
     c, k = challenger.value, champion.value
     trained = np.asarray(challenger_trained, dtype=bool) & np.isfinite(c) & (challenger.count > 0)
     has = np.asarray(has_champion, dtype=bool)
+    fallback_first = np.zeros_like(trained)
+    if first_unscored is not None:
+        fallback_first = np.asarray(first_unscored, dtype=bool) & ~trained & ~has
     compared = trained & has & champion.on_points_of(challenger)
     base_name, base_err = _pick_baseline(challenger, baselines, policy.baselines)
     over = np.zeros_like(trained)
@@ -196,8 +205,9 @@ def decide_all(
         bar = k * (1.0 - policy.margin)
         better = judged & compared & (c <= bar) & ((c < k) | (policy.margin < 0))
     decision = np.select(
-        [~trained, over, below_base, first, unscored, better],
+        [fallback_first, ~trained, over, below_base, first, unscored, better],
         [
+            NO_CHAMPION,
             SKIPPED,
             BELOW_THRESHOLD,
             BELOW_BASELINE,
@@ -207,7 +217,7 @@ def decide_all(
         ],
         NOT_BETTER,
     ).astype(object)
-    promoted = better | first | (below_base & ~has) | (unscored & promote_unscored)
+    promoted = better | first | fallback_first | (below_base & ~has) | (unscored & promote_unscored)
     reason = _reasons(decision, has, challenger, champion, base_name, base_err, policy)
     return Decisions(decision, promoted, reason, compared, base_name, base_err, below_base)
 
@@ -256,7 +266,9 @@ def _reasons(
         ),
         BELOW_BASELINE: below,
         NO_CHAMPION: lambda i: (
-            f"first model of the series ({m} {c[i]:.3f}"
+            "first model of the series (a fallback method; too short to backtest)"
+            if not np.isfinite(c[i])
+            else f"first model of the series ({m} {c[i]:.3f}"
             + (f"; {base(i)})" if base_name[i] else ")")
         ),
         KEPT_UNSCORED: unscored,

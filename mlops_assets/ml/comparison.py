@@ -1,13 +1,11 @@
-"""Challenger against champion, per series, on the challenger's evaluation rows.
+"""Challenger against champion, per series, on the challenger's backtest folds.
 
 Pure functions (numpy, pyarrow): the evaluation asset, the benchmarks and the tests call them;
 nothing here imports Dagster or Azure. The decision rules themselves live in ``champion_gate``
 (per-series error arrays in, decisions out); this module feeds them from model-set manifests.
 
-* ``holdout_rows``: the rows training evaluated a series on (the last ``spec.holdout`` periods
-  with complete features and a finite target), so the champion is re-scored on exactly the rows
-  the challenger's metrics come from.
-* ``rescore``: the champion's (already verified and loaded) models on those rows.
+* ``rescore``: the champion's (already verified and loaded) models backtested on the folds the
+  challenger's metrics come from (training's ``selection``), pair for pair.
 * ``evaluate_sets``: the decision of every series of a candidate set, each with a reason.
 * ``resulting_manifest``: the model set after the decisions: promoted series take the
   challenger's entry, the others keep the champion's entry by reference (same pack, offset,
@@ -42,16 +40,17 @@ from mlops_assets.ml.champion_gate import (
     decide_all,
     gate_counts,
 )
-from mlops_assets.ml.features import (
-    SeriesFrame,
-    feature_matrix,
-    last_rows,
-    positions,
-    tail_length,
-)
+from mlops_assets.ml.features import SeriesFrame, feature_names
 from mlops_assets.ml.fitting import BASELINES as BASELINE_NAMES
-from mlops_assets.ml.metrics import ERROR_METRICS, grouped_metrics
-from mlops_assets.ml.predict import clip_to_bounds, predict_rows, stack_linear
+from mlops_assets.ml.fitting import FALLBACK, TRAINED
+from mlops_assets.ml.metrics import ERROR_METRICS
+from mlops_assets.ml.selection import (
+    Fitted,
+    backtest_models,
+    forecast_candidate,
+    make_folds,
+    pair_metrics,
+)
 from mlops_assets.ml.spec import DatasetSpec
 
 __all__ = [
@@ -73,7 +72,6 @@ __all__ = [
     "decide_all",
     "evaluate_sets",
     "gate_counts",
-    "holdout_rows",
     "rescore",
     "resulting_manifest",
 ]
@@ -96,15 +94,6 @@ DECISION_FIELDS = [
 ]
 
 
-def holdout_rows(X: np.ndarray, y: np.ndarray, holdout: int) -> np.ndarray:
-    """Row indices of one series' holdout, as ``training.fit_series`` chooses them."""
-    split = len(y) - holdout
-    if split < 1:
-        return np.empty(0, dtype=np.int64)
-    complete = np.isfinite(X).all(axis=1) & np.isfinite(y)
-    return np.flatnonzero(complete[split:]) + split
-
-
 def _if_fits(model: object | None, n_features: int) -> object | None:
     n = getattr(model, "n_features_in_", None)
     return model if n is None or n == n_features else None
@@ -115,40 +104,42 @@ def rescore(
     spec: DatasetSpec,
     predictor: Callable[[str], object | None],
 ) -> dict[str, dict[str, float]]:
-    """Metrics of the models ``predictor(series_id)`` gives on each series' holdout rows.
+    """Metrics of the models ``predictor(series_id)`` gives on each series' backtest folds.
+
+    The folds are training's (``selection.make_folds``: the spec's origins inside the last
+    ``holdout`` periods, ``horizon`` steps each, recursive from the actuals up to each origin),
+    so a champion is scored on exactly the (origin, step) pairs its challenger was.
 
     Args:
         frame: The series to score: every row up to the as-of date, or at least the last
-            ``holdout + tail_length(spec)`` rows of each (fewer rows score fewer points).
-        spec: The dataset spec (features, holdout).
-        predictor: A fitted model (anything with ``predict``) for a series id, or None to skip
-            the series. The caller loads it verified (``persistence.load_verified``). A model
+            ``holdout + tail_length(spec)`` periods of each.
+        spec: The dataset spec (features, holdout, horizon, backtest).
+        predictor: The model of a series id (a Pipeline or a parameter model, loaded
+            verified: ``persistence.load_verified``), or None to skip the series. A Pipeline
             expecting another number of features than the spec's is skipped too.
 
     Returns:
-        ``{series_id: {"mae", "rmse", "smape", "mape", "n_holdout"}}`` for every scored series.
+        ``{series_id: {"mae", "rmse", "smape", "mape", "n_holdout"}}`` for every scored series
+        (``n_holdout``: the pairs scored).
     """
     frame = calendar_series(frame, spec).frame  # training's layout: rows are periods
-    # Training evaluates a series only when a row is left to train on (fit_series' split >= 1):
-    # judged on the whole series, before it is trimmed to the rows the holdout's features need.
-    trainable = np.diff(frame.offsets) > spec.holdout
-    frame = last_rows(frame, spec.holdout + tail_length(spec))
-    X = feature_matrix(frame, spec)
-    lengths = np.diff(frame.offsets)
-    row_series = np.repeat(np.arange(frame.n_series), lengths)
-    split = (lengths - spec.holdout)[row_series]  # as training.fit_series splits each series
-    in_holdout = (positions(frame.offsets) >= split) & trainable[row_series]
-    complete = np.isfinite(X).all(axis=1) & np.isfinite(frame.target)
     ids = [spec.series_id(k) for k in frame.keys]
-    # A model fitted on another feature set (the spec's features changed since) cannot score
-    # these rows: its series is left unscored, not the run failed.
-    models = [_if_fits(predictor(sid), X.shape[1]) for sid in ids]
-    has_model = np.array([m is not None for m in models], dtype=bool)
-    rows = np.flatnonzero(in_holdout & complete & has_model[row_series])
-    predicted = clip_to_bounds(
-        predict_rows(X, rows, row_series, models, stack_linear(models)), spec
-    )
-    m = grouped_metrics(frame.target[rows], predicted, row_series[rows], frame.n_series)
+    n_features = len(feature_names(spec))
+    loaded = [predictor(sid) for sid in ids]
+    pipelines = [_if_fits(m, n_features) if hasattr(m, "predict") else None for m in loaded]
+    params = [m if m is not None and not hasattr(m, "predict") else None for m in loaded]
+    folds = make_folds(frame, spec)
+    predicted = np.full(folds.actual.shape, np.nan)
+    for kind, models in (("regression", pipelines), ("params", params)):
+        if any(m is not None for m in models):
+            fitted = Fitted("champion", kind, models, [None] * len(models))
+            got = backtest_models(
+                folds,
+                spec,
+                lambda h, hz, ahead, f=fitted: forecast_candidate(f, h, hz, spec, ahead),
+            )
+            predicted = np.where(np.isfinite(predicted), predicted, got)
+    m = pair_metrics(folds.actual, predicted, folds)
     return {
         ids[i]: {**{k: float(m[k][i]) for k in ERROR_METRICS}, "n_holdout": float(m["count"][i])}
         for i in np.flatnonzero(m["count"] > 0)
@@ -180,15 +171,14 @@ def evaluate_sets(
     ids = candidate["series_id"].to_pylist()
     n = len(ids)
     m = policy.metric
-    trained = np.asarray(
-        pc.and_(
-            pc.equal(candidate["status"], "trained"),
-            pc.equal(candidate["trained_in"], candidate_version),
-        )
-        .fill_null(False)
-        .to_numpy(zero_copy_only=False),
-        dtype=bool,
-    )
+    this_run = pc.equal(candidate["trained_in"], candidate_version)
+    status = candidate["status"]
+
+    def mask(expr: pa.ChunkedArray) -> np.ndarray:
+        return np.asarray(expr.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+
+    trained = mask(pc.and_(pc.is_in(status, pa.array([TRAINED, FALLBACK])), this_run))
+    fallback = mask(pc.and_(pc.equal(status, FALLBACK), this_run))
     has = np.zeros(n, dtype=bool)
     if champion is not None:
         with_model = champion.filter(pc.is_valid(champion["artifact"]))
@@ -202,7 +192,7 @@ def evaluate_sets(
     points = _column(candidate, "n_holdout", n)
     challenger = Errors.of(_column(candidate, m, n), points)
     baselines = {b: Errors.of(_column(candidate, f"{b}_{m}", n), points) for b in BASELINE_NAMES}
-    d = decide_all(trained, challenger, champ, has, baselines, policy)
+    d = decide_all(trained, challenger, champ, has, baselines, policy, first_unscored=fallback)
     return pa.table(
         {
             "series_id": pa.array(ids, pa.string()),

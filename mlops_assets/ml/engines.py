@@ -1,7 +1,9 @@
-"""Engines that train every series of a dataset with the same per-series function.
+"""Engines that train every series of a dataset with the same batch function.
 
-Both engines call ``train_series_frame``: build the features of a batch of whole series in one
-vectorised pass, then ``fit_series`` and ``persistence.dumps`` each series. ``train_local`` runs
+Both engines call ``train_series_frame``: lay a batch of whole series out on the calendar,
+fit, backtest and choose each series' model (``selection.select``: the features in one
+vectorised pass, one fit per series and candidate family), then ``persistence.dumps`` each
+chosen model. ``train_local`` runs
 it over chunks of whole series in a process pool; ``train_spark`` runs it on each group of
 ``groupBy(keys).applyInPandas``. Results are one record per series (``result_schema``), equal
 across engines except the timing columns.
@@ -21,7 +23,6 @@ from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 from threadpoolctl import threadpool_limits
@@ -30,13 +31,13 @@ from mlops_assets.ml import persistence
 from mlops_assets.ml.calendar import calendar_series
 from mlops_assets.ml.features import (
     SeriesFrame,
-    feature_matrix,
     select_series,
     tail_length,
     to_series_frame,
 )
-from mlops_assets.ml.fitting import FAILED, METRIC_NAMES, SeriesFit, fit_series
+from mlops_assets.ml.fitting import FAILED, METRIC_NAMES, SeriesFit
 from mlops_assets.ml.phases import Phases
+from mlops_assets.ml.selection import Selection, select
 from mlops_assets.ml.spec import DatasetSpec
 
 if TYPE_CHECKING:
@@ -60,6 +61,16 @@ def result_schema(spec: DatasetSpec) -> pa.Schema:
             pa.field("train_start", pa.string()),
             pa.field("train_end", pa.string()),
             *(pa.field(m, pa.float64()) for m in METRIC_NAMES),
+            # The family the backtest chose, the runner-up and every eligible family's score.
+            pa.field("family", pa.string()),
+            pa.field("runner_up", pa.string()),
+            pa.field("runner_up_score", pa.float64()),
+            pa.field("family_scores", pa.string()),
+            # Conformal half-width per horizon step at each of the spec's levels.
+            *(
+                pa.field(interval_field(level), pa.list_(pa.float64()))
+                for level in spec.intervals.levels
+            ),
             pa.field("fit_seconds", pa.float64(), nullable=False),
             pa.field("serialize_seconds", pa.float64(), nullable=False),
             pa.field("model_format", pa.string()),
@@ -72,15 +83,34 @@ def result_schema(spec: DatasetSpec) -> pa.Schema:
     )
 
 
-def _record(spec: DatasetSpec, key: tuple, X: np.ndarray, frame: SeriesFrame, a: int, b: int):
-    fit = fit_series(X[a:b], frame.target[a:b], frame.time[a:b], spec)
+def interval_field(level: float) -> str:
+    """The manifest column of the half-widths at ``level`` percent (``interval_80``)."""
+    return f"interval_{level:g}".replace(".", "_")
+
+
+def _record(spec: DatasetSpec, key: tuple, sel: Selection, j: int, frame: SeriesFrame):
+    a, b = int(frame.offsets[j]), int(frame.offsets[j + 1])
+    fit = sel.fits[j] or SeriesFit(None, sel.status[j])
     started = _time.perf_counter()
-    model = persistence.dumps(fit.model) if fit.model is not None else None
+    chosen = sel.models[j]
+    model = persistence.dumps(chosen) if chosen is not None else None
     serialize_seconds = _time.perf_counter() - started
+    info = fit.info()
+    info.update(
+        status=sel.status[j],
+        reason=sel.reason[j],
+        n_holdout=int(sel.pairs[j]),
+        **{m: float(v[j]) for m, v in sel.metrics.items()},
+    )
     return {
         "series_id": spec.series_id(key),
         **{k: str(v) for k, v in zip(spec.series_keys, key, strict=True)},
-        **fit.info(),
+        **info,
+        "family": sel.family[j],
+        "runner_up": sel.runner_up[j],
+        "runner_up_score": float(sel.runner_up_score[j]),
+        "family_scores": sel.scores[j],
+        **{interval_field(lv): sel.widths[lv][j].tolist() for lv in spec.intervals.levels},
         "serialize_seconds": serialize_seconds,
         "model_format": persistence.read_header(model)[0]["format"] if model else None,
         "model": model,
@@ -104,12 +134,11 @@ def train_series_frame(frame: SeriesFrame, spec: DatasetSpec) -> tuple[list[dict
     started = _time.perf_counter()
     cal = calendar_series(frame, spec)
     regular = cal.frame
-    X = feature_matrix(regular, spec)
     features_seconds = _time.perf_counter() - started
-    off = regular.offsets
+    sel = select(regular, spec)
     records: list[dict | None] = [None] * frame.n_series
     for j, i in enumerate(cal.kept):
-        records[i] = _record(spec, regular.keys[j], X, regular, int(off[j]), int(off[j + 1]))
+        records[i] = _record(spec, regular.keys[j], sel, j, regular)
     for i, reason in cal.invalid.items():
         records[i] = _failed_record(spec, frame.keys[i], reason)
     return [r for r in records if r is not None], features_seconds
@@ -120,6 +149,11 @@ def _failed_record(spec: DatasetSpec, key: tuple, reason: str) -> dict:
         "series_id": spec.series_id(key),
         **{k: str(v) for k, v in zip(spec.series_keys, key, strict=True)},
         **SeriesFit(None, FAILED, reason).info(),
+        "family": None,
+        "runner_up": None,
+        "runner_up_score": float("nan"),
+        "family_scores": "{}",
+        **{interval_field(lv): [] for lv in spec.intervals.levels},
         "serialize_seconds": 0.0,
         "model_format": None,
         "model": None,
@@ -132,6 +166,29 @@ def _failed_record(spec: DatasetSpec, key: tuple, reason: str) -> dict:
 def _to_frame(records: list[dict], spec: DatasetSpec) -> pd.DataFrame:
     names = result_schema(spec).names
     return pd.DataFrame({n: [r[n] for r in records] for n in names}, columns=names)
+
+
+def train_partition(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[object | None, dict]:
+    """Train the model of one series from its rows, as the engines do.
+
+    Args:
+        frame: Rows of exactly one series, with the spec's columns, in any order.
+        spec: The dataset spec.
+
+    Returns:
+        The chosen model (a Pipeline or a parameter model; None without one) and the
+        series' ``result_schema`` fields but the model bytes.
+
+    Raises:
+        ValueError: ``frame`` holds no rows or more than one series (a caller error).
+    """
+    series = to_series_frame(frame, spec)
+    if series.n_series != 1:
+        raise ValueError(f"train_partition takes one series; got {series.n_series}")
+    records, _ = train_series_frame(series, spec)
+    info = {k: v for k, v in records[0].items() if k != "model"}
+    model = records[0]["model"]
+    return (persistence.loads(model) if model is not None else None), info
 
 
 # ---- local engine ---------------------------------------------------------------------------

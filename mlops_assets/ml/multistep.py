@@ -11,6 +11,7 @@ Frames must be regular (one row per period: ``calendar.regularize``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,7 @@ from mlops_assets.ml.features import (
     positions,
     tail_length,
 )
-from mlops_assets.ml.predict import fold_linear, stack_linear
+from mlops_assets.ml.predict import clip_to_bounds, fold_linear, predict_pipeline, stack_linear
 from mlops_assets.ml.spec import DatasetSpec
 
 if TYPE_CHECKING:
@@ -133,6 +134,57 @@ def forecast_linear(
     Raises:
         ValueError: A known-in-advance column has no future values.
     """
+
+    def step(idx: np.ndarray, columns: list[np.ndarray]) -> np.ndarray:
+        value = models.bias[idx].copy()
+        for k, col in enumerate(columns):
+            value += col * models.weights[idx, k]
+        return value
+
+    return _recursive(frame, spec, horizon, future_exog, step)
+
+
+def forecast_pipelines(
+    frame: SeriesFrame,
+    pipelines: Sequence[Pipeline | None],
+    spec: DatasetSpec,
+    horizon: int,
+    future_exog: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """``forecast_linear`` for fitted Pipelines of any family (None: no model, NaN out).
+
+    Scaler + linear Pipelines are folded and forecast in one vectorised pass per step; any
+    other family predicts each series' next row with its own model, step by step.
+    """
+    if not any(p is not None for p in pipelines):
+        return np.full((frame.n_series, horizon), np.nan)
+    stacked = stack_linear(list(pipelines))
+    if stacked is not None:
+        weights, bias = fold_linear(stacked)
+        return forecast_linear(frame, LinearModels(weights, bias), spec, horizon, future_exog)
+
+    def step(idx: np.ndarray, columns: list[np.ndarray]) -> np.ndarray:
+        X = np.column_stack(columns) if columns else np.empty((len(idx), 0))
+        value = np.full(len(idx), np.nan)
+        ok = np.isfinite(X).all(axis=1)
+        for r in np.flatnonzero(ok):
+            model = pipelines[idx[r]]
+            if model is not None:
+                value[r] = predict_pipeline(model, X[r : r + 1])[0]
+        return value
+
+    return _recursive(frame, spec, horizon, future_exog, step)
+
+
+def _recursive(
+    frame: SeriesFrame,
+    spec: DatasetSpec,
+    horizon: int,
+    future_exog: dict[str, np.ndarray] | None,
+    step: Callable[[np.ndarray, list[np.ndarray]], np.ndarray],
+) -> np.ndarray:
+    """Step ``j`` of every series with history: ``step(series, feature columns of its row)``,
+    clipped to the target's bounds, written into the target before step ``j + 1``."""
     future_exog = future_exog or {}
     missing = [c for c in spec.features.known_in_advance if c not in future_exog]
     if missing:
@@ -145,12 +197,10 @@ def forecast_linear(
     tail = last_rows(_take_series(frame, idx), max(tail_length(spec), 1))
     ahead = {c: np.asarray(v, dtype=float)[idx] for c, v in future_exog.items()}
     ext, future = _extended(tail, spec, horizon, ahead)
-    weights, bias = models.weights[idx], models.bias[idx]
     for j in range(horizon):
         rows = future[:, j]
-        value = bias.copy()
-        for k, col in enumerate(feature_columns(ext, spec)):
-            value += col[rows] * weights[:, k]
+        columns = [col[rows] for col in feature_columns(ext, spec)]
+        value = clip_to_bounds(step(idx, columns), spec)
         ext.target[rows] = value
         out[idx, j] = value
     return out

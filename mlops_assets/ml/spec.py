@@ -84,13 +84,33 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     family: str = Field(default="ridge", description="A name in the table of ``families``.")
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict, description="Params of ``family``.")
+    candidates: list[str] = Field(
+        default_factory=list,
+        description="More families to backtest per series (the zoo); each series keeps the "
+        "one with the best backtest score. Empty: ``family`` only.",
+    )
+    select_by: Literal["mae", "rmse", "smape", "mase"] = Field(
+        default="mae", description="The backtest metric that chooses each series' family."
+    )
 
     @field_validator("family")
     @classmethod
     def _known_family(cls, v: str) -> str:
         families.family(v)  # raises UnknownFamilyError, a ValueError, for a name not in the table
         return v
+
+    @field_validator("candidates")
+    @classmethod
+    def _known_candidates(cls, v: list[str]) -> list[str]:
+        for name in v:
+            families.family(name)
+        return v
+
+    @property
+    def candidate_names(self) -> tuple[str, ...]:
+        """``family`` then ``candidates``, each once."""
+        return tuple(dict.fromkeys([self.family, *self.candidates]))
 
 
 class DriftBands(BaseModel):
@@ -266,6 +286,12 @@ class DatasetSpec(BaseModel):
         filled = [c for c in self.calendar.fill if c != "default" and c not in self.columns]
         if filled:
             raise ValueError(f"calendar.fill names columns not in `columns`: {filled}")
+        window = self.horizon + (self.backtest.origins - 1) * self.backtest.step
+        if window > self.holdout:
+            raise ValueError(
+                f"the backtest needs horizon + (origins - 1) * step = {window} evaluation "
+                f"periods but holdout is {self.holdout}: raise holdout or lower origins/step"
+            )
         if self.columns[self.time].type not in (ColumnType.date, ColumnType.timestamp):
             raise ValueError(f"time column {self.time!r} must be of type date or timestamp")
         if self.columns[self.target].type not in (ColumnType.float, ColumnType.int):

@@ -1,6 +1,6 @@
-"""Promotion decisions, re-scoring on the same holdout, the resulting set and the gate.
+"""Promotion decisions, re-scoring on the same backtest folds, the resulting set and the gate.
 
-Also the baselines the gate needs (``fitting``: scored on the model's rows or not at all) and
+Also the baselines the gate needs (``selection``: scored on the model's pairs or not at all) and
 the history evaluation reads for the champion (``evaluation_run.history_frames``).
 """
 
@@ -14,9 +14,9 @@ import pytest
 from mlops_assets.domain.curated_store import CuratedStore
 from mlops_assets.domain.evaluation_run import history_frames
 from mlops_assets.ml import comparison as ev
-from mlops_assets.ml.calendar import calendar_series
-from mlops_assets.ml.features import feature_matrix, to_series_frame
-from mlops_assets.ml.fitting import fit_series
+from mlops_assets.ml import persistence
+from mlops_assets.ml.engines import train_local
+from mlops_assets.ml.features import to_series_frame
 from mlops_assets.ml.sample_data import SalesShape, diabetes_table, sales_table
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.ml.tables import series_ids as row_series
@@ -329,30 +329,37 @@ def test_a_first_model_below_the_baseline_is_promoted_flagged():
     assert q.counts["promoted_without_comparison"] == 0
 
 
-def test_rescore_uses_the_challengers_holdout_rows():
+def _trained(table, spec) -> dict:
+    """Training's record and loaded model per series id, through the engines' own path."""
+    results = train_local(table, spec, max_workers=1)
+    out = {}
+    for r in results.to_dict("records"):
+        model = persistence.loads(r["model"]) if r["model"] is not None else None
+        out[r["series_id"]] = (model, r)
+    return out
+
+
+def test_rescore_backtests_the_champion_on_the_challengers_folds():
     spec = load_spec("sales")
-    frame = to_series_frame(sales_table(SalesShape(3, 90, seed=1)), spec)
-    X = feature_matrix(frame, spec)
-    fits = {}
-    for i, key in enumerate(frame.keys):
-        a, b = int(frame.offsets[i]), int(frame.offsets[i + 1])
-        fits[spec.series_id(key)] = fit_series(X[a:b], frame.target[a:b], frame.time[a:b], spec)
-    scores = ev.rescore(frame, spec, lambda s: fits[s].model)
-    for sid, fit in fits.items():
+    table = sales_table(SalesShape(3, 90, seed=1))
+    trained = _trained(table, spec)
+    frame = to_series_frame(table, spec)
+    scores = ev.rescore(frame, spec, lambda s: trained[s][0])
+    for sid, (_, info) in trained.items():
         # The champion re-scored on the same data reproduces the metrics training recorded.
-        assert scores[sid]["n_holdout"] == fit.n_holdout
-        np.testing.assert_allclose(scores[sid]["smape"], fit.metrics["smape"], rtol=1e-9)
+        assert info["status"] == "trained" and info["n_holdout"] == 16
+        assert scores[sid]["n_holdout"] == info["n_holdout"]
+        np.testing.assert_allclose(scores[sid]["smape"], info["smape"], rtol=1e-9)
     assert ev.rescore(frame, spec, lambda s: None) == {}
     # Champions fitted on another feature set (the spec gained a lag) are left unscored.
     wider = spec.model_copy(deep=True)
     wider.features.lags = [*spec.features.lags, 3]
-    assert ev.rescore(frame, wider, lambda s: fits[s].model) == {}
+    assert ev.rescore(frame, wider, lambda s: trained[s][0]) == {}
 
 
-def _fit_one(spec, y):
-    """fit_series on one series of targets ``y`` (weekly, no exogenous values)."""
+def _one_series(y) -> pa.Table:
     n = len(y)
-    table = pa.table(
+    return pa.table(
         {
             "store": ["S"] * n,
             "product": ["P"] * n,
@@ -362,8 +369,6 @@ def _fit_one(spec, y):
             "promo": [0] * n,
         }
     )
-    frame = to_series_frame(table, spec)
-    return fit_series(feature_matrix(frame, spec), frame.target, frame.time, spec)
 
 
 def _short_lags(spec):
@@ -372,31 +377,21 @@ def _short_lags(spec):
     return s
 
 
-def test_baselines_are_scored_on_the_models_holdout_rows_or_not_at_all():
+def test_baselines_are_scored_on_the_models_folds_or_not_at_all():
     spec = load_spec("sales")
     y = np.random.default_rng(3).uniform(10, 20, 120)
-    fit = _fit_one(spec, y)
-    assert fit.n_holdout == 8
-    assert fit.metrics["seasonal_naive_mae"] == pytest.approx(np.mean(np.abs(y[-8:] - y[-60:-52])))
-    # Under a season of history: seasonal naive cannot forecast every holdout row, so it is not
-    # scored at all (not on the few rows it could) and the gate falls back to naive.
-    short = _fit_one(_short_lags(spec), y[:40])
-    assert short.status == "trained" and short.n_holdout == 8
-    assert math.isnan(short.metrics["seasonal_naive_mae"])
-    assert short.metrics["naive_mae"] == pytest.approx(np.mean(np.abs(y[32:40] - y[31:39])))
-
-
-def test_naive_baseline_is_the_last_observed_value_before_each_row():
-    spec = _short_lags(load_spec("sales"))
-    # Only lag_2: the row right after a missing target still has complete features.
-    spec.features.lags, spec.features.rolling = [2], []
-    y = np.random.default_rng(4).uniform(10, 20, 40)
-    y[36] = np.nan  # a period nobody observed, in the holdout (rows 32..39)
-    fit = _fit_one(spec, y)
-    rows = np.array([32, 33, 34, 35, 37, 39])  # 36: no target; 38: its lag_2 is row 36
-    last = np.array([31, 32, 33, 34, 35, 38])  # row 37 falls back to row 35
-    assert fit.n_holdout == len(rows)
-    assert fit.metrics["naive_mae"] == pytest.approx(np.mean(np.abs(y[rows] - y[last])))
+    ((_, info),) = _trained(_one_series(y), spec).values()
+    assert info["n_holdout"] == 16
+    origins = [113, 114, 115, 116]  # 4 origins, the newest 4 periods before the end
+    seasonal = [abs(y[c + j] - y[c + j - 52]) for c in origins for j in range(4)]
+    assert info["seasonal_naive_mae"] == pytest.approx(np.mean(seasonal))
+    # Under a season of history: seasonal naive cannot forecast every backtest pair, so it is
+    # not scored at all (not on the few it could) and the gate falls back to naive.
+    ((_, short),) = _trained(_one_series(y[:40]), _short_lags(spec)).values()
+    assert short["status"] == "trained" and short["n_holdout"] == 16
+    assert math.isnan(short["seasonal_naive_mae"])
+    naive = [abs(y[c + j] - y[c - 1]) for c in (33, 34, 35, 36) for j in range(4)]
+    assert short["naive_mae"] == pytest.approx(np.mean(naive))
 
 
 def _store_with(tmp_path, table):
@@ -421,35 +416,27 @@ def test_champion_is_rescored_on_the_challengers_rows_whatever_the_series_length
     short = sales_table(SalesShape(3, 100, seed=6)).slice(200, 100)  # one 100-week series
     storage = _store_with(tmp_path, pa.concat_tables([long_gappy, short]))
     as_of = str((week.max() + pd.Timedelta(days=1)).date())
-    # Training's layout: one row per period (the spec fills missing weeks), then features.
-    full = calendar_series(to_series_frame(CuratedStore(storage, SALES).read(), SALES), SALES).frame
-    X = feature_matrix(full, SALES)
-    fits = {}
-    for i, key in enumerate(full.keys):
-        a, b = int(full.offsets[i]), int(full.offsets[i + 1])
-        fits[SALES.series_id(key)] = fit_series(X[a:b], full.target[a:b], full.time[a:b], SALES)
-    assert all(f.status == "trained" for f in fits.values()) and len(fits) == 3
-    frames = history_frames(storage, SALES, as_of, fits)
+    trained = _trained(CuratedStore(storage, SALES).read(), SALES)
+    assert all(info["status"] == "trained" for _, info in trained.values()) and len(trained) == 3
+    frames = history_frames(storage, SALES, as_of, trained)
     # The window holds the regular long series and the whole short one; the gapped one is
     # read again with all its history.
     assert [f.n_series for f in frames] == [2, 1]
     scores = {}
     for frame in frames:
-        scores.update(ev.rescore(frame, SALES, lambda s: fits[s].model))
-    for sid, fit in fits.items():
-        assert scores[sid]["n_holdout"] == fit.n_holdout
-        np.testing.assert_allclose(scores[sid]["smape"], fit.metrics["smape"], rtol=1e-9)
+        scores.update(ev.rescore(frame, SALES, lambda s: trained[s][0]))
+    for sid, (_, info) in trained.items():
+        assert scores[sid]["n_holdout"] == info["n_holdout"] > 0
+        np.testing.assert_allclose(scores[sid]["smape"], info["smape"], rtol=1e-9)
 
 
-def test_a_series_without_lag_features_is_rescored_on_its_holdout():
-    """No lags or rolling windows (diabetes): the champion is still re-scored on the holdout
+def test_a_series_without_lag_features_is_rescored_on_its_folds():
+    """No lags or rolling windows (diabetes): the champion is still re-scored on the folds
     training evaluated (it used to score nothing, so a day-2 retrain could not compare)."""
     spec = load_spec("diabetes")
-    frame = calendar_series(to_series_frame(diabetes_table(), spec), spec).frame
-    X = feature_matrix(frame, spec)
-    fit = fit_series(X, frame.target, frame.time, spec)
-    assert fit.status == "trained"
-    scores = ev.rescore(frame, spec, lambda s: fit.model)
-    (score,) = scores.values()
-    assert score["n_holdout"] == fit.n_holdout == spec.holdout
-    np.testing.assert_allclose(score["smape"], fit.metrics["smape"], rtol=1e-9)
+    ((model, info),) = _trained(diabetes_table(), spec).values()
+    assert info["status"] == "trained"
+    frame = to_series_frame(diabetes_table(), spec)
+    (score,) = ev.rescore(frame, spec, lambda s: model).values()
+    assert score["n_holdout"] == info["n_holdout"] == spec.holdout
+    np.testing.assert_allclose(score["smape"], info["smape"], rtol=1e-9)

@@ -58,7 +58,9 @@ def _reference(frame, weights, bias, spec, horizon, future_exog):
                 else:
                     x.append(frame.exog[c][b - 1])
             value = bias[i] + float(np.dot(x, weights[i]))
-            y.append(value)
+            lo, hi = spec.columns[spec.target].min, spec.columns[spec.target].max
+            value = min(max(value, -np.inf if lo is None else lo), np.inf if hi is None else hi)
+            y.append(value)  # clipped to the target's bounds before it feeds the next lags
             out[i, j] = value
     return out
 

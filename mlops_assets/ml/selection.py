@@ -1,0 +1,406 @@
+"""Each series' model, chosen among the spec's candidate families by a rolling-origin backtest.
+
+For a batch of regular series (one row per period) this fits every candidate family on each
+series' training window (every period before the last ``spec.holdout``), then backtests the
+fitted models at ``spec.backtest.origins`` origins inside those last periods: from each origin
+every model forecasts ``spec.horizon`` periods recursively from the actuals up to it
+(exogenous values as the spec declares them known in advance, clipped to the target's bounds).
+The models are not refit at each origin: the backtest scores exactly the models that are
+stored, so a champion can be re-scored the same way on a challenger's folds.
+
+Per series the candidate with the lowest ``spec.model.select_by`` over every backtest pair wins
+(a candidate that cannot forecast one of the pairs is not eligible); the runner-up and every
+candidate's score are recorded. A series no candidate can serve takes the first method of the
+spec's fallback chain that can forecast it (status ``fallback``); only a series with no
+observation at all, or none the chain can serve, has no model. Naive and seasonal-naive
+baselines are scored on exactly the chosen model's pairs (or not at all), and conformal
+interval half-widths per horizon step come from the chosen model's backtest residuals, their
+coverage checked out of fold.
+"""
+
+from __future__ import annotations
+
+import json
+import time as _time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlops_assets.ml import backtest, baselines, intervals
+from mlops_assets.ml.families import family
+from mlops_assets.ml.features import SeriesFrame, feature_matrix
+from mlops_assets.ml.fitting import (
+    BASELINES,
+    FAILED,
+    FALLBACK,
+    SKIPPED,
+    TRAINED,
+    SeriesFit,
+    fit_series,
+    season_length,
+)
+from mlops_assets.ml.metrics import ERROR_METRICS, grouped_metrics
+from mlops_assets.ml.multistep import forecast_pipelines, known_future
+from mlops_assets.ml.predict import clip_to_bounds
+from mlops_assets.ml.spec import DatasetSpec
+
+
+@dataclass
+class Fitted:
+    """One candidate family's models of a batch: a model or the reason why not, per series."""
+
+    name: str
+    kind: str
+    models: list[Any]
+    reasons: list[str | None]
+    fits: list[SeriesFit] | None = None  # regression families: the per-series fit record
+
+
+@dataclass
+class Selection:
+    """What training a batch produced, one entry per series.
+
+    Attributes:
+        family: The chosen family per series (None: no model).
+        models: The chosen model per series (a Pipeline, a parameter model, or None).
+        status: ``trained`` (chosen by the backtest), ``fallback``, ``skipped`` or ``failed``.
+        reason: Why a series has no candidate's model (and what it fell back to), else None.
+        metrics: ``fitting.METRIC_NAMES`` arrays over the backtest pairs.
+        pairs: Backtest (origin, step) pairs each series was scored on.
+        runner_up: The second-best eligible family per series (None: no second).
+        runner_up_score: Its ``select_by`` score.
+        scores: Per series, ``select_by`` of every eligible candidate as a JSON object.
+        widths: Interval half-width per level: ``{level: [n_series, horizon]}`` (NaN: none).
+        coverage: Out-of-fold coverage of those intervals over the batch, per level.
+        fits: The regression fit record of the chosen (or the spec's own) family per series.
+    """
+
+    family: np.ndarray
+    models: list[Any]
+    status: np.ndarray
+    reason: np.ndarray
+    metrics: dict[str, np.ndarray]
+    pairs: np.ndarray
+    runner_up: np.ndarray
+    runner_up_score: np.ndarray
+    scores: list[str]
+    widths: dict[float, np.ndarray]
+    coverage: dict[float, intervals.Coverage] = field(default_factory=dict)
+    fits: list[SeriesFit | None] = field(default_factory=list)
+
+
+def _kind(name: str) -> str:
+    return getattr(family(name), "kind", "regression")
+
+
+def fit_candidate(name: str, frame: SeriesFrame, X: np.ndarray | None, spec: DatasetSpec) -> Fitted:
+    """Family ``name`` fitted on each series' training window (all but the last ``holdout``
+    periods)."""
+    kind = _kind(name)
+    if kind == "regression":
+        if X is None:
+            X = feature_matrix(frame, spec)
+        off = frame.offsets
+        fits = [
+            fit_series(X[a:b], frame.target[a:b], frame.time[a:b], spec, family_name=name)
+            for a, b in zip(off[:-1].tolist(), off[1:].tolist(), strict=True)
+        ]
+        return Fitted(name, kind, [f.model for f in fits], [f.reason for f in fits], fits)
+    from mlops_assets.ml import param_models
+
+    window = np.maximum(np.diff(frame.offsets) - spec.holdout, 0)
+    models = param_models.fit_many(backtest.head_rows(frame, window), name, spec)
+    reasons: list[str | None] = [
+        None if m is not None else f"{name} could not be fitted on the training window"
+        for m in models
+    ]
+    return Fitted(name, kind, models, reasons)
+
+
+def forecast_candidate(
+    fitted: Fitted,
+    history: SeriesFrame,
+    horizon: int,
+    spec: DatasetSpec,
+    future_exog: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """``[n_series, horizon]`` forecasts of ``fitted``'s models after each series' history."""
+    if fitted.kind == "regression":
+        out = forecast_pipelines(history, fitted.models, spec, horizon, future_exog)
+    else:
+        from mlops_assets.ml import param_models
+
+        out = param_models.forecast_many(fitted.models, history, horizon, spec)
+    return clip_to_bounds(out, spec)
+
+
+def backtest_models(folds: backtest.Folds, spec: DatasetSpec, forecast: Any) -> np.ndarray:
+    """``[K, n_series, horizon]`` forecasts of fixed models from every fold's origin.
+
+    Args:
+        folds: The folds (``backtest.make_folds`` of the whole regular frame).
+        spec: The dataset spec (known-in-advance columns).
+        forecast: ``(history, horizon, future_exog) -> [n_series, horizon]``.
+    """
+    known = spec.features.known_in_advance
+    out = np.full(folds.actual.shape, np.nan)
+    for k in range(len(folds.cuts)):
+        history = folds.train_frame(k)
+        ahead = known_future(folds.frame, history, folds.horizon, known)
+        predicted = np.asarray(forecast(history, folds.horizon, ahead), dtype=float)
+        out[k] = np.where(folds.valid[k][:, None], predicted, np.nan)
+    return out
+
+
+def make_folds(frame: SeriesFrame, spec: DatasetSpec) -> backtest.Folds:
+    """The spec's backtest folds of a regular frame."""
+    b = spec.backtest
+    return backtest.make_folds(
+        frame, spec.horizon, b.origins, b.step, season_length(spec.frequency)
+    )
+
+
+def _baseline_predictions(folds: backtest.Folds, spec: DatasetSpec) -> dict[str, np.ndarray]:
+    season = season_length(spec.frequency)
+    out = {}
+    for name in BASELINES:
+        if name == "seasonal_naive" and season is None:
+            out[name] = np.full(folds.actual.shape, np.nan)
+            continue
+        method = baselines.method_forecaster(name, season, spec.mean_window)
+        out[name] = clip_to_bounds(backtest.run(folds, method), spec)
+    return out
+
+
+def pair_metrics(
+    actual: np.ndarray, predicted: np.ndarray, folds: backtest.Folds
+) -> dict[str, np.ndarray]:
+    """``ERROR_METRICS``, ``mase``, ``bias`` and ``count`` per series over finite pairs."""
+    n = actual.shape[1]
+    group = np.broadcast_to(np.arange(n)[None, :, None], actual.shape).ravel()
+    m = grouped_metrics(actual.ravel(), predicted.ravel(), group, n)
+    masked = replace_actual(folds, actual)
+    extra = backtest.series_metrics(masked, predicted)
+    return {**m, "mase": extra["mase"], "bias": extra["bias"]}
+
+
+def replace_actual(folds: backtest.Folds, actual: np.ndarray) -> backtest.Folds:
+    """``folds`` with other actuals (e.g. masked to some pairs)."""
+    from dataclasses import replace
+
+    return replace(folds, actual=actual)
+
+
+def _choose(
+    names: list[str], scores: np.ndarray, eligible: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best and runner-up candidate per series (-1: none) and the runner-up's score."""
+    masked = np.where(eligible, scores, np.inf)
+    order = np.argsort(masked, axis=0, kind="stable")  # ties: the earlier candidate
+    n = scores.shape[1]
+    best = np.where(eligible.any(axis=0), order[0], -1)
+    second = order[1] if len(names) > 1 else np.full(n, -1)
+    has_second = (len(names) > 1) & (eligible.sum(axis=0) >= 2)
+    second = np.where(has_second, second, -1)
+    second_score = np.where(second >= 0, masked[np.maximum(second, 0), np.arange(n)], np.nan)
+    return best, second, second_score
+
+
+def select(frame: SeriesFrame, spec: DatasetSpec) -> Selection:
+    """Fit, backtest and choose every series' model of a regular batch (see the module)."""
+    n = frame.n_series
+    names = list(spec.model.candidate_names)
+    needs_x = any(_kind(c) == "regression" for c in names)
+    X = feature_matrix(frame, spec) if needs_x else None
+    folds = make_folds(frame, spec)
+    need = np.isfinite(folds.actual)  # folds.actual is NaN outside valid folds
+    has_need = need.any(axis=(0, 2))
+    fitted = [fit_candidate(c, frame, X, spec) for c in names]
+    predictions = np.stack(
+        [
+            backtest_models(
+                folds,
+                spec,
+                lambda hist, hz, ahead, f=f: forecast_candidate(f, hist, hz, spec, ahead),
+            )
+            for f in fitted
+        ]
+    )
+    missing = (need[None] & ~np.isfinite(predictions)).any(axis=(1, 3))
+    has_model = np.array([[m is not None for m in f.models] for f in fitted], dtype=bool)
+    eligible = has_model & ~missing & has_need[None]
+    scores = np.stack(
+        [
+            backtest.series_metrics(replace_actual(folds, np.where(need, folds.actual, np.nan)), p)[
+                spec.model.select_by
+            ]
+            for p in predictions
+        ]
+    )
+    eligible &= np.isfinite(scores)
+    best, second, second_score = _choose(names, scores, eligible)
+
+    chosen = np.full(folds.actual.shape, np.nan)
+    has = best >= 0
+    chosen[:, has] = predictions[best[has], :, np.flatnonzero(has)].transpose(1, 0, 2)
+    status = np.where(has, TRAINED, SKIPPED).astype(object)
+    failed = [
+        all(f.fits is not None and f.fits[i].status == FAILED for f in fitted) for i in range(n)
+    ]
+    status[~has & np.array(failed, dtype=bool)] = FAILED
+    family_of = np.array([names[b] if b >= 0 else None for b in best], dtype=object)
+    models = [fitted[b].models[i] if b >= 0 else None for i, b in enumerate(best)]
+    reason = np.array(
+        [
+            None if b >= 0 else _why_none(fitted, i, has_need[i], missing[:, i])
+            for i, b in enumerate(best)
+        ],
+        dtype=object,
+    )
+    _fall_back(frame, folds, spec, ~has, chosen, status, family_of, models, reason)
+
+    actual = np.where(need, folds.actual, np.nan)
+    metrics = pair_metrics(actual, chosen, folds)
+    result_metrics = {m: metrics[m] for m in (*ERROR_METRICS, "mase", "bias")}
+    scored = np.isfinite(chosen) & need
+    for b, p in _baseline_predictions(folds, spec).items():
+        bm = pair_metrics(np.where(scored, actual, np.nan), p, folds)
+        complete = ~(scored & ~np.isfinite(p)).any(axis=(0, 2))
+        for m in ERROR_METRICS:
+            result_metrics[f"{b}_{m}"] = np.where(complete, bm[m], np.nan)
+    residuals = np.where(scored, actual - chosen, np.nan)
+    widths, cover = _intervals(residuals, chosen, actual, folds, spec)
+    fits = _fits_of(fitted, best, n)
+    score_json = [
+        json.dumps(
+            {names[c]: round(float(scores[c, i]), 6) for c in range(len(names)) if eligible[c, i]}
+        )
+        for i in range(n)
+    ]
+    return Selection(
+        family=family_of,
+        models=models,
+        status=status,
+        reason=reason,
+        metrics=result_metrics,
+        pairs=metrics["count"].astype(np.int64),
+        runner_up=np.array([names[s] if s >= 0 else None for s in second], dtype=object),
+        runner_up_score=second_score,
+        scores=score_json,
+        widths=widths,
+        coverage=cover,
+        fits=fits,
+    )
+
+
+def _why_none(fitted: list[Fitted], i: int, has_need: bool, missing: np.ndarray) -> str:
+    parts = [] if has_need else ["no actual observed in the backtest periods"]
+    for f, miss in zip(fitted, missing, strict=True):
+        why = f.reasons[i] or ("cannot forecast every backtest period" if miss else None)
+        if why is not None:
+            parts.append(f"{f.name}: {why}")
+    return "; ".join(parts)
+
+
+def _fall_back(
+    frame: SeriesFrame,
+    folds: backtest.Folds,
+    spec: DatasetSpec,
+    open_: np.ndarray,
+    chosen: np.ndarray,
+    status: np.ndarray,
+    family_of: np.ndarray,
+    models: list[Any],
+    reason: np.ndarray,
+) -> None:
+    """Series no candidate serves take the first method of the fallback chain that can
+    forecast them from their whole history; scored on whichever backtest pairs it can make."""
+    if not open_.any() or not spec.fallback:
+        return
+    from mlops_assets.ml import param_models
+
+    season = season_length(spec.frequency)
+    chain = baselines.fallback_chain(frame, spec.horizon, spec.fallback, season, spec.mean_window)
+    for method in dict.fromkeys(m for m in chain.method[open_] if m is not None):
+        take = open_ & (chain.method == method)
+        idx = np.flatnonzero(take)
+        fits = param_models.fit_many(frame, method, spec)
+        forecaster = baselines.method_forecaster(method, season, spec.mean_window)
+        predicted = clip_to_bounds(backtest.run(folds, forecaster), spec)
+        chosen[:, idx] = predicted[:, idx]
+        for i in idx:
+            models[i] = fits[i]
+            family_of[i] = method
+            status[i] = FALLBACK
+            why = f"; {chain.reason[i]}" if chain.reason[i] else ""
+            reason[i] = f"{reason[i]}; fell back to {method}{why}"
+    unserved = open_ & np.array([m is None for m in chain.method], dtype=bool)
+    for i in np.flatnonzero(unserved):
+        reason[i] = f"{reason[i]}; fallback chain: {chain.reason[i]}"
+
+
+def _intervals(
+    residuals: np.ndarray,
+    chosen: np.ndarray,
+    actual: np.ndarray,
+    folds: backtest.Folds,
+    spec: DatasetSpec,
+) -> tuple[dict[float, np.ndarray], dict[float, intervals.Coverage]]:
+    """Half-widths from every fold's residuals, and their coverage out of fold: each fold's
+    actuals against intervals calibrated on the other folds."""
+    levels = spec.intervals.levels
+    if not levels:
+        return {}, {}
+    scale = folds.scale[-1]
+    q = intervals.conformal_quantiles(residuals, levels, scale, spec.intervals.min_residuals)
+    low_bound = spec.columns[spec.target].min
+    cover = {}
+    if len(folds.cuts) > 1:
+        lower = np.full(chosen.shape, np.nan)
+        upper = np.full(chosen.shape, np.nan)
+        for level in levels:
+            for k in range(len(folds.cuts)):
+                others = np.delete(residuals, k, axis=0)
+                qk = intervals.conformal_quantiles(
+                    others, [level], scale, spec.intervals.min_residuals
+                )
+                lower[k], upper[k] = intervals.interval_bounds(
+                    chosen[k], qk.width[level], low_bound
+                )
+            cover[level] = intervals.coverage(actual, lower, upper)
+    return q.width, cover
+
+
+def _fits_of(fitted: list[Fitted], best: np.ndarray, n: int) -> list[SeriesFit | None]:
+    """The regression fit record of each series' chosen family, else of the first regression
+    candidate (its training window and why it could not serve)."""
+    first = next((f for f in fitted if f.fits is not None), None)
+    out: list[SeriesFit | None] = []
+    for i in range(n):
+        f = fitted[best[i]] if best[i] >= 0 else None
+        src = f if f is not None and f.fits is not None else first
+        out.append(src.fits[i] if src is not None and src.fits is not None else None)
+    return out
+
+
+def timed_select(frame: SeriesFrame, spec: DatasetSpec) -> tuple[Selection, float]:
+    """``select`` and the seconds it took."""
+    started = _time.perf_counter()
+    result = select(frame, spec)
+    return result, _time.perf_counter() - started
+
+
+__all__ = [
+    "FAILED",
+    "FALLBACK",
+    "SKIPPED",
+    "TRAINED",
+    "Fitted",
+    "Selection",
+    "backtest_models",
+    "fit_candidate",
+    "forecast_candidate",
+    "make_folds",
+    "select",
+]
