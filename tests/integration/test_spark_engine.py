@@ -39,6 +39,8 @@ def both(spark, spec, sales_frame):
 def _comparable(results: pd.DataFrame) -> pd.DataFrame:
     out = results.drop(columns=list(TIMING_COLUMNS)).sort_values("series_id")
     out["model"] = out["model"].map(lambda b: None if b is None else bytes(b))
+    for name in ("reason", "family", "runner_up"):  # a missing string: None or NaN per engine
+        out[name] = out[name].astype(object).where(out[name].notna(), None)
     return out.reset_index(drop=True).astype({"n_train": "int64", "n_holdout": "int64"})
 
 
