@@ -63,7 +63,7 @@ def added():
         families.unregister(f.name)
 
 
-@pytest.mark.parametrize("name", families.names())
+@pytest.mark.parametrize("name", families.names("regression"))
 def test_every_family_in_the_table_builds_fits_persists_and_predicts(name):
     fam = families.family(name)
     spec = _spec(name, SMALL.get(name))
