@@ -134,6 +134,14 @@ def _checked_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _checked_params(params: Any) -> dict:
+    if not isinstance(params, dict) or not all(
+        isinstance(v, str | int | float | bool) for v in params.values()
+    ):
+        raise ModelLoadError("params artifact: `params` is not an object of JSON scalars")
+    return params
+
+
 def _version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
@@ -143,6 +151,7 @@ def _version(package: str) -> str | None:
 
 def _dump_params(model: ParamModel) -> bytes:
     _param_family(model.family)
+    _checked_params(model.params)
     arrays = _checked_arrays({k: np.asarray(v) for k, v in model.arrays.items()})
     header = {
         "format": PARAMS,
@@ -159,18 +168,18 @@ def _dump_params(model: ParamModel) -> bytes:
 
 def _load_params(header: dict, payload: bytes) -> ParamModel:
     family = _param_family(header.get("family"))
-    params = header.get("params")
-    if not isinstance(params, dict) or not all(
-        isinstance(v, str | int | float | bool) for v in params.values()
-    ):
-        raise ModelLoadError("params artifact: `params` is not an object of JSON scalars")
+    params = _checked_params(header.get("params"))
     try:
-        with np.load(io.BytesIO(payload), allow_pickle=False) as z:
-            arrays = {name: z[name] for name in z.files}
-    except ValueError as exc:  # an object array needs pickle, which is refused
+        loaded = np.load(io.BytesIO(payload), allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded as z:
+                arrays = {name: z[name] for name in z.files}
+    except ValueError as exc:  # pickled data (an object array, or not numpy at all): refused
         raise UntrustedModelError(f"params artifact: {exc}") from exc
-    except (OSError, zipfile.BadZipFile, KeyError) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise ModelLoadError(f"unreadable params payload: {exc}") from exc
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ModelLoadError("params payload is not an npz archive")
     return ParamModel(family, params, _checked_arrays(arrays))
 
 

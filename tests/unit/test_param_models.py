@@ -140,6 +140,20 @@ def test_an_object_array_or_a_family_outside_the_zoo_is_refused():
             persistence.dumps(ParamModel(str(family), {}, {}))
 
 
+def test_a_malformed_params_artifact_is_refused():
+    header = {"format": "params", "family": "ets", "params": {"m": 1}}
+    npy = io.BytesIO()
+    np.save(npy, np.arange(3.0))
+    with pytest.raises(persistence.ModelLoadError, match="not an npz archive"):
+        persistence.loads(_artifact(header, npy.getvalue()))
+    with pytest.raises(persistence.ModelLoadError, match="unreadable params payload"):
+        persistence.loads(_artifact(header, b""))
+    with pytest.raises(persistence.ModelLoadError, match="JSON scalars"):
+        persistence.loads(_artifact({**header, "params": {"m": [1, 2]}}, b""))
+    with pytest.raises(persistence.ModelLoadError, match="JSON scalars"):
+        persistence.dumps(ParamModel("ets", {"m": [1]}, {}))  # type: ignore[dict-item]
+
+
 def test_a_tampered_payload_is_refused():
     (model, *_) = fit_many(FRAME, "ets", MONTHLY)
     data = persistence.dumps(model)
