@@ -6,7 +6,12 @@ import pandas as pd
 from pydantic import Field
 
 from mlops_assets.assets.plots import histograms
-from mlops_assets.domain.training_run import TrainingInputError, TrainingOutcome, train_candidate
+from mlops_assets.domain.training_run import (
+    TrainingInputError,
+    TrainingOutcome,
+    interval_coverage,
+    train_candidate,
+)
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.partitions import as_of_partitions
 from mlops_assets.storage import Storage
@@ -100,6 +105,7 @@ def training_metadata(
         "version": outcome.ref.version,
         "series_total": manifest.num_rows,
         "series_trained": int(status.get("trained", 0)),
+        "series_fallback": int(status.get("fallback", 0)),
         "series_skipped": int(status.get("skipped", 0)),
         "series_failed": int(status.get("failed", 0)),
         "series_carried": manifest.num_rows - len(trained),
@@ -109,6 +115,9 @@ def training_metadata(
         "manifest": dg.MetadataValue.url(storage.uri(outcome.ref.manifest_name)),
         "manifest_sha256": outcome.ref.manifest_sha256,
     }
+    if len(trained) and "family" in trained:
+        md["families"] = {str(k): int(v) for k, v in trained["family"].value_counts().items()}
+        md.update(interval_coverage(trained, spec))
     if len(trained) and "smape" in trained:
         ok = trained[trained.status == "trained"]
         md["median_smape"] = float(np.nanmedian(ok.smape)) if len(ok) else float("nan")
@@ -124,7 +133,8 @@ def training_metadata(
         md["holdout_smape"] = dg.MetadataValue.md(
             histograms(
                 {"model": ok.smape.to_numpy(float), "naive": ok.naive_smape.to_numpy(float)},
-                f"{spec.name}: holdout sMAPE across series",
+                f"{spec.name}: backtest sMAPE across series ({spec.backtest.origins} origins, "
+                f"horizon {spec.horizon})",
                 "sMAPE (%)",
             )
         )

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,7 +19,7 @@ import pyarrow.compute as pc
 from mlops_assets.domain import model_sets as ms
 from mlops_assets.domain.curated_store import CuratedStore
 from mlops_assets.ml import modelset
-from mlops_assets.ml.engines import result_schema
+from mlops_assets.ml.engines import coverage_field, result_schema
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import series_fingerprints
@@ -162,3 +163,17 @@ def train_candidate(
         ms.write_pointer(storage, ms.latest_pointer(spec), ref)
     trained = results if results is not None else pd.DataFrame(columns=["status"])
     return TrainingOutcome(ref, manifest, trained, table.num_rows, phases)
+
+
+def interval_coverage(trained: pd.DataFrame, spec: DatasetSpec) -> dict[str, float]:
+    """Pooled out-of-fold coverage per interval level (``interval_coverage_80``...)."""
+    out = {}
+    weights = trained["n_holdout"].to_numpy(float)
+    for level in spec.intervals.levels:
+        share = trained[coverage_field(level)].to_numpy(float)
+        ok = np.isfinite(share) & (weights > 0)
+        pooled = (
+            float(np.sum(share[ok] * weights[ok]) / np.sum(weights[ok])) if ok.any() else np.nan
+        )
+        out[f"interval_coverage_{level:g}"] = pooled
+    return out

@@ -32,12 +32,11 @@ from mlops_assets.ml.calendar import calendar_series
 from mlops_assets.ml.features import (
     SeriesFrame,
     select_series,
-    tail_length,
     to_series_frame,
 )
 from mlops_assets.ml.fitting import FAILED, METRIC_NAMES, SeriesFit
 from mlops_assets.ml.phases import Phases
-from mlops_assets.ml.selection import Selection, select
+from mlops_assets.ml.selection import Selection, select, stored_history
 from mlops_assets.ml.spec import DatasetSpec
 
 if TYPE_CHECKING:
@@ -88,6 +87,11 @@ def interval_field(level: float) -> str:
     return f"interval_{level:g}".replace(".", "_")
 
 
+def coverage_field(level: float) -> str:
+    """The manifest column of the out-of-fold coverage at ``level`` (``coverage_80``)."""
+    return f"coverage_{level:g}".replace(".", "_")
+
+
 def _record(spec: DatasetSpec, key: tuple, sel: Selection, j: int, frame: SeriesFrame):
     a, b = int(frame.offsets[j]), int(frame.offsets[j + 1])
     fit = sel.fits[j] or SeriesFit(None, sel.status[j])
@@ -111,13 +115,14 @@ def _record(spec: DatasetSpec, key: tuple, sel: Selection, j: int, frame: Series
         "runner_up_score": float(sel.runner_up_score[j]),
         "family_scores": sel.scores[j],
         **{interval_field(lv): sel.widths[lv][j].tolist() for lv in spec.intervals.levels},
+        **{coverage_field(lv): float(sel.coverage[lv][j]) for lv in spec.intervals.levels},
         "serialize_seconds": serialize_seconds,
         "model_format": persistence.read_header(model)[0]["format"] if model else None,
         "model": model,
         "model_sha256": persistence.sha256(model) if model else None,
         "history_end": str(frame.time[b - 1].astype("datetime64[D]")) if b > a else None,
-        # Enough targets to score the next periods or re-score any of the last `holdout` ones.
-        "history_tail": frame.target[max(a, b - tail_length(spec) - spec.holdout) : b].tolist(),
+        # Enough targets to score the next periods or re-score the backtest window.
+        "history_tail": frame.target[max(a, b - stored_history(spec)) : b].tolist(),
     }
 
 
@@ -154,6 +159,7 @@ def _failed_record(spec: DatasetSpec, key: tuple, reason: str) -> dict:
         "runner_up_score": float("nan"),
         "family_scores": "{}",
         **{interval_field(lv): [] for lv in spec.intervals.levels},
+        **{coverage_field(lv): float("nan") for lv in spec.intervals.levels},
         "serialize_seconds": 0.0,
         "model_format": None,
         "model": None,

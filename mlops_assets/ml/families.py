@@ -13,6 +13,12 @@ A family is one frozen ``Family`` record. From it:
   one vectorised pass (``predict.stack_linear``); the header names the class, so artifacts of
   one class load the same whichever family wrote them.
 
+A family's ``kind`` says how it forecasts: ``regression`` families are the scikit-learn
+Pipelines above, fitted on lag/calendar/exogenous features; ``baseline`` and ``statistical``
+families forecast a series from its own history with no feature matrix (``ml.param_models``:
+``baselines`` functions, and statsforecast's AutoETS, AutoTheta and AutoARIMA) and are stored
+as parameters; asking one of them for a Pipeline raises ``NotARegressionFamilyError``.
+
 Adding a family for good is one entry in ``_BUILT_IN``. ``register`` adds one to the running
 process only (a test, a notebook): processes forked afterwards inherit it, others do not.
 """
@@ -23,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
@@ -55,6 +61,13 @@ COMMON_SKOPS_TYPES = frozenset(
 )
 
 
+Kind = Literal["regression", "baseline", "statistical"]
+
+
+class NotARegressionFamilyError(TypeError):
+    """A Pipeline was asked of a family that forecasts from history alone."""
+
+
 @dataclass(frozen=True)
 class Family:
     """One model family: how to build it, what its files may contain, whether it is linear.
@@ -69,6 +82,8 @@ class Family:
         closed_form: A fit of the whole Pipeline faster than ``Pipeline.fit`` giving the same
             model, used when every spec param is in ``closed_form_params``.
         closed_form_params: The params ``closed_form`` honours.
+        kind: ``regression`` (a Pipeline on features), ``baseline`` or ``statistical`` (a
+            forecast from the series' own history, ``ml.param_models``).
     """
 
     name: str
@@ -78,6 +93,7 @@ class Family:
     linear: type | None = None
     closed_form: Callable[[np.ndarray, np.ndarray, dict[str, Any]], Pipeline] | None = None
     closed_form_params: frozenset[str] = frozenset()
+    kind: Kind = "regression"
 
     def pipeline(self, params: dict[str, Any]) -> Pipeline:
         """An unfitted Pipeline of this family with ``params`` (not modified)."""
@@ -98,6 +114,22 @@ def _seeded(cls: type, **defaults: Any) -> Callable[[dict[str, Any]], Any]:
         return cls(**{"random_state": DEFAULT_RANDOM_STATE, **defaults, **params})
 
     return build
+
+
+def _no_pipeline(name: str, kind: Kind) -> Callable[[dict[str, Any]], Any]:
+    """The ``build`` of a family that has no Pipeline: it raises, naming the family."""
+
+    def build(params: dict[str, Any]) -> Any:
+        raise NotARegressionFamilyError(
+            f"model family {name!r} is a {kind} family: it forecasts a series from its own "
+            "history (ml.param_models), it has no scikit-learn Pipeline"
+        )
+
+    return build
+
+
+def _forecast_only(name: str, kind: Kind) -> Family:
+    return Family(name, _no_pipeline(name, kind), kind=kind)
 
 
 _BUILT_IN = (
@@ -147,6 +179,11 @@ _BUILT_IN = (
             }
         ),
     ),
+    *(
+        _forecast_only(name, "baseline")
+        for name in ("naive", "seasonal_naive", "mean", "croston_sba", "tsb")
+    ),
+    *(_forecast_only(name, "statistical") for name in ("ets", "theta", "arima")),
 )
 BUILT_IN_NAMES = frozenset(f.name for f in _BUILT_IN)
 _TABLE: dict[str, Family] = {f.name: f for f in _BUILT_IN}
@@ -156,9 +193,9 @@ class UnknownFamilyError(ValueError):
     """A family name that is not in the table."""
 
 
-def names() -> tuple[str, ...]:
-    """The names of every registered family, in registration order."""
-    return tuple(_TABLE)
+def names(kind: Kind | None = None) -> tuple[str, ...]:
+    """The names of every registered family (of ``kind``, if given), in registration order."""
+    return tuple(n for n, f in _TABLE.items() if kind is None or f.kind == kind)
 
 
 def family(name: str) -> Family:

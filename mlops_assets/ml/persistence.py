@@ -1,7 +1,7 @@
 """Model artifacts: bytes that are safe to load, verified by sha256 and scikit-learn version.
 
 An artifact is ``MAGIC | header length (uint32 LE) | JSON header | payload``. The header names
-the payload format and the scikit-learn version that wrote it. Two payload formats:
+the payload format and the scikit-learn version that wrote it. Three payload formats:
 
 * ``linear``: a ``[StandardScaler ->] estimator`` pipeline whose estimator is the ``linear``
   class of a family (``families``), as raw float64 arrays (a few hundred bytes, ~20 us to
@@ -10,6 +10,11 @@ the payload format and the scikit-learn version that wrote it. Two payload forma
 * ``skops``: any other pipeline, via ``skops.io`` with the allow-list of type names the families
   pin (``families.trusted_skops_types``). Every type named in the file's schema must be on the
   list, checked before ``skops.io.loads``; ``trusted=True`` is never used (CVE-2024-37065).
+* ``params``: a ``ParamModel`` (a forecast-only family of ``families``): the header holds its
+  family, its JSON-scalar params and the numpy/statsforecast versions that wrote it; the
+  payload is an ``np.savez`` of its float64/int64 arrays, read back with
+  ``allow_pickle=False``. A family that is not a baseline or statistical family of the table, or
+  an array of any other dtype, is refused. The scikit-learn version does not apply to it.
 
 Loading refuses anything else, including pickle and joblib files, a bare skops file, a sha256
 mismatch and a scikit-learn major.minor version other than the running one.
@@ -19,12 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib.metadata
 import io
 import json
 import struct
 import zipfile
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import sklearn
@@ -33,9 +39,13 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from mlops_assets.ml import families
+from mlops_assets.ml.param_models import ParamModel
 
 MAGIC = b"MMSKL\x00v1"
-LINEAR, SKOPS = "linear", "skops"
+LINEAR, SKOPS, PARAMS = "linear", "skops", "params"
+# What a params artifact's arrays may hold: numbers only, never objects.
+PARAM_DTYPES = frozenset({np.dtype("<f8"), np.dtype("<i8")})
+Model: TypeAlias = Pipeline | ParamModel
 _HEADER_LEN = struct.Struct("<I")
 
 
@@ -108,8 +118,76 @@ def _dump_linear(scaler: StandardScaler | None, est: Any) -> bytes:
     return _pack(header, payload)
 
 
-def dumps(model: Pipeline) -> bytes:
-    """Serialize a fitted Pipeline: compact ``linear`` format where it applies, else skops."""
+def _param_family(name: Any) -> str:
+    try:
+        if families.family(str(name)).kind != "regression":
+            return str(name)
+    except families.UnknownFamilyError:
+        pass
+    raise UntrustedModelError(f"unknown forecast-only model family {name!r}")
+
+
+def _checked_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    for name, a in arrays.items():
+        if a.dtype.newbyteorder("<") not in PARAM_DTYPES:
+            raise UntrustedModelError(f"array {name!r} has dtype {a.dtype}, not float64 / int64")
+    return arrays
+
+
+def _checked_params(params: Any) -> dict:
+    if not isinstance(params, dict) or not all(
+        isinstance(v, str | int | float | bool) for v in params.values()
+    ):
+        raise ModelLoadError("params artifact: `params` is not an object of JSON scalars")
+    return params
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _dump_params(model: ParamModel) -> bytes:
+    _param_family(model.family)
+    _checked_params(model.params)
+    arrays = _checked_arrays({k: np.asarray(v) for k, v in model.arrays.items()})
+    header = {
+        "format": PARAMS,
+        "family": model.family,
+        "params": model.params,
+        "numpy": np.__version__,
+        "statsforecast": _version("statsforecast"),
+    }
+    buffer = io.BytesIO()
+    little_endian = {k: v.astype(v.dtype.newbyteorder("<")) for k, v in arrays.items()}
+    np.savez(buffer, allow_pickle=False, **little_endian)
+    return _pack(header, buffer.getvalue())
+
+
+def _load_params(header: dict, payload: bytes) -> ParamModel:
+    family = _param_family(header.get("family"))
+    params = _checked_params(header.get("params"))
+    try:
+        loaded = np.load(io.BytesIO(payload), allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded as z:
+                arrays = {name: z[name] for name in z.files}
+    except ValueError as exc:  # pickled data (an object array, or not numpy at all): refused
+        raise UntrustedModelError(f"params artifact: {exc}") from exc
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise ModelLoadError(f"unreadable params payload: {exc}") from exc
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ModelLoadError("params payload is not an npz archive")
+    return ParamModel(family, params, _checked_arrays(arrays))
+
+
+def dumps(model: Model) -> bytes:
+    """Serialize a fitted model: a ``ParamModel`` as ``params``; a Pipeline in the compact
+    ``linear`` format where it applies, else skops."""
+    if isinstance(model, ParamModel):
+        return _dump_params(model)
     parts = _linear_parts(model)
     if parts is not None:
         return _dump_linear(*parts)
@@ -190,15 +268,18 @@ def _load_skops(payload: bytes) -> Pipeline:
     return model
 
 
-def loads(data: bytes) -> Pipeline:
+def loads(data: bytes) -> Model:
     """Load an artifact written by ``dumps``. Prefer ``load_verified``.
 
     Raises:
         ModelLoadError: Not an artifact, an unknown format or a malformed payload.
-        ModelVersionError: Written by another scikit-learn major.minor.
-        UntrustedModelError: It names a type that is not allow-listed.
+        ModelVersionError: A Pipeline written by another scikit-learn major.minor.
+        UntrustedModelError: It names a type that is not allow-listed, a family that is not a
+            forecast-only one of the table, or an array that is not float64 / int64.
     """
     header, payload = read_header(data)
+    if header.get("format") == PARAMS:
+        return _load_params(header, payload)
     written = str(header.get("sklearn", "?"))
     if _major_minor(written) != _major_minor(sklearn.__version__):
         raise ModelVersionError(
@@ -212,7 +293,18 @@ def loads(data: bytes) -> Pipeline:
     raise ModelLoadError(f"unknown artifact format {fmt!r}")
 
 
-def load_verified(data: bytes, expected_sha256: str) -> Pipeline:
+def as_pipeline(model: Model) -> Pipeline:
+    """``model`` where a caller needs a scikit-learn Pipeline.
+
+    Raises:
+        ModelLoadError: It is a ``ParamModel``.
+    """
+    if isinstance(model, ParamModel):
+        raise ModelLoadError(f"a {model.family!r} model has parameters, not a Pipeline")
+    return model
+
+
+def load_verified(data: bytes, expected_sha256: str) -> Model:
     """Load an artifact only if its sha256 is the one recorded for it.
 
     Raises:

@@ -29,7 +29,7 @@ import numpy as np
 
 from mlops_assets.ml import backtest, baselines, intervals
 from mlops_assets.ml.families import family
-from mlops_assets.ml.features import SeriesFrame, feature_matrix
+from mlops_assets.ml.features import SeriesFrame, feature_matrix, tail_length
 from mlops_assets.ml.fitting import (
     BASELINES,
     FAILED,
@@ -72,7 +72,8 @@ class Selection:
         runner_up_score: Its ``select_by`` score.
         scores: Per series, ``select_by`` of every eligible candidate as a JSON object.
         widths: Interval half-width per level: ``{level: [n_series, horizon]}`` (NaN: none).
-        coverage: Out-of-fold coverage of those intervals over the batch, per level.
+        coverage: Out-of-fold coverage of those intervals per series: ``{level: [n_series]}``
+            (share of its backtest pairs inside an interval calibrated without their fold).
         fits: The regression fit record of the chosen (or the spec's own) family per series.
     """
 
@@ -86,12 +87,27 @@ class Selection:
     runner_up_score: np.ndarray
     scores: list[str]
     widths: dict[float, np.ndarray]
-    coverage: dict[float, intervals.Coverage] = field(default_factory=dict)
+    coverage: dict[float, np.ndarray] = field(default_factory=dict)
     fits: list[SeriesFit | None] = field(default_factory=list)
 
 
 def _kind(name: str) -> str:
-    return getattr(family(name), "kind", "regression")
+    return family(name).kind
+
+
+def stored_history(spec: DatasetSpec) -> int:
+    """Targets kept per series for scoring and re-scoring (the manifest's ``history_tail``).
+
+    The features of the next period need ``tail_length``; a forecast-only family forecasts from
+    the history itself, so a spec with any (as a candidate or in the fallback chain) keeps two
+    seasons (a year where the season is unknown) as well. Plus the backtest window, so the
+    last trained periods can be re-scored.
+    """
+    need = tail_length(spec)
+    forecast_only = [c for c in spec.model.candidate_names if _kind(c) != "regression"]
+    if forecast_only or spec.fallback:
+        need = max(need, 2 * (season_length(spec.frequency) or 52), spec.mean_window)
+    return need + spec.holdout
 
 
 def fit_candidate(name: str, frame: SeriesFrame, X: np.ndarray | None, spec: DatasetSpec) -> Fitted:
@@ -346,9 +362,9 @@ def _intervals(
     actual: np.ndarray,
     folds: backtest.Folds,
     spec: DatasetSpec,
-) -> tuple[dict[float, np.ndarray], dict[float, intervals.Coverage]]:
-    """Half-widths from every fold's residuals, and their coverage out of fold: each fold's
-    actuals against intervals calibrated on the other folds."""
+) -> tuple[dict[float, np.ndarray], dict[float, np.ndarray]]:
+    """Half-widths from every fold's residuals, and each series' coverage out of fold: each
+    fold's actuals against intervals calibrated on the other folds (NaN: nothing to check)."""
     levels = spec.intervals.levels
     if not levels:
         return {}, {}
@@ -356,19 +372,18 @@ def _intervals(
     q = intervals.conformal_quantiles(residuals, levels, scale, spec.intervals.min_residuals)
     low_bound = spec.columns[spec.target].min
     cover = {}
-    if len(folds.cuts) > 1:
-        lower = np.full(chosen.shape, np.nan)
-        upper = np.full(chosen.shape, np.nan)
-        for level in levels:
-            for k in range(len(folds.cuts)):
-                others = np.delete(residuals, k, axis=0)
-                qk = intervals.conformal_quantiles(
-                    others, [level], scale, spec.intervals.min_residuals
-                )
-                lower[k], upper[k] = intervals.interval_bounds(
-                    chosen[k], qk.width[level], low_bound
-                )
-            cover[level] = intervals.coverage(actual, lower, upper)
+    for level in levels:
+        inside = np.zeros(chosen.shape[1])
+        checked = np.zeros(chosen.shape[1])
+        for k in range(len(folds.cuts) if len(folds.cuts) > 1 else 0):
+            others = np.delete(residuals, k, axis=0)
+            qk = intervals.conformal_quantiles(others, [level], scale, spec.intervals.min_residuals)
+            lower, upper = intervals.interval_bounds(chosen[k], qk.width[level], low_bound)
+            ok = np.isfinite(actual[k]) & np.isfinite(lower) & np.isfinite(upper)
+            checked += ok.sum(axis=1)
+            inside += (ok & (actual[k] >= lower) & (actual[k] <= upper)).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cover[level] = inside / checked
     return q.width, cover
 
 

@@ -80,24 +80,37 @@ class FeatureSpec(BaseModel):
         return self
 
 
+SelectionMetric = Literal["mae", "rmse", "smape", "mase"]
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    family: str = Field(default="ridge", description="A name in the table of ``families``.")
-    params: dict[str, Any] = Field(default_factory=dict, description="Params of ``family``.")
+    family: str = Field(
+        default="ridge",
+        description="A regression family of the table of ``families``: the one fitted on "
+        "features with ``params``.",
+    )
+    params: dict[str, Any] = Field(default_factory=dict)
     candidates: list[str] = Field(
         default_factory=list,
-        description="More families to backtest per series (the zoo); each series keeps the "
-        "one with the best backtest score. Empty: ``family`` only.",
+        description="More families (any kind) a backtest may choose per series; empty: only "
+        "``family``.",
     )
-    select_by: Literal["mae", "rmse", "smape", "mase"] = Field(
-        default="mae", description="The backtest metric that chooses each series' family."
+    select_by: SelectionMetric = Field(
+        default="mae", description="The backtest metric that chooses among the candidates."
     )
 
     @field_validator("family")
     @classmethod
     def _known_family(cls, v: str) -> str:
-        families.family(v)  # raises UnknownFamilyError, a ValueError, for a name not in the table
+        # Raises UnknownFamilyError, a ValueError, for a name not in the table.
+        if families.family(v).kind != "regression":
+            raise ValueError(
+                f"model.family {v!r} is a {families.family(v).kind} family; model.family names "
+                f"the regression family (one of {list(families.names('regression'))}); list "
+                "other families in model.candidates"
+            )
         return v
 
     @field_validator("candidates")
@@ -109,7 +122,7 @@ class ModelSpec(BaseModel):
 
     @property
     def candidate_names(self) -> tuple[str, ...]:
-        """``family`` then ``candidates``, each once."""
+        """``family`` then the candidates, each once, in order."""
         return tuple(dict.fromkeys([self.family, *self.candidates]))
 
 

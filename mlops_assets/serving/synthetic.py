@@ -70,7 +70,7 @@ def synthetic_model_set(
     manifest; series are named like the sales generator's (``store=S0000/product=P000``)."""
     base, _ = train_records(spec, templates, seed=seed)
     rows = base.to_pylist()
-    models = [persistence.loads(r["model"]) for r in rows]
+    models = [persistence.as_pipeline(persistence.loads(r["model"])) for r in rows]
     rng = np.random.default_rng(seed)
     n_products = min(n_series, 100)
     k = tail_length(spec)

@@ -63,7 +63,7 @@ def added():
         families.unregister(f.name)
 
 
-@pytest.mark.parametrize("name", families.names())
+@pytest.mark.parametrize("name", families.names("regression"))
 def test_every_family_in_the_table_builds_fits_persists_and_predicts(name):
     fam = families.family(name)
     spec = _spec(name, SMALL.get(name))
@@ -157,3 +157,32 @@ def test_registration_refuses_clashes():
         families.unregister("ridge")
     with pytest.raises(families.UnknownFamilyError, match="known families"):
         families.family("nope")
+
+
+FORECAST_ONLY = families.names("baseline") + families.names("statistical")
+
+
+@pytest.mark.parametrize("name", FORECAST_ONLY)
+def test_a_forecast_only_family_has_a_kind_and_no_pipeline(name):
+    fam = families.family(name)
+    assert fam.kind in ("baseline", "statistical") and name not in families.names("regression")
+    with pytest.raises(families.NotARegressionFamilyError, match=f"{name!r} is a {fam.kind}"):
+        fam.pipeline({})
+
+
+def test_the_spec_lists_candidate_families_and_the_metric_that_chooses():
+    spec = DatasetSpec.model_validate(
+        {
+            **SALES.model_dump(),
+            "model": {"family": "ridge", "candidates": ["ets", "naive", "ridge", "ets"]},
+        }
+    )
+    assert spec.model.candidate_names == ("ridge", "ets", "naive")
+    assert spec.model.select_by == "mae"
+    assert SALES.model.candidate_names == ("ridge",)
+    with pytest.raises(ValidationError, match="unknown model family 'nope'"):
+        DatasetSpec.model_validate({**SALES.model_dump(), "model": {"candidates": ["nope"]}})
+    with pytest.raises(ValidationError, match=r"model\.family 'ets' is a statistical family"):
+        DatasetSpec.model_validate({**SALES.model_dump(), "model": {"family": "ets"}})
+    with pytest.raises(ValidationError, match="select_by"):
+        DatasetSpec.model_validate({**SALES.model_dump(), "model": {"select_by": "r2"}})
