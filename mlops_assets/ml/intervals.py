@@ -6,7 +6,7 @@ least ``a`` when errors are exchangeable. A (series, step) with too few residual
 (or fewer than ``min_residuals``) takes the pooled quantile of its step instead: residuals of
 every series divided by their series' scale (e.g. the MASE scale), the quantile taken, and
 multiplied back by this series' scale, so a large series gets a wide interval and a small one
-a narrow one. Residuals are ``[K, n_series, horizon]`` arrays as ``backtest`` produces them.
+a narrow one. Intervals are nested: a higher level is never narrower than a lower one. Residuals are ``[K, n_series, horizon]`` arrays as ``backtest`` produces them.
 """
 
 from __future__ import annotations
@@ -80,6 +80,13 @@ def conformal_quantiles(
         use_pool = (n < fewest) | np.isnan(own)
         width[level] = np.where(use_pool, shared[None, :] * s[:, None], own)
         pooled[level] = use_pool
+    # A series' own quantile at one level and the pooled one at a higher level can cross:
+    # nest them, so an interval never narrows as its level rises.
+    wider = None
+    for level in sorted(levels):
+        if wider is not None:
+            width[level] = np.fmax(width[level], wider)
+        wider = width[level]
     return Quantiles(width, pooled)
 
 
