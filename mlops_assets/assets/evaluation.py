@@ -1,9 +1,10 @@
-"""Evaluation: every challenger against its series' champion on the same holdout, then a gate.
+"""Evaluation: every challenger against its series' champion on the same backtest, then a gate.
 
 The champion is the model set the dev registry's alias (``champion``) points at. For each series
 the candidate trained in this run, the champion's model is loaded (sha256-verified against its
-manifest entry) and re-scored on the challenger's holdout rows with the same feature code, so
-both numbers describe the same weeks. ``ml.champion_gate`` decides (fed by ``ml.comparison``),
+manifest entry) and backtested on the challenger's folds with the same code training used
+(the spec's origins, ``horizon`` steps each, recursive), so both numbers describe the same
+(origin, step) pairs. ``ml.champion_gate`` decides (fed by ``ml.comparison``),
 ``domain.evaluation_run`` reads and writes; this module reports. The result is a *release* model
 set: the manifest of the resulting set (promoted challengers plus champion entries carried by
 reference), written under ``models/<ds>/releases/<version>/``; registration registers exactly
@@ -63,7 +64,7 @@ class EvaluationConfig(dg.Config):
     (decision kept_unscored), or promote the challenger without a comparison."""
     max_median_increase: float = 1.0
     """Blocking gate: the resulting set's median metric may exceed the champion set's by at most
-    this much (metric points) on the same holdout, else the run fails before registration."""
+    this much (metric points) on the same backtest pairs, else the run fails before registration."""
 
 
 def _records(df: pd.DataFrame) -> dg.TableMetadataValue:
@@ -105,12 +106,12 @@ def build_evaluation_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 asset=key,
                 blocking=True,
                 description="Median error of the resulting set vs the champion set on the "
-                "same holdout, within the configured tolerance; fails too when challengers "
+                "same backtest pairs, within the configured tolerance; fails too when challengers "
                 "have champions but none was compared. Failing stops registration.",
             )
         ],
         description=(
-            f"Each {spec.name} challenger against its champion (re-scored on the same holdout) "
+            f"Each {spec.name} challenger against its champion (backtested on the same folds) "
             "and the seasonal-naive baseline; promote when it beats the baseline, is better by "
             "the margin and within the business threshold. A champion that cannot be scored "
             "stays. Writes the resulting (release) model set."
@@ -200,8 +201,8 @@ def _metadata(spec: DatasetSpec, outcome: EvaluationOutcome, storage: Storage) -
                 "resulting set (after)": np.asarray(chosen, float),
                 "naive": df.naive_metric.to_numpy(float),
             },
-            f"{spec.name}: holdout error across series, before and after",
-            "error on the holdout",
+            f"{spec.name}: backtest error across series, before and after",
+            "error on the backtest (origins x horizon steps)",
         )
     )
     both = df[np.isfinite(df.champion_metric) & np.isfinite(df.challenger_metric)].copy()

@@ -63,9 +63,11 @@ def build_training_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         owners=["team:ml-platform"],
         tags={"stage": "training", "dataset": spec.name},
         description=(
-            f"One fitted scikit-learn Pipeline per {spec.name} series, trained on curated data "
-            "up to the as-of date with a time-based holdout, packed as one candidate model set "
-            "(models + manifest with metrics, data window and sha256 per series)."
+            f"One model per {spec.name} series, trained on curated data up to the as-of date: "
+            "each series keeps the candidate family with the best rolling-origin backtest at "
+            "the horizon (or the fallback chain's method), packed as one candidate model set "
+            "(models + manifest with family, backtest metrics, intervals, data window and "
+            "sha256 per series)."
         ),
     )
     def candidate_models(
@@ -123,14 +125,14 @@ def training_metadata(
         md["median_smape"] = float(np.nanmedian(ok.smape)) if len(ok) else float("nan")
         md["median_naive_smape"] = float(np.nanmedian(ok.naive_smape)) if len(ok) else float("nan")
         # Seasonal naive is the baseline the champion gate requires by default; NaN where it
-        # could not be scored on a series' holdout rows (under a season of history).
+        # could not be scored on a series' backtest pairs (under a season of history).
         seasonal = ok.seasonal_naive_smape.to_numpy(float)
         scored = np.isfinite(seasonal)
         md["median_seasonal_naive_smape"] = (
             float(np.median(seasonal[scored])) if scored.any() else float("nan")
         )
         md["series_beating_seasonal_naive"] = int(np.sum(ok.smape.to_numpy(float) < seasonal))
-        md["holdout_smape"] = dg.MetadataValue.md(
+        md["backtest_smape"] = dg.MetadataValue.md(
             histograms(
                 {"model": ok.smape.to_numpy(float), "naive": ok.naive_smape.to_numpy(float)},
                 f"{spec.name}: backtest sMAPE across series ({spec.backtest.origins} origins, "

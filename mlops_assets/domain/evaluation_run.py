@@ -53,7 +53,7 @@ def history_frames(
 ) -> list[SeriesFrame]:
     """Every row the features of the series' evaluation rows need, up to ``as_of``.
 
-    The evaluation rows are each series' last ``holdout`` rows; their features need the
+    The backtest's origins lie in each series' last ``holdout`` rows; their features need the
     ``tail_length`` rows before them. One read of a window twice that many periods long covers a
     regular series; a series with fewer rows in it (gaps, or no row in the window at all) may
     have older rows the window cut off, so those series are read again with no lower bound.
