@@ -78,6 +78,19 @@ def test_statistical_families_fit_and_forecast_as_statsforecast_does(family):
     np.testing.assert_allclose(out[0], library["mean"], rtol=1e-6)
 
 
+def test_arima_with_drift_extends_the_drift_over_a_longer_history():
+    from statsforecast.arima import auto_arima_f, forecast_arima
+
+    y = np.cumsum(np.random.default_rng(3).normal(0.5, 1, 80)) + 10
+    short, longer = series_frame([list(y[:60])]), series_frame([list(y)])
+    (model,) = fit_many(short, "arima", SALES)
+    assert "drift" in str(model.params["coef_names"])
+    from_short = forecast_many([model], short, H, SALES)[0]
+    np.testing.assert_allclose(from_short, forecast_arima(auto_arima_f(y[:60]), h=H)["mean"])
+    from_longer = forecast_many([model], longer, H, SALES)[0]
+    assert from_longer[0] > from_short[-1]  # 20 more periods of drift
+
+
 def test_ets_re_filters_later_actuals_without_refitting():
     short = series_frame([_seasonal(60, 1)])
     longer = series_frame([_seasonal(72, 1)])  # the same 60 periods and 12 that arrived later
