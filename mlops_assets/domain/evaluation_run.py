@@ -24,8 +24,9 @@ from mlops_assets.domain import model_sets as ms
 from mlops_assets.domain.curated_store import CuratedStore
 from mlops_assets.ml import comparison as ev
 from mlops_assets.ml import modelset
-from mlops_assets.ml.features import SeriesFrame, select_series, tail_length, to_series_frame
+from mlops_assets.ml.features import SeriesFrame, select_series, to_series_frame
 from mlops_assets.ml.phases import Phases
+from mlops_assets.ml.selection import stored_history
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.storage import Storage
 
@@ -53,8 +54,9 @@ def history_frames(
 ) -> list[SeriesFrame]:
     """Every row the features of the series' evaluation rows need, up to ``as_of``.
 
-    The backtest's origins lie in each series' last ``holdout`` rows; their features need the
-    ``tail_length`` rows before them. One read of a window twice that many periods long covers a
+    The backtest's origins lie in each series' last ``holdout`` rows; forecasting from them needs
+    the rows before (``selection.stored_history``: the features' tail, or two seasons for a
+    forecast-only family). One read of a window twice that many periods long covers a
     regular series; a series with fewer rows in it (gaps, or no row in the window at all) may
     have older rows the window cut off, so those series are read again with no lower bound.
     A series shorter than the window is read whole either way.
@@ -63,7 +65,7 @@ def history_frames(
         One or two frames (the windowed one, then the re-read one), no series in both.
     """
     wanted = sorted(series)
-    need = spec.holdout + tail_length(spec)
+    need = stored_history(spec)  # the backtest window and what forecasting from it needs
     store = CuratedStore(storage, spec)
     until = pd.Timestamp(as_of).date()
     since = (pd.Timestamp(as_of) - 2 * need * to_offset(spec.frequency)).date()
