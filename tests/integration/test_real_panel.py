@@ -114,10 +114,10 @@ def test_each_run_registers_one_model_set_version_of_every_series(chain):
     for as_of, version in zip((FIRST, SECOND), versions, strict=True):
         train = metadata(chain["runs"][as_of], "candidate_models")
         assert train["series_total"] == N_SERIES and train["series_failed"] == 0
-        # Today series shorter than min_history + holdout rows are skipped (no forecast). When
-        # the calendar and fallback chain are wired (issue 13 items 1-2), every series with
-        # data gets a forecast: series_skipped becomes 0.
-        assert train["series_trained"] + train["series_skipped"] == N_SERIES
+        # Every series with data gets a forecast: chosen by the backtest, or (too short to
+        # backtest) the fallback chain's method.
+        assert train["series_skipped"] == 0
+        assert train["series_trained"] + train["series_fallback"] == N_SERIES
         assert train["series_trained"] > N_SERIES // 2
         release = read_release(storage, release_pointer(BEER, as_of))
         manifest = read_manifest(storage, release.ref)
@@ -137,5 +137,5 @@ def test_the_second_run_compares_with_the_first_runs_champions(chain):
         r["decision"] in ("better", "not_better", "below_threshold", "below_baseline")
         for r in trained
     )
-    # Each decision was made against the champion re-scored on the same holdout.
+    # Each decision was made against the champion backtested on the same folds.
     assert all(r["champion_metric"] is not None for r in trained)
