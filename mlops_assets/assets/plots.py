@@ -17,6 +17,23 @@ def _png_markdown(fig, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
 
 
+def lines(series: dict[str, np.ndarray], title: str, xlabel: str, ylabel: str) -> str:
+    """One line per entry over x = 1, 2, ... (e.g. MAE per horizon step) as Markdown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for label, values in series.items():
+        ax.plot(np.arange(1, len(values) + 1), values, marker="o", label=label)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    return _png_markdown(fig, title)
+
+
 def histograms(series: dict[str, np.ndarray], title: str, xlabel: str) -> str:
     """Overlaid histograms (e.g. model vs naive baseline sMAPE across series) as Markdown."""
     import matplotlib

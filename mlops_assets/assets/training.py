@@ -5,11 +5,12 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from mlops_assets.assets.plots import histograms
+from mlops_assets.assets.plots import histograms, lines
 from mlops_assets.domain.training_run import (
     TrainingInputError,
     TrainingOutcome,
     interval_coverage,
+    mae_by_step,
     train_candidate,
 )
 from mlops_assets.ml.spec import DatasetSpec
@@ -120,6 +121,19 @@ def training_metadata(
     if len(trained) and "family" in trained:
         md["families"] = {str(k): int(v) for k, v in trained["family"].value_counts().items()}
         md.update(interval_coverage(trained, spec))
+        by_step = mae_by_step(trained, spec)
+        md["backtest_mae_by_step"] = dg.MetadataValue.md(
+            lines(
+                {
+                    "model": np.asarray(by_step["mae"]),
+                    "naive": np.asarray(by_step["naive_mae"]),
+                    "seasonal naive": np.asarray(by_step["seasonal_naive_mae"]),
+                },
+                f"{spec.name}: backtest MAE by horizon step (mean over series)",
+                "periods ahead",
+                "MAE",
+            )
+        )
     if len(trained) and "smape" in trained:
         ok = trained[trained.status == "trained"]
         md["median_smape"] = float(np.nanmedian(ok.smape)) if len(ok) else float("nan")

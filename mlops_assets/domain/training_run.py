@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from mlops_assets.domain import model_sets as ms
 from mlops_assets.domain.curated_store import CuratedStore
 from mlops_assets.ml import modelset
-from mlops_assets.ml.engines import coverage_field, result_schema
+from mlops_assets.ml.engines import BY_STEP, coverage_field, result_schema
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import series_fingerprints
@@ -163,6 +163,19 @@ def train_candidate(
         ms.write_pointer(storage, ms.latest_pointer(spec), ref)
     trained = results if results is not None else pd.DataFrame(columns=["status"])
     return TrainingOutcome(ref, manifest, trained, table.num_rows, phases)
+
+
+def mae_by_step(trained: pd.DataFrame, spec: DatasetSpec) -> dict[str, list[float]]:
+    """Mean over series of each step's backtest MAE, for the model and both baselines, on the
+    series trained in this run (each series' baselines on its model's pairs)."""
+    out = {}
+    ok = trained[trained["status"] == "trained"]
+    for name in BY_STEP:
+        rows = [r for r in ok[f"{name}_by_step"] if r is not None and len(r) == spec.horizon]
+        values = np.array(rows, dtype=float).reshape(-1, spec.horizon)
+        with np.errstate(invalid="ignore"):
+            out[name] = [float(np.nanmean(c)) if np.isfinite(c).any() else np.nan for c in values.T]
+    return out
 
 
 def interval_coverage(trained: pd.DataFrame, spec: DatasetSpec) -> dict[str, float]:

@@ -45,10 +45,12 @@ if TYPE_CHECKING:
 
 DEFAULT_CHUNK_ROWS = 250_000
 TIMING_COLUMNS = ("fit_seconds", "serialize_seconds")
+BY_STEP = ("mae", "naive_mae", "seasonal_naive_mae")
 
 
 def result_schema(spec: DatasetSpec) -> pa.Schema:
     """One record per series: identity, outcome, metrics, training window and the model."""
+    levels = spec.intervals.levels
     return pa.schema(
         [
             pa.field("series_id", pa.string(), nullable=False),
@@ -66,10 +68,11 @@ def result_schema(spec: DatasetSpec) -> pa.Schema:
             pa.field("runner_up_score", pa.float64()),
             pa.field("family_scores", pa.string()),
             # Conformal half-width per horizon step at each of the spec's levels.
-            *(
-                pa.field(interval_field(level), pa.list_(pa.float64()))
-                for level in spec.intervals.levels
-            ),
+            *(pa.field(interval_field(lv), pa.list_(pa.float64())) for lv in levels),
+            # Out-of-fold coverage of those intervals on the series' backtest pairs.
+            *(pa.field(coverage_field(lv), pa.float64()) for lv in levels),
+            # Backtest MAE per horizon step (step 1 first): the model and both baselines.
+            *(pa.field(f"{m}_by_step", pa.list_(pa.float64())) for m in BY_STEP),
             pa.field("fit_seconds", pa.float64(), nullable=False),
             pa.field("serialize_seconds", pa.float64(), nullable=False),
             pa.field("model_format", pa.string()),
@@ -116,6 +119,7 @@ def _record(spec: DatasetSpec, key: tuple, sel: Selection, j: int, frame: Series
         "family_scores": sel.scores[j],
         **{interval_field(lv): sel.widths[lv][j].tolist() for lv in spec.intervals.levels},
         **{coverage_field(lv): float(sel.coverage[lv][j]) for lv in spec.intervals.levels},
+        **{f"{m}_by_step": sel.by_step[m][j].tolist() for m in BY_STEP},
         "serialize_seconds": serialize_seconds,
         "model_format": persistence.read_header(model)[0]["format"] if model else None,
         "model": model,
@@ -160,6 +164,7 @@ def _failed_record(spec: DatasetSpec, key: tuple, reason: str) -> dict:
         "family_scores": "{}",
         **{interval_field(lv): [] for lv in spec.intervals.levels},
         **{coverage_field(lv): float("nan") for lv in spec.intervals.levels},
+        **{f"{m}_by_step": [] for m in BY_STEP},
         "serialize_seconds": 0.0,
         "model_format": None,
         "model": None,

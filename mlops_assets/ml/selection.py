@@ -75,6 +75,8 @@ class Selection:
         coverage: Out-of-fold coverage of those intervals per series: ``{level: [n_series]}``
             (share of its backtest pairs inside an interval calibrated without their fold).
         fits: The regression fit record of the chosen (or the spec's own) family per series.
+        by_step: MAE per horizon step over the origins, ``[n_series, horizon]``, of the chosen
+            model (``mae``) and of each baseline on the same pairs (``naive_mae``...).
     """
 
     family: np.ndarray
@@ -89,6 +91,15 @@ class Selection:
     widths: dict[float, np.ndarray]
     coverage: dict[float, np.ndarray] = field(default_factory=dict)
     fits: list[SeriesFit | None] = field(default_factory=list)
+    by_step: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def step_mae(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """``[n_series, horizon]`` MAE of each step over the folds (NaN: no pair at that step)."""
+    err = np.abs(predicted - actual)
+    ok = np.isfinite(err)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok, err, 0.0).sum(axis=0) / ok.sum(axis=0)
 
 
 def _kind(name: str) -> str:
@@ -280,11 +291,14 @@ def select(frame: SeriesFrame, spec: DatasetSpec) -> Selection:
     metrics = pair_metrics(actual, chosen, folds)
     result_metrics = {m: metrics[m] for m in (*ERROR_METRICS, "mase", "bias")}
     scored = np.isfinite(chosen) & need
+    by_step = {"mae": step_mae(actual, chosen)}
     for b, p in _baseline_predictions(folds, spec).items():
-        bm = pair_metrics(np.where(scored, actual, np.nan), p, folds)
+        on_pairs = np.where(scored, actual, np.nan)
+        bm = pair_metrics(on_pairs, p, folds)
         complete = ~(scored & ~np.isfinite(p)).any(axis=(0, 2))
         for m in ERROR_METRICS:
             result_metrics[f"{b}_{m}"] = np.where(complete, bm[m], np.nan)
+        by_step[f"{b}_mae"] = np.where(complete[:, None], step_mae(on_pairs, p), np.nan)
     residuals = np.where(scored, actual - chosen, np.nan)
     widths, cover = _intervals(residuals, chosen, actual, folds, spec)
     fits = _fits_of(fitted, best, n)
@@ -307,6 +321,7 @@ def select(frame: SeriesFrame, spec: DatasetSpec) -> Selection:
         widths=widths,
         coverage=cover,
         fits=fits,
+        by_step=by_step,
     )
 
 
