@@ -120,7 +120,7 @@ def training_metadata(
     }
     if len(trained) and "family" in trained:
         md["families"] = {str(k): int(v) for k, v in trained["family"].value_counts().items()}
-        md.update(interval_coverage(trained, spec))
+        md.update(interval_coverage(manifest, outcome.ref.version, spec))
         by_step = mae_by_step(trained, spec)
         md["backtest_mae_by_step"] = dg.MetadataValue.md(
             lines(

@@ -18,8 +18,8 @@ import pyarrow.compute as pc
 
 from mlops_assets.domain import model_sets as ms
 from mlops_assets.domain.curated_store import CuratedStore
-from mlops_assets.ml import modelset
-from mlops_assets.ml.engines import BY_STEP, coverage_field, result_schema
+from mlops_assets.ml import intervals, modelset
+from mlops_assets.ml.engines import BY_STEP, coverage_field, interval_field, result_schema
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import series_fingerprints
@@ -89,6 +89,31 @@ def choose_series(
     return None
 
 
+def with_intervals(fresh: pa.Table, spec: DatasetSpec) -> pa.Table:
+    """``fresh`` with ``interval_<level>`` half-widths (a list per series, one per horizon
+    step) and ``coverage_<level>`` (out of fold), calibrated over every series of the run."""
+    levels = spec.intervals.levels
+    if not levels or fresh.num_rows == 0:
+        return fresh
+    k_h = spec.backtest.origins * spec.horizon
+    flat = [
+        r if r is not None and len(r) == k_h else [np.nan] * k_h
+        for r in fresh["backtest_residuals"].to_pylist()
+    ]
+    residuals = np.array(flat, dtype=float).reshape(fresh.num_rows, -1, spec.horizon)
+    scale = np.asarray(fresh["residual_scale"].to_numpy(zero_copy_only=False), dtype=float)
+    widths, cover = intervals.series_intervals(
+        residuals, scale, levels, spec.intervals.min_residuals
+    )
+    for level in levels:
+        fresh = fresh.append_column(
+            pa.field(interval_field(level), pa.list_(pa.float64())),
+            pa.array(widths[level].tolist()),
+        )
+        fresh = fresh.append_column(coverage_field(level), pa.array(cover[level], pa.float64()))
+    return fresh
+
+
 def fresh_manifest(
     results: pd.DataFrame, fingerprints: pa.Table, spec: DatasetSpec, version: str, folder: str
 ) -> tuple[pa.Table, list[tuple[str, bytes]]]:
@@ -97,7 +122,7 @@ def fresh_manifest(
     at = pc.index_in(fresh["series_id"], value_set=fingerprints["series_id"])
     for name in ("n_rows", "data_end", "data_fingerprint"):
         fresh = fresh.append_column(name, fingerprints[name].take(at))
-    fresh = fresh.sort_by("series_id")
+    fresh = with_intervals(fresh.sort_by("series_id"), spec)
     fresh = fresh.append_column("trained_in", pa.array([version] * fresh.num_rows))
     return modelset.pack_models(fresh, folder)
 
@@ -178,12 +203,16 @@ def mae_by_step(trained: pd.DataFrame, spec: DatasetSpec) -> dict[str, list[floa
     return out
 
 
-def interval_coverage(trained: pd.DataFrame, spec: DatasetSpec) -> dict[str, float]:
-    """Pooled out-of-fold coverage per interval level (``interval_coverage_80``...)."""
-    out = {}
-    weights = trained["n_holdout"].to_numpy(float)
+def interval_coverage(manifest: pa.Table, version: str, spec: DatasetSpec) -> dict[str, float]:
+    """Pooled out-of-fold coverage per interval level (``interval_coverage_80``...) of the
+    series trained in run ``version``."""
+    out: dict[str, float] = {}
+    fresh = manifest.filter(pc.equal(manifest["trained_in"], version))
+    if fresh.num_rows == 0:
+        return out
+    weights = np.asarray(fresh["n_holdout"].to_numpy(zero_copy_only=False), dtype=float)
     for level in spec.intervals.levels:
-        share = trained[coverage_field(level)].to_numpy(float)
+        share = np.asarray(fresh[coverage_field(level)].to_numpy(zero_copy_only=False), dtype=float)
         ok = np.isfinite(share) & (weights > 0)
         pooled = (
             float(np.sum(share[ok] * weights[ok]) / np.sum(weights[ok])) if ok.any() else np.nan

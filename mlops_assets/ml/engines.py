@@ -50,7 +50,6 @@ BY_STEP = ("mae", "naive_mae", "seasonal_naive_mae")
 
 def result_schema(spec: DatasetSpec) -> pa.Schema:
     """One record per series: identity, outcome, metrics, training window and the model."""
-    levels = spec.intervals.levels
     return pa.schema(
         [
             pa.field("series_id", pa.string(), nullable=False),
@@ -68,9 +67,10 @@ def result_schema(spec: DatasetSpec) -> pa.Schema:
             pa.field("runner_up_score", pa.float64()),
             pa.field("family_scores", pa.string()),
             # Conformal half-width per horizon step at each of the spec's levels.
-            *(pa.field(interval_field(lv), pa.list_(pa.float64())) for lv in levels),
-            # Out-of-fold coverage of those intervals on the series' backtest pairs.
-            *(pa.field(coverage_field(lv), pa.float64()) for lv in levels),
+            # The chosen model's backtest residuals, origin by origin (horizon values each),
+            # and its scale: what the run's conformal intervals are calibrated from.
+            pa.field("backtest_residuals", pa.list_(pa.float64())),
+            pa.field("residual_scale", pa.float64()),
             # Backtest MAE per horizon step (step 1 first): the model and both baselines.
             *(pa.field(f"{m}_by_step", pa.list_(pa.float64())) for m in BY_STEP),
             pa.field("fit_seconds", pa.float64(), nullable=False),
@@ -117,8 +117,8 @@ def _record(spec: DatasetSpec, key: tuple, sel: Selection, j: int, frame: Series
         "runner_up": sel.runner_up[j],
         "runner_up_score": float(sel.runner_up_score[j]),
         "family_scores": sel.scores[j],
-        **{interval_field(lv): sel.widths[lv][j].tolist() for lv in spec.intervals.levels},
-        **{coverage_field(lv): float(sel.coverage[lv][j]) for lv in spec.intervals.levels},
+        "backtest_residuals": sel.residuals[j].ravel().tolist(),
+        "residual_scale": float(sel.residual_scale[j]),
         **{f"{m}_by_step": sel.by_step[m][j].tolist() for m in BY_STEP},
         "serialize_seconds": serialize_seconds,
         "model_format": persistence.read_header(model)[0]["format"] if model else None,
@@ -162,8 +162,8 @@ def _failed_record(spec: DatasetSpec, key: tuple, reason: str) -> dict:
         "runner_up": None,
         "runner_up_score": float("nan"),
         "family_scores": "{}",
-        **{interval_field(lv): [] for lv in spec.intervals.levels},
-        **{coverage_field(lv): float("nan") for lv in spec.intervals.levels},
+        "backtest_residuals": [],
+        "residual_scale": float("nan"),
         **{f"{m}_by_step": [] for m in BY_STEP},
         "serialize_seconds": 0.0,
         "model_format": None,

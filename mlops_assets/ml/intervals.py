@@ -122,3 +122,44 @@ def coverage(actual: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> Covera
         per_step = in2.sum(axis=0) / ok2.sum(axis=0)
         overall = float(in2.sum() / ok2.sum()) if ok2.any() else float("nan")
     return Coverage(overall=overall, per_step=per_step, count=int(ok2.sum()))
+
+
+def series_intervals(
+    residuals: np.ndarray,
+    scale: np.ndarray,
+    levels: list[float],
+    min_residuals: int | None = None,
+) -> tuple[dict[float, np.ndarray], dict[float, np.ndarray]]:
+    """Half-widths per series and step, and each series' out-of-fold coverage, for a whole run.
+
+    Calibrated over every series given at once, so the pooled fallback sees the run's series,
+    not one batch of them (engines train in chunks, Spark one series per group).
+
+    Args:
+        residuals: ``[n_series, K, horizon]`` backtest residuals (NaN: no pair).
+        scale: ``[n_series]`` each series' scale for the pooled quantile.
+        levels: Coverage levels in percent.
+        min_residuals: As ``conformal_quantiles``.
+
+    Returns:
+        ``({level: [n_series, horizon]}, {level: [n_series]})``: the half-widths from every
+        fold, and the share of each series' residuals within the half-width calibrated
+        without their fold (NaN: nothing to check). A residual within the half-width is an
+        actual inside the interval; clipping the lower bound at the target's minimum never
+        excludes an actual, which respects that minimum.
+    """
+    by_fold = np.asarray(residuals, dtype=float).transpose(1, 0, 2)  # [K, n, h]
+    q = conformal_quantiles(by_fold, levels, scale, min_residuals)
+    cover: dict[float, np.ndarray] = {}
+    k_folds, n = by_fold.shape[0], by_fold.shape[1]
+    for level in levels:
+        inside, checked = np.zeros(n), np.zeros(n)
+        for k in range(k_folds if k_folds > 1 else 0):
+            others = np.delete(by_fold, k, axis=0)
+            width = conformal_quantiles(others, [level], scale, min_residuals).width[level]
+            ok = np.isfinite(by_fold[k]) & np.isfinite(width)
+            checked += ok.sum(axis=1)
+            inside += (ok & (np.abs(by_fold[k]) <= width)).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cover[level] = np.where(checked > 0, inside / checked, np.nan)
+    return q.width, cover

@@ -14,8 +14,8 @@ candidate's score are recorded. A series no candidate can serve takes the first 
 spec's fallback chain that can forecast it (status ``fallback``); only a series with no
 observation at all, or none the chain can serve, has no model. Naive and seasonal-naive
 baselines are scored on exactly the chosen model's pairs (or not at all), and conformal
-interval half-widths per horizon step come from the chosen model's backtest residuals, their
-coverage checked out of fold.
+the chosen model's backtest residuals are kept for conformal intervals
+(``intervals.series_intervals``, calibrated over every series of a run, not one batch).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mlops_assets.ml import backtest, baselines, intervals
+from mlops_assets.ml import backtest, baselines
 from mlops_assets.ml.families import family
 from mlops_assets.ml.features import SeriesFrame, feature_matrix, tail_length
 from mlops_assets.ml.fitting import (
@@ -71,9 +71,9 @@ class Selection:
         runner_up: The second-best eligible family per series (None: no second).
         runner_up_score: Its ``select_by`` score.
         scores: Per series, ``select_by`` of every eligible candidate as a JSON object.
-        widths: Interval half-width per level: ``{level: [n_series, horizon]}`` (NaN: none).
-        coverage: Out-of-fold coverage of those intervals per series: ``{level: [n_series]}``
-            (share of its backtest pairs inside an interval calibrated without their fold).
+        residuals: The chosen model's backtest residuals (actual - forecast),
+            ``[n_series, origins, horizon]`` (NaN: no pair).
+        residual_scale: Each series' scale for pooled intervals (its MASE scale).
         fits: The regression fit record of the chosen (or the spec's own) family per series.
         by_step: MAE per horizon step over the origins, ``[n_series, horizon]``, of the chosen
             model (``mae``) and of each baseline on the same pairs (``naive_mae``...).
@@ -88,8 +88,8 @@ class Selection:
     runner_up: np.ndarray
     runner_up_score: np.ndarray
     scores: list[str]
-    widths: dict[float, np.ndarray]
-    coverage: dict[float, np.ndarray] = field(default_factory=dict)
+    residuals: np.ndarray
+    residual_scale: np.ndarray
     fits: list[SeriesFit | None] = field(default_factory=list)
     by_step: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -300,7 +300,6 @@ def select(frame: SeriesFrame, spec: DatasetSpec) -> Selection:
             result_metrics[f"{b}_{m}"] = np.where(complete, bm[m], np.nan)
         by_step[f"{b}_mae"] = np.where(complete[:, None], step_mae(on_pairs, p), np.nan)
     residuals = np.where(scored, actual - chosen, np.nan)
-    widths, cover = _intervals(residuals, chosen, actual, folds, spec)
     fits = _fits_of(fitted, best, n)
     score_json = [
         json.dumps(
@@ -318,8 +317,8 @@ def select(frame: SeriesFrame, spec: DatasetSpec) -> Selection:
         runner_up=np.array([names[s] if s >= 0 else None for s in second], dtype=object),
         runner_up_score=second_score,
         scores=score_json,
-        widths=widths,
-        coverage=cover,
+        residuals=residuals.transpose(1, 0, 2),
+        residual_scale=folds.scale[-1],
         fits=fits,
         by_step=by_step,
     )
@@ -369,37 +368,6 @@ def _fall_back(
     unserved = open_ & np.array([m is None for m in chain.method], dtype=bool)
     for i in np.flatnonzero(unserved):
         reason[i] = f"{reason[i]}; fallback chain: {chain.reason[i]}"
-
-
-def _intervals(
-    residuals: np.ndarray,
-    chosen: np.ndarray,
-    actual: np.ndarray,
-    folds: backtest.Folds,
-    spec: DatasetSpec,
-) -> tuple[dict[float, np.ndarray], dict[float, np.ndarray]]:
-    """Half-widths from every fold's residuals, and each series' coverage out of fold: each
-    fold's actuals against intervals calibrated on the other folds (NaN: nothing to check)."""
-    levels = spec.intervals.levels
-    if not levels:
-        return {}, {}
-    scale = folds.scale[-1]
-    q = intervals.conformal_quantiles(residuals, levels, scale, spec.intervals.min_residuals)
-    low_bound = spec.columns[spec.target].min
-    cover = {}
-    for level in levels:
-        inside = np.zeros(chosen.shape[1])
-        checked = np.zeros(chosen.shape[1])
-        for k in range(len(folds.cuts) if len(folds.cuts) > 1 else 0):
-            others = np.delete(residuals, k, axis=0)
-            qk = intervals.conformal_quantiles(others, [level], scale, spec.intervals.min_residuals)
-            lower, upper = intervals.interval_bounds(chosen[k], qk.width[level], low_bound)
-            ok = np.isfinite(actual[k]) & np.isfinite(lower) & np.isfinite(upper)
-            checked += ok.sum(axis=1)
-            inside += (ok & (actual[k] >= lower) & (actual[k] <= upper)).sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cover[level] = inside / checked
-    return q.width, cover
 
 
 def _fits_of(fitted: list[Fitted], best: np.ndarray, n: int) -> list[SeriesFit | None]:

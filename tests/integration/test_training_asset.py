@@ -14,7 +14,7 @@ from mlops_assets.domain.model_sets import latest_pointer, read_manifest, read_p
 from mlops_assets.domain.sample_drops import land_diabetes, land_sales
 from mlops_assets.ml import modelset, persistence
 from mlops_assets.ml.sample_data import SalesShape
-from mlops_assets.ml.spec import load_spec
+from mlops_assets.ml.spec import IntervalSpec, load_spec
 from mlops_assets.ml.tables import decode_dictionaries
 from mlops_assets.storage import LocalStorage
 from resources.training_engine import LocalTrainingEngine
@@ -55,7 +55,9 @@ def test_all_series_are_trained_packed_and_loadable(storage):
     assert meta["series_beating_seasonal_naive"] >= 10
     for b in ("naive", "seasonal_naive"):
         assert pc.all(pc.is_finite(manifest[f"{b}_smape"])).as_py()
-    assert meta["holdout_smape"].startswith("![")
+    assert meta["backtest_smape"].startswith("![")
+    assert meta["backtest_mae_by_step"].startswith("![")
+    assert meta["families"] == {"ridge": 12} and meta["series_fallback"] == 0
     assert manifest.num_rows == 12
     row = manifest.filter(pc.equal(manifest["series_id"], "store=S0000/product=P005")).to_pylist()[
         0
@@ -147,11 +149,46 @@ def test_too_short_series_are_skipped_with_a_reason_and_the_others_trained(stora
     assert meta["series_trained"] == 3 and meta["series_skipped"] == 1
     skipped = manifest.filter(pc.equal(manifest["status"], "skipped")).to_pylist()[0]
     assert skipped["artifact"] is None and "history" in skipped["reason"]
-    # Under a season of history (lag_52 never complete): no holdout row has complete features,
-    # so no baseline is scored either (they are scored on the model's rows or not at all).
+    # Under a season of history (lag_52 never complete) the model has no backtest pair, so no
+    # baseline is scored either (they are scored on the model's pairs or not at all).
     assert skipped["n_holdout"] == 0
     for b in ("naive", "seasonal_naive"):
         assert skipped[f"{b}_smape"] is None or math.isnan(skipped[f"{b}_smape"])
+
+
+def test_with_a_fallback_chain_every_series_gets_a_model_and_intervals(storage):
+    """The zoo, the fallback chain and intervals through the training asset: the young series
+    is served by the chain's method, stored as parameters and loadable like any model."""
+    spec = SALES.model_copy(
+        update={
+            "fallback": ["seasonal_naive", "naive", "mean"],
+            "intervals": IntervalSpec(levels=[80, 95]),
+            "model": SALES.model.model_copy(update={"candidates": ["theta"]}),
+        }
+    )
+    # Enough series for a pooled 95% quantile (19 residuals per step) when out of fold.
+    land_sales(storage, spec, SalesShape(24, 120), n_drops=1)
+    from mlops_assets.ml.sample_data import sales_table, to_bytes
+
+    # One 10-week series: 2 weeks before the backtest window, too few for ridge or theta.
+    young = sales_table(SalesShape(300, 20, seed=9)).slice(20 * 299 + 10, 10)
+    storage.write_bytes(
+        "landing/sales/young.parquet", to_bytes(decode_dictionaries(young), "parquet")
+    )
+    meta, manifest = run(storage, spec, "2026-11-17")
+    assert (meta["series_trained"], meta["series_fallback"], meta["series_skipped"]) == (24, 1, 0)
+    assert sum(meta["families"].values()) == 25 and meta["families"]["naive"] == 1
+    assert 0 < meta["interval_coverage_80"] <= meta["interval_coverage_95"] <= 1
+    rows = {r["series_id"]: r for r in manifest.to_pylist()}
+    young_row = next(r for r in rows.values() if r["status"] == "fallback")
+    assert young_row["family"] == "naive" and "fell back to naive" in young_row["reason"]
+    data = storage.read_range(young_row["artifact"], young_row["offset"], young_row["length"])
+    model = persistence.load_verified(data, young_row["model_sha256"])
+    assert model.family == "naive"
+    for r in rows.values():
+        assert len(r["interval_80"]) == spec.horizon and len(r["interval_95"]) == spec.horizon
+        assert all(w95 >= w80 for w80, w95 in zip(r["interval_80"], r["interval_95"], strict=True))
+        assert r["runner_up"] is None or r["runner_up"] != r["family"]
 
 
 def test_diabetes_one_partition_trains_end_to_end(storage):
