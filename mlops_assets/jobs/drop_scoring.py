@@ -113,6 +113,8 @@ _ENCODINGS = {
 
 def parquet_options(names: list[str]) -> dict:
     encodings = {c: e for c, e in _ENCODINGS.items() if c in names}
+    # Interval bounds (``prediction_lower_80``...) are floats like the prediction.
+    encodings.update({c: "BYTE_STREAM_SPLIT" for c in names if c.startswith("prediction_")})
     return {
         "compression": "zstd",
         "use_dictionary": [c for c in names if c not in encodings],

@@ -35,6 +35,7 @@ from mlops_assets.ml.features import (
     to_series_frame,
 )
 from mlops_assets.ml.fitting import FAILED, METRIC_NAMES, SeriesFit
+from mlops_assets.ml.intervals import interval_field
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.selection import Selection, select, stored_history
 from mlops_assets.ml.spec import DatasetSpec
@@ -83,11 +84,6 @@ def result_schema(spec: DatasetSpec) -> pa.Schema:
             pa.field("history_tail", pa.list_(pa.float64())),
         ]
     )
-
-
-def interval_field(level: float) -> str:
-    """The manifest column of the half-widths at ``level`` percent (``interval_80``)."""
-    return f"interval_{level:g}".replace(".", "_")
 
 
 def coverage_field(level: float) -> str:

@@ -15,6 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+INTERVAL_PREFIX = "interval_"  # the manifest's columns of half-widths per level
+
+
+def interval_field(level: float) -> str:
+    """The manifest column of the half-widths at ``level`` percent (``interval_80``)."""
+    return INTERVAL_PREFIX + f"{level:g}".replace(".", "_")
+
 
 def min_count(level: float) -> int:
     """The fewest residuals for a finite split-conformal quantile at ``level`` (a fraction)."""

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from mlops_assets.ml import persistence
+from mlops_assets.ml.intervals import INTERVAL_PREFIX
 from mlops_assets.ml.scoring import SeriesModel
 
 ReadRange = Callable[[str, int, int], bytes]
@@ -51,6 +52,8 @@ class ModelSetReader:
         cols = manifest.to_pydict()
         self._rows = {sid: i for i, sid in enumerate(cols["series_id"])}
         self._cols = cols
+        # Interval half-widths per horizon step, one column per level (``interval_80``).
+        self._widths = [c for c in cols if c.startswith(INTERVAL_PREFIX)]
         self._cache: OrderedDict[str, tuple[SeriesModel, int]] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
@@ -107,6 +110,11 @@ class ModelSetReader:
             version=self._entry(i, "trained_in") or self.version,
             history_end=self._entry(i, "history_end"),
             tail=np.asarray(self._entry(i, "history_tail") or [], dtype=float),
+            widths={
+                c: np.asarray(self._cols[c][i] or [], dtype=float)
+                for c in self._widths
+                if self._cols[c][i]
+            },
         )
         with self._lock:
             self.stats.misses += 1

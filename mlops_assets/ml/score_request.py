@@ -6,7 +6,7 @@ the result table. The request side that batch and real-time scoring (``scoring``
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mlops_assets.ml.intervals import INTERVAL_PREFIX, interval_field
 from mlops_assets.ml.spec import DatasetSpec
 
 RESULT_COLUMNS = ("series_id", "time", "prediction", "model_version", "error", "message")
@@ -26,6 +27,20 @@ DUPLICATE = "duplicate_row"
 BAD_VALUE = "bad_value"
 MODEL_INTEGRITY = "model_integrity"  # the series' model bytes do not match their sha256
 OFF_CALENDAR = "off_calendar"
+
+
+def bound_fields(level: float) -> tuple[str, str]:
+    """The result columns of the interval at ``level`` percent, named after ``prediction``:
+    ``prediction_lower_80`` and ``prediction_upper_80``."""
+    suffix = interval_field(level).removeprefix(INTERVAL_PREFIX)
+    return f"prediction_lower_{suffix}", f"prediction_upper_{suffix}"
+
+
+def result_columns(spec: DatasetSpec) -> tuple[str, ...]:
+    """``RESULT_COLUMNS`` with the bounds of each of the spec's interval levels after
+    ``prediction``."""
+    bounds = [name for level in spec.intervals.levels for name in bound_fields(level)]
+    return (*RESULT_COLUMNS[:3], *bounds, *RESULT_COLUMNS[3:])
 
 
 def off_calendar_message(spec: DatasetSpec) -> str:
@@ -42,12 +57,24 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class SeriesModel:
-    """What scoring needs of one series: its model and the targets that precede scoring."""
+    """What scoring needs of one series: its model and the targets that precede scoring.
 
-    model: object  # a fitted scikit-learn Pipeline
+    Attributes:
+        model: A fitted scikit-learn Pipeline (predicts from features) or a
+            ``param_models.ParamModel`` (forecasts from the history alone).
+        version: The model set version that trained it.
+        history_end: ISO date of the last period the tail covers.
+        tail: The last targets before scoring starts (the manifest's ``history_tail``),
+            oldest first.
+        widths: Interval half-widths per horizon step (step 1 first), by manifest column
+            (``intervals.interval_field(level)``: ``interval_80``); empty without intervals.
+    """
+
+    model: object
     version: str
-    history_end: str | None  # ISO date of the last period the tail covers
-    tail: np.ndarray  # the last ``tail_length(spec)`` targets, oldest first
+    history_end: str | None
+    tail: np.ndarray
+    widths: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 ModelLookup = Callable[[str], "SeriesModel | str | None"]
@@ -182,8 +209,10 @@ def result_table(
     predicted: np.ndarray,
     versions: list[str | None],
     errors: RowErrors,
+    bounds: dict[str, np.ndarray] | None = None,
 ) -> pa.Table:
-    """The output table, one row per request row (``RESULT_COLUMNS``).
+    """The output table, one row per request row (``RESULT_COLUMNS``, and the interval
+    bounds after ``prediction``: ``result_columns``).
 
     Args:
         ids: Series id of each series number.
@@ -192,6 +221,7 @@ def result_table(
         predicted: Each row's prediction, NaN where none.
         versions: Model version of each series number (None where it has no model).
         errors: Each row's error.
+        bounds: Interval bounds of each row by result column (NaN where none), in order.
     """
     prediction = pa.array(predicted, from_pandas=True)  # NaN (not predicted) becomes null
     series_idx = pa.array(series_of, pa.int32())
@@ -213,6 +243,7 @@ def result_table(
             ),
             "time": time,
             "prediction": prediction,
+            **{name: pa.array(v, from_pandas=True) for name, v in (bounds or {}).items()},
             "model_version": pa.DictionaryArray.from_arrays(
                 version_idx, pa.array(distinct.tolist(), pa.string())
             ),

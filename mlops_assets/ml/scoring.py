@@ -10,6 +10,10 @@ period ahead, say) waits for the prediction of the period before it: forecasting
 Every row gets a prediction and the model version used, or an error code and message; one bad
 row never fails the others. Nothing here reads storage: the caller passes ``model_for``.
 
+A series whose model forecasts from its history alone (a ``ParamModel``: seasonal naive, ETS,
+...) is forecast from the same layout of tail and request rows (``param_scoring``). Where the
+manifest has interval half-widths, each prediction comes with its bounds (``score_intervals``).
+
 The request side (columns, typed values, error codes, the result table) is ``score_request``;
 the recursive prediction over ranges of series is ``recursive``.
 """
@@ -22,8 +26,10 @@ import pyarrow as pa
 
 from mlops_assets.ml import calendar
 from mlops_assets.ml.features import tail_length
+from mlops_assets.ml.param_scoring import forecast_rows, is_param_model
 from mlops_assets.ml.persistence import ModelIntegrityError
 from mlops_assets.ml.recursive import SeriesRows, predict_recursive
+from mlops_assets.ml.score_intervals import row_bounds
 from mlops_assets.ml.score_request import (
     BAD_VALUE,
     DUPLICATE,
@@ -33,6 +39,7 @@ from mlops_assets.ml.score_request import (
     MODEL_INTEGRITY,
     NO_MODEL,
     OFF_CALENDAR,
+    RESULT_COLUMNS,
     UNKNOWN_SERIES,
     ModelLookup,
     RequestError,
@@ -43,6 +50,7 @@ from mlops_assets.ml.score_request import (
     off_calendar_message,
     period_after,
     required_columns,
+    result_columns,
     result_table,
 )
 from mlops_assets.ml.spec import DatasetSpec
@@ -98,7 +106,9 @@ def score_table(
 
     Returns:
         One row per request row, in request order: ``series_id``, ``time``, ``prediction``,
-        ``model_version``, ``error`` (a code) and ``message`` (null where scored).
+        for each of the spec's interval levels ``prediction_lower_<level>`` and
+        ``prediction_upper_<level>`` (``score_intervals``; null where the series has no
+        interval), ``model_version``, ``error`` (a code) and ``message`` (null where scored).
 
     Raises:
         RequestError: A column every row needs is missing.
@@ -113,6 +123,7 @@ def score_table(
             np.array([]),
             [],
             RowErrors(0),
+            {name: np.zeros(0) for name in result_columns(spec) if name not in RESULT_COLUMNS},
         )
     keys = table.select(spec.series_keys)
     series_of, first_row = series_numbers(keys, spec.series_keys)
@@ -128,14 +139,35 @@ def score_table(
     first_time = _first_times(order, series_of, time, len(ids))
     tails, gaps = _tails(models, ids, first_time, spec)
     predicted = np.full(n, np.nan)
-    if order is None or len(order):
-        rows = SeriesRows(table, spec, order, series_of, time, tails)
-        predict_recursive(rows, models, predicted, spec, errors, chunk_rows)
+    _predict(table, spec, order, series_of, time, tails, models, predicted, errors, chunk_rows)
     _blame_gaps(errors, series_of, gaps)
     versions = [m.version if m is not None else None for m in models]
+    bounds = row_bounds(predicted, time, series_of, models, spec)
     if pa.types.is_date32(table[spec.time].type) and not snapped:
         time = table[spec.time]  # the request's own dates, not converted back from numpy
-    return result_table(ids, series_of, time, predicted, versions, errors)
+    return result_table(ids, series_of, time, predicted, versions, errors, bounds)
+
+
+def _predict(table, spec, order, series_of, time, tails, models, predicted, errors, chunk_rows):
+    """Predict the scorable rows ``order`` (None: all) in place: the rows of series whose
+    model forecasts from history alone (``param_scoring``), the others recursively on
+    features (``recursive``)."""
+    if order is not None and not len(order):
+        return
+    regression = models
+    forecast_only = np.array([is_param_model(m) for m in models], bool)
+    if forecast_only.any():
+        scorable = np.arange(len(series_of)) if order is None else order
+        by_history = forecast_only[series_of[scorable]]
+        if by_history.any():
+            rows = SeriesRows(table, spec, scorable[by_history], series_of, time, tails)
+            forecast_rows(rows, models, predicted, spec, errors, chunk_rows)
+        order = scorable[~by_history]
+        regression = [None if f else m for m, f in zip(models, forecast_only, strict=True)]
+        if not len(order):
+            return
+    rows = SeriesRows(table, spec, order, series_of, time, tails)
+    predict_recursive(rows, regression, predicted, spec, errors, chunk_rows)
 
 
 def _on_calendar(time: np.ndarray, spec: DatasetSpec, errors: RowErrors) -> tuple[np.ndarray, bool]:
@@ -259,12 +291,14 @@ def score(
 ) -> pd.DataFrame:
     """``score_table`` as a pandas frame with plain Python values (None where absent)."""
     out = score_table(requests, spec, model_for)
+    numeric = [c for c in out.column_names if pa.types.is_floating(out[c].type)]
     columns = {
         c: pd.Series(out[c].cast(pa.string()).to_pylist(), dtype=object)
         for c in out.column_names
-        if c != "prediction"
+        if c not in numeric
     }
-    columns["prediction"] = out["prediction"].to_numpy(zero_copy_only=False)
+    for c in numeric:  # the prediction and its interval bounds, NaN where none
+        columns[c] = out[c].to_numpy(zero_copy_only=False)
     return pd.DataFrame(columns)[out.column_names]
 
 
@@ -297,7 +331,8 @@ def _tails(
     gaps: dict[int, tuple[str, str]] = {}
     unknown = calendar.fill_rule(spec, spec.target) == "none"
     for s, m in enumerate(models):
-        if m is not None and m.history_end is not None and k and not np.isnat(first_time[s]):
+        needed = k or is_param_model(m)  # a forecast-only model forecasts from the tail
+        if m is not None and m.history_end is not None and needed and not np.isnat(first_time[s]):
             by_end.setdefault(m.history_end, []).append(s)
     for end, members in by_end.items():
         end_t = np.datetime64(pd.Timestamp(end).to_datetime64(), "us")

@@ -22,14 +22,19 @@ import pyarrow as pa
 
 from mlops_assets.ml import scoring
 from mlops_assets.ml.features import SeriesFrame, feature_matrix, tail_length
+from mlops_assets.ml.intervals import interval_field
+from mlops_assets.ml.param_scoring import is_param_model
 from mlops_assets.ml.predict import clip_to_bounds, predict_pipeline
+from mlops_assets.ml.score_intervals import bounds_of
 from mlops_assets.ml.score_request import (
     RESULT_COLUMNS,
     ModelLookup,
     SeriesModel,
+    bound_fields,
     period_after,
     require_columns,
     required_columns,
+    result_columns,
 )
 from mlops_assets.ml.spec import DatasetSpec
 
@@ -118,11 +123,13 @@ def score_records(records: list[dict], spec: DatasetSpec, model_for: ModelLookup
         if day is None or any(v is None for v in ex):
             continue
         m = model_for(sid)
-        if not isinstance(m, SeriesModel) or m.history_end is None or len(m.tail) != k:
+        if not isinstance(m, SeriesModel) or m.history_end is None or len(m.tail) < k:
+            continue
+        if is_param_model(m):  # forecasts from the history, not from features
             continue
         if day != _next_period(m.history_end, spec.frequency):
             continue
-        if k and not np.isfinite(m.tail).all():
+        if k and not np.isfinite(m.tail[len(m.tail) - k :]).all():
             continue
         fast_idx.append(i)
         fast_models.append(m)
@@ -135,7 +142,7 @@ def score_records(records: list[dict], spec: DatasetSpec, model_for: ModelLookup
         table = request_table([records[i] for i in slow_idx], spec)
         result = scoring.score(table, spec, model_for)
         for j, row in zip(slow_idx, result.to_dict("records"), strict=True):
-            out[j] = _clean(row)
+            out[j] = _clean(row, spec)
     return Scored(out, n - len(slow_idx), len(slow_idx))  # type: ignore[arg-type]
 
 
@@ -167,14 +174,16 @@ def request_table(records: list[dict], spec: DatasetSpec) -> pa.Table:
     return pa.table(cols)
 
 
-def _clean(row: dict) -> dict:
-    p = row.get("prediction")
-    row["prediction"] = None if p is None or (isinstance(p, float) and math.isnan(p)) else float(p)
-    for f in ("series_id", "time", "model_version", "error", "message"):
+def _clean(row: dict, spec: DatasetSpec) -> dict:
+    """A ``scoring.score`` row as JSON values: numbers (the prediction and its bounds) as
+    floats, the others as strings, None where absent."""
+    for f in result_columns(spec):
         v = row.get(f)
-        if v is not None and not isinstance(v, str):
+        if f not in RESULT_COLUMNS or f == "prediction":
+            row[f] = _finite(v)
+        elif v is not None and not isinstance(v, str):
             row[f] = None if isinstance(v, float) and math.isnan(v) else str(v)
-    return {f: row.get(f) for f in RESULT_COLUMNS}
+    return {f: row.get(f) for f in result_columns(spec)}
 
 
 def _score_fast(records, parsed, idx, models, spec, out) -> None:
@@ -188,7 +197,7 @@ def _score_fast(records, parsed, idx, models, spec, out) -> None:
     for j, (i, model) in enumerate(zip(idx, models, strict=True)):
         a = j * length
         _, day, ex = parsed[i]
-        target[a : a + k] = model.tail
+        target[a : a + k] = model.tail[len(model.tail) - k :]  # what the features need
         # Only the last row's features are used; its calendar needs its own date only.
         time[a : a + length] = day
         for c, v in zip(spec.features.exogenous, ex, strict=True):
@@ -207,11 +216,30 @@ def _score_fast(records, parsed, idx, models, spec, out) -> None:
         if not np.isfinite(row).all():  # e.g. a lag longer than the stored tail
             out[i] = None
             continue
+        prediction = clip_to_bounds(predict_pipeline(model.model, row), spec)
         out[i] = {
             "series_id": sid,
             "time": str(day),
-            "prediction": float(clip_to_bounds(predict_pipeline(model.model, row), spec)[0]),
+            "prediction": float(prediction[0]),
+            **_first_step_bounds(prediction, model, spec),
             "model_version": model.version,
             "error": None,
             "message": None,
         }
+
+
+def _first_step_bounds(prediction: np.ndarray, model: SeriesModel, spec: DatasetSpec) -> dict:
+    """The interval bounds of a prediction for the period right after the history (step 1)."""
+    out: dict[str, float | None] = {}
+    for level in spec.intervals.levels:
+        widths = model.widths.get(interval_field(level))
+        width = np.array([widths[0] if widths is not None and len(widths) else np.nan])
+        for name, bound in zip(
+            bound_fields(level), bounds_of(prediction, width, spec), strict=True
+        ):
+            out[name] = _finite(bound[0])
+    return out
+
+
+def _finite(v) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)

@@ -11,7 +11,9 @@ prediction that is still not a finite number into ``non_finite_prediction``. No 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+from mlops_assets.ml.score_request import RESULT_COLUMNS
 from mlops_assets.ml.spec import DatasetSpec
 
 OUT_OF_RANGE = "out_of_range"
@@ -60,16 +62,14 @@ class InputBounds:
         return None
 
 
-def error_row(code: str, message: str, series_id=None, time=None) -> dict:
-    """An answer row for a record refused before scoring."""
-    return {
-        "series_id": series_id,
-        "time": time,
-        "prediction": None,
-        "model_version": None,
-        "error": code,
-        "message": message,
-    }
+def error_row(
+    code: str, message: str, series_id=None, time=None, columns: Sequence[str] = RESULT_COLUMNS
+) -> dict:
+    """An answer row for a record refused before scoring: ``columns`` (those of a scored row:
+    ``score_request.result_columns``), None but for the series, time and error."""
+    row: dict = dict.fromkeys(columns)
+    row.update(series_id=series_id, time=time, error=code, message=message)
+    return row
 
 
 def flag_non_finite(rows: list[dict]) -> None:
@@ -80,7 +80,9 @@ def flag_non_finite(rows: list[dict]) -> None:
             continue
         p = row["prediction"]
         if p is None or not math.isfinite(p):
-            row["prediction"] = None
+            for f in row:
+                if f.startswith("prediction"):  # the prediction and its interval bounds
+                    row[f] = None
             row["error"] = NON_FINITE_PREDICTION
             row["message"] = (
                 f"the model of {row['series_id']} gave {p} for this record; check its inputs "

@@ -25,7 +25,8 @@ no model set loaded                          503
 A body is ``{"data": [record, ...]}`` (``input_data`` is accepted too) or a bare list; a record
 is a dict with the dataset's key, time and exogenous columns. The answer is
 ``{"model_set_version", "predictions": [{series_id, time, prediction, model_version, error,
-message}], "n_errors"}``.
+message}], "n_errors"}``; with interval levels in the spec, each prediction also has
+``prediction_lower_<level>`` and ``prediction_upper_<level>`` (null where none).
 
 Hot swap: a background thread polls the source (registry alias or pointer file); when it names
 a new set, it builds and verifies a new reader, pre-loads the series that are hot in the old
@@ -52,6 +53,7 @@ from dataclasses import asdict, dataclass, field
 
 from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.persistence import ModelLoadError
+from mlops_assets.ml.score_request import result_columns
 from mlops_assets.ml.scoring import UNKNOWN_SERIES, RequestError
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.serving.collector import Collector
@@ -81,11 +83,11 @@ class Reply:
     def body(self) -> bytes:
         try:
             return json.dumps(self.payload, allow_nan=False, separators=(",", ":")).encode()
-        except ValueError:  # a non-finite prediction: JSON has no inf, send null
+        except ValueError:  # a non-finite prediction or bound: JSON has no inf, send null
             for row in self.payload.get("predictions", []):
-                p = row.get("prediction")
-                if isinstance(p, float) and not math.isfinite(p):
-                    row["prediction"] = None
+                for f, v in row.items():
+                    if isinstance(v, float) and not math.isfinite(v):
+                        row[f] = None
             return json.dumps(self.payload, separators=(",", ":")).encode()
 
 
@@ -315,9 +317,9 @@ class ScoringService:
     def _refused_records(self, records: list) -> tuple[list[dict], list[int]]:
         """(answer rows with the records refused before scoring filled in, indexes of the
         records to score): not an object, or a numeric input out of range."""
-        rows: list[dict] = [error_row("bad_record", "a record must be a JSON object")] * len(
-            records
-        )
+        columns = result_columns(self.spec)
+        not_an_object = error_row("bad_record", "a record must be a JSON object", columns=columns)
+        rows: list[dict] = [not_an_object] * len(records)
         good = []
         keys = self.spec.series_keys
         for i, r in enumerate(records):
@@ -330,7 +332,8 @@ class ScoringService:
             vals = [r.get(k) for k in keys]
             sid = self.spec.series_id(vals) if all(isinstance(v, str) for v in vals) else None
             t = r.get(self.spec.time)
-            rows[i] = error_row(OUT_OF_RANGE, problem, sid, t if isinstance(t, str) else None)
+            t = t if isinstance(t, str) else None
+            rows[i] = error_row(OUT_OF_RANGE, problem, sid, t, columns)
         return rows, good
 
     def _handle(self, method: str, headers, body: bytes | None, too_large: bool) -> Reply:

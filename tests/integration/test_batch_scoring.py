@@ -21,7 +21,7 @@ from mlops_assets.jobs.drop_pieces import stream_source
 from mlops_assets.jobs.score_drops import run_instance
 from mlops_assets.ml import modelset
 from mlops_assets.ml.sample_data import SalesShape, sales_table
-from mlops_assets.ml.spec import load_spec
+from mlops_assets.ml.spec import DatasetSpec, load_spec
 from mlops_assets.ml.tables import decode_dictionaries
 from mlops_assets.storage import BlobInfo, LocalStorage
 from resources.compute import LocalBatchCompute
@@ -619,3 +619,35 @@ def test_a_tampered_model_fails_only_its_series_loudly(data, tmp_path):
     assert good.num_rows > 0 and good["prediction"].null_count == 0
     assert per_drop["row_errors"] == {"model_integrity": out.num_rows - good.num_rows}
     assert per_drop["rows_scored"] == good.num_rows
+
+
+def test_a_drop_scored_with_intervals_carries_their_bounds(data, tmp_path):
+    """A set trained with intervals and a fallback chain (one series too short for ridge falls
+    back to naive): the drop's predictions carry each level's bounds around the prediction."""
+    zoo = DatasetSpec.model_validate(
+        {
+            **SALES_JSON,
+            "name": "zoo",
+            "intervals": {"levels": [80, 95]},
+            "fallback": ["seasonal_naive", "naive"],
+        }
+    )
+    hist, new = data
+    weeks = sorted(set(hist[SALES.time].to_pylist()))
+    short = pc.and_(pc.equal(hist["product"], "P005"), pc.less(hist[SALES.time], weeks[-14]))
+    res = _prod(tmp_path, zoo, hist.filter(pc.invert(short)))
+    manifest = modelset.read_manifest(
+        res["prod_storage"].read_bytes("models/v1/" + modelset.MANIFEST)
+    )
+    assert "naive" in manifest["family"].to_pylist()
+    result, key = _score_drop_through_the_asset(zoo, res, new)
+    assert result.success
+    out = pq.read_table(res["storage"].local_path(layout.predictions_name("zoo", key)))
+    bounds = [f"prediction_{side}_{level}" for level in (80, 95) for side in ("lower", "upper")]
+    assert set(bounds) <= set(out.column_names)
+    assert out.num_rows == new.num_rows and out["prediction"].null_count == 0
+    assert out["prediction_lower_80"].null_count == 0
+    p, lo, hi = (
+        out[c].to_numpy() for c in ("prediction", "prediction_lower_80", "prediction_upper_80")
+    )
+    assert (lo <= p).all() and (p <= hi).all() and (lo >= 0).all()

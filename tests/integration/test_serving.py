@@ -15,11 +15,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from mlops_assets.domain.model_sets import open_reader, pointer_name, write_pointer
 from mlops_assets.ml import scoring
-from mlops_assets.ml.spec import load_spec
+from mlops_assets.ml.engines import train_local
+from mlops_assets.ml.sample_data import SalesShape, sales_table
+from mlops_assets.ml.spec import DatasetSpec, load_spec
 from mlops_assets.serving.collector import read_collected
 from mlops_assets.serving.local import LocalServer
 from mlops_assets.serving.service import ServingSettings
@@ -28,6 +31,7 @@ from mlops_assets.serving.synthetic import (
     real_model_set,
     request_rows,
     synthetic_model_set,
+    write_model_set,
 )
 from mlops_assets.storage import LocalStorage
 
@@ -467,3 +471,59 @@ def test_mlops_serve_refuses_an_unknown_dataset(tmp_path, monkeypatch, capsys):
         serve_settings(args, tmp_path)
     assert args.func(args) == 2
     assert "no dataset spec" in capsys.readouterr().err
+
+
+def _zoo_model_set(root: Path, folder: str) -> tuple[DatasetSpec, pa.Table]:
+    """A set trained (``train_local``) with intervals at 80 and 95 and a fallback chain: four
+    sales series get ridge, two with 14 weeks of history fall back to naive."""
+    spec = DatasetSpec.model_validate(
+        {
+            **SPEC.model_dump(mode="json"),
+            "intervals": {"levels": [80, 95]},
+            "fallback": ["seasonal_naive", "naive"],
+        }
+    )
+    full = sales_table(SalesShape(6, 120, seed=4)).to_pandas()
+    weeks = np.sort(full.week.unique())
+    short = full["product"].isin(["P004", "P005"]) & (full.week < weeks[-14])
+    history = pa.Table.from_pandas(full[~short], preserve_index=False)
+    results = pa.Table.from_pandas(train_local(history, spec, max_workers=1), preserve_index=False)
+    results = results.append_column("trained_in", pa.array(["zoo-1"] * results.num_rows))
+    return spec, write_model_set(root, folder, results, "zoo-1")
+
+
+def test_the_server_returns_intervals_and_serves_a_fallback_series(tmp_path):
+    spec, manifest = _zoo_model_set(tmp_path, V1)
+    cols = manifest.select(["series_id", "family"]).to_pydict()
+    families = dict(zip(cols["series_id"], cols["family"], strict=True))
+    fallback = [s for s, f in families.items() if f == "naive"]
+    ridge = [s for s, f in families.items() if f == "ridge"]
+    assert len(fallback) == 2 and len(ridge) == 4, families
+    point(tmp_path, V1, "1")
+    settings = ServingSettings.for_spec(spec, root=str(tmp_path), poll_s=0)
+    server = LocalServer(settings, log_path=tmp_path / "server.log").start()
+    try:
+        # The next week of the ridge series (the fast path), three weeks of the fallback ones.
+        records = request_rows(spec, manifest, ridge) + request_rows(
+            spec, manifest, fallback, periods=3
+        )
+        status, body = server.score(records)
+    finally:
+        server.stop()
+    assert status == 200 and body["n_errors"] == 0, body
+    got = body["predictions"]
+    ref = model_set_ref(tmp_path, V1)
+    reader = open_reader(LocalStorage(tmp_path), ref, max_models=10, max_bytes=1 << 30, label="1")
+    want = scoring.score(records, spec, reader.model_for)
+    bounds = [f"prediction_{side}_{level}" for level in (80, 95) for side in ("lower", "upper")]
+    assert all(set(bounds) <= set(g) for g in got)
+    for name in ("prediction", *bounds):
+        np.testing.assert_allclose(
+            np.array([g[name] for g in got], float), want[name].to_numpy(float), rtol=1e-12
+        )
+    assert all(g["prediction_lower_80"] <= g["prediction"] <= g["prediction_upper_80"] for g in got)
+    # A naive fallback forecasts its last observed week for every week ahead.
+    for sid in fallback:
+        tail = reader.model_for(sid).tail
+        served = [g["prediction"] for g in got if g["series_id"] == sid]
+        assert served == [pytest.approx(tail[np.isfinite(tail)][-1])] * 3

@@ -1,0 +1,95 @@
+"""Prediction intervals of scored rows: each prediction ± the half-width of its horizon step.
+
+Training stores, per series and interval level, conformal half-widths per horizon step
+(``SeriesModel.widths``, the manifest's ``interval_<level>`` columns). A scored row's step is
+the number of periods between the series' ``history_end`` and the row's period (1: the period
+right after the history); a step past the stored horizon takes the last width, and a row at or
+before ``history_end`` (re-scoring the history) takes the first. A NaN width or prediction
+gives NaN bounds; the lower bound is clipped at the target's ``min`` (the prediction already
+is, by ``predict.clip_to_bounds``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from mlops_assets.ml import calendar
+from mlops_assets.ml.intervals import interval_bounds, interval_field
+from mlops_assets.ml.score_request import SeriesModel, bound_fields
+from mlops_assets.ml.spec import DatasetSpec
+
+
+def bounds_of(
+    point: np.ndarray, width: np.ndarray, spec: DatasetSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(lower, upper)`` of ``point ± width``, the lower one clipped at the target's min."""
+    return interval_bounds(point, width, spec.columns[spec.target].min)
+
+
+def horizon_steps(
+    time: np.ndarray,
+    series_of: np.ndarray,
+    models: Sequence[SeriesModel | None],
+    frequency: str,
+) -> np.ndarray:
+    """Each row's horizon step (1-based, at least 1); 0 where unknown (no date, no model, no
+    ``history_end``). Periods are located once per distinct date, not per row."""
+    ends = np.array(
+        [
+            np.datetime64(m.history_end, "us")
+            if m is not None and m.history_end
+            else np.datetime64("NaT", "us")
+            for m in models
+        ],
+        dtype="datetime64[us]",
+    )
+    row_end = ends[series_of]
+    known = ~np.isnat(time) & ~np.isnat(row_end)
+    steps = np.zeros(len(time), np.int64)
+    if not known.any():
+        return steps
+    dates, where = np.unique(np.r_[time[known], row_end[known]], return_inverse=True)
+    period = calendar.periods(dates, frequency).period[where.ravel()]
+    n = int(known.sum())
+    steps[known] = np.maximum(period[:n] - period[n:], 1)
+    return steps
+
+
+def width_table(models: Sequence[SeriesModel | None], column: str) -> np.ndarray:
+    """``[n_series, longest horizon]`` half-widths of ``column``; a shorter row is padded with
+    its last width, a series without widths is NaN."""
+    rows = [
+        np.asarray(m.widths.get(column, ()), float) if m is not None else np.zeros(0)
+        for m in models
+    ]
+    longest = max((len(r) for r in rows), default=0)
+    table = np.full((len(rows), max(longest, 1)), np.nan)
+    for i, r in enumerate(rows):
+        if len(r):
+            table[i, : len(r)] = r
+            table[i, len(r) :] = r[-1]
+    return table
+
+
+def row_bounds(
+    predicted: np.ndarray,
+    time: np.ndarray,
+    series_of: np.ndarray,
+    models: Sequence[SeriesModel | None],
+    spec: DatasetSpec,
+) -> dict[str, np.ndarray]:
+    """The bound columns of every row (``score_request.bound_fields`` of each of the spec's
+    levels, in order): NaN where the row has no prediction or its series no width."""
+    if not spec.intervals.levels:
+        return {}
+    steps = horizon_steps(time, series_of, models, spec.frequency)
+    out: dict[str, np.ndarray] = {}
+    for level in spec.intervals.levels:
+        table = width_table(models, interval_field(level))
+        step = np.minimum(steps, table.shape[1]) - 1
+        width = np.where(step >= 0, table[series_of, np.maximum(step, 0)], np.nan)
+        lower_name, upper_name = bound_fields(level)
+        out[lower_name], out[upper_name] = bounds_of(predicted, width, spec)
+    return out
