@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 from mlops_assets.domain import model_sets as ms
 from mlops_assets.domain.curated_store import CuratedStore
 from mlops_assets.ml import intervals, modelset
-from mlops_assets.ml.engines import BY_STEP, coverage_field, interval_field, result_schema
+from mlops_assets.ml.engines import BY_STEP, result_schema
+from mlops_assets.ml.intervals import coverage_field, interval_field
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import series_fingerprints

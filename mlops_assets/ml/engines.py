@@ -35,7 +35,6 @@ from mlops_assets.ml.features import (
     to_series_frame,
 )
 from mlops_assets.ml.fitting import FAILED, METRIC_NAMES, SeriesFit
-from mlops_assets.ml.intervals import interval_field
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.selection import Selection, select, stored_history
 from mlops_assets.ml.spec import DatasetSpec
@@ -84,11 +83,6 @@ def result_schema(spec: DatasetSpec) -> pa.Schema:
             pa.field("history_tail", pa.list_(pa.float64())),
         ]
     )
-
-
-def coverage_field(level: float) -> str:
-    """The manifest column of the out-of-fold coverage at ``level`` (``coverage_80``)."""
-    return f"coverage_{level:g}".replace(".", "_")
 
 
 def _record(spec: DatasetSpec, key: tuple, sel: Selection, j: int, frame: SeriesFrame):

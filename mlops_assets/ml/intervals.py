@@ -23,6 +23,11 @@ def interval_field(level: float) -> str:
     return INTERVAL_PREFIX + f"{level:g}".replace(".", "_")
 
 
+def coverage_field(level: float) -> str:
+    """The manifest column of the out-of-fold coverage at ``level`` (``coverage_80``)."""
+    return f"coverage_{level:g}".replace(".", "_")
+
+
 def min_count(level: float) -> int:
     """The fewest residuals for a finite split-conformal quantile at ``level`` (a fraction)."""
     return int(np.ceil(level / (1 - level) - 1e-9))
