@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from mlops_assets.domain import model_sets as ms
+from mlops_assets.domain.training_run import run_table
 from mlops_assets.ml import modelset
 from mlops_assets.ml.engines import train_local
 from mlops_assets.ml.spec import DatasetSpec
@@ -16,8 +17,7 @@ def publish_model_set(
 ) -> pa.Table:
     """Train every series of ``history`` and write the set (packs, manifest, ref) under
     ``folder``. Returns the manifest; ``model_sets.read_ref_file`` gives its ref."""
-    results = train_local(history, spec, max_workers=max_workers)
-    table = pa.Table.from_pandas(results, preserve_index=False)
+    table = run_table(train_local(history, spec, max_workers=max_workers), spec)
     manifest, packs = modelset.pack_models(table, folder)
     version = folder.rstrip("/").rsplit("/", 1)[-1]
     ms.write_model_set(

@@ -90,6 +90,12 @@ def choose_series(
     return None
 
 
+def run_table(results: pd.DataFrame, spec: DatasetSpec) -> pa.Table:
+    """A run's engine records (``result_schema``) with its intervals calibrated over them."""
+    table = pa.Table.from_pandas(results, schema=result_schema(spec), preserve_index=False)
+    return with_intervals(table, spec)
+
+
 def with_intervals(fresh: pa.Table, spec: DatasetSpec) -> pa.Table:
     """``fresh`` with ``interval_<level>`` half-widths (a list per series, one per horizon
     step) and ``coverage_<level>`` (out of fold), calibrated over every series of the run."""
@@ -119,11 +125,11 @@ def fresh_manifest(
     results: pd.DataFrame, fingerprints: pa.Table, spec: DatasetSpec, version: str, folder: str
 ) -> tuple[pa.Table, list[tuple[str, bytes]]]:
     """This run's records as manifest rows (with their data window) and the packs to write."""
-    fresh = pa.Table.from_pandas(results, schema=result_schema(spec), preserve_index=False)
+    fresh = run_table(results, spec)
     at = pc.index_in(fresh["series_id"], value_set=fingerprints["series_id"])
     for name in ("n_rows", "data_end", "data_fingerprint"):
         fresh = fresh.append_column(name, fingerprints[name].take(at))
-    fresh = with_intervals(fresh.sort_by("series_id"), spec)
+    fresh = fresh.sort_by("series_id")
     fresh = fresh.append_column("trained_in", pa.array([version] * fresh.num_rows))
     return modelset.pack_models(fresh, folder)
 

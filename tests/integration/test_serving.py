@@ -19,6 +19,7 @@ import pyarrow as pa
 import pytest
 
 from mlops_assets.domain.model_sets import open_reader, pointer_name, write_pointer
+from mlops_assets.domain.training_run import run_table
 from mlops_assets.ml import scoring
 from mlops_assets.ml.engines import train_local
 from mlops_assets.ml.sample_data import SalesShape, sales_table
@@ -487,7 +488,7 @@ def _zoo_model_set(root: Path, folder: str) -> tuple[DatasetSpec, pa.Table]:
     weeks = np.sort(full.week.unique())
     short = full["product"].isin(["P004", "P005"]) & (full.week < weeks[-14])
     history = pa.Table.from_pandas(full[~short], preserve_index=False)
-    results = pa.Table.from_pandas(train_local(history, spec, max_workers=1), preserve_index=False)
+    results = run_table(train_local(history, spec, max_workers=1), spec)
     results = results.append_column("trained_in", pa.array(["zoo-1"] * results.num_rows))
     return spec, write_model_set(root, folder, results, "zoo-1")
 

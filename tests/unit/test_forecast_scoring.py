@@ -6,7 +6,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from mlops_assets.domain.training_run import with_intervals
+from mlops_assets.domain.training_run import run_table
 from mlops_assets.ml import modelset, param_models
 from mlops_assets.ml.engines import train_local
 from mlops_assets.ml.features import last_rows, tail_length, to_series_frame
@@ -148,7 +148,7 @@ def trained(tmp_path_factory):
     train = full[full.week < weeks[-FUTURE]].reset_index(drop=True)
     records = train_local(pa.Table.from_pandas(train, preserve_index=False), ZOO, max_workers=1)
     # Intervals are calibrated over the run's series when its manifest is written.
-    table = with_intervals(pa.Table.from_pandas(records, preserve_index=False), ZOO)
+    table = run_table(records, ZOO)
     results = table.to_pandas()
     assert set(results.family) == {"ridge", "naive"}, results[["family", "reason"]]
     root = tmp_path_factory.mktemp("zoo")
