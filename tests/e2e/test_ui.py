@@ -249,7 +249,7 @@ def test_launch_the_daily_retrain_from_the_ui_and_read_its_checks(dagster_ui):
             for key in ("series_total", "series_trained"):
                 expect(page.get_by_text(key, exact=True).first).to_be_visible()
             expect(
-                page.get_by_text("One fitted scikit-learn Pipeline", exact=False)
+                page.get_by_text("each series keeps the candidate family", exact=False)
             ).to_be_visible()
 
             _screenshot_asset_graph(page, dagster_ui, ARTIFACTS / "ui-asset-graph.png")
