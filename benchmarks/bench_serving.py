@@ -5,8 +5,9 @@ serve`` and the integration tests do):
 
 * ``bare``: azmlinfsrv with a trivial ``@rawhttp`` entry script (reads the body, returns a
   constant): what the server itself costs per request;
-* ``scoring``: our entry script (``serving/score.py``) on a small synthetic model set, every
-  model cached beforehand, following a pointer file.
+* ``scoring``: our entry script (``serving/score.py``) on a small synthetic model set (1,000
+  models; ``--series``), following a pointer file: first a cold phase at 200/s (each request a
+  series not loaded yet), then every model is cached and the fixed rates run warm.
 
 Each is driven by the open-loop generator (``serving/loadtest.py``) in a separate process: one
 record per request at offered 100, 200 and 500 requests/s, on a fixed schedule whatever the
@@ -32,6 +33,7 @@ import argparse
 import json
 import os
 import pstats
+import random
 import resource
 import subprocess
 import sys
@@ -45,6 +47,7 @@ import psutil
 from benchmarks.common import write_result
 from mlops_assets.domain.model_sets import pointer_name, write_pointer
 from mlops_assets.ml.spec import load_spec
+from mlops_assets.serving.loadtest import percentile_ms
 from mlops_assets.serving.local import ENTRY_SCRIPT, LocalServer
 from mlops_assets.serving.profiling import ENV as PROFILE_ENV
 from mlops_assets.serving.service import ServingSettings
@@ -52,6 +55,7 @@ from mlops_assets.serving.synthetic import model_set_ref, request_rows, syntheti
 from mlops_assets.storage import LocalStorage
 
 RATES = (100, 200, 500)
+COLD_RPS = 200
 P99_LIMIT_MS = 100.0
 BARE = """from azureml.contrib.services.aml_request import rawhttp
 from azureml.contrib.services.aml_response import AMLResponse
@@ -133,13 +137,17 @@ def passes(r: dict) -> bool:
 
 
 def ramp(server: LocalServer, bodies: Path, seconds: float, cap: float) -> dict:
-    """Offered rates x1.3 from 100/s until one fails ``passes``: the last one that passed."""
+    """Offered rates x1.3 from 100/s until one fails ``passes`` twice in a row (a shared
+    machine has hiccups): the last rate that passed."""
     steps, rate, best = [], 100.0, None
     while rate <= cap:
-        r = drive(server, bodies, round(rate), seconds)
-        steps.append({k: r[k] for k in ("offered", "achieved_rps", "p99_ms", "errors")})
-        steps[-1]["rps"] = round(rate)
-        if not passes(r):
+        for _attempt in range(2):
+            r = drive(server, bodies, round(rate), seconds)
+            steps.append({k: r[k] for k in ("achieved_rps", "p99_ms", "errors")})
+            steps[-1]["rps"] = round(rate)
+            if passes(r):
+                break
+        else:
             break
         best = round(rate)
         rate *= 1.3
@@ -170,12 +178,6 @@ def hot_swap(server: LocalServer, root: Path, bodies: Path, rps: int, seconds: f
     last_old = max([s[0] for s in tl if s[3] == current and s[0] >= publish_at] or [publish_at])
     window = [s[1] for s in tl if publish_at <= s[0] <= last_old + 1.0]
     steady = [s[1] for s in tl if s[0] < publish_at or s[0] > last_old + 1.0]
-    window.sort()
-    steady.sort()
-
-    def p99(v: list[float]) -> float | None:
-        return round(v[min(len(v) - 1, round(0.99 * (len(v) - 1)))], 2) if v else None
-
     new_answers = sum(1 for s in tl if s[3] == str(new_label))
     return {
         **r,
@@ -185,9 +187,9 @@ def hot_swap(server: LocalServer, root: Path, bodies: Path, rps: int, seconds: f
         "new_answers": new_answers,
         "swapped": bool(tl) and tl[-1][3] == str(new_label),
         "window_requests": len(window),
-        "window_p99_ms": p99(window),
-        "outside_window_p99_ms": p99(steady),
-        "window_max_ms": round(window[-1], 2) if window else None,
+        "window_p99_ms": percentile_ms(window, 99),
+        "outside_window_p99_ms": percentile_ms(steady, 99),
+        "window_max_ms": round(max(window), 2) if window else None,
     }
 
 
@@ -229,6 +231,9 @@ def serve_config(kind: str, workers: int, root: Path, a: argparse.Namespace, tmp
         # Warm up: every worker loads every model (each has its own cache; any worker may take
         # a batch, so each batch goes several times), then the code paths run once at 100/s.
         if kind == "scoring":
+            # Cold: each request names a series no worker has loaded yet (on-demand loading).
+            n = min(len(a.records), int(COLD_RPS * a.seconds))
+            out["cold"] = drive(server, tmp / "cold.jsonl", COLD_RPS, n / COLD_RPS)
             for _ in range(3 * workers):
                 for i in range(0, len(a.records), 100):
                     status, body = server.score(a.records[i : i + 100])
@@ -244,11 +249,13 @@ def serve_config(kind: str, workers: int, root: Path, a: argparse.Namespace, tmp
             out["swap"] = hot_swap(server, root, one, a.swap_rps, a.swap_seconds)
             steady = out["rates"].get(str(a.swap_rps)) or drive(server, one, a.swap_rps, a.seconds)
             out["swap"]["steady_p99_ms"] = steady["p99_ms"]
-            w = out["swap"]["window_p99_ms"]
+            w, o = out["swap"]["window_p99_ms"], out["swap"]["outside_window_p99_ms"]
             out["swap"]["window_over_steady_p99"] = (
                 round(w / steady["p99_ms"], 2) if w and steady["p99_ms"] else None
             )
-            out["info"] = {k: server.info()[k] for k in ("model_set_version", "swaps", "cache")}
+            out["swap"]["window_over_outside_window_p99"] = round(w / o, 2) if w and o else None
+            info = server.info()
+            out["info"] = {k: info[k] for k in ("model_set_version", "swaps", "cache", "last_swap")}
     if env:
         out["profile_top"] = profile_top(Path(env[PROFILE_ENV]))
     return out
@@ -285,11 +292,18 @@ def table(result: dict) -> str:
             f"{name:<14} saturation {c['saturation_rps']} rps ({c['saturation_rps_per_worker']}"
             " per worker)"
         )
+        if "cold" in c:
+            x = c["cold"]
+            lines.append(
+                f"{name:<14} cold (every request a model not loaded yet) at {x['rps_target']}/s:"
+                f" p50 {x['p50_ms']} p99 {x['p99_ms']} ms, errors {x['errors']}"
+            )
         if "swap" in c:
             s = c["swap"]
             lines.append(
                 f"{name:<14} hot swap at {s['rps_target']}/s: window p99 {s['window_p99_ms']} ms"
-                f" (max {s['window_max_ms']}) vs steady p99 {s['steady_p99_ms']} ms,"
+                f" (max {s['window_max_ms']}) vs steady p99 {s['steady_p99_ms']} ms"
+                f" ({s['outside_window_p99_ms']} outside the window, same run),"
                 f" errors {s['errors']}, swapped {s['swapped']}"
             )
     return "\n".join(lines)
@@ -322,6 +336,8 @@ def main() -> int:
     sids = manifest["series_id"].to_pylist()
     lines = [json.dumps({"data": request_rows(spec, manifest, [s])}) for s in sids]
     (tmp / "one.jsonl").write_text("\n".join(lines) + "\n")
+    random.Random(0).shuffle(lines)
+    (tmp / "cold.jsonl").write_text("\n".join(lines) + "\n")
     (tmp / "bare_score.py").write_text(BARE)
     a.records = request_rows(spec, manifest, sids)
     result: dict = {

@@ -32,7 +32,7 @@ def _percentile(values: list[float], q: float) -> float | None:
     return s[k]
 
 
-def _percentile_ms(values: list[float], q: float) -> float | None:
+def percentile_ms(values: list[float], q: float) -> float | None:
     v = _percentile(values, q)
     return None if v is None else round(v, 2)
 
@@ -48,10 +48,10 @@ def summarize(
         "errors": offered - ok,
         "statuses": {str(k): v for k, v in sorted(statuses.items(), key=lambda kv: str(kv[0]))},
         "achieved_rps": round(sum(statuses.values()) / wall, 1) if wall else None,
-        **{f"p{q}_ms": _percentile_ms(lat_ms, q) for q in (50, 95, 99)},
+        **{f"p{q}_ms": percentile_ms(lat_ms, q) for q in (50, 95, 99)},
         "max_ms": round(max(lat_ms), 2) if lat_ms else None,
-        "service_p50_ms": _percentile_ms(service_ms, 50),
-        "service_p99_ms": _percentile_ms(service_ms, 99),
+        "service_p50_ms": percentile_ms(service_ms, 50),
+        "service_p99_ms": percentile_ms(service_ms, 99),
     }
 
 
