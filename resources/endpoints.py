@@ -40,6 +40,8 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from mlops_assets.domain.model_sets import ModelSetRef, pointer_name, read_pointer, write_pointer
+from mlops_assets.serving.local import WORKER_TIMEOUT_S, worker_env
+from mlops_assets.serving.settings import ServingSettings
 from mlops_assets.storage import LocalStorage
 
 COLORS = ("blue", "green")
@@ -215,7 +217,12 @@ class DeploymentSettings:
     cpu_limit: str = "2"
     memory_limit: str = "2Gi"
     request_timeout_ms: int = 5000
-    max_concurrent_requests_per_instance: int = 1
+    # gunicorn sync workers per pod (WORKER_COUNT), as `mlops serve` runs locally: one per CPU
+    # of the limit; azureml-fe then sends each pod as many requests at once (docs/serving.md).
+    worker_count: int = 2
+    worker_timeout_s: int = WORKER_TIMEOUT_S
+    read_timeout_s: float = ServingSettings.read_timeout_s
+    max_concurrent_requests_per_instance: int | None = None  # None: worker_count
     cache_models: int = 2000
     cache_bytes: int = 256 << 20
     min_instances: int = 2
@@ -255,7 +262,8 @@ def deployment_entity(
         instance_count=s.instance_count,
         request_settings=OnlineRequestSettings(
             request_timeout_ms=s.request_timeout_ms,
-            max_concurrent_requests_per_instance=s.max_concurrent_requests_per_instance,
+            max_concurrent_requests_per_instance=s.max_concurrent_requests_per_instance
+            or s.worker_count,
         ),
         # Failing readiness until init() has verified the model set; liveness restarts faster
         # than the 30 x 10 s default.
@@ -279,6 +287,9 @@ def deployment_entity(
             "MLOPS_SERVING_MANIFEST_SHA256": release.ref.manifest_sha256,
             "MLOPS_SERVING_CACHE_MODELS": str(s.cache_models),
             "MLOPS_SERVING_CACHE_BYTES": str(s.cache_bytes),
+            # A stalled client holds one worker for at most these (docs/serving.md).
+            "MLOPS_SERVING_READ_TIMEOUT_S": str(s.read_timeout_s),
+            **worker_env(s.worker_count, s.worker_timeout_s),
         },
         tags={"model_set_version": str(release.version), "folder": release.folder},
     )
@@ -452,6 +463,12 @@ class AzureMLKubernetesEndpoint(EndpointResource):
     environment: str = "azureml:mlops-assets-serving@latest"
     instance_type: str = "defaultinstancetype"
     instance_count: int = 3
+    workers: int = Field(default=2, description="gunicorn workers per pod (WORKER_COUNT)")
+    worker_timeout_s: int = Field(
+        default=WORKER_TIMEOUT_S,
+        description="seconds a worker may spend on one connection before it is replaced "
+        "(WORKER_TIMEOUT)",
+    )
     stages: list[int] = Field(default_factory=lambda: [10, 50, 100])
     stage_wait_s: float = 60.0
     checks_per_stage: int = 3
@@ -477,6 +494,8 @@ class AzureMLKubernetesEndpoint(EndpointResource):
             environment=self.environment,
             instance_type=self.instance_type,
             instance_count=self.instance_count,
+            worker_count=self.workers,
+            worker_timeout_s=self.worker_timeout_s,
         )
 
     def release(self, release: ModelSetRelease, log: Callable[[str], None] = print) -> dict:

@@ -14,6 +14,7 @@ the split never changes an answer.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -186,33 +187,65 @@ def _clean(row: dict, spec: DatasetSpec) -> dict:
     return {f: row.get(f) for f in result_columns(spec)}
 
 
-def _score_fast(records, parsed, idx, models, spec, out) -> None:
+def _base_rows(models: list[SeriesModel], days: list, spec: DatasetSpec) -> np.ndarray:
+    """Each model's feature row for the period after its history, exogenous features NaN:
+    ``feature_matrix`` over its stored tail plus that one period (a batch of series)."""
     k = tail_length(spec)
-    m = len(idx)
     length = k + 1
-    total = m * length
+    total = len(models) * length
     target = np.full(total, np.nan)
     time = np.empty(total, dtype="datetime64[us]")
-    exog = {c: np.full(total, np.nan) for c in spec.features.exogenous}
-    for j, (i, model) in enumerate(zip(idx, models, strict=True)):
+    for j, (model, day) in enumerate(zip(models, days, strict=True)):
         a = j * length
-        _, day, ex = parsed[i]
         target[a : a + k] = model.tail[len(model.tail) - k :]  # what the features need
         # Only the last row's features are used; its calendar needs its own date only.
         time[a : a + length] = day
-        for c, v in zip(spec.features.exogenous, ex, strict=True):
-            exog[c][a + k] = v
     frame = SeriesFrame(
-        keys=[(parsed[i][0],) for i in idx],
+        keys=[(j,) for j in range(len(models))],
         offsets=np.arange(0, total + 1, length, dtype=np.int64),
         time=time,
         target=target,
-        exog=exog,
+        exog={c: np.full(total, np.nan) for c in spec.features.exogenous},
     )
-    X = feature_matrix(frame, spec)[k::length]
-    for j, (i, model) in enumerate(zip(idx, models, strict=True)):
-        sid, day, _ = parsed[i]
-        row = X[j : j + 1]
+    return feature_matrix(frame, spec)[k::length]
+
+
+# Per loaded model (weakly: evicted with it): the fixed part of its next-period feature row.
+# The fast path only takes the period right after the stored tail, so the lags, rolling means
+# and calendar of that row never change; only the exogenous features (the last columns,
+# ``feature_names`` order) come from the request.
+_BASE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cached_base_rows(models: list[SeriesModel], days: list, spec: DatasetSpec) -> list:
+    rows: list = [None] * len(models)
+    missing = []
+    for j, (m, day) in enumerate(zip(models, days, strict=True)):
+        hit = _BASE.get(m.model)
+        if hit is not None and hit[0] is m.tail and hit[1] is spec and hit[2] == day:
+            rows[j] = hit[3]
+        else:
+            missing.append(j)
+    if missing:
+        fresh = _base_rows([models[j] for j in missing], [days[j] for j in missing], spec)
+        for j, row in zip(missing, fresh, strict=True):
+            row.flags.writeable = False
+            rows[j] = row
+            try:
+                _BASE[models[j].model] = (models[j].tail, spec, days[j], row)
+            except TypeError:  # a model object that cannot be weakly referenced: not cached
+                pass
+    return rows
+
+
+def _score_fast(records, parsed, idx, models, spec, out) -> None:
+    n_exog = len(spec.features.exogenous)
+    days = [parsed[i][1] for i in idx]
+    for i, model, base in zip(idx, models, _cached_base_rows(models, days, spec), strict=True):
+        sid, day, ex = parsed[i]
+        row = base.reshape(1, -1).copy()
+        if n_exog:
+            row[0, -n_exog:] = ex
         if not np.isfinite(row).all():  # e.g. a lag longer than the stored tail
             out[i] = None
             continue

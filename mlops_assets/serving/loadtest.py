@@ -4,8 +4,9 @@ Requests are scheduled at a fixed rate (``rps``) whatever the server's speed, so
 shows up as latency and lateness rather than as a lower offered rate (no coordinated omission:
 ``latency`` is measured from the scheduled send time; ``service`` from the actual send). Each
 request opens a connection, as the inference server's gunicorn sync workers close it after
-every answer. Run it in its own process so the client does not share the server's
-interpreter::
+every answer. With ``timeline`` the answer also lists every request as ``[scheduled second,
+latency ms, status, x-model-set-version]`` (the benchmark's hot-swap window). Run it in its own
+process so the client does not share the server's interpreter::
 
     python -m mlops_assets.serving.loadtest '{"port": 5001, "rps": 200, "seconds": 10,
         "bodies": "/tmp/bodies.jsonl"}'
@@ -31,7 +32,7 @@ def _percentile(values: list[float], q: float) -> float | None:
     return s[k]
 
 
-def _percentile_ms(values: list[float], q: float) -> float | None:
+def percentile_ms(values: list[float], q: float) -> float | None:
     v = _percentile(values, q)
     return None if v is None else round(v, 2)
 
@@ -47,10 +48,10 @@ def summarize(
         "errors": offered - ok,
         "statuses": {str(k): v for k, v in sorted(statuses.items(), key=lambda kv: str(kv[0]))},
         "achieved_rps": round(sum(statuses.values()) / wall, 1) if wall else None,
-        **{f"p{q}_ms": _percentile_ms(lat_ms, q) for q in (50, 95, 99)},
+        **{f"p{q}_ms": percentile_ms(lat_ms, q) for q in (50, 95, 99)},
         "max_ms": round(max(lat_ms), 2) if lat_ms else None,
-        "service_p50_ms": _percentile_ms(service_ms, 50),
-        "service_p99_ms": _percentile_ms(service_ms, 99),
+        "service_p50_ms": percentile_ms(service_ms, 50),
+        "service_p99_ms": percentile_ms(service_ms, 99),
     }
 
 
@@ -64,6 +65,7 @@ def run_profile(
     threads: int = 64,
     path: str = "/score",
     timeout: float = 10.0,
+    timeline: bool = False,
 ) -> dict:
     """Send ``rps`` requests a second for ``seconds`` (bodies in turn); figures as a dict."""
     n = max(1, int(rps * seconds))
@@ -73,6 +75,7 @@ def run_profile(
     lat: list[float] = []
     svc: list[float] = []
     statuses: Counter = Counter()
+    samples: list[list] = []
     start = time.perf_counter() + 0.05
 
     def worker() -> None:
@@ -88,12 +91,14 @@ def run_profile(
                 time.sleep(delay)
             sent = time.perf_counter()
             status: int | str
+            version = None
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
                 conn.request("POST", path, body=bodies[i % len(bodies)], headers=h)
                 resp = conn.getresponse()
                 resp.read()
                 status = resp.status
+                version = resp.getheader("x-model-set-version")
                 conn.close()
             except Exception as exc:
                 status = type(exc).__name__
@@ -102,6 +107,10 @@ def run_profile(
                 statuses[status] += 1
                 lat.append((done - due) * 1e3)
                 svc.append((done - sent) * 1e3)
+                if timeline:
+                    samples.append(
+                        [round(due - start, 4), round((done - due) * 1e3, 2), status, version]
+                    )
 
     pool = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
     for t in pool:
@@ -109,7 +118,10 @@ def run_profile(
     for t in pool:
         t.join()
     wall = time.perf_counter() - start
-    return {"rps_target": rps, "seconds": seconds, **summarize(lat, svc, statuses, wall, n)}
+    out = {"rps_target": rps, "seconds": seconds, **summarize(lat, svc, statuses, wall, n)}
+    if timeline:
+        out["timeline"] = sorted(samples, key=lambda s: s[0])
+    return out
 
 
 def run_concurrency(

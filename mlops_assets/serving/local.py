@@ -37,6 +37,12 @@ def default_workers() -> int:
     return max(2, min(4, os.cpu_count() or 1))
 
 
+def worker_env(workers: int, worker_timeout_s: int) -> dict[str, str]:
+    """The inference server's own worker settings, as the environment it reads them from: the
+    same for ``mlops serve`` (``LocalServer``) and the AKS deployment (``deployment_entity``)."""
+    return {"WORKER_COUNT": str(workers), "WORKER_TIMEOUT": str(worker_timeout_s)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -79,10 +85,9 @@ class LocalServer:
         env.update(self.settings.to_env())
         if self.settings.model_dir:
             env["AZUREML_MODEL_DIR"] = self.settings.model_dir
+        env.update(worker_env(self.workers, self.worker_timeout_s))
         env.update(
             {
-                "WORKER_COUNT": str(self.workers),
-                "WORKER_TIMEOUT": str(self.worker_timeout_s),
                 "AZUREML_LOG_LEVEL": env.get("AZUREML_LOG_LEVEL", "WARNING"),
                 "PYTHONUNBUFFERED": "1",
             }

@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - imported outside the server
 
 from werkzeug.exceptions import ClientDisconnected  # noqa: E402
 
+from mlops_assets.serving.profiling import profiled  # noqa: E402
 from mlops_assets.serving.service import Reply, ScoringService  # noqa: E402
 
 service: ScoringService | None = None
@@ -84,6 +85,11 @@ def _answer(reply) -> AMLResponse:
 
 @rawhttp
 def run(request):
+    return _run(request)
+
+
+@profiled  # a no-op unless MLOPS_SERVING_PROFILE names a folder (serving/profiling.py)
+def _run(request):
     if service is None:
         return AMLResponse('{"error":"not_ready"}', 503, {"Content-Type": "application/json"})
     # The query string and the key first: nothing of the body is read for a refused request.

@@ -39,7 +39,6 @@ reads the body, so an unauthenticated client cannot make the server read or wait
 
 from __future__ import annotations
 
-import gc
 import hmac
 import json
 import logging
@@ -47,12 +46,10 @@ import math
 import os
 import resource
 import threading
-import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
-from mlops_assets.ml.model_cache import ModelSetReader
-from mlops_assets.ml.persistence import ModelLoadError
+from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.score_request import result_columns
 from mlops_assets.ml.scoring import UNKNOWN_SERIES, RequestError
 from mlops_assets.ml.spec import DatasetSpec
@@ -66,12 +63,20 @@ from mlops_assets.serving.guards import (
     flag_non_finite,
 )
 from mlops_assets.serving.settings import ServingSettings
-from mlops_assets.serving.source import Served, load_reader
+from mlops_assets.serving.source import Served
+from mlops_assets.serving.swap import Active, freeze_heap, freeze_new_objects, prepare
 
-__all__ = ["NON_FINITE_PREDICTION", "OUT_OF_RANGE", "Reply", "ScoringService", "ServingSettings"]
+__all__ = [
+    "NON_FINITE_PREDICTION",
+    "OUT_OF_RANGE",
+    "Active",
+    "Reply",
+    "ScoringService",
+    "ServingSettings",
+]
 
 log = logging.getLogger("mlops.serving")
-FREEZE_EVERY_LOADS = 1_000  # models loaded between two GC freezes (see _freeze_heap)
+FREEZE_EVERY_LOADS = 1_000  # models loaded between two GC freezes (swap.freeze_new_objects)
 
 
 @dataclass
@@ -91,22 +96,6 @@ class Reply:
             return json.dumps(self.payload, separators=(",", ":")).encode()
 
 
-@dataclass
-class Active:
-    served: Served
-    reader: ModelSetReader
-    loaded_at: float
-
-    def lookup(self, series_id: str):
-        """``reader.model_for``, with a model that fails to load (hash mismatch, unreadable
-        pack) answered as a per-record ``no_model`` reason instead of failing the request."""
-        try:
-            return self.reader.model_for(series_id)
-        except (ModelLoadError, OSError, ValueError) as exc:
-            log.error("model of %s failed to load: %s", series_id, exc)
-            return f"its model failed to load ({type(exc).__name__})"
-
-
 def collected_columns(spec: DatasetSpec) -> dict[str, str]:
     """The request columns data collection keeps, typed for Parquet."""
     out = {}
@@ -114,15 +103,6 @@ def collected_columns(spec: DatasetSpec) -> dict[str, str]:
         kind = str(getattr(col.type, "value", col.type))
         out[name] = "float" if kind in ("float", "int") else "string"
     return out
-
-
-def _freeze_heap() -> None:
-    """Move what is loaded now (manifest, models) out of the cyclic GC's reach: full
-    collections then skip it, which keeps their pauses out of the latency tail. Unfreezing
-    first lets the collection reclaim a swapped-out set."""
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
 
 
 def _error(status: int, code: str, message: str, **extra) -> Reply:
@@ -154,6 +134,7 @@ class ScoringService:
         self.swaps = 0
         self._frozen_at = 0
         self.last_error: str | None = None
+        self.last_swap: dict | None = None
         self.requests = 0
         self.collector: Collector | None = None
         if settings.collect_rate > 0:
@@ -171,6 +152,11 @@ class ScoringService:
     def from_env(cls) -> ScoringService:
         return cls(ServingSettings.from_env())
 
+    @property
+    def active(self) -> Active | None:
+        """The set served now (a request holds the one it started with)."""
+        return self._active
+
     # ---- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> ScoringService:
@@ -178,7 +164,7 @@ class ScoringService:
         then start polling for a new one."""
         served = self.source.resolve()
         self._active = self._load(served, previous=None)
-        _freeze_heap()
+        freeze_heap()
         log.info("serving %s model set %s", self.spec.name, served.describe())
         if self.source.dynamic and self.settings.poll_s > 0:
             self._poller = threading.Thread(target=self._poll, name="modelset-poll", daemon=True)
@@ -193,17 +179,20 @@ class ScoringService:
             self.collector.close()
 
     def _load(self, served: Served, previous: Active | None) -> Active:
+        """The set prepared off the request path (``swap.prepare``), its phases kept for
+        ``info()``; warmed with the series hot in ``previous``: no latency step at swap."""
         s = self.settings
-        reader = load_reader(
-            served, max_models=s.cache_models, max_bytes=s.cache_bytes, verify_all=s.verify_all
+        phases = Phases()
+        active = prepare(
+            served,
+            previous,
+            max_models=s.cache_models,
+            max_bytes=s.cache_bytes,
+            verify_all=s.verify_all,
+            phases=phases,
         )
-        if previous is not None:
-            # Warm the new set with the series hot in the old one: no latency step at swap.
-            hot = list(getattr(previous.reader, "_cache", {}).keys())[-s.cache_models :]
-            for sid in hot:
-                if sid in reader:
-                    reader.model_for(sid)
-        return Active(served, reader, time.time())
+        self.last_swap = {"version": served.label, **phases.metadata()}
+        return active
 
     def check_for_update(self) -> bool:
         """Resolve the source once; load and swap if it names another set. True if swapped."""
@@ -216,7 +205,7 @@ class ScoringService:
             self._active = new  # the swap: one reference
             self.swaps += 1
             self._frozen_at = new.reader.stats.misses
-            _freeze_heap()
+            freeze_new_objects()
             old = current.served.label if current else None
             log.info("hot swap: %s -> %s", old, served.label)
             return True
@@ -259,6 +248,7 @@ class ScoringService:
             "series": len(a.reader.series) if a else 0,
             "swaps": self.swaps,
             "last_error": self.last_error,
+            "last_swap": self.last_swap,
             "requests": self.requests,
             "limits": {
                 "max_body_bytes": self.settings.max_body_bytes,
@@ -372,7 +362,7 @@ class ScoringService:
             # Models loaded on demand since the last freeze: one collection now, then the GC
             # never scans them again (instead of a full collection every so often, forever).
             self._frozen_at = loaded
-            _freeze_heap()
+            freeze_new_objects()
         rows, good = self._refused_records(records)
         try:
             scored = score_records([records[i] for i in good], self.spec, active.lookup)

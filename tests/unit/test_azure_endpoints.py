@@ -208,14 +208,43 @@ def test_first_release_on_an_empty_endpoint():
     assert report["old"] is None and ops.traffic == {"blue": 100}
 
 
-def test_aml_endpoint_resource_builds_without_calling_azure():
-    res = AzureMLKubernetesEndpoint(
+def aml_endpoint(**kw) -> AzureMLKubernetesEndpoint:
+    return AzureMLKubernetesEndpoint(
         subscription_id="00000000-0000-0000-0000-000000000000",
         resource_group="rg",
         workspace="ws",
         endpoint_name="mlops-sales-scoring",
         compute="aks-serving",
         model_base_uri="azureml://datastores/prodmodels/paths/",
+        **kw,
     )
+
+
+def test_aml_endpoint_resource_builds_without_calling_azure():
+    res = aml_endpoint()
     assert "mlops-sales-scoring" in res.describe()
     assert res.settings().instance_count == 3
+
+
+def test_deployment_runs_the_server_workers_like_mlops_serve(tmp_path):
+    """The pod's azmlinfsrv gets the same worker settings as ``mlops serve`` (``worker_env``):
+    several sync workers, a worker timeout and our body read timeout, and azureml-fe sends it
+    as many requests at once as it has workers."""
+    ep = aml_endpoint(workers=3, worker_timeout_s=20)
+    dep = deployment_entity(
+        "blue", ep.endpoint_name, RELEASE, "azureml:sales-models:7", ep.settings()
+    )
+    path = tmp_path / "blue.yml"
+    dep.dump(path)
+    back = load_online_deployment(path)
+    env = back.environment_variables
+    assert env["WORKER_COUNT"] == "3" and env["WORKER_TIMEOUT"] == "20"
+    assert float(env["MLOPS_SERVING_READ_TIMEOUT_S"]) == 10.0
+    assert back.request_settings.max_concurrent_requests_per_instance == 3
+    default = deployment_entity("green", "ep", RELEASE, "azureml:sales-models:7")
+    assert default.environment_variables["WORKER_COUNT"] == "2"
+    assert default.environment_variables["WORKER_TIMEOUT"] == "30"
+    for color in ("blue", "green"):  # the checked-in YAML says the same
+        yml = load_online_deployment(CLOUD / f"serving-deployment-{color}.yml")
+        assert yml.environment_variables["WORKER_COUNT"] == "2"
+        assert yml.request_settings.max_concurrent_requests_per_instance == 2
