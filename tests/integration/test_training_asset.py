@@ -65,7 +65,8 @@ def test_all_series_are_trained_packed_and_loadable(storage):
     data = storage.read_range(row["artifact"], row["offset"], row["length"])
     model = persistence.load_verified(data, row["model_sha256"])
     assert hasattr(model, "predict")
-    assert row["history_end"] == "2026-11-16" and len(row["history_tail"]) == 52 + SALES.holdout
+    # Two seasons (the fallback chain forecasts from the history) and the backtest window.
+    assert row["history_end"] == "2026-11-16" and len(row["history_tail"]) == 104 + SALES.holdout
 
 
 def test_a_backfilled_as_of_date_trains_on_the_data_known_then(storage):
