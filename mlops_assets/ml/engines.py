@@ -70,6 +70,8 @@ def result_schema(spec: DatasetSpec) -> pa.Schema:
                 pa.field(interval_field(level), pa.list_(pa.float64()))
                 for level in spec.intervals.levels
             ),
+            # Their out-of-fold coverage on the series' backtest pairs.
+            *(pa.field(coverage_field(level), pa.float64()) for level in spec.intervals.levels),
             pa.field("fit_seconds", pa.float64(), nullable=False),
             pa.field("serialize_seconds", pa.float64(), nullable=False),
             pa.field("model_format", pa.string()),
