@@ -70,7 +70,9 @@ class Clock:
 
     @staticmethod
     def _cpu() -> float:
-        own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        own, kids = (
+            resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        )
         return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
     @contextmanager
@@ -210,9 +212,12 @@ def _gate(day1: pd.DataFrame, day2: pd.DataFrame, day2_df: pd.DataFrame, spec) -
     decisions = comparison.evaluate_sets(cand, champ, scores, "day2", "day1", POLICY)
     quality = comparison.aggregate_quality(decisions, MAX_MEDIAN_INCREASE, POLICY.metric)
     return {
-        "policy": {"metric": POLICY.metric, "margin": POLICY.margin,
-                   "require_beats_baseline": POLICY.require_beats_baseline,
-                   "unscored": POLICY.unscored},
+        "policy": {
+            "metric": POLICY.metric,
+            "margin": POLICY.margin,
+            "require_beats_baseline": POLICY.require_beats_baseline,
+            "unscored": POLICY.unscored,
+        },
         "champions_rescored": len(scores),
         "counts": quality.counts,
         "decisions": pd.Series(decisions["decision"].to_pylist()).value_counts().to_dict(),
@@ -232,7 +237,9 @@ def evaluate_panel(df: pd.DataFrame, spec: DatasetSpec, workers: int) -> dict:
 
     # Out of sample: the day-2 models from their bytes, on the 4 newest origins of every series.
     with clock("evaluate_choice"):
-        stored = {s: persistence.loads(b) for s, b in zip(day2.series_id, day2.model) if b}
+        stored = {
+            s: persistence.loads(b) for s, b in zip(day2.series_id, day2.model, strict=True) if b
+        }
         ids, folds, choice = comparison.backtest_stored(to_series_frame(df, spec), spec, stored.get)
     chain = clip_to_bounds(backtest.run(folds, baselines.spec_fallback(spec)), spec)
 
@@ -316,8 +323,10 @@ def main() -> None:
     for name in args.panels.split(","):
         df, spec = loaders[name](data)
         if name == "walmart" or args.candidates is not None:
-            wanted = args.candidates.split(",") if args.candidates else list(
-                load_spec("beer").model.candidates
+            wanted = (
+                args.candidates.split(",")
+                if args.candidates
+                else list(load_spec("beer").model.candidates)
             )
             spec = spec.model_copy(
                 update={"model": spec.model.model_copy(update={"candidates": wanted})}

@@ -6,7 +6,7 @@ least ``a`` when errors are exchangeable. A (series, step) with too few residual
 (or fewer than ``min_residuals``) takes the pooled quantile of its step instead: residuals of
 every series divided by their series' scale (e.g. the MASE scale), the quantile taken, and
 multiplied back by this series' scale, so a large series gets a wide interval and a small one
-a narrow one. Residuals are ``[K, n_series, horizon]`` arrays as ``backtest`` produces them.
+a narrow one. Intervals are nested: a level's half-width is at least the next lower level's. Residuals are ``[K, n_series, horizon]`` arrays as ``backtest`` produces them.
 """
 
 from __future__ import annotations
@@ -72,15 +72,18 @@ def conformal_quantiles(
     )
     pooled_pairs = scaled.transpose(2, 0, 1).reshape(absolute.shape[2], -1)
     width, pooled = {}, {}
-    for level in levels:
+    narrower = np.full(absolute.shape[1:], np.nan)
+    for level in sorted(levels):
         a = level / 100
         own, n = _kth_smallest(absolute, 0, a)
         fewest = max(min_count(a), min_residuals or 0)
         shared, _ = _kth_smallest(pooled_pairs, 1, a)  # per step, over every series' folds
         use_pool = (n < fewest) | np.isnan(own)
-        width[level] = np.where(use_pool, shared[None, :] * s[:, None], own)
-        pooled[level] = use_pool
-    return Quantiles(width, pooled)
+        w = np.where(use_pool, shared[None, :] * s[:, None], own)
+        # Nested intervals: a lower level may use its own residuals where a higher one pools.
+        w = np.where(np.isfinite(narrower) & np.isfinite(w), np.maximum(w, narrower), w)
+        width[level], pooled[level], narrower = w, use_pool, w
+    return Quantiles({lv: width[lv] for lv in levels}, {lv: pooled[lv] for lv in levels})
 
 
 def interval_bounds(
