@@ -57,6 +57,7 @@ from mlops_assets.ml.spec import DatasetSpec, load_spec
 HORIZON, ORIGINS = 4, 4
 UNSEEN = HORIZON + ORIGINS - 1  # periods the day-2 models never see: the 4 newest origins
 BASELINE_FAMILIES = ("naive", "seasonal_naive")
+WALMART_CANDIDATES = ["seasonal_naive", "theta", "ets"]
 # The evaluation asset's defaults (EvaluationConfig).
 POLICY = comparison.Policy()
 MAX_MEDIAN_INCREASE = 1.0
@@ -132,7 +133,7 @@ def load_walmart(data: Path) -> tuple[pd.DataFrame, DatasetSpec]:
     df["Date"] = pd.to_datetime(df["Date"], format="%d-%m-%Y")
     df["Store"] = df["Store"].astype(str)
     df["Holiday_Flag"] = df["Holiday_Flag"].astype(float)
-    return df, walmart_spec([])
+    return df, walmart_spec(WALMART_CANDIDATES)
 
 
 def _subset(df: pd.DataFrame, spec: DatasetSpec, max_series: int | None, seed: int):
@@ -226,8 +227,24 @@ def _gate(day1: pd.DataFrame, day2: pd.DataFrame, day2_df: pd.DataFrame, spec) -
     }
 
 
+def with_origins(spec: DatasetSpec, origins: int) -> DatasetSpec:
+    """``spec`` backtesting at ``origins`` origins (its holdout widened to fit them)."""
+    b = spec.backtest.model_copy(update={"origins": origins})
+    need = spec.horizon + (origins - 1) * b.step
+    return spec.model_copy(update={"backtest": b, "holdout": max(spec.holdout, need)})
+
+
+def with_candidates(spec: DatasetSpec, candidates: list[str]) -> DatasetSpec:
+    return spec.model_copy(
+        update={"model": spec.model.model_copy(update={"candidates": candidates})}
+    )
+
+
 def evaluate_panel(df: pd.DataFrame, spec: DatasetSpec, workers: int) -> dict:
+    """Train day 1 and day 2 with ``spec``; score day 2 out of sample on the 4 newest origins
+    (``spec`` itself may choose on more origins)."""
     clock = Clock()
+    scoring = with_origins(spec, ORIGINS)
     day1_df, day2_df = cut_last(df, spec, UNSEEN + 1), cut_last(df, spec, UNSEEN)
     records = {}
     for day, data in (("day1", day1_df), ("day2", day2_df)):
@@ -240,7 +257,9 @@ def evaluate_panel(df: pd.DataFrame, spec: DatasetSpec, workers: int) -> dict:
         stored = {
             s: persistence.loads(b) for s, b in zip(day2.series_id, day2.model, strict=True) if b
         }
-        ids, folds, choice = comparison.backtest_stored(to_series_frame(df, spec), spec, stored.get)
+        ids, folds, choice = comparison.backtest_stored(
+            to_series_frame(df, scoring), scoring, stored.get
+        )
     chain = clip_to_bounds(backtest.run(folds, baselines.spec_fallback(spec)), spec)
 
     # Each family alone on every series, fitted on the day-2 data as training fits it.
@@ -253,7 +272,7 @@ def evaluate_panel(df: pd.DataFrame, spec: DatasetSpec, workers: int) -> dict:
             fitted = fit_candidate(name, day2_frame, None, spec)
         models = dict(zip(day2_ids, fitted.models, strict=True))
         with clock(f"forecast_{name}"):
-            _, _, p = comparison.backtest_stored(to_series_frame(df, spec), spec, models.get)
+            _, _, p = comparison.backtest_stored(to_series_frame(df, scoring), scoring, models.get)
         own[name] = p
         single[name] = np.where(np.isfinite(p), p, chain)
 
@@ -312,6 +331,9 @@ def main() -> None:
     parser.add_argument(
         "--candidates", default=None, help="comma-separated model.candidates for both specs"
     )
+    parser.add_argument(
+        "--origins", type=int, default=None, help="backtest origins training chooses on"
+    )
     args = parser.parse_args()
     if not args.data:
         parser.error("give --data or set MLOPS_REAL_DATA to the folder of the real panels")
@@ -322,18 +344,14 @@ def main() -> None:
     panels = {}
     for name in args.panels.split(","):
         df, spec = loaders[name](data)
-        if name == "walmart" or args.candidates is not None:
-            wanted = (
-                args.candidates.split(",")
-                if args.candidates
-                else list(load_spec("beer").model.candidates)
-            )
-            spec = spec.model_copy(
-                update={"model": spec.model.model_copy(update={"candidates": wanted})}
-            )
+        if args.candidates is not None:
+            spec = with_candidates(spec, args.candidates.split(","))
+        if args.origins is not None:
+            spec = with_origins(spec, args.origins)
         df = _subset(df, spec, args.max_series, args.seed)
         panels[name] = {
             "candidates": list(spec.model.candidate_names),
+            "backtest_origins_for_choice": spec.backtest.origins,
             "fallback": list(spec.fallback),
             **evaluate_panel(df, spec, args.workers or os.cpu_count() or 1),
         }
@@ -342,7 +360,7 @@ def main() -> None:
         {
             "command": "python -m benchmarks.bench_forecast_quality "
             f"--data {args.data} --max-series {args.max_series} --seed {args.seed} "
-            f"--panels {args.panels} --workers {args.workers} --candidates {args.candidates}",
+            f"--panels {args.panels} --workers {args.workers} --candidates {args.candidates} --origins {args.origins}",
             "horizon": HORIZON,
             "origins": ORIGINS,
             "targets": {
