@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlops_assets.ml import modelset
+from mlops_assets.ml.backtest import Folds
 from mlops_assets.ml.calendar import calendar_series
 from mlops_assets.ml.champion_gate import (
     BELOW_BASELINE,
@@ -68,6 +69,7 @@ __all__ = [
     "Policy",
     "Quality",
     "aggregate_quality",
+    "backtest_stored",
     "decide",
     "decide_all",
     "evaluate_sets",
@@ -99,6 +101,40 @@ def _if_fits(model: object | None, n_features: int) -> object | None:
     return model if n is None or n == n_features else None
 
 
+def backtest_stored(
+    frame: SeriesFrame,
+    spec: DatasetSpec,
+    predictor: Callable[[str], object | None],
+) -> tuple[list[str], Folds, np.ndarray]:
+    """Forecasts of stored models from every fold origin of training's backtest.
+
+    What ``rescore`` scores: the frame laid out on the calendar as training does, the spec's
+    folds, and each series' model ``predictor(series_id)`` forecasting recursively from each
+    origin (NaN where a series has no usable model).
+
+    Returns:
+        The series ids in frame order, the folds and the ``[K, n_series, horizon]`` forecasts.
+    """
+    frame = calendar_series(frame, spec).frame  # training's layout: rows are periods
+    ids = [spec.series_id(k) for k in frame.keys]
+    n_features = len(feature_names(spec))
+    loaded = [predictor(sid) for sid in ids]
+    pipelines = [_if_fits(m, n_features) if hasattr(m, "predict") else None for m in loaded]
+    params = [m if m is not None and not hasattr(m, "predict") else None for m in loaded]
+    folds = make_folds(frame, spec)
+    predicted = np.full(folds.actual.shape, np.nan)
+    for kind, models in (("regression", pipelines), ("params", params)):
+        if any(m is not None for m in models):
+            fitted = Fitted("champion", kind, models, [None] * len(models))
+            got = backtest_models(
+                folds,
+                spec,
+                lambda h, hz, ahead, f=fitted: forecast_candidate(f, h, hz, spec, ahead),
+            )
+            predicted = np.where(np.isfinite(predicted), predicted, got)
+    return ids, folds, predicted
+
+
 def rescore(
     frame: SeriesFrame,
     spec: DatasetSpec,
@@ -122,23 +158,7 @@ def rescore(
         ``{series_id: {"mae", "rmse", "smape", "mape", "n_holdout"}}`` for every scored series
         (``n_holdout``: the pairs scored).
     """
-    frame = calendar_series(frame, spec).frame  # training's layout: rows are periods
-    ids = [spec.series_id(k) for k in frame.keys]
-    n_features = len(feature_names(spec))
-    loaded = [predictor(sid) for sid in ids]
-    pipelines = [_if_fits(m, n_features) if hasattr(m, "predict") else None for m in loaded]
-    params = [m if m is not None and not hasattr(m, "predict") else None for m in loaded]
-    folds = make_folds(frame, spec)
-    predicted = np.full(folds.actual.shape, np.nan)
-    for kind, models in (("regression", pipelines), ("params", params)):
-        if any(m is not None for m in models):
-            fitted = Fitted("champion", kind, models, [None] * len(models))
-            got = backtest_models(
-                folds,
-                spec,
-                lambda h, hz, ahead, f=fitted: forecast_candidate(f, h, hz, spec, ahead),
-            )
-            predicted = np.where(np.isfinite(predicted), predicted, got)
+    ids, folds, predicted = backtest_stored(frame, spec, predictor)
     m = pair_metrics(folds.actual, predicted, folds)
     return {
         ids[i]: {**{k: float(m[k][i]) for k in ERROR_METRICS}, "n_holdout": float(m["count"][i])}

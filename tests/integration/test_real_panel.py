@@ -1,4 +1,5 @@
-"""The daily chain on a real panel: 30 series of Dominick's beer (docs/example-beer.md).
+"""The daily chain on a real panel: 30 series of Dominick's beer (docs/example-beer.md), and
+training alone (``train_local``, the bundled spec) on 200 of them.
 
 The data are not in the repository: set MLOPS_REAL_DATA to a folder holding
 dominicks_beer_dev.parquet, or the test is skipped (as in CI, which has no copy).
@@ -8,6 +9,7 @@ import os
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pyarrow.compute as pc
 import pytest
 
@@ -19,6 +21,7 @@ from mlops_assets.domain.model_sets import (
     release_pointer,
 )
 from mlops_assets.domain.sample_drops import choose_series, land_table, read_spec_table
+from mlops_assets.ml.engines import coverage_field, interval_field, train_local
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.ml.tables import series_ids
 from mlops_assets.profiles import resources_for
@@ -28,6 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.real_data, pytest.mark.slow]
 BEER = load_spec("beer")
 FILE = "dominicks_beer_dev.parquet"
 N_SERIES = 30
+N_TRAIN_ONLY = 200
 # The panel ends on 1997-05-01: a history drop until 1997-04-03, then one drop a week. The first
 # run ingests three drops and leaves two for the second.
 N_DROPS = 5
@@ -114,11 +118,14 @@ def test_each_run_registers_one_model_set_version_of_every_series(chain):
     for as_of, version in zip((FIRST, SECOND), versions, strict=True):
         train = metadata(chain["runs"][as_of], "candidate_models")
         assert train["series_total"] == N_SERIES and train["series_failed"] == 0
-        # Every series with data gets a forecast: chosen by the backtest, or (too short to
-        # backtest) the fallback chain's method.
+        # Every series with data gets a forecast: the backtest's choice, or the fallback chain
+        # for a series too short for every candidate; none is skipped.
         assert train["series_skipped"] == 0
         assert train["series_trained"] + train["series_fallback"] == N_SERIES
-        assert train["series_trained"] > N_SERIES // 2
+        assert train["series_trained"] > N_SERIES // 2 and train["series_fallback"] > 0
+        assert sum(train["families"].values()) == N_SERIES
+        # Out-of-fold coverage: intervals calibrated on the other folds, pooled over the run.
+        assert 0 < train["interval_coverage_80"] <= train["interval_coverage_95"] <= 1
         release = read_release(storage, release_pointer(BEER, as_of))
         manifest = read_manifest(storage, release.ref)
         assert manifest.num_rows == N_SERIES == int(version.tags["count_series"])
@@ -139,3 +146,39 @@ def test_the_second_run_compares_with_the_first_runs_champions(chain):
     )
     # Each decision was made against the champion backtested on the same folds.
     assert all(r["champion_metric"] is not None for r in trained)
+
+
+def test_training_forecasts_every_series_with_data_and_records_intervals():
+    """200 series spread from the shortest to the longest: the backtest chooses a model for
+    the long ones, the fallback chain serves the short ones, and each records its intervals."""
+    table = choose_series(read_spec_table(str(panel_file()), BEER), BEER, N_TRAIN_ONLY)
+    results = train_local(table, BEER, max_workers=2)
+    assert len(results) == N_TRAIN_ONLY
+    # Every series of the panel has observed units: every one gets a model.
+    assert set(results.status) <= {"trained", "fallback"}
+    assert results.model.notna().all() and results.family.notna().all()
+    status = results.status.value_counts()
+    assert status["trained"] > N_TRAIN_ONLY // 2 and status["fallback"] > 0
+    fallback = results[results.status == "fallback"]
+    assert set(fallback.family) <= set(BEER.fallback)
+    assert fallback.reason.str.contains("fell back to").all()
+    chosen = set(results[results.status == "trained"].family)
+    assert chosen <= set(BEER.model.candidate_names)
+    lo, hi = BEER.intervals.levels
+    scored = results[results.n_holdout > 0]
+    assert len(scored) > N_TRAIN_ONLY * 0.9
+    finite = np.array([np.isfinite(np.asarray(w, float)).all() for w in scored[interval_field(hi)]])
+    # Only a series too short for a scale (a handful of rows, served by the fallback) may have
+    # no interval; every series the backtest chose a model for has one at each step.
+    assert (scored.status[~finite] == "fallback").all() and finite.mean() > 0.95
+    with_interval = scored[finite]
+    for narrow, wide in zip(
+        with_interval[interval_field(lo)], with_interval[interval_field(hi)], strict=True
+    ):
+        narrow, wide = np.asarray(narrow), np.asarray(wide)
+        assert narrow.shape == wide.shape == (BEER.horizon,)
+        assert (narrow >= 0).all() and (wide >= narrow).all()
+    for level in (lo, hi):
+        share = with_interval[coverage_field(level)].to_numpy(float)
+        share = share[np.isfinite(share)]
+        assert share.size > len(with_interval) // 2 and ((share >= 0) & (share <= 1)).all()

@@ -64,3 +64,14 @@ def test_bounds_clip_and_coverage_skips_missing():
     np.testing.assert_array_equal(lower, [[0, 3]])
     got = intervals.coverage(np.array([[0.5, np.nan]]), lower, upper)
     assert got.overall == 1.0 and got.count == 1
+
+
+def test_a_higher_level_is_never_narrower_where_it_pools_and_a_lower_one_does_not():
+    rng = np.random.default_rng(1)
+    residuals = rng.normal(size=(4, 50, 2))  # 4 residuals: own at 80%, pooled at 95%
+    residuals[:, 0] *= 10  # a wild series whose own 80% width beats the pooled 95% one
+    q = intervals.conformal_quantiles(residuals, [95, 80])
+    assert list(q.width) == [95, 80]
+    assert not q.pooled[80].any() and q.pooled[95].all()
+    assert (q.width[95] >= q.width[80]).all()
+    assert (q.width[95][0] == q.width[80][0]).all()
