@@ -139,14 +139,17 @@ def test_changed_only_retrains_just_the_series_whose_data_changed(storage):
 
 
 def test_too_short_series_are_skipped_with_a_reason_and_the_others_trained(storage):
-    land_sales(storage, SALES, SalesShape(3, 120), n_drops=1)
+    """Without a fallback chain (the bundled spec has one), a series ridge cannot serve has no
+    model, and its reason says why."""
+    spec = SALES.model_copy(update={"fallback": []})
+    land_sales(storage, spec, SalesShape(3, 120), n_drops=1)
     from mlops_assets.ml.sample_data import sales_table, to_bytes
 
     young = sales_table(SalesShape(300, 20, seed=9)).slice(20 * 299, 20)  # one 20-week series
     storage.write_bytes(
         "landing/sales/young.parquet", to_bytes(decode_dictionaries(young), "parquet")
     )
-    meta, manifest = run(storage, SALES, "2026-11-17")
+    meta, manifest = run(storage, spec, "2026-11-17")
     assert meta["series_trained"] == 3 and meta["series_skipped"] == 1
     skipped = manifest.filter(pc.equal(manifest["status"], "skipped")).to_pylist()[0]
     assert skipped["artifact"] is None and "history" in skipped["reason"]

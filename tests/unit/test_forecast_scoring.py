@@ -16,10 +16,11 @@ from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.score_request import RESULT_COLUMNS, bound_fields, result_columns
 from mlops_assets.ml.scoring import SeriesModel, score, score_table
 from mlops_assets.ml.selection import stored_history
-from mlops_assets.ml.spec import DatasetSpec, load_spec
+from mlops_assets.ml.spec import DatasetSpec, IntervalSpec, load_spec
 from mlops_assets.serving.fast import score_records
 
-SPEC = load_spec("sales")
+# The sales spec without intervals: a request gets no bounds.
+SPEC = load_spec("sales").model_copy(update={"intervals": IntervalSpec()})
 ZOO = DatasetSpec.model_validate(
     {
         **SPEC.model_dump(mode="json"),
