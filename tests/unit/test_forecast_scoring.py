@@ -7,17 +7,17 @@ import pyarrow as pa
 import pytest
 
 from mlops_assets.domain.training_run import run_table
-from mlops_assets.ml import modelset, param_models
+from mlops_assets.ml import param_models
 from mlops_assets.ml.engines import train_local
 from mlops_assets.ml.features import last_rows, tail_length, to_series_frame
 from mlops_assets.ml.intervals import interval_field
-from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.score_request import RESULT_COLUMNS, bound_fields, result_columns
 from mlops_assets.ml.scoring import SeriesModel, score, score_table
 from mlops_assets.ml.selection import stored_history
 from mlops_assets.ml.spec import DatasetSpec, IntervalSpec, load_spec
 from mlops_assets.serving.fast import score_records
+from tests.fixtures.model_sets import written_reader
 
 # The sales spec without intervals: a request gets no bounds.
 SPEC = load_spec("sales").model_copy(update={"intervals": IntervalSpec()})
@@ -153,17 +153,7 @@ def trained(tmp_path_factory):
     results = table.to_pandas()
     assert set(results.family) == {"ridge", "naive"}, results[["family", "reason"]]
     root = tmp_path_factory.mktemp("zoo")
-    manifest, packs = modelset.pack_models(table, "set")
-    for name, blob in packs:
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(blob)
-
-    def read_range(name, offset, length):
-        with open(root / name, "rb") as f:
-            f.seek(offset)
-            return f.read(length)
-
-    reader = ModelSetReader(manifest, read_range, version="zoo-1")
+    reader, _ = written_reader(table, root, "set", "zoo-1")
     future = full[full.week >= weeks[-FUTURE]].reset_index(drop=True)
     return results.set_index("series_id"), reader, future
 

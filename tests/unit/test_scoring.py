@@ -7,13 +7,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from mlops_assets.ml import modelset, persistence
+from mlops_assets.ml import persistence
 from mlops_assets.ml.engines import result_schema, train_local
 from mlops_assets.ml.features import feature_matrix, tail_length, to_series_frame
-from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.scoring import RequestError, SeriesModel, score
 from mlops_assets.ml.spec import load_spec
+from tests.fixtures.model_sets import written_reader
 
 SPEC = load_spec("sales")
 CUT = pd.Timestamp("2026-10-01").date()
@@ -120,17 +120,7 @@ def test_a_missing_column_fails_the_request_with_the_columns_it_needs(models):
 
 def _reader(data, tmp_path, **kw):
     _, _, table = data
-    manifest, packs = modelset.pack_models(table, "models/set", pack_bytes=2_000)
-    for name, blob in packs:
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(blob)
-
-    def read_range(name, offset, length):
-        with open(tmp_path / name, "rb") as f:
-            f.seek(offset)
-            return f.read(length)
-
-    return ModelSetReader(manifest, read_range, version="2026-09-28/abc", **kw), packs
+    return written_reader(table, tmp_path, "models/set", "2026-09-28/abc", pack_bytes=2_000, **kw)
 
 
 def test_reader_loads_lazily_verifies_and_stays_within_its_bounds(data, tmp_path):
