@@ -21,7 +21,9 @@ from mlops_assets.domain.model_sets import (
     release_pointer,
 )
 from mlops_assets.domain.sample_drops import choose_series, land_table, read_spec_table
-from mlops_assets.ml.engines import coverage_field, interval_field, train_local
+from mlops_assets.domain.training_run import run_table
+from mlops_assets.ml.engines import train_local
+from mlops_assets.ml.intervals import coverage_field, interval_field
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.ml.tables import series_ids
 from mlops_assets.profiles import resources_for
@@ -152,7 +154,8 @@ def test_training_forecasts_every_series_with_data_and_records_intervals():
     """200 series spread from the shortest to the longest: the backtest chooses a model for
     the long ones, the fallback chain serves the short ones, and each records its intervals."""
     table = choose_series(read_spec_table(str(panel_file()), BEER), BEER, N_TRAIN_ONLY)
-    results = train_local(table, BEER, max_workers=2)
+    # Intervals are calibrated over the run when its manifest is written, as here.
+    results = run_table(train_local(table, BEER, max_workers=2), BEER).to_pandas()
     assert len(results) == N_TRAIN_ONLY
     # Every series of the panel has observed units: every one gets a model.
     assert set(results.status) <= {"trained", "fallback"}
