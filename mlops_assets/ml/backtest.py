@@ -15,7 +15,7 @@ season is unknown or longer than the training part).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -95,10 +95,16 @@ class Folds:
     valid: np.ndarray
     actual: np.ndarray
     scale: np.ndarray
+    # Fold k's frame, made once: every candidate and baseline forecasts from the same ones.
+    _heads: dict[int, SeriesFrame] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def train_frame(self, k: int) -> SeriesFrame:
-        """Every series' rows up to its origin in fold ``k``."""
-        return head_rows(self.frame, self.cuts[k])
+        """Every series' rows up to its origin in fold ``k`` (the same object on every call)."""
+        if k not in self._heads:
+            self._heads[k] = head_rows(self.frame, self.cuts[k])
+        return self._heads[k]
 
     def future_rows(self, k: int) -> np.ndarray:
         """Frame row of each (series, step) forecast in fold ``k`` (-1 outside the frame)."""

@@ -15,6 +15,7 @@ of ``k`` rows is a lag of ``k`` periods, which is what ``features`` assumes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -36,15 +37,26 @@ def _is_end_anchored(offset: pd.DateOffset) -> bool:
 
 
 def anchor_grid(time: np.ndarray, frequency: str) -> np.ndarray:
-    """Anchors of ``frequency`` covering every timestamp of ``time`` (plus one on each side)."""
+    """Anchors of ``frequency`` covering every timestamp of ``time`` (plus one on each side).
+
+    Read-only: grids are cached by range (every fold of a backtest asks for the same one).
+    """
+    ticks = np.asarray(time).astype(_TIME_UNIT).view(np.int64)
+    return _anchor_grid(int(ticks.min()), int(ticks.max()), frequency)
+
+
+@lru_cache(maxsize=256)
+def _anchor_grid(lo_us: int, hi_us: int, frequency: str) -> np.ndarray:
     offset = to_offset(frequency)
-    lo, hi = pd.Timestamp(time.min()), pd.Timestamp(time.max())
+    lo = pd.Timestamp(np.datetime64(lo_us, "us"))
+    hi = pd.Timestamp(np.datetime64(hi_us, "us"))
     if isinstance(offset, pd.offsets.Tick):
         start, end = lo.floor(offset), hi.ceil(offset)
     else:
         start, end = offset.rollback(lo.normalize()), offset.rollforward(hi)
-    grid = pd.date_range(start - offset, end + offset, freq=offset)
-    return grid.to_numpy().astype(_TIME_UNIT)
+    grid = pd.date_range(start - offset, end + offset, freq=offset).to_numpy().astype(_TIME_UNIT)
+    grid.flags.writeable = False
+    return grid
 
 
 @dataclass(frozen=True)
