@@ -128,7 +128,8 @@ def train_series_frame(frame: SeriesFrame, spec: DatasetSpec) -> tuple[list[dict
     unknown (fill ``none``) has a NaN target and is never a training or holdout row.
 
     Returns:
-        One record per series (``result_schema`` fields) and the seconds spent on features.
+        One record per series (``result_schema`` fields) and the seconds spent laying the
+        series out on the calendar (the engines report it as their `features` phase).
     """
     started = _time.perf_counter()
     cal = calendar_series(frame, spec)

@@ -21,8 +21,7 @@ the chosen model's backtest residuals are kept for conformal intervals
 from __future__ import annotations
 
 import json
-import time as _time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -214,8 +213,6 @@ def pair_metrics(
 
 def replace_actual(folds: backtest.Folds, actual: np.ndarray) -> backtest.Folds:
     """``folds`` with other actuals (e.g. masked to some pairs)."""
-    from dataclasses import replace
-
     return replace(folds, actual=actual)
 
 
@@ -380,25 +377,3 @@ def _fits_of(fitted: list[Fitted], best: np.ndarray, n: int) -> list[SeriesFit |
         src = f if f is not None and f.fits is not None else first
         out.append(src.fits[i] if src is not None and src.fits is not None else None)
     return out
-
-
-def timed_select(frame: SeriesFrame, spec: DatasetSpec) -> tuple[Selection, float]:
-    """``select`` and the seconds it took."""
-    started = _time.perf_counter()
-    result = select(frame, spec)
-    return result, _time.perf_counter() - started
-
-
-__all__ = [
-    "FAILED",
-    "FALLBACK",
-    "SKIPPED",
-    "TRAINED",
-    "Fitted",
-    "Selection",
-    "backtest_models",
-    "fit_candidate",
-    "forecast_candidate",
-    "make_folds",
-    "select",
-]
