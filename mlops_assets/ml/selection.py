@@ -254,14 +254,8 @@ def select(frame: SeriesFrame, spec: DatasetSpec) -> Selection:
     missing = (need[None] & ~np.isfinite(predictions)).any(axis=(1, 3))
     has_model = np.array([[m is not None for m in f.models] for f in fitted], dtype=bool)
     eligible = has_model & ~missing & has_need[None]
-    scores = np.stack(
-        [
-            backtest.series_metrics(replace_actual(folds, np.where(need, folds.actual, np.nan)), p)[
-                spec.model.select_by
-            ]
-            for p in predictions
-        ]
-    )
+    metric = spec.model.select_by
+    scores = np.stack([backtest.series_metrics(folds, p)[metric] for p in predictions])
     eligible &= np.isfinite(scores)
     best, second, second_score = _choose(names, scores, eligible)
 
@@ -284,7 +278,7 @@ def select(frame: SeriesFrame, spec: DatasetSpec) -> Selection:
     )
     _fall_back(frame, folds, spec, ~has, chosen, status, family_of, models, reason)
 
-    actual = np.where(need, folds.actual, np.nan)
+    actual = folds.actual  # NaN where unobserved or outside a valid fold
     metrics = pair_metrics(actual, chosen, folds)
     result_metrics = {m: metrics[m] for m in (*ERROR_METRICS, "mase", "bias")}
     scored = np.isfinite(chosen) & need
