@@ -219,6 +219,11 @@ def decide_all(
     ).astype(object)
     promoted = better | first | fallback_first | (below_base & ~has) | (unscored & promote_unscored)
     reason = _reasons(decision, has, challenger, champion, base_name, base_err, policy)
+    if first_unscored is not None:
+        kept = np.asarray(first_unscored, dtype=bool) & ~trained & has
+        reason[kept] = (
+            "the challenger is a fallback method (too short to backtest): the champion stays"
+        )
     return Decisions(decision, promoted, reason, compared, base_name, base_err, below_base)
 
 

@@ -1,10 +1,11 @@
-"""Recursive multi-step forecasts of per-series linear models, for many series at once.
+"""Recursive multi-step forecasts of per-series regression models, for many series at once.
 
-Step ``j`` of every series is predicted in one vectorised pass; its prediction becomes the
-target of that period, so the lags and rolling means of step ``j + 1`` see it, exactly as the
-features of training see actuals (the same ``feature_columns`` code builds both). Exogenous
-columns the spec declares ``known_in_advance`` take their future values from the caller; any
-other one carries its last observed value forward, since its future is not known at the origin.
+Step ``j`` of every series is predicted in one pass (vectorised for linear models); its
+prediction becomes the target of that period, so the lags and rolling means of step ``j + 1``
+see it, exactly as the features of training see actuals (the same ``feature_columns`` code
+builds both). Exogenous columns the spec declares ``known_in_advance`` take their future values
+from the caller; any other one carries its last observed value forward, since its future is not
+known at the origin. Models come from training (``selection.fit_candidate``).
 
 Frames must be regular (one row per period: ``calendar.regularize``).
 """
@@ -19,11 +20,9 @@ import numpy as np
 
 from mlops_assets.ml import calendar
 from mlops_assets.ml.baselines import naive
-from mlops_assets.ml.families import family
 from mlops_assets.ml.features import (
     SeriesFrame,
     feature_columns,
-    feature_matrix,
     last_rows,
     positions,
     tail_length,
@@ -45,39 +44,6 @@ class LinearModels:
     @property
     def fitted(self) -> np.ndarray:
         return np.isfinite(self.bias)
-
-
-def fit_linear(frame: SeriesFrame, spec: DatasetSpec) -> LinearModels:
-    """The spec's linear family fitted on every complete row of each series.
-
-    A series with fewer than ``spec.min_history`` complete rows, or a constant target, gets no
-    model. Fitting is the one per-series step (as in ``fitting``); features are one pass.
-
-    Raises:
-        ValueError: The spec's family is not linear.
-    """
-    fam = family(spec.model.family)
-    if fam.linear is None:
-        raise ValueError(f"model family {fam.name!r} is not linear")
-    params = spec.model.params
-    X = feature_matrix(frame, spec)
-    complete = np.isfinite(X).all(axis=1) & np.isfinite(frame.target)
-    pipelines: list[Pipeline | None] = []
-    for a, b in zip(frame.offsets[:-1], frame.offsets[1:], strict=True):
-        rows = np.flatnonzero(complete[a:b]) + a
-        y = frame.target[rows]
-        if len(rows) < spec.min_history or np.ptp(y) == 0:
-            pipelines.append(None)
-        elif fam.closed_form is not None and fam.has_closed_form(params):
-            pipelines.append(fam.closed_form(X[rows], y, params))
-        else:
-            pipelines.append(fam.pipeline(params).fit(X[rows], y))
-    stacked = stack_linear(pipelines)
-    if stacked is None or not any(p is not None for p in pipelines):
-        p = X.shape[1]
-        return LinearModels(np.zeros((frame.n_series, p)), np.full(frame.n_series, np.nan))
-    weights, bias = fold_linear(stacked)
-    return LinearModels(weights, bias)
 
 
 def _extended(
@@ -226,15 +192,3 @@ def known_future(full: SeriesFrame, train: SeriesFrame, horizon: int, columns) -
     inside = rows < full.offsets[1:, None]
     safe = np.where(inside, rows, 0)
     return {c: np.where(inside, full.exog[c][safe], np.nan) for c in columns}
-
-
-def linear_forecaster(spec: DatasetSpec, full: SeriesFrame):
-    """A backtest forecaster: fit the spec's linear model per series on the fold's rows, then
-    forecast recursively, known-in-advance columns read from ``full``'s later rows."""
-
-    def forecast(train: SeriesFrame, horizon: int) -> np.ndarray:
-        models = fit_linear(train, spec)
-        ahead = known_future(full, train, horizon, spec.features.known_in_advance)
-        return forecast_linear(train, models, spec, horizon, ahead)
-
-    return forecast

@@ -440,3 +440,21 @@ def test_a_series_without_lag_features_is_rescored_on_its_folds():
     (score,) = ev.rescore(frame, spec, lambda s: model).values()
     assert score["n_holdout"] == info["n_holdout"] == spec.holdout
     np.testing.assert_allclose(score["smape"], info["smape"], rtol=1e-9)
+
+
+def test_a_fallback_challenger_too_short_to_score_serves_only_a_series_without_champion():
+    nan = float("nan")
+    unscored = ev.Errors.of([nan, nan], [0, 0])
+    d = ev.decide_all(
+        np.array([True, True]),
+        unscored,
+        ev.Errors.of([5.0, nan], [16, 0]),
+        np.array([True, False]),
+        {"naive": unscored, "seasonal_naive": unscored},
+        D,
+        first_unscored=np.array([True, True]),
+    )
+    assert d.decision.tolist() == [ev.SKIPPED, ev.NO_CHAMPION]
+    assert d.promoted.tolist() == [False, True]
+    assert "fallback method" in d.reason[0] and "champion stays" in d.reason[0]
+    assert "fallback method" in d.reason[1]

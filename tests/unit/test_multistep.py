@@ -10,8 +10,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from mlops_assets.ml import multistep
-from mlops_assets.ml.backtest import make_folds, run
+from mlops_assets.ml.backtest import make_folds
 from mlops_assets.ml.features import SeriesFrame, feature_matrix, feature_names
+from mlops_assets.ml.predict import fold_linear, stack_linear
+from mlops_assets.ml.selection import backtest_models, fit_candidate, forecast_candidate
 from mlops_assets.ml.spec import load_spec
 
 
@@ -101,26 +103,32 @@ def test_a_series_without_model_or_rows_gets_nan():
     assert np.isnan(out[1:]).all()
 
 
-def test_fit_linear_equals_a_scikit_learn_pipeline_per_series():
+def test_fitted_ridge_pipelines_fold_into_linear_models_equal_to_scikit_learn():
+    """Training's ridge per series (``selection.fit_candidate``: the training window, all but
+    the last ``holdout`` periods) folds into the weights ``forecast_pipelines`` uses."""
     spec = _spec([])
     frame = _random_frame(np.random.default_rng(2), [40, 4, 60])
-    models = multistep.fit_linear(frame, spec)
-    assert models.fitted.tolist() == [True, False, True]
+    fitted = fit_candidate("ridge", frame, None, spec)
+    assert [m is not None for m in fitted.models] == [True, False, True]
+    weights, bias = fold_linear(stack_linear(fitted.models))
     X = feature_matrix(frame, spec)
     for i in (0, 2):
-        a, b = frame.offsets[i], frame.offsets[i + 1]
+        a, b = frame.offsets[i], frame.offsets[i + 1] - spec.holdout
         ok = np.isfinite(X[a:b]).all(axis=1)
         pipe = Pipeline([("s", StandardScaler()), ("m", Ridge(alpha=1.0))])
         pipe.fit(X[a:b][ok], frame.target[a:b][ok])
-        mine = X[a:b][ok] @ models.weights[i] + models.bias[i]
+        mine = X[a:b][ok] @ weights[i] + bias[i]
         np.testing.assert_allclose(mine, pipe.predict(X[a:b][ok]), rtol=1e-9)
 
 
-def test_linear_forecaster_reads_known_values_of_the_fold():
+def test_the_backtest_reads_known_values_of_the_fold():
     spec = _spec(["price"])
     frame = _random_frame(np.random.default_rng(3), [40, 45])
     folds = make_folds(frame, 3, origins=2)
-    predicted = run(folds, multistep.linear_forecaster(spec, frame))
+    fitted = fit_candidate("ridge", frame, None, spec)
+    predicted = backtest_models(
+        folds, spec, lambda h, hz, ahead: forecast_candidate(fitted, h, hz, spec, ahead)
+    )
     assert np.isfinite(predicted).all()
     k = 0
     train = folds.train_frame(k)
