@@ -120,7 +120,12 @@ def walmart_spec(candidates: list[str]) -> DatasetSpec:
                 "exogenous": ["Holiday_Flag"],
                 "known_in_advance": ["Holiday_Flag"],
             },
-            "model": {"family": "ridge", "params": {"alpha": 1.0}, "candidates": candidates},
+            "model": {
+                "family": "ridge",
+                "params": {"alpha": 1.0},
+                "candidates": candidates,
+                "choice": "combine",
+            },
             "fallback": ["seasonal_naive", "naive", "mean"],
             "mean_window": 13,
             "backtest": {"origins": ORIGINS, "step": 1},

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlops_assets.ml import modelset
+from mlops_assets.ml import combination, modelset
 from mlops_assets.ml.backtest import Folds
 from mlops_assets.ml.calendar import calendar_series
 from mlops_assets.ml.champion_gate import (
@@ -119,20 +119,25 @@ def backtest_stored(
     ids = [spec.series_id(k) for k in frame.keys]
     n_features = len(feature_names(spec))
     loaded = [predictor(sid) for sid in ids]
-    pipelines = [_if_fits(m, n_features) if hasattr(m, "predict") else None for m in loaded]
-    params = [m if m is not None and not hasattr(m, "predict") else None for m in loaded]
     folds = make_folds(frame, spec)
-    predicted = np.full(folds.actual.shape, np.nan)
-    for kind, models in (("regression", pipelines), ("params", params)):
-        if any(m is not None for m in models):
-            fitted = Fitted("champion", kind, models, [None] * len(models))
-            got = backtest_models(
-                folds,
-                spec,
-                lambda h, hz, ahead, f=fitted: forecast_candidate(f, h, hz, spec, ahead),
-            )
-            predicted = np.where(np.isfinite(predicted), predicted, got)
-    return ids, folds, predicted
+
+    def forecast(plain: list) -> np.ndarray:
+        pipelines = [_if_fits(m, n_features) if hasattr(m, "predict") else None for m in plain]
+        params = [m if m is not None and not hasattr(m, "predict") else None for m in plain]
+        predicted = np.full(folds.actual.shape, np.nan)
+        for kind, models in (("regression", pipelines), ("params", params)):
+            if any(m is not None for m in models):
+                fitted = Fitted("champion", kind, models, [None] * len(models))
+                got = backtest_models(
+                    folds,
+                    spec,
+                    lambda h, hz, ahead, f=fitted: forecast_candidate(f, h, hz, spec, ahead),
+                )
+                predicted = np.where(np.isfinite(predicted), predicted, got)
+        return predicted
+
+    # A combination: each member forecast as it would be alone, then the weighted mean.
+    return ids, folds, combination.weighted(loaded, forecast, axis=1)
 
 
 def rescore(

@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
-from mlops_assets.ml import persistence
+from mlops_assets.ml import combination, persistence
 from mlops_assets.ml.calendar import calendar_series
 from mlops_assets.ml.features import (
     SeriesFrame,
@@ -36,7 +36,7 @@ from mlops_assets.ml.features import (
 )
 from mlops_assets.ml.fitting import FAILED, METRIC_NAMES, SeriesFit
 from mlops_assets.ml.phases import Phases
-from mlops_assets.ml.selection import Selection, select, stored_history
+from mlops_assets.ml.selection import Selection, select, stored_history, with_prior
 from mlops_assets.ml.spec import DatasetSpec
 
 if TYPE_CHECKING:
@@ -66,6 +66,8 @@ def result_schema(spec: DatasetSpec) -> pa.Schema:
             pa.field("runner_up", pa.string()),
             pa.field("runner_up_score", pa.float64()),
             pa.field("family_scores", pa.string()),
+            # A combination's members and weights as JSON (model.choice: combine), else null.
+            pa.field("weights", pa.string()),
             # Conformal half-width per horizon step at each of the spec's levels.
             # The chosen model's backtest residuals, origin by origin (horizon values each),
             # and its scale: what the run's conformal intervals are calibrated from.
@@ -107,6 +109,7 @@ def _record(spec: DatasetSpec, key: tuple, sel: Selection, j: int, frame: Series
         "runner_up": sel.runner_up[j],
         "runner_up_score": float(sel.runner_up_score[j]),
         "family_scores": sel.scores[j],
+        "weights": sel.weights[j],
         "backtest_residuals": sel.residuals[j].ravel().tolist(),
         "residual_scale": float(sel.residual_scale[j]),
         **{f"{m}_by_step": sel.by_step[m][j].tolist() for m in BY_STEP},
@@ -153,6 +156,7 @@ def _failed_record(spec: DatasetSpec, key: tuple, reason: str) -> dict:
         "runner_up": None,
         "runner_up_score": float("nan"),
         "family_scores": "{}",
+        "weights": None,
         "backtest_residuals": [],
         "residual_scale": float("nan"),
         **{f"{m}_by_step": [] for m in BY_STEP},
@@ -240,6 +244,7 @@ def train_local(
         frame = select_series(data, spec, series)
     else:
         frame = to_series_frame(data, spec, series)
+    spec = with_prior(spec, frame)  # one prior for every chunk (choice: combine)
     prepared = _time.perf_counter()
     workers = max_workers or os.cpu_count() or 1
     chunks = frame.chunks(chunk_rows, min_chunks=4 * workers) if frame.n_series else []
@@ -339,6 +344,24 @@ def train_spark(
             .join(F.broadcast(wanted), "series_id", "left_semi")
             .drop("series_id")
         )
+    spec = _spark_prior(sdf, spec)
     return sdf.groupBy(*spec.series_keys).applyInPandas(
         spark_group_function(spec), schema=spark_result_schema(spec)
     )
+
+
+def _spark_prior(sdf: SparkDataFrame, spec: DatasetSpec) -> DatasetSpec:
+    """``selection.with_prior`` on the driver: the rows of the prior's sample of series
+    (``combination.sample_ids``, the local engine's sample) collected, the rest left alone."""
+    if spec.model.choice != "combine" or spec.model.combine.prior is not None:
+        return spec
+    from pyspark.sql import functions as F
+
+    with_id = sdf.withColumn("series_id", spark_series_id(spec))
+    ids = [r[0] for r in with_id.select("series_id").distinct().collect()]
+    if not ids:
+        return spec
+    sample = combination.sample_ids(ids, spec.model.combine.prior_series)
+    wanted = sdf.sparkSession.createDataFrame([(i,) for i in sample], "series_id string")
+    rows = with_id.join(F.broadcast(wanted), "series_id", "left_semi").drop("series_id")
+    return with_prior(spec, to_series_frame(rows.toPandas(), spec))

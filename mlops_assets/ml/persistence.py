@@ -16,6 +16,11 @@ the payload format and the scikit-learn version that wrote it. Three payload for
   ``allow_pickle=False``. A family that is not a baseline or statistical family of the table, or
   an array of any other dtype, is refused. The scikit-learn version does not apply to it.
 
+* ``combination``: a ``combination.Combination``: the header holds the members' families,
+  weights, byte lengths and sha256; the payload is the members' own artifacts (``linear``,
+  ``skops`` or ``params``, never another combination) one after the other, each checked
+  against its recorded sha256 and loaded by the rules above.
+
 Loading refuses anything else, including pickle and joblib files, a bare skops file, a sha256
 mismatch and a scikit-learn major.minor version other than the running one.
 """
@@ -39,13 +44,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from mlops_assets.ml import families
+from mlops_assets.ml.combination import Combination
 from mlops_assets.ml.param_models import ParamModel
 
 MAGIC = b"MMSKL\x00v1"
-LINEAR, SKOPS, PARAMS = "linear", "skops", "params"
+LINEAR, SKOPS, PARAMS, COMBINATION = "linear", "skops", "params", "combination"
 # What a params artifact's arrays may hold: numbers only, never objects.
 PARAM_DTYPES = frozenset({np.dtype("<f8"), np.dtype("<i8")})
-Model: TypeAlias = Pipeline | ParamModel
+Model: TypeAlias = Pipeline | ParamModel | Combination
 _HEADER_LEN = struct.Struct("<I")
 
 
@@ -183,9 +189,55 @@ def _load_params(header: dict, payload: bytes) -> ParamModel:
     return ParamModel(family, params, _checked_arrays(arrays))
 
 
+def _dump_combination(model: Combination) -> bytes:
+    parts = [dumps(m) for m in model.members]
+    header = {
+        "format": COMBINATION,
+        "families": list(model.families),
+        "weights": [float(w) for w in model.weights],
+        "members": [{"length": len(p), "sha256": sha256(p)} for p in parts],
+    }
+    return _pack(header, b"".join(parts))
+
+
+def _load_combination(header: dict, payload: bytes) -> Combination:
+    members, families_, weights = (
+        header.get("members"),
+        header.get("families"),
+        header.get("weights"),
+    )
+    if not (
+        isinstance(members, list) and isinstance(families_, list) and isinstance(weights, list)
+    ):
+        raise ModelLoadError("combination artifact: members, families and weights are lists")
+    loaded, at = [], 0
+    for i, entry in enumerate(members):
+        length, digest = int(entry.get("length", -1)), str(entry.get("sha256", ""))
+        part = payload[at : at + length]
+        at += length
+        if length < 0 or len(part) != length:
+            raise ModelLoadError(f"combination artifact: member {i} is truncated")
+        if not hmac.compare_digest(sha256(part), digest.lower()):
+            raise ModelIntegrityError(f"combination artifact: member {i} fails its sha256")
+        if read_header(part)[0].get("format") == COMBINATION:
+            raise UntrustedModelError("combination artifact: a member is itself a combination")
+        loaded.append(loads(part))
+    if at != len(payload):
+        raise ModelLoadError("combination artifact: bytes after the last member")
+    try:
+        return Combination(
+            tuple(str(f) for f in families_), tuple(loaded), tuple(float(w) for w in weights)
+        )
+    except ValueError as exc:
+        raise ModelLoadError(f"combination artifact: {exc}") from exc
+
+
 def dumps(model: Model) -> bytes:
-    """Serialize a fitted model: a ``ParamModel`` as ``params``; a Pipeline in the compact
-    ``linear`` format where it applies, else skops."""
+    """Serialize a fitted model: a ``ParamModel`` as ``params``; a ``Combination`` as its
+    members' artifacts; a Pipeline in the compact ``linear`` format where it applies, else
+    skops."""
+    if isinstance(model, Combination):
+        return _dump_combination(model)
     if isinstance(model, ParamModel):
         return _dump_params(model)
     parts = _linear_parts(model)
@@ -280,6 +332,8 @@ def loads(data: bytes) -> Model:
     header, payload = read_header(data)
     if header.get("format") == PARAMS:
         return _load_params(header, payload)
+    if header.get("format") == COMBINATION:
+        return _load_combination(header, payload)
     written = str(header.get("sklearn", "?"))
     if _major_minor(written) != _major_minor(sklearn.__version__):
         raise ModelVersionError(
@@ -301,6 +355,8 @@ def as_pipeline(model: Model) -> Pipeline:
     """
     if isinstance(model, ParamModel):
         raise ModelLoadError(f"a {model.family!r} model has parameters, not a Pipeline")
+    if isinstance(model, Combination):
+        raise ModelLoadError(f"a combination of {list(model.families)} is not one Pipeline")
     return model
 
 

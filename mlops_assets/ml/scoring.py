@@ -20,11 +20,14 @@ the recursive prediction over ranges of series is ``recursive``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mlops_assets.ml import calendar
+from mlops_assets.ml import calendar, combination
+from mlops_assets.ml.combination import is_combination
 from mlops_assets.ml.features import tail_length
 from mlops_assets.ml.param_scoring import forecast_rows, is_param_model
 from mlops_assets.ml.persistence import ModelIntegrityError
@@ -149,6 +152,37 @@ def score_table(
 
 
 def _predict(table, spec, order, series_of, time, tails, models, predicted, errors, chunk_rows):
+    """Predict the scorable rows ``order`` (None: all) in place. A series whose model is a
+    ``combination.Combination`` gets the weighted mean of its members' predictions, each
+    member predicting the rows as it would alone (``_predict_plain``)."""
+    if not any(m is not None and is_combination(m.model) for m in models):
+        _predict_plain(
+            table, spec, order, series_of, time, tails, models, predicted, errors, chunk_rows
+        )
+        return
+    layered = combination.layers([m.model if m is not None else None for m in models])
+    scorable = np.arange(len(series_of)) if order is None else order
+    total = np.zeros(len(predicted))
+    for plain, w in layered:
+        layer = [
+            replace(m, model=p) if m is not None and p is not None else None
+            for m, p in zip(models, plain, strict=True)
+        ]
+        rows = scorable[w[series_of[scorable]] > 0]  # series with a member in this layer
+        got = np.full(len(predicted), np.nan)
+        if len(rows):
+            _predict_plain(
+                table, spec, rows, series_of, time, tails, layer, got, errors, chunk_rows
+            )
+        row_w = w[series_of]
+        total += np.where(row_w > 0, got * row_w, 0.0)  # NaN where a member has none
+    has_model = layered[0][1][series_of] > 0
+    predicted[:] = np.where(has_model, total, predicted)
+
+
+def _predict_plain(
+    table, spec, order, series_of, time, tails, models, predicted, errors, chunk_rows
+):
     """Predict the scorable rows ``order`` (None: all) in place: the rows of series whose
     model forecasts from history alone (``param_scoring``), the others recursively on
     features (``recursive``)."""
@@ -331,7 +365,8 @@ def _tails(
     gaps: dict[int, tuple[str, str]] = {}
     unknown = calendar.fill_rule(spec, spec.target) == "none"
     for s, m in enumerate(models):
-        needed = k or is_param_model(m)  # a forecast-only model forecasts from the tail
+        # A forecast-only model (or a combination with one) forecasts from the tail.
+        needed = k or is_param_model(m) or (m is not None and is_combination(m.model))
         if m is not None and m.history_end is not None and needed and not np.isnat(first_time[s]):
             by_end.setdefault(m.history_end, []).append(s)
     for end, members in by_end.items():

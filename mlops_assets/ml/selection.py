@@ -10,11 +10,13 @@ stored, so a champion can be re-scored the same way on a challenger's folds.
 
 Per series the candidate with the lowest ``spec.model.select_by`` over every backtest pair wins
 (a candidate that cannot forecast one of the pairs is not eligible); the runner-up and every
-candidate's score are recorded. A series no candidate can serve takes the first method of the
+candidate's score are recorded. With ``model.choice: combine`` a series' model is instead a
+weighted mean of its eligible candidates (``combination``; the best single candidate is then
+the runner-up), backtested as that mean. A series no candidate can serve takes the first method of the
 spec's fallback chain that can forecast it (status ``fallback``); only a series with no
 observation at all, or none the chain can serve, has no model. Naive and seasonal-naive
-baselines are scored on exactly the chosen model's pairs (or not at all), and conformal
-the chosen model's backtest residuals are kept for conformal intervals
+baselines are scored on exactly the chosen model's pairs (or not at all), and the chosen
+model's backtest residuals are kept for conformal intervals
 (``intervals.series_intervals``, calibrated over every series of a run, not one batch).
 """
 
@@ -26,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from mlops_assets.ml import backtest, baselines
+from mlops_assets.ml import backtest, baselines, combination
+from mlops_assets.ml.calendar import calendar_series
 from mlops_assets.ml.families import family
-from mlops_assets.ml.features import SeriesFrame, feature_matrix, tail_length
+from mlops_assets.ml.features import SeriesFrame, feature_matrix, tail_length, take_series
 from mlops_assets.ml.fitting import (
     BASELINES,
     FAILED,
@@ -76,6 +79,8 @@ class Selection:
         fits: The regression fit record of the chosen (or the spec's own) family per series.
         by_step: MAE per horizon step over the origins, ``[n_series, horizon]``, of the chosen
             model (``mae``) and of each baseline on the same pairs (``naive_mae``...).
+        weights: Per series, ``{family: weight}`` as JSON where its model is a
+            ``combination.Combination`` (family ``combination``), else None.
     """
 
     family: np.ndarray
@@ -91,6 +96,7 @@ class Selection:
     residual_scale: np.ndarray
     fits: list[SeriesFit | None] = field(default_factory=list)
     by_step: dict[str, np.ndarray] = field(default_factory=dict)
+    weights: list[str | None] = field(default_factory=list)
 
 
 def step_mae(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -231,9 +237,22 @@ def _choose(
     return best, second, second_score
 
 
-def select(frame: SeriesFrame, spec: DatasetSpec) -> Selection:
-    """Fit, backtest and choose every series' model of a regular batch (see the module)."""
-    n = frame.n_series
+@dataclass
+class Backtested:
+    """Every candidate family of a batch, fitted and backtested on the same folds."""
+
+    names: list[str]
+    fitted: list[Fitted]
+    folds: backtest.Folds
+    predictions: np.ndarray  # [C, K, n_series, horizon]
+    scores: np.ndarray  # [C, n_series] select_by over every pair
+    eligible: np.ndarray  # [C, n_series] forecast every pair the series needs
+    missing: np.ndarray  # [C, n_series] some needed pair has no forecast
+    has_need: np.ndarray  # [n_series] some backtest pair was observed
+
+
+def backtest_candidates(frame: SeriesFrame, spec: DatasetSpec) -> Backtested:
+    """Fit every candidate of ``spec`` on a regular batch and backtest each on its folds."""
     names = list(spec.model.candidate_names)
     needs_x = any(_kind(c) == "regression" for c in names)
     X = feature_matrix(frame, spec) if needs_x else None
@@ -257,22 +276,68 @@ def select(frame: SeriesFrame, spec: DatasetSpec) -> Selection:
     metric = spec.model.select_by
     scores = np.stack([backtest.series_metrics(folds, p)[metric] for p in predictions])
     eligible &= np.isfinite(scores)
-    best, second, second_score = _choose(names, scores, eligible)
+    return Backtested(names, fitted, folds, predictions, scores, eligible, missing, has_need)
 
+
+def panel_prior(frame: SeriesFrame, spec: DatasetSpec) -> dict[str, float]:
+    """The candidates' panel prior for ``choice: combine`` (``combination.panel_prior``),
+    estimated on a deterministic sample of ``frame``'s series (``combination.sample_ids``),
+    laid out on the calendar as training lays them out.
+
+    Args:
+        frame: The run's series as read (``features.to_series_frame``), not yet regular.
+        spec: The dataset spec.
+    """
+    ids = [spec.series_id(k) for k in frame.keys]
+    wanted = set(combination.sample_ids(ids, spec.model.combine.prior_series))
+    keep = np.array([sid in wanted for sid in ids], dtype=bool)
+    b = backtest_candidates(calendar_series(take_series(frame, keep), spec).frame, spec)
+    prior = combination.panel_prior(b.scores, b.eligible)
+    return {name: float(v) for name, v in zip(b.names, prior, strict=True)}
+
+
+def with_prior(spec: DatasetSpec, frame: SeriesFrame) -> DatasetSpec:
+    """``spec`` with its combination prior estimated on ``frame`` (every series of the run,
+    as read) where ``choice: combine`` needs one and the spec does not fix it."""
+    c = spec.model.combine
+    if spec.model.choice != "combine" or c.prior is not None or frame.n_series == 0:
+        return spec
+    combine = c.model_copy(update={"prior": panel_prior(frame, spec)})
+    return spec.model_copy(update={"model": spec.model.model_copy(update={"combine": combine})})
+
+
+def select(frame: SeriesFrame, spec: DatasetSpec) -> Selection:
+    """Fit, backtest and choose every series' model of a regular batch (see the module)."""
+    n = frame.n_series
+    cands = backtest_candidates(frame, spec)
+    names, fitted, folds, predictions = cands.names, cands.fitted, cands.folds, cands.predictions
+    scores, eligible, missing, has_need = (
+        cands.scores,
+        cands.eligible,
+        cands.missing,
+        cands.has_need,
+    )
+    need = np.isfinite(folds.actual)
+    best, second, second_score = _choose(names, scores, eligible)
     chosen = np.full(folds.actual.shape, np.nan)
     has = best >= 0
     chosen[:, has] = predictions[best[has], :, np.flatnonzero(has)].transpose(1, 0, 2)
+    mixes = _combine(cands, spec, chosen) if spec.model.choice == "combine" else {}
     status = np.where(has, TRAINED, SKIPPED).astype(object)
     failed = [
         all(f.fits is not None and f.fits[i].status == FAILED for f in fitted) for i in range(n)
     ]
     status[~has & np.array(failed, dtype=bool)] = FAILED
-    family_of = np.array([names[b] if b >= 0 else None for b in best], dtype=object)
-    models = [fitted[b].models[i] if b >= 0 else None for i, b in enumerate(best)]
+    family_of = np.array([names[c] if c >= 0 else None for c in best], dtype=object)
+    models = [fitted[c].models[i] if c >= 0 else None for i, c in enumerate(best)]
+    runner_up = np.array([names[c] if c >= 0 else None for c in second], dtype=object)
+    for i, mix in mixes.items():  # the best single candidate becomes the runner-up
+        models[i], family_of[i] = mix, combination.FAMILY
+        runner_up[i], second_score[i] = names[best[i]], scores[best[i], i]
     reason = np.array(
         [
-            None if b >= 0 else _why_none(fitted, i, has_need[i], missing[:, i])
-            for i, b in enumerate(best)
+            None if c >= 0 else _why_none(fitted, i, has_need[i], missing[:, i])
+            for i, c in enumerate(best)
         ],
         dtype=object,
     )
@@ -305,14 +370,39 @@ def select(frame: SeriesFrame, spec: DatasetSpec) -> Selection:
         reason=reason,
         metrics=result_metrics,
         pairs=metrics["count"].astype(np.int64),
-        runner_up=np.array([names[s] if s >= 0 else None for s in second], dtype=object),
+        runner_up=runner_up,
         runner_up_score=second_score,
         scores=score_json,
         residuals=residuals.transpose(1, 0, 2),
         residual_scale=folds.scale[-1],
         fits=fits,
         by_step=by_step,
+        weights=[json.dumps(mixes[i].describe()) if i in mixes else None for i in range(n)],
     )
+
+
+def _combine(b: Backtested, spec: DatasetSpec, chosen: np.ndarray) -> dict[int, Any]:
+    """``choice: combine``: the series whose weights keep two or more candidates, as
+    ``Combination`` models; their backtest forecasts (the weighted means) replace ``chosen``'s.
+    The prior is the spec's (resolved for the whole run by the engines), else this batch's."""
+    c = spec.model.combine
+    if c.prior is None:
+        prior = combination.panel_prior(b.scores, b.eligible)
+    else:
+        prior = np.array([c.prior.get(name, 0.0) for name in b.names])
+    w = combination.weights(b.scores, b.eligible, prior, c.shrinkage, c.temperature, c.min_weight)
+    wb = w[:, None, :, None]
+    mean = np.where(wb > 0, b.predictions * wb, 0.0).sum(axis=0)  # NaN if a member's is
+    out: dict[int, Any] = {}
+    for i in np.flatnonzero((w > 0).sum(axis=0) >= 2):
+        keep = np.flatnonzero(w[:, i] > 0)
+        out[int(i)] = combination.Combination(
+            families=tuple(b.names[k] for k in keep),
+            members=tuple(b.fitted[k].models[i] for k in keep),
+            weights=tuple(float(x) for x in w[keep, i] / w[keep, i].sum()),
+        )
+        chosen[:, i] = mean[:, i]
+    return out
 
 
 def _why_none(fitted: list[Fitted], i: int, has_need: bool, missing: np.ndarray) -> str:

@@ -83,6 +83,48 @@ class FeatureSpec(BaseModel):
 SelectionMetric = Literal["mae", "rmse", "smape", "mase"]
 
 
+class CombineSpec(BaseModel):
+    """How ``choice: combine`` weighs the candidates of a series (``ml.combination``).
+
+    Each candidate's score is taken relative to the series' geometric mean score (on a log
+    scale), mixed with the candidate's mean relative score over a deterministic sample of the
+    run's series (the panel prior), and turned into weights by a softmax.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    shrinkage: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of the panel prior in each candidate's log score (0: the series' own "
+        "backtest only; 1: the same weights for every series).",
+    )
+    temperature: float = Field(
+        default=0.25,
+        gt=0.0,
+        description="Softmax temperature on the log scores: smaller favours the best candidate "
+        "more (0.25: a candidate with twice the error gets about 1/16 of the weight).",
+    )
+    min_weight: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=0.5,
+        description="Members below this weight are dropped and the rest renormalised.",
+    )
+    prior_series: int = Field(
+        default=256,
+        ge=1,
+        description="Series in the deterministic sample the panel prior is estimated on.",
+    )
+    prior: dict[str, float] | None = Field(
+        default=None,
+        description="Each candidate's panel prior (mean log score relative to the series' "
+        "geometric mean). None: the engines estimate it for each run before training, and "
+        "the run's resolved spec records it.",
+    )
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -100,6 +142,13 @@ class ModelSpec(BaseModel):
     select_by: SelectionMetric = Field(
         default="mae", description="The backtest metric that chooses among the candidates."
     )
+    choice: Literal["best", "combine"] = Field(
+        default="best",
+        description="``best``: each series keeps the candidate with the best backtest score. "
+        "``combine``: each series' forecast is a weighted mean of the candidates, weighted by "
+        "their backtest scores shrunk toward the run's panel-wide scores (``combine``).",
+    )
+    combine: CombineSpec = Field(default_factory=CombineSpec)
 
     @field_validator("family")
     @classmethod

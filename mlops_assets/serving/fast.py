@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from mlops_assets.ml import scoring
+from mlops_assets.ml.combination import is_combination
 from mlops_assets.ml.features import SeriesFrame, feature_matrix, tail_length
 from mlops_assets.ml.intervals import interval_field
 from mlops_assets.ml.param_scoring import is_param_model
@@ -126,7 +127,7 @@ def score_records(records: list[dict], spec: DatasetSpec, model_for: ModelLookup
         m = model_for(sid)
         if not isinstance(m, SeriesModel) or m.history_end is None or len(m.tail) < k:
             continue
-        if is_param_model(m):  # forecasts from the history, not from features
+        if is_param_model(m) or is_combination(m.model):  # not one Pipeline on features
             continue
         if day != _next_period(m.history_end, spec.frequency):
             continue
