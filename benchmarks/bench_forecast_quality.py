@@ -48,11 +48,11 @@ from benchmarks.common import peak_rss_mb, write_result
 from mlops_assets.domain.training_run import run_table
 from mlops_assets.ml import backtest, baselines, comparison, engines, intervals, persistence
 from mlops_assets.ml.calendar import calendar_series
+from mlops_assets.ml.candidates import fit_candidate
 from mlops_assets.ml.features import to_series_frame
 from mlops_assets.ml.fitting import FALLBACK, TRAINED
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.predict import clip_to_bounds
-from mlops_assets.ml.selection import fit_candidate
 from mlops_assets.ml.spec import DatasetSpec, load_spec
 
 HORIZON, ORIGINS = 4, 4

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from mlops_assets.ml import combination, modelset
 from mlops_assets.ml.backtest import Folds
 from mlops_assets.ml.calendar import calendar_series
+from mlops_assets.ml.candidates import Fitted, backtest_models, forecast_candidate, make_folds
 from mlops_assets.ml.champion_gate import (
     BELOW_BASELINE,
     BELOW_THRESHOLD,
@@ -45,13 +46,7 @@ from mlops_assets.ml.features import SeriesFrame, feature_names
 from mlops_assets.ml.fitting import BASELINES as BASELINE_NAMES
 from mlops_assets.ml.fitting import FALLBACK, TRAINED
 from mlops_assets.ml.metrics import ERROR_METRICS
-from mlops_assets.ml.selection import (
-    Fitted,
-    backtest_models,
-    forecast_candidate,
-    make_folds,
-    pair_metrics,
-)
+from mlops_assets.ml.selection import pair_metrics
 from mlops_assets.ml.spec import DatasetSpec
 
 __all__ = [
@@ -147,7 +142,7 @@ def rescore(
 ) -> dict[str, dict[str, float]]:
     """Metrics of the models ``predictor(series_id)`` gives on each series' backtest folds.
 
-    The folds are training's (``selection.make_folds``: the spec's origins inside the last
+    The folds are training's (``candidates.make_folds``: the spec's origins inside the last
     ``holdout`` periods, ``horizon`` steps each, recursive from the actuals up to each origin),
     so a champion is scored on exactly the (origin, step) pairs its challenger was.
 

@@ -5,7 +5,7 @@ prediction becomes the target of that period, so the lags and rolling means of s
 see it, exactly as the features of training see actuals (the same ``feature_columns`` code
 builds both). Exogenous columns the spec declares ``known_in_advance`` take their future values
 from the caller; any other one carries its last observed value forward, since its future is not
-known at the origin. Models come from training (``selection.fit_candidate``).
+known at the origin. Models come from training (``candidates.fit_candidate``).
 
 Frames must be regular (one row per period: ``calendar.regularize``).
 """

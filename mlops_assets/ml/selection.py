@@ -1,23 +1,21 @@
 """Each series' model, chosen among the spec's candidate families by a rolling-origin backtest.
 
-For a batch of regular series (one row per period) this fits every candidate family on each
-series' training window (every period before the last ``spec.holdout``), then backtests the
-fitted models at ``spec.backtest.origins`` origins inside those last periods: from each origin
-every model forecasts ``spec.horizon`` periods recursively from the actuals up to it
-(exogenous values as the spec declares them known in advance, clipped to the target's bounds).
-The models are not refit at each origin: the backtest scores exactly the models that are
-stored, so a champion can be re-scored the same way on a challenger's folds.
+For a batch of regular series (one row per period) every candidate family is fitted and
+backtested on the same folds (``candidates``: fitted on each series' periods before the last
+``spec.holdout``, forecasting ``spec.horizon`` periods recursively from each origin inside them;
+the backtest scores exactly the models that are stored).
 
 Per series the candidate with the lowest ``spec.model.select_by`` over every backtest pair wins
 (a candidate that cannot forecast one of the pairs is not eligible); the runner-up and every
 candidate's score are recorded. With ``model.choice: combine`` a series' model is instead a
 weighted mean of its eligible candidates (``combination``; the best single candidate is then
-the runner-up), backtested as that mean. A series no candidate can serve takes the first method of the
-spec's fallback chain that can forecast it (status ``fallback``); only a series with no
-observation at all, or none the chain can serve, has no model. Naive and seasonal-naive
-baselines are scored on exactly the chosen model's pairs (or not at all), and the chosen
-model's backtest residuals are kept for conformal intervals
-(``intervals.series_intervals``, calibrated over every series of a run, not one batch).
+the runner-up), backtested as that mean, with a panel prior estimated once per run
+(``with_prior``). A series no candidate can serve takes the first method of the spec's fallback
+chain that can forecast it (status ``fallback``); only a series with no observation at all, or
+none the chain can serve, has no model. Naive and seasonal-naive baselines are scored on
+exactly the chosen model's pairs (or not at all), and the chosen model's backtest residuals
+are kept for conformal intervals (``intervals.series_intervals``, calibrated over every series
+of a run, not one batch).
 """
 
 from __future__ import annotations
@@ -30,8 +28,13 @@ import numpy as np
 
 from mlops_assets.ml import backtest, baselines, combination
 from mlops_assets.ml.calendar import calendar_series
-from mlops_assets.ml.families import family
-from mlops_assets.ml.features import SeriesFrame, feature_matrix, tail_length, take_series
+from mlops_assets.ml.candidates import (
+    Backtested,
+    Fitted,
+    backtest_candidates,
+    kind_of,
+)
+from mlops_assets.ml.features import SeriesFrame, tail_length, take_series
 from mlops_assets.ml.fitting import (
     BASELINES,
     FAILED,
@@ -39,24 +42,11 @@ from mlops_assets.ml.fitting import (
     SKIPPED,
     TRAINED,
     SeriesFit,
-    fit_series,
     season_length,
 )
 from mlops_assets.ml.metrics import ERROR_METRICS, grouped_metrics
-from mlops_assets.ml.multistep import forecast_pipelines, known_future
 from mlops_assets.ml.predict import clip_to_bounds
 from mlops_assets.ml.spec import DatasetSpec
-
-
-@dataclass
-class Fitted:
-    """One candidate family's models of a batch: a model or the reason why not, per series."""
-
-    name: str
-    kind: str
-    models: list[Any]
-    reasons: list[str | None]
-    fits: list[SeriesFit] | None = None  # regression families: the per-series fit record
 
 
 @dataclass
@@ -107,10 +97,6 @@ def step_mae(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
         return np.where(ok, err, 0.0).sum(axis=0) / ok.sum(axis=0)
 
 
-def _kind(name: str) -> str:
-    return family(name).kind
-
-
 def stored_history(spec: DatasetSpec) -> int:
     """Targets kept per series for scoring and re-scoring (the manifest's ``history_tail``).
 
@@ -120,77 +106,10 @@ def stored_history(spec: DatasetSpec) -> int:
     last trained periods can be re-scored.
     """
     need = tail_length(spec)
-    forecast_only = [c for c in spec.model.candidate_names if _kind(c) != "regression"]
+    forecast_only = [c for c in spec.model.candidate_names if kind_of(c) != "regression"]
     if forecast_only or spec.fallback:
         need = max(need, 2 * (season_length(spec.frequency) or 52), spec.mean_window)
     return need + spec.holdout
-
-
-def fit_candidate(name: str, frame: SeriesFrame, X: np.ndarray | None, spec: DatasetSpec) -> Fitted:
-    """Family ``name`` fitted on each series' training window (all but the last ``holdout``
-    periods)."""
-    kind = _kind(name)
-    if kind == "regression":
-        if X is None:
-            X = feature_matrix(frame, spec)
-        off = frame.offsets
-        fits = [
-            fit_series(X[a:b], frame.target[a:b], frame.time[a:b], spec, family_name=name)
-            for a, b in zip(off[:-1].tolist(), off[1:].tolist(), strict=True)
-        ]
-        return Fitted(name, kind, [f.model for f in fits], [f.reason for f in fits], fits)
-    from mlops_assets.ml import param_models
-
-    window = np.maximum(np.diff(frame.offsets) - spec.holdout, 0)
-    models = param_models.fit_many(backtest.head_rows(frame, window), name, spec)
-    reasons: list[str | None] = [
-        None if m is not None else f"{name} could not be fitted on the training window"
-        for m in models
-    ]
-    return Fitted(name, kind, models, reasons)
-
-
-def forecast_candidate(
-    fitted: Fitted,
-    history: SeriesFrame,
-    horizon: int,
-    spec: DatasetSpec,
-    future_exog: dict[str, np.ndarray] | None = None,
-) -> np.ndarray:
-    """``[n_series, horizon]`` forecasts of ``fitted``'s models after each series' history."""
-    if fitted.kind == "regression":
-        out = forecast_pipelines(history, fitted.models, spec, horizon, future_exog)
-    else:
-        from mlops_assets.ml import param_models
-
-        out = param_models.forecast_many(fitted.models, history, horizon, spec)
-    return clip_to_bounds(out, spec)
-
-
-def backtest_models(folds: backtest.Folds, spec: DatasetSpec, forecast: Any) -> np.ndarray:
-    """``[K, n_series, horizon]`` forecasts of fixed models from every fold's origin.
-
-    Args:
-        folds: The folds (``backtest.make_folds`` of the whole regular frame).
-        spec: The dataset spec (known-in-advance columns).
-        forecast: ``(history, horizon, future_exog) -> [n_series, horizon]``.
-    """
-    known = spec.features.known_in_advance
-    out = np.full(folds.actual.shape, np.nan)
-    for k in range(len(folds.cuts)):
-        history = folds.train_frame(k)
-        ahead = known_future(folds.frame, history, folds.horizon, known)
-        predicted = np.asarray(forecast(history, folds.horizon, ahead), dtype=float)
-        out[k] = np.where(folds.valid[k][:, None], predicted, np.nan)
-    return out
-
-
-def make_folds(frame: SeriesFrame, spec: DatasetSpec) -> backtest.Folds:
-    """The spec's backtest folds of a regular frame."""
-    b = spec.backtest
-    return backtest.make_folds(
-        frame, spec.horizon, b.origins, b.step, season_length(spec.frequency)
-    )
 
 
 def _baseline_predictions(folds: backtest.Folds, spec: DatasetSpec) -> dict[str, np.ndarray]:
@@ -235,48 +154,6 @@ def _choose(
     second = np.where(has_second, second, -1)
     second_score = np.where(second >= 0, masked[np.maximum(second, 0), np.arange(n)], np.nan)
     return best, second, second_score
-
-
-@dataclass
-class Backtested:
-    """Every candidate family of a batch, fitted and backtested on the same folds."""
-
-    names: list[str]
-    fitted: list[Fitted]
-    folds: backtest.Folds
-    predictions: np.ndarray  # [C, K, n_series, horizon]
-    scores: np.ndarray  # [C, n_series] select_by over every pair
-    eligible: np.ndarray  # [C, n_series] forecast every pair the series needs
-    missing: np.ndarray  # [C, n_series] some needed pair has no forecast
-    has_need: np.ndarray  # [n_series] some backtest pair was observed
-
-
-def backtest_candidates(frame: SeriesFrame, spec: DatasetSpec) -> Backtested:
-    """Fit every candidate of ``spec`` on a regular batch and backtest each on its folds."""
-    names = list(spec.model.candidate_names)
-    needs_x = any(_kind(c) == "regression" for c in names)
-    X = feature_matrix(frame, spec) if needs_x else None
-    folds = make_folds(frame, spec)
-    need = np.isfinite(folds.actual)  # folds.actual is NaN outside valid folds
-    has_need = need.any(axis=(0, 2))
-    fitted = [fit_candidate(c, frame, X, spec) for c in names]
-    predictions = np.stack(
-        [
-            backtest_models(
-                folds,
-                spec,
-                lambda hist, hz, ahead, f=f: forecast_candidate(f, hist, hz, spec, ahead),
-            )
-            for f in fitted
-        ]
-    )
-    missing = (need[None] & ~np.isfinite(predictions)).any(axis=(1, 3))
-    has_model = np.array([[m is not None for m in f.models] for f in fitted], dtype=bool)
-    eligible = has_model & ~missing & has_need[None]
-    metric = spec.model.select_by
-    scores = np.stack([backtest.series_metrics(folds, p)[metric] for p in predictions])
-    eligible &= np.isfinite(scores)
-    return Backtested(names, fitted, folds, predictions, scores, eligible, missing, has_need)
 
 
 def panel_prior(frame: SeriesFrame, spec: DatasetSpec) -> dict[str, float]:

@@ -39,7 +39,7 @@ def both(spark, spec, sales_frame):
 def _comparable(results: pd.DataFrame) -> pd.DataFrame:
     out = results.drop(columns=list(TIMING_COLUMNS)).sort_values("series_id")
     out["model"] = out["model"].map(lambda b: None if b is None else bytes(b))
-    for name in ("reason", "family", "runner_up"):  # a missing string: None or NaN per engine
+    for name in ("reason", "family", "runner_up", "weights"):  # missing: None or NaN per engine
         out[name] = out[name].astype(object).where(out[name].notna(), None)
     return out.reset_index(drop=True).astype({"n_train": "int64", "n_holdout": "int64"})
 
@@ -52,6 +52,19 @@ def test_spark_and_local_give_identical_records(both):
     statuses = remote.set_index("series_id")["status"]
     assert statuses["store=S0000/product=P009"] == FALLBACK  # served by the fallback chain
     assert (statuses.drop("store=S0000/product=P009") == TRAINED).all()
+
+
+def test_a_combined_run_is_identical_on_spark_and_locally(spark, spec, sales_frame):
+    """``choice: combine`` estimates its panel prior once per run (on the driver for Spark):
+    each series' weights and combined model are the same as the local engine's."""
+    model = spec.model.model_copy(
+        update={"candidates": ["seasonal_naive", "naive", "mean"], "choice": "combine"}
+    )
+    combined = spec.model_copy(update={"model": model})
+    local = train_local(sales_frame, combined, max_workers=1)
+    remote = train_spark(spark.createDataFrame(sales_frame), combined).toPandas()
+    assert (local.family == "combination").sum() >= 5
+    pd.testing.assert_frame_equal(_comparable(remote), _comparable(local), check_dtype=False)
 
 
 def test_spark_and_local_models_predict_identically(both, spec, sales_frame):

@@ -11,9 +11,9 @@ from sklearn.preprocessing import StandardScaler
 
 from mlops_assets.ml import multistep
 from mlops_assets.ml.backtest import make_folds
+from mlops_assets.ml.candidates import backtest_models, fit_candidate, forecast_candidate
 from mlops_assets.ml.features import SeriesFrame, feature_matrix, feature_names
 from mlops_assets.ml.predict import fold_linear, stack_linear
-from mlops_assets.ml.selection import backtest_models, fit_candidate, forecast_candidate
 from mlops_assets.ml.spec import load_spec
 
 
@@ -104,7 +104,7 @@ def test_a_series_without_model_or_rows_gets_nan():
 
 
 def test_fitted_ridge_pipelines_fold_into_linear_models_equal_to_scikit_learn():
-    """Training's ridge per series (``selection.fit_candidate``: the training window, all but
+    """Training's ridge per series (``candidates.fit_candidate``: the training window, all but
     the last ``holdout`` periods) folds into the weights ``forecast_pipelines`` uses."""
     spec = _spec([])
     frame = _random_frame(np.random.default_rng(2), [40, 4, 60])

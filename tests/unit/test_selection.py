@@ -13,15 +13,14 @@ import numpy as np
 import pytest
 
 from mlops_assets.ml import backtest, baselines, calendar, intervals
-from mlops_assets.ml.fitting import FALLBACK, SKIPPED, TRAINED
-from mlops_assets.ml.selection import (
+from mlops_assets.ml.candidates import (
     backtest_models,
     fit_candidate,
     forecast_candidate,
     make_folds,
-    select,
-    stored_history,
 )
+from mlops_assets.ml.fitting import FALLBACK, SKIPPED, TRAINED
+from mlops_assets.ml.selection import select, stored_history
 from mlops_assets.ml.spec import DatasetSpec
 from tests.fixtures.frames import series_frame
 

@@ -1,0 +1,149 @@
+"""Candidate families fitted on each series' training window and backtested on the same folds.
+
+What ``selection`` chooses from, and what the gate re-scores a stored champion with: every
+family of ``spec.model.candidate_names`` is fitted on each series' periods before the last
+``spec.holdout``; from each fold's origin every fitted model forecasts ``spec.horizon``
+periods recursively from the actuals up to that origin (exogenous values as the spec declares
+them known in advance), clipped to the target's bounds. Models are not refit per origin, so
+the backtest scores exactly the models that are stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mlops_assets.ml import backtest
+from mlops_assets.ml.families import family
+from mlops_assets.ml.features import SeriesFrame, feature_matrix
+from mlops_assets.ml.fitting import SeriesFit, fit_series, season_length
+from mlops_assets.ml.multistep import forecast_pipelines, known_future
+from mlops_assets.ml.predict import clip_to_bounds
+from mlops_assets.ml.spec import DatasetSpec
+
+
+@dataclass
+class Fitted:
+    """One candidate family's models of a batch: a model or the reason why not, per series."""
+
+    name: str
+    kind: str
+    models: list[Any]
+    reasons: list[str | None]
+    fits: list[SeriesFit] | None = None  # regression families: the per-series fit record
+
+
+def kind_of(name: str) -> str:
+    """The kind of family ``name`` (``families``)."""
+    return family(name).kind
+
+
+def fit_candidate(name: str, frame: SeriesFrame, X: np.ndarray | None, spec: DatasetSpec) -> Fitted:
+    """Family ``name`` fitted on each series' training window (all but the last ``holdout``
+    periods)."""
+    kind = kind_of(name)
+    if kind == "regression":
+        if X is None:
+            X = feature_matrix(frame, spec)
+        off = frame.offsets
+        fits = [
+            fit_series(X[a:b], frame.target[a:b], frame.time[a:b], spec, family_name=name)
+            for a, b in zip(off[:-1].tolist(), off[1:].tolist(), strict=True)
+        ]
+        return Fitted(name, kind, [f.model for f in fits], [f.reason for f in fits], fits)
+    from mlops_assets.ml import param_models
+
+    window = np.maximum(np.diff(frame.offsets) - spec.holdout, 0)
+    models = param_models.fit_many(backtest.head_rows(frame, window), name, spec)
+    reasons: list[str | None] = [
+        None if m is not None else f"{name} could not be fitted on the training window"
+        for m in models
+    ]
+    return Fitted(name, kind, models, reasons)
+
+
+def forecast_candidate(
+    fitted: Fitted,
+    history: SeriesFrame,
+    horizon: int,
+    spec: DatasetSpec,
+    future_exog: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """``[n_series, horizon]`` forecasts of ``fitted``'s models after each series' history."""
+    if fitted.kind == "regression":
+        out = forecast_pipelines(history, fitted.models, spec, horizon, future_exog)
+    else:
+        from mlops_assets.ml import param_models
+
+        out = param_models.forecast_many(fitted.models, history, horizon, spec)
+    return clip_to_bounds(out, spec)
+
+
+def backtest_models(folds: backtest.Folds, spec: DatasetSpec, forecast: Any) -> np.ndarray:
+    """``[K, n_series, horizon]`` forecasts of fixed models from every fold's origin.
+
+    Args:
+        folds: The folds (``backtest.make_folds`` of the whole regular frame).
+        spec: The dataset spec (known-in-advance columns).
+        forecast: ``(history, horizon, future_exog) -> [n_series, horizon]``.
+    """
+    known = spec.features.known_in_advance
+    out = np.full(folds.actual.shape, np.nan)
+    for k in range(len(folds.cuts)):
+        history = folds.train_frame(k)
+        ahead = known_future(folds.frame, history, folds.horizon, known)
+        predicted = np.asarray(forecast(history, folds.horizon, ahead), dtype=float)
+        out[k] = np.where(folds.valid[k][:, None], predicted, np.nan)
+    return out
+
+
+def make_folds(frame: SeriesFrame, spec: DatasetSpec) -> backtest.Folds:
+    """The spec's backtest folds of a regular frame."""
+    b = spec.backtest
+    return backtest.make_folds(
+        frame, spec.horizon, b.origins, b.step, season_length(spec.frequency)
+    )
+
+
+@dataclass
+class Backtested:
+    """Every candidate family of a batch, fitted and backtested on the same folds."""
+
+    names: list[str]
+    fitted: list[Fitted]
+    folds: backtest.Folds
+    predictions: np.ndarray  # [C, K, n_series, horizon]
+    scores: np.ndarray  # [C, n_series] select_by over every pair
+    eligible: np.ndarray  # [C, n_series] forecast every pair the series needs
+    missing: np.ndarray  # [C, n_series] some needed pair has no forecast
+    has_need: np.ndarray  # [n_series] some backtest pair was observed
+
+
+def backtest_candidates(frame: SeriesFrame, spec: DatasetSpec) -> Backtested:
+    """Fit every candidate of ``spec`` on a regular batch and backtest each on its folds."""
+    names = list(spec.model.candidate_names)
+    needs_x = any(kind_of(c) == "regression" for c in names)
+    X = feature_matrix(frame, spec) if needs_x else None
+    folds = make_folds(frame, spec)
+    need = np.isfinite(folds.actual)  # folds.actual is NaN outside valid folds
+    has_need = need.any(axis=(0, 2))
+    fitted = [fit_candidate(c, frame, X, spec) for c in names]
+    predictions = np.stack(
+        [
+            backtest_models(
+                folds,
+                spec,
+                lambda hist, hz, ahead, f=f: forecast_candidate(f, hist, hz, spec, ahead),
+            )
+            for f in fitted
+        ]
+    )
+    missing = (need[None] & ~np.isfinite(predictions)).any(axis=(1, 3))
+    has_model = np.array([[m is not None for m in f.models] for f in fitted], dtype=bool)
+    eligible = has_model & ~missing & has_need[None]
+    metric = spec.model.select_by
+    scores = np.stack([backtest.series_metrics(folds, p)[metric] for p in predictions])
+    eligible &= np.isfinite(scores)
+    return Backtested(names, fitted, folds, predictions, scores, eligible, missing, has_need)
