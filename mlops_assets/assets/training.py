@@ -13,6 +13,7 @@ from mlops_assets.domain.training_run import (
     mae_by_step,
     train_candidate,
 )
+from mlops_assets.ml.combination import family_shares
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.partitions import as_of_partitions
 from mlops_assets.storage import Storage
@@ -120,6 +121,12 @@ def training_metadata(
     }
     if len(trained) and "family" in trained:
         md["families"] = {str(k): int(v) for k, v in trained["family"].value_counts().items()}
+        if "weights" in trained and trained["weights"].notna().any():
+            # Combinations: what each family contributes over the run's forecasts.
+            md["family_shares"] = family_shares(
+                trained["family"].where(trained["family"].notna(), None).tolist(),
+                trained["weights"].where(trained["weights"].notna(), None).tolist(),
+            )
         md.update(interval_coverage(manifest, outcome.ref.version, spec))
         by_step = mae_by_step(trained, spec)
         md["backtest_mae_by_step"] = dg.MetadataValue.md(

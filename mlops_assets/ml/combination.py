@@ -22,6 +22,7 @@ is NaN wherever any member's is, so a combination forecasts exactly where all it
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -166,4 +167,20 @@ def weighted(
 
 
 def is_combination(model: object) -> bool:
+    """Whether ``model`` is a ``Combination``."""
     return isinstance(model, Combination)
+
+
+def family_shares(families: Sequence[str | None], mixes: Sequence[str | None]) -> dict[str, float]:
+    """Each family's share of the run's forecasts: a single-family series counts 1 for its
+    family, a combination its weights (the manifest's ``family`` and ``weights`` columns)."""
+    total: dict[str, float] = {}
+    count = 0
+    for fam, mix in zip(families, mixes, strict=True):
+        if fam is None:
+            continue
+        parts = json.loads(mix) if fam == FAMILY and mix else {fam: 1.0}
+        for name, w in parts.items():
+            total[name] = total.get(name, 0.0) + float(w)
+        count += 1
+    return {k: round(v / count, 4) for k, v in sorted(total.items(), key=lambda kv: -kv[1])}

@@ -15,6 +15,7 @@ pickles each chunk's numpy columns instead (spawn), which costs about a memory c
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import time as _time
@@ -68,6 +69,8 @@ def result_schema(spec: DatasetSpec) -> pa.Schema:
             pa.field("family_scores", pa.string()),
             # A combination's members and weights as JSON (model.choice: combine), else null.
             pa.field("weights", pa.string()),
+            # The run's panel prior those weights were computed with (JSON), else null.
+            pa.field("combine_prior", pa.string()),
             # Conformal half-width per horizon step at each of the spec's levels.
             # The chosen model's backtest residuals, origin by origin (horizon values each),
             # and its scale: what the run's conformal intervals are calibrated from.
@@ -110,6 +113,7 @@ def _record(spec: DatasetSpec, key: tuple, sel: Selection, j: int, frame: Series
         "runner_up_score": float(sel.runner_up_score[j]),
         "family_scores": sel.scores[j],
         "weights": sel.weights[j],
+        "combine_prior": _prior_json(spec),
         "backtest_residuals": sel.residuals[j].ravel().tolist(),
         "residual_scale": float(sel.residual_scale[j]),
         **{f"{m}_by_step": sel.by_step[m][j].tolist() for m in BY_STEP},
@@ -121,6 +125,11 @@ def _record(spec: DatasetSpec, key: tuple, sel: Selection, j: int, frame: Series
         # Enough targets to score the next periods or re-score the backtest window.
         "history_tail": frame.target[max(a, b - stored_history(spec)) : b].tolist(),
     }
+
+
+def _prior_json(spec: DatasetSpec) -> str | None:
+    prior = spec.model.combine.prior if spec.model.choice == "combine" else None
+    return json.dumps(prior, sort_keys=True) if prior is not None else None
 
 
 def train_series_frame(frame: SeriesFrame, spec: DatasetSpec) -> tuple[list[dict], float]:
@@ -157,6 +166,7 @@ def _failed_record(spec: DatasetSpec, key: tuple, reason: str) -> dict:
         "runner_up_score": float("nan"),
         "family_scores": "{}",
         "weights": None,
+        "combine_prior": _prior_json(spec),
         "backtest_residuals": [],
         "residual_scale": float("nan"),
         **{f"{m}_by_step": [] for m in BY_STEP},

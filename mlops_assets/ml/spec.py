@@ -120,8 +120,8 @@ class CombineSpec(BaseModel):
     prior: dict[str, float] | None = Field(
         default=None,
         description="Each candidate's panel prior (mean log score relative to the series' "
-        "geometric mean). None: the engines estimate it for each run before training, and "
-        "the run's resolved spec records it.",
+        "geometric mean). None: the engines estimate it for each run before training; each "
+        "manifest row records it (``combine_prior``).",
     )
 
 

@@ -15,7 +15,13 @@ import pytest
 from mlops_assets.domain.training_run import run_table
 from mlops_assets.ml import combination, comparison, persistence
 from mlops_assets.ml.calendar import calendar_series
-from mlops_assets.ml.combination import Combination, panel_prior, sample_ids, weights
+from mlops_assets.ml.combination import (
+    Combination,
+    family_shares,
+    panel_prior,
+    sample_ids,
+    weights,
+)
 from mlops_assets.ml.engines import TIMING_COLUMNS, train_local
 from mlops_assets.ml.features import to_series_frame
 from mlops_assets.ml.sample_data import SalesShape, sales_table
@@ -256,3 +262,13 @@ def test_batch_and_real_time_scoring_are_the_weighted_mean_of_the_members(traine
         rtol=1e-12,
     )
     assert np.isfinite(batch.prediction_upper_80.to_numpy(float)).all()
+
+
+def test_family_shares_count_single_families_and_combination_weights():
+    shares = family_shares(
+        ["theta", "combination", None, "combination"],
+        [None, '{"theta": 0.75, "tsb": 0.25}', None, '{"tsb": 0.5, "ridge": 0.5}'],
+    )
+    expected = {"theta": 1.75 / 3, "tsb": 0.25, "ridge": 0.5 / 3}
+    assert shares == pytest.approx(expected, abs=1e-4)
+    assert list(shares) == ["theta", "tsb", "ridge"]  # largest share first
