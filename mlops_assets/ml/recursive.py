@@ -25,6 +25,7 @@ from mlops_assets.ml.predict import (
     stack_linear,
 )
 from mlops_assets.ml.score_request import (
+    GAP,
     INSUFFICIENT_HISTORY,
     MISSING_FEATURE,
     OFF_CALENDAR,
@@ -34,6 +35,8 @@ from mlops_assets.ml.score_request import (
     off_calendar_message,
 )
 from mlops_assets.ml.spec import DatasetSpec
+
+INSERTED = -2  # the request row of a period laid out between rows that nobody sent
 
 
 class SeriesRows:
@@ -131,8 +134,9 @@ def on_calendar(
     history and the request, or between request rows, is filled per the spec.
 
     Returns:
-        The frame, the request row of each of its rows (-1: tail or inserted period), and the
-        request rows of series that cannot be laid out (a row off the calendar).
+        The frame, the request row of each of its rows (-1: tail; ``INSERTED``: a period
+        nobody sent), and the request rows of series that cannot be laid out (a row off the
+        calendar).
     """
     cal = calendar_series(frame, spec)
     left_out = np.zeros(0, np.int64)
@@ -144,7 +148,7 @@ def on_calendar(
         if cal.source is None:
             request_row = request_row[np.repeat(~bad, np.diff(frame.offsets))]
     if cal.source is not None:
-        request_row = np.where(cal.source >= 0, request_row[cal.source], -1)
+        request_row = np.where(cal.source >= 0, request_row[cal.source], INSERTED)
     return cal.frame, request_row, left_out
 
 
@@ -162,7 +166,10 @@ def _predict_chunk(frame, model_of, request_row, pipelines, folded, spec):
     unscored with the pattern of their missing features.
     """
     counts = np.diff(frame.offsets)
-    pending = request_row >= 0
+    # A period nobody sent whose target the spec leaves unknown (fill ``none``) is forecast
+    # over, as the backtest forecasts every step after its origin: its prediction feeds the
+    # lags of the rows after it but is not returned.
+    pending = (request_row >= 0) | ((request_row == INSERTED) & np.isnan(frame.target))
     values = np.full(frame.n_rows, np.nan)
     columns = feature_columns(frame, spec)
     while pending.any():
@@ -183,9 +190,15 @@ def _predict_chunk(frame, model_of, request_row, pipelines, folded, spec):
             break
         if pending.any():
             columns = feature_columns(frame, spec)
-    left = np.flatnonzero(pending)
+    left = np.flatnonzero(pending & (request_row >= 0))
     missing = np.column_stack([~np.isfinite(c[left]) for c in columns])
-    return values, request_row[left], missing
+    # Rows behind a period nobody sent that could not be forecast over: the gap is why.
+    stuck = pending & (request_row == INSERTED)
+    series = np.repeat(np.arange(frame.n_series), counts)
+    first_stuck = np.full(frame.n_series, frame.n_rows)
+    np.minimum.at(first_stuck, series[stuck], np.flatnonzero(stuck))
+    behind = left[left > first_stuck[series[left]]]
+    return values, request_row[left], missing, request_row[behind]
 
 
 def predict_recursive(
@@ -216,20 +229,32 @@ def predict_recursive(
     def one(bounds: tuple[int, int]):
         frame, request_row, left_out = rows.frame(*bounds)
         model_of = np.array([k[0] for k in frame.keys], dtype=np.int64)
-        values, unscored, missing = _predict_chunk(
+        values, unscored, missing, behind_gap = _predict_chunk(
             frame, model_of, request_row, pipelines, folded, spec
         )
         done = (request_row >= 0) & np.isfinite(values)
-        return request_row[done], values[done], unscored, missing, left_out
+        return request_row[done], values[done], unscored, missing, left_out, behind_gap
 
     ranges = rows.ranges(chunk_rows)
     workers = min(2, os.cpu_count() or 1, len(ranges))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for done_rows, values, unscored, missing, left_out in pool.map(one, ranges):
+        for done_rows, values, unscored, missing, left_out, behind_gap in pool.map(one, ranges):
             predicted[done_rows] = values
             _explain_unscored(unscored, missing, spec, errors)
+            if len(behind_gap):
+                errors.set(behind_gap, GAP, gap_message(spec))
             if len(left_out):
                 errors.set(left_out, OFF_CALENDAR, off_calendar_message(spec))
+
+
+def gap_message(spec: DatasetSpec) -> str:
+    """Why a row behind periods nobody sent could not be scored."""
+    return (
+        "periods between the stored history and this row were not sent, and they could not "
+        f"be forecast over: the spec's fill rules leave {spec.target!r} or an exogenous "
+        f"column ({', '.join(spec.features.exogenous) or 'none'}) unknown there. Send those "
+        "periods with their exogenous values (and targets where known)"
+    )
 
 
 def _explain_unscored(rows, missing, spec, errors) -> None:

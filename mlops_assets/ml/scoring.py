@@ -51,7 +51,6 @@ from mlops_assets.ml.score_request import (
     as_table,
     column_times,
     off_calendar_message,
-    period_after,
     required_columns,
     result_columns,
     result_table,
@@ -140,10 +139,9 @@ def score_table(
 
     order = _scorable(order, errors)  # rows still clean, grouped by series, in time
     first_time = _first_times(order, series_of, time, len(ids))
-    tails, gaps = _tails(models, ids, first_time, spec)
+    tails = _tails(models, first_time, spec)
     predicted = np.full(n, np.nan)
     _predict(table, spec, order, series_of, time, tails, models, predicted, errors, chunk_rows)
-    _blame_gaps(errors, series_of, gaps)
     versions = [m.version if m is not None else None for m in models]
     bounds = row_bounds(predicted, time, series_of, models, spec)
     if pa.types.is_date32(table[spec.time].type) and not snapped:
@@ -223,15 +221,6 @@ def _on_calendar(time: np.ndarray, spec: DatasetSpec, errors: RowErrors) -> tupl
         return time, True
     errors.set(np.flatnonzero(off), OFF_CALENDAR, off_calendar_message(spec))
     return time, False
-
-
-def _blame_gaps(errors: RowErrors, series_of: np.ndarray, gaps: dict[int, tuple[str, str]]):
-    """Rows left without history because of a gap the spec does not fill (``fill: none`` for
-    the target) get the gap's error instead of ``insufficient_history``."""
-    if not gaps or not errors.codes:
-        return
-    short = np.array([c == INSUFFICIENT_HISTORY for c in errors.codes] + [False])
-    _set_series_errors(errors, series_of, gaps, only=short[errors.index])
 
 
 def _mark_bad_rows(
@@ -346,15 +335,15 @@ def models_tail(models: list[SeriesModel | None], s: int) -> list:
 
 def _tails(
     models: list[SeriesModel | None],
-    ids: np.ndarray,
     first_time: np.ndarray,
     spec: DatasetSpec,
-) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict[int, tuple[str, str]]]:
-    """Per series: (times, targets) of its history tail that precede its first request row;
-    and the ``gap_after_history`` error of each series whose request starts after a gap the
-    spec does not fill (``fill: none`` for the target: ``_blame_gaps`` sets it on the rows
-    whose lags need the missing periods). Other gaps are filled per the spec when the rows
-    are laid out on the calendar (``recursive.on_calendar``), as training fills them.
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per series: (times, targets) of its history tail that precede its first request row.
+
+    Periods between the history and the request are laid out on the calendar with the rows
+    (``recursive.on_calendar``) and filled per the spec, as training fills them; where the
+    spec leaves the target unknown (``fill: none``) they are forecast over, as the backtest
+    forecasts every step after its origin.
 
     Tail times come from one ``date_range`` per distinct history end (series trained together
     share it), not one per series.
@@ -362,32 +351,19 @@ def _tails(
     k = tail_length(spec)
     out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     by_end: dict[str, list[int]] = {}
-    gaps: dict[int, tuple[str, str]] = {}
-    unknown = calendar.fill_rule(spec, spec.target) == "none"
     for s, m in enumerate(models):
         # A forecast-only model (or a combination with one) forecasts from the tail.
         needed = k or is_param_model(m) or (m is not None and is_combination(m.model))
         if m is not None and m.history_end is not None and needed and not np.isnat(first_time[s]):
             by_end.setdefault(m.history_end, []).append(s)
     for end, members in by_end.items():
-        end_t = np.datetime64(pd.Timestamp(end).to_datetime64(), "us")
-        expected = np.datetime64(period_after(end, spec.frequency).to_datetime64(), "us")
         tails = {s: models_tail(models, s) for s in members}
         longest = max(len(t) for t in tails.values())
         grid = pd.date_range(end=end, periods=longest, freq=spec.frequency).to_numpy()
         grid = grid.astype("datetime64[us]")
         for s in members:
-            first = first_time[s]
-            if unknown and first > expected:
-                gaps[s] = (
-                    GAP,
-                    f"series {ids[s]!r} has history until {str(end_t)[:10]}; the next period is "
-                    f"{str(expected)[:10]} but the request starts at {str(first)[:10]}, and the "
-                    f"spec's fill rule for {spec.target!r} is none (a missing period is "
-                    "unknown): send the periods in between (with their targets where known)",
-                )
             tail = np.asarray(tails[s], dtype=float)
             times = grid[len(grid) - len(tail) :]
-            keep = times < first
+            keep = times < first_time[s]
             out[s] = (times[keep], tail[keep])
-    return out, gaps
+    return out

@@ -203,12 +203,30 @@ def test_a_request_after_a_gap_is_scored_per_the_fill_rules(models):
     assert after_gap.prediction[0] == pytest.approx(explicit.prediction[2], rel=1e-12)
 
 
-def test_a_gap_the_spec_does_not_fill_is_refused_where_lags_need_it(models):
+def test_a_gap_the_spec_does_not_fill_is_forecast_over(models):
+    """fill none for sales: the weeks nobody sent are unknown. They are forecast recursively,
+    as the backtest forecasts every step after its origin: a request for the third week after
+    the history gets the same prediction as a request for all three weeks (sales unknown)."""
     spec = SPEC.model_copy(deep=True)
-    spec.calendar.fill = {}  # a missing week is unknown
+    spec.calendar.fill = {"price": "zero", "promo": "zero"}  # sales: none
+    third = score(_gap_request(models, spec, 3), spec, models.get)
+    assert third.error.isna().all(), third.message.tolist()
+    steps = [{**r, "price": 0.0} for w in (1, 2) for r in _gap_request(models, spec, w)]
+    all_three = score(steps + _gap_request(models, spec, 3), spec, models.get)
+    assert third.prediction[0] == pytest.approx(all_three.prediction[2], rel=1e-12)
+    # Under fill zero for sales the same request reads the two weeks as no sales.
+    zero = score(_gap_request(models, SPEC, 3), SPEC, models.get)
+    assert zero.prediction[0] != pytest.approx(third.prediction[0], rel=1e-9)
+
+
+def test_a_gap_that_cannot_be_forecast_over_says_what_to_send(models):
+    """The stored history holds targets only: a price the spec forward-fills has no value to
+    carry into weeks nobody sent, so they cannot be forecast, and the row behind them says so."""
+    spec = SPEC.model_copy(deep=True)
+    spec.calendar.fill = {"price": "ffill", "promo": "zero"}  # sales: none
     out = score(_gap_request(models, spec, 3), spec, models.get)
     assert out.error.tolist() == ["gap_after_history"]
-    assert "fill rule for 'sales' is none" in out.message[0]
+    assert "Send those periods with their exogenous values" in out.message[0]
     assert score(_gap_request(models, spec, 1), spec, models.get).error.isna().all()
 
 
