@@ -29,8 +29,9 @@ DESCRIPTIONS = {
     "distribution": "Each drop's mean, stdev and quantiles of the target and numeric features "
     "lie within the warn (WARN) and hard (ERROR) sigma bands of the last reference_periods "
     "periods of curated history.",
-    "row_accounting": "For every drop, rows in = rows curated + rows quarantined, and the curated "
-    "store took exactly the rows reported as curated.",
+    "row_accounting": "For every drop, rows in = rows curated + rows quarantined + rows "
+    "re-delivered unchanged (duplicates), and the curated store took exactly the rows reported "
+    "as curated.",
 }
 ALWAYS_ERROR = {"schema", "keys", "row_accounting"}
 
@@ -85,7 +86,7 @@ def expectations_text(spec: DatasetSpec, concern: str, as_of: date) -> str:
             f"{Rule.TIME_DUPLICATE_PERIOD}: one row per series and period after snapping"
         )
     if concern == "row_accounting":
-        lines.append("rows_in == rows_curated + rows_quarantined for every drop")
+        lines.append("rows_in == rows_curated + rows_quarantined + rows_duplicate for every drop")
     return "\n".join(lines)
 
 
@@ -115,10 +116,10 @@ def row_accounting(result: IngestResult) -> list[DropFailure]:
     for o in result.outcomes:
         if o.rows_in is None:
             continue  # unreadable file: no rows known, the whole file is in quarantine
-        if o.rows_in != o.rows_curated + o.rows_quarantined:
+        if o.rows_in != o.rows_curated + o.rows_quarantined + o.rows_duplicate:
             message = (
                 f"{o.drop}: rows in {o.rows_in} != curated {o.rows_curated} + quarantined "
-                f"{o.rows_quarantined}; report a bug in ingestion"
+                f"{o.rows_quarantined} + duplicate {o.rows_duplicate}; report a bug in ingestion"
             )
             out.append(DropFailure(Rule.ROWS_IDENTITY, message, "row_accounting", file=o.drop))
     merged = result.merge.rows_added + result.merge.rows_replaced

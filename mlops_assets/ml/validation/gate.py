@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from mlops_assets.ml.drops import ROW, DropRejected
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.ml.validation.failures import Failure, plain
+from mlops_assets.ml.validation.failures import DropFailure, Failure, plain
 from mlops_assets.ml.validation.gx import GxRunner, gx_failures
 from mlops_assets.ml.validation.masks import columns_of
 from mlops_assets.ml.validation.profile import (
@@ -193,12 +193,13 @@ class DropGate:
             report.failures += self._extra_drop_level(rows.kept)
         errors = [f for f in report.failures if f.level == "drop" and f.severity == "error"]
         if errors:
-            first = errors[0]
+            first = _to_report(errors)
             raise DropRejected(
                 name,
                 first.rule,
-                f"{first.message}; the whole file is quarantined: {hint(first.rule)}",
+                f"{_moved(first, errors)}; the whole file is quarantined: {hint(first.rule)}",
                 column=first.column,
+                rows=rows.rows_in,
             )
         return report
 
@@ -213,3 +214,43 @@ class DropGate:
         frame = good.select(cols).to_pandas(date_as_object=False)
         result = self.runner.run(build_suite(f"{self.spec.name}.extra", self.extra_drop), frame)
         return list(gx_failures(result, {}, self.spec))
+
+
+def band_distance(f: Failure) -> float:
+    """How far a failing drop statistic lies from its band's center, in band half-widths (a
+    statistic just outside its band: a little over 1); 0 when it cannot be told."""
+    if not isinstance(f, DropFailure) or not isinstance(f.observed, int | float):
+        return 0.0
+    lo, hi = f.expected.get("min_value"), f.expected.get("max_value")
+    if lo is None or hi is None or hi <= lo:
+        return 0.0
+    return abs(f.observed - (lo + hi) / 2) / ((hi - lo) / 2)
+
+
+def _to_report(errors: list[Failure]) -> Failure:
+    """The drop-level error a quarantined file is reported by: one that is not drift, else the
+    mean of the column that moved furthest out of its band (its worst statistic without one)."""
+    plain_errors = [f for f in errors if not f.rule.startswith("drift.")]
+    if plain_errors:
+        return plain_errors[0]
+    worst = max(errors, key=band_distance)
+    mean = [f for f in errors if f.column == worst.column and f.rule.endswith(".mean")]
+    return mean[0] if mean else worst
+
+
+def _moved(worst: Failure, errors: list[Failure]) -> str:
+    """``worst``'s message; for drift, first the column that moved, by what factor, and the
+    other columns out of their hard band."""
+    if not worst.rule.startswith("drift.") or not isinstance(worst, DropFailure):
+        return worst.message
+    lo, hi = worst.expected.get("min_value"), worst.expected.get("max_value")
+    center = (lo + hi) / 2 if lo is not None and hi is not None else None
+    stat = worst.rule.rsplit(".", 1)[-1]
+    text = f"column {worst.column!r} moved: its {stat} is {worst.observed:.6g}"
+    if center and isinstance(worst.observed, int | float):
+        ratio = worst.observed / center
+        times = f"{ratio:,.0f}" if abs(ratio) >= 10 else f"{ratio:.2g}"
+        text += f", {times} times the recent level {center:.6g}"
+    others = sorted({str(f.column) for f in errors if f.rule.startswith("drift.")} - {worst.column})
+    also = f"; also out of band: {', '.join(map(repr, others))}" if others else ""
+    return f"{text} ({worst.message}){also}"
