@@ -84,7 +84,7 @@ def drop_format(name: str) -> str | None:
     return None
 
 
-def _decompress(name: str, data: bytes) -> bytes:
+def decompressed(name: str, data: bytes) -> bytes:
     """A ``.csv.gz`` or ``.csv.zst`` drop's bytes decompressed (others as they are)."""
     codec = next((c for ext, c in COMPRESSION.items() if name.lower().endswith(ext)), None)
     if codec is None:
@@ -103,7 +103,7 @@ def _decompress(name: str, data: bytes) -> bytes:
 
 
 def _read_csv(name: str, data: bytes) -> tuple[pa.Table, int]:
-    data = _decompress(name, data)
+    data = decompressed(name, data)
     if not data.strip():
         raise DropRejected(name, Rule.FILE_NOT_EMPTY, "the file is empty (0 bytes of data)")
     if (what := binary_kind(data)) is not None:
