@@ -193,7 +193,7 @@ class DropGate:
             report.failures += self._extra_drop_level(rows.kept)
         errors = [f for f in report.failures if f.level == "drop" and f.severity == "error"]
         if errors:
-            first = _to_report(errors)
+            first = _to_report(errors, bands)
             raise DropRejected(
                 name,
                 first.rule,
@@ -216,24 +216,27 @@ class DropGate:
         return list(gx_failures(result, {}, self.spec))
 
 
-def band_distance(f: Failure) -> float:
-    """How far a failing drop statistic lies from its band's center, in band half-widths (a
-    statistic just outside its band: a little over 1); 0 when it cannot be told."""
+def moved_by(f: Failure, bands: dict[str, Band]) -> float:
+    """How far a failing drop statistic lies from its band's center, in units of its column's
+    level (the center of the column's mean band): a x1000 shift in sales is ~1000, a flat
+    price history's stdev moving from 0 to 0.4 on a price of 5 is 0.08. 0 when not known."""
     if not isinstance(f, DropFailure) or not isinstance(f.observed, int | float):
         return 0.0
     lo, hi = f.expected.get("min_value"), f.expected.get("max_value")
-    if lo is None or hi is None or hi <= lo:
+    if lo is None or hi is None:
         return 0.0
-    return abs(f.observed - (lo + hi) / 2) / ((hi - lo) / 2)
+    mean = bands.get(f"{f.column}__mean")
+    level = abs(mean.center) if mean is not None and mean.center else max(abs(hi - lo), 1e-9)
+    return abs(f.observed - (lo + hi) / 2) / level
 
 
-def _to_report(errors: list[Failure]) -> Failure:
+def _to_report(errors: list[Failure], bands: dict[str, Band]) -> Failure:
     """The drop-level error a quarantined file is reported by: one that is not drift, else the
-    mean of the column that moved furthest out of its band (its worst statistic without one)."""
+    mean of the column that moved furthest for its level (its worst statistic without one)."""
     plain_errors = [f for f in errors if not f.rule.startswith("drift.")]
     if plain_errors:
         return plain_errors[0]
-    worst = max(errors, key=band_distance)
+    worst = max(errors, key=lambda f: moved_by(f, bands))
     mean = [f for f in errors if f.column == worst.column and f.rule.endswith(".mean")]
     return mean[0] if mean else worst
 
