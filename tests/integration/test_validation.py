@@ -18,6 +18,7 @@ from mlops_assets.ml.sample_data import BAD_KINDS, SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.ml.tables import decode_dictionaries
 from mlops_assets.ml.validation.rules import CONCERNS
+from mlops_assets.run_report import explain_failure
 from mlops_assets.storage import LocalStorage
 
 pytestmark = pytest.mark.integration
@@ -143,6 +144,13 @@ def test_good_data_trains_and_bad_kinds_are_quarantined(world):
     assert checks["keys"].severity == dg.AssetCheckSeverity.ERROR
     assert checks["distribution"].severity == dg.AssetCheckSeverity.ERROR
     assert checks["row_accounting"].passed
+    # What a failed CLI command prints: the failing check, file, row, column, rule, what next.
+    why = "\n".join(explain_failure(result))
+    assert "check 'quarantine' on sales/curated failed: " in why
+    assert "next: fix the export of the files named above" in why
+    assert "rule schema.missing_column (file landing/sales/bad_missing_column.csv, column " in why
+    assert "landing/sales/bad_negative_target.csv row 2, column 'sales', value '-5'" in why
+    assert "Traceback" not in why and "DagsterAssetCheckFailedError" not in why
     assert storage.exists("validation/sales/docs/index.html")  # GX Data Docs of the run
     assert "data_docs" in checks["distribution"].metadata
     meta = checks["values"].metadata

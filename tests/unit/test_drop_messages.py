@@ -146,6 +146,8 @@ def test_drift_is_named_on_the_column_that_moved():
     assert "column 'sales' moved: its mean is" in err.value.message
     assert "times the recent level" in err.value.message
     assert "also out of band: 'price'" in err.value.message
+    # The checks and the ledger report the drop by the same failure, first.
+    assert gate.reports["x1000.csv"].failures[0].message.startswith("column 'sales' moved")
     assert err.value.rows == n
 
 

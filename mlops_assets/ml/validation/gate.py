@@ -8,7 +8,7 @@ from the drop's kept rows. A failing ERROR expectation quarantines the whole fil
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 
@@ -194,10 +194,13 @@ class DropGate:
         errors = [f for f in report.failures if f.level == "drop" and f.severity == "error"]
         if errors:
             first = _to_report(errors, bands)
+            # Reported first, in the drift column's own words, by the checks and the ledger too.
+            said = replace(first, message=_moved(first, errors)) if first.level == "drop" else first
+            report.failures = [said, *(f for f in report.failures if f is not first)]
             raise DropRejected(
                 name,
                 first.rule,
-                f"{_moved(first, errors)}; the whole file is quarantined: {hint(first.rule)}",
+                f"{said.message}; the whole file is quarantined: {hint(first.rule)}",
                 column=first.column,
                 rows=rows.rows_in,
             )
