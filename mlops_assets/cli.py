@@ -107,6 +107,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from mlops_assets.assets.registration import promote_job_name
     from mlops_assets.definitions import daily_job_name, defs
+    from mlops_assets.run_report import explain_failure
 
     home = project_home()
     ensure_dagster_home(home)
@@ -129,6 +130,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         print(f"  {job.name}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})")
         if not result.success:
+            print("\n".join(f"    {line}" for line in explain_failure(result)), file=sys.stderr)
             failed.append(job.name)
             continue
         promote = definitions.resolve_job_def(promote_job_name(spec))
@@ -138,6 +140,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"  {promote.name}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})"
         )
         if not result.success:
+            print("\n".join(f"    {line}" for line in explain_failure(result)), file=sys.stderr)
             failed.append(promote.name)
     print(
         f"\nResults are under {home}:\n"
@@ -306,6 +309,9 @@ def cmd_check_azure(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__)
+    parser.add_argument(
+        "--debug", action="store_true", help="on an error, show the full stack trace"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="land sample drops for a bundled dataset")
@@ -379,8 +385,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; an error is one line (what failed and why) and exit status 1, with
+    the stack trace only under ``--debug``."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"mlops {args.command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("  (run `mlops --debug ...` for the stack trace)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ import dagster as dg
 
 from mlops_assets.storage import BlobInfo, Storage
 
-DEFAULT_SUFFIXES = (".csv", ".parquet", ".pq")
+DEFAULT_SUFFIXES = (".csv", ".csv.gz", ".csv.zst", ".parquet", ".pq")
 # Names writers use for files not yet complete (matched against the last part of the name).
 TEMPORARY_NAMES = (".*", "_*", "~*", "*.partial", "*._COPYING_", "*.tmp")
 

@@ -2,9 +2,13 @@
 
 The ingestion asset validates each new drop once, as it ingests it, and reports one check per
 concern from this run's drop outcomes (``domain.validation_report`` computes each verdict), so
-a check describes exactly the drops the run ingested. The checks are ``blocking``: when one
-fails with ERROR, the downstream assets of the same run (training, evaluation, registration) do
-not execute (blocking applies within a run only; see reliability notes 1.4).
+a check describes exactly the drops the run ingested, and a ``quarantine`` check of how much
+went to quarantine. The checks are ``blocking``: when one fails with ERROR, the downstream
+assets of the same run (training, evaluation, registration) do not execute (blocking applies
+within a run only; see reliability notes 1.4). Quarantine is handled: what failed and was
+quarantined fails its check with WARN only, up to the spec's
+``validation.max_quarantined_share`` of the run's rows; wrong curated data (row accounting) or
+quarantine above that share fails with ERROR.
 """
 
 from __future__ import annotations
@@ -14,7 +18,13 @@ from typing import Any
 
 import dagster as dg
 
-from mlops_assets.domain.validation_report import DESCRIPTIONS, CheckOutcome, describe
+from mlops_assets.domain.validation_report import (
+    DESCRIPTIONS,
+    QUARANTINE,
+    QUARANTINE_DESCRIPTION,
+    CheckOutcome,
+    describe,
+)
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.validation.rules import CONCERNS
 
@@ -58,16 +68,17 @@ _WORST = dg.TableSchema(
 
 
 def check_specs(spec: DatasetSpec) -> list[dg.AssetCheckSpec]:
-    """One blocking check per concern on ``[<ds>, "curated"]``, and the non-blocking
-    ``calendar_gaps`` warning."""
+    """One blocking check per concern on ``[<ds>, "curated"]``, the blocking ``quarantine``
+    check, and the non-blocking ``calendar_gaps`` warning."""
+    described = {**DESCRIPTIONS, QUARANTINE: QUARANTINE_DESCRIPTION}
     return [
         dg.AssetCheckSpec(
-            concern,
+            name,
             asset=dg.AssetKey([spec.name, "curated"]),
             blocking=True,
-            description=DESCRIPTIONS[concern],
+            description=described[name],
         )
-        for concern in CONCERNS
+        for name in (*CONCERNS, QUARANTINE)
     ] + [
         dg.AssetCheckSpec(
             GAPS_CHECK,

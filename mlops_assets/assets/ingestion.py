@@ -23,6 +23,8 @@ _OUTCOME_SCHEMA = dg.TableSchema(
         dg.TableColumn("rows_in", "int"),
         dg.TableColumn("rows_curated", "int"),
         dg.TableColumn("rows_quarantined", "int"),
+        dg.TableColumn("rows_duplicate", "int"),
+        dg.TableColumn("rows_replaced", "int"),
         dg.TableColumn("why", "string"),
     ]
 )
@@ -44,6 +46,8 @@ def outcome_table(outcomes: list[DropOutcome], limit: int = 50) -> dg.TableMetad
                 "rows_in": o.rows_in if o.rows_in is not None else 0,
                 "rows_curated": o.rows_curated,
                 "rows_quarantined": o.rows_quarantined,
+                "rows_duplicate": o.rows_duplicate,
+                "rows_replaced": o.rows_replaced,
                 "why": (o.message or "")[:300],
             }
         )
@@ -64,9 +68,11 @@ def run_metadata(storage: Storage, run: IngestionRun, as_of: object) -> dict:
         "drops_quarantined": result.count("quarantined"),
         "drops_partial": result.count("partially_ingested"),
         "drops_deferred": len(result.deferred),
+        "drops_duplicate": result.count("duplicate"),
         "rows_in": result.rows_in,
         "rows_curated": result.rows_curated,
         "rows_quarantined": result.rows_quarantined,
+        "rows_duplicate": result.rows_duplicate,
         "rows_replaced": result.merge.rows_replaced,
         "drops": outcome_table(result.outcomes),
         "curated_uri": dg.MetadataValue.url(storage.uri(run.layout)),
@@ -91,7 +97,9 @@ def build_ingestion_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             "against the dataset spec and upserted on (series key, time); unreadable files and "
             "failing rows go to quarantine with the reason. Each new drop is validated once, as "
             "it is ingested; blocking checks (schema, keys, values, freshness, distribution, row "
-            "accounting) stop the run's downstream assets on an ERROR."
+            "accounting, quarantine) stop the run's downstream assets on an ERROR: wrong curated "
+            "rows, or more quarantined than the spec's validation.max_quarantined_share. "
+            "Quarantine within that share only warns."
         ),
     )
     def curated(

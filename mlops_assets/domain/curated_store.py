@@ -16,14 +16,14 @@ import io
 import json
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mlops_assets.domain.merge import merge_sorted
+from mlops_assets.domain.merge import merge_counted
 from mlops_assets.ml import calendar
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import decode_dictionaries, series_codes, series_numbers, take_rows
@@ -72,6 +72,7 @@ class MergeStats:
     rows_added: int = 0
     rows_replaced: int = 0
     shards_written: int = 0
+    replaced_by_source: dict[int, int] = field(default_factory=dict)  # see ``merge``
 
 
 class CuratedStore:
@@ -186,35 +187,79 @@ class CuratedStore:
         rows = [[i, int(g.missing[w]), int(g.longest[w])] for i, w in zip(ids, worst, strict=True)]
         return {**totals, "worst": rows}
 
-    def merge(self, new: pa.Table) -> MergeStats:
-        """Upsert rows (later rows in ``new`` win over earlier ones and over curated rows)."""
+    def merge(self, new: pa.Table, sources: np.ndarray | None = None) -> MergeStats:
+        """Upsert rows (later rows in ``new`` win over earlier ones and over curated rows).
+
+        ``sources`` numbers each row's source (a drop); the stats then say how many rows each
+        source replaced (``replaced_by_source``; a curated row, or a row of an earlier source).
+        """
         stats = MergeStats()
         if new.num_rows == 0:
             return stats
         n = self.n_shards
         self._write_layout(n)
         shards = shard_of(new, self.spec.series_keys, n)
+        src = np.zeros(new.num_rows, np.int64) if sources is None else np.asarray(sources)
         names = set(self.shard_names())
         keys = self.spec.series_keys
 
-        def one(i: int) -> tuple[int, int]:
-            part = self.conform(new.filter(pa.array(shards == i)))
+        def one(i: int) -> tuple[int, np.ndarray]:
+            mine = shards == i
+            part = self.conform(new.filter(pa.array(mine)))
             name = self.shard_name(i)
             if name in names:
                 old = self.conform(self.read_shard(name, dictionary=keys))
             else:
                 old = self._schema().empty_table()
-            merged, replaced = merge_sorted(old, part, self.spec)
+            merged, replaced = merge_counted(old, part, self.spec)
             self._write_shard(name, merged)
-            return part.num_rows - replaced, replaced
+            return part.num_rows, np.bincount(src[mine], weights=replaced, minlength=1)
 
         touched = [int(i) for i in np.unique(shards)]
+        by_source = np.zeros(int(src.max()) + 1)
         with ThreadPoolExecutor(max_workers=2) as pool:
-            for added, replaced in pool.map(one, touched):
-                stats.rows_added += added
-                stats.rows_replaced += replaced
+            for rows, replaced in pool.map(one, touched):
+                stats.rows_added += rows - int(replaced.sum())
+                by_source[: len(replaced)] += replaced
+        stats.rows_replaced = int(by_source.sum())
+        stats.replaced_by_source = {int(j): int(c) for j, c in enumerate(by_source) if c}
         stats.shards_written = len(touched)
         return stats
+
+    def same_as_curated(self, rows: pa.Table) -> np.ndarray:
+        """Which of ``rows`` (unique on (key, time)) are curated already with the same values:
+        a re-delivery. Only the shards of their series, in their time range, are read; rows
+        dated after every curated row (a new period) cost one look at row-group statistics.
+        """
+        same = np.zeros(rows.num_rows, dtype=bool)
+        names = set(self.shard_names())
+        if rows.num_rows == 0 or not names:
+            return same
+        spec, keys = self.spec, self.spec.key_columns
+        mm = pc.min_max(rows[spec.time]).as_py()
+        span = [(spec.time, ">=", mm["min"]), (spec.time, "<=", mm["max"])]
+        shards = np.unique(shard_of(rows, spec.series_keys, self.n_shards))
+        parts = [
+            self.read_shard(n, list(spec.columns), span)
+            for n in (self.shard_name(int(i)) for i in shards)
+            if n in names
+        ]
+        if not parts or not sum(p.num_rows for p in parts):
+            return same
+        values = [c for c in spec.columns if c not in keys]
+        old = decode_dictionaries(pa.concat_tables(parts).unify_dictionaries())
+        old = old.rename_columns([c if c in keys else f"{c}__curated" for c in old.column_names])
+        mine = decode_dictionaries(self.conform(rows)).append_column(
+            "__i", pa.array(np.arange(rows.num_rows))
+        )
+        both = mine.join(old, keys, join_type="inner")
+        equal = pa.array(np.ones(both.num_rows, dtype=bool))
+        for c in values:
+            a, b = both[c], both[f"{c}__curated"]
+            same_value = pc.or_kleene(pc.equal(a, b), pc.and_(pc.is_null(a), pc.is_null(b)))
+            equal = pc.and_(equal, pc.fill_null(same_value, False))
+        same[both["__i"].filter(equal).to_numpy()] = True
+        return same
 
     def _footer_stats(self, name: str) -> dict | None:
         """The summary a shard carries in its footer (None for a shard written without)."""

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -75,7 +76,11 @@ class IngestResult:
 
     @property
     def rows_quarantined(self) -> int:
-        return sum(o.rows_quarantined for o in self.outcomes)
+        return sum(o.rows_quarantined or 0 for o in self.outcomes)
+
+    @property
+    def rows_duplicate(self) -> int:
+        return sum(o.rows_duplicate for o in self.outcomes)
 
 
 class DropDeferred(Exception):
@@ -121,10 +126,19 @@ def _quarantine_rows(storage: Storage, spec: DatasetSpec, info: BlobInfo, rows: 
     return dest
 
 
-def _status(check: RowCheck) -> str:
-    if check.kept.num_rows == check.rows_in:
-        return "ingested"
-    return "partially_ingested" if check.kept.num_rows else "quarantined"
+def _status(check: RowCheck, duplicates: int) -> str:
+    if not check.rows_quarantined:
+        return "duplicate" if duplicates and not check.kept.num_rows else "ingested"
+    return "partially_ingested" if check.kept.num_rows or duplicates else "quarantined"
+
+
+def _without_duplicates(storage: Storage, spec: DatasetSpec, check: RowCheck) -> RowCheck:
+    """``check`` without the kept rows that are curated already with the same values: a
+    re-delivery changes nothing, and is not compared with the history's distribution."""
+    same = CuratedStore(storage, spec).same_as_curated(check.kept)
+    if not same.any():
+        return check
+    return RowCheck(check.rows_in, check.kept.filter(pa.array(~same)), check.quarantined)
 
 
 def _curate_one(
@@ -147,6 +161,7 @@ def _curate_one(
         if _waits(parsed, spec, as_of):
             raise DropDeferred(info.name)
         check = explain_rows(validate_rows(parsed, spec, for_scoring=False, as_of=as_of), info.name)
+        check = _without_duplicates(storage, spec, check)
         if gate is not None:
             outcome.validation = gate.check_drop(info.name, check).as_dict()
     except DropRejected as err:
@@ -155,6 +170,7 @@ def _curate_one(
             outcome.rows_in = outcome.rows_quarantined = check.rows_in
             outcome.validation = gate.reports[info.name].as_dict() if gate is not None else None
         else:
+            outcome.rows_in, outcome.rows_quarantined = err.rows, err.rows or 0  # None: unread
             failure = DropFailure(
                 err.rule, err.message, "schema", column=err.column, level="file", file=err.name
             )
@@ -170,15 +186,25 @@ def _record_rows(
     """Fill in ``outcome`` from a drop's checked rows; quarantine the rows that failed."""
     outcome.rows_in, outcome.rows_curated = check.rows_in, check.kept.num_rows
     outcome.rows_quarantined, outcome.rules = check.rows_quarantined, check.rule_counts()
-    outcome.status = _status(check)
+    outcome.rows_duplicate = check.rows_in - check.kept.num_rows - check.rows_quarantined
+    outcome.status = _status(check, outcome.rows_duplicate)
+    notes = []
     if check.rows_quarantined:
         outcome.quarantine = _quarantine_rows(storage, spec, info, check.quarantined)
         first = check.quarantined["_message"][0].as_py()
         counts = ", ".join(f"{r}: {c}" for r, c in outcome.rules.items())
-        outcome.message = (
-            f"{info.name}: {check.rows_quarantined} of {check.rows_in} rows quarantined "
-            f"({counts}); first: {first}"
+        notes.append(
+            f"{check.rows_quarantined} of {check.rows_in} rows quarantined ({counts}); "
+            f"first: {first}"
         )
+    if outcome.rows_duplicate:
+        some = "all" if outcome.status == "duplicate" else f"{outcome.rows_duplicate} of"
+        notes.append(
+            f"{some} {check.rows_in} rows are curated already with the same values (a "
+            f"re-delivery): {outcome.rows_duplicate} duplicate rows skipped, nothing to do"
+        )
+    if notes:
+        outcome.message = f"{info.name}: " + "; ".join(notes)
     if check.kept.num_rows:
         mm = pc.min_max(check.kept[spec.time]).as_py()
         outcome.time_min, outcome.time_max = str(mm["min"]), str(mm["max"])
@@ -210,6 +236,7 @@ def ingest(
     store = CuratedStore(storage, spec, n_shards)
     outcomes: list[DropOutcome] = []
     good: list[pa.Table] = []
+    sources: list[np.ndarray] = []  # each good row's index in ``outcomes``
     quarantined_files: list[str] = []
     deferred: list[str] = []
     with phases("read_validate"):
@@ -229,12 +256,16 @@ def ingest(
             outcomes.append(outcome)
             if check.kept.num_rows:
                 good.append(store.conform(check.kept))  # CSV and Parquet drops alike
+                sources.append(np.full(check.kept.num_rows, len(outcomes) - 1))
                 if gate is not None:
                     gate.accept(check.kept)
     with phases("merge"):
-        merge = store.merge(pa.concat_tables(good)) if good else MergeStats()
+        merge = (
+            store.merge(pa.concat_tables(good), np.concatenate(sources)) if good else MergeStats()
+        )
     ledger = DropLedger(storage, spec)
-    for o in outcomes:
+    for j, o in enumerate(outcomes):
+        o.rows_replaced = merge.replaced_by_source.get(j, 0)
         ledger.record(o)
         if on_drop:
             on_drop(o)

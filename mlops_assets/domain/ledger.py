@@ -27,11 +27,12 @@ class DropOutcome:
     drop: str
     etag: str
     size: int
-    status: str  # ingested | partially_ingested | quarantined
-    rows_in: int | None = None
+    status: str  # ingested | partially_ingested | quarantined | duplicate
+    rows_in: int | None = None  # None: the file could not be read
     rows_curated: int = 0
     rows_quarantined: int = 0
-    rows_replaced: int = 0
+    rows_replaced: int = 0  # curated rows (or an earlier drop's rows) this drop replaced
+    rows_duplicate: int = 0  # rows curated already with the same values (a re-delivery)
     rules: dict[str, int] = field(default_factory=dict)  # rule -> rows failing it
     message: str | None = None
     quarantine: str | None = None

@@ -18,25 +18,35 @@ def _time_ints(col: pa.ChunkedArray) -> np.ndarray:
     )
 
 
-def sort_and_dedupe(table: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, int]:
-    """Sort by (key, time); of rows with equal (key, time), keep the last one in table order.
-
-    Returns the table and how many rows were replaced by a later one.
-    """
+def _dedupe(table: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, np.ndarray]:
+    """``sort_and_dedupe``, with how many rows each row of ``table`` replaced (its run of equal
+    (key, time) rows less one for the last of a run, which is kept; 0 for the others)."""
+    replaced = np.zeros(table.num_rows, dtype=np.int64)
     if table.num_rows == 0:
-        return table, 0
+        return table, replaced
     code = series_codes(table, spec.series_keys)
     t = _time_ints(table[spec.time])
     # A first load arrives sorted and unique already (drops are written in key order): then
     # there is nothing to move, and a 40M-row sort and gather are skipped.
     if bool(np.all((code[1:] > code[:-1]) | ((code[1:] == code[:-1]) & (t[1:] > t[:-1])))):
-        return table, 0
+        return table, replaced
     order = np.lexsort((np.arange(table.num_rows), t, code))
     code, t = code[order], t[order]
     last_of_run = np.ones(len(order), dtype=bool)
     last_of_run[:-1] = (code[1:] != code[:-1]) | (t[1:] != t[:-1])
     keep = order[last_of_run]
-    return table.take(pa.array(keep)), int(len(order) - len(keep))
+    ends = np.flatnonzero(last_of_run)
+    replaced[keep] = np.diff(ends, prepend=-1) - 1
+    return table.take(pa.array(keep)), replaced
+
+
+def sort_and_dedupe(table: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, int]:
+    """Sort by (key, time); of rows with equal (key, time), keep the last one in table order.
+
+    Returns the table and how many rows were replaced by a later one.
+    """
+    out, replaced = _dedupe(table, spec)
+    return out, int(replaced.sum())
 
 
 def _search_sorted_pairs(code: np.ndarray, t: np.ndarray, c: np.ndarray, v: np.ndarray):
@@ -55,15 +65,24 @@ def _search_sorted_pairs(code: np.ndarray, t: np.ndarray, c: np.ndarray, v: np.n
 
 
 def merge_sorted(old: pa.Table, new: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, int]:
+    """``merge_counted`` with the replaced rows counted in all."""
+    merged, replaced = merge_counted(old, new, spec)
+    return merged, int(replaced.sum())
+
+
+def merge_counted(old: pa.Table, new: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, np.ndarray]:
     """``sort_and_dedupe(concat(old, new))`` when ``old`` is already sorted and unique on
     (key, time), as a curated shard is: only the new rows are sorted, and they are placed by
     binary search (a daily drop into 40M curated rows moves no old row but to copy it).
 
-    Returns the merged table and how many rows were replaced by a later one.
+    Returns the merged table and, per row of ``new``, how many rows it replaced (an old row
+    and earlier rows of ``new`` with its (key, time); 0 for a row replaced itself), so the
+    replacements can be told per drop.
     """
     n_old, n_new = old.num_rows, new.num_rows
     if n_old == 0 or n_new > max(1_000_000, n_old // 4):
-        return sort_and_dedupe(pa.concat_tables([old, new]), spec)
+        merged, replaced = _dedupe(pa.concat_tables([old, new]), spec)
+        return merged, replaced[n_old:]  # old rows are unique: each run ends in a new row
     both = pa.concat_tables([old, new])
     code = series_codes(both, spec.series_keys)
     t = _time_ints(both[spec.time])
@@ -72,6 +91,7 @@ def merge_sorted(old: pa.Table, new: pa.Table, spec: DatasetSpec) -> tuple[pa.Ta
     cn, tn = cn[order], tn[order]
     last = np.ones(n_new, dtype=bool)
     last[:-1] = (cn[1:] != cn[:-1]) | (tn[1:] != tn[:-1])
+    run = np.diff(np.flatnonzero(last), prepend=-1)  # new rows per (key, time)
     order, cn, tn = order[last], cn[last], tn[last]
     pos = _search_sorted_pairs(co, to, cn, tn)
     at = np.minimum(pos, n_old - 1)
@@ -80,4 +100,6 @@ def merge_sorted(old: pa.Table, new: pa.Table, spec: DatasetSpec) -> tuple[pa.Ta
     dropped = np.zeros(n_old + n_new, dtype=bool)
     dropped[pos[replaces]] = True  # the old row a new one replaces comes right after it
     rows = rows[~dropped[rows]]
-    return both.take(pa.array(rows)), int(n_new - len(order) + replaces.sum())
+    replaced = np.zeros(n_new, dtype=np.int64)
+    replaced[order] = run - 1 + replaces
+    return both.take(pa.array(rows)), replaced

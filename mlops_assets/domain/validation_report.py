@@ -29,10 +29,17 @@ DESCRIPTIONS = {
     "distribution": "Each drop's mean, stdev and quantiles of the target and numeric features "
     "lie within the warn (WARN) and hard (ERROR) sigma bands of the last reference_periods "
     "periods of curated history.",
-    "row_accounting": "For every drop, rows in = rows curated + rows quarantined, and the curated "
-    "store took exactly the rows reported as curated.",
+    "row_accounting": "For every drop, rows in = rows curated + rows quarantined + rows "
+    "re-delivered unchanged (duplicates), and the curated store took exactly the rows reported "
+    "as curated.",
 }
-ALWAYS_ERROR = {"schema", "keys", "row_accounting"}
+QUARANTINE = "quarantine"
+QUARANTINE_DESCRIPTION = (
+    "What the run quarantined (failing rows, and every row of files quarantined whole) is at "
+    "most validation.max_quarantined_share of the rows it read: quarantine is handled, so "
+    "within the share the concern checks and this one fail with WARN and training goes on; "
+    "above it, with ERROR."
+)
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,7 @@ def expectations_text(spec: DatasetSpec, concern: str, as_of: date) -> str:
             f"{Rule.TIME_DUPLICATE_PERIOD}: one row per series and period after snapping"
         )
     if concern == "row_accounting":
-        lines.append("rows_in == rows_curated + rows_quarantined for every drop")
+        lines.append("rows_in == rows_curated + rows_quarantined + rows_duplicate for every drop")
     return "\n".join(lines)
 
 
@@ -115,10 +122,10 @@ def row_accounting(result: IngestResult) -> list[DropFailure]:
     for o in result.outcomes:
         if o.rows_in is None:
             continue  # unreadable file: no rows known, the whole file is in quarantine
-        if o.rows_in != o.rows_curated + o.rows_quarantined:
+        if o.rows_in != o.rows_curated + o.rows_quarantined + o.rows_duplicate:
             message = (
                 f"{o.drop}: rows in {o.rows_in} != curated {o.rows_curated} + quarantined "
-                f"{o.rows_quarantined}; report a bug in ingestion"
+                f"{o.rows_quarantined} + duplicate {o.rows_duplicate}; report a bug in ingestion"
             )
             out.append(DropFailure(Rule.ROWS_IDENTITY, message, "row_accounting", file=o.drop))
     merged = result.merge.rows_added + result.merge.rows_replaced
@@ -141,14 +148,74 @@ def _blocks(f: Failure) -> bool:
     return f.level in ("file", "drop") and f.severity == "error"
 
 
-def _severity(concern: str, mine: list[Failure], pct: float, tolerance: float) -> str:
-    if concern in ALWAYS_ERROR or any(f.severity == "error" and f.level != "row" for f in mine):
+@dataclass(frozen=True)
+class QuarantineShare:
+    """How much of a run's rows and files went to quarantine, against the spec's limit."""
+
+    rows_in: int
+    rows_quarantined: int
+    files_quarantined: int
+    files_unreadable: int  # quarantined whole before their rows could be counted
+    limit: float
+
+    @classmethod
+    def of(cls, spec: DatasetSpec, result: IngestResult) -> QuarantineShare:
+        whole = [o for o in result.outcomes if o.status == "quarantined"]
+        return cls(
+            rows_in=result.rows_in,
+            rows_quarantined=result.rows_quarantined,
+            files_quarantined=len(whole),
+            files_unreadable=sum(o.rows_in is None for o in whole),
+            limit=spec.validation.max_quarantined_share,
+        )
+
+    @property
+    def share(self) -> float:
+        """Rows quarantined over rows read; 1 when files arrived and none could be read."""
+        if self.rows_in:
+            return self.rows_quarantined / self.rows_in
+        return 1.0 if self.files_quarantined else 0.0
+
+    @property
+    def over(self) -> bool:
+        return self.share > self.limit
+
+    def describe(self) -> str:
+        unreadable = f", {self.files_unreadable} unreadable" if self.files_unreadable else ""
+        verdict = (
+            f"over validation.max_quarantined_share {self.limit:.0%}: the run stops here; fix "
+            "the sender's export (the failures below say what) or raise the share in the spec"
+            if self.over
+            else f"within validation.max_quarantined_share {self.limit:.0%}: handled, nothing "
+            "that failed reached the curated data and training goes on"
+        )
+        return (
+            f"{self.rows_quarantined:,} of {self.rows_in:,} rows ({self.share:.1%}) quarantined, "
+            f"{self.files_quarantined} file(s) whole{unreadable}; {verdict}"
+        )
+
+
+def _severity(concern: str, mine: list[Failure], quarantine: QuarantineShare) -> str:
+    """ERROR for wrong curated data (row accounting), or for quarantine over the spec's share;
+    else WARN (what failed was quarantined, or was only a warning)."""
+    if concern == "row_accounting":
         return "error"
-    return "warn" if concern == "distribution" or pct <= tolerance else "error"
+    if not any(f.severity == "error" for f in mine):
+        return "warn"
+    return "error" if quarantine.over else "warn"
+
+
+def _description(concern: str, mine: list[Failure], quarantine: QuarantineShare) -> str | None:
+    if not mine:
+        return None
+    if concern == "row_accounting" or not any(f.severity == "error" for f in mine):
+        return describe(mine[0])
+    return f"{describe(mine[0])} [quarantined; {quarantine.describe()}]"
 
 
 def check_outcomes(spec: DatasetSpec, result: IngestResult, as_of: date) -> list[CheckOutcome]:
-    """One outcome per concern, computed from this run's drop outcomes."""
+    """One outcome per concern, computed from this run's drop outcomes, then the quarantine
+    check's (``quarantine_outcome``)."""
     rows_in = result.rows_in
     failures = [f for o in result.outcomes for f in _failures(o, spec)] + row_accounting(result)
     samples = [
@@ -156,6 +223,7 @@ def check_outcomes(spec: DatasetSpec, result: IngestResult, as_of: date) -> list
         for o in result.outcomes
         for s in (o.validation or {}).get("sample", [])
     ]
+    quarantine = QuarantineShare.of(spec, result)
     out = []
     for concern in CONCERNS:
         # ERROR findings first, so the check's description names what blocks.
@@ -175,8 +243,8 @@ def check_outcomes(spec: DatasetSpec, result: IngestResult, as_of: date) -> list
             CheckOutcome(
                 concern=concern,
                 passed=not mine,
-                severity=_severity(concern, mine, pct, spec.validation.max_quarantined_pct),
-                description=describe(mine[0]) if mine else None,
+                severity=_severity(concern, mine, quarantine),
+                description=_description(concern, mine, quarantine),
                 expectation=expectations_text(spec, concern, as_of),
                 observed=_observed(mine),
                 drops_checked=len(result.outcomes),
@@ -194,4 +262,32 @@ def check_outcomes(spec: DatasetSpec, result: IngestResult, as_of: date) -> list
                 ),
             )
         )
-    return out
+    return [*out, quarantine_outcome(result, failures, samples, quarantine)]
+
+
+def quarantine_outcome(
+    result: IngestResult,
+    failures: list[Failure],
+    samples: list[dict[str, Any]],
+    quarantine: QuarantineShare,
+) -> CheckOutcome:
+    """The quarantine check: passed when nothing was quarantined, WARN within the spec's
+    share, ERROR above it."""
+    quarantined = [f for f in failures if f.severity == "error" and f.concern != "row_accounting"]
+    return CheckOutcome(
+        concern=QUARANTINE,
+        passed=not quarantine.rows_quarantined and not quarantine.files_quarantined,
+        severity="error" if quarantine.over else "warn",
+        description=quarantine.describe() if quarantined else None,
+        expectation=f"rows quarantined <= {quarantine.limit} x rows read "
+        "(validation.max_quarantined_share)",
+        observed=quarantine.describe(),
+        drops_checked=len(result.outcomes),
+        rows_checked=quarantine.rows_in,
+        unexpected_count=quarantine.rows_quarantined,
+        unexpected_percent=round(100 * quarantine.share, 6),
+        failed_rules=", ".join(sorted({f.rule for f in quarantined})) or "none",
+        files_quarantined=quarantine.files_quarantined,
+        failures=quarantined,
+        sample=samples,
+    )

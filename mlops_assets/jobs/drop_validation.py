@@ -10,7 +10,7 @@ import io
 
 import pyarrow.parquet as pq
 
-from mlops_assets.ml.drops import ParsedDrop, parse_drop
+from mlops_assets.ml.drops import ParsedDrop, decompressed, parse_drop
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.validation.rows import validate_rows
 
@@ -30,7 +30,13 @@ def _columns_of(name: str, data: bytes) -> list[str] | None:
     try:
         if name.lower().endswith((".parquet", ".pq")):
             return pq.read_schema(io.BytesIO(data)).names
-        header = data.split(b"\n", 1)[0].decode("utf-8").lstrip("\ufeff").rstrip("\r")
+        header = (
+            decompressed(name, data)
+            .split(b"\n", 1)[0]
+            .decode("utf-8")
+            .lstrip("\ufeff")
+            .rstrip("\r")
+        )
         return [h.strip() for h in header.split(",")]
     except Exception:
         return None

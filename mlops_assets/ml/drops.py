@@ -1,7 +1,8 @@
 """Read one landed drop file into a typed Arrow table, or say exactly why it cannot be read.
 
-File-level problems (unreadable, empty, wrong delimiter or encoding, missing or extra columns)
-raise ``DropRejected``; the whole file goes to quarantine. Row-level problems (a value that does
+Drops are CSV (plain, ``.csv.gz`` or ``.csv.zst``) or Parquet. File-level problems (unreadable,
+empty, binary content, wrong delimiter or encoding, missing or extra columns) raise
+``DropRejected``; the whole file goes to quarantine. Row-level problems (a value that does
 not parse as its column's type, a null key) come back as quarantined rows
 (``ParsedDrop.rejected``) with the rule, column, value and source row number, so nothing is
 silently dropped. Rule names are ``validation.rules``'.
@@ -19,20 +20,42 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from mlops_assets.ml.sniff import (
+    SNIFF_BYTES,
+    binary_kind,
+    magic_of,
+    text_start,
+    utf16_without_bom,
+)
 from mlops_assets.ml.spec import ColumnType, DatasetSpec
 from mlops_assets.ml.validation.rules import Rule, type_rule
 
 ROW = "_row"  # 1-based line number in a CSV (header is line 1), 0-based row index in Parquet
 REJECT_COLUMNS = ("_rule", "_column", "_value", "_message")
-FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+FORMATS = {
+    ".csv": "csv",
+    ".csv.gz": "csv",
+    ".csv.zst": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+COMPRESSION = {".gz": "gzip", ".zst": "zstd"}  # pyarrow's codec names
 
 
 class DropRejected(Exception):
     """The whole file cannot be curated and goes to quarantine; ``rule`` names the file- or
     drop-level rule that failed (a ``validation.rules`` name)."""
 
-    def __init__(self, name: str, rule: str, message: str, column: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        rule: str,
+        message: str,
+        column: str | None = None,
+        rows: int | None = None,
+    ):
         self.name, self.rule, self.column = name, str(rule), column
+        self.rows = rows  # rows the file was read to hold (None: it could not be read)
         super().__init__(f"{name}: {message} [rule: {rule}]")
 
     @property
@@ -61,14 +84,36 @@ def drop_format(name: str) -> str | None:
     return None
 
 
+def decompressed(name: str, data: bytes) -> bytes:
+    """A ``.csv.gz`` or ``.csv.zst`` drop's bytes decompressed (others as they are)."""
+    codec = next((c for ext, c in COMPRESSION.items() if name.lower().endswith(ext)), None)
+    if codec is None:
+        return data
+    try:
+        return pa.input_stream(pa.py_buffer(data), compression=codec).read()
+    except (OSError, pa.ArrowInvalid) as e:
+        magic = magic_of(data)
+        found = magic.what if magic else f"it starts with {text_start(data)!r}"
+        raise DropRejected(
+            name,
+            Rule.FILE_READABLE,
+            f"the file is named as {codec}-compressed but is not a readable {codec} stream "
+            f"({found}; {e}); name it for what it is (.csv, .csv.gz, .csv.zst, .parquet)",
+        ) from None
+
+
 def _read_csv(name: str, data: bytes) -> tuple[pa.Table, int]:
+    data = decompressed(name, data)
     if not data.strip():
         raise DropRejected(name, Rule.FILE_NOT_EMPTY, "the file is empty (0 bytes of data)")
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data[:4096]:
+    if (what := binary_kind(data)) is not None:
+        raise DropRejected(name, Rule.FILE_FORMAT, f"the file is not a CSV: it is {what}")
+    if (bom := data[:2] in (b"\xff\xfe", b"\xfe\xff")) or utf16_without_bom(data[:SNIFF_BYTES]):
+        how = "a UTF-16 byte-order mark" if bom else "a zero byte beside each character"
         raise DropRejected(
             name,
             Rule.FILE_ENCODING,
-            "the file is not UTF-8 (it looks like UTF-16); re-export as UTF-8",
+            f"the file is UTF-16 text ({how}), not UTF-8; re-export it as UTF-8",
         )
     try:
         data.decode("utf-8")
@@ -76,7 +121,8 @@ def _read_csv(name: str, data: bytes) -> tuple[pa.Table, int]:
         raise DropRejected(
             name,
             Rule.FILE_ENCODING,
-            f"the file is not UTF-8 (byte {e.start} is invalid); re-export as UTF-8",
+            f"the file is not UTF-8 (byte {e.start} is invalid: {data[e.start]:#04x}, maybe "
+            "Latin-1 or Windows-1252); re-export as UTF-8",
         ) from None
     header = data.split(b"\n", 1)[0].decode("utf-8").lstrip("\ufeff")
     names = [h.strip() for h in header.rstrip("\r").split(",")]
@@ -96,12 +142,33 @@ def _read_csv(name: str, data: bytes) -> tuple[pa.Table, int]:
 
 
 def _read_parquet(name: str, data: bytes) -> tuple[pa.Table, int]:
+    if not data:
+        raise DropRejected(name, Rule.FILE_NOT_EMPTY, "the file is empty (0 bytes of data)")
+    if not data.startswith(b"PAR1"):
+        what = binary_kind(data) or f"text starting {text_start(data)!r} (name it .csv if CSV)"
+        raise DropRejected(
+            name, Rule.FILE_FORMAT, f"the file is not Parquet (no PAR1 magic number): it is {what}"
+        )
+    if not data.endswith(b"PAR1"):
+        raise DropRejected(
+            name,
+            Rule.FILE_READABLE,
+            f"the Parquet file is truncated: it has no closing PAR1 footer ({len(data):,} bytes "
+            "landed); land the whole file again",
+        )
     try:
         return pq.read_table(io.BytesIO(data)), 0
     except (pa.ArrowInvalid, OSError) as e:
         raise DropRejected(
-            name, Rule.FILE_READABLE, f"not a readable Parquet file (truncated or corrupt?): {e}"
+            name, Rule.FILE_READABLE, f"not a readable Parquet file (corrupt?): {e}"
         ) from None
+
+
+def _case_matches(missing: list[str], have: list[str]) -> list[str]:
+    """``'Store' -> 'store'`` for each found column that is a missing one but for case or
+    surrounding spaces."""
+    by_folded = {h.strip().casefold(): h for h in have}
+    return [f"{by_folded[m.casefold()]!r} -> {m!r}" for m in missing if m.casefold() in by_folded]
 
 
 def check_columns(name: str, table: pa.Table, spec: DatasetSpec) -> None:
@@ -117,10 +184,16 @@ def check_columns(name: str, table: pa.Table, spec: DatasetSpec) -> None:
             "drops must be comma-separated",
         )
     if missing:
+        renames = _case_matches(missing, extra)
         raise DropRejected(
             name,
             Rule.SCHEMA_MISSING_COLUMN,
-            f"missing column(s) {missing}; expected exactly {want}",
+            f"missing column(s) {missing}; the file has {have}; expected exactly {want}"
+            + (
+                f"; these differ only in case or spaces, rename them: {', '.join(renames)}"
+                if renames
+                else ""
+            ),
             column=missing[0],
         )
     if extra:
@@ -193,9 +266,13 @@ def parse_drop(
             name, Rule.FILE_FORMAT, f"unknown file type; drops must end in {sorted(FORMATS)}"
         )
     raw, first_row = (_read_csv if fmt == "csv" else _read_parquet)(name, data)
-    check_columns(name, raw, spec)
+    try:
+        check_columns(name, raw, spec)
+    except DropRejected as err:
+        err.rows = raw.num_rows  # readable, so its rows are known (quarantined with it)
+        raise
     if raw.num_rows == 0:
-        raise DropRejected(name, Rule.FILE_HAS_ROWS, "the file has a header but no rows")
+        raise DropRejected(name, Rule.FILE_HAS_ROWS, "the file has a header but no rows", rows=0)
     return type_rows(raw, spec, first_row, keep_dictionaries)
 
 
@@ -259,22 +336,37 @@ def split_failures(
     column = np.array([c for _r, c, _m in failures] + [None], dtype=object)[first[idx]]
     rejected_cols = {c: _as_strings(source[c].take(idx)) for c in spec.columns}
     rejected_cols[ROW] = typed[ROW].take(idx)
-    values = [
-        rejected_cols[c][i].as_py() if c in rejected_cols else None for i, c in enumerate(column)
-    ]
-    row_numbers = rejected_cols[ROW].to_pylist()
+    texts = {c: rejected_cols[c].to_pylist() for c in spec.columns}
+    values = [texts[c][i] if c in texts else None for i, c in enumerate(column)]
     rejected_cols["_rule"] = pa.array(rule.tolist(), type=pa.string())
     rejected_cols["_column"] = pa.array(column.tolist(), type=pa.string())
     rejected_cols["_value"] = pa.array(values, type=pa.string())
     rejected_cols["_message"] = pa.array(
-        [
-            f"row {rn}, column {c!r}: value {v!r} fails rule {r}"
-            for rn, c, v, r in zip(row_numbers, column, values, rule, strict=True)
-        ],
-        type=pa.string(),
+        _row_messages(rejected_cols[ROW].to_pylist(), idx, failures, texts), type=pa.string()
     )
     return ParsedDrop(
         rows_in=rows_in if rows_in is not None else n,
         good=good,
         rejected=pa.table(rejected_cols),
     )
+
+
+def _row_messages(
+    row_numbers: list[int],
+    idx: np.ndarray,
+    failures: list[tuple[str, str, np.ndarray]],
+    texts: dict[str, list],
+) -> list[str]:
+    """One message per rejected row naming every (column, rule) it fails, the first first
+    (the row's ``_rule`` and ``_column``)."""
+    found: list[list[str]] = [[] for _ in idx]
+    for r, c, mask in failures:
+        for j in np.flatnonzero(mask[idx]):
+            v = texts[c][j] if c in texts else None
+            found[j].append(f"column {c!r}: value {v!r} fails rule {r}")
+    return [
+        f"row {rn}, {parts[0]}"
+        if len(parts) == 1
+        else f"row {rn}, {len(parts)} columns fail: " + "; ".join(parts)
+        for rn, parts in zip(row_numbers, found, strict=True)
+    ]

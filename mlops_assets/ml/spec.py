@@ -224,12 +224,14 @@ class ValidationSpec(BaseModel):
         default=None, description="Timestamps before this date are rejected as implausible."
     )
     drift: DriftBands = Field(default_factory=DriftBands)
-    max_quarantined_pct: float = Field(
-        default=0.0,
+    max_quarantined_share: float = Field(
+        default=0.25,
         ge=0,
-        le=100,
-        description="Rows quarantined by value and freshness rules, as a percent of the run's "
-        "rows, up to which their check fails with WARN (training goes on); above, ERROR.",
+        le=1,
+        description="Quarantine is handled up to this share of the rows an ingestion run read "
+        "(failing rows, and every row of a file quarantined whole): the checks that found them "
+        "fail with WARN and training goes on. Above it they fail with ERROR and the run's "
+        "downstream assets do not run.",
     )
     expectations: list[ExtraExpectation] = Field(
         default_factory=list, description="Extra GX expectations for this dataset."

@@ -13,10 +13,12 @@ from mlops_assets.assets.ingestion import build_ingestion_asset
 from mlops_assets.domain.curated_store import CuratedStore
 from mlops_assets.domain.ledger import DropLedger
 from mlops_assets.domain.sample_drops import land_sales
+from mlops_assets.domain.validation_report import QUARANTINE
 from mlops_assets.ml.sample_data import BAD_KINDS, SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.ml.tables import decode_dictionaries
 from mlops_assets.ml.validation.rules import CONCERNS
+from mlops_assets.run_report import explain_failure
 from mlops_assets.storage import LocalStorage
 
 pytestmark = pytest.mark.integration
@@ -99,13 +101,16 @@ def test_good_data_trains_and_bad_kinds_are_quarantined(world):
     assert not executed, "training ran although blocking checks failed"
 
     checks = _checks(result)
-    assert set(checks) == {*CONCERNS, GAPS_CHECK}
+    assert set(checks) == {*CONCERNS, QUARANTINE, GAPS_CHECK}
     # The synthetic series have no missing week: the non-blocking warning passes.
     assert checks[GAPS_CHECK].passed
     assert checks[GAPS_CHECK].severity == dg.AssetCheckSeverity.WARN
     assert checks[GAPS_CHECK].metadata["missing_periods"].value == 0
     ledger = {o.drop.rsplit("/", 1)[-1]: o for o in DropLedger(storage, spec).all()}
-    assert ledger["week_again.csv"].status == "ingested"
+    # The last week again, unchanged: a re-delivery, recognised with its count, not drift.
+    again = ledger["week_again.csv"]
+    assert again.status == "duplicate" and again.rows_duplicate == last.num_rows
+    assert f"all {last.num_rows} rows are curated already with the same values" in again.message
     for kind, (where, rule, concern) in EXPECTED.items():
         name = next(n for n in ledger if n.startswith(f"bad_{kind}."))
         o = ledger[name]
@@ -123,14 +128,29 @@ def test_good_data_trains_and_bad_kinds_are_quarantined(world):
             assert {"file", "row", "column", "value", "rule"} <= set(sample[0])
             assert "; " in o.message  # the message says what to do
         assert not checks[concern].passed, (kind, concern)
-        # the identity: every row is curated or quarantined
+        # the identity: every row is curated, quarantined or an unchanged re-delivery (these
+        # bad drops are made from curated rows)
         if o.rows_in is not None:
-            assert o.rows_in == o.rows_curated + o.rows_quarantined, kind
+            assert o.rows_in == o.rows_curated + o.rows_quarantined + o.rows_duplicate, kind
 
+    # Most of what arrived was quarantined (whole files count with their rows): over the
+    # spec's share, so the checks that found it fail with ERROR and training does not run.
+    quarantine = checks[QUARANTINE]
+    assert not quarantine.passed and quarantine.severity == dg.AssetCheckSeverity.ERROR
+    share = quarantine.metadata["unexpected_percent"].value
+    assert share > 100 * spec.validation.max_quarantined_share
+    assert "over validation.max_quarantined_share" in quarantine.description
     assert checks["schema"].severity == dg.AssetCheckSeverity.ERROR
     assert checks["keys"].severity == dg.AssetCheckSeverity.ERROR
     assert checks["distribution"].severity == dg.AssetCheckSeverity.ERROR
     assert checks["row_accounting"].passed
+    # What a failed CLI command prints: the failing check, file, row, column, rule, what next.
+    why = "\n".join(explain_failure(result))
+    assert "check 'quarantine' on sales/curated failed: " in why
+    assert "next: fix the export of the files named above" in why
+    assert "rule schema.missing_column (file landing/sales/bad_missing_column.csv, column " in why
+    assert "landing/sales/bad_negative_target.csv row 2, column 'sales', value '-5'" in why
+    assert "Traceback" not in why and "DagsterAssetCheckFailedError" not in why
     assert storage.exists("validation/sales/docs/index.html")  # GX Data Docs of the run
     assert "data_docs" in checks["distribution"].metadata
     meta = checks["values"].metadata
@@ -208,3 +228,37 @@ def test_missing_weeks_are_reported_in_metadata_and_a_warning(tmp_path):
     assert worst[0].data["missing_periods"] == 3 and first in worst[0].data["series_id"]
     meta = result.asset_materializations_for_node("sales__curated")[0].metadata
     assert meta["missing_periods"].value == 3 * len(series)
+
+
+@pytest.mark.parametrize("kind", ["distribution_shift", "missing_column", "negative_target"])
+def test_a_quarantined_file_or_row_is_handled_and_training_goes_on(tmp_path, kind):
+    """A bad file beside a good drop: quarantined with its reason, its checks and the
+    quarantine check WARN, and the day's chain runs (nothing bad reached the curated data)."""
+    from mlops_assets.domain.sample_drops import land_bad
+
+    spec = load_spec("sales")
+    storage = LocalStorage(root=str(tmp_path / "storage"))
+    land_sales(storage, spec, SHAPE, n_drops=1)
+    land_bad(storage, spec, sales_table(SHAPE).slice(0, 60), kind)
+    executed: list = []
+    result = _run(spec, storage, executed)
+    assert result.success and executed, "a handled quarantine must not block training"
+    checks = _checks(result)
+    quarantine = checks[QUARANTINE]
+    assert not quarantine.passed and quarantine.severity == dg.AssetCheckSeverity.WARN
+    assert quarantine.metadata["unexpected_count"].value > 0
+    assert "within validation.max_quarantined_share 25%: handled" in quarantine.description
+    failed = [c for c in checks.values() if not c.passed and c.check_name != QUARANTINE]
+    assert failed and all(c.severity == dg.AssetCheckSeverity.WARN for c in failed)
+    assert all("[quarantined; " in c.description for c in failed)
+    assert checks["row_accounting"].passed
+
+    # Another such file, with a spec that tolerates no quarantine: the chain stops there.
+    spec.validation.max_quarantined_share = 0.0
+    land_bad(storage, spec, sales_table(SHAPE).slice(60, 40), kind)
+    executed.clear()
+    result = _run(spec, storage, executed)
+    assert not result.success and not executed
+    quarantine = _checks(result)[QUARANTINE]
+    assert quarantine.severity == dg.AssetCheckSeverity.ERROR
+    assert "over validation.max_quarantined_share 0%: the run stops here" in quarantine.description

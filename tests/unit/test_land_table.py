@@ -86,3 +86,16 @@ def test_land_table_with_one_drop_lands_everything_in_one_file(tmp_path):
     table = pa.Table.from_pandas(panel(3), preserve_index=False).drop_columns(["extra"])
     landed = land_table(storage, BEER, table.cast(BEER.arrow_schema), n_drops=1)
     assert [b.name for b in landed] == ["landing/beer/history_until_1996-02-22.parquet"]
+
+
+def test_a_failing_command_says_why_in_one_line_and_the_stack_only_with_debug(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    missing = str(tmp_path / "nowhere.yaml")
+    assert main(["land", "x.csv", "--dataset", missing]) == 1
+    err = capsys.readouterr().err
+    assert f"mlops land failed: FileNotFoundError: no dataset spec at {missing}" in err
+    assert "Traceback" not in err and "mlops --debug" in err
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "land", "x.csv", "--dataset", missing])
