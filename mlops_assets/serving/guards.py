@@ -5,8 +5,8 @@ A value far outside what a model was trained on (``price: 1e308``) does not fail
 arithmetic; it gives an absurd or non-finite prediction that JSON can only send as ``null``.
 ``InputBounds`` refuses such records before scoring (``out_of_range``: outside the spec's
 ``min``/``max``, or beyond ``max_abs_value`` where the column declares no bound, or
-not finite: Python's JSON reads ``Infinity``, ``NaN`` and ``1e400``); ``nested_value`` refuses
-a list or object where a column takes one value (``bad_record``); ``flag_non_finite`` turns any
+not finite: Python's JSON reads ``Infinity``, ``NaN`` and ``1e400``); ``shape_problem`` refuses
+a list or object where a column takes one value, or a missing series key (``bad_record``); ``flag_non_finite`` turns any
 prediction that is still not a finite number, or beyond ``max_abs_value``, into
 ``non_finite_prediction``. No Dagster imports.
 """
@@ -59,16 +59,20 @@ def json_content_type(value: str | None) -> bool:
     return True
 
 
-def nested_value(record: dict, columns) -> str | None:
-    """Why ``record`` holds a list or object where ``columns`` take one value, or None.
-
-    Such a value would otherwise be stringified into a series id or read as a missing number;
-    answering ``bad_record`` says what is wrong (and nothing nested is ever walked)."""
+def shape_problem(record: dict, columns, keys_sent) -> str | None:
+    """Why ``record`` cannot be scored as a record, or None: a list or object where one of
+    ``columns`` takes one value (it would be stringified into a series id, or read as a missing
+    number), or a series key of ``keys_sent`` (the keys some record of the request carries)
+    missing or null. A key no record carries is left to scoring: a 422 for the whole request.
+    """
     for name in columns:
         v = record.get(name)
         if isinstance(v, list | dict):
             kind = "a list" if isinstance(v, list) else "an object"
             return f"{name!r} is {kind}; send a single value"
+    missing = [k for k in keys_sent if record.get(k) is None]
+    if missing:
+        return f"series key(s) {missing} missing or null"
     return None
 
 

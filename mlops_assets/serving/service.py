@@ -66,7 +66,7 @@ from mlops_assets.serving.guards import (
     error_row,
     flag_non_finite,
     json_content_type,
-    nested_value,
+    shape_problem,
 )
 from mlops_assets.serving.settings import ServingSettings
 from mlops_assets.serving.source import Served
@@ -321,17 +321,18 @@ class ScoringService:
 
     def _refused_records(self, records: list) -> tuple[list[dict], list[int]]:
         """(answer rows with the records refused before scoring filled in, indexes of the
-        records to score): not an object, a list or object as a column's value, or a numeric
-        input out of range."""
+        records to score): not an object, a list or object as a column's value, a series key
+        missing, or a numeric input out of range."""
         columns = result_columns(self.spec)
         not_an_object = error_row(BAD_RECORD, "a record must be a JSON object", columns=columns)
         rows: list[dict] = [not_an_object] * len(records)
         good = []
         keys = self.spec.series_keys
+        sent = [k for k in keys if any(isinstance(r, dict) and k in r for r in records)]
         for i, r in enumerate(records):
             if not isinstance(r, dict):
                 continue
-            nested = nested_value(r, self.spec.columns)
+            nested = shape_problem(r, self.spec.columns, sent)
             problem = None if nested else self.bounds.problem(r)
             if nested is None and problem is None:
                 good.append(i)
