@@ -70,10 +70,11 @@ check-azure: env ## Check the configured AML workspace and compute exist (DRY_RU
 bench: env ## Run the benchmarks; JSON results in benchmarks/results/
 	$(PY) -m benchmarks.run_all
 
-lint: env ## Ruff lint and format check, mypy type check
+lint: env ## Ruff lint and format check, mypy type check, known-vulnerability audit of the pins
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(PY) scripts/audit_deps.py
 
 format: env ## Format the code
 	$(VENV)/bin/ruff check --fix .

@@ -1,11 +1,14 @@
-"""Per-record guards around scoring: numeric inputs in range, predictions finite.
+"""Guards around scoring: a JSON content type per request; per record, numeric inputs in range,
+single values where columns take one, predictions finite.
 
 A value far outside what a model was trained on (``price: 1e308``) does not fail the
 arithmetic; it gives an absurd or non-finite prediction that JSON can only send as ``null``.
 ``InputBounds`` refuses such records before scoring (``out_of_range``: outside the spec's
 ``min``/``max``, or beyond ``max_abs_value`` where the column declares no bound, or
-not finite: Python's JSON reads ``Infinity`` and ``NaN``); ``flag_non_finite`` turns any
-prediction that is still not a finite number into ``non_finite_prediction``. No Dagster imports.
+not finite: Python's JSON reads ``Infinity``, ``NaN`` and ``1e400``); ``shape_problem`` refuses
+a list or object where a column takes one value, or a missing series key (``bad_record``); ``flag_non_finite`` turns any
+prediction that is still not a finite number, or beyond ``max_abs_value``, into
+``non_finite_prediction``. No Dagster imports.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from mlops_assets.ml.spec import DatasetSpec
 
 OUT_OF_RANGE = "out_of_range"
 NON_FINITE_PREDICTION = "non_finite_prediction"
+BAD_RECORD = "bad_record"
 
 
 def _numeric(value) -> float | None:
@@ -34,6 +38,41 @@ def _numeric(value) -> float | None:
             return float(value)
         except ValueError:
             return None
+    return None
+
+
+def json_content_type(value: str | None) -> bool:
+    """Whether a request's ``Content-Type`` is JSON in UTF-8 (``application/json``, with no
+    charset or ``utf-8``). A request without one is read as JSON, as before."""
+    if not value:
+        return True
+    mime, _, params = value.partition(";")
+    if mime.strip().lower() != "application/json":
+        return False
+    for param in params.split(";"):
+        key, _, v = param.partition("=")
+        if key.strip().lower() == "charset" and v.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            return False
+    return True
+
+
+def shape_problem(record: dict, columns, keys_sent) -> str | None:
+    """Why ``record`` cannot be scored as a record, or None: a list or object where one of
+    ``columns`` takes one value (it would be stringified into a series id, or read as a missing
+    number), or a series key of ``keys_sent`` (the keys some record of the request carries)
+    missing or null. A key no record carries is left to scoring: a 422 for the whole request.
+    """
+    for name in columns:
+        v = record.get(name)
+        if isinstance(v, list | dict):
+            kind = "a list" if isinstance(v, list) else "an object"
+            return f"{name!r} is {kind}; send a single value"
+    missing = [k for k in keys_sent if record.get(k) is None]
+    if missing:
+        return f"series key(s) {missing} missing or null"
     return None
 
 
@@ -72,14 +111,15 @@ def error_row(
     return row
 
 
-def flag_non_finite(rows: list[dict]) -> None:
-    """Rows scored without an error whose prediction is missing or not finite get
-    ``non_finite_prediction`` (in place)."""
+def flag_non_finite(rows: list[dict], max_abs: float = math.inf) -> None:
+    """Rows scored without an error whose prediction is missing, not finite, or beyond
+    ``max_abs`` (finite, but as absurd: ``1e300`` units sold) get ``non_finite_prediction``
+    (in place)."""
     for row in rows:
         if row["error"] is not None:
             continue
         p = row["prediction"]
-        if p is None or not math.isfinite(p):
+        if p is None or not math.isfinite(p) or abs(p) > max_abs:
             for f in row:
                 if f.startswith("prediction"):  # the prediction and its interval bounds
                     row[f] = None

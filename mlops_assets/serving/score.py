@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - imported outside the server
 
 from werkzeug.exceptions import ClientDisconnected  # noqa: E402
 
+from mlops_assets.serving.openapi import guard_schema_route  # noqa: E402
 from mlops_assets.serving.profiling import profiled  # noqa: E402
 from mlops_assets.serving.service import Reply, ScoringService  # noqa: E402
 
@@ -47,11 +48,13 @@ class RedactQueryStrings(logging.Filter):
 
 
 def init() -> None:
-    """Resolve, verify and open the model set; refuse to start if that fails."""
+    """Resolve, verify and open the model set; refuse to start if that fails. Then put the key
+    check and the real API document in front of the server's ``/swagger.json``."""
     global service
     for name in ("gunicorn.access", "azmlinfsrv"):
         logging.getLogger(name).addFilter(RedactQueryStrings())
     service = ScoringService.from_env().start()
+    guard_schema_route(service)
 
 
 def _read_body(request, cap: int, timeout: float) -> tuple[bytes | None, bool]:

@@ -9,14 +9,16 @@ problem                                      answer
 ===========================================  ======================================
 a query string (a key there would be logged)  400 ``query_string_refused``
 API keys configured, key missing or wrong    401 (``Authorization: Bearer <key>`` or
-                                             ``x-api-key``)
+                                             ``x-api-key``); ``/swagger.json`` too
+a POST whose Content-Type is not JSON        415 (none at all is read as JSON)
 the body did not arrive in time              408 (``score.py``, ``read_timeout_s``)
 body over ``max_body_bytes``                 413
 more than ``max_records`` records            413
-not JSON, or no record list                  400
+not JSON (or nested too deep), no record list 400
 a column every record needs is missing       422
 unknown series, missing feature, input out   200, with ``error``/``message`` on those
-of range, non-finite prediction, ...         records (others are scored)
+of range, a list where a value goes, non-    records (others are scored)
+finite or absurd prediction, ...
 no record could be scored                    404 if every record named an unknown
                                              series, else 422; the records say why
 no model set loaded                          503
@@ -39,6 +41,7 @@ reads the body, so an unauthenticated client cannot make the server read or wait
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -56,17 +59,21 @@ from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.serving.collector import Collector
 from mlops_assets.serving.fast import score_records
 from mlops_assets.serving.guards import (
+    BAD_RECORD,
     NON_FINITE_PREDICTION,
     OUT_OF_RANGE,
     InputBounds,
     error_row,
     flag_non_finite,
+    json_content_type,
+    shape_problem,
 )
 from mlops_assets.serving.settings import ServingSettings
 from mlops_assets.serving.source import Served
 from mlops_assets.serving.swap import Active, freeze_heap, freeze_new_objects, prepare
 
 __all__ = [
+    "BAD_RECORD",
     "NON_FINITE_PREDICTION",
     "OUT_OF_RANGE",
     "Active",
@@ -231,10 +238,12 @@ class ScoringService:
         auth = headers.get("Authorization") or headers.get("authorization") or ""
         if auth[:7].lower() == "bearer ":
             given = auth[7:].strip()
-        # Compare against every key (primary and secondary) in constant time.
+        # Against every key (primary and secondary), in constant time: digests of equal
+        # length, so not even the key's length shows in the time taken.
+        digest = hashlib.sha256(given.encode("utf-8", "surrogatepass")).digest()
         ok = False
         for k in keys:
-            ok |= hmac.compare_digest(given.encode(), k.encode())
+            ok |= hmac.compare_digest(digest, hashlib.sha256(k.encode()).digest())
         return ok
 
     def info(self) -> dict:
@@ -279,6 +288,12 @@ class ScoringService:
             r = _error(401, "unauthorized", "missing or wrong API key")
             r.headers["WWW-Authenticate"] = 'Bearer realm="score"'
             return r
+        if method == "POST" and not json_content_type(headers.get("Content-Type")):
+            return _error(
+                415,
+                "unsupported_media_type",
+                "send the records as Content-Type: application/json (UTF-8)",
+            )
         return None
 
     def handle(
@@ -306,24 +321,28 @@ class ScoringService:
 
     def _refused_records(self, records: list) -> tuple[list[dict], list[int]]:
         """(answer rows with the records refused before scoring filled in, indexes of the
-        records to score): not an object, or a numeric input out of range."""
+        records to score): not an object, a list or object as a column's value, a series key
+        missing, or a numeric input out of range."""
         columns = result_columns(self.spec)
-        not_an_object = error_row("bad_record", "a record must be a JSON object", columns=columns)
+        not_an_object = error_row(BAD_RECORD, "a record must be a JSON object", columns=columns)
         rows: list[dict] = [not_an_object] * len(records)
         good = []
         keys = self.spec.series_keys
+        sent = [k for k in keys if any(isinstance(r, dict) and k in r for r in records)]
         for i, r in enumerate(records):
             if not isinstance(r, dict):
                 continue
-            problem = self.bounds.problem(r)
-            if problem is None:
+            nested = shape_problem(r, self.spec.columns, sent)
+            problem = None if nested else self.bounds.problem(r)
+            if nested is None and problem is None:
                 good.append(i)
                 continue
             vals = [r.get(k) for k in keys]
             sid = self.spec.series_id(vals) if all(isinstance(v, str) for v in vals) else None
             t = r.get(self.spec.time)
             t = t if isinstance(t, str) else None
-            rows[i] = error_row(OUT_OF_RANGE, problem, sid, t, columns)
+            code, message = (BAD_RECORD, nested) if nested else (OUT_OF_RANGE, problem)
+            rows[i] = error_row(code, str(message), sid, t, columns)
         return rows, good
 
     def _handle(self, method: str, headers, body: bytes | None, too_large: bool) -> Reply:
@@ -341,6 +360,8 @@ class ScoringService:
             parsed = json.loads(body or b"")
         except (ValueError, UnicodeDecodeError) as exc:
             return _error(400, "malformed_json", f"the body is not JSON: {exc}")
+        except RecursionError:  # the parser's depth guard, e.g. 100,000 nested [ ... ]
+            return _error(400, "malformed_json", "the body is nested too deep to be records")
         records = parsed
         if isinstance(parsed, dict):
             records = parsed.get("data", parsed.get("input_data"))
@@ -368,7 +389,7 @@ class ScoringService:
             scored = score_records([records[i] for i in good], self.spec, active.lookup)
         except RequestError as exc:
             return _error(422, "bad_request", str(exc))
-        flag_non_finite(scored.rows)
+        flag_non_finite(scored.rows, s.max_abs_value)
         for i, row in zip(good, scored.rows, strict=True):
             rows[i] = row
         n_err = sum(1 for r in rows if r["error"] is not None)
