@@ -20,6 +20,10 @@ panel:
   path with its default policy);
 * **cost**: seconds per series of training and of each family (wall and CPU, load average).
 
+``--windows 0,2,4`` repeats the whole measurement with that many weeks removed from the end of
+each panel first, to show how much the figures move between evaluation windows (written to
+``benchmarks/results/forecast_quality_windows.json``).
+
 Beer uses the bundled ``specs/beer.yaml``; Walmart a spec built here. ``--candidates``
 overrides both specs' ``model.candidates`` (to try the zoo). Writes
 ``benchmarks/results/forecast_quality.json``.
@@ -330,6 +334,16 @@ def evaluate_panel(df: pd.DataFrame, spec: DatasetSpec, workers: int) -> dict:
     }
 
 
+def _window_summary(result: dict) -> dict:
+    """The headline figures of one evaluation window."""
+    return {
+        "choice_vs_best_naive": result["choice_vs_best_naive"],
+        "choice_vs_best_single_family": result["choice_vs_best_single_family"],
+        "best_single_family": result["best_single_family"],
+        **{f"coverage_{level}": c["overall"] for level, c in result["interval_coverage"].items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.environ.get("MLOPS_REAL_DATA"))
@@ -342,6 +356,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--origins", type=int, default=None, help="backtest origins training chooses on"
+    )
+    parser.add_argument(
+        "--windows",
+        default=None,
+        help="comma-separated weeks to remove from the end of each panel first, one run each "
+        "(e.g. 0,2,4,6,8): how stable the figures are across evaluation windows",
     )
     args = parser.parse_args()
     if not args.data:
@@ -358,18 +378,26 @@ def main() -> None:
         if args.origins is not None:
             spec = with_origins(spec, args.origins)
         df = _subset(df, spec, args.max_series, args.seed)
+        workers = args.workers or os.cpu_count() or 1
         panels[name] = {
             "candidates": list(spec.model.candidate_names),
+            "choice": spec.model.choice,
             "backtest_origins_for_choice": spec.backtest.origins,
             "fallback": list(spec.fallback),
-            **evaluate_panel(df, spec, args.workers or os.cpu_count() or 1),
+            **evaluate_panel(df, spec, workers),
         }
+        if args.windows:
+            panels[name]["windows"] = {
+                w: _window_summary(evaluate_panel(cut_last(df, spec, int(w)), spec, workers))
+                for w in args.windows.split(",")
+            }
     write_result(
-        "forecast_quality",
+        "forecast_quality_windows" if args.windows else "forecast_quality",
         {
             "command": "python -m benchmarks.bench_forecast_quality "
             f"--data {args.data} --max-series {args.max_series} --seed {args.seed} "
-            f"--panels {args.panels} --workers {args.workers} --candidates {args.candidates} --origins {args.origins}",
+            f"--panels {args.panels} --workers {args.workers} --candidates {args.candidates} "
+            f"--origins {args.origins} --windows {args.windows}",
             "horizon": HORIZON,
             "origins": ORIGINS,
             "targets": {

@@ -25,6 +25,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mlops_assets.ml import calendar, combination
 from mlops_assets.ml.combination import is_combination
@@ -127,7 +128,7 @@ def score_table(
             RowErrors(0),
             {name: np.zeros(0) for name in result_columns(spec) if name not in RESULT_COLUMNS},
         )
-    keys = table.select(spec.series_keys)
+    keys, no_key = _filled_keys(table.select(spec.series_keys))
     series_of, first_row = series_numbers(keys, spec.series_keys)
     ids = np.asarray(series_ids(take_rows(keys, first_row), spec).to_pylist(), dtype=object)
     time = column_times(table[spec.time])
@@ -136,6 +137,12 @@ def score_table(
     order = _mark_bad_rows(series_of, time, spec, errors)  # None: rows came grouped in time
     models, why = _look_up(ids, model_for)
     _set_series_errors(errors, series_of, why)
+    if no_key.any():  # after the series' errors: this row's own problem comes first
+        errors.set(
+            np.flatnonzero(no_key),
+            BAD_VALUE,
+            f"a series key ({', '.join(spec.series_keys)}) is missing: every row needs them all",
+        )
 
     order = _scorable(order, errors)  # rows still clean, grouped by series, in time
     first_time = _first_times(order, series_of, time, len(ids))
@@ -221,6 +228,18 @@ def _on_calendar(time: np.ndarray, spec: DatasetSpec, errors: RowErrors) -> tupl
         return time, True
     errors.set(np.flatnonzero(off), OFF_CALENDAR, off_calendar_message(spec))
     return time, False
+
+
+def _filled_keys(keys: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """Key columns with nulls filled by "" (so rows can be numbered) and which rows had one."""
+    missing = np.zeros(keys.num_rows, bool)
+    columns = []
+    for col in keys.columns:
+        if col.null_count:
+            missing |= col.is_null().to_numpy(zero_copy_only=False)
+            col = pc.fill_null(col, "")
+        columns.append(col)
+    return pa.table(columns, names=keys.column_names), missing
 
 
 def _mark_bad_rows(

@@ -39,7 +39,7 @@ def both(spark, spec, sales_frame):
 def _comparable(results: pd.DataFrame) -> pd.DataFrame:
     out = results.drop(columns=list(TIMING_COLUMNS)).sort_values("series_id")
     out["model"] = out["model"].map(lambda b: None if b is None else bytes(b))
-    for name in ("reason", "family", "runner_up", "weights"):  # missing: None or NaN per engine
+    for name in ("reason", "family", "runner_up", "weights", "combine_prior"):  # None or NaN
         out[name] = out[name].astype(object).where(out[name].notna(), None)
     return out.reset_index(drop=True).astype({"n_train": "int64", "n_holdout": "int64"})
 

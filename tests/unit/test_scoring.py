@@ -301,3 +301,13 @@ def test_real_time_fast_path_clips_and_agrees_with_batch_after_a_gap(models):
     batch = score([*nxt, other], SPEC, models.get)
     assert [r["error"] for r in unclipped] == [None, None]
     np.testing.assert_allclose([r["prediction"] for r in unclipped], batch.prediction, rtol=1e-12)
+
+
+def test_a_row_without_a_series_key_is_a_bad_value_and_the_others_are_scored(models):
+    """A null key used to reach the series numbering and fail the whole request."""
+    good = _gap_request(models, SPEC, 1)
+    rows = pa.Table.from_pylist([*good, {**good[0], "product": None}])
+    out = score(rows, SPEC, models.get)
+    assert out.error.tolist()[1] == "bad_value"
+    assert "series key (store, product) is missing" in out.message[1]
+    assert out.error.isna()[0] and np.isfinite(float(out.prediction[0]))
