@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,7 @@ from mlops_assets.domain.sample_drops import (
     read_spec_table,
 )
 from mlops_assets.ml.sample_data import BAD_KINDS, SalesShape, sales_table
+from mlops_assets.logging_setup import silence_third_party_warnings
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.profiles import (
     current_profile,
@@ -102,55 +102,23 @@ def cmd_land(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mlops_command() -> str:
+    """How to run this command again: the script next to this Python, relative to the working
+    directory where it lies under it (``.venv/bin/mlops``), else ``mlops``."""
+    script = Path(sys.executable).parent / "mlops"
+    if not script.exists():
+        return "mlops"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    import dagster as dg
+    from mlops_assets.demo_run import DemoSettings, run_demo
 
-    from mlops_assets.assets.registration import promote_job_name
-    from mlops_assets.definitions import daily_job_name, defs
-    from mlops_assets.run_report import explain_failure
-
-    home = project_home()
-    ensure_dagster_home(home)
-    storage = _storage()
-    sales, diabetes = load_spec("sales"), load_spec("diabetes")
-    if not storage.list(f"landing/{sales.name}/"):
-        land_sales(storage, sales, SalesShape(args.series, args.periods, seed=0), n_drops=2)
-    if not storage.list(f"landing/{diabetes.name}/"):
-        land_diabetes(storage, diabetes, n_drops=2)
-
-    partition = args.as_of or datetime.now(UTC).strftime("%Y-%m-%d")
-    definitions = defs()
-    instance = dg.DagsterInstance.get()
-    failed = []
-    for spec in (sales, diabetes):
-        job = definitions.resolve_job_def(daily_job_name(spec))
-        print(f"running {job.name} for as-of date {partition} ...")
-        result = job.execute_in_process(
-            partition_key=partition, instance=instance, raise_on_error=False
-        )
-        print(f"  {job.name}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})")
-        if not result.success:
-            print("\n".join(f"    {line}" for line in explain_failure(result)), file=sys.stderr)
-            failed.append(job.name)
-            continue
-        promote = definitions.resolve_job_def(promote_job_name(spec))
-        print(f"running {promote.name} (dev champion -> prod production) ...")
-        result = promote.execute_in_process(instance=instance, raise_on_error=False)
-        print(
-            f"  {promote.name}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})"
-        )
-        if not result.success:
-            print("\n".join(f"    {line}" for line in explain_failure(result)), file=sys.stderr)
-            failed.append(promote.name)
-    print(
-        f"\nResults are under {home}:\n"
-        f"  storage (landing, curated, quarantine, ledger): {home / 'storage'}\n"
-        f"  Dagster runs and materializations:              {os.environ['DAGSTER_HOME']}\n"
-        f"  model registries (MLflow, SQLite):              {home / 'mlflow'}\n"
-        f"  promoted model sets (prod):                     {home / 'prod-storage'}\n"
-        "Open the Dagster UI with `make dev`, then http://127.0.0.1:3000 ."
-    )
-    return 1 if failed else 0
+    settings = DemoSettings(args.series, args.periods, args.as_of, _mlops_command())
+    return run_demo(settings, say=print, err=lambda line: print(line, file=sys.stderr))
 
 
 def serve_settings(args: argparse.Namespace, home: Path) -> ServingSettings:
@@ -388,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; an error is one line (what failed and why) and exit status 1, with
     the stack trace only under ``--debug``."""
     args = build_parser().parse_args(argv)
+    silence_third_party_warnings()
     try:
         return args.func(args)
     except KeyboardInterrupt:

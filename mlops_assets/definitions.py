@@ -19,6 +19,7 @@ from mlops_assets.assets.monitoring import build_inference_summary_asset
 from mlops_assets.assets.registration import build_promotion_jobs, build_registration_asset
 from mlops_assets.assets.training import build_training_asset
 from mlops_assets.domain.model_sets import registered_model_name
+from mlops_assets.logging_setup import silence_third_party_warnings
 from mlops_assets.ml.spec import DatasetSpec, bundled_specs
 from mlops_assets.profiles import current_profile, project_home, resources_for
 from sensors.failures import make_failure_sensor
@@ -93,4 +94,5 @@ def build_definitions(specs: list[DatasetSpec], resources: dict) -> dg.Definitio
 
 @dg.definitions
 def defs() -> dg.Definitions:
+    silence_third_party_warnings()  # the code server's log shows what a user can act on
     return build_definitions(bundled_specs(), resources_for(current_profile(), project_home()))

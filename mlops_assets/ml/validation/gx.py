@@ -26,8 +26,13 @@ class GxRunner:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
         import great_expectations as gx
 
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
         self._gx = gx
         self.context = gx.get_context(mode="ephemeral")
+        # GX draws a "Calculating Metrics" bar per validation (several per drop) on stderr;
+        # the callers report progress themselves.
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         source = self.context.data_sources.add_pandas("mlops")
         self.batch = source.add_dataframe_asset("drop").add_batch_definition_whole_dataframe("all")
         self._n = 0
