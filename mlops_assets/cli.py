@@ -20,12 +20,11 @@ from mlops_assets.domain.sample_drops import (
     land_table,
     read_spec_table,
 )
-from mlops_assets.ml.sample_data import BAD_KINDS, SalesShape, sales_table
 from mlops_assets.logging_setup import silence_third_party_warnings
+from mlops_assets.ml.sample_data import BAD_KINDS, SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.profiles import (
     current_profile,
-    ensure_dagster_home,
     project_home,
     storage_for,
 )

@@ -91,7 +91,7 @@ def _step_label(spec: DatasetSpec, op_name: str) -> str:
     prefix = f"{spec.name}__"
     if op_name.startswith(prefix):
         return op_name[len(prefix) :].replace("__", "/")
-    return "promote dev champion -> prod production" if "promote" in op_name else op_name
+    return "promoted to prod" if "promote" in op_name else op_name
 
 
 def run_with_progress(
@@ -106,7 +106,7 @@ def run_with_progress(
 
     def report(op_name: str, state: str) -> None:
         now = time.perf_counter()
-        say(f"  {_step_label(spec, op_name):<42} {state} {now - last[0]:5.1f}s")
+        say(f"  {_step_label(spec, op_name):<22} {state} {now - last[0]:5.1f}s")
         last[0] = now
 
     @dg.success_hook(name="demo_progress_done")
@@ -126,11 +126,14 @@ def run_with_progress(
 def _next_steps(settings: DemoSettings, home: Path) -> list[str]:
     drops = _shown(home / "storage" / landing_prefix(load_spec("sales"))) + "/week_*.parquet"
     cmds = [
-        ("make dev", "the Dagster UI on http://127.0.0.1:3000"),
-        (f"{settings.mlops} serve --dataset sales", "real-time scoring on :5001/score"),
-        (f"{settings.mlops} land {drops}", "score a drop (its sensor in the UI)"),
+        ("make dev", "the Dagster UI, http://127.0.0.1:3000"),
+        (
+            f"{settings.mlops} serve --dataset sales",
+            "real-time scoring, http://127.0.0.1:5001/score",
+        ),
+        (f"{settings.mlops} land {drops}", "batch-score a drop (its sensor runs under make dev)"),
     ]
-    width = max(len(c) for c, _ in cmds)
+    width = min(max(len(c) for c, _ in cmds), 40)
     return ["next:", *(f"  {c:<{width}}  # {what}" for c, what in cmds)]
 
 

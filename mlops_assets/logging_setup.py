@@ -20,7 +20,11 @@ import dagster as dg
 _SILENCED: tuple[tuple[str, type[Warning], str], ...] = (
     # Our assets opt into Dagster's backfill_policy (one run per backfill), a beta parameter;
     # Dagster warns at every definition load.
-    (r"Parameter `backfill_policy` of function `asset` is currently in beta", dg.BetaWarning, "dagster"),
+    (
+        r"Parameter `backfill_policy` of function `asset` is currently in beta",
+        dg.BetaWarning,
+        "dagster",
+    ),
     # great-expectations imports pyspark, which warns that it does not yet fully support
     # pandas 3 (the Spark engine's own tests cover what we use of it).
     (r"PySpark does not yet fully support pandas", FutureWarning, "pyspark"),
@@ -62,7 +66,7 @@ def file_logger(handler: logging.Handler) -> dg.LoggerDefinition:
     nothing to the console): give it to a job with ``with_logger_defs({"file": ...})`` and
     run config ``{"loggers": {"file": {}}}``."""
 
-    @dg.logger(description="Dagster's events and op logs, to the demo's log file.")
+    @dg.logger(config_schema=None, description="Dagster's events and op logs, to a log file.")
     def _file_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
         logger = logging.Logger(f"dagster.{init_context.run_id}", level=logging.DEBUG)
         logger.addHandler(handler)

@@ -155,13 +155,15 @@ def _num(x: float, digits: int = 1) -> str:
 
 
 def _families(r: DatasetResult) -> str:
+    """Each family's share of the forecasts (a combination counted by its weights)."""
     if not r.families:
         return "-"
     items = list(r.families.items())
     shown = [f"{k} {v:.0%}" for k, v in items[:_SHOWN_FAMILIES]]
     if len(items) > _SHOWN_FAMILIES:
         shown.append(f"other {sum(v for _, v in items[_SHOWN_FAMILIES:]):.0%}")
-    return ", ".join(shown)
+    combined = f" ({r.combined} series combine)" if r.combined else ""
+    return ", ".join(shown) + combined
 
 
 def _version(v: int | None, count: int) -> str:
@@ -176,7 +178,6 @@ def _gate(r: DatasetResult) -> str:
 ROWS = (
     ("series forecast", lambda r: f"{r.series} of {r.series_total}"),
     ("by family (share)", _families),
-    ("series combining families", lambda r: str(r.combined)),
     ("median backtest sMAPE", lambda r: _num(r.median_smape)),
     (
         "  naive / seasonal naive",
@@ -184,9 +185,11 @@ ROWS = (
     ),
     (
         "pooled MAE / best baseline",
-        lambda r: f"{_num(r.mae_ratio, 2)} ({r.best_baseline.replace('_', ' ')})"
-        if r.best_baseline
-        else "-",
+        lambda r: (
+            f"{_num(r.mae_ratio, 2)} ({r.best_baseline.replace('_', ' ')})"
+            if r.best_baseline
+            else "-"
+        ),
     ),
     ("champions", _gate),
     ("registry dev (champion)", lambda r: _version(r.dev_version, r.dev_versions)),
@@ -198,12 +201,12 @@ def result_table(results: Sequence[DatasetResult]) -> list[str]:
     """One row per figure, one column per dataset."""
     label_w = max(len(label) for label, _ in ROWS)
     cells = [[fmt(r) for r in results] for _, fmt in ROWS]
-    widths = [
-        max(len(r.dataset), *(len(row[i]) for row in cells)) for i, r in enumerate(results)
-    ]
+    widths = [max(len(r.dataset), *(len(row[i]) for row in cells)) for i, r in enumerate(results)]
 
     def line(label: str, values: Sequence[str]) -> str:
-        return "  ".join([label.ljust(label_w), *(v.ljust(w) for v, w in zip(values, widths))])
+        return "  ".join(
+            [label.ljust(label_w), *(v.ljust(w) for v, w in zip(values, widths, strict=True))]
+        )
 
     out = [line("result", [r.dataset for r in results])]
     out += [line(label, row) for (label, _), row in zip(ROWS, cells, strict=True)]
@@ -219,9 +222,9 @@ def changes(previous: Mapping[str, DatasetResult], results: Sequence[DatasetResu
             continue
         out.append(
             f"{r.dataset}: dev {_arrow(before.dev_version, r.dev_version)}, prod "
-            f"{_arrow(before.prod_version, r.prod_version)}; against the previous champions "
-            f"{r.replaced} replaced, {r.kept} kept; median sMAPE "
-            f"{_num(before.median_smape)} -> {_num(r.median_smape)}"
+            f"{_arrow(before.prod_version, r.prod_version)}, median sMAPE "
+            f"{_num(before.median_smape)} -> {_num(r.median_smape)} "
+            f"({r.replaced} of the previous champions replaced)"
         )
     return out
 

@@ -25,7 +25,6 @@ class GxRunner:
     def __init__(self, docs_dir: str | None = None) -> None:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
         import great_expectations as gx
-
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         self._gx = gx
