@@ -82,6 +82,11 @@ class EndpointResource(dg.ConfigurableResource, ABC):
     @abstractmethod
     def describe(self) -> str: ...
 
+    @abstractmethod
+    def where(self, dataset: str, report: dict) -> dict[str, str]:
+        """Where ``release``'s report says ``dataset`` now serves, for the deployment asset:
+        ``target`` (local or azureml), how to reach it, and what serves it."""
+
 
 # ---- local ------------------------------------------------------------------------------------
 
@@ -128,7 +133,21 @@ class LocalEndpoint(EndpointResource):
         return _get_json(f"{self.url.rstrip('/')}/score", key_from_env(self.api_key_env))
 
     def describe(self) -> str:
-        return f"local endpoint {self.url or '(not watched)'} on {self.root}"
+        served = f"the server at {self.url}" if self.url else "`mlops serve`"
+        return f"local endpoint: {served} follows alias {self.alias!r} on {self.root}"
+
+    def where(self, dataset: str, report: dict) -> dict[str, str]:
+        follow = f"mlops serve --dataset {dataset} --alias {self.alias} --root {self.root}"
+        return {
+            "target": "local",
+            "url": f"{self.url.rstrip('/')}/score" if self.url else "",
+            "pointer": str(self.pointer(dataset)),
+            "served_by": (
+                f"the local server follows alias {self.alias!r}: it re-reads the pointer every "
+                f"poll and hot-swaps (`{follow}`)"
+                + ("; switch confirmed" if report.get("switched") else "")
+            ),
+        }
 
     def pointer(self, dataset: str) -> Path:
         return Path(self.root) / pointer_name(dataset, self.alias)
@@ -478,6 +497,15 @@ class AzureMLKubernetesEndpoint(EndpointResource):
 
     def describe(self) -> str:
         return f"AML Kubernetes endpoint {self.endpoint_name} ({self.workspace}/{self.compute})"
+
+    def where(self, dataset: str, report: dict) -> dict[str, str]:
+        return {
+            "target": "azureml",
+            "endpoint": self.endpoint_name,
+            "deployment": str(report.get("new") or ""),
+            "workspace": f"{self.resource_group}/{self.workspace}",
+            "served_by": f"Kubernetes online deployment on {self.compute}, 100% of traffic",
+        }
 
     def ml_client(self):
         if self._client is None:

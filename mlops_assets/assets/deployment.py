@@ -91,6 +91,26 @@ def qa_metadata(mv: ModelSetVersion, report: QAReport) -> dict:
     }
 
 
+def release_metadata(
+    spec: DatasetSpec, mv: ModelSetVersion, endpoint: EndpointResource, report: dict
+) -> dict:
+    """What the deployment released (model set, registry version, alias) and where."""
+    where = endpoint.where(spec.name, report)
+    md: dict = {
+        "released": f"{mv.name} v{mv.version} (model set {mv.ref.version})",
+        "model_set_version": mv.ref.version,
+        "registry_version": mv.version,
+        "alias": ", ".join(mv.aliases) or "none (a version chosen in the run config)",
+        "folder": mv.ref.folder,
+        "endpoint": endpoint.describe(),
+        **{k: v for k, v in where.items() if v and k != "url"},
+        "report": dg.MetadataValue.json(report),
+    }
+    if where.get("url"):
+        md["url"] = dg.MetadataValue.url(where["url"])
+    return md
+
+
 def build_deployment_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
     class QAConfig(dg.Config):
         version: int | None = None
@@ -163,13 +183,6 @@ def build_deployment_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             report = endpoint.release(release, log=context.log.info)
         except (ReleaseError, ModelSetError, ModelIntegrityError) as exc:
             raise dg.Failure(str(exc)) from exc
-        return dg.MaterializeResult(
-            metadata={
-                "version": mv.version,
-                "folder": mv.ref.folder,
-                "endpoint": endpoint.describe(),
-                "report": dg.MetadataValue.json(report),
-            }
-        )
+        return dg.MaterializeResult(metadata=release_metadata(spec, mv, endpoint, report))
 
     return [serving_qa, serving_deployment]

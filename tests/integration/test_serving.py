@@ -441,6 +441,9 @@ def test_release_sensor_and_deploy_job_switch_the_local_endpoint(tmp_path):
     assert [p["errors"] for p in qa["load_profile"].value] == [0, 0]
     dep = result.asset_materializations_for_node(deployment_key(SPEC).to_python_identifier())[0]
     assert dep.metadata["report"].value["switched"] is True
+    assert dep.metadata["registry_version"].value == int(v2)
+    assert dep.metadata["url"].value == f"{endpoint.url}/score"
+    assert dep.metadata["served_by"].value.endswith("switch confirmed")
 
 
 @pytest.mark.parametrize("known", ["sales", "diabetes", "path"])

@@ -224,6 +224,10 @@ def test_aml_endpoint_resource_builds_without_calling_azure():
     res = aml_endpoint()
     assert "mlops-sales-scoring" in res.describe()
     assert res.settings().instance_count == 3
+    # What the deployment asset shows: the endpoint and the colour now taking the traffic.
+    where = res.where("sales", {"old": "blue", "new": "green", "stages": []})
+    assert where["target"] == "azureml" and where["endpoint"] == "mlops-sales-scoring"
+    assert where["deployment"] == "green" and where["workspace"] == "rg/ws"
 
 
 def test_deployment_runs_the_server_workers_like_mlops_serve(tmp_path):
