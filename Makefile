@@ -14,12 +14,14 @@ export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
+# Quiet: one line, so a first `make demo` still fits on one screen; errors still show.
 $(VENV)/.stamp: requirements.txt pyproject.toml
-	$(PY_BOOT) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip uv
-	$(VENV)/bin/uv pip sync -q --python $(PY) requirements.txt
-	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
-	touch $@
+	@echo "building $(VENV) from requirements.txt (first time only, a few minutes) ..."
+	@$(PY_BOOT) -m venv $(VENV)
+	@$(VENV)/bin/python -m pip install -q --upgrade pip uv
+	@$(VENV)/bin/uv pip sync -q --python $(PY) requirements.txt
+	@$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
+	@touch $@
 
 env: $(VENV)/.stamp ## Build the Python environment (.venv) from the pinned requirements
 
@@ -41,8 +43,8 @@ apt-packages:
 tools: .tools/azurite/node_modules/.bin/azurite-blob apt-packages ## Install Azurite (npm) into .tools/, Chromium and PostgreSQL (apt)
 	@java -version >/dev/null 2>&1 || { echo "Java 17 is needed for the Spark tests: apt-get install -y openjdk-17-jre-headless"; exit 1; }
 
-demo: env ## Generate a small sales dataset and run the daily retraining job locally
-	$(VENV)/bin/mlops demo
+demo: env ## Generate sample data, run the daily retrain and promotion, print the result table
+	@$(VENV)/bin/mlops demo
 
 dev: env ## Open the Dagster UI (webserver + daemon) on http://127.0.0.1:3000
 	@DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/python -c 'from pathlib import Path; from mlops_assets.profiles import ensure_dagster_home; ensure_dagster_home(Path("."))'
