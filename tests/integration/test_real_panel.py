@@ -5,6 +5,7 @@ The data are not in the repository: set MLOPS_REAL_DATA to a folder holding
 dominicks_beer_dev.parquet, or the test is skipped (as in CI, which has no copy).
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -165,8 +166,15 @@ def test_training_forecasts_every_series_with_data_and_records_intervals():
     fallback = results[results.status == "fallback"]
     assert set(fallback.family) <= set(BEER.fallback)
     assert fallback.reason.str.contains("fell back to").all()
-    chosen = set(results[results.status == "trained"].family)
-    assert chosen <= set(BEER.model.candidate_names)
+    chosen = results[results.status == "trained"]
+    assert set(chosen.family) <= {*BEER.model.candidate_names, "combination"}
+    # The bundled spec combines the candidates: most series mix two or more of them.
+    mixed = chosen[chosen.family == "combination"]
+    assert len(mixed) > len(chosen) // 2
+    for mix in mixed.weights:
+        weights = json.loads(mix)
+        assert set(weights) <= set(BEER.model.candidate_names) and len(weights) >= 2
+        assert sum(weights.values()) == pytest.approx(1.0, abs=1e-5)
     lo, hi = BEER.intervals.levels
     scored = results[results.n_holdout > 0]
     assert len(scored) > N_TRAIN_ONLY * 0.9
