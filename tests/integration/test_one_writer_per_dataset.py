@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
+import psutil
 import pytest
 
 from mlops_assets.domain.sample_drops import land_diabetes, land_sales
@@ -79,9 +80,18 @@ def project_workspace(mlops_home: Path, dagster_home: Path) -> Iterator:
         working_directory=str(ROOT),
         location_name=LOCATION,
     )
-    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-        with create_test_daemon_workspace_context(target, instance) as context:
-            yield context
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    try:
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            with create_test_daemon_workspace_context(target, instance) as context:
+                yield context
+    finally:
+        # The code server stops on its own once told to; wait for it (and any run process)
+        # here, while the instance's database is still up, and end what outlives the wait.
+        started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+        _, alive = psutil.wait_procs(started, timeout=30)
+        for proc in alive:
+            proc.kill()
 
 
 def local_env(monkeypatch, mlops_home: Path) -> None:
