@@ -12,6 +12,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from mlops_assets.ml.spec import bundled_specs
+from mlops_assets.pools import RUN_QUEUE, ensure_writer_pools
 from resources.endpoints import AzureMLKubernetesEndpoint, EndpointResource, LocalEndpoint
 from resources.registry import MlflowRegistry
 from resources.storage import AzureBlobStorageResource, LocalStorageResource
@@ -170,15 +172,18 @@ RUN_MONITORING = """run_monitoring:
 
 def ensure_dagster_home(home: Path) -> Path:
     """The Dagster instance folder under the project home, with a local ``dagster.yaml``
-    (telemetry off, run monitoring on; monitoring is added to an existing file without it)."""
+    (telemetry off, run monitoring on, one writer per dataset: ``mlops_assets.pools``; each
+    section is added to an existing file without it), and every bundled dataset's writer pool
+    created in the instance."""
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster")
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n" + RUN_MONITORING)
-    else:
-        text = config.read_text()
-        if not any(line.startswith("run_monitoring:") for line in text.splitlines()):
-            config.write_text(text.rstrip("\n") + "\n" + RUN_MONITORING)
+    text = config.read_text() if config.exists() else "telemetry:\n  enabled: false\n"
+    for section in (RUN_MONITORING, RUN_QUEUE):
+        if not any(line.startswith(section.split()[0]) for line in text.splitlines()):
+            text = text.rstrip("\n") + "\n" + section
+    config.write_text(text)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        ensure_writer_pools(instance, [spec.name for spec in bundled_specs()])
     return dagster_home

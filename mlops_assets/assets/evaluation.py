@@ -27,6 +27,7 @@ from mlops_assets.domain.model_sets import ModelSetError, registered_model_name
 from mlops_assets.ml import comparison as ev
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.partitions import as_of_partitions
+from mlops_assets.pools import writer_pool
 from mlops_assets.storage import Storage
 from resources.registry import ModelRegistry, RegistryError
 
@@ -100,6 +101,7 @@ def build_evaluation_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         kinds={"scikit-learn", "python"},
         owners=["team:ml-platform"],
         tags={"stage": "evaluation", "dataset": spec.name},
+        pool=writer_pool(spec.name),
         check_specs=[
             dg.AssetCheckSpec(
                 QUALITY_CHECK,

@@ -14,6 +14,7 @@ from mlops_assets.domain.ledger import DropOutcome
 from mlops_assets.domain.validation_report import check_outcomes
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.partitions import as_of_partitions
+from mlops_assets.pools import writer_pool
 from mlops_assets.storage import Storage
 
 _OUTCOME_SCHEMA = dg.TableSchema(
@@ -92,6 +93,7 @@ def build_ingestion_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         owners=["team:data-platform"],
         check_specs=check_specs(spec),
         tags={"stage": "ingestion", "dataset": spec.name},
+        pool=writer_pool(spec.name),
         description=(
             f"Curated, typed {spec.name} rows: every new drop in landing/{spec.name}/ is parsed "
             "against the dataset spec and upserted on (series key, time); unreadable files and "

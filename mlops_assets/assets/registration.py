@@ -32,6 +32,7 @@ from mlops_assets.ml.persistence import ModelIntegrityError
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.partitions import as_of_partitions
+from mlops_assets.pools import writer_pool
 from mlops_assets.storage import Storage
 from resources.registry import ModelRegistry, ModelSetVersion, RegistryError
 
@@ -81,6 +82,7 @@ def build_registration_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         kinds={"mlflow", "python"},
         owners=["team:ml-platform"],
         tags={"stage": "registry", "dataset": spec.name},
+        pool=writer_pool(spec.name),
         description=(
             f"The evaluated {spec.name} model set registered as ONE version of "
             f"`{registered_model_name(spec)}` in the dev registry, alias moved to it."
@@ -119,7 +121,11 @@ def build_promotion_jobs(spec: DatasetSpec) -> list[dg.JobDefinition]:
         alias: str | None = None
         """Prod alias to move; default: the prod registry's (production)."""
 
-    @dg.op(name=f"{spec.name}_promote_model_set", tags={"dataset": spec.name})
+    @dg.op(
+        name=f"{spec.name}_promote_model_set",
+        tags={"dataset": spec.name},
+        pool=writer_pool(spec.name),
+    )
     def promote(
         context: dg.OpExecutionContext,
         config: PromoteConfig,
@@ -164,7 +170,9 @@ def build_promotion_jobs(spec: DatasetSpec) -> list[dg.JobDefinition]:
         target: str = "prod"
         """Which registry: prod or dev."""
 
-    @dg.op(name=f"{spec.name}_rollback_alias", tags={"dataset": spec.name})
+    @dg.op(
+        name=f"{spec.name}_rollback_alias", tags={"dataset": spec.name}, pool=writer_pool(spec.name)
+    )
     def rollback(
         context: dg.OpExecutionContext,
         config: RollbackConfig,

@@ -16,6 +16,7 @@ from mlops_assets.domain.training_run import (
 from mlops_assets.ml.combination import family_shares
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.partitions import as_of_partitions
+from mlops_assets.pools import writer_pool
 from mlops_assets.storage import Storage
 from resources.training_engine import TrainingEngine
 
@@ -64,6 +65,7 @@ def build_training_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         kinds={"scikit-learn", "spark", "python"},
         owners=["team:ml-platform"],
         tags={"stage": "training", "dataset": spec.name},
+        pool=writer_pool(spec.name),
         description=(
             f"One model per {spec.name} series, trained on curated data up to the as-of date: "
             "each series keeps the candidate family with the best rolling-origin backtest at "

@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -25,7 +26,13 @@ from mlops_assets.definitions import build_definitions, daily_job_name
 from mlops_assets.domain.sample_drops import land_sales
 from mlops_assets.ml.sample_data import SalesShape
 from mlops_assets.ml.spec import load_spec
+from mlops_assets.pools import writer_pool
 from mlops_assets.profiles import resources_for, storage_for
+from tests.integration.test_one_writer_per_dataset import (
+    check_one_writer_per_dataset,
+    local_env,
+    project_workspace,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.azurite]
 
@@ -76,6 +83,18 @@ def postgres() -> Iterator[dict[str, str]]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def pg_env(postgres: dict[str, str]) -> dict[str, str]:
+    """The deploy config's database variables for the throwaway cluster."""
+    return {
+        "DAGSTER_PG_HOST": postgres["host"],
+        "DAGSTER_PG_PORT": postgres["port"],
+        "DAGSTER_PG_DB": postgres["db"],
+        "DAGSTER_PG_USERNAME": postgres["user"],
+        "DAGSTER_PG_PASSWORD": "unused-with-trust-auth",
+        "PGSSLMODE": "disable",
+    }
+
+
 @pytest.fixture
 def deploy_instance(postgres, azurite, tmp_path, monkeypatch) -> Iterator[dg.DagsterInstance]:
     """An instance from the deploy config; the Blob log manager is pointed at Azurite (its own
@@ -84,12 +103,7 @@ def deploy_instance(postgres, azurite, tmp_path, monkeypatch) -> Iterator[dg.Dag
 
     container = f"dagster-logs-{uuid.uuid4().hex[:8]}"
     env = {
-        "DAGSTER_PG_HOST": postgres["host"],
-        "DAGSTER_PG_PORT": postgres["port"],
-        "DAGSTER_PG_DB": postgres["db"],
-        "DAGSTER_PG_USERNAME": postgres["user"],
-        "DAGSTER_PG_PASSWORD": "unused-with-trust-auth",
-        "PGSSLMODE": "disable",
+        **pg_env(postgres),
         "DAGSTER_COMPUTE_LOG_ACCOUNT": azurite.account_name,
         "DAGSTER_COMPUTE_LOG_CONTAINER": container,
         "DAGSTER_ACA_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000000",
@@ -174,6 +188,35 @@ def test_daily_chain_records_to_postgres_and_logs_to_azurite(deploy_instance, po
     blobs = [b.name for b in logs._container_client.list_blobs()]  # noqa: SLF001 - see above
     assert any(result.run_id in name for name in blobs), blobs
     assert any(name.endswith(".err") for name in blobs), blobs
+
+
+@pytest.mark.timeout(90)
+def test_one_writer_per_dataset_on_the_deploy_instance(postgres, tmp_path, monkeypatch):
+    """The deploy config's run queue and pools on PostgreSQL, with the launches of
+    tests/integration/test_one_writer_per_dataset.py. Runs start as local processes: the
+    Container Apps launcher and the Blob log manager are left out (no Azure here); storage,
+    run coordinator and concurrency are the deploy file's."""
+    import yaml
+
+    config = yaml.safe_load(DEPLOY_CONFIG.read_text())
+    del config["run_launcher"], config["compute_logs"]
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    local_env(monkeypatch, tmp_path)
+    for key, value in {**pg_env(postgres), "DAGSTER_HOME": str(home)}.items():
+        monkeypatch.setenv(key, value)
+    # The one-time step of docs/runbook.md ("One writer per dataset") for the dataset under test.
+    dagster = Path(sys.executable).with_name("dagster")
+    subprocess.run(
+        [dagster, "instance", "concurrency", "set", writer_pool("sales"), "1"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    with project_workspace(tmp_path, home) as workspace:
+        assert type(workspace.instance.run_storage).__name__ == "PostgresRunStorage"
+        check_one_writer_per_dataset(workspace)
 
 
 def test_dockerfile_copies_what_exists_and_serves_the_code_location():
