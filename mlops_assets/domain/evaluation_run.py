@@ -25,6 +25,7 @@ from mlops_assets.domain.curated_store import CuratedStore
 from mlops_assets.ml import comparison as ev
 from mlops_assets.ml import modelset
 from mlops_assets.ml.features import SeriesFrame, select_series, to_series_frame
+from mlops_assets.ml.fitting import FALLBACK, TRAINED
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.selection import stored_history
 from mlops_assets.ml.spec import DatasetSpec
@@ -89,10 +90,11 @@ def champion_scores(
     champion: pa.Table,
 ) -> dict[str, dict[str, float]]:
     """The champion's models re-scored on the evaluation rows of every challenger trained this
-    run, whatever the series' length (``history_frames``)."""
+    run (chosen by the backtest, or served by the fallback chain and scored on the pairs it
+    could make: the gate judges both), whatever the series' length (``history_frames``)."""
     fresh = pc.and_(
         pc.equal(candidate["trained_in"], candidate_version),
-        pc.equal(candidate["status"], "trained"),
+        pc.is_in(candidate["status"], pa.array([TRAINED, FALLBACK])),
     )
     challengers = set(candidate.filter(fresh)["series_id"].to_pylist())
     with_model = champion.filter(pc.is_valid(champion["artifact"]))

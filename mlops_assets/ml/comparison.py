@@ -183,7 +183,8 @@ def evaluate_sets(
     """One row per series of the candidate set: the inputs of its decision and the decision.
 
     A challenger counts as trained in this run when its ``trained_in`` is ``candidate_version``
-    and its status is ``trained``; series the candidate set only carried are ``skipped``. Its
+    and its status is ``trained`` or ``fallback``; series the candidate set only carried are
+    ``skipped``. Its
     error and points are the manifest's ``<metric>`` and ``n_holdout``; the baselines'
     (``naive_<metric>``, ``seasonal_naive_<metric>``) are scored by training on exactly those
     rows or not at all; the champion's come from ``champion_scores`` (``rescore``).

@@ -23,11 +23,11 @@ ARGS = ["--series", str(SERIES), "--periods", "104", "--as-of", "2026-11-30"]
 MAX_LINES = 40  # one screen (issue 16)
 
 
-def demo(home: Path) -> tuple[int, list[str], str]:
+def demo(home: Path, args: list[str] = ARGS) -> tuple[int, list[str], str]:
     env = {**os.environ, "MLOPS_HOME": str(home), "MLOPS_PROFILE": "local"}
     env.pop("DAGSTER_HOME", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "mlops_assets.cli", "demo", *ARGS],
+        [sys.executable, "-m", "mlops_assets.cli", "demo", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -85,3 +85,16 @@ def test_demo_fits_one_screen_and_ends_with_the_result(tmp_path):
     since = lines.index("since the last demo:")
     assert lines[since + 1].startswith("  sales: dev v1 -> v2, prod v1 -> v2")
     assert lines[since + 2].startswith("  diabetes: dev v1 -> v2, prod v1 -> v2")
+
+
+def test_a_second_demo_on_series_too_short_for_ridge_compares_the_fallback_champions(tmp_path):
+    """80 weeks: ridge (lag 52) cannot serve, every series falls back to seasonal naive. The
+    second day's fallback challengers are compared with the first day's fallback champions
+    (they used not to be re-scored, and the gate failed: "none was compared")."""
+    home = tmp_path / "home"
+    short = ["--series", "4", "--periods", "80", "--as-of", "2026-11-30"]
+    for _ in range(2):
+        rc, lines, _ = demo(home, short)
+        assert rc == 0, "\n".join(lines)
+    rows = table(lines)
+    assert rows["champions"][0] == "0 replaced, 4 kept"
