@@ -86,12 +86,12 @@ def _exponent(values: Sequence[np.ndarray]) -> int:
     """The exponent that leaves three significant digits on the largest finite value."""
     finite = [np.abs(v[np.isfinite(v)]) for v in values if len(v)]
     top = max((float(v.max()) for v in finite if len(v)), default=0.0)
-    return int(math.floor(math.log10(top))) - 2 if top > 0 else 0
+    return math.floor(math.log10(top)) - 2 if top > 0 else 0
 
 
 def _quantize(values: np.ndarray, exp: int) -> list[int | None]:
     scaled = values / 10.0**exp
-    return [int(round(v)) if math.isfinite(v) else None for v in scaled.tolist()]
+    return [round(v) if math.isfinite(v) else None for v in scaled.tolist()]
 
 
 def model_label(family: str | None, weights: str | None) -> str | None:
@@ -209,7 +209,9 @@ def explorer_payload(
     if decisions is not None:
         by_series = {d["series_id"]: d for d in decisions.to_pylist()}
     columns = {name: _column(manifest, name) for name in _wanted(spec)}
-    rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values())]
+    rows = [
+        dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
+    ]
     records = [
         _record(row, by_series.get(row["series_id"], {}), spec, strings, axes)
         for row in sorted(rows, key=lambda r: r["series_id"])

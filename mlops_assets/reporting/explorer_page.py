@@ -26,7 +26,9 @@ def payload_json(payload: dict[str, Any]) -> str:
 
 def render_explorer(payload: dict[str, Any]) -> str:
     """The explorer page for ``payload`` (``explorer_payload``'s output)."""
-    template = resources.files("mlops_assets.reporting").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    template = (
+        resources.files("mlops_assets.reporting").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    )
     head, rest = template.split(_DATA, 1)
     title = f"{payload.get('dataset', '')}: per-series explorer"
     head = head.replace(_TITLE, html.escape(title))
