@@ -4,7 +4,8 @@ Every series gets one positional record (``FIELDS``): its recent actuals, the fo
 backtest origin (``actual - residual`` on the same rows the backtest scored), the interval
 half-widths per step, MAE per step for the model and both baselines, the chosen family (or a
 combination's weights) and the gate's decision. Values of a series are stored as integers at
-three significant digits of its largest value (``exp``: value = q * 10**exp), strings that
+three significant digits of its largest value (``exp``: value = q * 10**exp; errors, which
+are smaller, with their own exponent), strings that
 repeat (families, decisions, reasons) once in ``strings``: 10,000 series fit in a few MB.
 
 The backtest layout is ``ml.backtest``'s: ``origins`` folds ``step`` periods apart, the newest
@@ -36,12 +37,12 @@ FIELDS = (
     "reason",  # string index: the decision's reason, or -1
     "gate",  # [challenger, champion, baseline metric, baseline name, champion version, promoted]
     "axis",  # index into ``axes``: the dates of ``actual``
-    "exp",  # decimal exponent of every quantized value below
+    "exp",  # decimal exponents: [of actual and forecast, of intervals and mae_by_step]
     "actual",  # the last actuals, quantized
     "forecast",  # origins x horizon backtest forecasts (oldest origin first), quantized
-    "intervals",  # per level: half-width per step, quantized
+    "intervals",  # per level: half-width per step, quantized (errors' exponent)
     "coverage",  # per level: out-of-fold coverage share
-    "mae_by_step",  # [model, naive, seasonal naive] per step, quantized
+    "mae_by_step",  # [model, naive, seasonal naive] per step, quantized (errors' exponent)
     "scores",  # SCORES, in order
 )
 SCORES = (
@@ -74,7 +75,7 @@ class _Strings:
         return self._index[text]
 
 
-def _sig(x: Any, digits: int = 4) -> float | None:
+def _sig(x: Any, digits: int = 3) -> float | None:
     """``x`` at ``digits`` significant digits; None where it is missing or not finite."""
     if x is None:
         return None
@@ -160,7 +161,8 @@ def _record(
     levels = spec.intervals.levels
     widths = [_floats(row.get(interval_field(level))) for level in levels]
     by_step = [_floats(row.get(name)) for name in BY_STEP]
-    exp = _exponent([actual, forecast.ravel(), *widths, *by_step])
+    exp = _exponent([actual, forecast.ravel()])
+    errors = _exponent([*widths, *by_step])
     gate = [
         _sig(decision.get("challenger_metric")),
         _sig(decision.get("champion_metric")),
@@ -179,12 +181,12 @@ def _record(
         strings(decision.get("decision_reason")),
         gate,
         axes(row.get("history_end"), len(actual)),
-        exp,
+        [exp, errors],
         _quantize(actual, exp),
         _quantize(forecast.ravel(), exp),
-        [_quantize(w, exp) for w in widths],
-        [_sig(row.get(coverage_field(level)), 3) for level in levels],
-        [_quantize(v, exp) for v in by_step],
+        [_quantize(w, errors) for w in widths],
+        [_sig(row.get(coverage_field(level)), 2) for level in levels],
+        [_quantize(v, errors) for v in by_step],
         [_sig(row.get(name)) for name in SCORES],
     ]
 
