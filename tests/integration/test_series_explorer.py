@@ -69,7 +69,9 @@ def test_the_explorer_draws_every_series_of_the_release_on_the_rows_its_backtest
     meta = metadata(result, "sales__series_explorer")
     name = f"reports/sales/series_explorer/{AS_OF}.html"
     assert meta["explorer"] == storage.uri(name) and meta["series"] == 6
-    assert meta["explorer_preview"].startswith(f"**[Open the per-series explorer]({meta['explorer']})")
+    assert meta["explorer_preview"].startswith(
+        f"**[Open the per-series explorer]({meta['explorer']})"
+    )
     page = storage.read_text(name)
     assert meta["page_bytes"] == len(page.encode())
     text = re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S)
