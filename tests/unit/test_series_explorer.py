@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from mlops_assets.ml.spec import load_spec
-from mlops_assets.reporting.explorer_data import FIELDS, explorer_payload, model_label
+from mlops_assets.reporting.explorer_data import FIELDS, SCORES, explorer_payload, model_label
 from mlops_assets.reporting.explorer_page import render_explorer
 
 SALES = load_spec("sales")
@@ -37,18 +37,7 @@ def manifest(n: int, seed: int = 0, **overrides) -> pa.Table:
             name: np.abs(rng.normal(5, 1, size=(n, H))).tolist()
             for name in ("mae_by_step", "naive_mae_by_step", "seasonal_naive_mae_by_step")
         },
-        **{
-            name: rng.uniform(1, 40, n)
-            for name in (
-                "smape",
-                "naive_smape",
-                "seasonal_naive_smape",
-                "mae",
-                "naive_mae",
-                "seasonal_naive_mae",
-                "mase",
-            )
-        },
+        **{name: rng.uniform(1, 40, n) for name in SCORES},
         "interval_80": np.abs(rng.normal(6, 1, size=(n, H))).tolist(),
         "interval_95": np.abs(rng.normal(9, 1, size=(n, H))).tolist(),
         "coverage_80": rng.uniform(0.6, 0.9, n),
