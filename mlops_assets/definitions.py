@@ -17,6 +17,7 @@ from mlops_assets.assets.evaluation import build_evaluation_asset
 from mlops_assets.assets.ingestion import build_ingestion_asset
 from mlops_assets.assets.monitoring import build_inference_summary_asset
 from mlops_assets.assets.registration import build_promotion_jobs, build_registration_asset
+from mlops_assets.assets.reports import build_explorer_asset
 from mlops_assets.assets.training import build_training_asset
 from mlops_assets.domain.model_sets import registered_model_name
 from mlops_assets.logging_setup import silence_third_party_warnings
@@ -38,13 +39,15 @@ def dataset_definitions(spec: DatasetSpec) -> dg.Definitions:
         build_training_asset(spec),
         build_evaluation_asset(spec),
         build_registration_asset(spec),
+        build_explorer_asset(spec),
     ]
     daily = dg.define_asset_job(
         daily_job_name(spec),
         selection=dg.AssetSelection.assets(*assets),
         description=(
             f"The daily {spec.name} chain in one run: ingest new drops, validate, train every "
-            "series, evaluate against the champions, register (blocking checks stop it)."
+            "series, evaluate against the champions, register (blocking checks stop it) and "
+            "write the per-series explorer of the evaluated set."
         ),
         tags={"dataset": spec.name},
     )

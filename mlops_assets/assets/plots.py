@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlops_assets.ml.spec import DatasetSpec
 
 
 def _png_markdown(fig, alt: str) -> str:
@@ -59,3 +65,34 @@ def histograms(series: dict[str, np.ndarray], title: str, xlabel: str) -> str:
     ax.set_ylabel("series")
     ax.legend()
     return _png_markdown(fig, title)
+
+
+def backtest_plots(ok: pd.DataFrame, spec: DatasetSpec, what: str) -> dict[str, str]:
+    """A set's backtest as two Markdown plots: sMAPE across series (model vs both naive
+    baselines) and mean MAE per horizon step, over the rows of ``ok`` (manifest records of
+    series with a trained model; ``what`` names the set in the titles)."""
+    from mlops_assets.domain.training_run import mae_by_step
+
+    by_step = mae_by_step(ok, spec)
+    return {
+        "backtest_smape": histograms(
+            {
+                "model": ok.smape.to_numpy(float),
+                "naive": ok.naive_smape.to_numpy(float),
+                "seasonal naive": ok.seasonal_naive_smape.to_numpy(float),
+            },
+            f"{spec.name} {what}: backtest sMAPE across series ({spec.backtest.origins} "
+            f"origins, horizon {spec.horizon})",
+            "sMAPE (%)",
+        ),
+        "backtest_mae_by_step": lines(
+            {
+                "model": np.asarray(by_step["mae"]),
+                "naive": np.asarray(by_step["naive_mae"]),
+                "seasonal naive": np.asarray(by_step["seasonal_naive_mae"]),
+            },
+            f"{spec.name} {what}: backtest MAE by horizon step (mean over series)",
+            "periods ahead",
+            "MAE",
+        ),
+    }

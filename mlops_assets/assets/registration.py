@@ -14,8 +14,11 @@ The work is in ``domain.promotion``; this module wires it to Dagster.
 
 import dagster as dg
 
+from mlops_assets.assets.plots import backtest_plots
 from mlops_assets.domain.model_sets import (
     ModelSetError,
+    ReleaseRecord,
+    read_manifest,
     read_release,
     registered_model_name,
     release_pointer,
@@ -28,6 +31,8 @@ from mlops_assets.domain.promotion import (
     register_release,
     rollback_alias,
 )
+from mlops_assets.ml import modelset
+from mlops_assets.ml.fitting import TRAINED
 from mlops_assets.ml.persistence import ModelIntegrityError
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
@@ -73,6 +78,29 @@ def registration_metadata(
     }
 
 
+_PLOTTED = [
+    "status",
+    "smape",
+    "naive_smape",
+    "seasonal_naive_smape",
+    "mae_by_step",
+    "naive_mae_by_step",
+    "seasonal_naive_mae_by_step",
+]
+
+
+def release_plots(storage: Storage, spec: DatasetSpec, release: ReleaseRecord) -> dict:
+    """The registered set's families and its backtest distributions over every series with a
+    trained model (promoted challengers and carried champions alike)."""
+    manifest = read_manifest(storage, release.ref)
+    md: dict = {"families": modelset.counts(manifest, "family")}
+    if all(c in manifest.column_names for c in _PLOTTED):
+        df = manifest.select(_PLOTTED).to_pandas()
+        plots = backtest_plots(df[df.status == TRAINED], spec, "registered set")
+        md.update({key: dg.MetadataValue.md(plot) for key, plot in plots.items()})
+    return md
+
+
 def build_registration_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     @dg.asset(
         key=[spec.name, "registered_model_set"],
@@ -105,10 +133,12 @@ def build_registration_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 version, created = register_release(
                     storage, registry, spec, release, as_of, context.run.run_id, registry.alias
                 )
+            with phases("plots"):
+                plots = release_plots(storage, spec, release)
         except (RegistryError, ModelSetError, ModelIntegrityError) as exc:
             raise dg.Failure(str(exc)) from exc
         return dg.MaterializeResult(
-            metadata=registration_metadata(version, created, registry, phases)
+            metadata={**registration_metadata(version, created, registry, phases), **plots}
         )
 
     return registered_model_set

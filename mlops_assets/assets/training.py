@@ -5,12 +5,11 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from mlops_assets.assets.plots import histograms, lines
+from mlops_assets.assets.plots import backtest_plots
 from mlops_assets.domain.training_run import (
     TrainingInputError,
     TrainingOutcome,
     interval_coverage,
-    mae_by_step,
     train_candidate,
 )
 from mlops_assets.ml.combination import family_shares
@@ -130,19 +129,6 @@ def training_metadata(
                 trained["weights"].where(trained["weights"].notna(), None).tolist(),
             )
         md.update(interval_coverage(manifest, outcome.ref.version, spec))
-        by_step = mae_by_step(trained, spec)
-        md["backtest_mae_by_step"] = dg.MetadataValue.md(
-            lines(
-                {
-                    "model": np.asarray(by_step["mae"]),
-                    "naive": np.asarray(by_step["naive_mae"]),
-                    "seasonal naive": np.asarray(by_step["seasonal_naive_mae"]),
-                },
-                f"{spec.name}: backtest MAE by horizon step (mean over series)",
-                "periods ahead",
-                "MAE",
-            )
-        )
     if len(trained) and "smape" in trained:
         ok = trained[trained.status == "trained"]
         md["median_smape"] = float(np.nanmedian(ok.smape)) if len(ok) else float("nan")
@@ -155,14 +141,8 @@ def training_metadata(
             float(np.median(seasonal[scored])) if scored.any() else float("nan")
         )
         md["series_beating_seasonal_naive"] = int(np.sum(ok.smape.to_numpy(float) < seasonal))
-        md["backtest_smape"] = dg.MetadataValue.md(
-            histograms(
-                {"model": ok.smape.to_numpy(float), "naive": ok.naive_smape.to_numpy(float)},
-                f"{spec.name}: backtest sMAPE across series ({spec.backtest.origins} origins, "
-                f"horizon {spec.horizon})",
-                "sMAPE (%)",
-            )
-        )
+        plots = backtest_plots(ok, spec, "candidates")
+        md.update({key: dg.MetadataValue.md(plot) for key, plot in plots.items()})
         md["worst_series"] = _series_table(ok.nlargest(10, "smape"))
         md["slowest_series"] = _series_table(trained.nlargest(10, "fit_seconds"))
         bad = trained[trained.status != "trained"]

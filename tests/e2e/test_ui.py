@@ -4,11 +4,15 @@
 small landed sales dataset; headless Chromium (Debian's ``/usr/bin/chromium``, driven by
 Playwright) opens the job's asset graph, materializes the latest as-of partition from the
 launchpad, waits for the run to succeed, and reads the asset checks and the training metadata
-back from the asset pages. Screenshots go to ``test-artifacts/`` (git-ignored).
+back from the asset pages; it follows the lineage from the curated data through the candidates
+and the evaluation to the registered set, and opens the per-series explorer from its asset's
+``explorer`` link, searches a series and sees its chart. Screenshots go to ``test-artifacts/``
+(git-ignored).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -17,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,7 +189,12 @@ def _screenshot_asset_graph(page, base: str, path: Path) -> None:
     graph = page.locator("foreignObject")
     stages = {
         "sales_ingestion": ["curated"],
-        "sales_training": ["candidate_models", "evaluation", "registered_model_set"],
+        "sales_training": [
+            "candidate_models",
+            "evaluation",
+            "registered_model_set",
+            "series_explorer",
+        ],
     }
     for group, assets in stages.items():
         title = graph.get_by_text(group, exact=True).first
@@ -200,6 +210,59 @@ def _screenshot_asset_graph(page, base: str, path: Path) -> None:
         zoom_out.click()
     page.wait_for_timeout(1000)
     page.screenshot(path=str(path))
+
+
+LINEAGE = ["curated", "candidate_models", "evaluation", "registered_model_set"]
+
+
+def _upstream(base: str, path: list[str]) -> list[list[str]]:
+    query = """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) {
+        ... on AssetNode { dependencyKeys { path } } } }"""
+    node = _graphql(base, query, {"key": {"path": path}})["assetNodeOrError"]
+    return [k["path"] for k in node["dependencyKeys"]]
+
+
+def _screenshot_lineage(page, base: str, path: Path) -> None:
+    """The registered set's upstream lineage: curated -> candidates -> evaluation -> registered."""
+    from playwright.sync_api import expect
+
+    for up, down in itertools.pairwise(LINEAGE):  # the edges, as the UI's graph reads them
+        assert ["sales", up] in _upstream(base, ["sales", down]), (up, down)
+    page.goto(
+        f"{base}/assets/sales/registered_model_set?view=lineage&lineageScope=upstream"
+        "&lineageDepth=5"
+    )
+    graph = page.locator("foreignObject")
+    for asset in LINEAGE:
+        expect(graph.get_by_text(asset, exact=True).first).to_be_visible()
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(path))
+
+
+def _open_the_explorer(page, base: str) -> None:
+    """From the explorer asset's page, follow its ``explorer`` link; search one series."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{base}/assets/sales/series_explorer")
+    expect(page.get_by_text("explorer_preview", exact=True).first).to_be_visible()
+    link = page.locator('a[href*="series_explorer/"]').first
+    expect(link).to_be_attached()
+    page.screenshot(path=str(ARTIFACTS / "ui-explorer-asset.png"))
+    # A file:// page opens in its own tab (browsers do not follow file links from http pages).
+    page.goto(link.get_attribute("href") or "")
+    series = "store=S0000/product=P012"
+    page.locator("#search").fill("s0000 p012")
+    expect(page.locator("#count")).to_have_text("1 of 20 series")
+    expect(page.locator("#series-title")).to_have_text(series)
+    # The address names the series: a link to it opens it.
+    assert page.evaluate("location.hash") == "#series=" + urllib.parse.quote(series, safe="")
+    chart = page.locator("#chart")
+    expect(chart.locator("path.actual")).to_be_attached()
+    expect(chart.locator("path.forecast")).to_have_count(4)  # one per backtest origin
+    expect(chart.locator("polygon.band")).to_have_count(2)  # the 80% and 95% intervals
+    expect(page.get_by_text("champion gate")).to_be_visible()
+    expect(page.get_by_text("no_champion").first).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "ui-explorer.png"), full_page=True)
 
 
 def test_launch_the_daily_retrain_from_the_ui_and_read_its_checks(dagster_ui):
@@ -253,5 +316,7 @@ def test_launch_the_daily_retrain_from_the_ui_and_read_its_checks(dagster_ui):
             ).to_be_visible()
 
             _screenshot_asset_graph(page, dagster_ui, ARTIFACTS / "ui-asset-graph.png")
+            _screenshot_lineage(page, dagster_ui, ARTIFACTS / "ui-lineage.png")
+            _open_the_explorer(page, dagster_ui)
         finally:
             browser.close()
