@@ -56,7 +56,7 @@ def _step_errors(result: dg.ExecuteInProcessResult) -> list[str]:
         if error is None or error.cls_name == "DagsterAssetCheckFailedError":
             continue
         first = (error.message or "").strip().splitlines()
-        line = first[0] if first else error.cls_name
+        line = first[0] if first else (error.cls_name or "an error")
         head, sep, rest = line.partition(": ")
         if sep and head.rsplit(".", 1)[-1] == error.cls_name:  # "dagster....Failure: why"
             line = rest
