@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from mlops_assets.domain import batch_layout as layout
+from mlops_assets.faults import fault_point
 from mlops_assets.jobs.batch_params import (
     DropBatch,
     DropJob,
@@ -66,7 +67,6 @@ from mlops_assets.jobs.drop_scoring import (
     score_drop_rows,
     write_parquet,
 )
-from mlops_assets.faults import fault_point
 from mlops_assets.jobs.drop_validation import validate
 from mlops_assets.ml.drops import DropRejected, drop_format
 from mlops_assets.ml.phases import Phases
