@@ -243,6 +243,7 @@ def results(home: Path, step: str) -> dict[str, object]:
 
 # ---- the test ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("case", CASES, ids=[c.point for c in CASES])
 def test_a_crash_leaves_the_last_good_state_and_a_rerun_completes(stages, tmp_path, case):
     start = stages[case.stage]
@@ -310,13 +311,3 @@ def test_an_interrupted_registration_is_removed_after_its_grace(stages, tmp_path
     assert registry.recover_interrupted(NAME) == [2]
     assert [v.version for v in registry.list_versions(NAME)] == [1, 3]
     assert registry.get_alias(NAME).version == 3
-
-
-def test_a_fault_value_names_a_known_point_and_a_count():
-    assert faults.parse(None) is None and faults.parse("") is None
-    assert faults.parse("curated.shard:2") == ("curated.shard", 2)
-    for bad in ("curated.shard", "curated.shard:0", "nowhere:1", "pointer:x"):
-        with pytest.raises(ValueError, match="MLOPS_FAULT"):
-            faults.parse(bad)
-    # Unset (as in this process), every fault point returns at once.
-    faults.fault_point("pointer")
