@@ -37,6 +37,7 @@ from mlops_assets.domain.registry_records import (
     RegistryUnavailableError,
     RunRecord,
 )
+from mlops_assets.faults import fault_point
 from resources.registry_store import RegistryStoreError, ensure_sqlite_store
 
 __all__ = [
@@ -258,8 +259,10 @@ class MlflowRegistry(ModelRegistry):
             # Phase one: the version with every tag, marked incomplete (readers skip it).
             mv = client.create_model_version(name, source, run_id=run_id, tags=tags)
             created = mv.version
+            fault_point("registration")
             if alias:
                 client.set_registered_model_alias(name, alias, mv.version)
+                fault_point("alias.move")
             if run_id:
                 client.set_terminated(run_id, "FINISHED")
             # Phase two, the last write: the version is complete.

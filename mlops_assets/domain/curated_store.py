@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlops_assets.domain.merge import merge_counted
+from mlops_assets.faults import fault_point
 from mlops_assets.ml import calendar
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import decode_dictionaries, series_codes, series_numbers, take_rows
@@ -213,6 +214,7 @@ class CuratedStore:
                 old = self._schema().empty_table()
             merged, replaced = merge_counted(old, part, self.spec)
             self._write_shard(name, merged)
+            fault_point("curated.shard")
             return part.num_rows, np.bincount(src[mine], weights=replaced, minlength=1)
 
         touched = [int(i) for i in np.unique(shards)]

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from mlops_assets.domain.curated_store import CuratedStore, MergeStats
 from mlops_assets.domain.ledger import DropLedger, DropOutcome, safe_name
+from mlops_assets.faults import fault_point
 from mlops_assets.ml.drops import DropRejected, ParsedDrop, parse_drop
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
@@ -267,6 +268,7 @@ def ingest(
     for j, o in enumerate(outcomes):
         o.rows_replaced = merge.replaced_by_source.get(j, 0)
         ledger.record(o)
+        fault_point("ledger")
         if on_drop:
             on_drop(o)
     for name in quarantined_files:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from mlops_assets.domain import batch_layout as layout
+from mlops_assets.faults import fault_point
 from mlops_assets.jobs.batch_params import (
     DropBatch,
     DropJob,
@@ -202,6 +203,7 @@ def _score_whole(d: _Drop) -> str | None:
         scored = score_drop_rows(good, spec, reader, chunk_rows=d.chunk_rows)
         count_scored(scored, out)
     with d.phases("write"):
+        fault_point("batch.output")
         name = layout.predictions_name(job.dataset, job.key, rank, world)
         write_parquet(d.storage, name, scored)
         out.output, out.output_uri = name, d.storage.uri(name)
@@ -219,6 +221,7 @@ def _score_in_pieces(d: _Drop, pf) -> str:
         rejected = rejected.filter(pa.array(_mine(rejected, d.spec, out.rank, out.world)))
     _quarantine(d, rejected)
     with d.phases("write"):
+        fault_point("batch.output")
         name = layout.predictions_name(job.dataset, job.key, out.rank, out.world)
         d.storage.write_bytes(name, data)
         out.output, out.output_uri = name, d.storage.uri(name)

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from mlops_assets.domain.model_sets.layout import REF_FILE
 from mlops_assets.domain.model_sets.ref import ModelSetError, ModelSetRef, sha256
+from mlops_assets.faults import fault_point
 from mlops_assets.ml import modelset, persistence
 from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.persistence import ModelIntegrityError
@@ -36,8 +37,10 @@ def write_model_set(
     its digest computed from the manifest bytes as written."""
     for pack, data in packs:
         storage.write_bytes(pack, data)
+        fault_point("model_set.pack")
     data = modelset.manifest_bytes(manifest)
     storage.write_bytes(f"{folder}/{modelset.MANIFEST}", data)
+    fault_point("model_set.manifest")
     ref = ModelSetRef(name=name, version=version, folder=folder, manifest_sha256=sha256(data))
     storage.write_text(f"{folder}/{REF_FILE}", ref.to_json())
     return ref
@@ -182,6 +185,7 @@ def copy_model_set(src: Storage, dst: Storage, ref: ModelSetRef) -> dict[str, in
         why = _needs_write(dst, artifact, blob, entries)
         if why is not None:
             dst.write_bytes(artifact, blob)
+            fault_point("promotion.copy")
             copied += why == "missing"
             repaired += why == "corrupt"
     dst.write_bytes(ref.manifest_name, data)  # after the packs: the set is complete

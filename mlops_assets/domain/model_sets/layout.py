@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from mlops_assets.domain.model_sets.ref import ModelSetError, ModelSetRef
+from mlops_assets.faults import fault_point
 from mlops_assets.storage import Storage
 
 REF_FILE = "model_set.json"  # next to the manifest: the set's ref, for a copied-out folder
@@ -67,6 +68,7 @@ def pointer_name(dataset: str, alias: str) -> str:
 def write_pointer(storage: Storage, name: str, ref: ModelSetRef) -> None:
     """Point ``name`` at ``ref`` (an atomic write: readers see the old ref or the new one)."""
     storage.write_text(name, ref.to_json())
+    fault_point("pointer")
 
 
 def read_pointer(storage: Storage, name: str) -> ModelSetRef | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlops_assets.domain.model_sets.ref import ModelSetError, ModelSetRef
+from mlops_assets.faults import fault_point
 from mlops_assets.storage import Storage
 
 
@@ -88,6 +89,7 @@ class ReleaseRecord:
 
 def write_release(storage: Storage, name: str, record: ReleaseRecord) -> None:
     storage.write_text(name, record.to_json())
+    fault_point("pointer")
 
 
 def read_release(storage: Storage, name: str) -> ReleaseRecord | None:
