@@ -72,7 +72,9 @@ def write_explorer(storage: Storage, spec: DatasetSpec, as_of: str) -> ExplorerO
         data = render_explorer(payload).encode("utf-8")
     name = explorer_name(spec, as_of)
     with phases("write"):
-        storage.write_bytes(name, data)
+        storage.write_bytes(
+            name, data, content_type="text/html; charset=utf-8"
+        )  # shown, not downloaded
     return ExplorerOutcome(
         name=name,
         release=release,

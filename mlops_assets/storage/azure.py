@@ -150,13 +150,17 @@ class AzureBlobStorage(Storage):
 
         return open_ranged(read_at, props.size, uri)
 
-    def write_bytes(self, name: str, data: bytes, *, overwrite: bool = True) -> BlobInfo:
+    def write_bytes(
+        self, name: str, data: bytes, *, overwrite: bool = True, content_type: str | None = None
+    ) -> BlobInfo:
         from azure.core.exceptions import ResourceExistsError
+        from azure.storage.blob import ContentSettings
 
         # A blob upload commits all of its blocks at once, so readers never see part of it.
         blob = self._container().get_blob_client(self._full(name))
+        settings = ContentSettings(content_type=content_type) if content_type else None
         try:
-            result = blob.upload_blob(data, overwrite=overwrite)
+            result = blob.upload_blob(data, overwrite=overwrite, content_settings=settings)
         except ResourceExistsError:
             raise FileExistsError(f"{self.uri(name)} already exists") from None
         # The version this call wrote, not whatever a second writer put there since.

@@ -59,8 +59,12 @@ class Storage(ABC):
     def read_bytes(self, name: str) -> bytes: ...
 
     @abstractmethod
-    def write_bytes(self, name: str, data: bytes, *, overwrite: bool = True) -> BlobInfo:
-        """Write atomically. With ``overwrite=False`` an existing object raises FileExistsError."""
+    def write_bytes(
+        self, name: str, data: bytes, *, overwrite: bool = True, content_type: str | None = None
+    ) -> BlobInfo:
+        """Write atomically. With ``overwrite=False`` an existing object raises FileExistsError.
+        ``content_type`` is what a browser is told the object is, where the store keeps one (a
+        blob's Content-Type; files have none)."""
 
     @abstractmethod
     def delete(self, name: str) -> None: ...

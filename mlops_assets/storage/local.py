@@ -158,7 +158,9 @@ class LocalStorage(Storage):
             f.seek(offset)
             return f.read(length)
 
-    def write_bytes(self, name: str, data: bytes, *, overwrite: bool = True) -> BlobInfo:
+    def write_bytes(
+        self, name: str, data: bytes, *, overwrite: bool = True, content_type: str | None = None
+    ) -> BlobInfo:
         path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         _sweep_now(path.parent)

@@ -490,3 +490,13 @@ def test_azure_open_read_refuses_a_blob_replaced_while_read(blob_storage: AzureB
             f.read(10)
     with pytest.raises(FileNotFoundError):
         blob_storage.open_read("drops/missing.bin")
+
+
+def test_a_content_type_is_kept_where_the_store_has_one(storage: Storage) -> None:
+    """A report page is written as text/html, so a browser opening its blob shows it rather
+    than downloading it; files keep no type and the bytes are the same either way."""
+    info = storage.write_bytes("reports/page.html", b"<p>hi</p>", content_type="text/html")
+    assert storage.read_bytes("reports/page.html") == b"<p>hi</p>" and info.size == 9
+    if isinstance(storage, AzureBlobStorage):
+        props = storage._container().get_blob_client(storage._full("reports/page.html"))  # noqa: SLF001
+        assert props.get_blob_properties().content_settings.content_type == "text/html"
