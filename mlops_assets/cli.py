@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlops_assets.cli_remote import add_parsers as add_remote_parsers
 from mlops_assets.domain.batch_layout import inbox_prefix
 from mlops_assets.domain.curation import landing_prefix
 from mlops_assets.domain.sample_drops import (
@@ -347,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     azure.add_argument("--dry-run", action="store_true", help="print what it would check")
     azure.set_defaults(func=cmd_check_azure)
+    add_remote_parsers(sub)
 
     return parser
 

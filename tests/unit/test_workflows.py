@@ -66,3 +66,26 @@ def test_prod_waits_for_an_approved_environment_after_dev():
     assert cd["jobs"]["prod"]["environment"] == "prod"
     assert cd["jobs"]["prod"]["needs"] == "dev"
     assert cd["jobs"]["dev"]["environment"] == "dev"
+
+
+def test_cd_launches_runs_on_the_deployment_never_on_the_runner():
+    """Every job CD runs goes through `mlops launch` (the deployment's GraphQL API), so it
+    lands in the production instance; nothing executes a job in the runner's process."""
+    cd = yaml.safe_load((ROOT / ".github" / "workflows" / "cd.yml").read_text())
+    launched = []
+    for job in cd["jobs"].values():
+        for step in job.get("steps", []):
+            script = step.get("run", "")
+            for banned in ("job execute", "dg launch", "materialize", "execute_in_process"):
+                assert banned not in script, f"{step.get('name')!r} runs {banned!r} on the runner"
+            launched += [ln.split()[2] for ln in script.splitlines() if "mlops launch" in ln]
+        if "MLOPS_DAGSTER_URL" in str(job.get("steps")) + str(job.get("env")):
+            assert job["env"]["MLOPS_DAGSTER_URL"].startswith("${{ vars."), job
+    from mlops_assets.assets.deployment import deploy_job_name
+    from mlops_assets.assets.registration import promote_job_name
+    from mlops_assets.definitions import daily_job_name
+    from mlops_assets.ml.spec import load_spec
+
+    spec = load_spec("sales")
+    names = {daily_job_name(spec), promote_job_name(spec), deploy_job_name(spec)}
+    assert set(launched) == names, "cd.yml launches a job the code location does not define"
