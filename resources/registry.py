@@ -21,12 +21,13 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import dagster as dg
 from pydantic import Field
 
+from mlops_assets.domain.registry_aliases import Aliases, uses_tags
 from mlops_assets.domain.registry_records import (
     COMPLETE,
     INCOMPLETE,
@@ -128,6 +129,12 @@ class MlflowRegistry(ModelRegistry):
     http_timeout_s: int | None = Field(
         default=None, description="MLFLOW_HTTP_REQUEST_TIMEOUT for http(s) servers."
     )
+    alias_mode: Literal["auto", "native", "tags"] = Field(
+        default="auto",
+        description="Where aliases live: `native` MLflow aliases, or `tags` (one registered-model "
+        "tag per alias, `mlops_alias.<alias>`) where a registry does not document aliases; "
+        "`auto`: tags on `azureml://` registries, native elsewhere (docs/registry.md).",
+    )
     incomplete_grace_s: int = Field(
         default=600,
         description="A registration interrupted (version left `mlops_state=incomplete`) longer "
@@ -183,16 +190,28 @@ class MlflowRegistry(ModelRegistry):
                 raise self._unavailable(exc) from exc
             raise RegistryError(f"{fn.__name__} on {self.location} failed: {exc}") from exc
 
-    @staticmethod
-    def _version(mv) -> ModelSetVersion:
-        return ModelSetVersion(
-            name=mv.name,
-            version=int(mv.version),
-            source=mv.source,
-            tags=dict(mv.tags or {}),
-            aliases=tuple(getattr(mv, "aliases", None) or ()),
-            run_id=mv.run_id or None,
-        )
+    def _aliases(self, client) -> Aliases:
+        return Aliases(client, uses_tags(self.registry_uri or self.tracking_uri, self.alias_mode))
+
+    def _versions(self, client, name: str, found) -> list[ModelSetVersion]:
+        """Records of MLflow ``ModelVersion``s of ``name``, each with its aliases."""
+        found = [mv for mv in found or [] if mv is not None]
+        by_version = self._call(self._aliases(client).by_version, name) if found else None
+        return [
+            ModelSetVersion(
+                name=mv.name,
+                version=int(mv.version),
+                source=mv.source,
+                tags=dict(mv.tags or {}),
+                aliases=tuple(
+                    getattr(mv, "aliases", None) or ()
+                    if by_version is None
+                    else by_version.get(str(mv.version), ())
+                ),
+                run_id=mv.run_id or None,
+            )
+            for mv in found
+        ]
 
     def _experiment_id(self, client, name: str) -> str:
         exp = self._call(client.get_experiment_by_name, name)
@@ -254,20 +273,20 @@ class MlflowRegistry(ModelRegistry):
             tags = {k: str(v) for k, v in tags.items() if k not in (STATE_TAG, REPLACES_TAG)}
             tags[STATE_TAG] = INCOMPLETE
             if alias:
-                before = self._call(client.get_model_version_by_alias, name, alias)
+                before = self._call(self._aliases(client).version, name, alias)
                 tags[REPLACES_TAG] = f"{alias}:{before.version if before is not None else ''}"
             # Phase one: the version with every tag, marked incomplete (readers skip it).
             mv = client.create_model_version(name, source, run_id=run_id, tags=tags)
             created = mv.version
             fault_point("registration")
             if alias:
-                client.set_registered_model_alias(name, alias, mv.version)
+                self._aliases(client).point(name, alias, mv.version)
                 fault_point("alias.move")
             if run_id:
                 client.set_terminated(run_id, "FINISHED")
             # Phase two, the last write: the version is complete.
             client.set_model_version_tag(name, mv.version, STATE_TAG, COMPLETE)
-            return self._version(client.get_model_version(name, mv.version))
+            return self._versions(client, name, [client.get_model_version(name, mv.version)])[0]
         except Exception as exc:
             if created is not None:
                 with contextlib.suppress(Exception):
@@ -315,13 +334,14 @@ class MlflowRegistry(ModelRegistry):
         alias, _, before = replaced.partition(":")
         if not alias:
             return
-        current = self._call(client.get_model_version_by_alias, name, alias)
+        aliases = self._aliases(client)
+        current = self._call(aliases.version, name, alias)
         if current is None or str(current.version) != str(version):
             return
         if before:
-            client.set_registered_model_alias(name, alias, before)
+            aliases.point(name, alias, before)
         else:
-            client.delete_registered_model_alias(name, alias)
+            aliases.drop(name, alias)
 
     @staticmethod
     def _undo(client, name: str, version, run_id: str | None) -> None:
@@ -338,36 +358,39 @@ class MlflowRegistry(ModelRegistry):
 
     def get_version(self, name: str, version: int) -> ModelSetVersion | None:
         """Version ``version``; None if it does not exist or its registration was interrupted."""
-        mv = self._call(self.client().get_model_version, name, str(version))
-        found = None if mv is None else self._version(mv)
-        return found if found is not None and found.complete else None
+        client = self.client()
+        mv = self._call(client.get_model_version, name, str(version))
+        found = self._versions(client, name, [mv])
+        return found[0] if found and found[0].complete else None
 
     def get_alias(self, name: str, alias: str | None = None) -> ModelSetVersion | None:
         """The version ``alias`` points at; if its registration was interrupted after the alias
         moved, the complete version the alias pointed at before."""
         alias = alias or self.alias
-        mv = self._call(self.client().get_model_version_by_alias, name, alias)
-        found = None if mv is None else self._version(mv)
+        client = self.client()
+        mv = self._call(self._aliases(client).version, name, alias)
+        found = next(iter(self._versions(client, name, [mv])), None)
         if found is None or found.complete:
             return found
         moved, _, before = found.tags.get(REPLACES_TAG, "").partition(":")
         return self.get_version(name, int(before)) if moved == alias and before else None
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
-        self._call(self.client().set_registered_model_alias, name, alias, str(version))
+        self._call(self._aliases(self.client()).point, name, alias, str(version))
 
     def find_version(self, name: str, tag: str, value: str) -> ModelSetVersion | None:
         safe = value.replace("'", "")
+        client = self.client()
         found = self._call(
-            self.client().search_model_versions,
-            f"name = '{name}' and tags.`{tag}` = '{safe}'",
+            client.search_model_versions, f"name = '{name}' and tags.`{tag}` = '{safe}'"
         )
-        versions = [v for v in (self._version(mv) for mv in found or []) if v.complete]
+        versions = [v for v in self._versions(client, name, found) if v.complete]
         return max(versions, key=lambda v: v.version) if versions else None
 
     def list_versions(self, name: str) -> list[ModelSetVersion]:
-        found = self._call(self.client().search_model_versions, f"name = '{name}'") or []
-        versions = (self._version(mv) for mv in found)
+        client = self.client()
+        found = self._call(client.search_model_versions, f"name = '{name}'")
+        versions = self._versions(client, name, found)
         return sorted((v for v in versions if v.complete), key=lambda v: v.version)
 
 

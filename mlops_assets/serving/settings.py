@@ -43,6 +43,7 @@ class ServingSettings:
     alias: str = "production"
     pointer: str | None = None  # relative to root; default serving/<dataset>/<alias>.json
     registry_uri: str | None = None
+    registry_alias_mode: str = "auto"  # auto | native | tags (domain/registry_aliases.py)
     model_name: str | None = None  # default <dataset>-models
     model_dir: str | None = None  # AZUREML_MODEL_DIR
     api_keys: list[str] = field(default_factory=list)
@@ -69,6 +70,7 @@ class ServingSettings:
             alias=_env_or("ALIAS", "production"),
             pointer=_env("POINTER"),
             registry_uri=_env("REGISTRY_URI"),
+            registry_alias_mode=_env_or("REGISTRY_ALIAS_MODE", "auto"),
             model_name=_env("MODEL_NAME"),
             model_dir=os.environ.get("AZUREML_MODEL_DIR") or None,
             api_keys=[k for k in keys if k],
@@ -148,5 +150,7 @@ class ServingSettings:
             if not self.registry_uri:
                 raise SourceError("source registry needs MLOPS_SERVING_REGISTRY_URI")
             name = self.model_name or registered_model_name(self.dataset)
-            return RegistrySource(self.registry_uri, name, self.alias, storage)
+            return RegistrySource(
+                self.registry_uri, name, self.alias, storage, self.registry_alias_mode
+            )
         raise SourceError(f"unknown source {kind!r}: auto, model_dir, pointer or registry")

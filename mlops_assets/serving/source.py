@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops_assets.domain import model_sets as ms
+from mlops_assets.domain.registry_aliases import Aliases, AliasMode, uses_tags
 from mlops_assets.domain.registry_records import ModelSetVersion
 from mlops_assets.ml import modelset
 from mlops_assets.ml.model_cache import ModelSetReader
@@ -128,9 +129,17 @@ class PointerSource(Source):
 
 
 class RegistrySource(Source):
-    def __init__(self, tracking_uri: str, model_name: str, alias: str, storage: Storage):
+    def __init__(
+        self,
+        tracking_uri: str,
+        model_name: str,
+        alias: str,
+        storage: Storage,
+        alias_mode: AliasMode | str = "auto",
+    ):
         self.tracking_uri, self.model_name, self.alias = tracking_uri, model_name, alias
         self.storage = storage
+        self.by_tags = uses_tags(tracking_uri, alias_mode)
         self._client: Any = None
 
     def describe(self) -> str:
@@ -144,11 +153,16 @@ class RegistrySource(Source):
                 tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
             )
         try:
-            mv = self._client.get_model_version_by_alias(self.model_name, self.alias)
+            mv = Aliases(self._client, self.by_tags).version(self.model_name, self.alias)
         except Exception as exc:
             raise SourceError(
                 f"alias {self.alias!r} of {self.model_name} in {self.tracking_uri}: {exc}"
             ) from None
+        if mv is None:
+            raise SourceError(
+                f"alias {self.alias!r} of {self.model_name} in {self.tracking_uri} points at no "
+                "version: promote one first"
+            )
         version = ModelSetVersion(self.model_name, int(mv.version), mv.source, dict(mv.tags or {}))
         try:
             ref = version.ref
