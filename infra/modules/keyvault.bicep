@@ -10,7 +10,7 @@ var secretsUserRole = '4633458b-17de-408a-b874-0445c86b69e6'
 
 resource vault 'Microsoft.KeyVault/vaults@2024-11-01' = {
   #checkov:skip=CKV_AZURE_109:Public endpoint kept: Container Apps resolve Key Vault references over it and Azure ML uses it; access is Entra ID RBAC only (docs/deploy.md, hardening).
-  #checkov:skip=CKV_AZURE_189:Same as CKV_AZURE_109.
+  #checkov:skip=CKV_AZURE_189:Public network access stays enabled for Container Apps Key Vault references and Azure ML; access is Entra ID RBAC only (as CKV_AZURE_109).
   name: name
   location: location
   tags: tags
