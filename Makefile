@@ -15,11 +15,13 @@ help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 # Quiet: one line, so a first `make demo` still fits on one screen; errors still show.
-$(VENV)/.stamp: requirements.txt pyproject.toml
-	@echo "building $(VENV) from requirements.txt (first time only, a few minutes) ..."
+# .venv holds the development set (requirements-dev.txt: the runtime pins of requirements.txt
+# plus test and lint tools); images install requirements.txt only.
+$(VENV)/.stamp: requirements.txt requirements-dev.txt pyproject.toml
+	@echo "building $(VENV) from requirements-dev.txt (first time only, a few minutes) ..."
 	@$(PY_BOOT) -m venv $(VENV)
 	@$(VENV)/bin/python -m pip install -q --upgrade pip uv
-	@$(VENV)/bin/uv pip sync -q --python $(PY) requirements.txt
+	@$(VENV)/bin/uv pip sync -q --python $(PY) requirements-dev.txt
 	@$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	@touch $@
 
@@ -28,6 +30,14 @@ env: $(VENV)/.stamp ## Build the Python environment (.venv) from the pinned requ
 .tools/azurite/node_modules/.bin/azurite-blob:
 	mkdir -p .tools/azurite
 	cd .tools/azurite && npm install --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
+
+# checkov (the static analysis of infra/*.bicep) in its own environment: its pins conflict with
+# ours (requirements-tools/checkov.in says which). Exact pins, so no resolver: --no-deps.
+.tools/checkov/bin/checkov: requirements-tools/checkov.txt
+	rm -rf .tools/checkov
+	$(PY_BOOT) -m venv .tools/checkov
+	.tools/checkov/bin/python -m pip install -q --no-deps -r requirements-tools/checkov.txt
+	@touch $@
 
 # chromium: the browser test (Playwright drives /usr/bin/chromium; no browser download).
 # postgresql: initdb/pg_ctl for the production-instance test (a private cluster per test run).
@@ -40,7 +50,7 @@ apt-packages:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-tools: .tools/azurite/node_modules/.bin/azurite-blob apt-packages ## Install Azurite (npm) into .tools/, Chromium and PostgreSQL (apt)
+tools: .tools/azurite/node_modules/.bin/azurite-blob .tools/checkov/bin/checkov apt-packages ## Install Azurite (npm) and checkov into .tools/, Chromium and PostgreSQL (apt)
 	@java -version >/dev/null 2>&1 || { echo "Java 17 is needed for the Spark tests: apt-get install -y openjdk-17-jre-headless"; exit 1; }
 
 demo: env ## Generate sample data, run the daily retrain and promotion, print the result table
@@ -72,7 +82,7 @@ check-azure: env ## Check the configured AML workspace and compute exist (DRY_RU
 bench: env ## Run the benchmarks; JSON results in benchmarks/results/
 	$(PY) -m benchmarks.run_all
 
-lint: env ## Ruff lint and format check, mypy type check, known-vulnerability audit of the pins
+lint: env ## Ruff lint and format check, mypy type check, known-vulnerability audit of both pinned sets
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -82,8 +92,11 @@ format: env ## Format the code
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-lock: ## Re-compile requirements.txt from requirements.in (exact pins, no index URLs)
+# Runtime first: the development set is constrained to its pins (-c requirements.txt).
+lock: ## Re-compile requirements.txt, requirements-dev.txt and the tools' pins (exact, no index URLs)
 	$(VENV)/bin/uv pip compile requirements.in --python-version 3.11 --no-header -o requirements.txt
+	$(VENV)/bin/uv pip compile requirements-dev.in --python-version 3.11 --no-header -o requirements-dev.txt
+	$(VENV)/bin/uv pip compile requirements-tools/checkov.in --python-version 3.11 --no-header -o requirements-tools/checkov.txt
 
 clean: ## Remove the environment, tools and local state
 	rm -rf $(VENV) .tools .mlops

@@ -1,8 +1,10 @@
 """Audit the pinned requirements for known vulnerabilities (the last step of ``make lint``).
 
-Runs ``pip-audit`` over ``requirements.txt`` (exact pins, so ``--no-deps --disable-pip``: no
-resolver, no temporary environment) against its default vulnerability service, then judges
-the report against the reviewed exceptions in ``.pip-audit-ignore.toml``::
+Runs ``pip-audit`` over each pinned file, ``requirements.txt`` (runtime: what the images
+install) and ``requirements-dev.txt`` (development and test tools on top of it), with exact
+pins, so ``--no-deps --disable-pip``: no resolver, no temporary environment. It asks its
+default vulnerability service, merges the reports (a pin found in both files is audited once)
+and judges them against the reviewed exceptions in ``.pip-audit-ignore.toml``::
 
     [[ignore]]
     id = "GHSA-xxxx-xxxx-xxxx"      # the advisory (or any of its aliases, e.g. a CVE or PYSEC id)
@@ -17,7 +19,7 @@ service could not audit while it audited others. When the service audited nothin
 not run: that is said loudly and exits 0, or 2 with ``MLOPS_AUDIT_STRICT=1`` (set where the
 service is known to answer, e.g. the GitHub lint job).
 
-    python scripts/audit_deps.py [--requirements requirements.txt] [--ignore-file FILE]
+    python scripts/audit_deps.py [--requirements FILE ...] [--ignore-file FILE]
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+REQUIREMENTS = (ROOT / "requirements.txt", ROOT / "requirements-dev.txt")
 FIELDS = ("id", "package", "reason", "review_by")
 UNAVAILABLE = 2
 
@@ -131,13 +134,28 @@ def run_pip_audit(requirements: Path) -> dict:
     return json.loads(proc.stdout)
 
 
+def merge_reports(reports: list[dict]) -> dict:
+    """One report from several: each (package, version) once, the first report's entry kept."""
+    seen: set[tuple[str, str]] = set()
+    deps = []
+    for report in reports:
+        for dep in report.get("dependencies", []):
+            key = (_canonical(dep["name"]), str(dep.get("version", "")))
+            if key not in seen:
+                seen.add(key)
+                deps.append(dep)
+    return {"dependencies": deps, "fixes": [f for r in reports for f in r.get("fixes", [])]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--requirements", type=Path, default=ROOT / "requirements.txt")
+    p.add_argument(
+        "--requirements", type=Path, nargs="+", default=list(REQUIREMENTS), help="pinned files"
+    )
     p.add_argument("--ignore-file", type=Path, default=ROOT / ".pip-audit-ignore.toml")
     args = p.parse_args(argv)
     ignores, problems = load_ignores(args.ignore_file, dt.date.today())
-    v = judge(run_pip_audit(args.requirements), ignores)
+    v = judge(merge_reports([run_pip_audit(f) for f in args.requirements]), ignores)
     for line in v.ignored:
         print(f"ignored: {line}")
     if v.unavailable and not problems:

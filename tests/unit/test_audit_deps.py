@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from scripts.audit_deps import Ignored, judge, load_ignores
+from scripts.audit_deps import REQUIREMENTS, Ignored, judge, load_ignores, merge_reports
 
 TODAY = dt.date(2026, 12, 1)
 ENTRY = Ignored("GHSA-aaaa", "some-pkg", "only reachable through X, which we never call", TODAY)
@@ -76,3 +76,13 @@ def test_the_repository_ignore_file_is_valid():
     root = Path(__file__).resolve().parents[2]
     _, problems = load_ignores(root / ".pip-audit-ignore.toml", dt.date.today())
     assert problems == []
+
+
+def test_both_pinned_sets_are_audited_and_a_shared_pin_once():
+    assert [p.name for p in REQUIREMENTS] == ["requirements.txt", "requirements-dev.txt"]
+    runtime = report(CLEAN, vulnerable())
+    dev = report(CLEAN, vulnerable(), {"name": "pytest", "version": "9.0", "vulns": []})
+    merged = merge_reports([runtime, dev])
+    assert [d["name"] for d in merged["dependencies"]] == ["clean", "Some_Pkg", "pytest"]
+    v = judge(merged, [ENTRY])
+    assert v.audited == 3 and v.problems == [] and len(v.ignored) == 1
