@@ -23,6 +23,7 @@ from mlops_assets.domain.model_sets import registered_model_name
 from mlops_assets.logging_setup import silence_third_party_warnings
 from mlops_assets.ml.spec import DatasetSpec, bundled_specs
 from mlops_assets.profiles import current_profile, project_home, resources_for
+from resources.alerts import alerts_from_env
 from sensors.failures import make_failure_sensor
 from sensors.release import make_release_sensor
 from sensors.schedules import make_daily_schedule
@@ -87,6 +88,9 @@ def schedule_hour() -> int:
 
 
 def build_definitions(specs: list[DatasetSpec], resources: dict) -> dg.Definitions:
+    """Every dataset's definitions with ``resources`` (``alerts`` from the environment unless
+    given: ``resources.alerts.alerts_from_env``)."""
+    resources = {"alerts": alerts_from_env(), **resources}
     return dg.Definitions.merge(
         *(dataset_definitions(s) for s in specs),
         *(serving_definitions(s) for s in specs),
