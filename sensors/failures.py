@@ -45,7 +45,11 @@ def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     out = []
     for entry in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION):
         ev = entry.dagster_event.event_specific_data if entry.dagster_event else None
-        if ev is None or ev.passed or ev.severity != dg.AssetCheckSeverity.ERROR:
+        if (
+            not isinstance(ev, dg.AssetCheckEvaluation)
+            or ev.passed
+            or ev.severity != dg.AssetCheckSeverity.ERROR
+        ):
             continue
         reason = ev.metadata.get("reason")
         text = f"check '{ev.check_name}' on {ev.asset_key.to_user_string()} failed"

@@ -36,7 +36,7 @@ def _summarise(group: pd.DataFrame, levels: list[float]) -> dict[str, float]:
     mae = float(err.abs().mean())
     scale = float(group["scale"].iloc[0]) if "scale" in group else float("nan")
     out = {
-        "n": int(len(group)),
+        "n": len(group),
         "mae": mae,
         "bias": float(err.mean()),
         "scaled_error": mae / scale if np.isfinite(scale) and scale > 0 else float("nan"),

@@ -24,7 +24,7 @@ class Receiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's name)
+            def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 outer.bodies.append(json.loads(self.rfile.read(length)))
                 outer.paths.append(self.path)
