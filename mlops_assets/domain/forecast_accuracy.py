@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -87,7 +88,9 @@ def prediction_log(storage: Storage, spec: DatasetSpec) -> pd.DataFrame:
     return log.drop_duplicates(["series_id", "time", "model_set_version"], keep="last")
 
 
-def actuals(storage: Storage, spec: DatasetSpec, since, until) -> pd.DataFrame:
+def actuals(
+    storage: Storage, spec: DatasetSpec, since: date | None, until: date
+) -> pd.DataFrame:
     """``series_id``, ``time``, ``actual`` of the curated rows in [since, until]."""
     table = CuratedStore(storage, spec).read(
         columns=[*spec.series_keys, spec.time, spec.target], since=since, until=until
@@ -188,7 +191,8 @@ def measure_accuracy(
     (``spec.monitoring``) and write the tables under ``output_prefix``."""
     log = prediction_log(storage, spec)
     since = log["time"].min() if len(log) else None
-    truth = actuals(storage, spec, since.date() if since is not None else None, as_of)
+    until = date.fromisoformat(as_of)
+    truth = actuals(storage, spec, since.date() if since is not None else None, until)
     versions = sorted(log["model_set_version"].dropna().unique()) if len(log) else []
     reference = backtest_reference([storage, *(model_storages or [])], spec, versions)
     joined = join_predictions(log, truth, reference, spec)
