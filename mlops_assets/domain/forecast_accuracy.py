@@ -88,9 +88,7 @@ def prediction_log(storage: Storage, spec: DatasetSpec) -> pd.DataFrame:
     return log.drop_duplicates(["series_id", "time", "model_set_version"], keep="last")
 
 
-def actuals(
-    storage: Storage, spec: DatasetSpec, since: date | None, until: date
-) -> pd.DataFrame:
+def actuals(storage: Storage, spec: DatasetSpec, since: date | None, until: date) -> pd.DataFrame:
     """``series_id``, ``time``, ``actual`` of the curated rows in [since, until]."""
     table = CuratedStore(storage, spec).read(
         columns=[*spec.series_keys, spec.time, spec.target], since=since, until=until

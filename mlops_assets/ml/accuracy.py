@@ -108,11 +108,9 @@ def degraded_series(joined: pd.DataFrame, ratio: float, min_points: int) -> pd.D
             "backtest_mae": g["backtest_mae"].first(),
         }
     )
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out["error_ratio"] = out["mae"] / out["backtest_mae"]
-    out["degraded"] = (
-        (out["n"] >= min_points)
-        & (out["backtest_mae"] > 0)
-        & (out["mae"] > ratio * out["backtest_mae"])
-    )
+    mae, backtest = out["mae"].to_numpy(float), out["backtest_mae"].to_numpy(float)
+    known = np.isfinite(backtest) & (backtest > 0)
+    safe = np.where(known, backtest, 1.0)
+    out["error_ratio"] = np.where(known, mae / safe, np.nan)
+    out["degraded"] = (out["n"].to_numpy() >= min_points) & known & (mae > ratio * safe)
     return out.reset_index()[columns]

@@ -1,8 +1,6 @@
 """Alerts reach a real HTTP receiver through dagster-msteams' own client: a failed run and a
 failed blocking check, with the reason and a link to the run; no channel, nothing is sent."""
 
-import json
-
 import dagster as dg
 import pytest
 from http_receiver import Receiver
