@@ -15,7 +15,10 @@ from mlops_assets.assets.deployment import (
 )
 from mlops_assets.assets.evaluation import build_evaluation_asset
 from mlops_assets.assets.ingestion import build_ingestion_asset
-from mlops_assets.assets.monitoring import build_inference_summary_asset
+from mlops_assets.assets.monitoring import (
+    build_forecast_accuracy_asset,
+    build_inference_summary_asset,
+)
 from mlops_assets.assets.registration import build_promotion_jobs, build_registration_asset
 from mlops_assets.assets.reports import build_explorer_asset
 from mlops_assets.assets.training import build_training_asset
@@ -23,6 +26,8 @@ from mlops_assets.domain.model_sets import registered_model_name
 from mlops_assets.logging_setup import silence_third_party_warnings
 from mlops_assets.ml.spec import DatasetSpec, bundled_specs
 from mlops_assets.profiles import current_profile, project_home, resources_for
+from resources.alerts import alerts_from_env
+from sensors.degradation import make_degradation_sensor
 from sensors.failures import make_failure_sensor
 from sensors.release import make_release_sensor
 from sensors.schedules import make_daily_schedule
@@ -51,10 +56,12 @@ def dataset_definitions(spec: DatasetSpec) -> dg.Definitions:
         ),
         tags={"dataset": spec.name},
     )
+    accuracy = build_forecast_accuracy_asset(spec)
     return dg.Definitions(
-        assets=assets,
+        assets=[*assets, accuracy],
         jobs=[daily, *build_promotion_jobs(spec)],
         schedules=[make_daily_schedule(daily, hour=schedule_hour())],
+        sensors=[make_degradation_sensor(spec, daily, accuracy.key)],
     )
 
 
@@ -87,6 +94,9 @@ def schedule_hour() -> int:
 
 
 def build_definitions(specs: list[DatasetSpec], resources: dict) -> dg.Definitions:
+    """Every dataset's definitions with ``resources`` (``alerts`` from the environment unless
+    given: ``resources.alerts.alerts_from_env``)."""
+    resources = {"alerts": alerts_from_env(), **resources}
     return dg.Definitions.merge(
         *(dataset_definitions(s) for s in specs),
         *(serving_definitions(s) for s in specs),

@@ -1,14 +1,21 @@
-"""A run-failure sensor: reports failed runs in the sensor log and as tags on the run itself.
+"""A run-failure sensor: reports failed runs in the sensor log, as tags on the run itself and,
+where a channel is configured (``resources.alerts``), as an alert.
 
-No outside calls: alerting systems read the ``mlops/failure_*`` run tags or the sensor's log.
+A blocking asset check that fails with ERROR fails its step, so its run fails: the alert names
+each check of the run that failed with ERROR (check, asset, description and the ``reason``
+metadata), read from the run's ``ASSET_CHECK_EVALUATION`` events.
 """
 
 from __future__ import annotations
 
 import dagster as dg
+from dagster._core.events import DagsterEventType
+
+from resources.alerts import Alert, AlertChannel
 
 FAILURE_TAG = "mlops/failure_reported"
 SUMMARY_TAG = "mlops/failure_summary"
+ALERT_TAG = "mlops/failure_alerted"  # true: the channel took the alert; false: it did not
 
 
 def failure_report(context: dg.RunFailureSensorContext) -> dict[str, str]:
@@ -32,6 +39,36 @@ def failure_report(context: dg.RunFailureSensorContext) -> dict[str, str]:
     }
 
 
+def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """``check 'c' on a/b failed: <description> (<reason>)`` for each asset check of the run
+    that failed with ERROR severity."""
+    out = []
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION):
+        ev = entry.dagster_event.event_specific_data if entry.dagster_event else None
+        if (
+            not isinstance(ev, dg.AssetCheckEvaluation)
+            or ev.passed
+            or ev.severity != dg.AssetCheckSeverity.ERROR
+        ):
+            continue
+        reason = ev.metadata.get("reason")
+        text = f"check '{ev.check_name}' on {ev.asset_key.to_user_string()} failed"
+        text += f": {ev.description}" if ev.description else ""
+        text += f" ({reason.value})" if reason is not None else ""
+        out.append(text[:500])
+    return out
+
+
+def failure_alert(report: dict[str, str], checks: list[str], link: str | None) -> Alert:
+    """The alert of a failed run: job, run, partition, the failed steps' and checks' reasons."""
+    return Alert(
+        title=f"Run of {report['job']} failed",
+        facts={"job": report["job"], "run": report["run_id"], "partition": report["partition"]},
+        reasons=[report["summary"], *checks],
+        link=link,
+    )
+
+
 def make_failure_sensor(
     jobs: list | None = None,
     name: str = "mlops_run_failures",
@@ -43,9 +80,10 @@ def make_failure_sensor(
         name=name,
         monitored_jobs=jobs,
         default_status=default_status,
-        description="Reports failed runs: an error in the sensor log and tags on the run.",
+        description="Reports failed runs: an error in the sensor log, tags on the run and an "
+        "alert (job, run, partition, failed steps and checks, link) where a channel is set.",
     )
-    def report_failures(context: dg.RunFailureSensorContext) -> None:
+    def report_failures(context: dg.RunFailureSensorContext, alerts: AlertChannel) -> None:
         report = failure_report(context)
         context.log.error(
             f"run {report['run_id']} of {report['job']} failed"
@@ -55,5 +93,9 @@ def make_failure_sensor(
         context.instance.add_run_tags(
             report["run_id"], {FAILURE_TAG: "true", SUMMARY_TAG: report["summary"]}
         )
+        if alerts.configured:
+            checks = failed_checks(context.instance, report["run_id"])
+            sent = alerts.send(failure_alert(report, checks, alerts.link(report["run_id"])))
+            context.instance.add_run_tags(report["run_id"], {ALERT_TAG: str(sent).lower()})
 
     return report_failures

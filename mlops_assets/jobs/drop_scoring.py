@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlops_assets.domain import batch_layout as layout
@@ -99,7 +100,27 @@ def score_drop_rows(
     error ``model_integrity``, the message naming the artifact and the series.
     """
     out = score_table(table, spec, reader.model_for, chunk_rows=chunk_rows)
-    return out.add_column(0, "source_row", table[ROW])
+    return with_provenance(out.add_column(0, "source_row", table[ROW]), reader)
+
+
+PROVENANCE = ("model_set_version", "family", "history_end")
+
+
+def with_provenance(scored: pa.Table, reader: ModelSetReader) -> pa.Table:
+    """``scored`` with what production monitoring joins actuals on: the model set version
+    that scored each row and its series' ``family`` and ``history_end`` from the manifest
+    (looked up once per series through the ``series_id`` dictionary)."""
+    ids = scored["series_id"].combine_chunks()
+    if not pa.types.is_dictionary(ids.type):
+        ids = ids.dictionary_encode()
+    series = ids.dictionary.to_pylist()
+    for name in PROVENANCE[1:]:
+        per_series = pa.array([reader.entry(s, name) for s in series], pa.string())
+        scored = scored.append_column(name, pc.take(per_series, ids.indices).dictionary_encode())
+    version = pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(scored.num_rows, np.int32)), pa.array([reader.version], pa.string())
+    )
+    return scored.append_column(PROVENANCE[0], version)
 
 
 # Predictions: row numbers and dates delta-encoded, predictions byte-stream-split (both compress

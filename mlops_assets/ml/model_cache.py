@@ -69,6 +69,12 @@ class ModelSetReader:
     def _entry(self, i: int, key: str):
         return self._cols[key][i] if key in self._cols else None
 
+    def entry(self, series_id: str, key: str):
+        """The manifest's ``key`` of a series (``family``, ``history_end``...), None if the
+        series or the column is not in the manifest."""
+        i = self._rows.get(series_id)
+        return None if i is None else self._entry(i, key)
+
     def model_for(self, series_id: str) -> SeriesModel | str | None:
         """The series' model, or a reason it has none, or None for an unknown series."""
         i = self._rows.get(series_id)

@@ -292,6 +292,36 @@ class IntervalSpec(BaseModel):
         return v
 
 
+class MonitoringSpec(BaseModel):
+    """When production accuracy says a series degraded (``ml.accuracy.degraded_series``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    degraded_ratio: float = Field(
+        default=1.5,
+        gt=1.0,
+        description="A series is degraded when its production MAE exceeds its backtest MAE "
+        "(the manifest's ``mae``) by this factor.",
+    )
+    min_points: int = Field(
+        default=4,
+        ge=1,
+        description="Actuals a series needs from the model set that predicted them before it "
+        "can be judged degraded.",
+    )
+    retrain: bool = Field(
+        default=True,
+        description="Start a retrain of the degraded series only (the daily job with "
+        "``series`` set); false: alert only.",
+    )
+    max_series: int = Field(
+        default=500,
+        ge=1,
+        description="At most this many degraded series are retrained by one run (the worst "
+        "first); the rest wait for the next accuracy materialization.",
+    )
+
+
 class DatasetSpec(BaseModel):
     """What a dataset looks like and how its many models are trained."""
 
@@ -327,6 +357,7 @@ class DatasetSpec(BaseModel):
     )
     backtest: BacktestSpec = Field(default_factory=BacktestSpec)
     intervals: IntervalSpec = Field(default_factory=IntervalSpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
 
     @field_validator("columns")
     @classmethod

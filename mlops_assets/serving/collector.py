@@ -5,8 +5,11 @@ bounded queue (dropped and counted when full); a background thread groups what i
 files of up to ``flush_rows`` rows or ``flush_s`` seconds and writes them atomically under
 ``<root>/inference/<dataset>/date=YYYY-MM-DD/<time>-<pid>-<n>.parquet``: one row per record with
 the dataset's columns as the request sent them (typed by the spec: numbers as float64, a
-value that is not a number as null; the record as sent is in ``raw``), the prediction, model
-versions and error code, plus ``request_id`` and ``received_at``. The
+value that is not a number as null; the record as sent is in ``raw``), the prediction and its
+interval bounds, model versions and error code, plus ``request_id`` and ``received_at``, and
+what production monitoring joins actuals on: the served set's training run (``model_set_run``)
+and the series' ``family`` and ``history_end`` from its manifest (looked up on the writer
+thread, not on the request path). The
 layout is a landing prefix of Parquet drops, so ingestion can read it back; ``read_collected``
 does so here. No Dagster imports.
 """
@@ -21,6 +24,7 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 log = logging.getLogger("mlops.serving.collector")
+PROVENANCE = ("model_set_run", "family", "history_end")
+Provenance = Callable[[str], dict]
 
 
 def collected_prefix(dataset: str) -> str:
@@ -46,10 +52,12 @@ class Collector:
         flush_s: float = 2.0,
         seed: int | None = None,
         columns: dict[str, str] | None = None,
+        bounds: list[str] | None = None,
     ):
         self.root, self.dataset = Path(root), dataset
         # Request columns kept, typed: "float" or "string" (the dataset's columns).
         self.columns = columns or {}
+        self.bounds = bounds or []  # interval bound fields of a result (prediction_lower_80)
         self.schema = pa.schema(
             [
                 pa.field(c, pa.float64() if k == "float" else pa.string())
@@ -58,8 +66,12 @@ class Collector:
             + [
                 pa.field("series_id", pa.string()),
                 pa.field("prediction", pa.float64()),
+                *(pa.field(b, pa.float64()) for b in self.bounds),
                 pa.field("model_version", pa.string()),
                 pa.field("model_set_version", pa.string()),
+                pa.field("model_set_run", pa.string()),
+                pa.field("family", pa.string()),
+                pa.field("history_end", pa.string()),
                 pa.field("error", pa.string()),
                 pa.field("request_id", pa.string()),
                 pa.field("received_at", pa.timestamp("us", tz="UTC")),
@@ -77,14 +89,24 @@ class Collector:
         self._thread = threading.Thread(target=self._loop, name="inference-collector", daemon=True)
         self._thread.start()
 
-    def offer(self, records: list, results: list[dict], version: str, request_id: str) -> bool:
-        """Maybe queue one request's records and results; never blocks. True if queued."""
+    def offer(
+        self,
+        records: list,
+        results: list[dict],
+        version: str,
+        request_id: str,
+        provenance: Provenance | None = None,
+    ) -> bool:
+        """Maybe queue one request's records and results; never blocks. True if queued.
+
+        ``provenance(series_id)`` gives the row's ``model_set_run``, ``family`` and
+        ``history_end`` (called when the batch is written)."""
         self.stats["offered"] += 1
         if self.sample_rate <= 0 or self._rng.random() >= self.sample_rate:
             return False
         self.stats["sampled"] += 1
         try:
-            self._q.put_nowait((records, results, version, request_id, time.time()))
+            self._q.put_nowait((records, results, version, request_id, time.time(), provenance))
             return True
         except queue.Full:
             self.stats["dropped"] += 1
@@ -117,15 +139,19 @@ class Collector:
 
     def _write(self, batch: list) -> None:
         flat: list[dict] = []
-        for records, results, version, request_id, at in batch:
+        for records, results, version, request_id, at, provenance in batch:
             received = datetime.fromtimestamp(at, UTC)
             for rec, res in zip(records, results, strict=False):
                 rec = rec if isinstance(rec, dict) else {}
                 row = {c: _coerce(rec.get(c), kind) for c, kind in self.columns.items()}
+                sid = res.get("series_id")
+                known = provenance(sid) if provenance is not None and sid else {}
                 flat.append(
                     {
                         **row,
-                        "series_id": res.get("series_id"),
+                        **{k: known.get(k) for k in PROVENANCE},
+                        **{b: res.get(b) for b in self.bounds},
+                        "series_id": sid,
                         "prediction": res.get("prediction"),
                         "model_version": res.get("model_version"),
                         "model_set_version": version,

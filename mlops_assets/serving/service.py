@@ -153,6 +153,7 @@ class ScoringService:
                     settings.collect_rate,
                     max_queue=settings.collect_queue,
                     columns=collected_columns(self.spec),
+                    bounds=list(result_columns(self.spec)[3:-3]),
                 )
 
     @classmethod
@@ -398,7 +399,7 @@ class ScoringService:
             status = 404 if all(r["error"] == UNKNOWN_SERIES for r in rows) else 422
         if self.collector is not None:
             rid = headers.get("x-request-id") or ""
-            self.collector.offer(records, rows, active.served.label, rid)
+            self.collector.offer(records, rows, active.served.label, rid, active.provenance)
         return Reply(
             status,
             {"model_set_version": active.served.label, "predictions": rows, "n_errors": n_err},

@@ -52,6 +52,15 @@ class Active:
             log.error("model of %s failed to load: %s", series_id, exc)
             return f"its model failed to load ({type(exc).__name__})"
 
+    def provenance(self, series_id: str) -> dict:
+        """What data collection records of a served series: the set's training run and the
+        series' family and history end (production monitoring joins actuals on them)."""
+        return {
+            "model_set_run": self.served.ref.version,
+            "family": self.reader.entry(series_id, "family"),
+            "history_end": self.reader.entry(series_id, "history_end"),
+        }
+
 
 class Pacer:
     """Call once per unit of background work: sleeps ``rest_s`` after every ``work_s`` of it."""

@@ -286,6 +286,12 @@ def test_inference_data_is_collected(served):
     rows = [r for r in table.to_pylist() if r["request_id"] == "collect-me"]
     assert len(rows) == 3
     assert all(r["prediction"] is not None and r["store"] for r in rows)
+    # What production monitoring joins actuals on: the set's run, the series' family and
+    # history end, as the manifest has them.
+    by_id = {r["series_id"]: r for r in manifest.to_pylist()}
+    for r in rows:
+        assert r["model_set_run"] and r["history_end"] == by_id[r["series_id"]]["history_end"]
+        assert r["family"] == by_id[r["series_id"]].get("family")
 
 
 def test_tampered_model_set_is_refused_at_start(tmp_path):

@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
+from resources.alerts import NoAlerts
 from sensors.failures import FAILURE_TAG, SUMMARY_TAG, failure_report, make_failure_sensor
 from sensors.schedules import make_daily_schedule
 
@@ -65,6 +66,7 @@ def test_failure_sensor_reports_failed_runs():
             dagster_instance=instance,
             dagster_run=run,
             dagster_event=failure,
+            resources={"alerts": NoAlerts()},
         ).for_run_failure()
         report = failure_report(context)
         assert report["job"] == "failing" and report["run_id"] == result.run_id
