@@ -70,6 +70,9 @@ param postgresAdminPassword string
 @description('The code-location image (<registry>/mlops-assets:<sha>); empty: no Dagster container apps yet (first deployment, before an image is pushed).')
 param dagsterImage string = ''
 
+@description('Name of a Key Vault secret (in this deployment\'s vault) holding the Teams webhook URL for alerts; set it with `az keyvault secret set` first. Empty: no alerts.')
+param alertsWebhookSecretName string = ''
+
 @description('prod only: the dev deployment promotion reads from: subscriptionId, resourceGroup, storageAccountName, workspaceName. Empty in dev.')
 param upstream object = {}
 
@@ -272,6 +275,7 @@ module dagster 'modules/dagster.bicep' = if (!empty(dagsterImage)) {
     }
     passwordSecretUri: postgres.outputs.passwordSecretUri
     codeLocationName: codeLocationName
+    alertsWebhookSecretUri: alertsWebhookSecretName == '' ? '' : '${keyVault.outputs.uri}secrets/${alertsWebhookSecretName}'
   }
 }
 
@@ -291,3 +295,6 @@ output MLOPS_AML_ENDPOINT string = settings.MLOPS_AML_ENDPOINT
 output MLOPS_AML_AKS_COMPUTE string = settings.MLOPS_AML_AKS_COMPUTE
 output MLOPS_AML_MODEL_BASE_URI string = settings.MLOPS_AML_MODEL_BASE_URI
 output MLOPS_CODE_LOCATION_HOST string = settings.MLOPS_CODE_LOCATION_HOST
+// Not in `settings` (the webserver's address is known once its environment exists): set on the
+// Dagster apps by modules/dagster.bicep, read by alerts and by CD (`mlops launch`).
+output MLOPS_DAGSTER_UI_URL string = empty(dagsterImage) ? '' : dagster.outputs.webserverUrl

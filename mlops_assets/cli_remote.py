@@ -1,7 +1,7 @@
 """``mlops launch`` and ``mlops reload-location``: runs on a deployed instance (CD's path).
 
 The address and authentication come from the environment, so a workflow sets them once:
-``MLOPS_DAGSTER_URL`` (the webserver) and ``MLOPS_DAGSTER_TOKEN_SCOPE`` (the Entra ID scope
+``MLOPS_DAGSTER_UI_URL`` (the webserver) and ``MLOPS_DAGSTER_TOKEN_SCOPE`` (the Entra ID scope
 of its Container Apps authentication; unset for an instance without it).
 """
 
@@ -15,9 +15,9 @@ from mlops_assets.remote_runs import Deployment
 
 
 def _deployment(args: argparse.Namespace) -> Deployment:
-    url = args.url or os.environ.get("MLOPS_DAGSTER_URL")
+    url = args.url or os.environ.get("MLOPS_DAGSTER_UI_URL")
     if not url:
-        raise ValueError("no Dagster webserver given: pass --url or set MLOPS_DAGSTER_URL")
+        raise ValueError("no Dagster webserver given: pass --url or set MLOPS_DAGSTER_UI_URL")
     scope = args.token_scope or os.environ.get("MLOPS_DAGSTER_TOKEN_SCOPE") or None
     return Deployment(url=url, location=args.location, token_scope=scope)
 
@@ -62,7 +62,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", help="the Dagster webserver; default MLOPS_DAGSTER_URL")
+    parser.add_argument("--url", help="the Dagster webserver; default MLOPS_DAGSTER_UI_URL")
     parser.add_argument(
         "--token-scope", help="Entra ID scope of the webserver's auth; MLOPS_DAGSTER_TOKEN_SCOPE"
     )

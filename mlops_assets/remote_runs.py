@@ -76,7 +76,7 @@ class Deployment:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(
                 f"Dagster webserver URL {self.url!r} is not an http(s) address: set "
-                "MLOPS_DAGSTER_URL (or --url) to e.g. https://dagster.example.net"
+                "MLOPS_DAGSTER_UI_URL (or --url) to e.g. https://dagster.example.net"
             )
         auth = None
         if self.token_scope:

@@ -21,6 +21,8 @@ param instanceSettings object
 param passwordSecretUri string
 @description('The code location app name: MLOPS_CODE_LOCATION_HOST.')
 param codeLocationName string
+@description('Key Vault secret URI of the Teams webhook for alerts (MLOPS_TEAMS_WEBHOOK_URL); empty: no alerts.')
+param alertsWebhookSecretUri string = ''
 
 var containerAppsContributorRole = '358470bc-b998-42bd-ab17-a7e34c199c0f'
 var managedIdentityOperatorRole = 'f1a07417-d97a-45cb-824c-7a7467783830'
@@ -47,13 +49,29 @@ resource environment 'Microsoft.App/managedEnvironments@2025-07-01' = {
   }
 }
 
+// The environment is internal (VNet only), so the webserver's ingress is "external" to the
+// environment but reachable from the virtual network only: VPN, peering, or a self-hosted
+// runner there (docs/deploy.md). Alert links and `mlops launch` use this address.
+var webserverName = 'ca-${prefix}-webserver'
+var webserverUrl = 'https://${webserverName}.${environment.properties.defaultDomain}'
 var plainEnv = [for kv in items(union(settings, instanceSettings)): { name: kv.key, value: kv.value }]
-var env = concat(plainEnv, [
+var baseEnv = concat(plainEnv, [
   { name: 'AZURE_CLIENT_ID', value: dagsterClientId }
   { name: 'DAGSTER_ACA_ENVIRONMENT_ID', value: environment.id }
   { name: 'DAGSTER_CURRENT_IMAGE', value: image }
   { name: 'DAGSTER_PG_PASSWORD', secretRef: 'dagster-pg-password' }
+  { name: 'MLOPS_DAGSTER_UI_URL', value: webserverUrl }
 ])
+var alertsEnv = empty(alertsWebhookSecretUri) ? [] : [
+  { name: 'MLOPS_TEAMS_WEBHOOK_URL', secretRef: 'teams-webhook-url' }
+]
+var env = concat(baseEnv, alertsEnv)
+var passwordSecret = [
+  { name: 'dagster-pg-password', keyVaultUrl: passwordSecretUri, identity: dagsterIdentityId }
+]
+var alertsSecret = empty(alertsWebhookSecretUri) ? [] : [
+  { name: 'teams-webhook-url', keyVaultUrl: alertsWebhookSecretUri, identity: dagsterIdentityId }
+]
 
 var apps = [
   {
@@ -62,9 +80,9 @@ var apps = [
     ingress: { external: false, transport: 'tcp', targetPort: 4000, exposedPort: 4000 }
   }
   {
-    name: 'ca-${prefix}-webserver'
+    name: webserverName
     command: ['dagster-webserver', '-h', '0.0.0.0', '-p', '3000', '-w', workspaceFile]
-    ingress: { external: false, transport: 'http', targetPort: 3000, allowInsecure: false }
+    ingress: { external: true, transport: 'http', targetPort: 3000, allowInsecure: false }
   }
   {
     name: 'ca-${prefix}-daemon'
@@ -89,9 +107,7 @@ resource containerApps 'Microsoft.App/containerApps@2025-07-01' = [
         activeRevisionsMode: 'Single'
         ingress: app.ingress
         registries: [{ server: registryServer, identity: dagsterIdentityId }]
-        secrets: [
-          { name: 'dagster-pg-password', keyVaultUrl: passwordSecretUri, identity: dagsterIdentityId }
-        ]
+        secrets: concat(passwordSecret, alertsSecret)
       }
       template: {
         containers: [
@@ -135,3 +151,4 @@ resource assignIdentity 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 
 output environmentId string = environment.id
 output webserverFqdn string = containerApps[1].properties.configuration.ingress.fqdn
+output webserverUrl string = webserverUrl

@@ -21,7 +21,7 @@ def test_the_webserver_url_gives_scheme_host_port_and_path_prefix():
 
 @pytest.mark.parametrize("url", ["dagster.example.net", "ftp://h", ""])
 def test_an_address_that_is_not_http_says_what_to_set(url):
-    with pytest.raises(ValueError, match="MLOPS_DAGSTER_URL"):
+    with pytest.raises(ValueError, match="MLOPS_DAGSTER_UI_URL"):
         Deployment(url).client()
 
 

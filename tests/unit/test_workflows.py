@@ -79,8 +79,8 @@ def test_cd_launches_runs_on_the_deployment_never_on_the_runner():
             for banned in ("job execute", "dg launch", "materialize", "execute_in_process"):
                 assert banned not in script, f"{step.get('name')!r} runs {banned!r} on the runner"
             launched += [ln.split()[2] for ln in script.splitlines() if "mlops launch" in ln]
-        if "MLOPS_DAGSTER_URL" in str(job.get("steps")) + str(job.get("env")):
-            assert job["env"]["MLOPS_DAGSTER_URL"].startswith("${{ vars."), job
+        if "MLOPS_DAGSTER_UI_URL" in str(job.get("steps")) + str(job.get("env")):
+            assert job["env"]["MLOPS_DAGSTER_UI_URL"].startswith("${{ vars."), job
     from mlops_assets.assets.deployment import deploy_job_name
     from mlops_assets.assets.registration import promote_job_name
     from mlops_assets.definitions import daily_job_name
