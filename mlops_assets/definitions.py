@@ -16,6 +16,7 @@ from mlops_assets.assets.deployment import (
 from mlops_assets.assets.evaluation import build_evaluation_asset
 from mlops_assets.assets.ingestion import build_ingestion_asset
 from mlops_assets.assets.monitoring import (
+    accuracy_key,
     build_forecast_accuracy_asset,
     build_inference_summary_asset,
 )
@@ -97,11 +98,20 @@ def build_definitions(specs: list[DatasetSpec], resources: dict) -> dg.Definitio
     """Every dataset's definitions with ``resources`` (``alerts`` from the environment unless
     given: ``resources.alerts.alerts_from_env``)."""
     resources = {"alerts": alerts_from_env(), **resources}
+    # The accuracy of each dataset is measured when its curated actuals change (eager), so the
+    # degradation sensor sees it without anyone launching it.
+    monitoring = dg.AutomationConditionSensorDefinition(
+        "mlops_monitoring_automation",
+        target=dg.AssetSelection.assets(*(accuracy_key(s) for s in specs)),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=60,
+        description="Materializes <dataset>/forecast_accuracy after its curated data changes.",
+    )
     return dg.Definitions.merge(
         *(dataset_definitions(s) for s in specs),
         *(serving_definitions(s) for s in specs),
         *(batch_scoring_definitions(s) for s in specs),
-        dg.Definitions(resources=resources, sensors=[make_failure_sensor()]),
+        dg.Definitions(resources=resources, sensors=[make_failure_sensor(), monitoring]),
     )
 
 

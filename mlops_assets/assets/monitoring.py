@@ -124,6 +124,8 @@ def build_forecast_accuracy_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         deps=[dg.AssetKey([spec.name, "curated"])],
         group_name=f"{spec.name}_serving",
         partitions_def=as_of_partitions(spec),
+        # Measured as soon as a day's actuals are curated (the monitoring automation sensor).
+        automation_condition=dg.AutomationCondition.eager(),
         kinds={"parquet", "python"},
         owners=["team:ml-platform"],
         tags={"stage": "monitoring", "dataset": spec.name},
