@@ -110,7 +110,7 @@ def with_intervals(fresh: pa.Table, spec: DatasetSpec) -> pa.Table:
     residuals = np.array(flat, dtype=float).reshape(fresh.num_rows, -1, spec.horizon)
     scale = np.asarray(fresh["residual_scale"].to_numpy(zero_copy_only=False), dtype=float)
     widths, cover = intervals.series_intervals(
-        residuals, scale, levels, spec.intervals.min_residuals
+        residuals, scale, levels, spec.intervals.min_residuals, spec.intervals.own_error_weight
     )
     for level in levels:
         fresh = fresh.append_column(

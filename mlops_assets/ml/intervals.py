@@ -7,6 +7,12 @@ least ``a`` when errors are exchangeable. A (series, step) with too few residual
 every series divided by their series' scale (e.g. the MASE scale), the quantile taken, and
 multiplied back by this series' scale, so a large series gets a wide interval and a small one
 a narrow one. Intervals are nested: a higher level is never narrower than a lower one. Residuals are ``[K, n_series, horizon]`` arrays as ``backtest`` produces them.
+
+The scale of a series for the pooled quantile can lean on its own backtest error
+(``own_weight`` w): ``scale^(1-w) x mean|residual|^w``. The MASE scale alone (w = 0) measures
+how hard the series is for a naive forecast, not for its model, so series the model forecasts
+far better than naive got intervals too wide; the own error alone (w = 1) rests on a handful
+of residuals. A geometric blend shrinks the noisy own error toward the stable panel scale.
 """
 
 from __future__ import annotations
@@ -59,6 +65,21 @@ class Quantiles:
 
     width: dict[float, np.ndarray]
     pooled: dict[float, np.ndarray]
+
+
+def blended_scale(residuals: np.ndarray, scale: np.ndarray, own_weight: float) -> np.ndarray:
+    """``scale^(1-w) x own MAE^w`` per series (``residuals`` ``[K, n_series, horizon]``); the
+    plain ``scale`` where the series has no finite positive own error or ``w`` is 0."""
+    s = np.asarray(scale, dtype=float)
+    if own_weight <= 0:
+        return s
+    absolute = np.abs(residuals)
+    finite = np.isfinite(absolute)
+    count = finite.sum(axis=(0, 2))
+    with np.errstate(all="ignore"):
+        own = np.where(finite, absolute, 0.0).sum(axis=(0, 2)) / count  # NaN where count is 0
+        ok = np.isfinite(own) & (own > 0) & np.isfinite(s) & (s > 0)
+        return np.where(ok, s ** (1 - own_weight) * np.where(ok, own, 1) ** own_weight, s)
 
 
 def conformal_quantiles(
@@ -141,6 +162,7 @@ def series_intervals(
     scale: np.ndarray,
     levels: list[float],
     min_residuals: int | None = None,
+    own_weight: float = 0.0,
 ) -> tuple[dict[float, np.ndarray], dict[float, np.ndarray]]:
     """Half-widths per series and step, and each series' out-of-fold coverage, for a whole run.
 
@@ -152,6 +174,8 @@ def series_intervals(
         scale: ``[n_series]`` each series' scale for the pooled quantile.
         levels: Coverage levels in percent.
         min_residuals: As ``conformal_quantiles``.
+        own_weight: Weight of each series' own backtest error in its pooled scale
+            (``blended_scale``); the out-of-fold check blends without the held-out fold.
 
     Returns:
         ``({level: [n_series, horizon]}, {level: [n_series]})``: the half-widths from every
@@ -161,14 +185,17 @@ def series_intervals(
         excludes an actual, which respects that minimum.
     """
     by_fold = np.asarray(residuals, dtype=float).transpose(1, 0, 2)  # [K, n, h]
-    q = conformal_quantiles(by_fold, levels, scale, min_residuals)
+    q = conformal_quantiles(
+        by_fold, levels, blended_scale(by_fold, scale, own_weight), min_residuals
+    )
     cover: dict[float, np.ndarray] = {}
     k_folds, n = by_fold.shape[0], by_fold.shape[1]
     for level in levels:
         inside, checked = np.zeros(n), np.zeros(n)
         for k in range(k_folds if k_folds > 1 else 0):
             others = np.delete(by_fold, k, axis=0)
-            width = conformal_quantiles(others, [level], scale, min_residuals).width[level]
+            s = blended_scale(others, scale, own_weight)
+            width = conformal_quantiles(others, [level], s, min_residuals).width[level]
             ok = np.isfinite(by_fold[k]) & np.isfinite(width)
             checked += ok.sum(axis=1)
             inside += (ok & (np.abs(by_fold[k]) <= width)).sum(axis=1)

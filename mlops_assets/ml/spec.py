@@ -283,6 +283,16 @@ class IntervalSpec(BaseModel):
         description="Fewer residuals per (series, step) than this: use the pooled quantile. "
         "Default: the fewest that give a finite quantile at the level.",
     )
+    own_error_weight: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="How much a series' own backtest error sets its scale for the pooled "
+        "quantile: scale = MASE scale^(1-w) x own MAE^w. 0: the MASE scale alone, which widens "
+        "the intervals of series the model forecasts much better than naive (95% coverage "
+        "0.98 on Walmart); 0.25 kept 95% coverage in 0.93-0.98 on nine real evaluation "
+        "windows (docs/forecasting.md).",
+    )
 
     @field_validator("levels")
     @classmethod
