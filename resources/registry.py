@@ -106,6 +106,19 @@ _CLIENTS: dict[tuple[str, str], Any] = {}
 _LOCK = threading.Lock()
 
 
+def refuse_aml_registry(uri: str) -> None:
+    """Dev -> prod is two workspaces' MLflow registries with a verified copy between them
+    (docs/registry.md): an Azure ML *registry* (``.../registries/<name>``) is the other design,
+    which MLflow model management does not support; configuring one is refused at once."""
+    if "/registries/" in uri.lower() and uri.lower().startswith("azureml:"):
+        raise RegistryError(
+            f"{_redact(uri)} is an Azure ML registry, not a workspace: MLflow model management "
+            "does not support organizational registries. Promotion copies verified model sets "
+            "between two workspaces; set MLOPS_MLFLOW_DEV_URI / MLOPS_MLFLOW_PROD_URI to the "
+            "workspaces' MLflow tracking URIs (az ml workspace show --query mlflow_tracking_uri)."
+        )
+
+
 def _redact(uri: str) -> str:
     p = urlparse(uri)
     if p.password:
@@ -162,6 +175,8 @@ class MlflowRegistry(ModelRegistry):
                 os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(self.http_max_retries)
             if self.http_timeout_s is not None:
                 os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(self.http_timeout_s)
+            for uri in set(key):
+                refuse_aml_registry(uri)
             try:
                 for uri in set(key):
                     if uri.startswith("sqlite:///"):

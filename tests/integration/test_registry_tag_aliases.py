@@ -86,3 +86,16 @@ def test_the_mode_follows_the_registry_uri():
     with pytest.raises(ValueError, match="auto, native or tags"):
         uses_tags(aml, "stages")
     assert MlflowRegistry(tracking_uri=aml).alias_mode == "auto"
+
+
+def test_an_azure_ml_registry_uri_is_refused_with_what_to_set():
+    """Dev -> prod is two workspaces with a verified copy; the other design (an AML registry)
+    cannot be configured by accident."""
+    from resources.registry import RegistryError
+
+    uri = (
+        "azureml://westeurope.api.azureml.ms/mlflow/v1.0/subscriptions/s/resourceGroups/r/"
+        "providers/Microsoft.MachineLearningServices/registries/shared-models"
+    )
+    with pytest.raises(RegistryError, match="MLOPS_MLFLOW_PROD_URI"):
+        MlflowRegistry(tracking_uri=uri, alias="production").client()
