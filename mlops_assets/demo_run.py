@@ -31,6 +31,7 @@ from mlops_assets.domain.sample_drops import land_diabetes, land_sales
 from mlops_assets.logging_setup import file_logger, log_to_file
 from mlops_assets.ml.sample_data import SalesShape
 from mlops_assets.ml.spec import DatasetSpec, load_spec
+from mlops_assets.partitions import add_as_of_dates
 from mlops_assets.profiles import (
     current_profile,
     ensure_dagster_home,
@@ -151,6 +152,8 @@ def run_demo(settings: DemoSettings, say: Say, err: Say) -> int:
     partition = settings.as_of or datetime.now(UTC).strftime("%Y-%m-%d")
     definitions, instance = defs(), dg.DagsterInstance.get()
     specs = [load_spec("sales"), load_spec("diabetes")]
+    for spec in specs:  # the UI's as-of axis then shows the demo's date
+        add_as_of_dates(instance, spec, [partition])
     failed = []
     with log_to_file(log_path) as handler:
         log = file_logger(handler)
