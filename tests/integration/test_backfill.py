@@ -2,6 +2,9 @@
 spec's history_start); a past as-of date curates only the drops that had arrived by then and
 trains on rows up to it."""
 
+import os
+import subprocess
+import sys
 from datetime import date
 
 import dagster as dg
@@ -125,3 +128,42 @@ def test_rerunning_an_earlier_date_after_a_later_one_trains_on_rows_up_to_it(tmp
     meta, _, manifest = _run(storage, "2019-05-21", instance)
     assert meta["drops_consumed"] == 0
     assert set(manifest["history_end"].to_pylist()) == {"2019-05-20"}
+
+
+def test_mlops_backfill_adds_the_dates_and_runs_them_in_order(tmp_path):
+    """The command a user runs: add past Mondays, then run them (one run per date)."""
+    storage = LocalStorage(root=str(tmp_path / "storage"))
+    land_sales(storage, load_spec("sales"), SalesShape(3, 70, seed=2), n_drops=3)
+    env = {**os.environ, "MLOPS_HOME": str(tmp_path), "MLOPS_PROFILE": "local"}
+    env.pop("DAGSTER_HOME", None)
+
+    def mlops(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "mlops_assets.cli", "backfill", "--dataset", "sales", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    added = mlops("--from", "2026-10-01", "--to", "2026-10-31", "--every", "W-MON")
+    assert added.returncode == 0, added.stderr
+    assert "4 as-of date(s) 2026-10-05 .. 2026-10-26 (4 new) in partitions sales_as_of" in (
+        added.stdout
+    )
+    ran = mlops("--from", "2026-11-09", "--to", "2026-11-16", "--every", "W-MON", "--run")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert [ln for ln in ran.stdout.splitlines() if ln.startswith("sales 2026")] == [
+        "sales 2026-11-09:",
+        "sales 2026-11-16:",
+    ]
+    wrong = mlops("--from", "2026-11-9")
+    assert wrong.returncode == 1
+    assert "as-of partition '2026-11-9' is not a date YYYY-MM-DD" in wrong.stderr
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        days = instance.get_dynamic_partitions("sales_as_of")
+        mondays = ["2026-10-05", "2026-10-12", "2026-10-19", "2026-10-26"]
+        assert days == [*mondays, "2026-11-09", "2026-11-16"]
+        key = dg.AssetKey(["sales", "registered_model_set"])
+        assert instance.get_materialized_partitions(key) == {"2026-11-09", "2026-11-16"}
