@@ -35,10 +35,17 @@ def test_daily_sensor_adds_and_runs_todays_as_of_partition_once(hour):
     defs = _defs(sensor)
     assert sensor.name == "thing_daily_sensor" and f"{hour:02d}:00 UTC" in sensor.description
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(
-            instance_ref=instance.get_ref(), definitions=defs
-        )  # its run request resolves against the partitions added with it
-        result = sensor.evaluate_tick(context)
+
+        def tick(cursor: str | None = None) -> dg.SensorResult:
+            """One evaluation, as the daemon's: the run request resolves against the partitions
+            added with it. The context is closed after it (it opened an instance)."""
+            ctx = dg.build_sensor_context(
+                instance_ref=instance.get_ref(), definitions=defs, cursor=cursor
+            )
+            with ctx:
+                return sensor.evaluate_tick(ctx)
+
+        result = tick()
         (request,) = result.run_requests
         assert request.partition_key == "2026-11-20" and request.run_key == "thing_daily:2026-11-20"
         (added,) = result.dynamic_partitions_requests
@@ -46,14 +53,11 @@ def test_daily_sensor_adds_and_runs_todays_as_of_partition_once(hour):
         assert list(added.partition_keys) == ["2026-11-20"]
         dg.validate_run_config(defs.resolve_job_def(job.name), request.run_config)
         # The same day again: nothing; before the hour the next day: nothing; after it: a run.
-        again = dg.build_sensor_context(
-            instance_ref=instance.get_ref(), definitions=defs, cursor=result.cursor
-        )
-        assert not sensor.evaluate_tick(again).run_requests
+        assert not tick(result.cursor).run_requests
         now[0] = _at(hour - 1, 59, day=21)
-        assert not sensor.evaluate_tick(again).run_requests
+        assert not tick(result.cursor).run_requests
         now[0] = _at(23, day=21)  # the daemon was down at the hour: it catches up
-        (late,) = sensor.evaluate_tick(again).run_requests
+        (late,) = tick(result.cursor).run_requests
         assert late.partition_key == "2026-11-21"
 
 
