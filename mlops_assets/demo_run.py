@@ -89,10 +89,8 @@ def _land(storage: Storage, settings: DemoSettings, say: Say) -> None:
 
 
 def _step_label(spec: DatasetSpec, op_name: str) -> str:
-    prefix = f"{spec.name}__"
-    if op_name.startswith(prefix):
-        return op_name[len(prefix) :].replace("__", "/")
-    return "promoted to prod" if "promote" in op_name else op_name
+    """An asset step's name without its dataset prefix (every demo step is an asset's)."""
+    return op_name.removeprefix(f"{spec.name}__").replace("__", "/")
 
 
 def run_with_progress(
