@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlops_assets.cli_backfill import add_parser as add_backfill_parser
 from mlops_assets.cli_remote import add_parsers as add_remote_parsers
 from mlops_assets.domain.batch_layout import inbox_prefix
 from mlops_assets.domain.curation import landing_prefix
@@ -308,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--periods", type=int, default=156)
     demo.add_argument("--as-of", help="partition (YYYY-MM-DD); default today, UTC")
     demo.set_defaults(func=cmd_demo)
+    add_backfill_parser(sub)
 
     serve = sub.add_parser("serve", help="serve the production model set on a local endpoint")
     serve.add_argument(

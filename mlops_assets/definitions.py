@@ -20,18 +20,20 @@ from mlops_assets.assets.monitoring import (
     build_forecast_accuracy_asset,
     build_inference_summary_asset,
 )
-from mlops_assets.assets.registration import build_promotion_jobs, build_registration_asset
+from mlops_assets.assets.promotion import build_production_asset, build_promotion_jobs
+from mlops_assets.assets.registration import build_registration_asset
 from mlops_assets.assets.reports import build_explorer_asset
 from mlops_assets.assets.training import build_training_asset
 from mlops_assets.domain.model_sets import registered_model_name
 from mlops_assets.logging_setup import silence_third_party_warnings
 from mlops_assets.ml.spec import DatasetSpec, bundled_specs
+from mlops_assets.partitions import as_of_partitions
 from mlops_assets.profiles import current_profile, project_home, resources_for
 from resources.alerts import alerts_from_env
 from sensors.degradation import make_degradation_sensor
 from sensors.failures import make_failure_sensor
 from sensors.release import make_release_sensor
-from sensors.schedules import make_daily_schedule
+from sensors.schedules import make_daily_sensor
 
 
 def daily_job_name(spec: DatasetSpec) -> str:
@@ -39,7 +41,8 @@ def daily_job_name(spec: DatasetSpec) -> str:
 
 
 def dataset_definitions(spec: DatasetSpec) -> dg.Definitions:
-    """The lifecycle of one dataset: its assets, checks and jobs."""
+    """The lifecycle of one dataset: its assets, checks and jobs, the daily retrain's sensor
+    (it adds each day's as-of partition) and the promotion to production."""
     assets = [
         build_ingestion_asset(spec),
         build_training_asset(spec),
@@ -59,10 +62,12 @@ def dataset_definitions(spec: DatasetSpec) -> dg.Definitions:
     )
     accuracy = build_forecast_accuracy_asset(spec)
     return dg.Definitions(
-        assets=[*assets, accuracy],
+        assets=[*assets, accuracy, build_production_asset(spec)],
         jobs=[daily, *build_promotion_jobs(spec)],
-        schedules=[make_daily_schedule(daily, hour=schedule_hour())],
-        sensors=[make_degradation_sensor(spec, daily, accuracy.key)],
+        sensors=[
+            make_daily_sensor(daily, as_of_partitions(spec), hour=schedule_hour()),
+            make_degradation_sensor(spec, daily, accuracy.key),
+        ],
     )
 
 

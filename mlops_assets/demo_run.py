@@ -31,6 +31,7 @@ from mlops_assets.domain.sample_drops import land_diabetes, land_sales
 from mlops_assets.logging_setup import file_logger, log_to_file
 from mlops_assets.ml.sample_data import SalesShape
 from mlops_assets.ml.spec import DatasetSpec, load_spec
+from mlops_assets.partitions import add_as_of_dates
 from mlops_assets.profiles import (
     current_profile,
     ensure_dagster_home,
@@ -88,10 +89,8 @@ def _land(storage: Storage, settings: DemoSettings, say: Say) -> None:
 
 
 def _step_label(spec: DatasetSpec, op_name: str) -> str:
-    prefix = f"{spec.name}__"
-    if op_name.startswith(prefix):
-        return op_name[len(prefix) :].replace("__", "/")
-    return "promoted to prod" if "promote" in op_name else op_name
+    """An asset step's name without its dataset prefix (every demo step is an asset's)."""
+    return op_name.removeprefix(f"{spec.name}__").replace("__", "/")
 
 
 def run_with_progress(
@@ -151,6 +150,8 @@ def run_demo(settings: DemoSettings, say: Say, err: Say) -> int:
     partition = settings.as_of or datetime.now(UTC).strftime("%Y-%m-%d")
     definitions, instance = defs(), dg.DagsterInstance.get()
     specs = [load_spec("sales"), load_spec("diabetes")]
+    for spec in specs:  # the UI's as-of axis then shows the demo's date
+        add_as_of_dates(instance, spec, [partition])
     failed = []
     with log_to_file(log_path) as handler:
         log = file_logger(handler)

@@ -35,6 +35,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("mlops.remote_runs")
 
 PARTITION_TAG = "dagster/partition"
+REPOSITORY = "__repository__"  # the repository of a code location built from dg.Definitions
+_DYNAMIC_NAMES = """query($job: String!, $repo: String!, $loc: String!) {
+  assetNodes(pipeline: {pipelineName: $job, repositoryName: $repo, repositoryLocationName: $loc})
+  { partitionDefinition { dimensionTypes { dynamicPartitionsDefinitionName } } } }"""
+_ADD_PARTITION = """mutation($repo: String!, $loc: String!, $name: String!, $key: String!) {
+  addDynamicPartition(repositorySelector: {repositoryName: $repo, repositoryLocationName: $loc},
+    partitionsDefName: $name, partitionKey: $key) {
+    __typename ... on PythonError { message } ... on UnauthorizedError { message } } }"""
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
 
@@ -116,6 +124,35 @@ class Deployment:
             log.info("code location %r not loaded yet: %s", self.location, info.message)
             time.sleep(poll_s)
 
+    def add_partition(self, job: str, key: str) -> list[str]:
+        """Add ``key`` to the dynamic partitions of ``job``'s assets (the as-of dates of a
+        daily job), so a launch for it is valid; the partitions definitions' names."""
+        client = self.client()
+        ids = {"repo": REPOSITORY, "loc": self.location}
+        # The client has no public call for other queries; _execute keeps its transport, auth
+        # and error wrapping.
+        try:
+            nodes = client._execute(_DYNAMIC_NAMES, {"job": job, **ids})  # noqa: SLF001
+            nodes = nodes["assetNodes"]
+            names = sorted(
+                {
+                    d["dynamicPartitionsDefinitionName"]
+                    for n in nodes
+                    for d in (n["partitionDefinition"] or {}).get("dimensionTypes", [])
+                    if d["dynamicPartitionsDefinitionName"]
+                }
+            )
+            for name in names:
+                out = client._execute(_ADD_PARTITION, {"name": name, "key": key, **ids})  # noqa: SLF001
+                result = out["addDynamicPartition"]
+                if result["__typename"] in ("PythonError", "UnauthorizedError"):
+                    raise DagsterGraphQLClientError(result["message"])
+        except DagsterGraphQLClientError as exc:
+            raise RemoteRunError(
+                f"adding partition {key!r} for {job!r} on {self.url} failed: {exc}"
+            ) from exc
+        return names
+
     def launch(
         self,
         job: str,
@@ -124,7 +161,10 @@ class Deployment:
         tags: Mapping[str, str] | None = None,
         run_config: Mapping | None = None,
     ) -> str:
-        """Submit ``job`` (for ``partition``) to the deployment's run queue; the run id."""
+        """Submit ``job`` (for ``partition``, added first where the job's partitions are
+        dynamic) to the deployment's run queue; the run id."""
+        if partition:
+            self.add_partition(job, partition)
         all_tags = {**(tags or {}), **({PARTITION_TAG: partition} if partition else {})}
         try:
             return self.client().submit_job_execution(

@@ -14,6 +14,7 @@ import hashlib
 import dagster as dg
 
 from mlops_assets.ml.spec import DatasetSpec
+from mlops_assets.partitions import as_of_request
 from resources.alerts import Alert, AlertChannel
 
 TRAINING_OP = "{name}__candidate_models"
@@ -90,6 +91,12 @@ def make_degradation_sensor(
             run_config=retrain_run_config(spec, series),
             tags={"dataset": spec.name, "mlops/trigger": "degraded_series"},
         )
-        return dg.SensorResult(run_requests=[request], cursor=cursor)
+        # The date was materialized, so it exists; adding it again keeps the run launchable
+        # even if someone deleted the partition since.
+        return dg.SensorResult(
+            run_requests=[request],
+            dynamic_partitions_requests=[as_of_request(spec, [as_of])],
+            cursor=cursor,
+        )
 
     return degraded_series_retrain

@@ -22,6 +22,7 @@ alert.
 import dagster as dg
 
 from mlops_assets.assets.evaluation import registered_model_name
+from mlops_assets.assets.promotion import production_key
 from mlops_assets.domain import batch_layout as layout
 from mlops_assets.domain.batch_runs import (
     BatchRun,
@@ -73,6 +74,7 @@ def build_batch_scoring_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=[spec.name, "batch_predictions"],
+        deps=[production_key(spec)],
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=f"{spec.name}_scoring",

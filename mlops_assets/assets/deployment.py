@@ -14,6 +14,7 @@ No ``from __future__ import annotations`` here: Dagster reads the Config classes
 import dagster as dg
 from pydantic import Field
 
+from mlops_assets.assets.promotion import production_key
 from mlops_assets.domain.model_sets import ModelSetError, read_manifest, registered_model_name
 from mlops_assets.domain.serving_qa import (
     QAError,
@@ -127,6 +128,7 @@ def build_deployment_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
 
     @dg.asset(
         key=qa_key(spec),
+        deps=[production_key(spec)],
         group_name=f"{spec.name}_serving",
         kinds={"azureml", "python"},
         owners=["team:ml-platform"],
@@ -157,7 +159,7 @@ def build_deployment_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
 
     @dg.asset(
         key=deployment_key(spec),
-        deps=[qa_key(spec)],
+        deps=[qa_key(spec), production_key(spec)],
         group_name=f"{spec.name}_serving",
         kinds={"azureml", "kubernetes"},
         owners=["team:ml-platform"],

@@ -26,7 +26,7 @@ from mlops_assets.domain.evaluation_run import (
 from mlops_assets.domain.model_sets import ModelSetError, registered_model_name
 from mlops_assets.ml import comparison as ev
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.partitions import as_of_partitions
+from mlops_assets.partitions import as_of_partitions, run_as_of
 from mlops_assets.pools import writer_pool
 from mlops_assets.storage import Storage
 from resources.registry import ModelRegistry, RegistryError
@@ -137,7 +137,7 @@ def build_evaluation_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 storage,
                 registry,
                 spec,
-                as_of=context.partition_key,
+                as_of=run_as_of(context, spec),
                 run_id=context.run.run_id,
                 policy=policy,
                 max_median_increase=config.max_median_increase,

@@ -13,7 +13,7 @@ from mlops_assets.domain.ingest_run import IngestionRun, run_ingestion
 from mlops_assets.domain.ledger import DropOutcome
 from mlops_assets.domain.validation_report import check_outcomes
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.partitions import as_of_partitions
+from mlops_assets.partitions import as_of_partitions, run_as_of
 from mlops_assets.pools import writer_pool
 from mlops_assets.storage import Storage
 
@@ -111,7 +111,7 @@ def build_ingestion_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             level = context.log.warning if o.status != "ingested" else context.log.info
             level(f"{o.status}: {o.drop} ({o.rows_curated} rows curated) {o.message or ''}")
 
-        as_of = as_of_date(context.partition_key if context.has_partition_key else None)
+        as_of = as_of_date(run_as_of(context, spec))
         run = run_ingestion(
             storage,
             spec,

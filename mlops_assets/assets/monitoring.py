@@ -8,7 +8,7 @@ from mlops_assets.domain.forecast_accuracy import AccuracyOutcome, measure_accur
 from mlops_assets.domain.inference_summary import InferenceSummary, summarize_day
 from mlops_assets.ml.accuracy import accuracy_table
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.partitions import as_of_partitions
+from mlops_assets.partitions import as_of_partitions, run_as_of
 from mlops_assets.storage import Storage
 
 DEGRADED_KEY = "degraded_series"  # the metadata the degradation sensor reads
@@ -68,7 +68,7 @@ def build_inference_summary_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         storage: dg.ResourceParam[Storage],
         prod_storage: dg.ResourceParam[Storage],
     ) -> dg.MaterializeResult:
-        day = context.partition_key
+        day = run_as_of(context, spec)
         summary = summarize_day(storage, prod_storage, spec, day)
         if summary is None:
             context.log.info(f"no requests were collected on {day}")
@@ -142,7 +142,7 @@ def build_forecast_accuracy_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         storage: dg.ResourceParam[Storage],
         prod_storage: dg.ResourceParam[Storage],
     ) -> dg.MaterializeResult:
-        as_of = context.partition_key
+        as_of = run_as_of(context, spec)
         outcome = measure_accuracy(storage, spec, as_of, [prod_storage])
         context.log.info(
             f"{len(outcome.joined)} predictions with actuals, "

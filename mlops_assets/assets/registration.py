@@ -1,13 +1,10 @@
-"""Registration, promotion dev -> prod and rollback of model-set versions.
+"""Registration of model-set versions in the dev registry.
 
-* ``[<ds>, "registered_model_set"]`` (daily chain): registers the evaluated release set as ONE
-  version of ``<ds>-models`` in the dev registry (source = the release folder's URI, tags =
-  as-of date, counts, manifest sha256), with one MLflow run in experiment ``<ds>`` holding the
-  params, aggregate metrics and the manifest; then points the dev alias (``champion``) at it.
-* ``<ds>_promote_to_prod``: copies a dev version (manifest + every pack it references, each
-  model verified by sha256) to the prod storage, registers it in the prod registry and points
-  ``production`` at it, once its gates pass.
-* ``<ds>_rollback``: moves an alias back to an earlier version (no data moves).
+``[<ds>, "registered_model_set"]`` (daily chain): registers the evaluated release set as ONE
+version of ``<ds>-models`` in the dev registry (source = the release folder's URI, tags =
+as-of date, counts, manifest sha256), with one MLflow run in experiment ``<ds>`` holding the
+params, aggregate metrics and the manifest; then points the dev alias (``champion``) at it.
+Promotion to prod and rollback are in ``assets.promotion`` (re-exported here).
 
 The work is in ``domain.promotion``; this module wires it to Dagster.
 """
@@ -15,6 +12,11 @@ The work is in ``domain.promotion``; this module wires it to Dagster.
 import dagster as dg
 
 from mlops_assets.assets.plots import backtest_plots
+from mlops_assets.assets.promotion import (
+    build_promotion_jobs,
+    promote_job_name,
+    rollback_job_name,
+)
 from mlops_assets.domain.model_sets import (
     ModelSetError,
     ReleaseRecord,
@@ -36,7 +38,7 @@ from mlops_assets.ml.fitting import TRAINED
 from mlops_assets.ml.persistence import ModelIntegrityError
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.partitions import as_of_partitions
+from mlops_assets.partitions import as_of_partitions, run_as_of
 from mlops_assets.pools import writer_pool
 from mlops_assets.storage import Storage
 from resources.registry import ModelRegistry, ModelSetVersion, RegistryError
@@ -46,18 +48,12 @@ __all__ = [
     "PromotionError",
     "build_promotion_jobs",
     "build_registration_asset",
+    "promote_job_name",
     "promote_version",
     "register_release",
     "rollback_alias",
+    "rollback_job_name",
 ]
-
-
-def promote_job_name(spec: DatasetSpec) -> str:
-    return f"{spec.name}_promote_to_prod"
-
-
-def rollback_job_name(spec: DatasetSpec) -> str:
-    return f"{spec.name}_rollback"
 
 
 def registration_metadata(
@@ -121,7 +117,7 @@ def build_registration_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         storage: dg.ResourceParam[Storage],
         registry: ModelRegistry,
     ) -> dg.MaterializeResult:
-        as_of = context.partition_key
+        as_of = run_as_of(context, spec)
         phases = Phases()
         try:
             release = read_release(storage, release_pointer(spec, as_of))
@@ -142,86 +138,3 @@ def build_registration_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         )
 
     return registered_model_set
-
-
-def build_promotion_jobs(spec: DatasetSpec) -> list[dg.JobDefinition]:
-    class PromoteConfig(dg.Config):
-        version: int | None = None
-        """Dev version to promote; default: the one the dev alias (champion) points at."""
-        alias: str | None = None
-        """Prod alias to move; default: the prod registry's (production)."""
-
-    @dg.op(
-        name=f"{spec.name}_promote_model_set",
-        tags={"dataset": spec.name},
-        pool=writer_pool(spec.name),
-    )
-    def promote(
-        context: dg.OpExecutionContext,
-        config: PromoteConfig,
-        storage: dg.ResourceParam[Storage],
-        prod_storage: dg.ResourceParam[Storage],
-        registry: ModelRegistry,
-        prod_registry: ModelRegistry,
-    ) -> dg.Output:
-        prod, stats = promote_version(
-            spec, storage, prod_storage, registry, prod_registry, config.version, config.alias
-        )
-        context.log.info(
-            f"{prod.name}: dev v{prod.tags.get('dev_version')} -> prod v{prod.version} "
-            f"({stats['models_verified']} models verified, {stats['packs_copied']} packs copied, "
-            f"{stats['packs_repaired']} pack{'' if stats['packs_repaired'] == 1 else 's'} "
-            "repaired)"
-        )
-        return dg.Output(
-            prod.version,
-            metadata={
-                "prod_version": prod.version,
-                "dev_version": prod.tags.get("dev_version", ""),
-                "alias": config.alias or prod_registry.alias,
-                "registry": prod_registry.location,
-                "source": dg.MetadataValue.url(prod.source),
-                **{k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()},
-            },
-        )
-
-    @dg.job(
-        name=promote_job_name(spec),
-        tags={"dataset": spec.name},
-        description=f"Copy a verified {spec.name} model-set version to prod; alias production.",
-    )
-    def promote_job():
-        promote()
-
-    class RollbackConfig(dg.Config):
-        version: int | None = None
-        """Version to point the alias at; default: the previous version that passed its gate."""
-        alias: str = "production"
-        target: str = "prod"
-        """Which registry: prod or dev."""
-
-    @dg.op(
-        name=f"{spec.name}_rollback_alias", tags={"dataset": spec.name}, pool=writer_pool(spec.name)
-    )
-    def rollback(
-        context: dg.OpExecutionContext,
-        config: RollbackConfig,
-        registry: ModelRegistry,
-        prod_registry: ModelRegistry,
-    ) -> dg.Output:
-        if config.target not in ("prod", "dev"):
-            raise dg.Failure(f"target must be prod or dev, not {config.target!r}")
-        reg = prod_registry if config.target == "prod" else registry
-        before, after = rollback_alias(spec, reg, config.alias, config.version)
-        context.log.info(f"{config.alias}: v{before} -> v{after} in {reg.location}")
-        return dg.Output(after, metadata={"alias": config.alias, "from": before or 0, "to": after})
-
-    @dg.job(
-        name=rollback_job_name(spec),
-        tags={"dataset": spec.name},
-        description=f"Move a {spec.name} alias back to an earlier model-set version.",
-    )
-    def rollback_job():
-        rollback()
-
-    return [promote_job, rollback_job]

@@ -10,7 +10,7 @@ from mlops_assets.domain.series_explorer import (
 )
 from mlops_assets.ml.persistence import ModelIntegrityError
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.partitions import as_of_partitions
+from mlops_assets.partitions import as_of_partitions, run_as_of
 from mlops_assets.storage import Storage
 
 
@@ -58,7 +58,7 @@ def build_explorer_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, storage: dg.ResourceParam[Storage]
     ) -> dg.MaterializeResult:
         try:
-            outcome = write_explorer(storage, spec, context.partition_key)
+            outcome = write_explorer(storage, spec, run_as_of(context, spec))
         except (ExplorerInputError, ModelSetError, ModelIntegrityError) as exc:
             raise dg.Failure(str(exc)) from exc
         context.log.info(f"{outcome.series} series in {storage.uri(outcome.name)}")

@@ -14,7 +14,7 @@ from mlops_assets.domain.training_run import (
 )
 from mlops_assets.ml.combination import family_shares
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.partitions import as_of_partitions
+from mlops_assets.partitions import as_of_partitions, run_as_of
 from mlops_assets.pools import writer_pool
 from mlops_assets.storage import Storage
 from resources.training_engine import TrainingEngine
@@ -84,7 +84,7 @@ def build_training_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 storage,
                 spec,
                 training,
-                as_of=context.partition_key,
+                as_of=run_as_of(context, spec),
                 run_id=context.run.run_id,
                 series=config.series,
                 changed_only=config.changed_only,

@@ -2,12 +2,14 @@
 
 ``dg dev`` (webserver + daemon) serves the code location from a fresh instance with a
 small landed sales dataset; headless Chromium (Debian's ``/usr/bin/chromium``, driven by
-Playwright) opens the job's asset graph, materializes the latest as-of partition from the
-launchpad, waits for the run to succeed, and reads the asset checks and the training metadata
-back from the asset pages; it follows the lineage from the curated data through the candidates
+Playwright) opens the job's asset graph, materializes every as-of partition (the one date that
+was added) from the launch dialog, waits for the run to succeed, and reads the asset checks and
+the training metadata back from the asset pages; it follows the lineage from the curated data through the candidates
 and the evaluation to the registered set, and opens the per-series explorer from its asset's
-``explorer`` link, searches a series and sees its chart. Screenshots go to ``test-artifacts/``
-(git-ignored).
+``explorer`` link, searches a series and sees its chart. The as-of axis shows only the date that
+was added (``mlops backfill``, as the daily sensor does for today), and the lineage runs on from
+the registered set to the production set (promoted through ``sales_promote_to_prod``) and on to
+QA, deployment and batch predictions. Screenshots go to ``test-artifacts/`` (git-ignored).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -45,6 +48,7 @@ CHROMIUM_ARGS = [
 ]
 JOB = "sales_daily_retrain"
 RUN_TIMEOUT_S = 300
+AS_OF = datetime.now(UTC).date().isoformat()  # the date the daily sensor would add today
 
 
 def _free_port() -> int:
@@ -95,13 +99,13 @@ def dagster_ui(tmp_path_factory) -> Iterator[str]:
         "MLOPS_PROFILE": "local",
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    subprocess.run(
-        [str(BIN / "mlops"), "generate", "sales", "--series", "20", "--periods", "120"],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    for args in (
+        ["generate", "sales", "--series", "20", "--periods", "120"],
+        ["backfill", "--dataset", "sales", "--from", AS_OF],  # the one as-of date that exists
+    ):
+        subprocess.run(
+            [str(BIN / "mlops"), *args], env=env, check=True, capture_output=True, timeout=120
+        )
     port = _free_port()
     log = (home / "dagster-dev.log").open("w")
     proc = subprocess.Popen(
@@ -239,6 +243,68 @@ def _screenshot_lineage(page, base: str, path: Path) -> None:
     page.screenshot(path=str(path))
 
 
+PRODUCTION = [
+    ("registered_model_set", "production_model_set"),
+    ("production_model_set", "qa"),
+    ("qa", "deployment"),
+    ("production_model_set", "deployment"),
+    ("production_model_set", "batch_predictions"),
+]
+
+
+def _launch_job(base: str, job: str) -> str:
+    """Launch ``job`` (unpartitioned) as the Launchpad does; its run id."""
+    query = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
+        __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+    selector = {"repositoryLocationName": "mlops_assets", "repositoryName": "__repository__"}
+    answer = _graphql(base, query, {"params": {"selector": {**selector, "jobName": job}}})
+    assert answer["launchRun"]["__typename"] == "LaunchRunSuccess", answer
+    return answer["launchRun"]["run"]["runId"]
+
+
+def _screenshot_path_to_production(page, base: str, path: Path) -> None:
+    """registered set -> production set -> QA, deployment and batch predictions: the edges as
+    the UI's graph reads them, and the production set's lineage drawn both ways."""
+    from playwright.sync_api import expect
+
+    nodes = _graphql(base, "{ assetNodes { assetKey { path } dependencyKeys { path } } }")
+    parents = {
+        tuple(n["assetKey"]["path"]): [k["path"] for k in n["dependencyKeys"]]
+        for n in nodes["assetNodes"]
+    }
+    for up, down in PRODUCTION:
+        assert ["sales", up] in parents[("sales", down)], (up, down)
+    run_id = _launch_job(base, "sales_promote_to_prod")
+    assert _wait_for_run(base, run_id) == "SUCCESS", f"sales_promote_to_prod run {run_id}"
+    page.goto(
+        f"{base}/assets/sales/production_model_set?view=lineage&lineageScope=neighbors"
+        "&lineageDepth=2"
+    )
+    graph = page.locator("foreignObject")
+    for asset in {a for edge in PRODUCTION for a in edge}:
+        expect(graph.get_by_text(asset, exact=True).first).to_be_visible()
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(path))
+    page.goto(f"{base}/assets/sales/production_model_set")
+    for key in ("prod_version", "dev_version", "models_verified"):
+        expect(page.get_by_text(key, exact=True).first).to_be_visible()
+
+
+def _only_the_added_dates_are_partitions(page, base: str, path: Path) -> None:
+    """Each as-of asset has exactly the dates that were added (here one), not a calendar."""
+    from playwright.sync_api import expect
+
+    query = """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) {
+        ... on AssetNode { partitionKeys } } }"""
+    for name in ("curated", "candidate_models", "registered_model_set"):
+        node = _graphql(base, query, {"key": {"path": ["sales", name]}})["assetNodeOrError"]
+        assert node["partitionKeys"] == [AS_OF], name
+    page.goto(f"{base}/assets/sales/curated?view=partitions")
+    expect(page.get_by_text(AS_OF, exact=True).first).to_be_visible()
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(path))
+
+
 def _open_the_explorer(page, base: str) -> None:
     """From the explorer asset's page, follow its ``explorer`` link; search one series."""
     from playwright.sync_api import expect
@@ -282,7 +348,11 @@ def test_launch_the_daily_retrain_from_the_ui_and_read_its_checks(dagster_ui):
 
             page.get_by_role("button", name="Materialize all…").click()
             dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize")
-            dialog.get_by_role("button", name="Latest", exact=True).click()
+            # "All" of the as-of axis is the one date that was added, not a calendar.
+            dialog.get_by_role("button", name="All", exact=True).click()
+            expect(dialog.get_by_text("1 partition", exact=True)).to_be_visible()
+            expect(dialog.get_by_text(AS_OF, exact=True).first).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "ui-launch-dialog.png"))
             dialog.get_by_role("button", name="Launch 1 run").click()
             toast = page.get_by_text("Launched run")
             expect(toast).to_be_visible()
@@ -317,6 +387,12 @@ def test_launch_the_daily_retrain_from_the_ui_and_read_its_checks(dagster_ui):
 
             _screenshot_asset_graph(page, dagster_ui, ARTIFACTS / "ui-asset-graph.png")
             _screenshot_lineage(page, dagster_ui, ARTIFACTS / "ui-lineage.png")
+            _only_the_added_dates_are_partitions(
+                page, dagster_ui, ARTIFACTS / "ui-as-of-partitions.png"
+            )
+            _screenshot_path_to_production(
+                page, dagster_ui, ARTIFACTS / "ui-lineage-production.png"
+            )
             _open_the_explorer(page, dagster_ui)
         finally:
             browser.close()

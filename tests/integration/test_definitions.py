@@ -27,11 +27,30 @@ def test_every_dataset_has_its_daily_chain(defs):
         assert dg.AssetKey([spec.name, "curated"]) in keys
         assert dg.AssetKey([spec.name, "candidate_models"]) in keys
         job = defs.resolve_job_def(daily_job_name(spec))
-        assert job.partitions_def is not None
+        # Only the as-of dates that were launched (the daily sensor, demo, backfill add them).
+        assert isinstance(job.partitions_def, dg.DynamicPartitionsDefinition)
+        assert job.partitions_def.name == f"{spec.name}_as_of"
         assert {n.name for n in job.graph.node_defs} >= {
             f"{spec.name}__curated",
             f"{spec.name}__candidate_models",
         }
+
+
+def test_the_path_to_production_is_lineage(defs):
+    """registered set -> production set -> QA, deployment and batch predictions."""
+    graph = defs.resolve_asset_graph()
+    for spec in bundled_specs():
+
+        def key(name: str, ds: str = spec.name) -> dg.AssetKey:
+            return dg.AssetKey([ds, name])
+
+        production = graph.get(key("production_model_set"))
+        assert production.parent_keys == {key("registered_model_set")}
+        assert production.partitions_def is None
+        for down in ("qa", "deployment", "batch_predictions"):
+            assert key("production_model_set") in graph.get(key(down)).parent_keys, down
+        promote = defs.resolve_job_def(f"{spec.name}_promote_to_prod")
+        assert [n.name for n in promote.graph.node_defs] == [f"{spec.name}__production_model_set"]
 
 
 def test_assets_are_described_grouped_and_owned(defs):
@@ -99,8 +118,8 @@ def test_schedules_and_sensors_are_described_and_target_real_jobs(defs):
         for target in targets:
             assert target.job_name in jobs, f"{auto.name} targets unknown job {target.job_name}"
     for spec in bundled_specs():
-        schedule = defs.resolve_schedule_def(f"{daily_job_name(spec)}_schedule")
-        assert schedule.job_name == daily_job_name(spec)
+        daily = defs.resolve_sensor_def(f"{daily_job_name(spec)}_sensor")
+        assert daily.job_name == daily_job_name(spec)
 
 
 # Checks that only warn by design (missing periods are filled by the spec's rules, not errors).

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from mlops_assets.domain.demo_result import ROWS
@@ -73,6 +74,10 @@ def test_demo_fits_one_screen_and_ends_with_the_result(tmp_path):
     assert "RUN_SUCCESS" in log.read_text()  # Dagster's events went to its log
     saved = json.loads((home / "demo" / "result.json").read_text())
     assert [r["dataset"] for r in saved] == ["sales", "diabetes"]
+    # The UI's as-of axis holds the date the demo ran, and nothing else.
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        for ds in ("sales", "diabetes"):
+            assert instance.get_dynamic_partitions(f"{ds}_as_of") == ["2026-11-30"]
 
     # Again on the same home: the evaluation compares against the first run's champions.
     rc, lines, stderr = demo(home)

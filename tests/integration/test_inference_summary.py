@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
+from as_of import as_of_instance
 
 from mlops_assets.assets.monitoring import build_inference_summary_asset
 from mlops_assets.domain.curation import ingest, pending_drops
@@ -54,7 +55,7 @@ def test_summary_counts_requests_errors_and_flags_drifted_inputs(tmp_path):
         [build_inference_summary_asset(SALES)],
         resources={"storage": storage, "prod_storage": prod},
         partition_key=day,
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=as_of_instance(SALES, day),
     )
     assert result.success
     md = {

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from as_of import as_of_instance
 
 from mlops_assets.assets.ingestion import build_ingestion_asset
 from mlops_assets.domain.curated_store import CuratedStore
@@ -36,7 +37,7 @@ def materialize(storage, expect_checks_pass=True):
         [build_ingestion_asset(SALES)],
         resources={"storage": storage},
         partition_key=PARTITION,
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=as_of_instance(SALES, PARTITION),
         raise_on_error=False,
     )
     # Bad data curates what is good; the blocking checks fail (with ERROR) only when more was

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from as_of import as_of_instance
 from http_receiver import Receiver
 
 from mlops_assets.assets.ingestion import build_ingestion_asset
@@ -57,7 +58,7 @@ def _materialize(assets, storage, day, instance, run_config=None):
             "training": LocalTrainingEngine(max_workers=1),
         },
         partition_key=day,
-        instance=instance,
+        instance=as_of_instance(SPEC, day, instance=instance),
         run_config=run_config,
     )
     assert result.success
@@ -122,6 +123,11 @@ def test_a_degraded_series_is_retrained_alone(tmp_path):
     (request,) = tick.run_requests
     assert request.run_config == retrain_run_config(SPEC, [BAD])
     assert request.partition_key == MEASURE_DAY and request.run_key
+    # The date the retrain runs for is (re)added to the as-of partitions with the request.
+    (added,) = tick.dynamic_partitions_requests
+    assert added.partitions_def_name == "sales_as_of" and list(added.partition_keys) == [
+        MEASURE_DAY
+    ]
     # The next tick sees nothing new: no second run, no second alert.
     again = sensor(
         dg.build_sensor_context(instance=instance, cursor=tick.cursor, resources={"alerts": alerts})

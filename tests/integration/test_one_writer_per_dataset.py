@@ -28,6 +28,7 @@ from pathlib import Path
 import dagster as dg
 import psutil
 import pytest
+from as_of import as_of_instance
 
 from mlops_assets.domain.sample_drops import land_diabetes, land_sales
 from mlops_assets.ml.sample_data import SalesShape
@@ -176,6 +177,9 @@ def check_one_writer_per_dataset(workspace) -> None:
 
     instance = workspace.instance
     assert instance.event_log_storage.get_concurrency_info(writer_pool("sales")).slot_count == 1
+    # The as-of dates exist before they are launched (as the daily sensor adds them).
+    as_of_instance(load_spec("sales"), AS_OF, EARLIER, instance=instance)
+    as_of_instance(load_spec("diabetes"), AS_OF, instance=instance)
 
     started = time.monotonic()
     daily = _launch(workspace, "sales_daily_retrain")

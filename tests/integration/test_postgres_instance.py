@@ -21,6 +21,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from as_of import as_of_instance
 
 from mlops_assets.definitions import build_definitions, daily_job_name
 from mlops_assets.domain.sample_drops import land_sales
@@ -157,7 +158,8 @@ def test_daily_chain_records_to_postgres_and_logs_to_azurite(deploy_instance, po
     )
     defs = build_definitions([spec], resources_for("local", tmp_path))
     job = defs.resolve_job_def(daily_job_name(spec))
-    result = job.execute_in_process(partition_key=AS_OF, instance=deploy_instance)
+    instance = as_of_instance(spec, AS_OF, instance=deploy_instance)
+    result = job.execute_in_process(partition_key=AS_OF, instance=instance)
     assert result.success
 
     conn = psycopg2.connect(
@@ -175,6 +177,12 @@ def test_daily_chain_records_to_postgres_and_logs_to_azurite(deploy_instance, po
             materialized = {row[0] for row in cur.fetchall()}
             cur.execute("SELECT count(*) FROM asset_keys")
             assert cur.fetchone()[0] >= 4
+            # The as-of date exists as a dynamic partition in the instance's storage.
+            cur.execute(
+                "SELECT partition FROM dynamic_partitions WHERE partitions_def_name = %s",
+                ("sales_as_of",),
+            )
+            assert [row[0] for row in cur.fetchall()] == [AS_OF]
     finally:
         conn.close()
     assert {f'["sales", "{name}"]' for name in ("curated", "candidate_models")} <= materialized

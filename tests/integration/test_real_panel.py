@@ -13,6 +13,7 @@ import dagster as dg
 import numpy as np
 import pyarrow.compute as pc
 import pytest
+from as_of import as_of_instance
 
 from mlops_assets.definitions import daily_job_name, dataset_definitions
 from mlops_assets.domain.model_sets import (
@@ -63,7 +64,7 @@ def chain(tmp_path_factory):
     landed = land_table(storage, BEER, table, n_drops=N_DROPS)
     defs = dg.Definitions.merge(dataset_definitions(BEER), dg.Definitions(resources=resources))
     job = defs.resolve_job_def(daily_job_name(BEER))
-    instance = dg.DagsterInstance.ephemeral()
+    instance = as_of_instance(BEER, FIRST, SECOND)
     runs = {}
     for as_of in (FIRST, SECOND):
         result = job.execute_in_process(partition_key=as_of, instance=instance)

@@ -6,8 +6,10 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 import pytest
+from as_of import as_of_instance
 
 from mlops_assets.assets.evaluation import build_evaluation_asset
+from mlops_assets.assets.promotion import build_production_asset
 from mlops_assets.assets.registration import (
     PromotionError,
     build_promotion_jobs,
@@ -75,7 +77,7 @@ class Env:
             ],
             resources=self.resources(),
             partition_key=as_of,
-            instance=self.instance,
+            instance=as_of_instance(spec, as_of, instance=self.instance),
             run_config=config,
             raise_on_error=raise_on_error,
         )
@@ -84,6 +86,11 @@ class Env:
         release = read_release(self.storage, release_pointer(SALES, as_of))
         table = read_manifest(self.storage, release.ref)
         return {r["series_id"]: r for r in table.to_pylist()}, release
+
+
+def promotion_definitions(spec) -> dg.Definitions:
+    """The production asset with its promote job and the rollback job."""
+    return dg.Definitions(assets=[build_production_asset(spec)], jobs=build_promotion_jobs(spec))
 
 
 def clean() -> pa.Table:
@@ -115,7 +122,7 @@ def registration_fails(env, as_of, message, **resources):
         [build_registration_asset(SALES)],
         resources={**env.resources(), **resources},
         partition_key=as_of,
-        instance=env.instance,
+        instance=as_of_instance(SALES, as_of, instance=env.instance),
         raise_on_error=False,
     )
     assert not res.success
@@ -248,10 +255,13 @@ def test_business_threshold_blocks_promotion(tmp_path):
 
 def test_promotion_to_prod_and_rollback(two_versions_env):
     env = two_versions_env
-    jobs = {j.name: j for j in build_promotion_jobs(SALES)}
-    res = jobs["sales_promote_to_prod"].execute_in_process(
-        resources=env.resources(), instance=env.instance
+    defs = dg.Definitions.merge(
+        promotion_definitions(SALES), dg.Definitions(resources=env.resources())
     )
+    jobs = {j.name: defs.resolve_job_def(j.name) for j in build_promotion_jobs(SALES)}
+    res = jobs["sales_promote_to_prod"].execute_in_process(instance=env.instance)
+    promoted = res.asset_materializations_for_node("sales__production_model_set")[0].metadata
+    assert promoted["prod_version"].value == env.prod_registry.get_alias(NAME).version
     assert res.success
     prod = env.prod_registry.get_alias(NAME)
     dev = env.registry.get_alias(NAME)
@@ -263,14 +273,12 @@ def test_promotion_to_prod_and_rollback(two_versions_env):
         assert load_model(env.prod_storage, manifest, sid) is not None
     # Promote v1 explicitly, then roll production back to the previous version.
     res = jobs["sales_promote_to_prod"].execute_in_process(
-        resources=env.resources(),
         instance=env.instance,
-        run_config={"ops": {"sales_promote_model_set": {"config": {"version": 1}}}},
+        run_config={"ops": {"sales__production_model_set": {"config": {"version": 1}}}},
     )
     assert res.success
     assert env.prod_registry.get_alias(NAME).tags["dev_version"] == "1"
     res = jobs["sales_rollback"].execute_in_process(
-        resources=env.resources(),
         instance=env.instance,
         run_config={"ops": {"sales_rollback_alias": {"config": {"version": prod.version}}}},
     )

@@ -3,6 +3,7 @@
 import dagster as dg
 import pyarrow.compute as pc
 import pytest
+from as_of import as_of_instance
 from azure.ai.ml import load_job
 
 from mlops_assets.assets.ingestion import build_ingestion_asset
@@ -30,7 +31,7 @@ def test_remote_engine_trains_the_same_models_as_the_local_engine(tmp_path):
         [build_ingestion_asset(SALES), build_training_asset(SALES)],
         resources={"storage": storage, "training": engine},
         partition_key="2026-11-17",
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=as_of_instance(SALES, "2026-11-17"),
     )
     assert result.success
     meta = result.asset_materializations_for_node("sales__candidate_models")[0].metadata

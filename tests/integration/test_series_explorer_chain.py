@@ -8,6 +8,7 @@ import re
 import dagster as dg
 import numpy as np
 import pytest
+from as_of import as_of_instance
 
 from mlops_assets.assets.evaluation import build_evaluation_asset
 from mlops_assets.assets.ingestion import build_ingestion_asset
@@ -41,7 +42,7 @@ def materialize(home, assets):
             "registry": registry,
         },
         partition_key=AS_OF,
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=as_of_instance(SALES, AS_OF),
         raise_on_error=False,
     )
     return result, storage

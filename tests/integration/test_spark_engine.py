@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from as_of import as_of_instance
 
 from mlops_assets.ml import persistence
 from mlops_assets.ml.engines import TIMING_COLUMNS, train_local, train_spark
@@ -118,7 +119,7 @@ def test_the_spark_engine_resource_trains_the_daily_asset_like_the_local_engine(
             [build_ingestion_asset(sales), build_training_asset(sales)],
             resources={"storage": storage, "training": engine},
             partition_key="2026-11-17",
-            instance=dg.DagsterInstance.ephemeral(),
+            instance=as_of_instance(sales, "2026-11-17"),
         )
         assert result.success
         meta = result.asset_materializations_for_node("sales__candidate_models")[0].metadata

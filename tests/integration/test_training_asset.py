@@ -6,6 +6,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from as_of import as_of_instance
 
 from mlops_assets.assets.ingestion import build_ingestion_asset
 from mlops_assets.assets.training import build_training_asset
@@ -31,7 +32,7 @@ def run(storage, spec, day, config=None, instance=None):
         resources={"storage": storage, "training": LocalTrainingEngine(max_workers=2)},
         partition_key=day,
         run_config=run_config,
-        instance=instance or dg.DagsterInstance.ephemeral(),
+        instance=as_of_instance(spec, day, instance=instance),
     )
     assert result.success
     meta = result.asset_materializations_for_node(f"{spec.name}__candidate_models")[0].metadata
@@ -76,7 +77,7 @@ def test_a_backfilled_as_of_date_trains_on_the_data_known_then(storage):
         [build_training_asset(SALES)],
         resources={"storage": storage, "training": LocalTrainingEngine(max_workers=1)},
         partition_key="2026-10-01",
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=as_of_instance(SALES, "2026-10-01"),
     )
     assert result.success
     pointer = read_pointer(storage, latest_pointer(SALES))

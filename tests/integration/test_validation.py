@@ -7,6 +7,7 @@ import json
 import dagster as dg
 import pyarrow.compute as pc
 import pytest
+from as_of import as_of_instance
 
 from mlops_assets.assets.checks import GAPS_CHECK
 from mlops_assets.assets.ingestion import build_ingestion_asset
@@ -63,6 +64,7 @@ def _run(spec, storage, executed):
     return dg.materialize(
         [build_ingestion_asset(spec), _probe(spec, executed)],
         partition_key=AS_OF,
+        instance=as_of_instance(spec, AS_OF),
         resources={"storage": storage},
         raise_on_error=False,
     )

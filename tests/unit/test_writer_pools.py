@@ -16,7 +16,13 @@ from mlops_assets.profiles import ensure_dagster_home, resources_for
 
 DEPLOY_CONFIG = Path(__file__).parents[2] / "deploy" / "dagster" / "dagster.yaml"
 
-WRITERS = {"curated", "candidate_models", "evaluation", "registered_model_set"}
+WRITERS = {
+    "curated",
+    "candidate_models",
+    "evaluation",
+    "registered_model_set",
+    "production_model_set",
+}
 
 
 def test_every_writer_of_a_dataset_holds_its_pool_and_readers_hold_none(tmp_path):
