@@ -18,8 +18,9 @@ class BlobRetry:
     waits ``initial_backoff_s + increment_base ** n`` seconds (the first one ``initial_backoff_s``),
     within ``jitter_s`` either way: with the defaults 1, 3, 5, 9, 17 s, about 35 s in all before
     the error reaches the caller. Every write is a whole-object Put or a commit of all blocks, so
-    a retry never leaves a partial object. ``docs/configuration.md`` lists the values.
-    """
+    a retry never leaves a partial object, and a Put whose answer was lost is simply repeated
+    (a create-if-absent write, ``overwrite=False``, would then fail with FileExistsError: no
+    lifecycle write uses one). ``docs/configuration.md`` lists the values."""
 
     total: int = 5  # retries of one call, whatever the cause
     connect: int = 3  # of them, after a connection could not be made or was reset

@@ -120,3 +120,5 @@ def test_a_full_disk_fails_clearly_and_keeps_the_last_good_state(
     assert result["temp_files"] == [] and result["listed_temp"] == []
     assert result["rerun"] == reference
     assert result["verified_after_failure"] != reference  # day one's models, not day two's
+    failed_at = error["message"].split(" at ", 1)[1].split(":", 1)[0].rsplit("/", 1)[-1]
+    print(f"\nFULL DISK {mechanism}: failed writing {failed_at}, rerun {result['rerun_s']}s")

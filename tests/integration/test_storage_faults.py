@@ -143,28 +143,20 @@ def digests(manifest) -> dict[str, str]:
     return dict(zip(ids, shas, strict=True))
 
 
-def test_transient_blob_faults_are_retried_and_leave_the_same_end_state(azurite, proxy, tmp_path):
+def timed_lifecycle(tmp_path: Path, azurite: Azurite, proxy: FaultProxy, faults: bool):
+    """The lifecycle on new dev and prod containers: its end state and how long it took."""
+    name = "faulty" if faults else "clean"
+    dev, prod = through(proxy, azurite, f"{name}-dev"), through(proxy, azurite, f"{name}-prod")
     started = time.perf_counter()
-    clean = lifecycle(
-        tmp_path / "clean",
-        through(proxy, azurite, "clean-dev"),
-        through(proxy, azurite, "clean-prod"),
-        proxy,
-        faults=False,
-    )
-    clean_s = time.perf_counter() - started
+    state = lifecycle(tmp_path / name, dev, prod, proxy, faults=faults)
+    return state, time.perf_counter() - started
+
+
+def test_transient_blob_faults_are_retried_and_leave_the_same_end_state(azurite, proxy, tmp_path):
+    clean, clean_s = timed_lifecycle(tmp_path, azurite, proxy, faults=False)
     assert proxy.faults() == []
     proxy.log.clear()
-
-    started = time.perf_counter()
-    faulty = lifecycle(
-        tmp_path / "faulty",
-        through(proxy, azurite, "faulty-dev"),
-        through(proxy, azurite, "faulty-prod"),
-        proxy,
-        faults=True,
-    )
-    faulty_s = time.perf_counter() - started
+    faulty, faulty_s = timed_lifecycle(tmp_path, azurite, proxy, faults=True)
     assert faulty == clean
 
     log = proxy.log
