@@ -15,11 +15,16 @@ Exactly once, across ticks, daemon restarts and the sensor being off:
   is lost or reset cannot score a drop version twice; an overwritten blob has a new etag, hence a
   new key and a new run.
 * **dynamic partition** per drop version (``<name relative to prefix>@<etag>``), added in the
-  same ``SensorResult`` as the run requests (atomic: both or neither). So a drop version whose
-  partition exists has been requested already and is skipped: with ``batch_size > 1`` (run key
-  ``batch:<digest>`` of the batch's drop versions, one run over the partition range) this is
-  what keeps a lost or reset cursor, which may cut batches differently, from scoring a drop
-  twice.
+  same ``SensorResult`` as the run requests. The daemon adds the partitions, then reserves the
+  runs with the tick, then creates and submits them; a daemon killed in between (``kill -9``)
+  resumes a tick whose runs were reserved, but not one killed before. So a drop version whose
+  partition exists is skipped only once its run is submitted (one drop per run): requested
+  again, a partition without a run gets one, and a run left NOT_STARTED is submitted by Dagster
+  (same run key, no second run). With ``batch_size > 1`` (run key ``batch:<digest>`` of the
+  batch's drop versions, one run over the partition range) a known partition is always
+  skipped, which keeps a lost or reset cursor, which may cut batches differently, from scoring
+  a drop twice; there a kill between the partitions and the runs (milliseconds) leaves those
+  drops unrequested (``docs/runbook.md``).
 
 Only complete drops are taken. Names a writer uses while it writes are ignored (``.tmp-*`` and
 other names starting with ``.``, ``_`` or ``~``, ``*.partial``, ``*._COPYING_``, ``*.tmp``), and
@@ -198,6 +203,15 @@ def run_requests(blobs: list[BlobInfo], keys: list[str], batch_size: int) -> lis
     return requests
 
 
+def _submitted(context: dg.SensorEvaluationContext, run_key: str) -> bool:
+    """A run holds ``run_key`` and was submitted. A daemon killed between adding a tick's
+    partitions and creating its runs leaves a partition without a run, and one killed between
+    creating a run and submitting it leaves the run NOT_STARTED; requesting the key again
+    creates the missing run, or makes Dagster submit the NOT_STARTED one (not a second run)."""
+    runs = context.instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
+    return bool(runs) and runs[0].status != dg.DagsterRunStatus.NOT_STARTED
+
+
 def make_blob_drop_sensor(
     job,
     partitions_def: dg.DynamicPartitionsDefinition,
@@ -237,10 +251,16 @@ def make_blob_drop_sensor(
                 cursor=after.dump(),
             )
         keys = [partition_key(b, config.prefix) for b in take]
-        known = context.instance.get_existing_dynamic_partitions(partitions_name, keys)
-        if known:  # requested by an earlier tick (a lost or reset cursor): not again
-            take = [b for b, k in zip(take, keys, strict=True) if k not in known]
-            keys = [k for k in keys if k not in known]
+        known = set(context.instance.get_existing_dynamic_partitions(partitions_name, keys))
+        if known:  # requested by an earlier tick (a lost or reset cursor): not again, unless
+            # that tick died before its run was submitted (one drop per run only)
+            done = {
+                k
+                for b, k in zip(take, keys, strict=True)
+                if k in known and (config.batch_size > 1 or _submitted(context, b.version_key))
+            }
+            take = [b for b, k in zip(take, keys, strict=True) if k not in done]
+            keys = [k for k in keys if k not in done]
         if not take:
             return dg.SensorResult(
                 skip_reason=f"{len(known)} drop version(s) under {config.prefix} already requested",
@@ -250,9 +270,10 @@ def make_blob_drop_sensor(
         context.log.info(
             f"{len(take)} new drop version(s) under {config.prefix} -> {len(requests)} run(s)"
         )
+        new = [k for k in keys if k not in known]
         return dg.SensorResult(
             run_requests=requests,
-            dynamic_partitions_requests=[partitions_def.build_add_request(keys)],
+            dynamic_partitions_requests=[partitions_def.build_add_request(new)] if new else [],
             cursor=after.dump(),
         )
 

@@ -2,10 +2,54 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import IO, Any
 
 from mlops_assets.storage.base import BlobInfo, Storage, check_name, check_prefix
 from mlops_assets.storage.ranged import open_ranged
+
+
+@dataclass(frozen=True)
+class BlobRetry:
+    """How Blob calls retry transient errors: the Azure SDK's own ``ExponentialRetry`` policy.
+
+    Retried by the SDK: connection errors and resets, read timeouts, 408 and 5xx but 501 and 505
+    (Blob Storage throttles with 503 ``ServerBusy``, or 500 ``OperationTimedOut``). The n-th retry
+    waits ``initial_backoff_s + increment_base ** n`` seconds (the first one ``initial_backoff_s``),
+    within ``jitter_s`` either way: with the defaults 1, 3, 5, 9, 17 s, about 35 s in all before
+    the error reaches the caller. Every write is a whole-object Put or a commit of all blocks, so
+    a retry never leaves a partial object, and a Put whose answer was lost is simply repeated
+    (a create-if-absent write, ``overwrite=False``, would then fail with FileExistsError: no
+    lifecycle write uses one). ``docs/configuration.md`` lists the values."""
+
+    total: int = 5  # retries of one call, whatever the cause
+    connect: int = 3  # of them, after a connection could not be made or was reset
+    read: int = 3  # after a read timed out or the connection dropped mid-response
+    status: int = 5  # after a retryable status (503 ServerBusy, 500, 408)
+    initial_backoff_s: float = 1.0
+    increment_base: float = 2.0
+    jitter_s: float = 0.5
+    connection_timeout_s: float = 20.0  # the SDK's default
+    read_timeout_s: float = 60.0  # per socket read: a stalled answer becomes a read retry
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """``retry_policy`` and timeouts for a Blob client's constructor."""
+        from azure.storage.blob import ExponentialRetry
+
+        policy = ExponentialRetry(
+            initial_backoff=self.initial_backoff_s,  # type: ignore[arg-type]  # floats work
+            increment_base=self.increment_base,  # type: ignore[arg-type]
+            retry_total=self.total,
+            random_jitter_range=self.jitter_s,  # type: ignore[arg-type]
+            retry_connect=self.connect,
+            retry_read=self.read,
+            retry_status=self.status,
+        )
+        return {
+            "retry_policy": policy,
+            "connection_timeout": self.connection_timeout_s,
+            "read_timeout": self.read_timeout_s,
+        }
 
 
 class AzureBlobStorage(Storage):
@@ -22,12 +66,14 @@ class AzureBlobStorage(Storage):
         prefix: str = "",
         connection_string: str | None = None,
         create_container: bool = False,
+        retry: BlobRetry | None = None,
     ):
         self.account_url = account_url
         self.container = container
         self.prefix = prefix
         self.connection_string = connection_string  # Azurite/tests only: never logged or shown
         self.create_container = create_container
+        self.retry = retry or BlobRetry()
         self._client: Any = None
 
     def __repr__(self) -> str:
@@ -45,15 +91,16 @@ class AzureBlobStorage(Storage):
         if self._client is None:
             from azure.storage.blob import ContainerClient
 
+            options = self.retry.client_kwargs()
             if self.connection_string:
                 client = ContainerClient.from_connection_string(
-                    self.connection_string, self.container
+                    self.connection_string, self.container, **options
                 )
             else:
                 from azure.identity import DefaultAzureCredential
 
                 client = ContainerClient(
-                    self.account_url, self.container, credential=DefaultAzureCredential()
+                    self.account_url, self.container, credential=DefaultAzureCredential(), **options
                 )
             if self.create_container and not client.exists():
                 from azure.core.exceptions import ResourceExistsError

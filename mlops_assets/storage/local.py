@@ -7,6 +7,7 @@ may belong to a write still under way), at most once per ``SWEEP_EVERY_S`` per f
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 import time
@@ -57,6 +58,23 @@ def _sweep_now(folder: Path) -> None:
         return
     _SWEPT[folder] = now
     sweep_stale_tmp(folder)
+
+
+# No space left, quota exceeded, or the process's file size limit (RLIMIT_FSIZE).
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _full_error(error: OSError, path: Path) -> OSError:
+    """The error a full disk gives a caller: which file, that nothing changed, what to do."""
+    if error.errno == errno.EFBIG:
+        what, todo = "file size limit reached", "raise the process's file size limit (ulimit -f)"
+    else:
+        what, todo = "disk full", "free space on that file system (or raise the quota)"
+    return OSError(
+        error.errno,
+        f"{what} at {path}: {todo}, then rerun; this write left nothing behind and the "
+        f"previous version of the file, if any, is unchanged ({os.strerror(error.errno or 0)})",
+    )
 
 
 # mkstemp creates 0600 files; a committed object gets the mode a plain open() would give it.
@@ -162,6 +180,17 @@ class LocalStorage(Storage):
         self, name: str, data: bytes, *, overwrite: bool = True, content_type: str | None = None
     ) -> BlobInfo:
         path = self._path(name)
+        try:
+            self._write(path, name, data, overwrite)
+        except OSError as e:
+            if e.errno in _FULL:
+                raise _full_error(e, path) from e
+            raise
+        return self._info(path, check_name(name))
+
+    def _write(self, path: Path, name: str, data: bytes, overwrite: bool) -> None:
+        """Temp file, fsync, rename (or link: create-if-absent). The temp file goes on any
+        error, a full disk included, so a failed write leaves nothing a sweep must find."""
         path.parent.mkdir(parents=True, exist_ok=True)
         _sweep_now(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
@@ -185,7 +214,6 @@ class LocalStorage(Storage):
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        return self._info(path, check_name(name))
 
     def delete(self, name: str) -> None:
         path = self._path(name)
