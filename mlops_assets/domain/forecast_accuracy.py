@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 
 import numpy as np
 import pandas as pd
@@ -37,11 +37,13 @@ def _bounds(spec: DatasetSpec) -> list[str]:
     return [b for level in spec.intervals.levels for b in bound_fields(level)]
 
 
-def _read_parquet(storage: Storage, prefix: str) -> list[pa.Table]:
+def _read_parquet(storage: Storage, prefix: str, since: datetime | None = None) -> list[pa.Table]:
     names = [
         b.name
         for b in storage.list(prefix)
-        if b.name.endswith(".parquet") and not b.name.rsplit("/", 1)[-1].startswith(".")
+        if b.name.endswith(".parquet")
+        and not b.name.rsplit("/", 1)[-1].startswith(".")
+        and (since is None or b.last_modified >= since)
     ]
     return [pq.read_table(io.BytesIO(storage.read_bytes(n))) for n in sorted(names)]
 
@@ -70,21 +72,40 @@ def _normalise(table: pa.Table, spec: DatasetSpec, time: str, version: str, sour
     return out
 
 
-def prediction_log(storage: Storage, spec: DatasetSpec) -> pd.DataFrame:
+def window_start(spec: DatasetSpec, as_of: str) -> pd.Timestamp:
+    """The first predicted period measured at ``as_of``: ``monitoring.lookback_periods``
+    periods of the spec's frequency before it."""
+    step = pd.tseries.frequencies.to_offset(spec.frequency)
+    return pd.Timestamp(as_of) - spec.monitoring.lookback_periods * step
+
+
+def prediction_log(
+    storage: Storage, spec: DatasetSpec, since: pd.Timestamp | None = None
+) -> pd.DataFrame:
     """Every scored prediction (batch outputs, then collected requests), one per series,
-    period and model set version (the last recorded wins)."""
+    period and model set version (the last recorded wins). With ``since``: only predicted
+    periods from ``since`` on, read from files written no earlier than a horizon before it."""
+    written_after = None
+    if since is not None:
+        step = pd.tseries.frequencies.to_offset(spec.frequency)
+        earliest = (since - spec.horizon * step).to_pydatetime()
+        written_after = earliest.replace(tzinfo=earliest.tzinfo or UTC)
     parts = [
         _normalise(t, spec, "time", "model_set_version", "batch")
-        for t in _read_parquet(storage, f"{batch_layout.root(spec.name)}predictions/")
+        for t in _read_parquet(
+            storage, f"{batch_layout.root(spec.name)}predictions/", written_after
+        )
     ]
     parts += [
         _normalise(t, spec, spec.time, "model_set_run", "served")
-        for t in _read_parquet(storage, f"{collected_prefix(spec.name)}/")
+        for t in _read_parquet(storage, f"{collected_prefix(spec.name)}/", written_after)
     ]
     parts = [p for p in parts if len(p)]
     if not parts:
         return pd.DataFrame(columns=["series_id", "time", "prediction", "model_set_version"])
     log = pd.concat(parts, ignore_index=True)
+    if since is not None:
+        log = log[log["time"] >= since]
     return log.drop_duplicates(["series_id", "time", "model_set_version"], keep="last")
 
 
@@ -187,7 +208,7 @@ def measure_accuracy(
     """Join every recorded prediction with the curated actuals known at ``as_of``, measure
     accuracy per series, step and model set version, judge each series against its backtest
     (``spec.monitoring``) and write the tables under ``output_prefix``."""
-    log = prediction_log(storage, spec)
+    log = prediction_log(storage, spec, window_start(spec, as_of))
     since = log["time"].min() if len(log) else None
     until = date.fromisoformat(as_of)
     truth = actuals(storage, spec, since.date() if since is not None else None, until)

@@ -330,6 +330,14 @@ class MonitoringSpec(BaseModel):
         description="At most this many degraded series are retrained by one run (the worst "
         "first); the rest wait for the next accuracy materialization.",
     )
+    lookback_periods: int = Field(
+        default=26,
+        ge=1,
+        description="Accuracy is measured on the predicted periods of the last this many "
+        "periods before the as-of date; prediction files written before that window (less "
+        "the horizon) are not read, so a day's measurement stays bounded however long the "
+        "project runs.",
+    )
 
 
 class DatasetSpec(BaseModel):

@@ -101,3 +101,45 @@ def test_a_series_without_a_backtest_is_never_degraded():
     joined = join_predictions(_log("s=a"), _truth("s=a", [50.0] * 4), _reference([]), SALES)
     judged = degraded_series(joined, ratio=1.5, min_points=1)
     assert judged["n"].tolist() == [4] and not judged["degraded"].any()
+
+
+def test_the_prediction_log_reads_only_the_lookback_window(tmp_path):
+    """A day's measurement reads predictions of the last ``lookback_periods`` periods, from
+    files written no earlier than a horizon before that window: old files are not opened."""
+    import io
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mlops_assets.domain import batch_layout
+    from mlops_assets.domain.forecast_accuracy import prediction_log, window_start
+    from mlops_assets.storage import LocalStorage
+
+    storage = LocalStorage(root=str(tmp_path))
+    as_of = "2026-11-30"
+    start = window_start(SALES, as_of)
+    assert start == pd.Timestamp(as_of) - pd.Timedelta(weeks=SALES.monitoring.lookback_periods)
+
+    def write(name, weeks, series="s=a"):
+        df = pd.DataFrame(
+            {"series_id": series, "time": weeks, "prediction": 1.0, "model_set_version": "v1"}
+        )
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf)
+        storage.write_bytes(name, buf.getvalue())
+        return tmp_path / name
+
+    root = f"{batch_layout.root(SALES.name)}predictions/"
+    inside = [start - pd.Timedelta(weeks=1), start, start + pd.Timedelta(weeks=1)]
+    write(f"{root}recent.parquet", [str(t.date()) for t in inside])
+    # An old file whose rows would fall in the window: skipped by its write time alone.
+    old = write(f"{root}old.parquet", [str(start.date())], series="s=b")
+    stamp = (start - pd.Timedelta(weeks=SALES.horizon + 1)).timestamp()
+    os.utime(old, (stamp, stamp))  # written long before the window
+
+    everything = prediction_log(storage, SALES)
+    assert len(everything) == 4
+    windowed = prediction_log(storage, SALES, start)
+    assert sorted(windowed["time"]) == [start, start + pd.Timedelta(weeks=1)]
+    assert set(windowed["series_id"]) == {"s=a"}
