@@ -27,17 +27,19 @@ class TagEnv(Env):
             setattr(self, name, MlflowRegistry(**{**old.model_dump(), "alias_mode": "tags"}))
 
 
-@pytest.fixture
-def tag_env(tmp_path) -> TagEnv:
-    env = TagEnv(tmp_path)
+@pytest.fixture(scope="module")
+def tag_env(tmp_path_factory) -> TagEnv:
+    """Two dev versions, promoted and rolled back by the registry's own scenario, in tag mode
+    (built once: the tests below only read it, or leave it as they found it)."""
+    env = TagEnv(tmp_path_factory.mktemp("tag-aliases"))
     register_first_version(env)
     env.curate(clean())
     assert env.run().success
+    promotion_and_rollback(env)
     return env
 
 
 def test_promotion_and_rollback_behave_as_with_native_aliases(tag_env):
-    promotion_and_rollback(tag_env)
     for registry in (tag_env.registry, tag_env.prod_registry):
         model = registry.client().get_registered_model(NAME)
         assert not model.aliases, "a native alias was set in tag mode"
@@ -49,7 +51,6 @@ def test_promotion_and_rollback_behave_as_with_native_aliases(tag_env):
 
 
 def test_serving_resolves_a_tag_alias(tag_env):
-    promotion_and_rollback(tag_env)
     prod = tag_env.prod_registry
     uri = prod.tracking_uri
     served = RegistrySource(uri, NAME, "production", tag_env.prod_storage, "tags").resolve()
