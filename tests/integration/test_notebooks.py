@@ -64,7 +64,12 @@ def test_notebook_runs(path, kernel_env):
     client = NotebookClient(
         nb, km=km, timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(ROOT)}}
     )
-    client.execute()
+    try:
+        client.execute()
+    finally:
+        # nbclient leaves a kernel it was handed running (it only stops kernels it made).
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
     errors = [
         out
         for cell in nb.cells
