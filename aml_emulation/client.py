@@ -34,13 +34,13 @@ class EmulatedMLClient:
 
     @functools.cached_property
     def online_endpoints(self) -> Any:
-        from aml_emulation.online import OnlineEndpointOperations  # type: ignore[import-not-found]
+        from aml_emulation.online import OnlineEndpointOperations
 
         return OnlineEndpointOperations(self.workspace, self.online_deployments)
 
     @functools.cached_property
     def online_deployments(self) -> Any:
-        from aml_emulation.online import OnlineDeploymentOperations  # type: ignore[import-not-found]
+        from aml_emulation.online import OnlineDeploymentOperations
 
         return OnlineDeploymentOperations(self.workspace, self.models)
 
