@@ -56,9 +56,8 @@ tools: .tools/azurite/node_modules/.bin/azurite-blob .tools/checkov/bin/checkov 
 demo: env ## Generate sample data, run the daily retrain and promotion, print the result table
 	@$(VENV)/bin/mlops demo
 
-dev: env ## Open the Dagster UI (webserver + daemon) on http://127.0.0.1:3000
-	@DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/python -c 'from pathlib import Path; from mlops_assets.profiles import ensure_dagster_home; ensure_dagster_home(Path("."))'
-	$(VENV)/bin/dg dev -h 127.0.0.1 -p 3000
+dev: env ## Open the Dagster UI (webserver + daemon) on http://127.0.0.1:3000, reports on :3001
+	@$(VENV)/bin/mlops dev --port 3000 --reports-port 3001
 
 check-defs: env ## Load and validate the code location (dg check defs)
 	$(VENV)/bin/dg check defs

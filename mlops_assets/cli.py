@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlops_assets.cli_backfill import add_parser as add_backfill_parser
+from mlops_assets.cli_dev import add_parser as add_dev_parser
 from mlops_assets.cli_remote import add_parsers as add_remote_parsers
 from mlops_assets.domain.batch_layout import inbox_prefix
 from mlops_assets.domain.curation import landing_prefix
@@ -351,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     azure.add_argument("--dry-run", action="store_true", help="print what it would check")
     azure.set_defaults(func=cmd_check_azure)
     add_remote_parsers(sub)
+    add_dev_parser(sub)
 
     return parser
 

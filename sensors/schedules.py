@@ -53,7 +53,9 @@ def make_daily_sensor(
         default_status=default_status,
         description=(
             f"Runs {job.name} every day at {hour:02d}:{minute:02d} UTC for that day's as-of "
-            f"date, adding it to the `{partitions.name}` partitions."
+            f"date, adding it to the `{partitions.name}` partitions. Turn it on to retrain "
+            "daily: once that time has passed today, today's run starts at its first tick "
+            "(within a minute). For another date, use the job's Materialize all… dialog."
         ),
     )
     def daily(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:

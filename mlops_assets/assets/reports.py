@@ -11,12 +11,13 @@ from mlops_assets.domain.series_explorer import (
 from mlops_assets.ml.persistence import ModelIntegrityError
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.partitions import as_of_partitions, run_as_of
+from mlops_assets.reporting.links import report_url
 from mlops_assets.storage import Storage
 
 
 def explorer_metadata(outcome: ExplorerOutcome, storage: Storage) -> dict:
     """The link to the page, what it holds, and a preview of it as Markdown."""
-    uri = storage.uri(outcome.name)
+    uri = report_url(storage, outcome.name)
     decisions = ", ".join(f"{k} {v}" for k, v in sorted(outcome.decisions.items()))
     models = ", ".join(f"{k} {v}" for k, v in sorted(outcome.models.items()))
     preview = (

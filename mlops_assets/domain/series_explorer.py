@@ -16,6 +16,7 @@ from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.reporting.explorer_data import explorer_payload
 from mlops_assets.reporting.explorer_page import render_explorer
+from mlops_assets.reporting.links import REPORTS_PREFIX
 from mlops_assets.storage import Storage
 
 
@@ -37,7 +38,7 @@ class ExplorerOutcome:
 
 
 def explorer_name(spec: DatasetSpec, as_of: str) -> str:
-    return f"reports/{spec.name}/series_explorer/{as_of}.html"
+    return f"{REPORTS_PREFIX}/{spec.name}/series_explorer/{as_of}.html"
 
 
 def write_explorer(storage: Storage, spec: DatasetSpec, as_of: str) -> ExplorerOutcome:

@@ -1,15 +1,15 @@
 """The operator's path through the Dagster UI, in a real browser.
 
-``dg dev`` (webserver + daemon) serves the code location from a fresh instance with a
-small landed sales dataset; headless Chromium (Debian's ``/usr/bin/chromium``, driven by
-Playwright) opens the job's asset graph, materializes every as-of partition (the one date that
-was added) from the launch dialog, waits for the run to succeed, and reads the asset checks and
-the training metadata back from the asset pages; it follows the lineage from the curated data through the candidates
-and the evaluation to the registered set, and opens the per-series explorer from its asset's
-``explorer`` link, searches a series and sees its chart. The as-of axis shows only the date that
-was added (``mlops backfill``, as the daily sensor does for today), and the lineage runs on from
-the registered set to the production set (promoted through ``sales_promote_to_prod``) and on to
-QA, deployment and batch predictions. Screenshots go to ``test-artifacts/`` (git-ignored).
+``mlops dev`` (``dg dev``: webserver + daemon, and the reports served over HTTP) serves the code
+location from a fresh instance with a small landed sales dataset. Headless Chromium (Debian's
+``/usr/bin/chromium``, driven by Playwright) starts the daily sensor with one click: it adds
+today's as-of date and launches the daily retrain. The test waits for that run to succeed and
+reads the asset checks and the training metadata back from the asset pages. It checks that the
+job's launch dialog offers exactly the one date that exists (not a calendar), follows the lineage
+from the curated data through the candidates and the evaluation to the registered set and on to
+the production set (promoted through ``sales_promote_to_prod``), QA, deployment and batch
+predictions, and opens the per-series explorer over HTTP from its asset's ``explorer`` link,
+searches a series and sees its chart. Screenshots go to ``test-artifacts/`` (git-ignored).
 """
 
 from __future__ import annotations
@@ -97,19 +97,20 @@ def dagster_ui(tmp_path_factory) -> Iterator[str]:
         "MLOPS_HOME": str(home),
         "DAGSTER_HOME": str(dagster_home),
         "MLOPS_PROFILE": "local",
+        "MLOPS_RETRAIN_HOUR": "0",  # the daily sensor's run is due as soon as it is started
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    for args in (
-        ["generate", "sales", "--series", "20", "--periods", "120"],
-        ["backfill", "--dataset", "sales", "--from", AS_OF],  # the one as-of date that exists
-    ):
-        subprocess.run(
-            [str(BIN / "mlops"), *args], env=env, check=True, capture_output=True, timeout=120
-        )
+    subprocess.run(
+        [str(BIN / "mlops"), "generate", "sales", "--series", "20", "--periods", "120"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     port = _free_port()
     log = (home / "dagster-dev.log").open("w")
     proc = subprocess.Popen(
-        [str(BIN / "dg"), "dev", "-h", "127.0.0.1", "-p", str(port)],
+        [str(BIN / "mlops"), "dev", "--port", str(port), "--reports-port", "0"],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -178,11 +179,20 @@ def _wait_for_run(base: str, run_id: str) -> str:
     return status
 
 
-def _run_id_for(base: str, prefix: str) -> str:
-    data = _graphql(base, "{ runsOrError { ... on Runs { results { runId jobName } } } }")
-    ids = [r["runId"] for r in data["runsOrError"]["results"] if r["runId"].startswith(prefix)]
-    assert len(ids) == 1, data
-    return ids[0]
+def _daily_run_id(base: str, timeout_s: float = 120) -> str:
+    """The run the daily sensor launched (tag ``mlops/trigger: daily``), once there is one."""
+    query = """{ runsOrError(filter: {tags: [{key: "mlops/trigger", value: "daily"}]}) {
+        ... on Runs { results { runId jobName tags { key value } } } } }"""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = _graphql(base, query)["runsOrError"]["results"]
+        if runs:
+            assert len(runs) == 1, runs
+            tags = {t["key"]: t["value"] for t in runs[0]["tags"]}
+            assert runs[0]["jobName"] == JOB and tags["dagster/partition"] == AS_OF, runs
+            return runs[0]["runId"]
+        time.sleep(1)
+    pytest.fail(f"the daily sensor launched no run within {timeout_s:.0f} s")
 
 
 def _screenshot_asset_graph(page, base: str, path: Path) -> None:
@@ -305,6 +315,22 @@ def _only_the_added_dates_are_partitions(page, base: str, path: Path) -> None:
     page.screenshot(path=str(path))
 
 
+def _the_launch_dialog_offers_the_added_date(page, base: str) -> None:
+    """A run for another date: the job's launch dialog, whose "All" is the one added date."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{base}/locations/mlops_assets/jobs/{JOB}")
+    # The job's graph shows its assets grouped by stage.
+    expect(page.get_by_text("sales_ingestion", exact=True).first).to_be_visible()
+    page.get_by_role("button", name="Materialize all…").click()
+    dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize")
+    dialog.get_by_role("button", name="All", exact=True).click()
+    expect(dialog.get_by_text("1 partition", exact=True)).to_be_visible()
+    expect(dialog.get_by_text(AS_OF, exact=True).first).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "ui-launch-dialog.png"))
+    page.keyboard.press("Escape")
+
+
 def _open_the_explorer(page, base: str) -> None:
     """From the explorer asset's page, follow its ``explorer`` link; search one series."""
     from playwright.sync_api import expect
@@ -314,8 +340,10 @@ def _open_the_explorer(page, base: str) -> None:
     link = page.locator('a[href*="series_explorer/"]').first
     expect(link).to_be_attached()
     page.screenshot(path=str(ARTIFACTS / "ui-explorer-asset.png"))
-    # A file:// page opens in its own tab (browsers do not follow file links from http pages).
-    page.goto(link.get_attribute("href") or "")
+    # `mlops dev` serves the reports over HTTP, so the link opens from the UI's page.
+    href = link.get_attribute("href") or ""
+    assert href.startswith("http://127.0.0.1:") and href.endswith(f"/{AS_OF}.html"), href
+    page.goto(href)
     series = "store=S0000/product=P012"
     page.locator("#search").fill("s0000 p012")
     expect(page.locator("#count")).to_have_text("1 of 20 series")
@@ -341,22 +369,15 @@ def test_launch_the_daily_retrain_from_the_ui_and_read_its_checks(dagster_ui):
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.set_default_timeout(60_000)
             expect.set_options(timeout=60_000)
-            page.goto(f"{dagster_ui}/locations/mlops_assets/jobs/{JOB}")
-            expect(page.get_by_role("button", name="Materialize all…")).to_be_visible()
-            # The job's graph shows its assets grouped by stage.
-            expect(page.get_by_text("sales_ingestion", exact=True).first).to_be_visible()
-
-            page.get_by_role("button", name="Materialize all…").click()
-            dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize")
-            # "All" of the as-of axis is the one date that was added, not a calendar.
-            dialog.get_by_role("button", name="All", exact=True).click()
-            expect(dialog.get_by_text("1 partition", exact=True)).to_be_visible()
-            expect(dialog.get_by_text(AS_OF, exact=True).first).to_be_visible()
-            page.screenshot(path=str(ARTIFACTS / "ui-launch-dialog.png"))
-            dialog.get_by_role("button", name="Launch 1 run").click()
-            toast = page.get_by_text("Launched run")
-            expect(toast).to_be_visible()
-            run_id = _run_id_for(dagster_ui, toast.inner_text().split()[-1])
+            # One click: starting the daily sensor adds today's date and launches its run.
+            page.goto(f"{dagster_ui}/locations/mlops_assets/sensors/{JOB}_sensor")
+            expect(page.get_by_text(f"Runs {JOB} every day").first).to_be_visible()
+            switch = page.locator("input[type=checkbox]").first
+            expect(switch).not_to_be_checked()
+            switch.locator("xpath=..").click()  # the switch's label; its input is hidden
+            expect(switch).to_be_checked()
+            page.screenshot(path=str(ARTIFACTS / "ui-daily-sensor.png"))
+            run_id = _daily_run_id(dagster_ui)
 
             status = _wait_for_run(dagster_ui, run_id)
             page.goto(f"{dagster_ui}/runs/{run_id}")
@@ -385,6 +406,7 @@ def test_launch_the_daily_retrain_from_the_ui_and_read_its_checks(dagster_ui):
                 page.get_by_text("each series keeps the candidate family", exact=False)
             ).to_be_visible()
 
+            _the_launch_dialog_offers_the_added_date(page, dagster_ui)
             _screenshot_asset_graph(page, dagster_ui, ARTIFACTS / "ui-asset-graph.png")
             _screenshot_lineage(page, dagster_ui, ARTIFACTS / "ui-lineage.png")
             _only_the_added_dates_are_partitions(
