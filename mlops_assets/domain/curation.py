@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlops_assets.domain.curated_store import CuratedStore, MergeStats
+from mlops_assets.domain.ingest_journal import IngestJournal, Journal
 from mlops_assets.domain.ledger import DropLedger, DropOutcome, safe_name
 from mlops_assets.faults import fault_point
 from mlops_assets.ml.drops import DropRejected, ParsedDrop, parse_drop
@@ -235,6 +236,15 @@ def ingest(
     phases = Phases()
     as_of = gate.as_of if gate is not None and as_of is None else as_of
     store = CuratedStore(storage, spec, n_shards)
+    journal = IngestJournal(storage, spec)
+    drops = list(drops)
+    finished: IngestResult | None = None
+    earlier = journal.read()
+    if earlier is not None:  # a crash interrupted that ingestion: finish it first
+        versions = earlier.versions()
+        with phases("resume"):
+            finished = _finish(store, journal, earlier, drops, run_id, on_drop, as_of)
+        drops = [d for d in drops if (d.name, d.etag) not in versions]
     outcomes: list[DropOutcome] = []
     good: list[pa.Table] = []
     sources: list[np.ndarray] = []  # each good row's index in ``outcomes``
@@ -260,17 +270,94 @@ def ingest(
                 sources.append(np.full(check.kept.num_rows, len(outcomes) - 1))
                 if gate is not None:
                     gate.accept(check.kept)
+    merge = MergeStats()
     with phases("merge"):
-        merge = (
-            store.merge(pa.concat_tables(good), np.concatenate(sources)) if good else MergeStats()
-        )
+        entry = journal.begin(outcomes, quarantined_files) if outcomes else None
+        if entry is not None and good:
+            new = pa.concat_tables(good)
+            merge = store.merge(new, np.concatenate(sources), merge_id=entry.merge_id)
+    if entry is not None:
+        _record(storage, spec, journal, entry, merge, on_drop)
+    if finished is not None:
+        outcomes = finished.outcomes + outcomes
+        merge = _sum_stats(finished.merge, merge, len(finished.outcomes))
+    return IngestResult(outcomes=outcomes, merge=merge, seconds=phases.seconds, deferred=deferred)
+
+
+def _record(
+    storage: Storage,
+    spec: DatasetSpec,
+    journal: IngestJournal,
+    entry: Journal,
+    merge: MergeStats,
+    on_drop: Callable[[DropOutcome], None] | None,
+    *,
+    resume: bool = False,
+    run_id: str | None = None,
+) -> None:
+    """The merged ingestion's ledger entries (after a crash, ``resume``: those not recorded
+    yet, by the run that finished them), then the quarantined files' deletes from landing, then
+    the end of its journal."""
     ledger = DropLedger(storage, spec)
-    for j, o in enumerate(outcomes):
+    recorded = ledger.seen() if resume else set()
+    for j, o in enumerate(entry.outcomes):
+        if (o.drop, o.etag) in recorded:
+            continue
         o.rows_replaced = merge.replaced_by_source.get(j, 0)
+        if resume:
+            o.run_id = run_id
         ledger.record(o)
         fault_point("ledger")
         if on_drop:
             on_drop(o)
-    for name in quarantined_files:
+    for name in entry.quarantined_files:
         storage.delete(name)
-    return IngestResult(outcomes=outcomes, merge=merge, seconds=phases.seconds, deferred=deferred)
+    journal.end()
+
+
+def _finish(
+    store: CuratedStore,
+    journal: IngestJournal,
+    earlier: Journal,
+    drops: list[BlobInfo],
+    run_id: str | None,
+    on_drop: Callable[[DropOutcome], None] | None,
+    as_of: date | datetime | str | None,
+) -> IngestResult:
+    """Finish the ingestion a crash interrupted (``ingest_journal``): the journal's outcomes,
+    its shards kept or merged again from the same drops, the ledger completed."""
+    storage, spec = store.storage, store.spec
+    index = {(o.drop, o.etag): j for j, o in enumerate(earlier.outcomes)}
+    recorded = DropLedger(storage, spec).seen()
+    good: list[pa.Table] = []
+    sources: list[np.ndarray] = []
+    # Ledger entries are written after the last shard: with one of them there, the merge ended.
+    if not recorded & set(index):
+        for info in drops:
+            j = index.get((info.name, info.etag))
+            if j is None or not earlier.outcomes[j].rows_curated:
+                continue
+            scratch = DropOutcome(drop=info.name, etag=info.etag, size=info.size, status="")
+            # Row rules only: the journal holds the gate's verdict, taken on the state before
+            # the crash; these rows' shards are unchanged since, so they curate the same.
+            check = _curate_one(storage, spec, info, scratch, None, as_of)
+            if check.kept.num_rows:
+                good.append(store.conform(check.kept))
+                sources.append(np.full(check.kept.num_rows, j))
+    new = pa.concat_tables(good) if good else store.conform(spec.arrow_schema.empty_table())
+    src = np.concatenate(sources) if sources else np.zeros(0, np.int64)
+    merge = store.merge(new, src, merge_id=earlier.merge_id, resume=True)
+    _record(storage, spec, journal, earlier, merge, on_drop, resume=True, run_id=run_id)
+    return IngestResult(outcomes=earlier.outcomes, merge=merge)
+
+
+def _sum_stats(first: MergeStats, second: MergeStats, offset: int) -> MergeStats:
+    """Two merges' stats as one, the second's sources numbered after the first's ``offset``."""
+    by_source = dict(first.replaced_by_source)
+    by_source.update({j + offset: c for j, c in second.replaced_by_source.items()})
+    return MergeStats(
+        rows_added=first.rows_added + second.rows_added,
+        rows_replaced=first.rows_replaced + second.rows_replaced,
+        shards_written=first.shards_written + second.shards_written,
+        replaced_by_source=by_source,
+    )

@@ -152,6 +152,10 @@ def train_candidate(
         TrainingInputError: No curated rows up to ``as_of``, or unknown chosen series.
     """
     phases = Phases()
+    with phases("sweep"):
+        swept = ms.sweep_unfinished_sets(storage, spec)
+    if swept:
+        log(f"removed {len(swept)} unfinished set folder(s) a crashed run left: {swept[:3]}")
     with phases("read"):
         table = CuratedStore(storage, spec).read(until=pd.Timestamp(as_of).date())
         if table.num_rows == 0:

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -281,13 +282,6 @@ def ledger_counts(home: Path) -> dict[str, tuple]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the curated rows are the same, but the ledger of a drop re-applied after a crash "
-    "counts the rows the crashed run had curated as duplicates (a re-delivery), not as curated: "
-    "shards and ledger entries are separate writes, and making the rerun reproduce the first "
-    "attempt's counts needs a recorded merge plan (issue 18, item 1, left open)",
-)
 @pytest.mark.parametrize("point", ["curated.shard", "ledger"])
 def test_a_rerun_ingestion_records_the_uninterrupted_counts(stages, tmp_path, point):
     case = next(c for c in CASES if c.point == point)
@@ -311,3 +305,26 @@ def test_an_interrupted_registration_is_removed_after_its_grace(stages, tmp_path
     assert registry.recover_interrupted(NAME) == [2]
     assert [v.version for v in registry.list_versions(NAME)] == [1, 3]
     assert registry.get_alias(NAME).version == 3
+
+
+@pytest.mark.parametrize("point", ["model_set.pack", "model_set.manifest"])
+def test_the_set_folder_a_crashed_training_left_is_swept_after_its_grace(stages, tmp_path, point):
+    """The crashed run's folder (no ref file: unreachable) stays while a run might still be
+    writing it, and the first training past the grace removes it, and nothing else."""
+    home = copy_home(stages["ingested"], tmp_path / "home")
+    case = next(c for c in CASES if c.point == point)
+    assert crash(home, case).returncode == faults.EXIT_CODE
+    storage = fc.dev(home)
+    crashed = f"{ms.set_folder(fc.SPEC, fc.DAY2)}/{case.step[2][:8]}"
+    assert list(ms.unfinished_sets(storage, fc.SPEC, grace_s=0)) == [crashed]
+    assert ms.unfinished_sets(storage, fc.SPEC) == {}  # within the default grace (an hour)
+    run_step(home, case.rerun)  # within the grace: kept
+    assert storage.list(f"{crashed}/")
+    finished = {b.name for b in storage.list("models/") if not b.name.startswith(crashed)}
+    later = datetime.now(UTC) + timedelta(hours=2)
+    assert ms.sweep_unfinished_sets(storage, fc.SPEC, now=later) == [crashed]
+    assert storage.list(f"{crashed}/") == []
+    assert {b.name for b in storage.list("models/")} == finished
+    latest = ms.read_pointer(storage, ms.latest_pointer(fc.SPEC))
+    assert latest is not None
+    assert ms.verify_models(storage, ms.read_manifest(storage, latest)) > 0

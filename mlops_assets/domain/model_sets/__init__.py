@@ -34,6 +34,7 @@ from mlops_assets.domain.model_sets.layout import (
 )
 from mlops_assets.domain.model_sets.ref import ModelSetError, ModelSetRef, sha256
 from mlops_assets.domain.model_sets.release import ReleaseRecord, read_release, write_release
+from mlops_assets.domain.model_sets.sweep import sweep_unfinished_sets, unfinished_sets
 
 __all__ = [
     "REF_FILE",
@@ -58,6 +59,8 @@ __all__ = [
     "release_pointer",
     "set_folder",
     "sha256",
+    "sweep_unfinished_sets",
+    "unfinished_sets",
     "verify_models",
     "write_model_set",
     "write_pointer",
