@@ -130,7 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
             routing.stats["unroutable"] += 1
             self._error(int(picked[0]), str(picked[1]))
             return
-        name, port, timeout = picked  # type: ignore[misc]
+        name, port, timeout = picked
         try:
             status, out_headers, out = _forward(
                 port, self.command, self.path, body, headers, timeout
@@ -154,7 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
         picked = routing.acquire(target)
         if isinstance(picked[0], int):
             return
-        name, port, timeout = picked  # type: ignore[misc]
+        name, port, timeout = picked
         method, path = self.command, self.path
 
         def send() -> None:

@@ -32,7 +32,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from azure.ai.ml._artifacts._constants import CHANGED_ASSET_PATH_MSG
 from azure.ai.ml._utils._endpoint_utils import validate_scoring_script
@@ -72,7 +72,7 @@ ARM_WORKSPACE = (
     "Microsoft.MachineLearningServices/workspaces/emulated"
 )
 _DATASTORE_URI = re.compile(r"^azureml://(?:.*/)?datastores/(?P<store>[^/]+)/paths/(?P<path>.*)$")
-_INVOKE_ERRORS: dict[int, type[HttpResponseError]] = {
+_INVOKE_ERRORS: dict[int, Any] = {
     401: ClientAuthenticationError,
     404: ResourceNotFoundError,
     408: ServiceRequestTimeoutError,
@@ -91,7 +91,8 @@ class Poller:
     raised by ``result``."""
 
     def __init__(self, work: Callable[[], Any] | None = None, value: Any = None):
-        self._value, self._error = value, None
+        self._value = value
+        self._error: Exception | None = None
         self._done = threading.Event()
         if work is None:
             self._done.set()
@@ -139,23 +140,24 @@ class ModelOperations:
         self._ws.record("models.create_or_update", copy.deepcopy(model))
         model._to_rest_object()  # noqa: SLF001 - the SDK's own serialisation (refuses what it cannot send)
         self.local_path(str(model.path))
+        name = str(model.name)
         with self._lock:
-            versions = [v for n, v in self._models if n == model.name]
+            versions = [v for n, v in self._models if n == name]
             version = str(model.version) if model.version else str(len(versions) + 1)
-            existing = self._models.get((model.name, version))
+            existing = self._models.get((name, version))
             if existing is not None and str(existing.path) != str(model.path):
                 msg = CHANGED_ASSET_PATH_MSG.format(name=model.name, version=version)
                 raise AssetPathException(
                     message=msg,
-                    target=ErrorTarget.MODEL,
+                    target=cast(Any, ErrorTarget.MODEL),
                     no_personal_data_message="The model asset is already linked to an asset.",
-                    error_category=ErrorCategory.USER_ERROR,
+                    error_category=cast(Any, ErrorCategory.USER_ERROR),
                 )
             stored = copy.deepcopy(existing or model)
             stored.version = version
             stored.tags = dict(model.tags or {})
             stored.description = model.description
-            self._models[(model.name, version)] = stored
+            self._models[(name, version)] = stored
             return copy.deepcopy(stored)
 
     def get(self, name: str, version: str | None = None, label: str | None = None) -> Model:
@@ -202,7 +204,8 @@ class ModelOperations:
 
 @dataclass
 class _Deployment:
-    entity: OnlineDeployment
+    rest: Any  # the deployment as the service keeps it (the SDK's REST model)
+    timeout_s: float  # request_timeout_ms
     state: str = "Creating"
     process: InferenceProcess | None = None  # the one serving
     last: InferenceProcess | None = None  # the latest started (its log is get_logs')
@@ -269,7 +272,7 @@ class OnlineDeploymentOperations:
         if code is not None and not skip_script_validation:
             validate_scoring_script(deployment)
         ep = self.state.endpoint(str(deployment.endpoint_name))
-        rest = deployment._to_rest_object(location=LOCATION)  # noqa: SLF001 - the SDK's name validation
+        rest = cast(Any, deployment)._to_rest_object(location=LOCATION)  # noqa: SLF001 - the SDK's name validation
         if not isinstance(deployment, KubernetesOnlineDeployment) or not isinstance(
             ep.entity, KubernetesOnlineEndpoint
         ):
@@ -281,15 +284,15 @@ class OnlineDeploymentOperations:
         model = self._models.resolve(str(deployment.model))
         name = str(deployment.name)
         rest.id = f"{ARM_WORKSPACE}/onlineEndpoints/{ep.entity.name}/deployments/{name}"
+        rest.name = name
         rest.properties.provisioning_state = "Creating"
         folder = self._ws.root / "online" / str(ep.entity.name) / name
         with self.state.lock:
             self._started += 1
-            dep = ep.deployments.setdefault(
-                name,
-                _Deployment(OnlineDeployment._from_rest_object(rest)),  # noqa: SLF001
-            )
-            dep.entity, dep.state = OnlineDeployment._from_rest_object(rest), "Creating"  # noqa: SLF001
+            dep = ep.deployments.get(name)
+            if dep is None:
+                dep = ep.deployments[name] = _Deployment(rest, timeout_s=_timeout_s(deployment))
+            dep.rest, dep.state, dep.timeout_s = rest, "Creating", _timeout_s(deployment)
             proc = InferenceProcess(
                 code_dir=(Path(deployment.base_path) / str(code.code)).resolve(),
                 scoring_script=str(code.scoring_script),
@@ -309,7 +312,7 @@ class OnlineDeploymentOperations:
         self, ep: _Endpoint, dep: _Deployment, proc: InferenceProcess, within_s: float
     ) -> OnlineDeployment:
         why = proc.wait_ready(within_s)
-        name = str(dep.entity.name)
+        name = str(dep.rest.name)
         if why is not None:
             proc.stop()
             dep.state = "Failed"
@@ -318,7 +321,7 @@ class OnlineDeploymentOperations:
                 f"Last log lines:\n{proc.log_tail(5)}"
             )
         previous, dep.process = dep.process, proc
-        ep.routing.add(name, proc.port, _timeout_s(dep.entity))
+        ep.routing.add(name, proc.port, dep.timeout_s)
         dep.state = "Succeeded"
         if previous is not None:
             previous.stop()  # SIGTERM: gunicorn finishes the requests it has, then exits
@@ -327,9 +330,9 @@ class OnlineDeploymentOperations:
     def get(self, name: str, endpoint_name: str, **kwargs: Any) -> OnlineDeployment:
         with self.state.lock:
             dep = self.state.deployment(name, endpoint_name)
-            out = copy.deepcopy(dep.entity)
-            out.provisioning_state = dep.state
-            return out
+            dep.rest.properties.provisioning_state = dep.state
+            entity = OnlineDeployment._from_rest_object(copy.deepcopy(dep.rest))  # noqa: SLF001
+            return cast(OnlineDeployment, entity)
 
     def list(self, endpoint_name: str, **kwargs: Any) -> list[OnlineDeployment]:
         with self.state.lock:
@@ -390,7 +393,7 @@ class OnlineEndpointOperations:
             rest.properties.mirror_traffic = dict(ep.routing.mirror)
             rest.properties.scoring_uri = f"{ep.front.url}/score"
             rest.properties.provisioning_state = "Succeeded"
-            rest.id = f"{ARM_WORKSPACE}/onlineEndpoints/{name}"
+            rest.id, rest.name = f"{ARM_WORKSPACE}/onlineEndpoints/{name}", name
             return OnlineEndpoint._from_rest_object(rest)  # noqa: SLF001
 
     def list(self, **kwargs: Any) -> list[OnlineEndpoint]:
@@ -404,9 +407,9 @@ class OnlineEndpointOperations:
         # What the SDK does before it sends the endpoint, then its own validation.
         endpoint.traffic = _strip_zeroes_from_traffic(endpoint.traffic or {})
         endpoint.mirror_traffic = _strip_zeroes_from_traffic(endpoint.mirror_traffic or {})
-        endpoint._to_rest_online_endpoint(location=LOCATION)  # noqa: SLF001
         if not isinstance(endpoint, KubernetesOnlineEndpoint):
             raise bad_request("the emulation has Kubernetes online endpoints only")
+        endpoint._to_rest_online_endpoint(location=LOCATION)  # noqa: SLF001
         compute = self._ws.compute(str(endpoint.compute).split("/")[-1])
         if not isinstance(compute, KubernetesCompute):
             raise bad_request(f"compute {endpoint.compute} is not an attached Kubernetes compute")
@@ -420,7 +423,7 @@ class OnlineEndpointOperations:
                 routing = Routing(keys=(secrets.token_urlsafe(24), secrets.token_urlsafe(24)))
                 ep = _Endpoint(endpoint, routing, EndpointFront(routing))
                 self.state.endpoints[name] = ep
-            elif str(ep.entity.compute).split("/")[-1] != compute.name:
+            elif str(getattr(ep.entity, "compute", "")).split("/")[-1] != compute.name:
                 raise bad_request(f"the compute of endpoint {name} cannot be changed")
             ep.entity = endpoint
             ep.routing.set(traffic, mirror)
@@ -463,10 +466,10 @@ class OnlineEndpointOperations:
                 msg = f"Deployment name {deployment_name} not found for this endpoint"
                 raise ValidationException(
                     message=msg,
-                    target=ErrorTarget.ONLINE_ENDPOINT,
+                    target=cast(Any, ErrorTarget.ONLINE_ENDPOINT),
                     no_personal_data_message="Deployment name not found for this endpoint",
-                    error_category=ErrorCategory.USER_ERROR,
-                    error_type=ValidationErrorType.RESOURCE_NOT_FOUND,
+                    error_category=cast(Any, ErrorCategory.USER_ERROR),
+                    error_type=cast(Any, ValidationErrorType.RESOURCE_NOT_FOUND),
                 )
         endpoint = self.get(endpoint_name)
         headers = {

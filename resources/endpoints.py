@@ -375,12 +375,15 @@ def deployment_entity(
 
 
 def traffic_stages(old: str | None, new: str, stages: list[int]) -> list[dict[str, int]]:
-    """The endpoint traffic after each stage: ``[{blue: 90, green: 10}, ..., {green: 100}]``."""
-    out = []
+    """The endpoint traffic after each stage: ``[{blue: 90, green: 10}, ..., {green: 100}]``.
+
+    With nothing live, one stage: ``{new: 100}`` (an endpoint's traffic sums to 0 or 100)."""
+    out: list[dict[str, int]] = []
     for p in stages:
         if not 0 < p <= 100:
             raise ValueError(f"traffic stage {p} is not in (0, 100]")
-        out.append({new: p} if old is None else {old: 100 - p, new: p})
+        if old is not None:
+            out.append({old: 100 - p, new: p})
     if not out or out[-1].get(new) != 100:
         out.append({new: 100} if old is None else {old: 0, new: 100})
     return out
@@ -566,7 +569,7 @@ class AmlRolloutOps(RolloutOps):
 
         if color is not None:
             dep = self.ml.online_deployments.get(name=color, endpoint_name=self.name)
-            state = getattr(dep, "provisioning_state", "Succeeded")
+            state = str(getattr(dep.provisioning_state, "value", dep.provisioning_state))
             if state != "Succeeded":
                 logs = self.ml.online_deployments.get_logs(
                     name=color, endpoint_name=self.name, lines=LOG_LINES
