@@ -28,11 +28,14 @@ class EmulatedWorkspace:
             ``KubernetesCompute``), by name.
         env: Environment variables every executed job or deployment process gets, beside its
             own (e.g. the Azurite connection the stand-in for the workspace's storage uses).
+        datastores: Local folders standing for the workspace's datastores, by name:
+            ``azureml://datastores/<name>/paths/<path>`` is ``datastores[name] / path``.
     """
 
     root: Path
     computes: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    datastores: dict[str, Path] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -45,6 +45,7 @@ from mlops_assets.serving.settings import ServingSettings
 from mlops_assets.storage import LocalStorage
 
 COLORS = ("blue", "green")
+LOG_LINES = 20  # of a failed deployment's log, in the release error
 SCORING_SCRIPT = "mlops_assets/serving/score.py"
 
 
@@ -197,7 +198,29 @@ class LocalEndpoint(EndpointResource):
 # ---- Azure ML (AKS) ----------------------------------------------------------------------------
 
 
-def endpoint_entity(name: str, compute: str, *, traffic: dict | None = None, tags=None):
+def identity_entity(kind: str, resource_id: str | None = None):
+    """The endpoint's managed identity: ``system_assigned``, ``user_assigned`` (with the
+    identity's ARM resource id) or ``none``; pods use it to read the model and write the
+    collected requests (docs/azure.md lists its roles)."""
+    from azure.ai.ml.entities import IdentityConfiguration, ManagedIdentityConfiguration
+
+    if kind == "none":
+        return None
+    if kind == "system_assigned":
+        return IdentityConfiguration(type="system_assigned")
+    if kind == "user_assigned":
+        if not resource_id:
+            raise ValueError("a user-assigned identity needs its resource id")
+        return IdentityConfiguration(
+            type="user_assigned",
+            user_assigned_identities=[ManagedIdentityConfiguration(resource_id=resource_id)],
+        )
+    raise ValueError(f"identity {kind!r} is not system_assigned, user_assigned or none")
+
+
+def endpoint_entity(
+    name: str, compute: str, *, traffic: dict | None = None, tags=None, identity=None
+):
     from azure.ai.ml.entities import KubernetesOnlineEndpoint
 
     return KubernetesOnlineEndpoint(
@@ -205,9 +228,19 @@ def endpoint_entity(name: str, compute: str, *, traffic: dict | None = None, tag
         compute=compute,
         auth_mode="key",  # key or aml_token on Kubernetes; aad_token is managed-only
         traffic=traffic or {},
+        identity=identity,
         description="Many-models real-time scoring (mlops-assets): one model set per deployment.",
         tags=tags or {},
     )
+
+
+def model_version(release: ModelSetRelease) -> str:
+    """The AML model version of a release: the registry version and the manifest digest.
+
+    Versions of an AML model are immutable, and dev and prod registries (or a re-registered
+    version) can reuse a number for other content: with the digest in it, one AML version
+    always means one model set, and releasing the same set again finds it."""
+    return f"{release.version}-{release.ref.manifest_sha256[:16]}"
 
 
 def model_entity(release: ModelSetRelease, path: str):
@@ -215,11 +248,15 @@ def model_entity(release: ModelSetRelease, path: str):
 
     return Model(
         name=f"{release.dataset}-models",
-        version=str(release.version),
+        version=model_version(release),
         path=path,
         type="custom_model",
         description=f"{release.dataset} model set (manifest + packs), as registered in MLflow.",
-        tags={"folder": release.folder, "manifest_sha256": release.ref.manifest_sha256},
+        tags={
+            "folder": release.folder,
+            "manifest_sha256": release.ref.manifest_sha256,
+            "registry_version": str(release.version),
+        },
     )
 
 
@@ -247,6 +284,27 @@ class DeploymentSettings:
     min_instances: int = 2
     max_instances: int = 10
     target_utilization_percentage: int = 70
+    app_insights_enabled: bool = False  # the inference server's logs and metrics to App Insights
+    # Request collection (serving/collector.py): the share of requests kept, and the storage
+    # they go to as Storage.config() (the prod storage, where the inference summary reads them).
+    collect_rate: float = 0.0
+    collect_storage: dict[str, Any] | None = None
+    # The QA load profile against the new deployment at 0 % traffic (0 s: none).
+    qa_load_rps: float = 20.0
+    qa_load_seconds: float = 0.0
+
+
+def collection_env(s: DeploymentSettings) -> dict[str, str]:
+    """What the entry script's collector needs to write sampled requests to ``collect_storage``
+    (``MLOPS_SERVING_COLLECT_*``); nothing when collection is off."""
+    if s.collect_rate <= 0:
+        return {}
+    if not s.collect_storage:
+        raise ValueError("collect_rate > 0 needs collect_storage (where the records go)")
+    return {
+        "MLOPS_SERVING_COLLECT_RATE": str(s.collect_rate),
+        "MLOPS_SERVING_COLLECT_STORAGE": json.dumps(s.collect_storage, sort_keys=True),
+    }
 
 
 def deployment_entity(
@@ -298,6 +356,7 @@ def deployment_entity(
             polling_interval=1,
             target_utilization_percentage=s.target_utilization_percentage,
         ),
+        app_insights_enabled=s.app_insights_enabled,
         environment_variables={
             "MLOPS_SERVING_DATASET": release.dataset,
             "MLOPS_SERVING_SOURCE": "model_dir",
@@ -309,18 +368,22 @@ def deployment_entity(
             # A stalled client holds one worker for at most these (docs/serving.md).
             "MLOPS_SERVING_READ_TIMEOUT_S": str(s.read_timeout_s),
             **worker_env(s.worker_count, s.worker_timeout_s),
+            **collection_env(s),
         },
         tags={"model_set_version": str(release.version), "folder": release.folder},
     )
 
 
 def traffic_stages(old: str | None, new: str, stages: list[int]) -> list[dict[str, int]]:
-    """The endpoint traffic after each stage: ``[{blue: 90, green: 10}, ..., {green: 100}]``."""
-    out = []
+    """The endpoint traffic after each stage: ``[{blue: 90, green: 10}, ..., {green: 100}]``.
+
+    With nothing live, one stage: ``{new: 100}`` (an endpoint's traffic sums to 0 or 100)."""
+    out: list[dict[str, int]] = []
     for p in stages:
         if not 0 < p <= 100:
             raise ValueError(f"traffic stage {p} is not in (0, 100]")
-        out.append({new: p} if old is None else {old: 100 - p, new: p})
+        if old is not None:
+            out.append({old: 100 - p, new: p})
     if not out or out[-1].get(new) != 100:
         out.append({new: 100} if old is None else {old: 0, new: 100})
     return out
@@ -345,6 +408,11 @@ class RolloutOps(ABC):
 
     @abstractmethod
     def delete_deployment(self, color: str) -> None: ...
+
+    def load_check(self, color: str, release: ModelSetRelease) -> dict | None:
+        """A short load profile against ``color`` at 0 % traffic (``loadtest`` figures), or
+        None where there is none; its ``errors`` fail the release."""
+        return None
 
 
 def staged_rollout(
@@ -374,6 +442,15 @@ def staged_rollout(
     if problem:
         ops.delete_deployment(new)
         raise ReleaseError(f"{new} unhealthy before taking traffic: {problem}; {old} untouched")
+    profile = ops.load_check(new, release)
+    if profile is not None:
+        report["load_profile"] = profile
+        if profile.get("errors"):
+            ops.delete_deployment(new)
+            raise ReleaseError(
+                f"{new} failed {profile['errors']} of {profile['offered']} load-profile requests "
+                f"({profile.get('statuses')}); {old} untouched"
+            )
     for plan in traffic_stages(old, new, stages):
         ops.set_traffic(plan)
         log(f"traffic {plan}")
@@ -410,25 +487,77 @@ class AmlRolloutOps(RolloutOps):
         model_path: str,
         settings: DeploymentSettings,
         timeout_s: float = 1800,
+        identity=None,
     ):
         self.ml, self.name, self.compute = ml_client, endpoint_name, compute
         self.model_path, self.settings, self.timeout_s = model_path, settings, timeout_s
+        self.identity = identity
+        self.failures: dict[str, str] = {}
+
+    def load_check(self, color: str, release: ModelSetRelease) -> dict | None:
+        """``loadtest.run_profile`` through the endpoint's scoring URI to ``color`` only
+        (the ``azureml-model-deployment`` header), with the smoke records as bodies."""
+        from urllib.parse import urlsplit
+
+        from mlops_assets.serving.loadtest import run_profile
+
+        s = self.settings
+        if s.qa_load_seconds <= 0 or not release.smoke_records:
+            return None
+        uri = urlsplit(str(self.ml.online_endpoints.get(self.name).scoring_uri))
+        key = self.ml.online_endpoints.get_keys(self.name).primary_key
+        tls = uri.scheme == "https"
+        return run_profile(
+            uri.port or (443 if tls else 80),
+            [json.dumps({"data": release.smoke_records}).encode()],
+            rps=s.qa_load_rps,
+            seconds=s.qa_load_seconds,
+            headers={"Authorization": f"Bearer {key}", "azureml-model-deployment": color},
+            threads=8,
+            path=uri.path or "/score",
+            host=str(uri.hostname),
+            tls=tls,
+        )
 
     def ensure_endpoint(self) -> dict[str, int]:
+        from azure.core.exceptions import ResourceNotFoundError
+
         try:
             ep = self.ml.online_endpoints.get(self.name)
-        except Exception:  # ResourceNotFoundError
+        except ResourceNotFoundError:
             ep = self.ml.online_endpoints.begin_create_or_update(
-                endpoint_entity(self.name, self.compute)
+                endpoint_entity(self.name, self.compute, identity=self.identity)
             ).result(timeout=self.timeout_s)
         return dict(ep.traffic or {})
 
+    def model(self, release: ModelSetRelease):
+        """The AML model of ``release``: the existing version when this set was released
+        before (same digest), else a new one."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        entity = model_entity(release, self.model_path)
+        try:
+            found = self.ml.models.get(entity.name, version=entity.version)
+        except ResourceNotFoundError:
+            return self.ml.models.create_or_update(entity)
+        if (found.tags or {}).get("manifest_sha256") != release.ref.manifest_sha256:
+            raise ReleaseError(
+                f"AML model {entity.name}:{entity.version} exists with another manifest digest"
+            )
+        return found
+
     def create_deployment(self, color: str, release: ModelSetRelease) -> None:
-        model = self.ml.models.create_or_update(model_entity(release, self.model_path))
+        from azure.core.exceptions import HttpResponseError
+
+        model = self.model(release)
         dep = deployment_entity(
             color, self.name, release, f"azureml:{model.name}:{model.version}", self.settings
         )
-        self.ml.online_deployments.begin_create_or_update(dep).result(timeout=self.timeout_s)
+        poller = self.ml.online_deployments.begin_create_or_update(dep)
+        try:
+            poller.result(timeout=self.timeout_s)
+        except HttpResponseError as exc:  # provisioning failed: the health check says why
+            self.failures[color] = str(exc).splitlines()[0][:300]
 
     def set_traffic(self, traffic: dict[str, int]) -> None:
         ep = self.ml.online_endpoints.get(self.name)
@@ -440,8 +569,13 @@ class AmlRolloutOps(RolloutOps):
 
         if color is not None:
             dep = self.ml.online_deployments.get(name=color, endpoint_name=self.name)
-            if getattr(dep, "provisioning_state", "Succeeded") != "Succeeded":
-                return f"{color} provisioning state {dep.provisioning_state}"
+            state = str(getattr(dep.provisioning_state, "value", dep.provisioning_state))
+            if state != "Succeeded":
+                logs = self.ml.online_deployments.get_logs(
+                    name=color, endpoint_name=self.name, lines=LOG_LINES
+                )
+                why = self.failures.get(color) or ""
+                return f"{color} provisioning state {state}: {why}; last log lines: {logs[-800:]}"
         if not release.smoke_records:
             return None
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -492,8 +626,36 @@ class AzureMLKubernetesEndpoint(EndpointResource):
     stage_wait_s: float = 60.0
     checks_per_stage: int = 3
     delete_previous: bool = True
+    identity: str = Field(
+        default="system_assigned",
+        description="The endpoint's managed identity: system_assigned, user_assigned (set "
+        "identity_resource_id) or none. It reads the model and writes collected requests.",
+    )
+    identity_resource_id: str | None = Field(
+        default=None, description="ARM id of the user-assigned identity (identity=user_assigned)"
+    )
+    app_insights_enabled: bool = False
+    collect_rate: float = Field(
+        default=0.0, description="Share of requests the collector writes to collect_storage."
+    )
+    collect_storage: dict[str, Any] | None = Field(
+        default=None,
+        description="Storage.config() of the prod storage (kind azure: account_url, container, "
+        "prefix) where collected requests land under inference/<dataset>/ for the inference "
+        "summary; written with the endpoint's identity.",
+    )
+    qa_load_rps: float = 20.0
+    qa_load_seconds: float = Field(
+        default=5.0, description="Load profile against the new colour at 0 % traffic (0: none)."
+    )
 
     _client: Any = PrivateAttr(default=None)
+
+    def with_client(self, ml_client: Any) -> AzureMLKubernetesEndpoint:
+        """Use this ``MLClient`` (tests, or one built elsewhere) instead of
+        DefaultAzureCredential's."""
+        self._client = ml_client
+        return self
 
     def describe(self) -> str:
         return f"AML Kubernetes endpoint {self.endpoint_name} ({self.workspace}/{self.compute})"
@@ -524,12 +686,22 @@ class AzureMLKubernetesEndpoint(EndpointResource):
             instance_count=self.instance_count,
             worker_count=self.workers,
             worker_timeout_s=self.worker_timeout_s,
+            app_insights_enabled=self.app_insights_enabled,
+            collect_rate=self.collect_rate,
+            collect_storage=self.collect_storage,
+            qa_load_rps=self.qa_load_rps,
+            qa_load_seconds=self.qa_load_seconds,
         )
 
     def release(self, release: ModelSetRelease, log: Callable[[str], None] = print) -> dict:
         path = f"{self.model_base_uri.rstrip('/')}/{release.folder}"
         ops = AmlRolloutOps(
-            self.ml_client(), self.endpoint_name, self.compute, path, self.settings()
+            self.ml_client(),
+            self.endpoint_name,
+            self.compute,
+            path,
+            self.settings(),
+            identity=identity_entity(self.identity, self.identity_resource_id),
         )
         return staged_rollout(
             ops,

@@ -2,8 +2,10 @@
 
 ``offer()`` is called on the request path and never blocks: a sampled request is put on a
 bounded queue (dropped and counted when full); a background thread groups what it takes into
-files of up to ``flush_rows`` rows or ``flush_s`` seconds and writes them atomically under
-``<root>/inference/<dataset>/date=YYYY-MM-DD/<time>-<pid>-<n>.parquet``: one row per record with
+files of up to ``flush_rows`` rows or ``flush_s`` seconds and writes them atomically to a
+``Storage`` (a local root, or the prod Blob container on AKS) as
+``inference/<dataset>/date=YYYY-MM-DD/<time>-<host>-<pid>-<n>.parquet`` (the host tells pods
+apart): one row per record with
 the dataset's columns as the request sent them (typed by the spec: numbers as float64, a
 value that is not a number as null; the record as sent is in ``raw``), the prediction and its
 interval bounds, model versions and error code, plus ``request_id`` and ``received_at``, and
@@ -16,12 +18,14 @@ does so here. No Dagster imports.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import os
 import queue
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +34,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from mlops_assets.storage import LocalStorage, Storage
 
 log = logging.getLogger("mlops.serving.collector")
 PROVENANCE = ("model_set_run", "family", "history_end")
@@ -43,7 +49,7 @@ def collected_prefix(dataset: str) -> str:
 class Collector:
     def __init__(
         self,
-        root: str,
+        root: str | Storage,
         dataset: str,
         sample_rate: float,
         *,
@@ -54,7 +60,8 @@ class Collector:
         columns: dict[str, str] | None = None,
         bounds: list[str] | None = None,
     ):
-        self.root, self.dataset = Path(root), dataset
+        self.storage = root if isinstance(root, Storage) else LocalStorage(str(root))
+        self.dataset = dataset
         # Request columns kept, typed: "float" or "string" (the dataset's columns).
         self.columns = columns or {}
         self.bounds = bounds or []  # interval bound fields of a result (prediction_lower_80)
@@ -168,13 +175,11 @@ class Collector:
         self._n += 1
         name = (
             f"{collected_prefix(self.dataset)}/date={now:%Y-%m-%d}/"
-            f"{now:%H%M%S%f}-{os.getpid()}-{self._n:05d}.parquet"
+            f"{now:%H%M%S%f}-{socket.gethostname()}-{os.getpid()}-{self._n:05d}.parquet"
         )
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{path.name}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        self.storage.write_bytes(name, buf.getvalue(), overwrite=False)
         self.stats["rows_written"] += table.num_rows
         self.stats["files"] += 1
 

@@ -66,10 +66,14 @@ def run_profile(
     path: str = "/score",
     timeout: float = 10.0,
     timeline: bool = False,
+    host: str = "127.0.0.1",
+    tls: bool = False,
 ) -> dict:
-    """Send ``rps`` requests a second for ``seconds`` (bodies in turn); figures as a dict."""
+    """Send ``rps`` requests a second for ``seconds`` (bodies in turn) to ``host:port``
+    (HTTPS with ``tls``); figures as a dict."""
     n = max(1, int(rps * seconds))
     h = {"Content-Type": "application/json", **(headers or {})}
+    connection = http.client.HTTPSConnection if tls else http.client.HTTPConnection
     lock = threading.Lock()
     next_i = [0]
     lat: list[float] = []
@@ -93,7 +97,7 @@ def run_profile(
             status: int | str
             version = None
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+                conn = connection(host, port, timeout=timeout)
                 conn.request("POST", path, body=bodies[i % len(bodies)], headers=h)
                 resp = conn.getresponse()
                 resp.read()

@@ -145,7 +145,7 @@ class ScoringService:
         self.requests = 0
         self.collector: Collector | None = None
         if settings.collect_rate > 0:
-            root = settings.collect_root or settings.root
+            root = settings.collect_target()
             if root:
                 self.collector = Collector(
                     root,

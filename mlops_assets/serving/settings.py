@@ -6,6 +6,7 @@ No Dagster imports.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -18,7 +19,7 @@ from mlops_assets.serving.source import (
     Source,
     SourceError,
 )
-from mlops_assets.storage import LocalStorage
+from mlops_assets.storage import LocalStorage, Storage, open_storage
 
 ENV_PREFIX = "MLOPS_SERVING_"
 
@@ -57,6 +58,7 @@ class ServingSettings:
     poll_s: float = 2.0
     collect_rate: float = 0.0
     collect_root: str | None = None
+    collect_storage: str | None = None  # Storage.config() as JSON (wins over collect_root)
     collect_queue: int = 1_000
 
     @classmethod
@@ -84,6 +86,7 @@ class ServingSettings:
             poll_s=float(_env_or("POLL_S", "2.0")),
             collect_rate=float(_env_or("COLLECT_RATE", "0")),
             collect_root=_env("COLLECT_ROOT"),
+            collect_storage=_env("COLLECT_STORAGE"),
             collect_queue=int(_env_or("COLLECT_QUEUE", "1000")),
         )
 
@@ -105,6 +108,13 @@ class ServingSettings:
     def for_spec(cls, spec: DatasetSpec, **kw) -> ServingSettings:
         """Settings serving ``spec``, which travels whole (as validated JSON) to the server."""
         return cls(dataset=spec.name, spec_json=spec.model_dump_json(), **kw)
+
+    def collect_target(self) -> Storage | str | None:
+        """Where collected requests go: ``collect_storage`` (a ``Storage.config()``, e.g. the
+        prod Blob container on AKS), else the local ``collect_root`` or the served root."""
+        if self.collect_storage:
+            return open_storage(json.loads(self.collect_storage))
+        return self.collect_root or self.root
 
     def dataset_spec(self) -> DatasetSpec:
         """The served spec: ``spec_json`` validated, else the bundled spec ``dataset``.
