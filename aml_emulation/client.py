@@ -28,7 +28,7 @@ class EmulatedMLClient:
 
     @functools.cached_property
     def models(self) -> Any:
-        from aml_emulation.online import ModelOperations  # type: ignore[import-not-found]
+        from aml_emulation.online import ModelOperations  # type: ignore[import-not-found, import-untyped, unused-ignore]
 
         return ModelOperations(self.workspace)
 

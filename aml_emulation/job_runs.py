@@ -163,7 +163,7 @@ class JobRun:
             with self._lock:
                 if self._cancelled:
                     return False
-                out: BinaryIO = open(log, "ab")  # noqa: SIM115 - closed by the child's end
+                out: BinaryIO = open(log, "ab")  # the child holds its own descriptor
                 try:
                     self.processes.append(
                         subprocess.Popen(

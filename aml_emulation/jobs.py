@@ -68,7 +68,7 @@ class JobOperations:
 
     # -- submit ---------------------------------------------------------------------------
 
-    def create_or_update(self, job: Job, **kwargs: Any) -> Job:
+    def create_or_update(self, job: Any, **kwargs: Any) -> Job:
         """Validate ``job`` as Azure would, start it, return it as the service does."""
         self._ws.record("jobs.create_or_update", job)
         for key in ("description", "compute", "tags", "experiment_name"):
@@ -96,7 +96,7 @@ class JobOperations:
         run.start()
         return submitted
 
-    def _compute_for(self, job: Job) -> AmlCompute:
+    def _compute_for(self, job: Any) -> AmlCompute:
         compute = self._ws.compute(str(job.compute))  # ResourceNotFoundError as MLClient's
         if not isinstance(compute, AmlCompute):
             raise service_error(
@@ -209,11 +209,12 @@ class JobOperations:
         out.write(f"\nExecution Summary\n=================\nRunId: {name}\n\n")
         out.flush()
         if run.status == "Failed":
+            # The SDK's ErrorTarget/ErrorCategory are classes of str constants, typed as classes.
             raise JobException(
                 message=f"Exception : \n {run.error or 'the job failed; see its logs'} ",
-                target=ErrorTarget.JOB,
+                target=ErrorTarget.JOB,  # type: ignore[arg-type]
                 no_personal_data_message="Exception raised on failed job.",
-                error_category=ErrorCategory.SYSTEM_ERROR,
+                error_category=ErrorCategory.SYSTEM_ERROR,  # type: ignore[arg-type]
             )
 
     # -- cancel ---------------------------------------------------------------------------

@@ -58,7 +58,6 @@ class EmulatedWorkspace:
                 f"(it has: {sorted(self.computes) or 'none'})"
             ) from None
 
-
     def environment(self, name: str, version: str | None = None) -> Any:
         """The environment ``name`` (at ``version`` if given, else its latest); raises
         ``ResourceNotFoundError`` as Azure does."""

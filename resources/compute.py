@@ -15,10 +15,14 @@ the Pipes invocation.
   key + attempt, the key being the drop version or ``batch:<digest>`` of the run's drop
   versions; an earlier attempt still running is cancelled first), an overall timeout that
   cancels the job, retries of transient status reads, and cancellation when the Dagster run is
-  stopped (the client's ``forward_termination``).
+  stopped (the client's ``forward_termination``). The job's code runs as the cluster's managed
+  identity (``identity="managed"``; ``identity_client_id`` picks a user-assigned one, also
+  given to the job as ``AZURE_CLIENT_ID`` for ``DefaultAzureCredential``), or as the
+  submitting user (``identity="user"``).
 
 Nothing here contacts Azure until ``run_scoring`` is called on the Azure implementation; tests
-pass their own ``ml_client``/``blob_client`` factories.
+and ``make demo-azure`` hand it clients of their own with ``with_clients`` (the emulated
+workspace of ``aml_emulation`` and an Azurite blob client).
 """
 
 from __future__ import annotations
