@@ -142,12 +142,13 @@ def test_azureml_training_on_two_emulated_instances_equals_the_local_engine(aml,
     assert manifest["model_sha256"].to_pylist() == local["model_sha256"].tolist()
 
 
-def _status(ml, name: str) -> str | None:
-    """The job's status; None while it is received but not yet accepted."""
+def _running_and_polled(ml, name: str) -> bool:
+    """The job runs and the Pipes client polls it (so the step is in its polling loop)."""
     try:
-        return ml.jobs.get(name).status
-    except ResourceNotFoundError:
-        return None
+        run = ml.jobs.run(name)  # the emulation's view: not recorded as a call
+    except ResourceNotFoundError:  # received, not yet accepted
+        return False
+    return run.status == "Running" and name in ml.workspace.calls("jobs.get")
 
 
 def test_a_terminated_run_cancels_its_emulated_job(aml, curated):
@@ -161,7 +162,7 @@ def test_a_terminated_run_cancels_its_emulated_job(aml, curated):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             jobs = _jobs_submitted(ml, "-train-")[before:]
-            if jobs and _status(ml, jobs[0].name) == "Running":
+            if jobs and _running_and_polled(ml, jobs[0].name):
                 fired.append(jobs[0].name)
                 os.kill(os.getpid(), signal.SIGINT)
                 return

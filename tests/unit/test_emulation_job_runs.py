@@ -135,3 +135,19 @@ def test_inputs_and_outputs_are_local_folders(ml, tmp_path):
     assert ml.jobs.get("io").status == "Completed"
     out = ml.workspace.root / "jobs" / "io" / "outputs" / "out" / "y.txt"
     assert out.read_text() == "hello5"
+
+
+def test_a_clusters_user_assigned_identity_is_the_jobs_default(ml):
+    """Azure ML names a cluster's user-assigned identity to its jobs in
+    ``DEFAULT_IDENTITY_CLIENT_ID``."""
+    from azure.ai.ml.entities import IdentityConfiguration, ManagedIdentityConfiguration
+
+    uai = ManagedIdentityConfiguration(client_id="c1", resource_id="/subscriptions/s/uai")
+    ml.workspace.computes["uai"] = AmlCompute(
+        name="uai",
+        max_instances=1,
+        identity=IdentityConfiguration(type="user_assigned", user_assigned_identities=[uai]),
+    )
+    ml.create_or_update(_job(ml, "who", "python show.py", compute="uai"))
+    (env,) = _env_lines(ml, "who")
+    assert env["DEFAULT_IDENTITY_CLIENT_ID"] == "c1"
