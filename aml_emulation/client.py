@@ -22,7 +22,7 @@ class EmulatedMLClient:
 
     @functools.cached_property
     def jobs(self) -> Any:
-        from aml_emulation.jobs import JobOperations  # type: ignore[import-not-found]
+        from aml_emulation.jobs import JobOperations
 
         return JobOperations(self.workspace)
 
@@ -43,6 +43,17 @@ class EmulatedMLClient:
         from aml_emulation.online import OnlineDeploymentOperations
 
         return OnlineDeploymentOperations(self.workspace, self.models)
+
+    def create_or_update(self, entity: Any, **kwargs: Any) -> Any:
+        """``MLClient.create_or_update``: a job goes to ``jobs`` (how ``PipesAzureMLClient``
+        submits its command), a model to ``models``."""
+        from azure.ai.ml.entities import Job, Model
+
+        if isinstance(entity, Job):
+            return self.jobs.create_or_update(entity, **kwargs)
+        if isinstance(entity, Model):
+            return self.models.create_or_update(entity)
+        raise TypeError("Please refer to create_or_update docstring for valid input types.")
 
     def close(self) -> None:
         """Stop every job and deployment process this client started."""

@@ -30,12 +30,15 @@ class EmulatedWorkspace:
             own (e.g. the Azurite connection the stand-in for the workspace's storage uses).
         datastores: Local folders standing for the workspace's datastores, by name:
             ``azureml://datastores/<name>/paths/<path>`` is ``datastores[name] / path``.
+        environments: The workspace's registered environments (SDK ``Environment`` entities)
+            by name; processes run on this interpreter whichever one a job names.
     """
 
     root: Path
     computes: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     datastores: dict[str, Path] = field(default_factory=dict)
+    environments: dict[str, Any] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -57,6 +60,17 @@ class EmulatedWorkspace:
                 f"Compute {name!r} not found in the emulated workspace "
                 f"(it has: {sorted(self.computes) or 'none'})"
             ) from None
+
+    def environment(self, name: str, version: str | None = None) -> Any:
+        """The environment ``name`` (at ``version`` if given, else its latest); raises
+        ``ResourceNotFoundError`` as Azure does."""
+        env = self.environments.get(name)
+        if env is None or (version is not None and str(env.version) != str(version)):
+            raise ResourceNotFoundError(
+                f"Environment {name}{':' + version if version else ''} not found in the "
+                f"emulated workspace (it has: {sorted(self.environments) or 'none'})"
+            )
+        return env
 
 
 class ComputeOperations:

@@ -15,10 +15,14 @@ the Pipes invocation.
   key + attempt, the key being the drop version or ``batch:<digest>`` of the run's drop
   versions; an earlier attempt still running is cancelled first), an overall timeout that
   cancels the job, retries of transient status reads, and cancellation when the Dagster run is
-  stopped (the client's ``forward_termination``).
+  stopped (the client's ``forward_termination``). The job's code runs as the cluster's managed
+  identity (``identity="managed"``; ``identity_client_id`` picks a user-assigned one, also
+  given to the job as ``AZURE_CLIENT_ID`` for ``DefaultAzureCredential``), or as the
+  submitting user (``identity="user"``).
 
 Nothing here contacts Azure until ``run_scoring`` is called on the Azure implementation; tests
-pass their own ``ml_client``/``blob_client`` factories.
+and ``make demo-azure`` hand it clients of their own with ``with_clients`` (the emulated
+workspace of ``aml_emulation`` and an Azurite blob client).
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
@@ -44,6 +49,7 @@ from mlops_assets.jobs.common import PARAMS_ENV
 
 MODULE = "mlops_assets.jobs.score_drops"
 TERMINAL = {"Completed", "Canceled", "Failed"}
+_GIVEN_CLIENTS: dict[str, tuple[Any, Any]] = {}  # AzureMLBatchCompute.with_clients
 
 
 def job_name(run_id: str, key: str, attempt: int = 0, purpose: str = "score") -> str:
@@ -204,18 +210,50 @@ class AzureMLBatchCompute(BatchCompute):
     pipes_account_url: str = Field(description="Storage account for Pipes context + messages.")
     pipes_container: str = "dagster-pipes"
     env_vars: dict[str, str] = Field(default_factory=dict)
+    identity: Literal["managed", "user"] = Field(
+        default="managed",
+        description=(
+            "Identity the job's code runs as: 'managed' (the cluster's managed identity, for "
+            "unattended runs) or 'user' (the submitter's, for interactive debugging)."
+        ),
+    )
+    identity_client_id: str = Field(
+        default="",
+        description=(
+            "Client id of the cluster's user-assigned managed identity to run as; empty: the "
+            "cluster's default (system-assigned, or its only user-assigned) identity."
+        ),
+    )
     poll_interval_s: float = 10.0
     status_retries: int = 5
+
+    clients: str = Field(
+        default="",
+        description=(
+            "Set by with_clients (tests, make demo-azure): the key of clients given in this "
+            "process; empty: clients built with DefaultAzureCredential."
+        ),
+    )
 
     _ml_client: Any = PrivateAttr(default=None)
     _blob_client: Any = PrivateAttr(default=None)
 
     def with_clients(self, ml_client: Any, blob_client: Any) -> AzureMLBatchCompute:
-        """Use these clients (tests, or clients built elsewhere) instead of DefaultAzureCredential."""
-        self._ml_client, self._blob_client = ml_client, blob_client
-        return self
+        """This resource using these clients instead of DefaultAzureCredential ones.
+
+        The clients are held by key in a process-wide table, as Dagster rebuilds a resource
+        from its fields (private attributes do not survive that) before a run uses it.
+        """
+        key = uuid.uuid4().hex
+        _GIVEN_CLIENTS[key] = (ml_client, blob_client)
+        return type(self)(**{**self.model_dump(), "clients": key})
+
+    def _given(self, which: int) -> Any:
+        return _GIVEN_CLIENTS[self.clients][which] if self.clients else None
 
     def ml_client(self):
+        if self._ml_client is None:
+            self._ml_client = self._given(0)
         if self._ml_client is None:
             from azure.ai.ml import MLClient
             from azure.identity import DefaultAzureCredential
@@ -226,6 +264,8 @@ class AzureMLBatchCompute(BatchCompute):
         return self._ml_client
 
     def blob_client(self):
+        if self._blob_client is None:
+            self._blob_client = self._given(1)
         if self._blob_client is None:
             from azure.identity import DefaultAzureCredential
             from azure.storage.blob import BlobServiceClient
@@ -247,7 +287,9 @@ class AzureMLBatchCompute(BatchCompute):
             "MLOPS_PIPES_TRANSPORT": "azure_blob",
             "MLOPS_PIPES_BLOB_ACCOUNT_URL": self.pipes_account_url,
         }
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"identity": self._identity()}
+        if self.identity_client_id:  # DefaultAzureCredential in the job takes it from here
+            env["AZURE_CLIENT_ID"] = self.identity_client_id
         if self.instance_count > 1:
             kwargs["distribution"] = PyTorchDistribution(process_count_per_instance=1)
         return command(
@@ -264,6 +306,15 @@ class AzureMLBatchCompute(BatchCompute):
             tags={"mlops/key": key[:250], "mlops/purpose": purpose},
             **kwargs,
         )
+
+    def _identity(self):
+        from azure.ai.ml.entities import ManagedIdentityConfiguration, UserIdentityConfiguration
+
+        if self.identity == "user":
+            if self.identity_client_id:
+                raise ValueError("identity_client_id applies to identity='managed' only")
+            return UserIdentityConfiguration()
+        return ManagedIdentityConfiguration(client_id=self.identity_client_id or None)
 
     def run_module(self, context, *, module: str, params_json: str, key: str, purpose: str):
         from dagster_azure.pipes import (

@@ -22,12 +22,15 @@ PIPES_BLOB_ACCOUNT_URL_ENV = "MLOPS_PIPES_BLOB_ACCOUNT_URL"
 
 
 def rank_and_world(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """This process's rank and the number of processes: ``MLOPS_RANK``/``MLOPS_WORLD_SIZE``
+    (``LocalBatchCompute``), else what Azure ML sets for the job's distribution (PyTorch:
+    ``RANK``/``WORLD_SIZE``; MPI: Open MPI's ``OMPI_COMM_WORLD_RANK``/``..._SIZE``), else 0 of 1.
+    """
     env = os.environ if environ is None else environ
     for r, w in (
         ("MLOPS_RANK", "MLOPS_WORLD_SIZE"),
         ("RANK", "WORLD_SIZE"),  # AML PyTorch distribution
         ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),  # AML MPI distribution
-        ("AZUREML_PROCESS_ID", "AZUREML_NODE_COUNT"),
     ):
         if env.get(r) not in (None, "") and env.get(w) not in (None, ""):
             rank, world = int(env[r]), int(env[w])

@@ -16,8 +16,8 @@ of instances), load each series' production model (sha256-verified, ``ModelSetRe
 predict (``scoring.score``) and write the predictions Parquet atomically.
 
 Instances: rank and count come from ``MLOPS_RANK``/``MLOPS_WORLD_SIZE``, else the variables Azure
-ML sets for distributed jobs (``RANK``/``WORLD_SIZE``, ``OMPI_COMM_WORLD_RANK``/``..._SIZE``,
-``AZUREML_PROCESS_ID``). Rank 0 talks Pipes: per drop it waits for the other instances'
+ML sets for distributed jobs (``RANK``/``WORLD_SIZE``, ``OMPI_COMM_WORLD_RANK``/``..._SIZE``).
+Rank 0 talks Pipes: per drop it waits for the other instances'
 summaries and reports the totals (rows scored, series, unknown series, quarantined rows,
 duration) as one custom message carrying the drop's ``key``. Other ranks only write their parts
 and summaries.

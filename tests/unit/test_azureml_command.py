@@ -158,3 +158,46 @@ def test_same_script_runs_locally_under_pipes(tmp_path):
             for r in range(2)
         )
         assert rows == m["rows_scored"] and len(m["outputs"]) == 2
+
+
+def test_jobs_run_under_the_clusters_managed_identity(tmp_path):
+    """Default: the cluster's managed identity (no user token needed to submit unattended)."""
+    from azure.ai.ml.entities import ManagedIdentityConfiguration
+
+    cmd = _compute(code=str(tmp_path)).build_command(params_json=PARAMS, name="n", key=KEY)
+    assert isinstance(cmd.identity, ManagedIdentityConfiguration)
+    assert cmd.identity.client_id is None
+    assert "AZURE_CLIENT_ID" not in cmd.environment_variables
+    path = tmp_path / "job.yml"
+    cmd._to_job().dump(path)  # noqa: SLF001 - the job PipesAzureMLClient submits
+    assert load_job(path).identity.type == "managed_identity"
+
+
+def test_a_user_assigned_identity_is_named_by_client_id(tmp_path):
+    from azure.ai.ml.entities import ManagedIdentityConfiguration
+
+    client_id = "11111111-2222-3333-4444-555555555555"
+    cmd = _compute(code=str(tmp_path), identity_client_id=client_id).build_command(
+        params_json=PARAMS, name="n", key=KEY
+    )
+    assert isinstance(cmd.identity, ManagedIdentityConfiguration)
+    assert cmd.identity.client_id == client_id
+    # DefaultAzureCredential in the job (Pipes and storage clients) picks the same identity.
+    assert cmd.environment_variables["AZURE_CLIENT_ID"] == client_id
+    path = tmp_path / "job.yml"
+    cmd._to_job().dump(path)  # noqa: SLF001
+    back = load_job(path).identity
+    assert back.type == "managed_identity" and back.client_id == client_id
+
+
+def test_the_user_identity_is_a_choice(tmp_path):
+    from azure.ai.ml.entities import UserIdentityConfiguration
+
+    cmd = _compute(code=str(tmp_path), identity="user").build_command(
+        params_json=PARAMS, name="n", key=KEY
+    )
+    assert isinstance(cmd.identity, UserIdentityConfiguration)
+    with pytest.raises(ValueError, match="identity_client_id"):
+        _compute(identity="user", identity_client_id="x").build_command(
+            params_json=PARAMS, name="n", key=KEY
+        )
