@@ -21,10 +21,11 @@ Exactly once, across ticks, daemon restarts and the sensor being off:
   partition exists is skipped only once its run is submitted (one drop per run): requested
   again, a partition without a run gets one, and a run left NOT_STARTED is submitted by Dagster
   (same run key, no second run). With ``batch_size > 1`` (run key ``batch:<digest>`` of the
-  batch's drop versions, one run over the partition range) a known partition is always
-  skipped, which keeps a lost or reset cursor, which may cut batches differently, from scoring
-  a drop twice; there a kill between the partitions and the runs (milliseconds) leaves those
-  drops unrequested (``docs/runbook.md``).
+  batch's drop versions, one run over the partition range) each run also carries one tag per
+  drop version it covers (``member_tag``), and a known partition is skipped once any run carries
+  its tag: a lost or reset cursor, which may cut batches differently, cannot score a drop twice,
+  and a partition a kill left without a run is requested again, in a run of its own (a batch is
+  a range of partitions in the order they were added, so only one tick's new ones batch).
 
 Only complete drops are taken. Names a writer uses while it writes are ignored (``.tmp-*`` and
 other names starting with ``.``, ``_`` or ``~``, ``*.partial``, ``*._COPYING_``, ``*.tmp``), and
@@ -174,6 +175,11 @@ def partition_key(blob: BlobInfo, prefix: str) -> str:
     return f"{blob.name.removeprefix(prefix)}@{blob.etag}"
 
 
+def member_tag(blob: BlobInfo) -> str:
+    """The tag a batch run carries for each drop version it covers (a valid tag key: a digest)."""
+    return "mlops/drop." + hashlib.sha256(blob.version_key.encode()).hexdigest()[:24]
+
+
 def run_requests(blobs: list[BlobInfo], keys: list[str], batch_size: int) -> list[dg.RunRequest]:
     """One run per drop version, or per ``batch_size`` of them (a range of the partitions added
     in this tick, in this order); run keys are stable, so a drop is requested once."""
@@ -185,7 +191,11 @@ def run_requests(blobs: list[BlobInfo], keys: list[str], batch_size: int) -> lis
                 dg.RunRequest(
                     run_key=group[0].version_key,
                     partition_key=ks[0],
-                    tags={"mlops/drop": group[0].name, "mlops/etag": group[0].etag},
+                    tags={
+                        "mlops/drop": group[0].name,
+                        "mlops/etag": group[0].etag,
+                        member_tag(group[0]): "1",
+                    },
                 )
             )
             continue
@@ -197,10 +207,18 @@ def run_requests(blobs: list[BlobInfo], keys: list[str], batch_size: int) -> lis
                     "dagster/asset_partition_range_start": ks[0],
                     "dagster/asset_partition_range_end": ks[-1],
                     "mlops/drops": str(len(group)),
+                    **{member_tag(b): "1" for b in group},
                 },
             )
         )
     return requests
+
+
+def _in_a_batch(context: dg.SensorEvaluationContext, blob: BlobInfo) -> bool:
+    """A batch run (of any status) covers ``blob``. Dagster resumes a tick whose runs it had
+    reserved, so a run that exists is never missing; one killed before has none."""
+    runs = context.instance.get_runs(dg.RunsFilter(tags={member_tag(blob): "1"}), limit=1)
+    return bool(runs)
 
 
 def _submitted(context: dg.SensorEvaluationContext, run_key: str) -> bool:
@@ -253,11 +271,14 @@ def make_blob_drop_sensor(
         keys = [partition_key(b, config.prefix) for b in take]
         known = set(context.instance.get_existing_dynamic_partitions(partitions_name, keys))
         if known:  # requested by an earlier tick (a lost or reset cursor): not again, unless
-            # that tick died before its run was submitted (one drop per run only)
+            # that tick died before its run was submitted (one drop per run) or created
+            # (batches)
+            batched = config.batch_size > 1
             done = {
                 k
                 for b, k in zip(take, keys, strict=True)
-                if k in known and (config.batch_size > 1 or _submitted(context, b.version_key))
+                if k in known
+                and (_in_a_batch(context, b) if batched else _submitted(context, b.version_key))
             }
             take = [b for b, k in zip(take, keys, strict=True) if k not in done]
             keys = [k for k in keys if k not in done]
@@ -266,7 +287,18 @@ def make_blob_drop_sensor(
                 skip_reason=f"{len(known)} drop version(s) under {config.prefix} already requested",
                 cursor=after.dump(),
             )
-        requests = run_requests(take, keys, config.batch_size)
+        # A batch is a range of partitions, in the order they were added: only this tick's new
+        # ones are consecutive; a drop requested again runs alone.
+        again = [k in known for k in keys]
+        requests = run_requests(
+            [b for b, a in zip(take, again, strict=True) if not a],
+            [k for k, a in zip(keys, again, strict=True) if not a],
+            config.batch_size,
+        ) + run_requests(
+            [b for b, a in zip(take, again, strict=True) if a],
+            [k for k, a in zip(keys, again, strict=True) if a],
+            1,
+        )
         context.log.info(
             f"{len(take)} new drop version(s) under {config.prefix} -> {len(requests)} run(s)"
         )

@@ -115,12 +115,12 @@ RANGE_START, RANGE_END = (
 
 
 def _run(asset, instance, resources, request, raise_on_error=True):
-    """The request's run: one partition, or (a batch) the partition range in its tags."""
-    tags = {k: v for k, v in request.tags.items() if k in (RANGE_START, RANGE_END)}
+    """The request's run, with its tags as the daemon gives them: one partition, or (a batch)
+    the partition range in its tags."""
     return dg.materialize(
         [asset],
         partition_key=request.partition_key,
-        tags=tags or None,
+        tags=dict(request.tags) or None,
         instance=instance,
         resources=resources,
         raise_on_error=raise_on_error,

@@ -306,3 +306,43 @@ def test_a_tick_killed_before_its_runs_were_submitted_is_requested_again(tmp_pat
         infos[n].version_key for n in ("no_run", "not_started")
     )
     assert not result.dynamic_partitions_requests  # they exist already
+
+
+def test_batched_drops_whose_tick_died_before_its_runs_are_requested_again(tmp_path):
+    """With ``batch_size > 1``, a drop whose partition a killed tick added but no run covers is
+    requested again (in a run of its own); one that a batch run covers, whatever its status, is
+    not, although the new tick cuts its batches differently."""
+    from sensors.blob_drops import BlobDropConfig, make_blob_drop_sensor, member_tag
+
+    storage = LocalStorage(tmp_path / "storage")
+    names = ["a", "b", "c", "d"]
+    infos = {n: storage.write_bytes(f"{INBOX}{n}.parquet", b"PAR1") for n in names}
+    keys = {n: f"{n}.parquet@{i.etag}" for n, i in infos.items()}
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(PARTITIONS_NAME, [keys[n] for n in ("a", "b", "c")])
+    covered = dg.DagsterRun(  # a batch run over a and b; c's run was never created
+        job_name="sales_batch_scoring",
+        run_id=make_new_run_id(),
+        status=dg.DagsterRunStatus.NOT_STARTED,
+        tags={"dagster/run_key": "batch:earlier", member_tag(infos["a"]): "1"}
+        | {member_tag(infos["b"]): "1"},
+    )
+    instance.add_run(covered)
+    batched = BlobDropConfig(**{**CONFIG.__dict__, "batch_size": 3})
+    job = build(tmp_path).resolve_job_def("sales_batch_scoring")
+    partitions = job.partitions_def
+    assert isinstance(partitions, dg.DynamicPartitionsDefinition)
+    sensor = make_blob_drop_sensor(job, partitions, batched, name=SENSOR)
+    context = dg.build_sensor_context(instance=instance, resources={"storage": storage})
+    result = sensor(context)
+    # d is new; c is requested again, alone: a batch is a range of partitions in the order
+    # they were added, and c's is not next to d's.
+    assert [r.partition_key for r in result.run_requests] == [keys["d"], keys["c"]]
+    assert [r.run_key for r in result.run_requests] == [
+        infos["d"].version_key,
+        infos["c"].version_key,
+    ]
+    for request, n in zip(result.run_requests, "dc", strict=True):
+        assert request.tags[member_tag(infos[n])] == "1"
+    (added,) = result.dynamic_partitions_requests
+    assert list(added.partition_keys) == [keys["d"]]  # c's partition exists already
