@@ -1,7 +1,8 @@
-"""One writer per dataset (issue 18, item 2), on a real local instance.
+"""One writer per dataset (issue 18, item 2): the scenario, and the local instance's settings.
 
-The instance is the one ``ensure_dagster_home`` writes (QueuedRunCoordinator, pools held for
-whole runs, the bundled datasets' pools created); the code location is the project's, served
+``check_one_writer_per_dataset`` runs on a real instance (``test_postgres_instance.py`` runs it
+on the deploy instance: QueuedRunCoordinator, pools held for whole runs, the bundled datasets'
+pools created; the test here checks the local instance has the same); the code location is the project's, served
 by a gRPC code server as in ``dagster dev``. Runs are launched through the webserver's own
 GraphQL mutations (the Launchpad's ``launchRun`` and the asset graph's "Materialize all…
 Launch backfill", ``launchPartitionBackfill``), all before the queue is served; then the
@@ -35,6 +36,8 @@ from mlops_assets.ml.sample_data import SalesShape
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.pools import writer_pool
 from mlops_assets.profiles import ensure_dagster_home, storage_for
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.integration]
 
@@ -217,11 +220,20 @@ def check_one_writer_per_dataset(workspace) -> None:
     assert other_span[0] < daily_span[1] and daily_span[0] < other_span[1]
 
 
-@pytest.mark.timeout(90)
-def test_two_writers_of_one_dataset_never_overlap_and_other_datasets_do_not_wait(
-    tmp_path, monkeypatch
-):
+def test_the_local_instance_serialises_writers_as_the_deploy_instance_does(tmp_path, monkeypatch):
+    """The scenario above runs on the deploy instance (PostgreSQL,
+    ``test_postgres_instance.py``); the local instance ``make dev`` and ``mlops demo`` use
+    (SQLite) has the same queue and pool settings, and every bundled dataset's pool, so it
+    behaves the same."""
+    import yaml
+
     local_env(monkeypatch, tmp_path)
-    home = ensure_dagster_home(tmp_path)  # the instance `make dev` and `mlops demo` use
-    with project_workspace(tmp_path, home) as workspace:
-        check_one_writer_per_dataset(workspace)
+    home = ensure_dagster_home(tmp_path)
+    deploy = yaml.safe_load((REPO / "deploy" / "dagster" / "dagster.yaml").read_text())
+    local = yaml.safe_load((home / "dagster.yaml").read_text())
+    assert local["concurrency"]["pools"] == deploy["concurrency"]["pools"]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        for ds in ("sales", "diabetes"):
+            info = instance.event_log_storage.get_concurrency_info(writer_pool(ds))
+            assert info.slot_count == 1, ds

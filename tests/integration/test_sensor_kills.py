@@ -56,7 +56,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 18
-KILLS = 3
+KILLS = 2
 CATCH_UP_S = 45.0
 START_S = 90.0
 A_REF = {"name": "sales-models", "version": "v1", "folder": "m/v1", "manifest_sha256": "0" * 64}
