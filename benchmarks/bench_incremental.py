@@ -60,7 +60,9 @@ def main() -> None:
     alpha = float(spec.model.params.get("alpha", 1.0))
     params = {"alpha": alpha}
 
-    _, refit = measured(lambda: [fit_ridge(X[s, :W], y[s, :W], params) for s in range(S)], repeats=3)
+    _, refit = measured(
+        lambda: [fit_ridge(X[s, :W], y[s, :W], params) for s in range(S)], repeats=3
+    )
     index = np.repeat(np.arange(S), W)
     rows_x, rows_y = X[:, :W].reshape(-1, p), y[:, :W].ravel()
     stats, batched = measured(lambda: RidgeMoments.from_rows(rows_x, rows_y, index, S), 3)

@@ -164,3 +164,42 @@ def test_any_sliding_window_equals_a_refit(seed, p, first, steps, level):
         stats.update(X[:, t], y[:, t], every)
         stats.downdate(X[:, t - first], y[:, t - first], every)
     assert_matches_refit(stats, X, y, steps, first + steps)
+
+
+def sales_frames(n_series, n_periods):
+    """The sales spec and its sample panel laid out, whole and without its last period."""
+    from mlops_assets.ml.features import feature_matrix, to_series_frame
+    from mlops_assets.ml.sample_data import SalesShape, sales_table
+    from mlops_assets.ml.spec import load_spec
+
+    spec = load_spec("sales")
+    df = sales_table(SalesShape(n_series, n_periods, seed=4)).to_pandas()
+    df = df.astype({"store": str, "product": str})
+    shorter = df[df[spec.time] < df[spec.time].max()]
+    frames = [to_series_frame(d, spec) for d in (shorter, df)]
+    return spec, [(f, feature_matrix(f, spec)) for f in frames]
+
+
+def assert_equals_fit_series(fit, frame, X, spec):
+    from mlops_assets.ml.fitting import fit_series
+
+    for s in range(frame.n_series):
+        a, b = frame.offsets[s], frame.offsets[s + 1]
+        ref = fit_series(X[a:b], frame.target[a:b], frame.time[a:b], spec).model
+        scale = np.max(np.abs(ref[-1].coef_))
+        np.testing.assert_allclose(fit.coef[s], ref[-1].coef_, rtol=RTOL, atol=RTOL * scale)
+        np.testing.assert_allclose(fit.intercept[s], ref[-1].intercept_, rtol=RTOL)
+        np.testing.assert_allclose(fit.scale[s], ref[0].scale_, rtol=RTOL)
+
+
+def test_training_moments_hold_what_fit_series_fits_and_a_new_period_folds_in():
+    from mlops_assets.ml.ridge_stats import entering_rows, series_of, training_moments
+
+    spec, [(before, X0), (after, X1)] = sales_frames(8, 120)
+    alpha = spec.model.params["alpha"]
+    stats = training_moments(before, X0, spec)
+    assert_equals_fit_series(stats.solve(alpha), before, X0, spec)
+    rows = entering_rows(after, X1, spec)
+    assert len(rows) == after.n_series
+    stats.update(X1[rows], after.target[rows], series_of(after, rows))
+    assert_equals_fit_series(stats.solve(alpha), after, X1, spec)
