@@ -176,30 +176,36 @@ class RidgeMoments:
             raise ValueError("a series has no rows to fit on")
         return solve_moments(moments, alpha, shift)
 
+    def upper(self) -> np.ndarray:
+        """``[S, (p+2)(p+3)/2]`` each series' moments, upper triangle row by row."""
+        q = self.moments.shape[1]
+        rows, cols = np.triu_indices(q)
+        return self.moments[:, rows, cols]
+
     def to_table(self, series_ids: list[str]) -> pa.Table:
         """One row per series: series_id, n, shift and the moments' upper triangle."""
-        q = self.moments.shape[1]
-        upper = np.triu_indices(q)
-        tri = self.moments[:, upper[0], upper[1]]
         return pa.table(
             {
                 "series_id": pa.array(series_ids, pa.string()),
                 "n": pa.array(self.n, pa.int64()),
                 "shift": _fixed_list(self.shift),
-                "moments": _fixed_list(tri),
+                "moments": _fixed_list(self.upper()),
             }
         )
 
     @classmethod
     def from_table(cls, table: pa.Table) -> RidgeMoments:
-        """The statistics ``to_table`` wrote, in its row order."""
-        shift = _from_fixed_list(table["shift"])
-        tri = _from_fixed_list(table["moments"])
+        """The statistics ``to_table`` (or a stats file) holds, in its row order."""
+        return cls.from_upper(_matrix(table["shift"]), _matrix(table["moments"]))
+
+    @classmethod
+    def from_upper(cls, shift: np.ndarray, upper: np.ndarray) -> RidgeMoments:
+        """Statistics from shifts and moments' upper triangles (``upper``)."""
         q = shift.shape[1] + 1
-        upper = np.triu_indices(q)
+        rows, cols = np.triu_indices(q)
         moments = np.zeros((len(shift), q, q))
-        moments[:, upper[0], upper[1]] = tri
-        moments[:, upper[1], upper[0]] = tri
+        moments[:, rows, cols] = upper
+        moments[:, cols, rows] = upper
         return cls(shift, moments)
 
 
@@ -208,7 +214,8 @@ def _fixed_list(values: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
 
 
-def _from_fixed_list(column: pa.ChunkedArray) -> np.ndarray:
+def _matrix(column: pa.ChunkedArray) -> np.ndarray:
+    """A column of equal-length float lists (fixed-size or not, no nulls) as a matrix."""
     arr = column.combine_chunks()
-    width = arr.type.list_size
-    return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+    flat = arr.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(arr), -1)

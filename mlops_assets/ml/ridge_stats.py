@@ -5,15 +5,32 @@ among all but its last ``spec.holdout`` periods. ``training_moments`` folds exac
 of every series of a laid-out batch into ``incremental.RidgeMoments`` in one pass, so a full
 refit can store them beside the models; ``entering_rows`` are the rows a batch one period
 longer adds to each window (the period leaving the holdout), what a daily step folds in.
+
+With ``model.refit`` in the spec, each training record of a series whose chosen model is the
+spec's ridge carries its statistics (``FIELDS``: ``record_columns``); ``split_stats`` moves
+them out of a run's manifest into ``<folder>/ridge_stats.parquet`` (written with the packs),
+the manifest keeping only ``stats_artifact``, the file that holds the series' row (carried
+over by reference like the model bytes).
 """
 
 from __future__ import annotations
 
-import numpy as np
+import io
 
-from mlops_assets.ml.features import SeriesFrame, positions
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mlops_assets.ml.features import SeriesFrame, feature_matrix, positions
 from mlops_assets.ml.incremental import RidgeMoments
 from mlops_assets.ml.spec import DatasetSpec
+
+STATS_FILE = "ridge_stats.parquet"
+FIELDS = [
+    pa.field("ridge_shift", pa.list_(pa.float64())),
+    pa.field("ridge_moments", pa.list_(pa.float64())),
+]
 
 
 def _complete(frame: SeriesFrame, X: np.ndarray) -> np.ndarray:
@@ -53,3 +70,43 @@ def training_moments(frame: SeriesFrame, X: np.ndarray, spec: DatasetSpec) -> Ri
 def series_of(frame: SeriesFrame, rows: np.ndarray) -> np.ndarray:
     """The series (0..n_series-1) of each of ``rows``."""
     return np.searchsorted(frame.offsets, rows, side="right") - 1
+
+
+def record_columns(frame: SeriesFrame, spec: DatasetSpec, chosen: np.ndarray) -> list[dict]:
+    """Per series of a laid-out batch, ``FIELDS`` as record values: its statistics where
+    ``chosen`` (its model is the spec's ridge), else None."""
+    X = feature_matrix(frame, spec)
+    stats = training_moments(frame, X, spec)
+    upper = stats.upper()
+    names = [f.name for f in FIELDS]
+    return [
+        dict(zip(names, (stats.shift[j].tolist(), upper[j].tolist()), strict=True))
+        if chosen[j] and stats.n[j] > 0
+        else dict.fromkeys(names)
+        for j in range(frame.n_series)
+    ]
+
+
+def split_stats(manifest: pa.Table, folder: str) -> tuple[pa.Table, list[tuple[str, bytes]]]:
+    """``manifest`` without ``FIELDS`` but with ``stats_artifact``, and the stats file to write
+    (none when no series has statistics). A manifest without ``FIELDS`` is returned as is."""
+    names = [f.name for f in FIELDS]
+    if names[0] not in manifest.column_names:
+        return manifest, []
+    has = pc.is_valid(manifest[names[0]])
+    stats = manifest.filter(has).select(["series_id", *names])
+    stats = stats.rename_columns(["series_id", "shift", "moments"])
+    path = f"{folder}/{STATS_FILE}"
+    artifact = pc.if_else(has, pa.scalar(path), pa.scalar(None, pa.string()))
+    out = manifest.drop_columns(names).append_column("stats_artifact", artifact)
+    if stats.num_rows == 0:
+        return out, []
+    buf = io.BytesIO()
+    pq.write_table(stats, buf, compression="zstd")
+    return out, [(path, buf.getvalue())]
+
+
+def read_stats(data: bytes) -> tuple[list[str], RidgeMoments]:
+    """The series ids and statistics of a stats file ``split_stats`` wrote."""
+    table = pq.read_table(io.BytesIO(data))
+    return table["series_id"].to_pylist(), RidgeMoments.from_table(table)
