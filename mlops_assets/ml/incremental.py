@@ -23,29 +23,34 @@ refit reads the window anyway to backtest the other families.
 Rows folded in must be exactly the rows ``fitting.fit_series`` fits on (complete feature rows
 of the training window: all but the last ``spec.holdout`` periods); the caller passes them.
 
-How it is stored and used (the plan; only the arrays <-> Arrow table part is built here):
+How it is stored and used:
 
-- Spec: ``model.refit: {full_every_days: 7, window_periods: null}``. ``full_every_days`` (0 or
-  absent: today's behaviour, every run refits everything) makes the daily run incremental for
-  the ridge family between full refits; ``window_periods`` bounds the training window (rows
-  older than that many periods are downdated). Other families (``candidates``) and the
-  backtest/selection run only on full-refit days.
-- Model set: next to the packs, ``<folder>/ridge_stats.parquet`` (``to_table``: series_id,
-  n, shift, moments (upper triangle, row-major), plus schema metadata ``features`` (the
-  feature names, in order) and ``alpha``, so a spec change that alters the features forces a
-  full refit). The manifest gains ``stats_artifact`` and ``stats_through`` (the last period
-  folded in). Kept out of the manifest so serving's manifest reads stay small.
-- Daily run (incremental day): read the previous set's ridge_stats and manifest; read only
-  the periods after ``stats_through`` plus the feature tail (``features.tail_length``: the
-  largest lag/rolling window) and the ``holdout`` periods the training window trails by; build
-  the feature rows of the periods entering the training window (and, with ``window_periods``,
-  those leaving it, re-derived from the tail read); ``update``/``downdate``; ``solve``; write
-  the new models, stats and manifest rows. Series whose chosen family is not the ridge are
-  carried over (``modelset.carry_over``) until the next full refit. Backtest scores, intervals
-  and the champion gate keep the last full refit's values (``trained_in`` says which); the
-  daily set is registered as a refresh of the same selection, not a new comparison.
-- Full-refit day: today's path, plus ``from_rows`` on every ridge series' training rows,
-  stored as above (the shift is reset there).
+- Spec (built): ``model.refit: {full_every_days: 7}`` (``spec.RefitSpec``; only for a ridge
+  fitted in closed form). Planned: ``window_periods`` to bound the training window, which
+  ``fitting.fit_series`` must honour on full refits before the spec may expose it (the rows
+  leaving it are then ``downdate``d here).
+- Model set (built): each full refit stores every series whose chosen model is the spec's
+  ridge in ``<folder>/ridge_stats.parquet`` (series_id, shift, moments' upper triangle:
+  ``ridge_stats.split_stats``), written with the packs; the manifest keeps ``stats_artifact``
+  (the file holding the series' row), carried over by reference like the model bytes and
+  nulled with an orphan's artifact (``comparison.resulting_manifest``). The default spec
+  writes neither (its records, manifest and packs are unchanged). Out of the manifest so that
+  serving's manifest reads stay small (~700 bytes per series at 10 features).
+- Daily run (to build): on a day that is not a full-refit day (``trained_in`` of the
+  previous full refit + ``full_every_days``), read the previous manifest and the stats files
+  it names; read only the curated periods after each series' ``data_end`` plus the feature
+  tail (``features.tail_length``) and the ``holdout`` periods the training window trails by;
+  lay them out (``calendar_series``), take the feature rows entering each window
+  (``ridge_stats.entering_rows``: the periods leaving the holdout), ``update``, ``solve``,
+  build the Pipelines (``RidgeArrays.pipeline``) and write them with a new stats file. Series
+  whose model is not the ridge keep theirs (``modelset.carry_over``) until the next full refit.
+  Backtest scores, intervals and the selection keep the full refit's values (``trained_in``
+  says which run chose them; a daily set is a refresh of the same selection, so the champion
+  gate compares it only on the new holdout periods). A spec whose features or alpha changed
+  since the stats were written forces a full refit (store ``features.feature_names`` and alpha
+  in the stats file's schema metadata).
+- Full-refit day: today's path; the stats are rebuilt from the window's rows
+  (``ridge_stats.training_moments``), which also resets every shift.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def with_model(**model) -> DatasetSpec:
 
 
 def test_refit_needs_the_closed_form_ridge():
-    with pytest.raises(ValidationError, match="model.refit needs"):
+    with pytest.raises(ValidationError, match="model\\.refit needs"):
         with_model(family="linear", refit={"full_every_days": 7})
     assert with_model(refit={"full_every_days": 7}).model.refit.full_every_days == 7
 
