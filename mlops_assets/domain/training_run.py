@@ -131,7 +131,7 @@ def fresh_manifest(
         fresh = fresh.append_column(name, fingerprints[name].take(at))
     fresh = fresh.sort_by("series_id")
     fresh = fresh.append_column("trained_in", pa.array([version] * fresh.num_rows))
-    fresh, stats_file = ridge_stats.split_stats(fresh, folder)
+    fresh, stats_file = ridge_stats.split_stats(fresh, folder, spec)
     manifest, packs = modelset.pack_models(fresh, folder)
     return manifest, packs + stats_file
 

@@ -47,8 +47,8 @@ How it is stored and used:
   Backtest scores, intervals and the selection keep the full refit's values (``trained_in``
   says which run chose them; a daily set is a refresh of the same selection, so the champion
   gate compares it only on the new holdout periods). A spec whose features or alpha changed
-  since the stats were written forces a full refit (store ``features.feature_names`` and alpha
-  in the stats file's schema metadata).
+  since the stats were written forces a full refit (built: the stats file's schema metadata
+  names both, ``ridge_stats.read_stats`` refuses a mismatch).
 - Full-refit day: today's path; the stats are rebuilt from the window's rows
   (``ridge_stats.training_moments``), which also resets every shift.
 """

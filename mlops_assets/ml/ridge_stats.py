@@ -16,13 +16,14 @@ over by reference like the model bytes).
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mlops_assets.ml.features import SeriesFrame, feature_matrix, positions
+from mlops_assets.ml.features import SeriesFrame, feature_matrix, feature_names, positions
 from mlops_assets.ml.incremental import RidgeMoments
 from mlops_assets.ml.spec import DatasetSpec
 
@@ -87,9 +88,15 @@ def record_columns(frame: SeriesFrame, spec: DatasetSpec, chosen: np.ndarray) ->
     ]
 
 
-def split_stats(manifest: pa.Table, folder: str) -> tuple[pa.Table, list[tuple[str, bytes]]]:
+def split_stats(
+    manifest: pa.Table, folder: str, spec: DatasetSpec
+) -> tuple[pa.Table, list[tuple[str, bytes]]]:
     """``manifest`` without ``FIELDS`` but with ``stats_artifact``, and the stats file to write
-    (none when no series has statistics). A manifest without ``FIELDS`` is returned as is."""
+    (none when no series has statistics). A manifest without ``FIELDS`` is returned as is.
+
+    The file's schema metadata names the features (in order) and the alpha the statistics
+    were built for (``stats_signature``): statistics of other features cannot be updated.
+    """
     names = [f.name for f in FIELDS]
     if names[0] not in manifest.column_names:
         return manifest, []
@@ -102,11 +109,25 @@ def split_stats(manifest: pa.Table, folder: str) -> tuple[pa.Table, list[tuple[s
     if stats.num_rows == 0:
         return out, []
     buf = io.BytesIO()
-    pq.write_table(stats, buf, compression="zstd")
+    pq.write_table(stats.replace_schema_metadata(stats_signature(spec)), buf, compression="zstd")
     return out, [(path, buf.getvalue())]
 
 
-def read_stats(data: bytes) -> tuple[list[str], RidgeMoments]:
-    """The series ids and statistics of a stats file ``split_stats`` wrote."""
+def stats_signature(spec: DatasetSpec) -> dict[str, str]:
+    """What a stats file's statistics depend on: the feature names and the ridge's alpha."""
+    alpha = float(spec.model.params.get("alpha", 1.0))
+    return {"features": json.dumps(feature_names(spec)), "alpha": repr(alpha)}
+
+
+def read_stats(data: bytes, spec: DatasetSpec) -> tuple[list[str], RidgeMoments]:
+    """The series ids and statistics of a stats file ``split_stats`` wrote.
+
+    Raises:
+        ValueError: The file was written for other features or another alpha than ``spec``'s
+            (a full refit is due).
+    """
     table = pq.read_table(io.BytesIO(data))
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    if meta != stats_signature(spec):
+        raise ValueError(f"ridge statistics of {meta} do not match the spec's features/alpha")
     return table["series_id"].to_pylist(), RidgeMoments.from_table(table)
