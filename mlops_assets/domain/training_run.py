@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from mlops_assets.domain import model_sets as ms
 from mlops_assets.domain.curated_store import CuratedStore
-from mlops_assets.ml import intervals, modelset
+from mlops_assets.ml import intervals, modelset, ridge_stats
 from mlops_assets.ml.engines import BY_STEP, result_schema
 from mlops_assets.ml.intervals import coverage_field, interval_field
 from mlops_assets.ml.phases import Phases
@@ -131,7 +131,9 @@ def fresh_manifest(
         fresh = fresh.append_column(name, fingerprints[name].take(at))
     fresh = fresh.sort_by("series_id")
     fresh = fresh.append_column("trained_in", pa.array([version] * fresh.num_rows))
-    return modelset.pack_models(fresh, folder)
+    fresh, stats_file = ridge_stats.split_stats(fresh, folder, spec)
+    manifest, packs = modelset.pack_models(fresh, folder)
+    return manifest, packs + stats_file
 
 
 def train_candidate(

@@ -262,7 +262,14 @@ def resulting_manifest(
     rest = pc.invert(pc.is_in(candidate["series_id"], out["series_id"].combine_chunks()))
     orphan = candidate.filter(rest)
     if orphan.num_rows:
-        for name in ("artifact", "offset", "length", "model_sha256", "model_format"):
+        for name in (
+            "artifact",
+            "offset",
+            "length",
+            "model_sha256",
+            "model_format",
+            "stats_artifact",
+        ):
             if name in orphan.column_names:
                 i = orphan.column_names.index(name)
                 orphan = orphan.set_column(

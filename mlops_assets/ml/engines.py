@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
-from mlops_assets.ml import combination, persistence
+from mlops_assets.ml import combination, persistence, ridge_stats
 from mlops_assets.ml.calendar import calendar_series
 from mlops_assets.ml.features import (
     SeriesFrame,
@@ -86,6 +86,8 @@ def result_schema(spec: DatasetSpec) -> pa.Schema:
             # The last targets before scoring starts: what lags and rolling means need.
             pa.field("history_end", pa.string()),
             pa.field("history_tail", pa.list_(pa.float64())),
+            # Sufficient statistics of a ridge model (model.refit only: ridge_stats).
+            *(ridge_stats.FIELDS if spec.model.refit is not None else []),
         ]
     )
 
@@ -149,8 +151,11 @@ def train_series_frame(frame: SeriesFrame, spec: DatasetSpec) -> tuple[list[dict
     features_seconds = _time.perf_counter() - started
     sel = select(regular, spec)
     records: list[dict | None] = [None] * frame.n_series
+    stats = None
+    if spec.model.refit is not None:
+        stats = ridge_stats.record_columns(regular, spec, sel.family == spec.model.family)
     for j, i in enumerate(cal.kept):
-        records[i] = _record(spec, regular.keys[j], sel, j, regular)
+        records[i] = _record(spec, regular.keys[j], sel, j, regular) | (stats[j] if stats else {})
     for i, reason in cal.invalid.items():
         records[i] = _failed_record(spec, frame.keys[i], reason)
     return [r for r in records if r is not None], features_seconds
@@ -176,6 +181,7 @@ def _failed_record(spec: DatasetSpec, key: tuple, reason: str) -> dict:
         "model_sha256": None,
         "history_end": None,
         "history_tail": [],
+        **{f.name: None for f in ridge_stats.FIELDS if spec.model.refit is not None},
     }
 
 

@@ -125,6 +125,19 @@ class CombineSpec(BaseModel):
     )
 
 
+class RefitSpec(BaseModel):
+    """Exact incremental fits of the ridge family between full refits (``ml.incremental``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    full_every_days: int = Field(
+        ge=1,
+        description="Days between full refits (every family, backtest and selection); each "
+        "full refit stores every ridge series' sufficient statistics beside its model "
+        "(``ridge_stats.parquet``) for the daily incremental updates in between.",
+    )
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -149,6 +162,19 @@ class ModelSpec(BaseModel):
         "their backtest scores shrunk toward the run's panel-wide scores (``combine``).",
     )
     combine: CombineSpec = Field(default_factory=CombineSpec)
+    refit: RefitSpec | None = Field(
+        default=None,
+        description="Incremental daily fits of the ridge family; None: every run refits all.",
+    )
+
+    @model_validator(mode="after")
+    def _refit_needs_closed_form(self) -> ModelSpec:
+        if self.refit is not None and not families.family(self.family).has_closed_form(self.params):
+            raise ValueError(
+                f"model.refit needs a family fitted from its moments (ridge with only "
+                f"alpha/random_state params); got {self.family!r} with {sorted(self.params)}"
+            )
+        return self
 
     @field_validator("family")
     @classmethod
