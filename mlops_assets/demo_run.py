@@ -98,6 +98,7 @@ def run_with_progress(
     spec: DatasetSpec,
     log: dg.LoggerDefinition,
     say: Say,
+    run_config: dict | None = None,
     **kwargs,
 ) -> dg.ExecuteInProcessResult:
     """Execute ``job`` in process with ``log`` as its only logger; a line per finished step."""
@@ -118,7 +119,7 @@ def run_with_progress(
 
     job = job.with_logger_defs({"file": log}).with_hooks({done, failed})
     return job.execute_in_process(
-        run_config={"loggers": {"file": {}}}, raise_on_error=False, **kwargs
+        run_config={**(run_config or {}), "loggers": {"file": {}}}, raise_on_error=False, **kwargs
     )
 
 

@@ -32,7 +32,7 @@ _SILENCED: tuple[tuple[str, type[Warning], str], ...] = (
 
 # Loggers of libraries that print their own lines on stderr (MLflow creating its SQLite
 # tables); a log file takes them while ``log_to_file`` is active.
-_LIBRARY_LOGGERS = ("mlflow", "alembic")
+_LIBRARY_LOGGERS = ("mlflow", "alembic", "azure")
 
 
 def silence_third_party_warnings() -> None:
