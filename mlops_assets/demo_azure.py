@@ -206,26 +206,27 @@ def _score_one(emu: Emulation, spec: DatasetSpec, prod_registry: Any) -> dict:
 def summary_table(emu: Emulation, answer: dict) -> list[str]:
     """What ran where: the jobs, the endpoint's traffic and deployment, the model, the answer."""
     ml = emu.ml
-    rows = [f"{'Azure ML jobs (emulated)':<34} {'instances':>9}  status"]
+    rows = ["Azure ML jobs (emulated)"]
     for job in ml.workspace.calls("jobs.create_or_update"):
-        purpose = job.tags.get("mlops/purpose", "")
+        status = ml.jobs.get(job.name).status
         rows.append(
-            f"  {purpose:<8} {job.name[-23:]:<23} {job.resources.instance_count:>9}  "
-            f"{ml.jobs.get(job.name).status} on {job.compute}"
+            f"  {job.tags.get('mlops/purpose', ''):<6} {job.name:<40} "
+            f"{getattr(status, 'value', status)} on {job.compute}, "
+            f"{job.resources.instance_count} instances"
         )
     ep = ml.online_endpoints.get(ENDPOINT)
     traffic = ", ".join(f"{c} {p}%" for c, p in sorted(ep.traffic.items()))
     (color,) = [c for c, p in ep.traffic.items() if p == 100]
     dep = ml.online_deployments.get(name=color, endpoint_name=ENDPOINT)
-    predictions = answer.get("predictions") or answer.get("results") or []
+    first = (answer.get("predictions") or [{}])[0]
     rows += [
         f"endpoint     {ENDPOINT} on {AKS}: traffic {traffic}",
         f"deployment   {dep.name} ({dep.instance_count} instance), model {dep.model}",
         f"model set    v{dep.environment_variables['MLOPS_SERVING_VERSION']} "
         f"(prod registry), {len(ml.workspace.calls('online_deployments.begin_create_or_update'))}"
         " deployment(s) created",
-        f"request      served by {answer.get('served_by')}: {len(predictions)} prediction(s), "
-        f"{answer.get('n_errors')} error(s)",
+        f"request      served by {answer.get('served_by')}: {first.get('series_id')} "
+        f"{first.get('time')} -> {first.get('prediction')}, {answer.get('n_errors')} error(s)",
     ]
     return rows
 

@@ -671,9 +671,7 @@ class AzureMLKubernetesEndpoint(EndpointResource):
         self._client = ml_client
         key = uuid.uuid4().hex
         _GIVEN_CLIENTS[key] = ml_client
-        given = type(self)(**{**self.model_dump(), "clients": key})
-        given._client = ml_client
-        return given
+        return type(self)(**{**self.model_dump(), "clients": key})
 
     def describe(self) -> str:
         return f"AML Kubernetes endpoint {self.endpoint_name} ({self.workspace}/{self.compute})"
