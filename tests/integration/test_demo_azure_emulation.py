@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -59,8 +60,12 @@ def test_demo_azure_runs_the_chain_on_the_emulation(tmp_path):
         timeout=240,
     )
     out = proc.stdout
-    # Every process it started (jobs, inference servers, the endpoint front) is gone.
+    # Every process it started (jobs, inference servers, Azurite) is gone.
     assert not _processes_under(home), _processes_under(home)
+    port = re.search(r"started Azurite \(http://127\.0\.0\.1:(\d+)/", out)
+    assert port, out
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", int(port.group(1))), timeout=2).close()
     # What runs before the release is asserted whatever happens after it.
     assert "started Azurite" in out and "landed sales 6 series x 80 weeks" in out, out
     for step in ("curated", "candidate_models", "evaluation", "registered_model_set"):
