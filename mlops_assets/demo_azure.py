@@ -140,7 +140,11 @@ def emulated_resources(emu: Emulation, folder: Path) -> dict[str, Any]:
     from resources.endpoints import AzureMLKubernetesEndpoint
     from resources.training_engine import PipesTrainingEngine
 
-    workspace = {"subscription_id": SUBSCRIPTION, "resource_group": "rg", "workspace": "ws"}
+    workspace: dict[str, Any] = {
+        "subscription_id": SUBSCRIPTION,
+        "resource_group": "rg",
+        "workspace": "ws",
+    }
     blob = BlobServiceClient.from_connection_string(emu.azurite.connection_string)
     compute = AzureMLBatchCompute(
         **workspace,
@@ -298,7 +302,7 @@ def run_demo_azure(settings: AzureDemoSettings, say: Say, err: Say) -> int:
             answer = _score_one(emu, spec, resources["prod_registry"])
             say("sales: one request through the endpoint's front")
             key = _land_batch_drop(emu.storage, spec, settings)
-            instance.add_dynamic_partitions(scoring_partitions(spec).name, [key])
+            instance.add_dynamic_partitions(str(scoring_partitions(spec).name), [key])
             say(f"sales: batch scoring of {key.split('@')[0]} (2 AML instances)")
             _run(
                 definitions,
