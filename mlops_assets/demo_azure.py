@@ -84,10 +84,12 @@ class Emulation:
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops the demo the way Ctrl-C does, so every ``finally`` runs."""
+    """SIGTERM stops the demo the way Ctrl-C does, so every ``finally`` runs: it raises SIGINT,
+    whose handler is Dagster's while a run executes (the step is interrupted, and
+    ``PipesAzureMLClient`` cancels its job), Python's KeyboardInterrupt otherwise."""
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        signal.raise_signal(signal.SIGINT)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
