@@ -319,7 +319,8 @@ def run_demo_azure(settings: AzureDemoSettings, say: Say, err: Say) -> int:
             err(str(failed))
             for line in failed.lines:
                 err(f"  {line}")
-            err(f"Dagster's events are in {log_path}")
+            err(f"Dagster's events are in {log_path}; the emulated jobs' and inference")
+            err(f"servers' logs under {folder / 'workspace'}")
             return 1
         say("")
         for line in summary_table(emu, answer):
