@@ -9,7 +9,7 @@ export MLOPS_HOME ?= $(CURDIR)/.mlops
 export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
 
 .DEFAULT_GOAL := help
-.PHONY: help env tools apt-packages demo dev check-defs test test-fast test-real test-e2e bench lint format lock clean check-azure
+.PHONY: help env tools apt-packages demo demo-azure dev check-defs test test-fast test-real test-e2e bench lint format lock clean check-azure
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ tools: .tools/azurite/node_modules/.bin/azurite-blob .tools/checkov/bin/checkov 
 
 demo: env ## Generate sample data, run the daily retrain and promotion, print the result table
 	@$(VENV)/bin/mlops demo
+
+demo-azure: env .tools/azurite/node_modules/.bin/azurite-blob ## The sales chain on the local Azure ML emulation (Azurite, no Azure account)
+	@$(VENV)/bin/mlops demo-azure
 
 dev: env ## Open the Dagster UI (webserver + daemon) on http://127.0.0.1:3000, reports on :3001
 	@$(VENV)/bin/mlops dev --port 3000 --reports-port 3001

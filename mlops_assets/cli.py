@@ -123,6 +123,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(settings, say=print, err=lambda line: print(line, file=sys.stderr))
 
 
+def cmd_demo_azure(args: argparse.Namespace) -> int:
+    from mlops_assets.demo_azure import AzureDemoSettings, run_demo_azure
+
+    settings = AzureDemoSettings(args.series, args.periods, args.as_of)
+    return run_demo_azure(settings, say=print, err=lambda line: print(line, file=sys.stderr))
+
+
 def serve_settings(args: argparse.Namespace, home: Path) -> ServingSettings:
     """What ``mlops serve`` serves: ``--dataset`` is a bundled spec's name or a spec YAML's
     path, and the spec travels to the server as JSON either way.
@@ -310,6 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--periods", type=int, default=156)
     demo.add_argument("--as-of", help="partition (YYYY-MM-DD); default today, UTC")
     demo.set_defaults(func=cmd_demo)
+    azure_demo = sub.add_parser(
+        "demo-azure",
+        help="the sales chain on the local Azure ML emulation (Azurite; no Azure account)",
+    )
+    azure_demo.add_argument("--series", type=int, default=12)
+    azure_demo.add_argument("--periods", type=int, default=104)
+    azure_demo.add_argument("--as-of", help="partition (YYYY-MM-DD); default today, UTC")
+    azure_demo.set_defaults(func=cmd_demo_azure)
     add_backfill_parser(sub)
 
     serve = sub.add_parser("serve", help="serve the production model set on a local endpoint")

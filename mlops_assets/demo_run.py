@@ -100,7 +100,9 @@ def run_with_progress(
     say: Say,
     **kwargs,
 ) -> dg.ExecuteInProcessResult:
-    """Execute ``job`` in process with ``log`` as its only logger; a line per finished step."""
+    """Execute ``job`` in process with ``log`` as its only logger; a line per finished step.
+
+    ``kwargs`` go to ``execute_in_process`` (a ``run_config`` gets the logger's added)."""
     last = [time.perf_counter()]
 
     def report(op_name: str, state: str) -> None:
@@ -118,7 +120,9 @@ def run_with_progress(
 
     job = job.with_logger_defs({"file": log}).with_hooks({done, failed})
     return job.execute_in_process(
-        run_config={"loggers": {"file": {}}}, raise_on_error=False, **kwargs
+        run_config={**kwargs.pop("run_config", {}), "loggers": {"file": {}}},
+        raise_on_error=False,
+        **kwargs,
     )
 
 

@@ -31,8 +31,9 @@ _SILENCED: tuple[tuple[str, type[Warning], str], ...] = (
 )
 
 # Loggers of libraries that print their own lines on stderr (MLflow creating its SQLite
-# tables); a log file takes them while ``log_to_file`` is active.
-_LIBRARY_LOGGERS = ("mlflow", "alembic")
+# tables, azure-ai-ml's experimental-class notices: "azure.ai.ml" has its own stderr handler
+# and does not propagate); a log file takes them while ``log_to_file`` is active.
+_LIBRARY_LOGGERS = ("mlflow", "alembic", "azure", "azure.ai.ml")
 
 
 def silence_third_party_warnings() -> None:

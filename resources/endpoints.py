@@ -30,6 +30,7 @@ import json
 import os
 import time
 import urllib.request
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -601,6 +602,9 @@ class AmlRolloutOps(RolloutOps):
         )
 
 
+_GIVEN_CLIENTS: dict[str, Any] = {}  # AzureMLKubernetesEndpoint.with_client
+
+
 class AzureMLKubernetesEndpoint(EndpointResource):
     """A Kubernetes online endpoint (AKS attached to the AML workspace), blue/green."""
 
@@ -649,13 +653,25 @@ class AzureMLKubernetesEndpoint(EndpointResource):
         default=5.0, description="Load profile against the new colour at 0 % traffic (0: none)."
     )
 
+    clients: str = Field(
+        default="",
+        description=(
+            "Set by with_client (tests, make demo-azure): the key of the client given in this "
+            "process; empty: a client built with DefaultAzureCredential."
+        ),
+    )
+
     _client: Any = PrivateAttr(default=None)
 
     def with_client(self, ml_client: Any) -> AzureMLKubernetesEndpoint:
         """Use this ``MLClient`` (tests, or one built elsewhere) instead of
-        DefaultAzureCredential's."""
+        DefaultAzureCredential's: this resource does, and so does the copy returned, which
+        keeps it through Dagster's rebuild of a resource from its fields (the client is held
+        by key in a process-wide table, as ``AzureMLBatchCompute.with_clients`` does)."""
         self._client = ml_client
-        return self
+        key = uuid.uuid4().hex
+        _GIVEN_CLIENTS[key] = ml_client
+        return type(self)(**{**self.model_dump(), "clients": key})
 
     def describe(self) -> str:
         return f"AML Kubernetes endpoint {self.endpoint_name} ({self.workspace}/{self.compute})"
@@ -670,6 +686,8 @@ class AzureMLKubernetesEndpoint(EndpointResource):
         }
 
     def ml_client(self):
+        if self._client is None and self.clients:
+            self._client = _GIVEN_CLIENTS[self.clients]
         if self._client is None:
             from azure.ai.ml import MLClient
             from azure.identity import DefaultAzureCredential

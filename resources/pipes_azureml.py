@@ -52,6 +52,16 @@ def _make_timed_client():
                     )
                 time.sleep(self.poll_interval_seconds)
 
+        def _poll_til_terminating(self, job_name: str) -> None:
+            """Called only once an interrupted run has cancelled its job: wait until the job
+            stops, then interrupt the step. dagster-azure returns a completed invocation here,
+            so the step went on with whatever the cancelled job had written, and the run with
+            its next steps (seen with Ctrl-C in ``mlops demo-azure``)."""
+            from dagster._core.errors import DagsterExecutionInterruptedError
+
+            super()._poll_til_terminating(job_name)
+            raise DagsterExecutionInterruptedError(f"Azure ML job {job_name} cancelled")
+
     return _Timed
 
 

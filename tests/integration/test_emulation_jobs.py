@@ -174,6 +174,9 @@ def test_a_terminated_run_cancels_its_emulated_job(aml, curated):
     watcher.join(5)
     assert fired and not result.success
     (name,) = fired
+    # The step stops as interrupted, not with whatever the cancelled job had written so far.
+    failures = [e.step_failure_data.error.message for e in result.get_step_failure_events()]
+    assert any(f"{name} cancelled" in m for m in failures), failures
     assert name in ml.workspace.calls("jobs.begin_cancel")
     assert ml.jobs.get(name).status == "Canceled"
     for p in ml.jobs.run(name).processes:
