@@ -63,6 +63,9 @@ class ModelSetRelease:
     ref: ModelSetRef
     source_uri: str | None = None  # the registry version's source (a folder URI)
     smoke_records: list[dict] = field(default_factory=list)
+    # The set as one self-contained folder (``model_sets.bundle``), for endpoints that copy a
+    # folder to their servers (``EndpointResource.needs_bundle``).
+    bundle: str | None = None
 
     @property
     def version(self) -> str:
@@ -83,6 +86,11 @@ class EndpointResource(dg.ConfigurableResource, ABC):
 
     @abstractmethod
     def describe(self) -> str: ...
+
+    def needs_bundle(self) -> bool:
+        """Whether ``release`` needs the set as one folder (``ModelSetRelease.bundle``): an
+        Azure ML model is one folder; a local endpoint reads the storage itself."""
+        return False
 
     @abstractmethod
     def where(self, dataset: str, report: dict) -> dict[str, str]:
@@ -266,7 +274,8 @@ class DeploymentSettings:
     """Sizing and behaviour of one Kubernetes deployment."""
 
     environment: str = "azureml:mlops-assets-serving@latest"
-    code: str = "."  # the repository root (the entry script imports mlops_assets)
+    # The repository root, whatever the working folder (the entry script imports mlops_assets).
+    code: str = str(Path(__file__).resolve().parents[1])
     instance_type: str = "defaultinstancetype"
     instance_count: int = 3
     cpu_request: str = "1"
@@ -676,6 +685,9 @@ class AzureMLKubernetesEndpoint(EndpointResource):
     def describe(self) -> str:
         return f"AML Kubernetes endpoint {self.endpoint_name} ({self.workspace}/{self.compute})"
 
+    def needs_bundle(self) -> bool:
+        return True
+
     def where(self, dataset: str, report: dict) -> dict[str, str]:
         return {
             "target": "azureml",
@@ -712,7 +724,7 @@ class AzureMLKubernetesEndpoint(EndpointResource):
         )
 
     def release(self, release: ModelSetRelease, log: Callable[[str], None] = print) -> dict:
-        path = f"{self.model_base_uri.rstrip('/')}/{release.folder}"
+        path = f"{self.model_base_uri.rstrip('/')}/{release.bundle or release.folder}"
         ops = AmlRolloutOps(
             self.ml_client(),
             self.endpoint_name,

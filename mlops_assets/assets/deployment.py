@@ -11,11 +11,18 @@
 No ``from __future__ import annotations`` here: Dagster reads the Config classes' annotations.
 """
 
+from dataclasses import replace
+
 import dagster as dg
 from pydantic import Field
 
 from mlops_assets.assets.promotion import production_key
-from mlops_assets.domain.model_sets import ModelSetError, read_manifest, registered_model_name
+from mlops_assets.domain.model_sets import (
+    ModelSetError,
+    read_manifest,
+    registered_model_name,
+    write_bundle,
+)
 from mlops_assets.domain.serving_qa import (
     QAError,
     QAReport,
@@ -182,6 +189,10 @@ def build_deployment_assets(spec: DatasetSpec) -> list[dg.AssetsDefinition]:
             release = ModelSetRelease(
                 spec.name, mv.ref, mv.source, smoke_records(spec, manifest, 5)
             )
+            if endpoint.needs_bundle():
+                bundle = write_bundle(prod_storage, mv.ref)
+                release = replace(release, bundle=bundle)
+                context.log.info(f"the set as one folder: {prod_storage.uri(bundle)}")
             report = endpoint.release(release, log=context.log.info)
         except (ReleaseError, ModelSetError, ModelIntegrityError) as exc:
             raise dg.Failure(str(exc)) from exc

@@ -186,8 +186,18 @@ def _failed_record(spec: DatasetSpec, key: tuple, reason: str) -> dict:
 
 
 def _to_frame(records: list[dict], spec: DatasetSpec) -> pd.DataFrame:
-    names = result_schema(spec).names
-    return pd.DataFrame({n: [r[n] for r in records] for n in names}, columns=names)
+    schema = result_schema(spec)
+    # With no records (an instance whose share of the series is empty) a list column would be
+    # float64, which Arrow cannot convert to its list type: list columns stay objects.
+    return pd.DataFrame(
+        {
+            f.name: pd.Series([r[f.name] for r in records], dtype=object)
+            if pa.types.is_list(f.type) or pa.types.is_large_list(f.type)
+            else [r[f.name] for r in records]
+            for f in schema
+        },
+        columns=schema.names,
+    )
 
 
 def train_partition(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[object | None, dict]:

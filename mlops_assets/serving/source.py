@@ -20,6 +20,7 @@ bounded cache. No Dagster imports.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,24 @@ class FlatFolderStorage(LocalStorage):
         return Path(self.root) / check_name(name).rsplit("/", 1)[-1]
 
 
+def _walk_for(base: Path, name: str) -> list[Path]:
+    """Every ``name`` under ``base``, shallowest first; linked folders are followed (a mounted
+    model folder may be a link)."""
+    found = [Path(d) / name for d, _, files in os.walk(base, followlinks=True) if name in files]
+    return sorted(found, key=lambda p: (len(p.parts), p))
+
+
+def _reader(folder: Path, ref: ms.ModelSetRef | None) -> LocalStorage:
+    """The storage a model folder is read through: rooted where the set's own folder name
+    begins (a bundle, ``model_sets.bundle``: every pack under its stored name), or a flat
+    folder (every name by its last part) for a folder copied out on its own."""
+    tail = ref.folder.strip("/") if ref is not None else ""
+    path = folder.as_posix()
+    if tail and tail != "." and path.endswith("/" + tail):
+        return LocalStorage(path[: -len(tail) - 1])
+    return FlatFolderStorage(folder)
+
+
 class Source:
     """Resolves the model set to serve now. ``dynamic`` sources are polled for changes."""
 
@@ -90,13 +109,14 @@ class ModelDirSource(Source):
     def resolve(self) -> Served:
         base = Path(self.model_dir)
         found = sorted(base.glob(modelset.MANIFEST)) or sorted(base.glob(f"*/{modelset.MANIFEST}"))
-        found = found or sorted(base.rglob(modelset.MANIFEST))
+        found = found or _walk_for(base, modelset.MANIFEST)
         if not found:
             raise SourceError(f"no {modelset.MANIFEST} under AZUREML_MODEL_DIR={self.model_dir}")
-        storage = FlatFolderStorage(found[0].parent)
+        folder = found[0].parent
         ref = None
-        if storage.exists(ms.REF_FILE):
-            ref = ms.ModelSetRef.from_json(storage.read_text(ms.REF_FILE))
+        if (folder / ms.REF_FILE).exists():
+            ref = ms.ModelSetRef.from_json((folder / ms.REF_FILE).read_text())
+        storage = _reader(folder, ref)
         if self.manifest_sha256:
             ref = (
                 replace(ref, manifest_sha256=self.manifest_sha256)

@@ -87,6 +87,16 @@ class AzureBlobStorage(Storage):
             "prefix": self.prefix,
         }
 
+    def sub(self, folder: str) -> AzureBlobStorage:
+        return AzureBlobStorage(
+            self.account_url,
+            self.container,
+            prefix=self._full(check_name(folder.rstrip("/"))),
+            connection_string=self.connection_string,
+            create_container=self.create_container,
+            retry=self.retry,
+        )
+
     def _container(self):
         if self._client is None:
             from azure.storage.blob import ContainerClient

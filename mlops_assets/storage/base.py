@@ -70,6 +70,10 @@ class Storage(ABC):
     def delete(self, name: str) -> None: ...
 
     @abstractmethod
+    def sub(self, folder: str) -> Storage:
+        """The same storage rooted at ``folder``: its names are relative to it."""
+
+    @abstractmethod
     def uri(self, name: str) -> str:
         """A URI a person (or another tool) can open."""
 

@@ -93,6 +93,9 @@ class LocalStorage(Storage):
     def config(self) -> dict[str, Any]:
         return {"kind": "local", "root": self.root}
 
+    def sub(self, folder: str) -> LocalStorage:
+        return LocalStorage(self._path(check_name(folder.rstrip("/"))))
+
     def _path(self, name: str) -> Path:
         name = check_name(name)
         if name.rsplit("/", 1)[-1].startswith(TMP_PREFIX):

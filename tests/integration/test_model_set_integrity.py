@@ -163,3 +163,45 @@ def test_model_dir_without_any_digest_is_refused(tmp_path, root, monkeypatch):
     (path / "abcd1234" / REF_FILE).unlink()
     with pytest.raises(SourceError, match="nothing to verify"):
         from_model_dir(monkeypatch, path)
+
+
+def test_a_bundle_serves_a_set_whose_packs_live_in_other_sets_folders(tmp_path, root, monkeypatch):
+    """A release set carries models by reference to other sets' packs, and pack names repeat
+    across sets; its bundle (what an Azure ML model is made from) holds every pack under its
+    stored name, and the model-dir source reads it through a linked mount, every model
+    verified."""
+    import pyarrow as pa
+
+    from mlops_assets.domain import model_sets as ms
+    from mlops_assets.ml import modelset
+
+    other = "models/sales/sets/2026-11-10/ffff0000"
+    synthetic_model_set(root, other, SPEC, n_series=5, version="2026-11-10/ffff0000", seed=1)
+    storage = LocalStorage(root)
+    first = ms.read_manifest(storage, model_set_ref(root, FOLDER))
+    second = ms.read_manifest(storage, model_set_ref(root, other))
+    mixed = pa.concat_tables([first.slice(0, 6), second.slice(0, 3)]).combine_chunks()
+    assert len(set(mixed["artifact"].to_pylist())) == 2  # both sets' pack-000.bin
+    release = ms.write_model_set(
+        storage,
+        mixed,
+        [],
+        name=ms.registered_model_name(SPEC),
+        version="2026-11-17/rel00000",
+        folder="models/sales/releases/2026-11-17/rel00000",
+    ).registered(4)
+    bundle = ms.write_bundle(storage, release)
+    assert bundle == ms.bundle_folder(release) and ms.write_bundle(storage, release) == bundle
+    mount = tmp_path / "azureml-models" / "sales-models" / "4"
+    mount.mkdir(parents=True)
+    (mount / "bundle").symlink_to(root / bundle, target_is_directory=True)
+    monkeypatch.setenv("AZUREML_MODEL_DIR", str(mount))
+    monkeypatch.setenv("MLOPS_SERVING_VERSION", "4")
+    monkeypatch.setenv("MLOPS_SERVING_MANIFEST_SHA256", release.manifest_sha256)
+    service = start(ServingSettings.from_env())
+    assert service.info()["model_set_version"] == "4"
+    active = service.active
+    assert active is not None
+    served = active.served.storage
+    manifest = modelset.read_manifest(served.read_bytes(release.manifest_name))
+    assert ms.verify_models(served, manifest) == 9

@@ -211,6 +211,17 @@ def test_moved_object_is_a_new_version_for_pollers(storage: Storage) -> None:
     assert moved.last_modified >= old.last_modified
 
 
+def test_a_sub_storage_is_rooted_at_its_folder(storage: Storage) -> None:
+    sub = storage.sub("bundles/x")
+    sub.write_bytes("models/a/pack-000.bin", b"abc")
+    assert storage.read_bytes("bundles/x/models/a/pack-000.bin") == b"abc"
+    assert [b.name for b in sub.list("models/")] == ["models/a/pack-000.bin"]
+    assert [b.name for b in sub.sub("models").list()] == ["a/pack-000.bin"]
+    assert sub.config()["kind"] == storage.config()["kind"]
+    with pytest.raises(ValueError):
+        storage.sub("../escape")
+
+
 def test_delete(storage: Storage) -> None:
     storage.delete("never/existed.csv")
     storage.write_bytes("a/b/c.csv", b"x")

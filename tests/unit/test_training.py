@@ -321,3 +321,14 @@ def test_a_series_off_the_calendar_fails_alone(sales):
     by_status = dict(zip(out["status"], out["reason"], strict=True))
     assert set(by_status) == {FAILED, TRAINED}
     assert "time.off_calendar" in by_status[FAILED]
+
+
+def test_a_share_without_series_converts_to_its_arrow_schema():
+    """A remote training instance whose share of the series is empty (4 series, 2 instances)
+    writes an empty part: its list columns must still convert to their Arrow types."""
+    import pyarrow as pa
+
+    spec = load_spec("sales")
+    results = train_local(sales_table(SalesShape(2, 60, seed=2)), spec, series=[], max_workers=1)
+    table = pa.Table.from_pandas(results, schema=result_schema(spec), preserve_index=False)
+    assert table.num_rows == 0 and table.schema == result_schema(spec)

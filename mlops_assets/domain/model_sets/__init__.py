@@ -8,6 +8,7 @@ it. ``layout`` says where sets and pointers live, ``io`` writes and reads them, 
 the evaluated set with its gate outcome.
 """
 
+from mlops_assets.domain.model_sets.bundle import bundle_folder, write_bundle
 from mlops_assets.domain.model_sets.io import (
     copy_model_set,
     load_model,
@@ -41,6 +42,7 @@ __all__ = [
     "ModelSetError",
     "ModelSetRef",
     "ReleaseRecord",
+    "bundle_folder",
     "candidate_pointer",
     "copy_model_set",
     "latest_pointer",
@@ -62,6 +64,7 @@ __all__ = [
     "sweep_unfinished_sets",
     "unfinished_sets",
     "verify_models",
+    "write_bundle",
     "write_model_set",
     "write_pointer",
     "write_release",
