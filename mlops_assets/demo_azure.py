@@ -138,8 +138,8 @@ def emulated_resources(emu: Emulation, folder: Path) -> dict[str, Any]:
     azureml`` builds them, on the emulation instead of Azure (MLflow registries: SQLite)."""
     from azure.storage.blob import BlobServiceClient
 
+    from resources.aml_endpoint import AzureMLKubernetesEndpoint
     from resources.compute import AzureMLBatchCompute
-    from resources.endpoints import AzureMLKubernetesEndpoint
     from resources.training_engine import PipesTrainingEngine
 
     workspace: dict[str, Any] = {

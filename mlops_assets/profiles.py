@@ -14,7 +14,11 @@ import dagster as dg
 
 from mlops_assets.ml.spec import bundled_specs
 from mlops_assets.pools import RUN_QUEUE, ensure_writer_pools
-from resources.endpoints import AzureMLKubernetesEndpoint, EndpointResource, LocalEndpoint
+from resources.aml_endpoint import AzureMLKubernetesEndpoint
+from resources.endpoints import (
+    EndpointResource,
+    LocalEndpoint,
+)
 from resources.registry import MlflowRegistry
 from resources.storage import AzureBlobStorageResource, LocalStorageResource
 from resources.training_engine import (

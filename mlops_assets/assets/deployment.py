@@ -34,7 +34,11 @@ from mlops_assets.domain.serving_qa import (
 from mlops_assets.ml.persistence import ModelIntegrityError
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.storage import Storage
-from resources.endpoints import EndpointResource, ModelSetRelease, ReleaseError
+from resources.endpoints import (
+    EndpointResource,
+    ModelSetRelease,
+    ReleaseError,
+)
 from resources.registry import ModelRegistry, ModelSetVersion
 
 __all__ = ["build_deployment_assets", "deploy_job_name", "deploy_run_config", "recommend"]

@@ -30,14 +30,16 @@ from aml_emulation.workspace import EmulatedWorkspace
 from mlops_assets.domain.inference_summary import read_day
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.serving.synthetic import model_set_ref, real_model_set, request_rows
-from resources.endpoints import (
-    AmlRolloutOps,
-    AzureMLKubernetesEndpoint,
-    ModelSetRelease,
-    ReleaseError,
+from resources.aml_endpoint import AzureMLKubernetesEndpoint
+from resources.aml_entities import (
     deployment_entity,
     endpoint_entity,
 )
+from resources.endpoints import (
+    ModelSetRelease,
+    ReleaseError,
+)
+from resources.rollout import AmlRolloutOps
 from tests.fixtures.azurite import unique_container_name
 
 pytestmark = pytest.mark.integration

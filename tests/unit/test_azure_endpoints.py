@@ -13,17 +13,21 @@ from azure.ai.ml import load_environment, load_model, load_online_deployment, lo
 from azure.ai.ml.entities import KubernetesOnlineDeployment, KubernetesOnlineEndpoint
 
 from mlops_assets.domain.model_sets import ModelSetRef
-from resources.endpoints import (
+from resources.aml_endpoint import AzureMLKubernetesEndpoint
+from resources.aml_entities import (
     SCORING_SCRIPT,
-    AzureMLKubernetesEndpoint,
     DeploymentSettings,
-    ModelSetRelease,
-    ReleaseError,
-    RolloutOps,
     deployment_entity,
     endpoint_entity,
     identity_entity,
     model_entity,
+)
+from resources.endpoints import (
+    ModelSetRelease,
+    ReleaseError,
+)
+from resources.rollout import (
+    RolloutOps,
     staged_rollout,
     traffic_stages,
 )
