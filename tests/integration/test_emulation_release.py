@@ -302,3 +302,42 @@ def test_azure_refusals(emulated):
     conn.close()
     assert isinstance(eps.get(ENDPOINT), KubernetesOnlineEndpoint)
     assert eps.get(ENDPOINT).traffic == {color: 100}  # nothing refused changed anything
+
+
+def test_the_endpoint_mirrors_a_share_of_live_requests_to_an_idle_deployment(emulated):
+    """Mirror traffic: the live colour answers every request; the mirror deployment gets a copy
+    of about its share (answers discarded), and none once the mirror is off."""
+    client, endpoint, releases, _ = emulated
+    color, version = live(client)
+    idle = "green" if color == "blue" else "blue"
+    path = f"azureml://datastores/prodmodels/paths/{releases[version].folder}"
+    ops = AmlRolloutOps(client, ENDPOINT, "aks-serving", path, endpoint.settings())
+    ops.create_deployment(idle, releases[version])
+    routing = client.online_endpoints.state.endpoint(ENDPOINT).routing
+    try:
+        ep = client.online_endpoints.get(ENDPOINT)
+        ep.mirror_traffic = {idle: 50}
+        client.online_endpoints.begin_create_or_update(ep).result()
+        before = routing.stats[f"mirrored:{idle}"]
+        answers = [json.loads(_invoke(client, releases[version].smoke_records)) for _ in range(40)]
+        assert all(a["n_errors"] == 0 for a in answers)
+        deadline = time.monotonic() + 10
+        while routing.stats[f"mirrored:{idle}"] - before < 8 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        mirrored = routing.stats[f"mirrored:{idle}"] - before
+        assert 8 <= mirrored <= 32, mirrored  # 50 % of 40, binomial bounds far in the tails
+        assert routing.stats[f"mirror_failed:{idle}"] == 0
+        ep = client.online_endpoints.get(ENDPOINT)
+        ep.mirror_traffic = {}
+        client.online_endpoints.begin_create_or_update(ep).result()
+        after = routing.stats[f"mirrored:{idle}"]
+        _invoke(client, releases[version].smoke_records)
+        time.sleep(0.3)
+        assert routing.stats[f"mirrored:{idle}"] == after
+    finally:
+        ep = client.online_endpoints.get(ENDPOINT)
+        if ep.mirror_traffic:
+            ep.mirror_traffic = {}
+            client.online_endpoints.begin_create_or_update(ep).result()
+        ops.delete_deployment(idle)
+    assert live(client) == (color, version)
