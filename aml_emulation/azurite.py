@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlops_assets.process_groups import stop_group
 from mlops_assets.storage import AzureBlobStorage
 
 
@@ -148,17 +149,7 @@ def _stop(proc: subprocess.Popen) -> None:
     if proc not in _live:  # already stopped: its pid may belong to someone else by now
         return
     _live.discard(proc)
-    if proc.poll() is not None:  # exited and reaped earlier: its pid may be reused by now
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(STOP_TIMEOUT_S)
-    # Whatever is left of the group (children it may have spawned), and the leader if needed.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(STOP_TIMEOUT_S)
+    stop_group(proc, STOP_TIMEOUT_S)
 
 
 @atexit.register

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import http.client
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import IO
+
+from mlops_assets.process_groups import stop_group
 
 # azmlinfsrv's own CLI entry point, bound to the loopback (it has no option for the host).
 _BOOT = (
@@ -122,16 +123,8 @@ class InferenceProcess:
         return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_group(self.proc, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

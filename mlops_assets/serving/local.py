@@ -18,7 +18,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 from typing import IO
 
+from mlops_assets.process_groups import stop_group
 from mlops_assets.serving.service import ServingSettings
 
 ENTRY_SCRIPT = Path(__file__).with_name("score.py")
@@ -190,16 +190,8 @@ class LocalServer:
         return total
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_group(self.proc, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None
