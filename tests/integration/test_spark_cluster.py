@@ -37,8 +37,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory) -> LocalStorage:
-    """Six series, curated into four shards, trained once by the local engine (the latest set:
-    what a changed-only run compares fingerprints with)."""
+    """Six series, curated into four shards."""
     spec = load_spec("sales")
     storage = LocalStorage(tmp_path_factory.mktemp("spark-cluster-store"))
     land_sales(storage, spec, SalesShape(6, 90), n_drops=1)
@@ -46,12 +45,11 @@ def curated(tmp_path_factory) -> LocalStorage:
     return storage
 
 
-def _drive(cluster, storage: LocalStorage, run_id: str, *flags: str) -> dict:
+def _drive(cluster, storage: LocalStorage, *runs: str) -> list[dict]:
     env = {**cluster.env(), "MLOPS_SPARK_MASTER": cluster.master_url}
     env.pop("MLOPS_SPARK_REMOTE", None)
     done = subprocess.run(
-        [sys.executable, "-m", "tests.fixtures.spark_driver", str(storage.root), AS_OF, run_id]
-        + list(flags),
+        [sys.executable, "-m", "tests.fixtures.spark_driver", str(storage.root), AS_OF, *runs],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -59,7 +57,7 @@ def _drive(cluster, storage: LocalStorage, run_id: str, *flags: str) -> dict:
         timeout=240,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return [json.loads(line) for line in done.stdout.strip().splitlines()[-len(runs) :]]
 
 
 def test_the_cluster_reads_the_shards_and_trains_the_local_engines_models(cluster, curated):
@@ -67,12 +65,11 @@ def test_the_cluster_reads_the_shards_and_trains_the_local_engines_models(cluste
     local = train_candidate(
         curated, spec, LocalTrainingEngine(max_workers=1), as_of=AS_OF, run_id="local000"
     )
-    on_cluster = _drive(cluster, curated, "cluster0", "--changed-only")
-    assert on_cluster["read_shards"] is True
+    changed, on_cluster = _drive(cluster, curated, "cluster0+changed", "cluster1")
+    assert changed["read_shards"] is True
     # The executors' fingerprints equal the local run's: a changed-only run trains nothing.
-    assert on_cluster["trained"] == []
-    assert on_cluster["rows"] == local.rows
-    on_cluster = _drive(cluster, curated, "cluster1")
+    assert changed["trained"] == []
+    assert changed["rows"] == on_cluster["rows"] == local.rows
     assert len(on_cluster["trained"]) == 6
     expected = {c: local.manifest[c].to_pylist() for c in MANIFEST_COLUMNS}
     assert on_cluster["manifest"] == expected
