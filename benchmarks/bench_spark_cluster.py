@@ -8,7 +8,9 @@ with this process as the driver, times in one session (``--repeats`` rounds, alt
   engine's own per-series function (``engines.spark_group_function``): the floor;
 - ``engine``: ``SparkTrainingEngine(read_shards=True).train`` (read, as-of filter, the same
   ``applyInPandas``, results to the driver);
-- ``fingerprints``: the engine's per-series fingerprints (what a changed-only run compares).
+- ``fingerprints``: the engine's per-series fingerprints (what a changed-only run compares);
+- ``driver-collect`` (last; ``--skip-collect`` skips it): the path without ``read_shards``, the
+  driver reading the table and sending it (``createDataFrame``), for its memory.
 
 Each figure has its wall time, the CPU time of the driver (Python and its JVM) and of the
 cluster (daemons, executors and their Python workers), and the load average; the ratio takes
@@ -37,7 +39,7 @@ import psutil
 
 from benchmarks.common import write_result
 from mlops_assets.domain.curated_store import CuratedStore
-from mlops_assets.ml.engines import spark_group_function, spark_result_schema
+from mlops_assets.ml.engines import spark_group_function, spark_result_schema, train_spark
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.sample_data import SalesShape, iter_sales
 from mlops_assets.ml.spec import DatasetSpec, load_spec
@@ -168,6 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--periods", type=int, default=1000)
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--skip-collect", action="store_true", help="skip the driver-collect run (the old path)"
+    )
     args = parser.parse_args(argv)
     spec = load_spec("sales")
     load_start = os.getloadavg()
@@ -179,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
         with spark_cluster(workers=2, cores=1, memory="1g") as cluster:
             os.environ.update(cluster.env())
             cluster_s = time.perf_counter() - started - curate_s
-            result = run_on_cluster(cluster, spec, shards, args.repeats)
+            result = run_on_cluster(cluster, store, shards, args.repeats, not args.skip_collect)
         # After the Spark figures: this read is what a driver collect would hold.
         table = decode_dictionaries(store.read(until=date.fromisoformat(AS_OF)))
         table_mb = table.nbytes / MB
@@ -199,6 +204,10 @@ def main(argv: list[str] | None = None) -> dict:
         "table_arrow_mb": round(table_mb, 1),
         "table_pandas_mb": round(pandas_mb, 1),
         "engine_driver_python_growth_mb": growth,
+        "collect_driver_python_growth_mb": next(
+            (r["driver_python_growth_mb"] for r in result["runs"] if r["name"] == "driver-collect"),
+            None,
+        ),
         "load_avg_start": [round(x, 2) for x in load_start],
         "load_avg_end": [round(x, 2) for x in os.getloadavg()],
         "target_ratio": TARGET_RATIO,
@@ -207,10 +216,16 @@ def main(argv: list[str] | None = None) -> dict:
     write_result("spark_cluster", out)
     if growth > table_mb / 4:
         raise SystemExit(f"the driver grew by {growth} MB: the table ({table_mb:.0f} MB) came back")
+    if not result["same_models"]:
+        raise SystemExit("the engine's models differ from the bare applyInPandas's")
     return out
 
 
-def run_on_cluster(cluster: SparkCluster, spec: DatasetSpec, shards: list[str], repeats: int):
+def run_on_cluster(
+    cluster: SparkCluster, store: CuratedStore, shards: list[str], repeats: int, collect: bool
+) -> dict:
+    spec = store.spec
+    models: dict[str, list] = {}
     engine_resource = spark_engine(master=cluster.master_url)
     procs = Processes(cluster)
     with dg.build_resources({"training": engine_resource}) as res, RssSampler(procs) as rss:
@@ -222,10 +237,17 @@ def run_on_cluster(cluster: SparkCluster, spec: DatasetSpec, shards: list[str], 
         def bare():
             sdf = session.read.parquet(*shards)
             grouped = sdf.groupBy(*spec.series_keys)
-            return grouped.applyInPandas(spark_group_function(spec), schema=schema).toPandas()
+            out = grouped.applyInPandas(spark_group_function(spec), schema=schema).toPandas()
+            models["bare"] = sorted(out["model_sha256"].dropna())
 
         def trained():
-            engine.train(None, spec, phases=Phases(), as_of=AS_OF, shards=shards)
+            out = engine.train(None, spec, phases=Phases(), as_of=AS_OF, shards=shards)
+            models["engine"] = sorted(out["model_sha256"].dropna())
+
+        def collected():
+            """The path without ``read_shards``: the driver reads the table and sends it."""
+            table = decode_dictionaries(store.read(until=date.fromisoformat(AS_OF)))
+            train_spark(session.createDataFrame(table.to_pandas()), spec).toPandas()
 
         # Executors and their Python workers start on the first job: not part of either figure.
         runs = [measure("warm-up", lambda: engine.fingerprints(shards, spec, AS_OF), rss)]
@@ -234,12 +256,15 @@ def run_on_cluster(cluster: SparkCluster, spec: DatasetSpec, shards: list[str], 
             runs += [measure(n, f, rss) for n, f in (pair if i % 2 == 0 else pair[::-1])]
         prints = measure("fingerprints", lambda: engine.fingerprints(shards, spec, AS_OF), rss)
         runs.append(prints)
+        if collect:  # last: it leaves the table's pages in this process
+            runs.append(measure("driver-collect", collected, rss))
     best = {n: min(r["wall_s"] for r in runs if r["name"] == n) for n in ("bare", "engine")}
     return {
         "runs": runs,
         "bare_wall_s": best["bare"],
         "engine_wall_s": best["engine"],
         "fingerprints_wall_s": prints["wall_s"],
+        "same_models": models["bare"] == models["engine"],
         "engine_over_bare": round(best["engine"] / best["bare"], 3),
         "engine_with_fingerprints_over_bare": round(
             (best["engine"] + prints["wall_s"]) / best["bare"], 3

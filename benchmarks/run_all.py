@@ -21,6 +21,7 @@ FULL = {
     "bench_chain": [],
     "bench_batch_scoring": [],
     "bench_serving": [],
+    "bench_spark_cluster": ["--series", "2000", "--periods", "1000"],
 }
 QUICK = {
     "bench_ingest": ["--series", "500", "--periods", "400"],
@@ -30,6 +31,7 @@ QUICK = {
     "bench_chain": ["--series", "300", "--periods", "300"],
     "bench_batch_scoring": ["--series", "300", "--periods", "400"],
     "bench_serving": ["--series", "1000", "--seconds", "3"],
+    "bench_spark_cluster": ["--series", "200", "--periods", "300", "--repeats", "1"],
 }
 
 
