@@ -14,7 +14,7 @@ with this process as the driver, times in one session (``--repeats`` rounds, alt
 
 Each figure has its wall time, the CPU time of the driver (Python and its JVM) and of the
 cluster (daemons, executors and their Python workers), and the load average; the ratio takes
-each side's best round (wall time, and the cluster's CPU time). The driver's
+each side's best round (wall time, and the cluster's CPU time) and the medians. The driver's
 peak RSS (Python and JVM, sampled) is compared with the curated table's in-memory size: the
 run fails if the Python driver grew by more than a quarter of it (a collect would need all).
 Writes ``benchmarks/results/spark_cluster.json``.
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import threading
 import time
@@ -260,6 +261,10 @@ def run_on_cluster(
             runs.append(measure("driver-collect", collected, rss))
     best = {n: min(r["wall_s"] for r in runs if r["name"] == n) for n in ("bare", "engine")}
     cpu = {n: min(r["cluster_cpu_s"] for r in runs if r["name"] == n) for n in ("bare", "engine")}
+    median = {
+        n: statistics.median(r["wall_s"] for r in runs if r["name"] == n)
+        for n in ("bare", "engine")
+    }
     return {
         "runs": runs,
         "bare_wall_s": best["bare"],
@@ -267,6 +272,7 @@ def run_on_cluster(
         "fingerprints_wall_s": prints["wall_s"],
         "same_models": models["bare"] == models["engine"],
         "engine_over_bare": round(best["engine"] / best["bare"], 3),
+        "engine_over_bare_median": round(median["engine"] / median["bare"], 3),
         # The cluster's CPU seconds move less with the machine's load than wall time does.
         "engine_over_bare_cluster_cpu": round(cpu["engine"] / cpu["bare"], 3),
         "engine_with_fingerprints_over_bare": round(
