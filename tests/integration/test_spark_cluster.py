@@ -8,6 +8,7 @@ hold the suite's ``local[2]`` SparkContext.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import date
@@ -21,7 +22,7 @@ from mlops_assets.ml.sample_data import SalesShape
 from mlops_assets.ml.spec import load_spec
 from mlops_assets.storage import LocalStorage
 from resources.training_engine import LocalTrainingEngine
-from tests.fixtures.spark_cluster import REPO_ROOT, spark_cluster
+from tests.fixtures.spark_cluster import REPO_ROOT, spark_cluster, start_connect_server
 from tests.fixtures.spark_driver import MANIFEST_COLUMNS
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
@@ -45,9 +46,8 @@ def curated(tmp_path_factory) -> LocalStorage:
     return storage
 
 
-def _drive(cluster, storage: LocalStorage, *runs: str) -> list[dict]:
-    env = {**cluster.env(), "MLOPS_SPARK_MASTER": cluster.master_url}
-    env.pop("MLOPS_SPARK_REMOTE", None)
+def _drive(cluster, storage: LocalStorage, *runs: str, remote: str = "") -> list[dict]:
+    env = {**cluster.env(), "MLOPS_SPARK_MASTER": cluster.master_url, "MLOPS_SPARK_REMOTE": remote}
     done = subprocess.run(
         [sys.executable, "-m", "tests.fixtures.spark_driver", str(storage.root), AS_OF, *runs],
         cwd=REPO_ROOT,
@@ -73,3 +73,21 @@ def test_the_cluster_reads_the_shards_and_trains_the_local_engines_models(cluste
     assert len(on_cluster["trained"]) == 6
     expected = {c: local.manifest[c].to_pylist() for c in MANIFEST_COLUMNS}
     assert on_cluster["manifest"] == expected
+
+
+@pytest.mark.skipif(
+    not os.environ.get("MLOPS_TEST_SPARK_CONNECT"),
+    reason="~45 s more (a Spark Connect server): set MLOPS_TEST_SPARK_CONNECT=1",
+)
+def test_a_spark_connect_session_on_the_cluster_trains_the_same_models(cluster, curated):
+    """``MLOPS_SPARK_REMOTE``: the driver is a Spark Connect server (how Databricks is reached)
+    and this side only a client; the executors still read the shards. Opt-in: the suite's
+    time budget holds the cluster test above only."""
+    spec = load_spec("sales")
+    local = train_candidate(
+        curated, spec, LocalTrainingEngine(max_workers=1), as_of=AS_OF, run_id="local001"
+    )
+    remote = start_connect_server(cluster)
+    (on_connect,) = _drive(cluster, curated, "connect0", remote=remote)
+    assert on_connect["read_shards"] is True
+    assert on_connect["manifest"]["model_sha256"] == local.manifest["model_sha256"].to_pylist()
