@@ -22,6 +22,7 @@ FULL = {
     "bench_batch_scoring": [],
     "bench_serving": [],
     "bench_incremental": [],
+    "bench_spark_cluster": ["--series", "2000", "--periods", "1000"],
 }
 QUICK = {
     "bench_ingest": ["--series", "500", "--periods", "400"],
@@ -32,6 +33,7 @@ QUICK = {
     "bench_batch_scoring": ["--series", "300", "--periods", "400"],
     "bench_serving": ["--series", "1000", "--seconds", "3"],
     "bench_incremental": ["--series", "1000"],
+    "bench_spark_cluster": ["--series", "200", "--periods", "300", "--repeats", "1"],
 }
 
 

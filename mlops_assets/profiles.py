@@ -24,9 +24,8 @@ from resources.storage import AzureBlobStorageResource, LocalStorageResource
 from resources.training_engine import (
     LocalTrainingEngine,
     PipesTrainingEngine,
-    SparkTrainingEngine,
     TrainingEngine,
-    local_spark,
+    spark_engine,
 )
 
 PROFILES = ("local", "dev", "prod")
@@ -97,13 +96,17 @@ def registries_for(profile: str, home: Path) -> tuple[MlflowRegistry, MlflowRegi
 
 def training_engine(name: str, profile: str, storage: dg.ConfigurableResource) -> TrainingEngine:
     """``MLOPS_TRAINING_ENGINE``: ``local`` (process pool, default), ``spark`` (applyInPandas on
-    a ``local[*]`` session; a cluster through Spark config), or ``azureml`` (a command job on the
+    a ``local[*]`` session; on a cluster, ``MLOPS_SPARK_MASTER``, or through Spark Connect,
+    ``MLOPS_SPARK_REMOTE``, whose executors read the curated shards themselves), or ``azureml`` (a command job on the
     AML compute cluster of ``MLOPS_AML_*``; in the ``local`` profile the same script runs as a
     local subprocess under Pipes)."""
     if name == "local":
         return LocalTrainingEngine()
     if name == "spark":
-        return SparkTrainingEngine(pyspark=local_spark())
+        return spark_engine(
+            master=os.environ.get("MLOPS_SPARK_MASTER", "").strip(),
+            remote=os.environ.get("MLOPS_SPARK_REMOTE", "").strip(),
+        )
     if name == "azureml":
         return PipesTrainingEngine(compute=batch_compute_for(profile), storage=storage)
     raise ValueError(f"MLOPS_TRAINING_ENGINE={name!r} is not one of ('local', 'spark', 'azureml')")

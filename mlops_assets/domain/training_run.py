@@ -25,6 +25,7 @@ from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import series_fingerprints
 from mlops_assets.storage import Storage
+from mlops_assets.storage.hadoop import hadoop_uri
 
 
 class TrainingInputError(ValueError):
@@ -37,15 +38,21 @@ class Engine(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def reads_shards(self) -> bool: ...
+
+    def fingerprints(self, shards: Sequence[str], spec: DatasetSpec, as_of: str) -> pa.Table: ...
+
     def train(
         self,
-        table: pa.Table,
+        table: pa.Table | None,
         spec: DatasetSpec,
         series: Sequence[str] | None = None,
         phases: Phases | None = None,
         *,
         context: Any = None,
         as_of: str | None = None,
+        shards: Sequence[str] = (),
     ) -> pd.DataFrame: ...
 
 
@@ -136,6 +143,32 @@ def fresh_manifest(
     return manifest, packs + stats_file
 
 
+def read_curated(
+    storage: Storage, spec: DatasetSpec, engine: Engine, as_of: str
+) -> tuple[pa.Table | None, list[str], pa.Table]:
+    """What the engine trains on and the series' fingerprints: the curated table up to
+    ``as_of``, or, for an engine that ``reads_shards``, the shards' Hadoop URIs (no table) and
+    the fingerprints the engine computed there.
+
+    Raises:
+        TrainingInputError: No curated rows up to ``as_of``.
+    """
+    store = CuratedStore(storage, spec)
+    table, shards = None, []
+    if engine.reads_shards:
+        shards = [hadoop_uri(storage, name) for name in store.shard_names()]
+        fingerprints = engine.fingerprints(shards, spec, as_of) if shards else None
+    else:
+        table = store.read(until=pd.Timestamp(as_of).date())
+        fingerprints = series_fingerprints(table, spec) if table.num_rows else None
+    if fingerprints is None or fingerprints.num_rows == 0:
+        raise TrainingInputError(
+            f"no curated {spec.name} rows up to {as_of}: land drops under "
+            f"landing/{spec.name}/ (e.g. `mlops generate {spec.name}`) and ingest them first"
+        )
+    return table, shards, fingerprints
+
+
 def train_candidate(
     storage: Storage,
     spec: DatasetSpec,
@@ -159,26 +192,27 @@ def train_candidate(
     if swept:
         log(f"removed {len(swept)} unfinished set folder(s) a crashed run left: {swept[:3]}")
     with phases("read"):
-        table = CuratedStore(storage, spec).read(until=pd.Timestamp(as_of).date())
-        if table.num_rows == 0:
-            raise TrainingInputError(
-                f"no curated {spec.name} rows up to {as_of}: land drops under "
-                f"landing/{spec.name}/ (e.g. `mlops generate {spec.name}`) and ingest them first"
-            )
-        fingerprints = series_fingerprints(table, spec)
+        table, shards, fingerprints = read_curated(storage, spec, engine, as_of)
         latest = ms.read_pointer(storage, ms.latest_pointer(spec))
         previous = ms.read_manifest(storage, latest) if latest else None
     chosen = choose_series(series, changed_only, fingerprints, previous)
+    rows = table.num_rows if table is not None else int(pc.sum(fingerprints["n_rows"]).as_py())
     log(
         f"training {'all' if chosen is None else len(chosen)} of {fingerprints.num_rows} "
-        f"series on {table.num_rows:,} rows with the {engine.name} engine"
+        f"series on {rows:,} rows with the {engine.name} engine"
     )
     engine_phases = Phases()
     with phases("train"):
         results = None
         if chosen != []:
             results = engine.train(
-                table, spec, series=chosen, phases=engine_phases, context=context, as_of=as_of
+                table,
+                spec,
+                series=chosen,
+                phases=engine_phases,
+                context=context,
+                as_of=as_of,
+                shards=shards,
             )
     phases.update(engine_phases, prefix="engine_")
     version = f"{as_of}/{run_id[:8]}"
@@ -200,7 +234,7 @@ def train_candidate(
         ms.write_pointer(storage, ms.candidate_pointer(spec, as_of), ref)
         ms.write_pointer(storage, ms.latest_pointer(spec), ref)
     trained = results if results is not None else pd.DataFrame(columns=["status"])
-    return TrainingOutcome(ref, manifest, trained, table.num_rows, phases)
+    return TrainingOutcome(ref, manifest, trained, rows, phases)
 
 
 def mae_by_step(trained: pd.DataFrame, spec: DatasetSpec) -> dict[str, list[float]]:
