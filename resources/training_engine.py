@@ -56,6 +56,11 @@ class LocalTrainingEngine(TrainingEngine):
     def name(self) -> str:
         return "local"
 
+    @property
+    def by_shard(self) -> bool:
+        """It trains the table it is given, in this process: a run may pass a shard at a time."""
+        return True
+
     def train(self, table, spec, series=None, phases=None, *, context=None, as_of=None):
         return train_local(table, spec, series=series, max_workers=self.max_workers, phases=phases)
 

@@ -7,8 +7,9 @@ and both pointers (the as-of date's candidate, the latest) name its ``ModelSetRe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,6 +37,9 @@ class Engine(Protocol):
 
     @property
     def name(self) -> str: ...
+
+    # Optional ``by_shard`` (bool): the engine trains in this process on the table it is given,
+    # so a run may hand it the curated data a shard at a time (``_batches``).
 
     def train(
         self,
@@ -90,10 +94,14 @@ def choose_series(
     return None
 
 
+def records_table(results: pd.DataFrame, spec: DatasetSpec) -> pa.Table:
+    """An engine's records (``result_schema``) as Arrow: compact, where each is many objects."""
+    return pa.Table.from_pandas(results, schema=result_schema(spec), preserve_index=False)
+
+
 def run_table(results: pd.DataFrame, spec: DatasetSpec) -> pa.Table:
     """A run's engine records (``result_schema``) with its intervals calibrated over them."""
-    table = pa.Table.from_pandas(results, schema=result_schema(spec), preserve_index=False)
-    return with_intervals(table, spec)
+    return with_intervals(records_table(results, spec), spec)
 
 
 def with_intervals(fresh: pa.Table, spec: DatasetSpec) -> pa.Table:
@@ -122,10 +130,19 @@ def with_intervals(fresh: pa.Table, spec: DatasetSpec) -> pa.Table:
 
 
 def fresh_manifest(
-    results: pd.DataFrame, fingerprints: pa.Table, spec: DatasetSpec, version: str, folder: str
+    results: pd.DataFrame | pa.Table,
+    fingerprints: pa.Table,
+    spec: DatasetSpec,
+    version: str,
+    folder: str,
 ) -> tuple[pa.Table, list[tuple[str, bytes]]]:
-    """This run's records as manifest rows (with their data window) and the packs to write."""
-    fresh = run_table(results, spec)
+    """This run's records (an engine's frame, or every batch's ``records_table`` together) as
+    manifest rows (with intervals and their data window) and the packs to write."""
+    fresh = (
+        run_table(results, spec)
+        if isinstance(results, pd.DataFrame)
+        else with_intervals(results, spec)
+    )
     at = pc.index_in(fresh["series_id"], value_set=fingerprints["series_id"])
     for name in ("n_rows", "data_end", "data_fingerprint"):
         fresh = fresh.append_column(name, fingerprints[name].take(at))
@@ -159,35 +176,48 @@ def train_candidate(
     if swept:
         log(f"removed {len(swept)} unfinished set folder(s) a crashed run left: {swept[:3]}")
     with phases("read"):
-        table = CuratedStore(storage, spec).read(until=pd.Timestamp(as_of).date())
-        if table.num_rows == 0:
-            raise TrainingInputError(
-                f"no curated {spec.name} rows up to {as_of}: land drops under "
-                f"landing/{spec.name}/ (e.g. `mlops generate {spec.name}`) and ingest them first"
-            )
-        fingerprints = series_fingerprints(table, spec)
         latest = ms.read_pointer(storage, ms.latest_pointer(spec))
         previous = ms.read_manifest(storage, latest) if latest else None
-    chosen = choose_series(series, changed_only, fingerprints, previous)
-    log(
-        f"training {'all' if chosen is None else len(chosen)} of {fingerprints.num_rows} "
-        f"series on {table.num_rows:,} rows with the {engine.name} engine"
-    )
+    batches = _batches(CuratedStore(storage, spec), pd.Timestamp(as_of).date(), engine, series)
     engine_phases = Phases()
-    with phases("train"):
-        results = None
-        if chosen != []:
+    parts, prints, rows = [], [], 0
+    while True:
+        with phases("read"):
+            table = next(batches, None)
+            if table is None:
+                break
+            fingerprints = series_fingerprints(table, spec)
+        rows += table.num_rows
+        prints.append(fingerprints)
+        chosen = choose_series(series, changed_only, fingerprints, previous)
+        if table.num_rows == 0 or chosen == []:
+            continue
+        log(
+            f"training {'all' if chosen is None else len(chosen)} of {fingerprints.num_rows} "
+            f"series on {table.num_rows:,} rows with the {engine.name} engine"
+        )
+        with phases("train"):
             results = engine.train(
                 table, spec, series=chosen, phases=engine_phases, context=context, as_of=as_of
             )
+            del table  # a shard at a time: its rows go before the next shard is read
+            if len(results):
+                parts.append(records_table(results, spec))
+    if rows == 0:
+        raise TrainingInputError(
+            f"no curated {spec.name} rows up to {as_of}: land drops under "
+            f"landing/{spec.name}/ (e.g. `mlops generate {spec.name}`) and ingest them first"
+        )
     phases.update(engine_phases, prefix="engine_")
     version = f"{as_of}/{run_id[:8]}"
     folder = ms.set_folder(spec, version)
     with phases("write"):
         fresh = None
         packs: list[tuple[str, bytes]] = []
-        if results is not None and len(results):
-            fresh, packs = fresh_manifest(results, fingerprints, spec, version, folder)
+        records = pa.concat_tables(parts) if parts else None
+        if records is not None:
+            fps = pa.concat_tables(prints)
+            fresh, packs = fresh_manifest(records, fps, spec, version, folder)
         manifest = modelset.carry_over(fresh, previous)
         ref = ms.write_model_set(
             storage,
@@ -199,8 +229,40 @@ def train_candidate(
         )
         ms.write_pointer(storage, ms.candidate_pointer(spec, as_of), ref)
         ms.write_pointer(storage, ms.latest_pointer(spec), ref)
-    trained = results if results is not None else pd.DataFrame(columns=["status"])
-    return TrainingOutcome(ref, manifest, trained, table.num_rows, phases)
+    trained = _trained_frame(records) if records is not None else pd.DataFrame(columns=["status"])
+    return TrainingOutcome(ref, manifest, trained, rows, phases)
+
+
+def _batches(
+    store: CuratedStore, until: date, engine: Engine, series: Sequence[str]
+) -> Iterator[pa.Table]:
+    """The curated rows up to ``until`` to train on: shard by shard where the engine trains
+    in this process (``by_shard``), every series is trained and no series' model depends on
+    another's data (no panel prior to estimate); else all at once, one table.
+
+    A shard holds whole series, so training shard by shard fits the same models while only
+    one shard's rows, features and records are in memory at a time.
+    """
+    spec = store.spec
+    needs_prior = spec.model.choice == "combine" and spec.model.combine.prior is None
+    if not getattr(engine, "by_shard", False) or series or needs_prior:
+        yield store.read(until=until)
+        return
+    for name in store.shard_names():
+        yield store.read(until=until, shards=[name])
+
+
+# What the run reports per series trained; the heavy per-series columns stay in the manifest.
+_NOT_REPORTED = {
+    "model",
+    "backtest_residuals",
+    "history_tail",
+    *(f.name for f in ridge_stats.FIELDS),
+}
+
+
+def _trained_frame(records: pa.Table) -> pd.DataFrame:
+    return records.drop_columns([c for c in records.column_names if c in _NOT_REPORTED]).to_pandas()
 
 
 def mae_by_step(trained: pd.DataFrame, spec: DatasetSpec) -> dict[str, list[float]]:
