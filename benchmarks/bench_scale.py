@@ -4,8 +4,9 @@ The realistic sales data (``SalesShape(realistic=True)``: new and discontinued s
 weeks, intermittent slow movers) lands as one history drop, then one run of the daily job
 (``sales_daily_retrain``: ingest, validate, train with the local engine, evaluate, register)
 runs on a SQLite Dagster instance, as ``bench_chain`` runs it. Per phase (landing, each step,
-the run): wall seconds, CPU seconds and peak RSS of this process and all its children
-(``TreeSampler``), and the load average at its start and end: this machine is shared.
+the run): wall seconds, CPU seconds and the peak memory of this process and all its children
+(``TreeSampler``: PSS and RSS sums), and the load average at its start and end: this machine
+is shared.
 
     python -m benchmarks.bench_scale [--series N --periods T]
 """
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--series", type=int, default=100_000)
     parser.add_argument("--periods", type=int, default=260, help="weeks of the longest life")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--interval", type=float, default=0.1, help="sampling seconds")
+    parser.add_argument("--interval", type=float, default=0.2, help="sampling seconds")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as home, TreeSampler(args.interval) as sampler:
@@ -59,11 +60,14 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": rows,
         "land": land,
         "cold_chain": {**cold, **run_window},
-        "peak_rss_mb": sampler.window()["peak_rss_mb"],
-        "targets": {"cold_chain_s": WALL_TARGET_S, "peak_rss_mb": RSS_TARGET_MB},
+        "peak_pss_mb": sampler.window()["peak_pss_mb"],
+        "peak_rss_sum_mb": sampler.window()["peak_rss_sum_mb"],
+        # Held memory is the PSS sum; the RSS sum counts a forked worker's shared pages again.
+        "targets": {"cold_chain_s": WALL_TARGET_S, "peak_memory_mb": RSS_TARGET_MB},
         "met": {
             "cold_chain_s": cold["wall_s"] <= WALL_TARGET_S,
-            "peak_rss_mb": run_window["peak_rss_mb"] <= RSS_TARGET_MB,
+            "peak_memory_mb": run_window["peak_pss_mb"] <= RSS_TARGET_MB,
+            "peak_memory_mb_as_rss_sum": run_window["peak_rss_sum_mb"] <= RSS_TARGET_MB,
         },
     }
     write_result("scale", out)
