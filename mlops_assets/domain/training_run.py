@@ -180,7 +180,9 @@ def train_candidate(
         previous = ms.read_manifest(storage, latest) if latest else None
     batches = _batches(CuratedStore(storage, spec), pd.Timestamp(as_of).date(), engine, series)
     engine_phases = Phases()
-    parts, prints, rows = [], [], 0
+    parts: list[pa.Table] = []  # each batch's records, as Arrow
+    prints: list[pa.Table] = []  # each batch's series fingerprints
+    rows = 0
     while True:
         with phases("read"):
             table = next(batches, None)
