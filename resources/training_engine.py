@@ -30,6 +30,12 @@ class TrainingEngine(dg.ConfigurableResource, ABC):
     @abstractmethod
     def name(self) -> str: ...
 
+    @property
+    def by_shard(self) -> bool:
+        """Whether a run may hand ``train`` the curated data a shard at a time (an engine that
+        trains the table it is given; a remote engine reads the curated data itself)."""
+        return False
+
     @abstractmethod
     def train(
         self,
@@ -58,7 +64,6 @@ class LocalTrainingEngine(TrainingEngine):
 
     @property
     def by_shard(self) -> bool:
-        """It trains the table it is given, in this process: a run may pass a shard at a time."""
         return True
 
     def train(self, table, spec, series=None, phases=None, *, context=None, as_of=None):
