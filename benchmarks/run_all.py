@@ -19,6 +19,8 @@ FULL = {
     "bench_training": [],
     "bench_registry": [],
     "bench_chain": [],
+    # 100,000 ragged series (~21M rows) cold chain: ~2 min quiet, ~4 min at load average 6.
+    "bench_scale": [],
     "bench_batch_scoring": [],
     "bench_serving": [],
     "bench_incremental": [],
@@ -30,6 +32,7 @@ QUICK = {
     "bench_training": ["--series", "300", "--periods", "400", "--skip-sklearn-loop"],
     "bench_registry": ["--series", "1000"],
     "bench_chain": ["--series", "300", "--periods", "300"],
+    "bench_scale": ["--series", "2000", "--periods", "104"],
     "bench_batch_scoring": ["--series", "300", "--periods", "400"],
     "bench_serving": ["--series", "1000", "--seconds", "3"],
     "bench_incremental": ["--series", "1000"],

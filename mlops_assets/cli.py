@@ -48,7 +48,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if spec.name == "diabetes":
         landed = land_diabetes(storage, spec, args.drops, args.format)
     else:
-        shape = SalesShape(args.series, args.periods, args.seed)
+        shape = SalesShape(args.series, args.periods, args.seed, realistic=args.realistic)
         landed = land_sales(storage, spec, shape, args.drops, args.format, progress=True)
     for kind in args.bad:
         good = sales_table(SalesShape(min(args.series, 5), 60, args.seed))
@@ -298,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--drops", type=int, default=1, help="a history drop, then one per period")
     gen.add_argument("--format", choices=["parquet", "csv"], default="parquet")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument(
+        "--realistic",
+        action="store_true",
+        help="sales: ragged start and end dates, missing weeks, intermittent slow movers",
+    )
     gen.add_argument("--bad", action="append", default=[], choices=BAD_KINDS, metavar="KIND")
     gen.set_defaults(func=cmd_generate)
 

@@ -38,6 +38,12 @@ class TrainingEngine(dg.ConfigurableResource, ABC):
         """Whether the run passes the curated shards' addresses (``shards``), not a table."""
         return False
 
+    @property
+    def by_shard(self) -> bool:
+        """Whether a run may hand ``train`` the curated data a shard at a time (an engine that
+        trains the table it is given; a remote engine reads the curated data itself)."""
+        return False
+
     def fingerprints(self, shards: Sequence[str], spec: DatasetSpec, as_of: str) -> pa.Table:
         """``tables.series_fingerprints`` of the shards' rows up to ``as_of``, computed where
         the engine runs (engines that ``reads_shards``)."""
@@ -70,6 +76,10 @@ class LocalTrainingEngine(TrainingEngine):
     @property
     def name(self) -> str:
         return "local"
+
+    @property
+    def by_shard(self) -> bool:
+        return True
 
     def train(self, table, spec, series=None, phases=None, *, context=None, as_of=None, shards=()):
         return train_local(table, spec, series=series, max_workers=self.max_workers, phases=phases)

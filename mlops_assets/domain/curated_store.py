@@ -112,9 +112,12 @@ class CuratedStore:
         with self.storage.open_read(name) as f:
             return pq.read_table(f, columns=columns, filters=filters, read_dictionary=dictionary)
 
-    def read(self, columns: list[str] | None = None, until=None, since=None) -> pa.Table:
-        """The whole dataset (optionally only rows with ``since`` <= time <= ``until``)."""
-        names = self.shard_names()
+    def read(
+        self, columns: list[str] | None = None, until=None, since=None, shards=None
+    ) -> pa.Table:
+        """The whole dataset, or the shards named in ``shards`` (optionally only rows with
+        ``since`` <= time <= ``until``)."""
+        names = self.shard_names() if shards is None else list(shards)
         if not names:
             return self.spec.arrow_schema.empty_table()
         filters = [(self.spec.time, ">=", since)] if since is not None else None

@@ -62,9 +62,10 @@ def land_sales(
     names = drop_names(list(shape.weeks), n_drops)
     bufs = [io.BytesIO() for _ in names]
     writers: list = [None] * len(names)
+    weeks = pa.array(shape.weeks.values.astype("datetime64[D]"), type=pa.date32())
     for chunk in iter_sales(shape, progress=progress):
         chunk = decode_dictionaries(chunk)
-        for i, part in enumerate(split_by_time(chunk, spec.time, n_drops)):
+        for i, part in enumerate(split_by_time(chunk, spec.time, n_drops, weeks)):
             if writers[i] is None:
                 writers[i] = (
                     pq.ParquetWriter(bufs[i], part.schema, compression="zstd")

@@ -7,7 +7,7 @@ and both pointers (the as-of date's candidate, the latest) name its ``ModelSetRe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,6 +40,11 @@ class Engine(Protocol):
 
     @property
     def reads_shards(self) -> bool: ...
+
+    # True: the engine trains in this process on the table it is given, so a run may hand it
+    # the curated data a shard at a time (``_batches``).
+    @property
+    def by_shard(self) -> bool: ...
 
     def fingerprints(self, shards: Sequence[str], spec: DatasetSpec, as_of: str) -> pa.Table: ...
 
@@ -97,10 +102,14 @@ def choose_series(
     return None
 
 
+def records_table(results: pd.DataFrame, spec: DatasetSpec) -> pa.Table:
+    """An engine's records (``result_schema``) as Arrow: compact, where each is many objects."""
+    return pa.Table.from_pandas(results, schema=result_schema(spec), preserve_index=False)
+
+
 def run_table(results: pd.DataFrame, spec: DatasetSpec) -> pa.Table:
     """A run's engine records (``result_schema``) with its intervals calibrated over them."""
-    table = pa.Table.from_pandas(results, schema=result_schema(spec), preserve_index=False)
-    return with_intervals(table, spec)
+    return with_intervals(records_table(results, spec), spec)
 
 
 def with_intervals(fresh: pa.Table, spec: DatasetSpec) -> pa.Table:
@@ -129,10 +138,19 @@ def with_intervals(fresh: pa.Table, spec: DatasetSpec) -> pa.Table:
 
 
 def fresh_manifest(
-    results: pd.DataFrame, fingerprints: pa.Table, spec: DatasetSpec, version: str, folder: str
+    results: pd.DataFrame | pa.Table,
+    fingerprints: pa.Table,
+    spec: DatasetSpec,
+    version: str,
+    folder: str,
 ) -> tuple[pa.Table, list[tuple[str, bytes]]]:
-    """This run's records as manifest rows (with their data window) and the packs to write."""
-    fresh = run_table(results, spec)
+    """This run's records (an engine's frame, or every batch's ``records_table`` together) as
+    manifest rows (with intervals and their data window) and the packs to write."""
+    fresh = (
+        run_table(results, spec)
+        if isinstance(results, pd.DataFrame)
+        else with_intervals(results, spec)
+    )
     at = pc.index_in(fresh["series_id"], value_set=fingerprints["series_id"])
     for name in ("n_rows", "data_end", "data_fingerprint"):
         fresh = fresh.append_column(name, fingerprints[name].take(at))
@@ -143,30 +161,16 @@ def fresh_manifest(
     return manifest, packs + stats_file
 
 
-def read_curated(
+def _remote_batch(
     storage: Storage, spec: DatasetSpec, engine: Engine, as_of: str
-) -> tuple[pa.Table | None, list[str], pa.Table]:
-    """What the engine trains on and the series' fingerprints: the curated table up to
-    ``as_of``, or, for an engine that ``reads_shards``, the shards' Hadoop URIs (no table) and
-    the fingerprints the engine computed there.
-
-    Raises:
-        TrainingInputError: No curated rows up to ``as_of``.
-    """
-    store = CuratedStore(storage, spec)
-    table, shards = None, []
-    if engine.reads_shards:
-        shards = [hadoop_uri(storage, name) for name in store.shard_names()]
-        fingerprints = engine.fingerprints(shards, spec, as_of) if shards else None
-    else:
-        table = store.read(until=pd.Timestamp(as_of).date())
-        fingerprints = series_fingerprints(table, spec) if table.num_rows else None
-    if fingerprints is None or fingerprints.num_rows == 0:
-        raise TrainingInputError(
-            f"no curated {spec.name} rows up to {as_of}: land drops under "
-            f"landing/{spec.name}/ (e.g. `mlops generate {spec.name}`) and ingest them first"
-        )
-    return table, shards, fingerprints
+) -> tuple[None, list[str], pa.Table]:
+    """For an engine that ``reads_shards``: the shards' Hadoop URIs (no table) and the
+    fingerprints the engine computed there."""
+    shards = [hadoop_uri(storage, name) for name in CuratedStore(storage, spec).shard_names()]
+    fingerprints = engine.fingerprints(shards, spec, as_of) if shards else None
+    if fingerprints is None:
+        fingerprints = series_fingerprints(spec.arrow_schema.empty_table(), spec)
+    return None, shards, fingerprints
 
 
 def train_candidate(
@@ -192,19 +196,30 @@ def train_candidate(
     if swept:
         log(f"removed {len(swept)} unfinished set folder(s) a crashed run left: {swept[:3]}")
     with phases("read"):
-        table, shards, fingerprints = read_curated(storage, spec, engine, as_of)
         latest = ms.read_pointer(storage, ms.latest_pointer(spec))
         previous = ms.read_manifest(storage, latest) if latest else None
-    chosen = choose_series(series, changed_only, fingerprints, previous)
-    rows = table.num_rows if table is not None else int(pc.sum(fingerprints["n_rows"]).as_py())
-    log(
-        f"training {'all' if chosen is None else len(chosen)} of {fingerprints.num_rows} "
-        f"series on {rows:,} rows with the {engine.name} engine"
-    )
+    batches = _batches(storage, spec, engine, as_of, series)
     engine_phases = Phases()
-    with phases("train"):
-        results = None
-        if chosen != []:
+    parts: list[pa.Table] = []  # each batch's records, as Arrow
+    prints: list[pa.Table] = []  # each batch's series fingerprints
+    rows = 0
+    while True:
+        with phases("read"):
+            batch = next(batches, None)
+            if batch is None:
+                break
+        table, shards, fingerprints = batch
+        n = table.num_rows if table is not None else int(pc.sum(fingerprints["n_rows"]).as_py())
+        rows += n
+        prints.append(fingerprints)
+        chosen = choose_series(series, changed_only, fingerprints, previous)
+        if n == 0 or chosen == []:
+            continue
+        log(
+            f"training {'all' if chosen is None else len(chosen)} of {fingerprints.num_rows} "
+            f"series on {n:,} rows with the {engine.name} engine"
+        )
+        with phases("train"):
             results = engine.train(
                 table,
                 spec,
@@ -214,14 +229,24 @@ def train_candidate(
                 as_of=as_of,
                 shards=shards,
             )
+            del table, batch  # a shard at a time: its rows go before the next shard is read
+            if len(results):
+                parts.append(records_table(results, spec))
+    if rows == 0:
+        raise TrainingInputError(
+            f"no curated {spec.name} rows up to {as_of}: land drops under "
+            f"landing/{spec.name}/ (e.g. `mlops generate {spec.name}`) and ingest them first"
+        )
     phases.update(engine_phases, prefix="engine_")
     version = f"{as_of}/{run_id[:8]}"
     folder = ms.set_folder(spec, version)
     with phases("write"):
         fresh = None
         packs: list[tuple[str, bytes]] = []
-        if results is not None and len(results):
-            fresh, packs = fresh_manifest(results, fingerprints, spec, version, folder)
+        records = pa.concat_tables(parts) if parts else None
+        if records is not None:
+            fps = pa.concat_tables(prints)
+            fresh, packs = fresh_manifest(records, fps, spec, version, folder)
         manifest = modelset.carry_over(fresh, previous)
         ref = ms.write_model_set(
             storage,
@@ -233,8 +258,47 @@ def train_candidate(
         )
         ms.write_pointer(storage, ms.candidate_pointer(spec, as_of), ref)
         ms.write_pointer(storage, ms.latest_pointer(spec), ref)
-    trained = results if results is not None else pd.DataFrame(columns=["status"])
+    trained = _trained_frame(records) if records is not None else pd.DataFrame(columns=["status"])
     return TrainingOutcome(ref, manifest, trained, rows, phases)
+
+
+def _batches(
+    storage: Storage, spec: DatasetSpec, engine: Engine, as_of: str, series: Sequence[str]
+) -> Iterator[tuple[pa.Table | None, list[str], pa.Table]]:
+    """What to train on, as (table, shards, fingerprints) batches. An engine that
+    ``reads_shards`` gets the shards' addresses in one batch (no table on this machine). An
+    engine that trains here (``by_shard``) gets the curated rows up to ``as_of`` shard by shard
+    when every series is trained and no series' model depends on another's data (no panel
+    prior to estimate); else all at once, one table.
+
+    A shard holds whole series, so training shard by shard fits the same models while only
+    one shard's rows, features and records are in memory at a time.
+    """
+    if engine.reads_shards:
+        yield _remote_batch(storage, spec, engine, as_of)
+        return
+    store, until = CuratedStore(storage, spec), pd.Timestamp(as_of).date()
+    needs_prior = spec.model.choice == "combine" and spec.model.combine.prior is None
+    if not engine.by_shard or series or needs_prior:
+        table = store.read(until=until)
+        yield table, [], series_fingerprints(table, spec)
+        return
+    for name in store.shard_names():
+        table = store.read(until=until, shards=[name])
+        yield table, [], series_fingerprints(table, spec)
+
+
+# What the run reports per series trained; the heavy per-series columns stay in the manifest.
+_NOT_REPORTED = {
+    "model",
+    "backtest_residuals",
+    "history_tail",
+    *(f.name for f in ridge_stats.FIELDS),
+}
+
+
+def _trained_frame(records: pa.Table) -> pd.DataFrame:
+    return records.drop_columns([c for c in records.column_names if c in _NOT_REPORTED]).to_pandas()
 
 
 def mae_by_step(trained: pd.DataFrame, spec: DatasetSpec) -> dict[str, list[float]]:

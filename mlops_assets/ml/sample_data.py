@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from mlops_assets.ml import ragged_sales
 from mlops_assets.ml.tables import decode_dictionaries
 
 DEFAULT_END = "2026-11-16"  # a Monday: the newest week of generated sales
@@ -33,6 +34,8 @@ class SalesShape:
     n_periods: int
     seed: int = 0
     end: str = DEFAULT_END
+    # Ragged lives, missing weeks and intermittent demand (``ragged_sales``); off: dense series.
+    realistic: bool = False
 
     @property
     def n_products(self) -> int:
@@ -43,8 +46,11 @@ class SalesShape:
         return pd.date_range(end=self.end, periods=self.n_periods, freq="W-MON")
 
 
-def series_names(n_series: int, n_products: int) -> tuple[np.ndarray, np.ndarray]:
-    i = np.arange(n_series)
+def series_names(
+    n_series: int, n_products: int, index: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Store and product of each series (of ``index`` only, if given: a chunk's series)."""
+    i = np.arange(n_series) if index is None else index
     stores = np.char.add("S", np.char.zfill((i // n_products).astype(str), 4))
     products = np.char.add("P", np.char.zfill((i % n_products).astype(str), 3))
     return stores, products
@@ -78,17 +84,28 @@ def _sales_chunk(shape: SalesShape, first: int, count: int) -> pa.Table:
     sales = np.round(mean * np.exp(rng.normal(0, 1, size=mean.shape) * noise_sd), 2)
     count, sales, price, promo = keep, sales[:keep], price[:keep], promo[:keep]
 
-    stores, products = series_names(shape.n_series, shape.n_products)
-    idx = np.arange(first, first + count)
-    weeks = shape.weeks.values.astype("datetime64[D]")
+    stores, products = series_names(
+        shape.n_series, shape.n_products, np.arange(first, first + count)
+    )
+    weeks = np.broadcast_to(shape.weeks.values.astype("datetime64[D]"), sales.shape)
+    stores = np.broadcast_to(stores[:, None], sales.shape)
+    products = np.broadcast_to(products[:, None], sales.shape)
+    rows = np.ones(sales.shape, dtype=bool)
+    if shape.realistic:
+        # Its own generator: the dense draws above stay those of the default data.
+        rag = ragged_sales.draw(
+            np.random.default_rng([shape.seed, first, 1]), BLOCK, shape.n_periods
+        )
+        rows = rag.present[:keep]
+        sales = np.where(rag.selling[:keep], sales, 0.0)
     return pa.table(
         {
-            "store": pa.array(np.repeat(stores[idx], shape.n_periods)).dictionary_encode(),
-            "product": pa.array(np.repeat(products[idx], shape.n_periods)).dictionary_encode(),
-            "week": pa.array(np.tile(weeks, count), type=pa.date32()),
-            "sales": pa.array(sales.ravel()),
-            "price": pa.array(np.round(price, 2).ravel()),
-            "promo": pa.array(promo.ravel().astype(np.int64)),
+            "store": pa.array(stores[rows]).dictionary_encode(),
+            "product": pa.array(products[rows]).dictionary_encode(),
+            "week": pa.array(weeks[rows], type=pa.date32()),
+            "sales": pa.array(sales[rows]),
+            "price": pa.array(np.round(price, 2)[rows]),
+            "promo": pa.array(promo[rows].astype(np.int64)),
         }
     )
 
@@ -133,12 +150,18 @@ def to_bytes(table: pa.Table, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def split_by_time(table: pa.Table, time_col: str, n_drops: int) -> list[pa.Table]:
-    """A history drop, then one drop per later period: how data arrives day after day."""
+def split_by_time(
+    table: pa.Table, time_col: str, n_drops: int, times: pa.Array | None = None
+) -> list[pa.Table]:
+    """A history drop, then one drop per later period: how data arrives day after day.
+
+    ``times`` are the dataset's periods (default: the table's own); given, a part of the data
+    that lacks some periods (a chunk of ragged series) splits as the whole dataset does.
+    """
     if n_drops < 1:
         raise ValueError("n_drops must be at least 1")
     col = table[time_col]
-    times = pc.unique(col).sort()
+    times = pc.unique(col).sort() if times is None else times
     if n_drops > len(times):
         raise ValueError(f"asked for {n_drops} drops but the data has {len(times)} periods")
     if n_drops == 1:
