@@ -209,18 +209,18 @@ def test_each_drop_version_is_requested_once_across_sensor_kills(tmp_path):
     }
     ticker = Ticker(env, tmp_path / "ticker.log")
 
-    inbox.land(60)
+    inbox.land(40)
     ticker.start()
     try:
         for _ in range(KILLS):
-            inbox.land(25)  # while it runs
+            inbox.land(20)  # while it runs
             inbox.overwrite(5)
             inbox.delete(3)
             ticker.wait_iterations(rng.randint(2, 4))
             time.sleep(rng.uniform(0.0, 0.6))  # inside or between ticks
             ticker.kill()
             inbox.going_down()
-            inbox.land(15)  # while it is down
+            inbox.land(12)  # while it is down
             inbox.overwrite(5)
             inbox.delete(3)
             inbox.ephemeral(2)
