@@ -21,9 +21,18 @@ def peak_rss_mb() -> float:
 
 def write_result(name: str, result: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
+    own, children = (
+        resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
     result = {
         **result,
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        # Every result says how busy the machine was and how much CPU the whole run took (this
+        # process and its reaped children), beside its wall times.
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "process_cpu_s": round(
+            own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 2
+        ),
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     path = RESULTS / f"{name}.json"
