@@ -58,17 +58,63 @@ def _lag_abs_diff(frame: SeriesFrame, lag: int) -> np.ndarray:
     return d
 
 
-def mase_scale(frame: SeriesFrame, cuts: np.ndarray, season: int | None) -> np.ndarray:
+@dataclass(frozen=True)
+class ScalePrefix:
+    """The MASE scale's sums over each series' rows before ``since``, for a frame that holds
+    only a recent window of each series (a daily incremental step, ``daily_refit``).
+
+    Attributes:
+        since: ``[n_series]`` (``datetime64[us]``): the frame's differences at rows dated
+            before it are left out and these sums stand for them.
+        sums: ``{lag: [n_series, 2]}`` the total and the count of the valid absolute
+            ``lag``-differences at rows dated before ``since``, for lag 1 and the season.
+    """
+
+    since: np.ndarray
+    sums: dict[int, np.ndarray]
+
+
+def scale_lags(season: int | None) -> list[int]:
+    """The lags the MASE scale is made of: 1, and the season where it is longer."""
+    return [1] + ([season] if season and season > 1 else [])
+
+
+def lag_sums(
+    frame: SeriesFrame, lag: int, since: np.ndarray | None, until: np.ndarray
+) -> np.ndarray:
+    """``[n_series, 2]`` total and count of the valid absolute ``lag``-differences at rows
+    dated in ``[since, until)`` (per series; ``since`` None: from the first row)."""
+    d = _lag_abs_diff(frame, lag)
+    owner = np.repeat(np.arange(frame.n_series), np.diff(frame.offsets))
+    ok = np.isfinite(d) & (frame.time < until[owner])
+    if since is not None:
+        ok &= frame.time >= since[owner]
+    total = np.bincount(owner[ok], weights=d[ok], minlength=frame.n_series)
+    count = np.bincount(owner[ok], minlength=frame.n_series).astype(float)
+    return np.column_stack([total, count])
+
+
+def mase_scale(
+    frame: SeriesFrame, cuts: np.ndarray, season: int | None, prefix: ScalePrefix | None = None
+) -> np.ndarray:
     """In-sample MAE of the seasonal naive forecast on each fold's training rows: ``[K, n]``.
 
     Lag 1 where the training part has no seasonal pair; NaN where the scale is 0 or undefined.
+    With ``prefix`` the frame's differences dated before ``prefix.since`` are replaced by the
+    prefix's sums (the same scale as on the whole series).
     """
     out = np.full(cuts.shape, np.nan)
-    for lag in [1] + ([season] if season and season > 1 else []):
+    for lag in scale_lags(season):
         d = _lag_abs_diff(frame, lag)
+        if prefix is not None:
+            owner = np.repeat(np.arange(frame.n_series), np.diff(frame.offsets))
+            d[frame.time < prefix.since[owner]] = np.nan
         ok = np.isfinite(d)
         total = _window_sums(np.where(ok, d, 0.0), frame, cuts)
         count = _window_sums(ok.astype(float), frame, cuts)
+        if prefix is not None:
+            total = total + prefix.sums[lag][None, :, 0]
+            count = count + prefix.sums[lag][None, :, 1]
         with np.errstate(invalid="ignore", divide="ignore"):
             scale = total / count
         out = np.where(count > 0, scale, out)  # seasonal wins where it has pairs
@@ -114,16 +160,22 @@ class Folds:
 
 
 def make_folds(
-    frame: SeriesFrame, horizon: int, origins: int = 4, step: int = 1, season: int | None = None
+    frame: SeriesFrame,
+    horizon: int,
+    origins: int = 4,
+    step: int = 1,
+    season: int | None = None,
+    prefix: ScalePrefix | None = None,
 ) -> Folds:
-    """Folds of every series: origins ``step`` apart, the newest ``horizon`` before the end."""
+    """Folds of every series: origins ``step`` apart, the newest ``horizon`` before the end.
+    ``prefix``: the frame is a recent window of each series (``mase_scale``)."""
     lengths = np.diff(frame.offsets)
     back = (origins - 1 - np.arange(origins))[:, None] * step  # oldest fold first
     cuts = lengths[None, :] - horizon - back
     valid = cuts >= 1
     rows = frame.offsets[:-1][None, :, None] + cuts[:, :, None] + np.arange(horizon)
     actual = np.where(valid[:, :, None], frame.target[np.clip(rows, 0, None)], np.nan)
-    scale = mase_scale(frame, cuts, season)
+    scale = mase_scale(frame, cuts, season, prefix)
     return Folds(frame, horizon, cuts, valid, actual, scale)
 
 

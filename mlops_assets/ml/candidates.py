@@ -99,11 +99,13 @@ def backtest_models(folds: backtest.Folds, spec: DatasetSpec, forecast: Any) -> 
     return out
 
 
-def make_folds(frame: SeriesFrame, spec: DatasetSpec) -> backtest.Folds:
-    """The spec's backtest folds of a regular frame."""
+def make_folds(
+    frame: SeriesFrame, spec: DatasetSpec, prefix: backtest.ScalePrefix | None = None
+) -> backtest.Folds:
+    """The spec's backtest folds of a regular frame (``prefix``: of a recent window of it)."""
     b = spec.backtest
     return backtest.make_folds(
-        frame, spec.horizon, b.origins, b.step, season_length(spec.frequency)
+        frame, spec.horizon, b.origins, b.step, season_length(spec.frequency), prefix
     )
 
 
@@ -121,15 +123,28 @@ class Backtested:
     has_need: np.ndarray  # [n_series] some backtest pair was observed
 
 
-def backtest_candidates(frame: SeriesFrame, spec: DatasetSpec) -> Backtested:
-    """Fit every candidate of ``spec`` on a regular batch and backtest each on its folds."""
+def backtest_candidates(
+    frame: SeriesFrame,
+    spec: DatasetSpec,
+    given: dict[str, Fitted] | None = None,
+    prefix: backtest.ScalePrefix | None = None,
+    X: np.ndarray | None = None,
+) -> Backtested:
+    """Fit every candidate of ``spec`` on a regular batch and backtest each on its folds.
+
+    ``given``: candidates fitted already (a daily incremental step's ridges), backtested as
+    they are. ``prefix``: ``frame`` holds a recent window of each series (``make_folds``).
+    ``X``: ``frame``'s feature matrix, where the caller has it.
+    """
+    given = given or {}
     names = list(spec.model.candidate_names)
-    needs_x = any(kind_of(c) == "regression" for c in names)
-    X = feature_matrix(frame, spec) if needs_x else None
-    folds = make_folds(frame, spec)
+    needs_x = any(kind_of(c) == "regression" and c not in given for c in names)
+    if X is None and needs_x:
+        X = feature_matrix(frame, spec)
+    folds = make_folds(frame, spec, prefix)
     need = np.isfinite(folds.actual)  # folds.actual is NaN outside valid folds
     has_need = need.any(axis=(0, 2))
-    fitted = [fit_candidate(c, frame, X, spec) for c in names]
+    fitted = [given[c] if c in given else fit_candidate(c, frame, X, spec) for c in names]
     predictions = np.stack(
         [
             backtest_models(

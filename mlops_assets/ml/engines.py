@@ -92,7 +92,7 @@ def result_schema(spec: DatasetSpec) -> pa.Schema:
     )
 
 
-def _record(spec: DatasetSpec, key: tuple, sel: Selection, j: int, frame: SeriesFrame):
+def series_record(spec: DatasetSpec, key: tuple, sel: Selection, j: int, frame: SeriesFrame):
     a, b = int(frame.offsets[j]), int(frame.offsets[j + 1])
     fit = sel.fits[j] or SeriesFit(None, sel.status[j])
     started = _time.perf_counter()
@@ -155,7 +155,7 @@ def train_series_frame(frame: SeriesFrame, spec: DatasetSpec) -> tuple[list[dict
     if spec.model.refit is not None:
         stats = ridge_stats.record_columns(regular, spec, sel.family == spec.model.family)
     for j, i in enumerate(cal.kept):
-        records[i] = _record(spec, regular.keys[j], sel, j, regular) | (stats[j] if stats else {})
+        records[i] = series_record(spec, regular.keys[j], sel, j, regular) | (stats[j] if stats else {})
     for i, reason in cal.invalid.items():
         records[i] = _failed_record(spec, frame.keys[i], reason)
     return [r for r in records if r is not None], features_seconds

@@ -183,10 +183,20 @@ def with_prior(spec: DatasetSpec, frame: SeriesFrame) -> DatasetSpec:
     return spec.model_copy(update={"model": spec.model.model_copy(update={"combine": combine})})
 
 
-def select(frame: SeriesFrame, spec: DatasetSpec) -> Selection:
-    """Fit, backtest and choose every series' model of a regular batch (see the module)."""
+def select(
+    frame: SeriesFrame,
+    spec: DatasetSpec,
+    given: dict[str, Fitted] | None = None,
+    prefix: backtest.ScalePrefix | None = None,
+    X: np.ndarray | None = None,
+) -> Selection:
+    """Fit, backtest and choose every series' model of a regular batch (see the module).
+
+    ``given``, ``prefix``, ``X``: as ``candidates.backtest_candidates`` takes them (a daily
+    incremental step passes its ridges fitted from their statistics, on a recent window).
+    """
     n = frame.n_series
-    cands = backtest_candidates(frame, spec)
+    cands = backtest_candidates(frame, spec, given, prefix, X)
     names, fitted, folds, predictions = cands.names, cands.fitted, cands.folds, cands.predictions
     scores, eligible, missing, has_need = (
         cands.scores,
