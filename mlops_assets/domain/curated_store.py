@@ -17,13 +17,14 @@ import json
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mlops_assets.domain.merge import merge_counted
+from mlops_assets.domain.merge import merge_restating
 from mlops_assets.faults import fault_point
 from mlops_assets.ml import calendar
 from mlops_assets.ml.spec import DatasetSpec
@@ -34,6 +35,11 @@ STATS_KEY = b"mlops.shard_stats"
 # The merge that wrote a shard: its id, the rows it brought and how many each source replaced
 # (``merge``; ``ingest_journal`` reads it back after a crash).
 MERGE_KEY = b"mlops.merge"
+# Each shard's revision: a sequence number each merge into it increments, and the merges that
+# restated rows (landed before a curated row of the same series): [[seq, time], ...], the last
+# MAX_RESTATED of them. Incremental fits compare it with the revisions they were built on.
+REVISION_KEY = b"mlops.revision"
+MAX_RESTATED = 64
 # Shards are rewritten by every drop: lz4 writes and reads about twice as fast as zstd here,
 # for files within a few % of the size (measured on the 40M-row sales data).
 SHARD_CODEC = "lz4"
@@ -157,11 +163,42 @@ class CuratedStore:
 
     def _merge_record(self, name: str) -> dict | None:
         """The merge that wrote shard ``name`` (id, rows, replaced per source), from its footer."""
+        return self._footer(name, MERGE_KEY)
+
+    def _footer(self, name: str, key: bytes) -> dict | None:
         with self.storage.open_read(name) as f:
             meta = pq.read_schema(f).metadata or {}
-        return json.loads(meta[MERGE_KEY]) if MERGE_KEY in meta else None
+        return json.loads(meta[key]) if key in meta else None
 
-    def _write_shard(self, name: str, table: pa.Table, merge: dict | None = None) -> None:
+    def revisions(self) -> dict[str, dict]:
+        """Each shard's revision (``REVISION_KEY``): ``{"seq": n, "restated": [[seq, t]...]}``
+        (seq 0 and nothing restated for a shard written before revisions were kept)."""
+        out = {}
+        for name in self.shard_names():
+            rev = self._footer(name, REVISION_KEY) or {"seq": 0, "restated": []}
+            out[name.rsplit("/", 1)[-1]] = rev
+        return out
+
+    def restated_since(self, seen: dict[str, int]) -> list[tuple[str, int, int]]:
+        """The merges that restated curated rows after the revisions ``seen`` (shard -> seq):
+        ``(shard, seq, time)``. A shard whose kept restatements may not reach back to its
+        seen revision counts as restated (time -1)."""
+        out = []
+        for shard, rev in self.revisions().items():
+            since = seen.get(shard, 0)
+            restated = [(int(s), int(t)) for s, t in rev["restated"]]
+            out += [(shard, s, t) for s, t in restated if s > since]
+            if len(restated) >= MAX_RESTATED and restated[0][0] > since + 1:
+                out.append((shard, restated[0][0], -1))
+        return out
+
+    def _write_shard(
+        self,
+        name: str,
+        table: pa.Table,
+        merge: dict | None = None,
+        revision: dict | None = None,
+    ) -> None:
         """Write a shard with its own summary (rows, series, time range) in the Parquet footer,
         so ``summary()`` reads footers, not data, and the merge that wrote it (``merge``)."""
         code = series_codes(table, self.spec.series_keys)
@@ -177,6 +214,8 @@ class CuratedStore:
         meta.pop(MERGE_KEY, None)
         if merge is not None:
             meta[MERGE_KEY] = json.dumps(merge).encode()
+        if revision is not None:
+            meta[REVISION_KEY] = json.dumps(revision).encode()
         buf = io.BytesIO()
         pq.write_table(
             table.replace_schema_metadata(meta),
@@ -240,14 +279,19 @@ class CuratedStore:
             if not mine.any():
                 return 0, np.zeros(1)
             part = self.conform(new.filter(pa.array(mine)))
+            revision: dict[str, Any] = {"seq": 0, "restated": []}
             if name in names:
                 old = self.conform(self.read_shard(name, dictionary=keys))
+                revision = self._footer(name, REVISION_KEY) or revision
             else:
                 old = self._schema().empty_table()
-            merged, replaced = merge_counted(old, part, self.spec)
+            merged, replaced, restated = merge_restating(old, part, self.spec)
             by = np.bincount(src[mine], weights=replaced, minlength=1)
             record = {"id": merge_id, "rows": part.num_rows, "replaced": [int(c) for c in by]}
-            self._write_shard(name, merged, record if merge_id else None)
+            seq = int(revision["seq"]) + 1
+            kept = list(revision["restated"]) + ([[seq, restated]] if restated is not None else [])
+            revision = {"seq": seq, "restated": kept[-MAX_RESTATED:]}
+            self._write_shard(name, merged, record if merge_id else None, revision)
             fault_point("curated.shard")
             return part.num_rows, by
 

@@ -71,18 +71,32 @@ def merge_sorted(old: pa.Table, new: pa.Table, spec: DatasetSpec) -> tuple[pa.Ta
 
 
 def merge_counted(old: pa.Table, new: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, np.ndarray]:
+    """``merge_restating`` without the restated time."""
+    merged, replaced, _ = merge_restating(old, new, spec)
+    return merged, replaced
+
+
+def merge_restating(
+    old: pa.Table, new: pa.Table, spec: DatasetSpec
+) -> tuple[pa.Table, np.ndarray, int | None]:
     """``sort_and_dedupe(concat(old, new))`` when ``old`` is already sorted and unique on
     (key, time), as a curated shard is: only the new rows are sorted, and they are placed by
     binary search (a daily drop into 40M curated rows moves no old row but to copy it).
 
     Returns the merged table and, per row of ``new``, how many rows it replaced (an old row
     and earlier rows of ``new`` with its (key, time); 0 for a row replaced itself), so the
-    replacements can be told per drop.
+    replacements can be told per drop; and the earliest time (the time column as an integer)
+    at which a new row restates its series (lands before one of its curated rows), else None.
     """
     n_old, n_new = old.num_rows, new.num_rows
     if n_old == 0 or n_new > max(1_000_000, n_old // 4):
         merged, replaced = _dedupe(pa.concat_tables([old, new]), spec)
-        return merged, replaced[n_old:]  # old rows are unique: each run ends in a new row
+        restated = None
+        if n_old and n_new:  # conservatively: any new row not after every curated row
+            t_new, latest = _time_ints(new[spec.time]), int(_time_ints(old[spec.time]).max())
+            early = t_new[t_new <= latest]
+            restated = int(early.min()) if len(early) else None
+        return merged, replaced[n_old:], restated  # old rows are unique: runs end in new rows
     both = pa.concat_tables([old, new])
     code = series_codes(both, spec.series_keys)
     t = _time_ints(both[spec.time])
@@ -102,4 +116,8 @@ def merge_counted(old: pa.Table, new: pa.Table, spec: DatasetSpec) -> tuple[pa.T
     rows = rows[~dropped[rows]]
     replaced = np.zeros(n_new, dtype=np.int64)
     replaced[order] = run - 1 + replaces
-    return both.take(pa.array(rows)), replaced
+    # A new row lands before a curated row of its own series: it restates (replaces or fills
+    # in) a period its series had curated rows after, which incremental fits must not miss.
+    inside = (pos < n_old) & (co[at] == cn)
+    restated = int(tn[inside].min()) if inside.any() else None
+    return both.take(pa.array(rows)), replaced, restated

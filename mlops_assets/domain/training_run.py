@@ -143,9 +143,15 @@ def fresh_manifest(
     spec: DatasetSpec,
     version: str,
     folder: str,
+    *,
+    full_refit_in: str | None = None,
+    curated: dict[str, int] | None = None,
 ) -> tuple[pa.Table, list[tuple[str, bytes]]]:
     """This run's records (an engine's frame, or every batch's ``records_table`` together) as
-    manifest rows (with intervals and their data window) and the packs to write."""
+    manifest rows (with intervals and their data window) and the packs to write.
+
+    ``full_refit_in`` (default: this run) and ``curated`` (the curated shards' revisions the
+    run read) go into the ridge statistics' file, where the spec keeps statistics."""
     fresh = (
         run_table(results, spec)
         if isinstance(results, pd.DataFrame)
@@ -156,7 +162,13 @@ def fresh_manifest(
         fresh = fresh.append_column(name, fingerprints[name].take(at))
     fresh = fresh.sort_by("series_id")
     fresh = fresh.append_column("trained_in", pa.array([version] * fresh.num_rows))
-    fresh, stats_file = ridge_stats.split_stats(fresh, folder, spec)
+    fresh, stats_file = ridge_stats.split_stats(
+        fresh,
+        folder,
+        spec,
+        full_refit_in=full_refit_in or version,
+        curated=curated,
+    )
     manifest, packs = modelset.pack_models(fresh, folder)
     return manifest, packs + stats_file
 
@@ -198,6 +210,30 @@ def train_candidate(
     with phases("read"):
         latest = ms.read_pointer(storage, ms.latest_pointer(spec))
         previous = ms.read_manifest(storage, latest) if latest else None
+        plan, revisions = None, None
+        if spec.model.refit is not None:
+            from mlops_assets.domain import incremental_run as inc
+
+            # Read before the data: a merge in between makes the next run refit, not miss it.
+            revisions = inc.revisions(storage, spec)
+            if not series and not changed_only:
+                plan, why = inc.daily_plan(storage, spec, engine, latest, previous, as_of)
+                log(why)
+    if plan is not None:
+        assert previous is not None and revisions is not None
+        return inc.train_daily(
+            storage,
+            spec,
+            engine,
+            plan,
+            previous,
+            as_of=as_of,
+            run_id=run_id,
+            curated=revisions,
+            phases=phases,
+            context=context,
+            log=log,
+        )
     batches = _batches(storage, spec, engine, as_of, series)
     engine_phases = Phases()
     parts: list[pa.Table] = []  # each batch's records, as Arrow
@@ -246,7 +282,7 @@ def train_candidate(
         records = pa.concat_tables(parts) if parts else None
         if records is not None:
             fps = pa.concat_tables(prints)
-            fresh, packs = fresh_manifest(records, fps, spec, version, folder)
+            fresh, packs = fresh_manifest(records, fps, spec, version, folder, curated=revisions)
         manifest = modelset.carry_over(fresh, previous)
         ref = ms.write_model_set(
             storage,
@@ -258,7 +294,7 @@ def train_candidate(
         )
         ms.write_pointer(storage, ms.candidate_pointer(spec, as_of), ref)
         ms.write_pointer(storage, ms.latest_pointer(spec), ref)
-    trained = _trained_frame(records) if records is not None else pd.DataFrame(columns=["status"])
+    trained = trained_frame(records) if records is not None else pd.DataFrame(columns=["status"])
     return TrainingOutcome(ref, manifest, trained, rows, phases)
 
 
@@ -297,7 +333,7 @@ _NOT_REPORTED = {
 }
 
 
-def _trained_frame(records: pa.Table) -> pd.DataFrame:
+def trained_frame(records: pa.Table) -> pd.DataFrame:
     return records.drop_columns([c for c in records.column_names if c in _NOT_REPORTED]).to_pandas()
 
 

@@ -155,7 +155,9 @@ def train_series_frame(frame: SeriesFrame, spec: DatasetSpec) -> tuple[list[dict
     if spec.model.refit is not None:
         stats = ridge_stats.record_columns(regular, spec, sel.family == spec.model.family)
     for j, i in enumerate(cal.kept):
-        records[i] = series_record(spec, regular.keys[j], sel, j, regular) | (stats[j] if stats else {})
+        records[i] = series_record(spec, regular.keys[j], sel, j, regular) | (
+            stats[j] if stats else {}
+        )
     for i, reason in cal.invalid.items():
         records[i] = _failed_record(spec, frame.keys[i], reason)
     return [r for r in records if r is not None], features_seconds

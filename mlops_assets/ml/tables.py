@@ -225,3 +225,50 @@ def take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
     return picked.take(pa.array(inverse))
+
+
+def advance_fingerprints(previous: pa.Table, window: pa.Table, spec: DatasetSpec) -> pa.Table:
+    """``series_fingerprints`` of whole series, from their ``previous`` fingerprints (series_id,
+    n_rows, data_end, data_fingerprint) and a ``window`` of their recent rows: the rows dated
+    after each series' previous ``data_end`` are added in (the checksums are sums, counts and a
+    maximum, so adding is exact). Valid while no row up to ``data_end`` changed.
+
+    Returns:
+        One row per series of ``window`` that is in ``previous``, sorted by series id.
+    """
+    ids = series_ids(window.select(spec.series_keys), spec)
+    at = pc.index_in(ids, value_set=previous["series_id"])
+    known = pc.is_valid(at)
+    time = window[spec.time]
+    ends = pc.cast(previous["data_end"], time.type).take(at.fill_null(0))
+    newer = pc.and_(known, pc.greater(time, ends))
+    added = series_fingerprints(window.filter(newer), spec)
+    seen = previous.filter(pc.is_in(previous["series_id"], value_set=pc.unique(ids.filter(known))))
+    row = pc.index_in(seen["series_id"], value_set=added["series_id"])
+    out_n, out_end, out_fp = [], [], []
+    prev_fp = seen["data_fingerprint"].to_pylist()
+    prev_n = seen["n_rows"].to_pylist()
+    prev_end = seen["data_end"].to_pylist()
+    add_fp = added["data_fingerprint"].to_pylist()
+    add_n = added["n_rows"].to_pylist()
+    add_end = added["data_end"].to_pylist()
+    for i, j in enumerate(row.to_pylist()):
+        if j is None:
+            out_n.append(prev_n[i])
+            out_end.append(prev_end[i])
+            out_fp.append(prev_fp[i])
+            continue
+        a, b = prev_fp[i].split("|"), add_fp[j].split("|")
+        sums = np.array([float(x) + float(y) for x, y in zip(a[2:], b[2:], strict=True)])
+        parts = [str(int(a[0]) + int(b[0])), str(max(int(a[1]), int(b[1]))), *sums.astype(str)]
+        out_n.append(prev_n[i] + add_n[j])
+        out_end.append(add_end[j])
+        out_fp.append("|".join(parts))
+    return pa.table(
+        {
+            "series_id": seen["series_id"],
+            "n_rows": pa.array(out_n, pa.int64()),
+            "data_end": pa.array(out_end, pa.string()),
+            "data_fingerprint": pa.array(out_fp, pa.string()),
+        }
+    ).sort_by("series_id")

@@ -48,7 +48,7 @@ def step(table: pa.Table, day, state: RidgeState, manifest: pa.Table):
     recent = upto(table, day)
     col = recent[SPEC.time]
     window = recent.filter(pc.greater_equal(col, pa.scalar(since, col.type)))
-    starts = dict(zip(manifest["series_id"].to_pylist(), manifest["train_start"].to_pylist()))
+    starts = dict(zip(manifest["series_id"].to_pylist(), manifest["train_start"].to_pylist(), strict=False))
     out = daily_refit.refresh(to_series_frame(window, SPEC), SPEC, state, starts)
     records = pd.DataFrame(out.records)
     _, packs = fresh_manifest(records, series_fingerprints(window, SPEC), SPEC, "d", "g")
@@ -98,7 +98,7 @@ def test_two_daily_steps_equal_full_refits_on_ragged_series():
     no_stats = set(full1.index) - set(state.ids)
     assert no_stats and no_stats <= set(out1.left) | (set(full1.index) - set(daily1.index))
 
-    out2, daily2, _ = step(table, day2, state1, manifest)
+    _out2, daily2, _ = step(table, day2, state1, manifest)
     full2, _, _ = full_refit(upto(table, day2))
     assert len(daily2) == len(daily1)
     assert_same_records(daily2, full2)
@@ -107,7 +107,7 @@ def test_two_daily_steps_equal_full_refits_on_ragged_series():
 def test_a_window_too_short_for_a_series_leaves_it_to_a_full_training():
     table = sales_table(SalesShape(6, 260, seed=2))
     weeks = np.unique(table[SPEC.time].to_numpy())
-    _, state, manifest = full_refit(upto(table, pd.Timestamp(weeks[-2]).date()))
+    _, state, _manifest = full_refit(upto(table, pd.Timestamp(weeks[-2]).date()))
     day = pd.Timestamp(weeks[-1]).date()
     recent = upto(table, day)
     col = recent[SPEC.time]

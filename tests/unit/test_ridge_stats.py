@@ -47,7 +47,9 @@ def test_each_ridge_model_has_statistics_that_solve_to_it():
     files = dict(packs)
     assert f"f/{STATS_FILE}" in files
     assert not {f.name for f in FIELDS} & set(manifest.column_names)
-    ids, stats = read_stats(files[f"f/{STATS_FILE}"], spec)
+    state = read_stats(files[f"f/{STATS_FILE}"], spec)
+    ids, stats = state.ids, state.moments
+    assert state.full_refit_in == "v"
     with pytest.raises(ValueError, match="do not match"):
         read_stats(files[f"f/{STATS_FILE}"], with_model(params={"alpha": 2.0}))
     ridge = results[results["family"] == spec.model.family].set_index("series_id")
