@@ -174,6 +174,14 @@ class ModelSpec(BaseModel):
                 f"model.refit needs a family fitted from its moments (ridge with only "
                 f"alpha/random_state params); got {self.family!r} with {sorted(self.params)}"
             )
+        if self.refit is not None and (
+            set(self.candidates) - {self.family} or self.choice != "best"
+        ):
+            raise ValueError(
+                "model.refit refreshes the ridge between full refits, so the family choice "
+                "must be the ridge alone: remove model.candidates (a model zoo is refit in "
+                "full every run) or model.refit"
+            )
         return self
 
     @field_validator("family")

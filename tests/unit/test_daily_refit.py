@@ -48,7 +48,9 @@ def step(table: pa.Table, day, state: RidgeState, manifest: pa.Table):
     recent = upto(table, day)
     col = recent[SPEC.time]
     window = recent.filter(pc.greater_equal(col, pa.scalar(since, col.type)))
-    starts = dict(zip(manifest["series_id"].to_pylist(), manifest["train_start"].to_pylist(), strict=False))
+    starts = dict(
+        zip(manifest["series_id"].to_pylist(), manifest["train_start"].to_pylist(), strict=False)
+    )
     out = daily_refit.refresh(to_series_frame(window, SPEC), SPEC, state, starts)
     records = pd.DataFrame(out.records)
     _, packs = fresh_manifest(records, series_fingerprints(window, SPEC), SPEC, "d", "g")

@@ -26,10 +26,13 @@ def test_refit_needs_the_closed_form_ridge():
     with pytest.raises(ValidationError, match="model\\.refit needs"):
         with_model(family="linear", refit={"full_every_days": 7})
     assert with_model(refit={"full_every_days": 7}).model.refit.full_every_days == 7
+    with pytest.raises(ValidationError, match="the ridge alone"):
+        with_model(candidates=["ets"], refit={"full_every_days": 7})
+    assert load_spec("sales").model.refit is not None  # the default chain is incremental
 
 
-def test_default_spec_records_and_manifest_have_no_statistics():
-    spec = load_spec("sales")
+def test_a_spec_without_refit_records_no_statistics():
+    spec = with_model(refit=None)
     names = {f.name for f in FIELDS}
     assert not names & set(result_schema(spec).names)
     table = sales_table(SalesShape(3, 100, seed=1))
