@@ -119,14 +119,28 @@ class CuratedStore:
             return pq.read_table(f, columns=columns, filters=filters, read_dictionary=dictionary)
 
     def read(
-        self, columns: list[str] | None = None, until=None, since=None, shards=None
+        self,
+        columns: list[str] | None = None,
+        until=None,
+        since=None,
+        shards=None,
+        series: list[tuple] | None = None,
     ) -> pa.Table:
         """The whole dataset, or the shards named in ``shards`` (optionally only rows with
-        ``since`` <= time <= ``until``)."""
+        ``since`` <= time <= ``until``; only the series whose key tuples are in ``series``,
+        read from the row groups their keys' statistics allow, where given)."""
         names = self.shard_names() if shards is None else list(shards)
         if not names:
             return self.spec.arrow_schema.empty_table()
-        filters = [(self.spec.time, ">=", since)] if since is not None else None
+        base = [(self.spec.time, ">=", since)] if since is not None else []
+        filters: list | None = base or None
+        if series is not None:
+            keys = self.spec.series_keys
+            filters = [
+                base + [(k, "=", v) for k, v in zip(keys, key, strict=True)] for key in series
+            ]
+            if not filters:
+                return self.spec.arrow_schema.empty_table()
         # Series keys come back dictionary-encoded, as Parquet stores them: grouping 40M rows
         # by their codes is cheap, by Python strings it is not.
         keys = [k for k in self.spec.series_keys if columns is None or k in columns]

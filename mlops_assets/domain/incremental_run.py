@@ -33,11 +33,20 @@ from mlops_assets.ml.incremental import RidgeMoments
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.ridge_stats import RidgeState
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.ml.tables import advance_fingerprints, series_fingerprints
+from mlops_assets.ml.tables import (
+    advance_fingerprints,
+    decode_dictionaries,
+    series_fingerprints,
+    series_ids,
+)
 from mlops_assets.storage import Storage
 
 if TYPE_CHECKING:
     from mlops_assets.domain.training_run import Engine, TrainingOutcome
+
+
+# Up to this many series to train whole, their rows are read by key (row-group statistics).
+FEW_SERIES = 64
 
 
 @dataclass(frozen=True)
@@ -209,16 +218,20 @@ def train_daily(
 
 def _whole_series(store: CuratedStore, window: pa.Table, series: Sequence[str], until) -> pa.Table:
     """Every curated row up to ``until`` of ``series`` (ids of series in ``window``), read
-    from only the shards that hold them."""
+    from only the shards that hold them (and, for a few series, only the row groups that
+    may: shards are sorted by key, so their statistics narrow the read)."""
     spec = store.spec
-    from mlops_assets.ml.tables import series_ids
-
     ids = series_ids(window.select(spec.series_keys), spec)
-    mine = window.filter(pc.is_in(ids, value_set=pa.array(sorted(set(series)), pa.string())))
+    wanted = pa.array(sorted(set(series)), pa.string())
+    mine = window.filter(pc.is_in(ids, value_set=wanted))
     shards = np.unique(shard_of(mine, spec.series_keys, store.n_shards))
     names = [store.shard_name(int(i)) for i in shards]
-    table = store.read(until=until, shards=names)
-    keep = pc.is_in(
-        series_ids(table.select(spec.series_keys), spec), value_set=pa.array(sorted(set(series)))
+    keys = None
+    if len(wanted) <= FEW_SERIES:
+        first = pc.unique(pc.index_in(wanted, value_set=ids))
+        plain = decode_dictionaries(window.select(spec.series_keys).take(first))
+        keys = list(zip(*(plain[k].to_pylist() for k in spec.series_keys), strict=True))
+    table = store.read(until=until, shards=names, series=keys)
+    return table.filter(
+        pc.is_in(series_ids(table.select(spec.series_keys), spec), value_set=wanted)
     )
-    return table.filter(keep)
