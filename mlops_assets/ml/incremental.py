@@ -25,32 +25,16 @@ of the training window: all but the last ``spec.holdout`` periods); the caller p
 
 How it is stored and used:
 
-- Spec (built): ``model.refit: {full_every_days: 7}`` (``spec.RefitSpec``; only for a ridge
-  fitted in closed form). Planned: ``window_periods`` to bound the training window, which
-  ``fitting.fit_series`` must honour on full refits before the spec may expose it (the rows
-  leaving it are then ``downdate``d here).
-- Model set (built): each full refit stores every series whose chosen model is the spec's
-  ridge in ``<folder>/ridge_stats.parquet`` (series_id, shift, moments' upper triangle:
-  ``ridge_stats.split_stats``), written with the packs; the manifest keeps ``stats_artifact``
-  (the file holding the series' row), carried over by reference like the model bytes and
-  nulled with an orphan's artifact (``comparison.resulting_manifest``). The default spec
-  writes neither (its records, manifest and packs are unchanged). Out of the manifest so that
-  serving's manifest reads stay small (~700 bytes per series at 10 features).
-- Daily run (to build): on a day that is not a full-refit day (``trained_in`` of the
-  previous full refit + ``full_every_days``), read the previous manifest and the stats files
-  it names; read only the curated periods after each series' ``data_end`` plus the feature
-  tail (``features.tail_length``) and the ``holdout`` periods the training window trails by;
-  lay them out (``calendar_series``), take the feature rows entering each window
-  (``ridge_stats.entering_rows``: the periods leaving the holdout), ``update``, ``solve``,
-  build the Pipelines (``RidgeArrays.pipeline``) and write them with a new stats file. Series
-  whose model is not the ridge keep theirs (``modelset.carry_over``) until the next full refit.
-  Backtest scores, intervals and the selection keep the full refit's values (``trained_in``
-  says which run chose them; a daily set is a refresh of the same selection, so the champion
-  gate compares it only on the new holdout periods). A spec whose features or alpha changed
-  since the stats were written forces a full refit (built: the stats file's schema metadata
-  names both, ``ridge_stats.read_stats`` refuses a mismatch).
-- Full-refit day: today's path; the stats are rebuilt from the window's rows
-  (``ridge_stats.training_moments``), which also resets every shift.
+- Spec: ``model.refit: {full_every_days: N}`` (``spec.RefitSpec``; only for a ridge fitted in
+  closed form, alone: no model zoo). Planned: ``window_periods`` to bound the training window,
+  which ``fitting.fit_series`` must honour on full refits before the spec may expose it (the
+  rows leaving it are then ``downdate``d here).
+- Model set: each run stores every ridge series' statistics in
+  ``<folder>/ridge_stats.parquet`` (``ridge_stats.split_stats``), the manifest keeping
+  ``stats_artifact``; out of the manifest so that serving's manifest reads stay small.
+- Runs between full refits (``daily_refit.refresh``, ``domain.incremental_run``): ``update``
+  with the rows that entered each window, ``solve``, and a backtest on a recent window; a full
+  refit rebuilds the statistics (``ridge_stats.training_moments``), which resets every shift.
 """
 
 from __future__ import annotations
