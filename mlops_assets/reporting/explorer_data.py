@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mlops_assets.ml.combination import FAMILY as COMBINATION
 from mlops_assets.ml.intervals import coverage_field, interval_field
@@ -55,6 +56,8 @@ SCORES = (
     "mase",
 )
 BY_STEP = ("mae_by_step", "naive_mae_by_step", "seasonal_naive_mae_by_step")
+# A page holds at most this many series (a few MB); past it, the ones to look at first.
+MAX_SERIES = 5_000
 MIN_CONTEXT = 12  # periods shown before the backtest window, at least
 
 
@@ -197,8 +200,10 @@ def explorer_payload(
     spec: DatasetSpec,
     *,
     title: dict[str, Any] | None = None,
+    limit: int | None = MAX_SERIES,
 ) -> dict[str, Any]:
-    """The explorer's data: one record per series of ``manifest`` (``FIELDS``), sorted by id.
+    """The explorer's data: one record per series of ``manifest`` (``FIELDS``), sorted by id;
+    of at most ``limit`` series (``worth_a_look``), the page's title saying how many.
 
     Args:
         manifest: The release set's manifest (``history_tail``, ``backtest_residuals``, ...).
@@ -207,6 +212,18 @@ def explorer_payload(
         title: What the page header says of the set (dataset, as-of date, version...).
     """
     strings, axes = _Strings(), _Axes(spec.frequency)
+    title = dict(title or {})
+    total = manifest.num_rows
+    if limit is not None and total > limit:
+        manifest = manifest.take(worth_a_look(manifest, decisions, limit))
+        title["series"] = (
+            f"{limit:,} of {total:,} shown: the gate's refusals, failures and fallbacks "
+            "first, then the worst sMAPE against the naive baseline"
+        )
+        if decisions is not None:
+            decisions = decisions.filter(
+                pc.is_in(decisions["series_id"], value_set=manifest["series_id"])
+            )
     by_series: dict[str, dict] = {}
     if decisions is not None:
         by_series = {d["series_id"]: d for d in decisions.to_pylist()}
@@ -219,7 +236,7 @@ def explorer_payload(
         for row in sorted(rows, key=lambda r: r["series_id"])
     ]
     return {
-        "title": title or {},
+        "title": title,
         "dataset": spec.name,
         "target": spec.target,
         "metric": "smape",
@@ -233,6 +250,33 @@ def explorer_payload(
         "axes": axes.values,
         "series": records,
     }
+
+
+def worth_a_look(manifest: pa.Table, decisions: pa.Table | None, limit: int) -> np.ndarray:
+    """Row numbers of the ``limit`` series to show first: those the gate did not promote, the
+    failed, skipped and fallback ones, then the worst sMAPE relative to the naive baseline's."""
+    n = manifest.num_rows
+    flagged = np.asarray(
+        pc.fill_null(
+            pc.is_in(manifest["status"], pa.array(["failed", "skipped", "fallback"])),
+            True,
+        ).to_numpy(zero_copy_only=False),
+        dtype=bool,
+    )
+    if decisions is not None and "promoted" in decisions.column_names:
+        refused = decisions.filter(pc.invert(pc.fill_null(decisions["promoted"], False)))
+        flagged |= np.asarray(
+            pc.is_in(manifest["series_id"], value_set=refused["series_id"]).to_numpy(
+                zero_copy_only=False
+            ),
+            dtype=bool,
+        )
+    smape = np.asarray(manifest["smape"].to_numpy(zero_copy_only=False), dtype=float)
+    naive = np.asarray(manifest["naive_smape"].to_numpy(zero_copy_only=False), dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.nan_to_num(smape / naive, nan=np.inf, posinf=np.inf)
+    order = np.lexsort((np.arange(n), -ratio, ~flagged))
+    return np.sort(order[:limit])
 
 
 def _wanted(spec: DatasetSpec) -> list[str]:

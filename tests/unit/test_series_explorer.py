@@ -170,3 +170,20 @@ def test_ten_thousand_series_fit_in_a_few_megabytes():
 def test_model_label_names_a_single_family_as_it_is():
     assert model_label("ridge", None) == "ridge"
     assert model_label(None, None) is None
+
+
+def test_a_large_set_shows_the_series_worth_a_look_first_and_says_so():
+    n = 12
+    status = ["trained"] * n
+    status[6] = "fallback"
+    smape = np.full(n, 10.0)
+    smape[4] = 30.0  # the worst against the naive baseline among the promoted
+    table = manifest(n, status=status, smape=smape, naive_smape=np.full(n, 20.0))
+    payload = explorer_payload(table, decisions(table), SALES, limit=8)
+    shown = [r[0] for r in payload["series"]]
+    ids = table["series_id"].to_pylist()
+    assert len(shown) == 8 and shown == sorted(shown)
+    refused = [ids[i] for i in range(n) if i % 2 == 1]  # decisions(): odd series not promoted
+    assert set(shown) == set(refused) | {ids[6], ids[4]}
+    assert payload["title"]["series"].startswith("8 of 12 shown")
+    assert "series" not in explorer_payload(table, decisions(table), SALES)["title"]
