@@ -115,6 +115,8 @@ def training_metadata(
         "series_failed": int(status.get("failed", 0)),
         "series_carried": manifest.num_rows - len(trained),
         "engine": engine,
+        # "incremental: ..." between full refits (model.refit), else "full refit" and why.
+        "refit": outcome.refit,
         "rows": outcome.rows,
         **outcome.phases.metadata(),
         "manifest": dg.MetadataValue.url(storage.uri(outcome.ref.manifest_name)),

@@ -155,6 +155,7 @@ def train_daily(
     phases: Phases,
     context: Any = None,
     log=lambda _: None,
+    why: str = "incremental",
 ) -> TrainingOutcome:
     """Refresh the covered ridge series, train the others of the window whole; write the set."""
     from mlops_assets.domain import training_run as tr
@@ -213,7 +214,9 @@ def train_daily(
         )
         ms.write_pointer(storage, ms.candidate_pointer(spec, as_of), ref)
         ms.write_pointer(storage, ms.latest_pointer(spec), ref)
-    return tr.TrainingOutcome(ref, manifest, tr.trained_frame(records), window.num_rows, phases)
+    return tr.TrainingOutcome(
+        ref, manifest, tr.trained_frame(records), window.num_rows, phases, refit=why
+    )
 
 
 def _whole_series(store: CuratedStore, window: pa.Table, series: Sequence[str], until) -> pa.Table:

@@ -70,6 +70,8 @@ class TrainingOutcome:
     trained: pd.DataFrame  # one row per series trained now (status, metrics, fit seconds)
     rows: int
     phases: Phases = field(compare=False)
+    # How the run trained: "full refit" (and why, with model.refit) or "incremental: ...".
+    refit: str = "full refit"
 
 
 def choose_series(
@@ -210,7 +212,7 @@ def train_candidate(
     with phases("read"):
         latest = ms.read_pointer(storage, ms.latest_pointer(spec))
         previous = ms.read_manifest(storage, latest) if latest else None
-        plan, revisions = None, None
+        plan, revisions, why = None, None, "full refit"
         if spec.model.refit is not None:
             from mlops_assets.domain import incremental_run as inc
 
@@ -233,6 +235,7 @@ def train_candidate(
             phases=phases,
             context=context,
             log=log,
+            why=why,
         )
     batches = _batches(storage, spec, engine, as_of, series)
     engine_phases = Phases()
@@ -295,7 +298,7 @@ def train_candidate(
         ms.write_pointer(storage, ms.candidate_pointer(spec, as_of), ref)
         ms.write_pointer(storage, ms.latest_pointer(spec), ref)
     trained = trained_frame(records) if records is not None else pd.DataFrame(columns=["status"])
-    return TrainingOutcome(ref, manifest, trained, rows, phases)
+    return TrainingOutcome(ref, manifest, trained, rows, phases, refit=why)
 
 
 def _batches(

@@ -63,7 +63,7 @@ def test_daily_runs_write_the_set_a_full_refit_writes(tmp_path):
     store = CuratedStore(daily, SPEC, n_shards=4)
     d0, d1, d2 = WEEKS[-3:]
     store.merge(rows(hi=d0))
-    _first, said = run(daily, d0, "run00000")
+    first, said = run(daily, d0, "run00000")
     assert "full refit: no earlier candidate set" in said
     store.merge(rows(lo=d1, hi=d1))
     _, said = run(daily, d1, "run00001")
@@ -72,6 +72,7 @@ def test_daily_runs_write_the_set_a_full_refit_writes(tmp_path):
     last, said = run(daily, d2, "run00002")
     assert "incremental:" in said
     assert "refresh_backtest" in last.phases.seconds
+    assert last.refit.startswith("incremental:") and first.refit.startswith("full refit")
 
     full = LocalStorage(root=str(tmp_path / "full"))
     CuratedStore(full, SPEC, n_shards=4).merge(rows(hi=d2))
