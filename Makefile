@@ -17,11 +17,14 @@ help: ## List the targets
 # Quiet: one line, so a first `make demo` still fits on one screen; errors still show.
 # .venv holds the development set (requirements-dev.txt: the runtime pins of requirements.txt
 # plus test and lint tools); images install requirements.txt only.
+# --compile-bytecode: uv writes no .pyc by default, and where PYTHONDONTWRITEBYTECODE is set
+# nothing ever does: every process would compile great-expectations, Dagster... from source
+# (~5 s for great-expectations alone). pip, which the images use, compiles at install.
 $(VENV)/.stamp: requirements.txt requirements-dev.txt pyproject.toml
 	@echo "building $(VENV) from requirements-dev.txt (first time only, a few minutes) ..."
 	@$(PY_BOOT) -m venv $(VENV)
 	@$(VENV)/bin/python -m pip install -q --upgrade pip uv
-	@$(VENV)/bin/uv pip sync -q --python $(PY) requirements-dev.txt
+	@$(VENV)/bin/uv pip sync -q --compile-bytecode --python $(PY) requirements-dev.txt
 	@$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	@touch $@
 
