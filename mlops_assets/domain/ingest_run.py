@@ -21,6 +21,7 @@ from mlops_assets.domain.ledger import DropOutcome
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import ColumnType, DatasetSpec
 from mlops_assets.ml.tables import decode_dictionaries
+from mlops_assets.ml.validation import gx
 from mlops_assets.ml.validation.gate import DropGate
 from mlops_assets.ml.validation.suite import drift_columns
 from mlops_assets.storage import Storage
@@ -30,6 +31,7 @@ def make_gate(
     storage: Storage, spec: DatasetSpec, as_of: date, docs_dir: str | None = None
 ) -> DropGate:
     """A gate whose distribution reference is the curated history (time and drift columns)."""
+    gx.prefetch()  # the gate runs GX on the first drop: import it while the drop is read
     store = CuratedStore(storage, spec)
     reference = None
     if store.shard_names():

@@ -59,7 +59,11 @@ def test_a_combined_run_is_identical_on_spark_and_locally(spark, spec, sales_fra
     """``choice: combine`` estimates its panel prior once per run (on the driver for Spark):
     each series' weights and combined model are the same as the local engine's."""
     model = spec.model.model_copy(
-        update={"candidates": ["seasonal_naive", "naive", "mean"], "choice": "combine"}
+        update={
+            "candidates": ["seasonal_naive", "naive", "mean"],
+            "choice": "combine",
+            "refit": None,
+        }
     )
     combined = spec.model_copy(update={"model": model})
     local = train_local(sales_frame, combined, max_workers=1)

@@ -168,7 +168,7 @@ def test_with_a_fallback_chain_every_series_gets_a_model_and_intervals(storage):
         update={
             "fallback": ["seasonal_naive", "naive", "mean"],
             "intervals": IntervalSpec(levels=[80, 95]),
-            "model": SALES.model.model_copy(update={"candidates": ["theta"]}),
+            "model": SALES.model.model_copy(update={"candidates": ["theta"], "refit": None}),
         }
     )
     # Enough series for a pooled 95% quantile (19 residuals per step) when out of fold.

@@ -1,15 +1,33 @@
 """great-expectations itself: an ephemeral context that runs suites on dataframes, and the
-failures read from its results. GX is imported only when a ``GxRunner`` is created (seconds)."""
+failures read from its results. GX is imported only when a ``GxRunner`` is created (seconds);
+``prefetch`` starts that import in a thread where a caller knows GX will run soon, so that
+it overlaps reading and checking a drop (Parquet and Arrow work, which leaves the GIL)."""
 
 from __future__ import annotations
 
+import importlib
 import os
+import threading
 from datetime import datetime
 from typing import Any, Literal
 
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.validation.failures import DropFailure
 from mlops_assets.ml.validation.rules import Rule, concern_of
+
+_prefetched: threading.Thread | None = None
+
+
+def prefetch() -> None:
+    """Import great-expectations in a background thread (once per process). A later import
+    waits for it (Python's import lock), so nothing can see a half-imported module."""
+    global _prefetched
+    if _prefetched is None:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        _prefetched = threading.Thread(
+            target=importlib.import_module, args=("great_expectations",), daemon=True
+        )
+        _prefetched.start()
 
 
 class GxRunner:
