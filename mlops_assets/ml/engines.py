@@ -32,6 +32,7 @@ from mlops_assets.ml import combination, persistence, ridge_stats
 from mlops_assets.ml.calendar import calendar_series
 from mlops_assets.ml.features import (
     SeriesFrame,
+    feature_matrix,
     select_series,
     to_series_frame,
 )
@@ -149,11 +150,13 @@ def train_series_frame(frame: SeriesFrame, spec: DatasetSpec) -> tuple[list[dict
     cal = calendar_series(frame, spec)
     regular = cal.frame
     features_seconds = _time.perf_counter() - started
-    sel = select(regular, spec)
+    # With model.refit the ridge statistics need the feature matrix too: computed once.
+    X = feature_matrix(regular, spec) if spec.model.refit is not None else None
+    sel = select(regular, spec, X=X)
     records: list[dict | None] = [None] * frame.n_series
     stats = None
     if spec.model.refit is not None:
-        stats = ridge_stats.record_columns(regular, spec, sel.family == spec.model.family)
+        stats = ridge_stats.record_columns(regular, spec, sel.family == spec.model.family, X=X)
     for j, i in enumerate(cal.kept):
         records[i] = series_record(spec, regular.keys[j], sel, j, regular) | (
             stats[j] if stats else {}

@@ -49,15 +49,21 @@ from mlops_assets.ml.fast_ridge import RidgeArrays, augmented, solve_moments
 CHUNK_ROWS = 1 << 16  # rows whose outer products are formed at once (~rows * (p+2)^2 floats)
 
 
-def _grouped_outer(a: np.ndarray, index: np.ndarray, n_series: int) -> np.ndarray:
-    """``[n_series, q, q]``: the sum of ``a[r] a[r]'`` over the rows r of each series.
+def _grouped_outer(
+    X: np.ndarray, y: np.ndarray, index: np.ndarray, shift: np.ndarray
+) -> np.ndarray:
+    """``[S, p+2, p+2]``: the sum of ``a[r] a[r]'`` over the rows r of each series, where
+    ``a[r] = [X[r] - shift_x | 1 | y[r] - shift_y]`` of the row's series.
 
     Rows are laid out per series, zero-padded to the longest series of a block of series of
-    similar length (zero rows add nothing), and each block is one batched matrix product.
+    similar length (zero rows add nothing), and each block is one batched matrix product; the
+    centred rows are formed a block at a time (no copy of every row at once).
     """
-    q = a.shape[1]
+    n_series, p = len(shift), X.shape[1]
+    q = p + 2
     out = np.zeros((n_series, q, q))
-    a = a[np.argsort(index, kind="stable")]
+    grouped = bool(np.all(index[1:] >= index[:-1]))  # a frame's rows are: no sort
+    order = None if grouped else np.argsort(index, kind="stable")
     counts = np.bincount(index, minlength=n_series)
     starts = np.cumsum(counts) - counts
     by_length = np.argsort(counts, kind="stable")
@@ -68,8 +74,12 @@ def _grouped_outer(a: np.ndarray, index: np.ndarray, n_series: int) -> np.ndarra
         width = int(counts[series[-1]])
         at = starts[series][:, None] + np.arange(width)[None, :]
         present = np.arange(width)[None, :] < counts[series][:, None]
+        rows = at[present] if order is None else order[at[present]]
+        owner = np.broadcast_to(series[:, None], at.shape)[present]
         block = np.zeros((len(series), width, q))
-        block[present] = a[at[present]]
+        block[present, :p] = X[rows] - shift[owner, :p]
+        block[present, p] = 1.0
+        block[present, p + 1] = y[rows] - shift[owner, p]
         out[series] = block.transpose(0, 2, 1) @ block
     return out
 
@@ -137,11 +147,12 @@ class RidgeMoments:
         index = np.asarray(index, dtype=np.int64)
         if len(index) == 0:
             return
-        a = self._centred(np.asarray(X, dtype=float), np.asarray(y, dtype=float), index)
-        if len(np.unique(index)) == len(index):  # at most one row per series: no grouping
+        X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
+        if len(index) <= len(self.shift) and len(np.unique(index)) == len(index):
+            a = self._centred(X, y, index)  # at most one row per series: no grouping
             self.moments[index] += sign * (a[:, :, None] * a[:, None, :])
             return
-        self.moments += sign * _grouped_outer(a, index, len(self.shift))
+        self.moments += sign * _grouped_outer(X, y, index, self.shift)
 
     def update(self, X: np.ndarray, y: np.ndarray, index: np.ndarray) -> None:
         """Fold rows in, in place: ``X [m, p]``, ``y [m]``, ``index [m]`` (their series)."""

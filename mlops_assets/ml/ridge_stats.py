@@ -152,10 +152,14 @@ def series_of(frame: SeriesFrame, rows: np.ndarray) -> np.ndarray:
     return np.searchsorted(frame.offsets, rows, side="right") - 1
 
 
-def record_columns(frame: SeriesFrame, spec: DatasetSpec, chosen: np.ndarray) -> list[dict]:
+def record_columns(
+    frame: SeriesFrame, spec: DatasetSpec, chosen: np.ndarray, X: np.ndarray | None = None
+) -> list[dict]:
     """Per series of a laid-out batch (whole histories), ``FIELDS`` as record values: its
-    statistics where ``chosen`` (its model is the spec's ridge), else None."""
-    X = feature_matrix(frame, spec)
+    statistics where ``chosen`` (its model is the spec's ridge), else None. ``X``: the
+    frame's feature matrix, where the caller has it."""
+    if X is None:
+        X = feature_matrix(frame, spec)
     stats = training_moments(frame, X, spec)
     return stats_records(stats, window_end(frame, spec), scale_prefix(frame, spec), chosen)
 
