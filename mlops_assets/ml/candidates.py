@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from mlops_assets.ml import backtest
+from mlops_assets.ml import backtest, batch_ridge
 from mlops_assets.ml.families import family
+from mlops_assets.ml.fast_ridge import fit_ridge
 from mlops_assets.ml.features import SeriesFrame, feature_matrix
-from mlops_assets.ml.fitting import SeriesFit, fit_series, season_length
+from mlops_assets.ml.fitting import SeriesFit, family_params, fit_series, season_length
 from mlops_assets.ml.multistep import forecast_pipelines, known_future
 from mlops_assets.ml.predict import clip_to_bounds
 from mlops_assets.ml.spec import DatasetSpec
@@ -33,6 +34,8 @@ class Fitted:
     models: list[Any]
     reasons: list[str | None]
     fits: list[SeriesFit] | None = None  # regression families: the per-series fit record
+    # The closed-form ridge fitted as a batch: its series' moments (``batch_ridge``).
+    moments: Any = None
 
 
 def kind_of(name: str) -> str:
@@ -47,6 +50,12 @@ def fit_candidate(name: str, frame: SeriesFrame, X: np.ndarray | None, spec: Dat
     if kind == "regression":
         if X is None:
             X = feature_matrix(frame, spec)
+        if family(name).closed_form is fit_ridge and family(name).has_closed_form(
+            family_params(spec, name)
+        ):
+            fits, moments = batch_ridge.fit_batch(name, frame, X, spec)
+            models = [f.model for f in fits]
+            return Fitted(name, kind, models, [f.reason for f in fits], fits, moments)
         off = frame.offsets
         fits = [
             fit_series(X[a:b], frame.target[a:b], frame.time[a:b], spec, family_name=name)

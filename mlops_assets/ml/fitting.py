@@ -144,15 +144,17 @@ def fit_series(
     return fit
 
 
-def _fit_window(
-    X: np.ndarray, y: np.ndarray, time: np.ndarray, spec: DatasetSpec, fast: bool, name: str
-) -> SeriesFit:
+def check_window(
+    X: np.ndarray, y: np.ndarray, time: np.ndarray, spec: DatasetSpec
+) -> tuple[SeriesFit, np.ndarray | None]:
+    """A series' training window: its fit record without a model, and the rows to fit on
+    (None: the record says why it cannot be fitted). What ``fit_series`` checks first."""
     n = len(y)
     split = n - spec.holdout
     if n > 1 and np.any(time[1:] <= time[:-1]):
-        return SeriesFit(None, FAILED, "duplicate timestamps in the series")
+        return SeriesFit(None, FAILED, "duplicate timestamps in the series"), None
     if split < 1:
-        return SeriesFit(None, SKIPPED, f"{n} rows: need more than holdout={spec.holdout}")
+        return SeriesFit(None, SKIPPED, f"{n} rows: need more than holdout={spec.holdout}"), None
     complete = np.isfinite(X).all(axis=1) & np.isfinite(y)
     train = np.flatnonzero(complete[:split])
     result = SeriesFit(None, SKIPPED, n_train=len(train))
@@ -169,6 +171,15 @@ def _fit_window(
         reason = "constant target in the training window"
     if reason is not None:
         result.reason = reason
+        return result, None
+    return result, train
+
+
+def _fit_window(
+    X: np.ndarray, y: np.ndarray, time: np.ndarray, spec: DatasetSpec, fast: bool, name: str
+) -> SeriesFit:
+    result, train = check_window(X, y, time, spec)
+    if train is None:
         return result
     try:
         model = _fit(X[train], y[train], spec, fast, name)

@@ -47,6 +47,7 @@ import pyarrow as pa
 from mlops_assets.ml.fast_ridge import RidgeArrays, augmented, solve_moments
 
 CHUNK_ROWS = 1 << 16  # rows whose outer products are formed at once (~rows * (p+2)^2 floats)
+PAD_ROWS = 16  # a series' rows are zero-padded to a multiple of this (its own, whatever the batch)
 
 
 def _grouped_outer(
@@ -55,9 +56,11 @@ def _grouped_outer(
     """``[S, p+2, p+2]``: the sum of ``a[r] a[r]'`` over the rows r of each series, where
     ``a[r] = [X[r] - shift_x | 1 | y[r] - shift_y]`` of the row's series.
 
-    Rows are laid out per series, zero-padded to the longest series of a block of series of
-    similar length (zero rows add nothing), and each block is one batched matrix product; the
-    centred rows are formed a block at a time (no copy of every row at once).
+    Rows are laid out per series, zero-padded (zero rows add nothing) to its length rounded up
+    to ``PAD_ROWS``, and series of one padded length are stacked into batched matrix products;
+    the centred rows are formed a block at a time (no copy of every row at once). A series'
+    product depends on its own rows and padded length only, never on the other series of the
+    batch, so its moments are the same bits whichever batch it is trained in.
     """
     n_series, p = len(shift), X.shape[1]
     q = p + 2
@@ -66,12 +69,13 @@ def _grouped_outer(
     order = None if grouped else np.argsort(index, kind="stable")
     counts = np.bincount(index, minlength=n_series)
     starts = np.cumsum(counts) - counts
-    by_length = np.argsort(counts, kind="stable")
-    by_length = by_length[counts[by_length] > 0]
-    step = max(1, CHUNK_ROWS // max(1, int(counts.max())))
-    for lo in range(0, len(by_length), step):
-        series = by_length[lo : lo + step]
-        width = int(counts[series[-1]])
+    padded = -(-counts // PAD_ROWS) * PAD_ROWS
+    chunks = []
+    for width in np.unique(padded[counts > 0]):
+        same = np.flatnonzero((padded == width) & (counts > 0))
+        step = max(1, CHUNK_ROWS // int(width))
+        chunks += [(int(width), same[lo : lo + step]) for lo in range(0, len(same), step)]
+    for width, series in chunks:
         at = starts[series][:, None] + np.arange(width)[None, :]
         present = np.arange(width)[None, :] < counts[series][:, None]
         rows = at[present] if order is None else order[at[present]]
