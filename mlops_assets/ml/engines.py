@@ -156,7 +156,8 @@ def train_series_frame(frame: SeriesFrame, spec: DatasetSpec) -> tuple[list[dict
     records: list[dict | None] = [None] * frame.n_series
     stats = None
     if spec.model.refit is not None:
-        stats = ridge_stats.record_columns(regular, spec, sel.family == spec.model.family, X=X)
+        chosen = sel.family == spec.model.family
+        stats = ridge_stats.record_columns(regular, spec, chosen, X=X, fitted=sel.moments)
     for j, i in enumerate(cal.kept):
         records[i] = series_record(spec, regular.keys[j], sel, j, regular) | (
             stats[j] if stats else {}

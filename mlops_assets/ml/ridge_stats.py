@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mlops_assets.ml import backtest
+from mlops_assets.ml import backtest, batch_ridge
 from mlops_assets.ml.features import SeriesFrame, feature_matrix, feature_names, positions
 from mlops_assets.ml.fitting import season_length
 from mlops_assets.ml.incremental import RidgeMoments
@@ -153,11 +153,24 @@ def series_of(frame: SeriesFrame, rows: np.ndarray) -> np.ndarray:
 
 
 def record_columns(
-    frame: SeriesFrame, spec: DatasetSpec, chosen: np.ndarray, X: np.ndarray | None = None
+    frame: SeriesFrame,
+    spec: DatasetSpec,
+    chosen: np.ndarray,
+    X: np.ndarray | None = None,
+    fitted: batch_ridge.BatchMoments | None = None,
 ) -> list[dict]:
     """Per series of a laid-out batch (whole histories), ``FIELDS`` as record values: its
     statistics where ``chosen`` (its model is the spec's ridge), else None. ``X``: the
-    frame's feature matrix, where the caller has it."""
+    frame's feature matrix, where the caller has it; ``fitted``: the moments the ridge was
+    fitted from (``batch_ridge``: the same rows), which are then not computed again."""
+    if fitted is not None:
+        p = fitted.moments.n_features
+        stats = RidgeMoments(
+            np.zeros((frame.n_series, p + 1)), np.zeros((frame.n_series, p + 2, p + 2))
+        )
+        stats.shift[fitted.series] = fitted.moments.shift
+        stats.moments[fitted.series] = fitted.moments.moments
+        return stats_records(stats, window_end(frame, spec), scale_prefix(frame, spec), chosen)
     if X is None:
         X = feature_matrix(frame, spec)
     stats = training_moments(frame, X, spec)

@@ -87,6 +87,8 @@ class Selection:
     fits: list[SeriesFit | None] = field(default_factory=list)
     by_step: dict[str, np.ndarray] = field(default_factory=dict)
     weights: list[str | None] = field(default_factory=list)
+    # The spec's ridge fitted as a batch: the moments of its fitted series (``batch_ridge``).
+    moments: Any = None
 
 
 def step_mae(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -265,6 +267,7 @@ def select(
         fits=fits,
         by_step=by_step,
         weights=[json.dumps(mixes[i].describe()) if i in mixes else None for i in range(n)],
+        moments=next((f.moments for f in fitted if f.name == spec.model.family), None),
     )
 
 
