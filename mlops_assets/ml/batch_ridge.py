@@ -42,26 +42,36 @@ def fit_batch(
     started = _time.perf_counter()
     params = family_params(spec, name)
     off = frame.offsets.tolist()
-    fits: list[SeriesFit] = []
-    rows, counts, ok = [], [], []
-    for i, (a, b) in enumerate(itertools.pairwise(off)):
-        fit, train = check_window(X[a:b], frame.target[a:b], frame.time[a:b], spec)
-        fits.append(fit)
-        if train is not None:
-            ok.append(i)
-            rows.append(a + train)
-            counts.append(len(train))
-    series = np.asarray(ok, dtype=np.int64)
     p = X.shape[1]
+    fits: list[SeriesFit] = []
+    ok, last, shifts, grams = [], [], [], []
+    buf = np.empty((max(1, int(np.diff(frame.offsets).max(initial=1))), p + 2))
+    for i, (a, b) in enumerate(itertools.pairwise(off)):
+        y = frame.target[a:b]
+        fit, train = check_window(X[a:b], y, frame.time[a:b], spec)
+        fits.append(fit)
+        if train is None:
+            continue
+        lo, n = int(train[0]), len(train)
+        if int(train[-1]) - lo + 1 == n:  # complete rows are one run (the usual case): views
+            xs, ys = X[a + lo : a + lo + n], y[lo : lo + n]
+        else:
+            xs, ys = X[a:b][train], y[train]
+        shift = np.append(xs.mean(axis=0), ys.mean())
+        rows = buf[:n]  # centred on the series' own means, as ``RidgeMoments.from_rows``
+        np.subtract(xs, shift[:p], out=rows[:, :p])
+        rows[:, p] = 1.0
+        np.subtract(ys, shift[p], out=rows[:, p + 1])
+        grams.append(rows.T @ rows)
+        shifts.append(shift)
+        ok.append(i)
+        last.append(a + int(train[-1]))
+    series = np.asarray(ok, dtype=np.int64)
     if not ok:
-        return fits, BatchMoments(
-            series, RidgeMoments(np.zeros((0, p + 1)), np.zeros((0, p + 2, p + 2)))
-        )
-    at = np.concatenate(rows)
-    index = np.repeat(np.arange(len(ok)), counts)
-    moments = RidgeMoments.from_rows(X[at], frame.target[at], index, len(ok))
+        empty = RidgeMoments(np.zeros((0, p + 1)), np.zeros((0, p + 2, p + 2)))
+        return fits, BatchMoments(series, empty)
+    moments = RidgeMoments(np.array(shifts), np.array(grams))
     arrays = moments.solve(float(params.get("alpha", 1.0)))
-    last = at[np.cumsum(counts) - 1]
     predicted = ((X[last] - arrays.mean) / arrays.scale * arrays.coef).sum(axis=1)
     finite = np.isfinite(predicted + arrays.intercept) & np.isfinite(arrays.coef).all(axis=1)
     each = (_time.perf_counter() - started) / max(1, len(fits))

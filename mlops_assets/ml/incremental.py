@@ -46,9 +46,6 @@ import pyarrow as pa
 
 from mlops_assets.ml.fast_ridge import RidgeArrays, augmented, solve_moments
 
-CHUNK_ROWS = 1 << 16  # rows whose outer products are formed at once (~rows * (p+2)^2 floats)
-PAD_ROWS = 16  # a series' rows are zero-padded to a multiple of this (its own, whatever the batch)
-
 
 def _grouped_outer(
     X: np.ndarray, y: np.ndarray, index: np.ndarray, shift: np.ndarray
@@ -56,35 +53,29 @@ def _grouped_outer(
     """``[S, p+2, p+2]``: the sum of ``a[r] a[r]'`` over the rows r of each series, where
     ``a[r] = [X[r] - shift_x | 1 | y[r] - shift_y]`` of the row's series.
 
-    Rows are laid out per series, zero-padded (zero rows add nothing) to its length rounded up
-    to ``PAD_ROWS``, and series of one padded length are stacked into batched matrix products;
-    the centred rows are formed a block at a time (no copy of every row at once). A series'
-    product depends on its own rows and padded length only, never on the other series of the
-    batch, so its moments are the same bits whichever batch it is trained in.
+    One matrix product per series on its rows, centred into a reused buffer (rows of a laid
+    out frame are grouped by series already: no sort, no copy of every row at once). A
+    series' product depends on its own rows only, never on the other series of the batch, so
+    its moments are the same bits whichever batch it is trained in.
     """
     n_series, p = len(shift), X.shape[1]
     q = p + 2
     out = np.zeros((n_series, q, q))
-    grouped = bool(np.all(index[1:] >= index[:-1]))  # a frame's rows are: no sort
-    order = None if grouped else np.argsort(index, kind="stable")
+    if len(index) == 0:
+        return out
+    if not bool(np.all(index[1:] >= index[:-1])):
+        order = np.argsort(index, kind="stable")
+        X, y, index = X[order], y[order], index[order]
     counts = np.bincount(index, minlength=n_series)
     starts = np.cumsum(counts) - counts
-    padded = -(-counts // PAD_ROWS) * PAD_ROWS
-    chunks = []
-    for width in np.unique(padded[counts > 0]):
-        same = np.flatnonzero((padded == width) & (counts > 0))
-        step = max(1, CHUNK_ROWS // int(width))
-        chunks += [(int(width), same[lo : lo + step]) for lo in range(0, len(same), step)]
-    for width, series in chunks:
-        at = starts[series][:, None] + np.arange(width)[None, :]
-        present = np.arange(width)[None, :] < counts[series][:, None]
-        rows = at[present] if order is None else order[at[present]]
-        owner = np.broadcast_to(series[:, None], at.shape)[present]
-        block = np.zeros((len(series), width, q))
-        block[present, :p] = X[rows] - shift[owner, :p]
-        block[present, p] = 1.0
-        block[present, p + 1] = y[rows] - shift[owner, p]
-        out[series] = block.transpose(0, 2, 1) @ block
+    buf = np.empty((int(counts.max()), q))
+    for s in np.flatnonzero(counts).tolist():
+        lo, n = int(starts[s]), int(counts[s])
+        a = buf[:n]
+        np.subtract(X[lo : lo + n], shift[s, :p], out=a[:, :p])
+        a[:, p] = 1.0
+        np.subtract(y[lo : lo + n], shift[s, p], out=a[:, p + 1])
+        out[s] = a.T @ a
     return out
 
 
