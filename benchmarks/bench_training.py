@@ -1,9 +1,10 @@
 """Training benchmark: our engines against their floors, side by side in one process.
 
 Runs, on the same generated sales data: the local engine, a plain scikit-learn loop over a
-pandas groupby, a numpy floor (the same features, every series' ridge normal equations solved
-batched), the Spark engine and a bare ``applyInPandas`` of ``train_partition``. Writes phase
-timings and ratios to ``benchmarks/results/training.json``.
+pandas groupby and a numpy floor (the same features, every series' ridge normal equations
+solved batched). Writes phase timings and ratios to ``benchmarks/results/training.json``.
+The Spark engine against a bare ``applyInPandas`` is ``bench_spark_cluster``'s (a standalone
+cluster, executors reading the shards).
 
     python -m benchmarks.bench_training --series 1000 --periods 4000
 """
@@ -11,32 +12,25 @@ timings and ratios to ``benchmarks/results/training.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import sklearn
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from benchmarks.common import write_result
 from mlops_assets.ml import persistence
-from mlops_assets.ml.engines import result_schema, spark_result_schema, train_local, train_spark
-from mlops_assets.ml.features import feature_matrix, feature_names, tail_length, to_series_frame
-from mlops_assets.ml.fitting import train_partition
+from mlops_assets.ml.engines import train_local
+from mlops_assets.ml.features import feature_matrix, feature_names, to_series_frame
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import DatasetSpec, load_spec
-
-RESULTS = Path(__file__).resolve().parent / "results" / "training.json"
 
 
 def _timed(fn, *args, **kwargs):
@@ -118,89 +112,12 @@ def bench_serialization(results: pd.DataFrame, n: int = 200) -> dict:
     }
 
 
-def _spark_session(workers: int):
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
-
-    spark = (
-        SparkSession.builder.master(f"local[{workers}]")
-        .appName("bench-training")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", str(4 * workers))
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.driver.memory", "8g")
-        .config("spark.sql.session.timeZone", "UTC")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
-    return spark
-
-
-def bare_function(spec: DatasetSpec):
-    """``train_partition`` as anyone would hand it to ``applyInPandas``."""
-    names = result_schema(spec).names
-
-    def fn(pdf: pd.DataFrame) -> pd.DataFrame:
-        model, info = train_partition(pdf, spec)
-        data = persistence.dumps(model) if model is not None else None
-        keys = tuple(pdf[k].iloc[0] for k in spec.series_keys)
-        row = {
-            "series_id": spec.series_id(keys),
-            **{k: str(v) for k, v in zip(spec.series_keys, keys, strict=True)},
-            **info,
-            "serialize_seconds": 0.0,
-            "model_format": "linear" if data else None,
-            "model": data,
-            "model_sha256": persistence.sha256(data) if data else None,
-            "history_end": str(pd.Timestamp(pdf[spec.time].max()).date()),
-            "history_tail": pdf.sort_values(spec.time)[spec.target]
-            .to_numpy(float)[-(tail_length(spec) + spec.holdout) :]
-            .tolist(),
-        }
-        return pd.DataFrame([row], columns=names)
-
-    return fn
-
-
-def bench_spark(
-    table: pa.Table, spec: DatasetSpec, n_series: int, workers: int, repeats: int
-) -> dict:
-    spark, start_s = _timed(_spark_session, workers)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "sales.parquet")
-        pq.write_table(table, path)
-        sdf = spark.read.parquet(path)
-        bare = sdf.groupBy(*spec.series_keys).applyInPandas(
-            bare_function(spec), schema=spark_result_schema(spec)
-        )
-        ours = train_spark(sdf, spec)
-        runs: dict[str, list[float]] = {"engine": [], "bare": []}
-        # A warm-up run of each first (Python workers, JIT), then alternate the order.
-        for i in range(repeats + 1):
-            pair = [("engine", ours), ("bare", bare)]
-            for name, df in pair if i % 2 else pair[::-1]:
-                out, wall = _timed(df.toPandas)
-                assert len(out) == n_series, (name, len(out))
-                if i:
-                    runs[name].append(wall)
-    spark.stop()
-    return {
-        "session_start_s": start_s,
-        "engine_wall_s": float(np.median(runs["engine"])),
-        "bare_apply_in_pandas_wall_s": float(np.median(runs["bare"])),
-        "runs": runs,
-    }
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=10_000)
     parser.add_argument("--periods", type=int, default=4_000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--repeats", type=int, default=1, help="Spark runs (median is kept)")
-    parser.add_argument("--skip-spark", action="store_true")
     parser.add_argument("--skip-sklearn-loop", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
     spec = load_spec("sales")
@@ -238,15 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["sklearn_loop"] = bench_sklearn_loop(table, spec)
         report["local_vs_sklearn_loop"] = local["wall_s"] / report["sklearn_loop"]["wall_s"]
         print("sklearn loop", report["sklearn_loop"], flush=True)
-    if not args.skip_spark:
-        report["spark"] = bench_spark(table, spec, args.series, args.workers, args.repeats)
-        report["spark_engine_vs_bare"] = (
-            report["spark"]["engine_wall_s"] / report["spark"]["bare_apply_in_pandas_wall_s"]
-        )
-        print("spark", report["spark"], flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: v for k, v in report.items() if not isinstance(v, dict)}, indent=2))
+    write_result("training", report)
     return report
 
 
