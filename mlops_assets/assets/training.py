@@ -36,6 +36,9 @@ class TrainConfig(dg.Config):
     """Train only these series ids (e.g. ``store=S0001/product=P001``); empty: all series."""
     changed_only: bool = False
     """Train only series whose data changed since the latest model set; carry the others."""
+    full_refit: bool = False
+    """With ``model.refit`` in the spec: refit every series in full now (backtest, family
+    choice, fresh statistics) even where an incremental run would do."""
 
 
 def _series_table(df: pd.DataFrame) -> dg.TableMetadataValue:
@@ -88,6 +91,7 @@ def build_training_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 run_id=context.run.run_id,
                 series=config.series,
                 changed_only=config.changed_only,
+                full_refit=config.full_refit,
                 context=context,
                 log=context.log.info,
             )

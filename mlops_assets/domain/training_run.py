@@ -196,10 +196,14 @@ def train_candidate(
     run_id: str,
     series: Sequence[str] = (),
     changed_only: bool = False,
+    full_refit: bool = False,
     context: Any = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> TrainingOutcome:
     """Train (all, chosen or changed series) on curated data up to ``as_of``; write the set.
+
+    With ``model.refit`` in the spec a run over all series is incremental where
+    ``incremental_run.daily_plan`` allows (else, or with ``full_refit``, a full refit).
 
     Raises:
         TrainingInputError: No curated rows up to ``as_of``, or unknown chosen series.
@@ -218,7 +222,10 @@ def train_candidate(
 
             # Read before the data: a merge in between makes the next run refit, not miss it.
             revisions = inc.revisions(storage, spec)
-            if not series and not changed_only:
+            if full_refit:
+                why = "full refit: asked for (full_refit)"
+                log(why)
+            elif not series and not changed_only:
                 plan, why = inc.daily_plan(storage, spec, engine, latest, previous, as_of)
                 log(why)
     if plan is not None:

@@ -126,3 +126,12 @@ def test_a_restated_period_or_the_schedule_makes_a_full_refit(tmp_path):
     assert "incremental:" in said  # the restatement was folded in by the full refit
     _, said = run(storage, d1 + pd.Timedelta(days=28), "run00003")
     assert "full refit: the last one" in said
+    out = train_candidate(
+        storage,
+        SPEC,
+        LocalTrainingEngine(max_workers=1),
+        as_of=str(d1 + pd.Timedelta(days=29)),
+        run_id="run00004",
+        full_refit=True,
+    )
+    assert out.refit == "full refit: asked for (full_refit)"
