@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from mlops_assets.domain import model_sets as ms
 from mlops_assets.domain.curated_store import CuratedStore, shard_of
-from mlops_assets.ml import daily_refit, modelset, ridge_stats
+from mlops_assets.ml import daily_refit, ridge_stats
 from mlops_assets.ml.engines import result_schema
 from mlops_assets.ml.features import to_series_frame
 from mlops_assets.ml.incremental import RidgeMoments
@@ -207,17 +207,7 @@ def train_daily(
             full_refit_in=plan.state.full_refit_in,
             curated=curated,
         )
-        manifest = modelset.carry_over(fresh, previous)
-        ref = ms.write_model_set(
-            storage,
-            manifest,
-            packs,
-            name=ms.registered_model_name(spec),
-            version=version,
-            folder=folder,
-        )
-        ms.write_pointer(storage, ms.candidate_pointer(spec, as_of), ref)
-        ms.write_pointer(storage, ms.latest_pointer(spec), ref)
+        ref, manifest = tr.write_candidate(storage, spec, fresh, packs, previous, version, as_of)
     return tr.TrainingOutcome(
         ref, manifest, tr.trained_frame(records), window.num_rows, phases, refit=why
     )

@@ -293,19 +293,34 @@ def train_candidate(
         if records is not None:
             fps = pa.concat_tables(prints)
             fresh, packs = fresh_manifest(records, fps, spec, version, folder, curated=revisions)
-        manifest = modelset.carry_over(fresh, previous)
-        ref = ms.write_model_set(
-            storage,
-            manifest,
-            packs,
-            name=ms.registered_model_name(spec),
-            version=version,
-            folder=folder,
-        )
-        ms.write_pointer(storage, ms.candidate_pointer(spec, as_of), ref)
-        ms.write_pointer(storage, ms.latest_pointer(spec), ref)
+        ref, manifest = write_candidate(storage, spec, fresh, packs, previous, version, as_of)
     trained = trained_frame(records) if records is not None else pd.DataFrame(columns=["status"])
     return TrainingOutcome(ref, manifest, trained, rows, phases, refit=why)
+
+
+def write_candidate(
+    storage: Storage,
+    spec: DatasetSpec,
+    fresh: pa.Table | None,
+    packs: list[tuple[str, bytes]],
+    previous: pa.Table | None,
+    version: str,
+    as_of: str,
+) -> tuple[ms.ModelSetRef, pa.Table]:
+    """Write a run's set (its fresh entries, the others carried from ``previous``) under
+    version ``version``, and point the as-of date's candidate and the latest at it."""
+    manifest = modelset.carry_over(fresh, previous)
+    ref = ms.write_model_set(
+        storage,
+        manifest,
+        packs,
+        name=ms.registered_model_name(spec),
+        version=version,
+        folder=ms.set_folder(spec, version),
+    )
+    ms.write_pointer(storage, ms.candidate_pointer(spec, as_of), ref)
+    ms.write_pointer(storage, ms.latest_pointer(spec), ref)
+    return ref, manifest
 
 
 def _batches(
