@@ -34,7 +34,8 @@ How it is stored and used:
   ``stats_artifact``; out of the manifest so that serving's manifest reads stay small.
 - Runs between full refits (``daily_refit.refresh``, ``domain.incremental_run``): ``update``
   with the rows that entered each window, ``solve``, and a backtest on a recent window; a full
-  refit rebuilds the statistics (``ridge_stats.training_moments``), which resets every shift.
+  refit rebuilds the statistics (``batch_ridge``: the moments the batch fit solved), which
+  resets every shift.
 """
 
 from __future__ import annotations
