@@ -26,6 +26,16 @@ from azure.ai.ml import MpiDistribution, PyTorchDistribution
 
 TERMINAL = frozenset({"Completed", "Failed", "Canceled"})
 STOP_GRACE_S = 5.0
+# Each process is ``sh -c <command>`` started with SIGTERM and SIGINT at their defaults: an
+# ignored signal is inherited through exec (a parent started in the background ignores
+# SIGINT, and Dagster maps SIGTERM to SIGINT's disposition while it runs), and a job that
+# ignores SIGTERM could only be killed, never stopped as Azure ML stops it.
+_LAUNCH = (
+    "import os, signal, sys\n"
+    "for s in (signal.SIGTERM, signal.SIGINT):\n"
+    "    signal.signal(s, signal.SIG_DFL)\n"
+    "os.execv('/bin/sh', ['/bin/sh', '-c', sys.argv[1]])"
+)
 # What a process inherits from this machine, as an image would set it; nothing else of the
 # caller's environment leaks into a job.
 PASSED_THROUGH = ("HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
@@ -167,8 +177,7 @@ class JobRun:
                 try:
                     self.processes.append(
                         subprocess.Popen(
-                            self.command,
-                            shell=True,
+                            [sys.executable, "-I", "-S", "-c", _LAUNCH, self.command],
                             cwd=self.cwd,
                             env=env,
                             stdin=subprocess.DEVNULL,
