@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from mlops_assets.domain import model_sets as ms
 from mlops_assets.domain.curated_store import CuratedStore, shard_of
-from mlops_assets.ml import daily_refit, ridge_stats
+from mlops_assets.ml import backtest, daily_refit, ridge_stats
 from mlops_assets.ml.engines import result_schema
 from mlops_assets.ml.features import to_series_frame
 from mlops_assets.ml.incremental import RidgeMoments
@@ -134,7 +134,7 @@ def _merged(states: list[RidgeState], files: list[str], previous: pa.Table) -> R
             np.concatenate([p.moments.moments for p in parts]),
         ),
         through=np.concatenate([p.through for p in parts]),
-        prefix=type(first.prefix)(
+        prefix=backtest.ScalePrefix(
             np.concatenate([p.prefix.since for p in parts]),
             {k: np.concatenate([p.prefix.sums[k] for p in parts]) for k in first.prefix.sums},
         ),

@@ -42,11 +42,11 @@ from mlops_assets.ml.features import (
     tail_length,
     take_series,
 )
-from mlops_assets.ml.fitting import TRAINED, SeriesFit, season_length
+from mlops_assets.ml.fitting import TRAINED, SeriesFit, format_time, season_length
 from mlops_assets.ml.incremental import RidgeMoments
 from mlops_assets.ml.ridge_stats import RidgeState
 from mlops_assets.ml.selection import select
-from mlops_assets.ml.spec import ColumnType, DatasetSpec
+from mlops_assets.ml.spec import DatasetSpec
 
 
 def max_new_periods(spec: DatasetSpec) -> int:
@@ -171,7 +171,7 @@ def refresh(
             TRAINED,
             n_train=int(arrays.n[j]),
             train_start=train_start.get(ids_j),
-            train_end=_format_time(sub.time[last_train[j]], spec) if last_train[j] >= 0 else None,
+            train_end=format_time(sub.time[last_train[j]], spec) if last_train[j] >= 0 else None,
             fit_seconds=per_series,
         )
         for j, ids_j in enumerate(spec.series_id(k) for k in sub.keys)
@@ -205,11 +205,6 @@ def _advanced_prefix(
         lag: old.sums[lag] + backtest.lag_sums(frame, lag, old.since, since) for lag in old.sums
     }
     return backtest.ScalePrefix(since, sums)
-
-
-def _format_time(t: np.datetime64, spec: DatasetSpec) -> str:
-    unit = "D" if spec.columns[spec.time].type == ColumnType.date else "s"
-    return str(t.astype(f"datetime64[{unit}]"))
 
 
 def full_refit_due(spec: DatasetSpec, full_refit_in: str, as_of: str) -> bool:

@@ -100,7 +100,7 @@ def _fit(X: np.ndarray, y: np.ndarray, spec: DatasetSpec, fast: bool, name: str)
         return fam.pipeline(params).fit(X, y)
 
 
-def _format_time(t: np.datetime64, spec: DatasetSpec) -> str:
+def format_time(t: np.datetime64, spec: DatasetSpec) -> str:
     unit = "D" if spec.columns[spec.time].type == ColumnType.date else "s"
     return str(t.astype(f"datetime64[{unit}]"))
 
@@ -159,8 +159,8 @@ def check_window(
     train = np.flatnonzero(complete[:split])
     result = SeriesFit(None, SKIPPED, n_train=len(train))
     if len(train):
-        result.train_start = _format_time(time[train[0]], spec)
-        result.train_end = _format_time(time[train[-1]], spec)
+        result.train_start = format_time(time[train[0]], spec)
+        result.train_end = format_time(time[train[-1]], spec)
     reason = None
     if split < spec.min_history:
         reason = f"{split} training periods < min_history={spec.min_history}"
