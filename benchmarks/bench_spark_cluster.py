@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
         started = time.perf_counter()
         store = curate(Path(tmp), spec, SalesShape(args.series, args.periods), args.shards)
         curate_s = time.perf_counter() - started
-        shards = [hadoop_uri(store.storage, n) for n in store.shard_names()]
+        shards = [hadoop_uri(store.storage, n) for n in store.files()]
         with spark_cluster(workers=2, cores=1, memory="1g") as cluster:
             os.environ.update(cluster.env())
             cluster_s = time.perf_counter() - started - curate_s

@@ -2,18 +2,32 @@
 
 Layout under ``curated/<ds>/`` (names relative to the storage root)::
 
-    _layout.json         shard count and sort order, fixed when the dataset is created
-    part-<NNN>.parquet   typed rows, one shard per stable hash of the series key, sorted by
-                         series key then time, unique on (key, time); keys dictionary-encoded,
-                         lz4, and the shard's summary (rows, series, time range) in the footer
+    _layout.json                    shard count and sort order, fixed when the dataset is created
+    part-<NNN>.parquet              a shard's base: typed rows, one shard per stable hash of the
+                                    series key, sorted by series key then time, unique on
+                                    (key, time); keys dictionary-encoded, lz4
+    part-<NNN>.delta-<SEQ>.parquet  rows a later merge appended to the shard, sorted the same way:
+                                    each of them dated after every earlier row of its series
 
-Every write is atomic (see ``mlops_assets.storage``): a crash leaves the old or the new shard.
+A merge whose new rows all come after their series' curated rows (a new period: the daily
+case) writes them as one delta file per shard, so its cost follows the new rows, not the
+history; a merge that restates (replaces or fills in a period before a curated row of its
+series), a large one, or one that finds ``MAX_DELTAS`` deltas already rewrites the base with
+every row (compaction) and then deletes the deltas. The newest file of a shard carries the
+shard's summary (rows, series, time range, gaps), its revision and the merge that wrote it in
+its Parquet footer. Readers merge a base with its deltas into the rows a compacted shard would
+hold (``read``); a delta whose revision is not above its base's (left by a crash between a
+compaction's write and its deletes) is ignored. Spark executors read the live files as they
+are (``files``): a delta never repeats a row of its base.
+
+Every write is atomic (see ``mlops_assets.storage``): a crash leaves the old or the new file.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mlops_assets.domain.merge import merge_restating
+from mlops_assets.domain.merge import dedupe_counted, merge_restating
 from mlops_assets.faults import fault_point
 from mlops_assets.ml import calendar
 from mlops_assets.ml.spec import DatasetSpec
@@ -43,6 +57,10 @@ MAX_RESTATED = 64
 # Shards are rewritten by every drop: lz4 writes and reads about twice as fast as zstd here,
 # for files within a few % of the size (measured on the 40M-row sales data).
 SHARD_CODEC = "lz4"
+# Deltas a shard may hold before a merge compacts it into its base.
+MAX_DELTAS = 16
+_DELTA = re.compile(r"^(?P<base>.*/part-\d+)\.delta-(?P<seq>\d+)\.parquet$")
+_BASE = re.compile(r"^.*/part-\d+\.parquet$")
 
 
 def merge_gaps(parts: list[dict], top: int = 10) -> dict:
@@ -82,6 +100,7 @@ class MergeStats:
     rows_added: int = 0
     rows_replaced: int = 0
     shards_written: int = 0
+    deltas_written: int = 0  # of the shards written, those that took a delta file
     replaced_by_source: dict[int, int] = field(default_factory=dict)  # see ``merge``
 
 
@@ -110,13 +129,64 @@ class CuratedStore:
         return f"{self.prefix}/part-{i:03d}.parquet"
 
     def shard_names(self) -> list[str]:
-        return [b.name for b in self.storage.list(f"{self.prefix}/part-")]
+        """The shards' base files (a shard's deltas: ``shard_files``)."""
+        return sorted(
+            b.name for b in self.storage.list(f"{self.prefix}/part-") if _BASE.match(b.name)
+        )
 
-    def read_shard(
+    def _deltas(self) -> dict[str, list[tuple[int, str]]]:
+        """Every delta file on storage by its base's name: ``[(seq, name)]``, oldest first."""
+        out: dict[str, list[tuple[int, str]]] = {}
+        for b in self.storage.list(f"{self.prefix}/part-"):
+            m = _DELTA.match(b.name)
+            if m:
+                out.setdefault(f"{m['base']}.parquet", []).append((int(m["seq"]), b.name))
+        return {k: sorted(v) for k, v in out.items()}
+
+    def _live(self, name: str, deltas: list[tuple[int, str]]) -> list[str]:
+        """Shard ``name``'s base and the deltas written after it (a delta not above the base's
+        revision is one a compaction took in before a crash kept it from deleting it)."""
+        if not deltas:
+            return [name]
+        seq = int((self._footer(name, REVISION_KEY) or {"seq": 0})["seq"])
+        return [name, *(d for s, d in deltas if s > seq)]
+
+    def shard_files(self, name: str) -> list[str]:
+        """Shard ``name``'s live files: its base, then its deltas, oldest first."""
+        return self._live(name, self._deltas().get(name, []))
+
+    def files(self) -> list[str]:
+        """Every live file of every shard (no row is in two of them): what Spark reads."""
+        deltas = self._deltas()
+        return [f for n in self.shard_names() for f in self._live(n, deltas.get(n, []))]
+
+    def read_file(
         self, name: str, columns: list[str] | None = None, filters=None, dictionary=None
     ) -> pa.Table:
+        """One Parquet file of the dataset (a base or a delta), as it is stored."""
         with self.storage.open_read(name) as f:
             return pq.read_table(f, columns=columns, filters=filters, read_dictionary=dictionary)
+
+    def read_shard(
+        self,
+        name: str,
+        columns: list[str] | None = None,
+        filters=None,
+        dictionary=None,
+        files: list[str] | None = None,
+    ) -> pa.Table:
+        """Shard ``name`` (its base merged with its deltas: sorted by series key then time,
+        unique on (key, time)), its ``columns`` and rows that pass ``filters``."""
+        files = self.shard_files(name) if files is None else files
+        if len(files) == 1:
+            return self.read_file(files[0], columns, filters, dictionary)
+        order = [*self.spec.series_keys, self.spec.time]
+        wanted = None if columns is None else [*order, *(c for c in columns if c not in order)]
+        base, *deltas = (self.read_file(f, wanted, filters, dictionary) for f in files)
+        if any(d.num_rows for d in deltas):
+            appended = pa.concat_tables(deltas)
+            base = merge_restating(base, appended, self.spec)[0].combine_chunks()
+        return base if columns is None else base.select(columns)
 
     def read(
         self,
@@ -144,8 +214,14 @@ class CuratedStore:
         # Series keys come back dictionary-encoded, as Parquet stores them: grouping 40M rows
         # by their codes is cheap, by Python strings it is not.
         keys = [k for k in self.spec.series_keys if columns is None or k in columns]
+        deltas = self._deltas()
+
+        def one(name: str) -> pa.Table:
+            files = self._live(name, deltas.get(name, []))
+            return self.read_shard(name, columns, filters, keys, files)
+
         with ThreadPoolExecutor(max_workers=4) as pool:
-            tables = list(pool.map(lambda n: self.read_shard(n, columns, filters, keys), names))
+            tables = list(pool.map(one, names))
         table = pa.concat_tables(tables).unify_dictionaries()
         if until is not None:
             col = table[self.spec.time]
@@ -176,8 +252,9 @@ class CuratedStore:
         return pa.table(columns, schema=schema)
 
     def _merge_record(self, name: str) -> dict | None:
-        """The merge that wrote shard ``name`` (id, rows, replaced per source), from its footer."""
-        return self._footer(name, MERGE_KEY)
+        """The merge that last wrote shard ``name`` (id, rows, replaced per source), from the
+        footer of its newest file."""
+        return self._footer(self.shard_files(name)[-1], MERGE_KEY)
 
     def _footer(self, name: str, key: bytes) -> dict | None:
         with self.storage.open_read(name) as f:
@@ -188,8 +265,10 @@ class CuratedStore:
         """Each shard's revision (``REVISION_KEY``): ``{"seq": n, "restated": [[seq, t]...]}``
         (seq 0 and nothing restated for a shard written before revisions were kept)."""
         out = {}
+        deltas = self._deltas()
         for name in self.shard_names():
-            rev = self._footer(name, REVISION_KEY) or {"seq": 0, "restated": []}
+            newest = self._live(name, deltas.get(name, []))[-1]
+            rev = self._footer(newest, REVISION_KEY) or {"seq": 0, "restated": []}
             out[name.rsplit("/", 1)[-1]] = rev
         return out
 
@@ -206,15 +285,9 @@ class CuratedStore:
                 out.append((shard, restated[0][0], -1))
         return out
 
-    def _write_shard(
-        self,
-        name: str,
-        table: pa.Table,
-        merge: dict | None = None,
-        revision: dict | None = None,
-    ) -> None:
-        """Write a shard with its own summary (rows, series, time range) in the Parquet footer,
-        so ``summary()`` reads footers, not data, and the merge that wrote it (``merge``)."""
+    def _shard_stats(self, table: pa.Table) -> dict:
+        """A shard's summary (rows, series, time range, gaps) from its rows, sorted by series
+        key then time (the key and time columns suffice)."""
         code = series_codes(table, self.spec.series_keys)
         mm = pc.min_max(table[self.spec.time]).as_py()
         stats = {
@@ -224,6 +297,20 @@ class CuratedStore:
             "time_max": str(mm["max"]) if mm["max"] is not None else None,
         }
         stats["gaps"] = self._gaps(table, code)
+        return stats
+
+    def _write_shard(
+        self,
+        name: str,
+        table: pa.Table,
+        merge: dict | None = None,
+        revision: dict | None = None,
+        stats: dict | None = None,
+    ) -> None:
+        """Write a shard file with the shard's summary (``stats``, else computed from
+        ``table``) in the Parquet footer, so ``summary()`` reads footers, not data, and the
+        merge that wrote it (``merge``) and the shard's revision."""
+        stats = self._shard_stats(table) if stats is None else stats
         meta = {**(table.schema.metadata or {}), STATS_KEY: json.dumps(stats).encode()}
         meta.pop(MERGE_KEY, None)
         if merge is not None:
@@ -283,31 +370,45 @@ class CuratedStore:
         src = np.zeros(new.num_rows, np.int64) if sources is None else np.asarray(sources)
         keys = self.spec.series_keys
 
-        def one(i: int) -> tuple[int, np.ndarray]:
+        deltas = self._deltas()
+
+        def one(i: int) -> tuple[int, np.ndarray, bool]:
             name = self.shard_name(i)
-            if resume and name in names:
-                done = self._merge_record(name)
+            files = self._live(name, deltas.get(name, [])) if name in names else []
+            if resume and files:
+                done = self._footer(files[-1], MERGE_KEY)
                 if done is not None and done["id"] == merge_id:
-                    return int(done["rows"]), np.asarray(done["replaced"], dtype=float)
+                    return int(done["rows"]), np.asarray(done["replaced"], dtype=float), False
             mine = shards == i
             if not mine.any():
-                return 0, np.zeros(1)
+                return 0, np.zeros(1), False
             part = self.conform(new.filter(pa.array(mine)))
             revision: dict[str, Any] = {"seq": 0, "restated": []}
-            if name in names:
-                old = self.conform(self.read_shard(name, dictionary=keys))
-                revision = self._footer(name, REVISION_KEY) or revision
-            else:
+            appended = None
+            if files:
+                revision = self._footer(files[-1], REVISION_KEY) or revision
+                appended = self._appended(name, files, part)
+            seq = int(revision["seq"]) + 1
+            if appended is not None:  # every new row after its series' rows: a delta file
+                rows, replaced, stats = appended
+                restated = None
+                target = f"{name.removesuffix('.parquet')}.delta-{seq:06d}.parquet"
+            else:  # a restatement, a large merge, or deltas to take in: rewrite the base
                 old = self._schema().empty_table()
-            merged, replaced, restated = merge_restating(old, part, self.spec)
+                if files:
+                    old = self.conform(self.read_shard(name, dictionary=keys, files=files))
+                rows, replaced, restated = merge_restating(old, part, self.spec)
+                stats, target = None, name
             by = np.bincount(src[mine], weights=replaced, minlength=1)
             record = {"id": merge_id, "rows": part.num_rows, "replaced": [int(c) for c in by]}
-            seq = int(revision["seq"]) + 1
             kept = list(revision["restated"]) + ([[seq, restated]] if restated is not None else [])
             revision = {"seq": seq, "restated": kept[-MAX_RESTATED:]}
-            self._write_shard(name, merged, record if merge_id else None, revision)
+            self._write_shard(target, rows, record if merge_id else None, revision, stats)
             fault_point("curated.shard")
-            return part.num_rows, by
+            if target == name:  # the base holds every row now: its deltas go
+                for _, delta in deltas.get(name, []):
+                    self.storage.delete(delta)
+            return part.num_rows, by, target != name
 
         touched = {int(i) for i in np.unique(shards)}
         if resume:
@@ -315,8 +416,9 @@ class CuratedStore:
         by_source = np.zeros(int(src.max()) + 1 if len(src) else 1)
         written = 0
         with ThreadPoolExecutor(max_workers=2) as pool:
-            for rows, replaced in pool.map(one, sorted(touched)):
+            for rows, replaced, delta in pool.map(one, sorted(touched)):
                 written += rows > 0
+                stats.deltas_written += delta
                 stats.rows_added += rows - int(replaced.sum())
                 if len(replaced) > len(by_source):
                     by_source = np.r_[by_source, np.zeros(len(replaced) - len(by_source))]
@@ -325,6 +427,27 @@ class CuratedStore:
         stats.replaced_by_source = {int(j): int(c) for j, c in enumerate(by_source) if c}
         stats.shards_written = written
         return stats
+
+    def _appended(
+        self, name: str, files: list[str], part: pa.Table
+    ) -> tuple[pa.Table, np.ndarray, dict] | None:
+        """``part`` (rows of shard ``name``) as a delta: sorted, deduplicated, how many rows
+        each row replaced (among ``part``'s own) and the shard's summary with them; None when
+        a row lands at or before a curated row of its series, when the merge is large against
+        the shard, or when the shard holds ``MAX_DELTAS`` deltas (the base is rewritten then).
+        Only the shard's key and time columns are read."""
+        if len(files) - 1 >= MAX_DELTAS:
+            return None
+        keys = self.spec.series_keys
+        columns = [*keys, self.spec.time]
+        old = self.read_shard(name, columns, dictionary=keys, files=files)
+        if part.num_rows > max(1_000, old.num_rows // 4):
+            return None
+        merged, _, restated = merge_restating(old, part.select(columns), self.spec)
+        if restated is not None:  # a row replaces or fills in a period: not an append
+            return None
+        rows, replaced = dedupe_counted(part, self.spec)
+        return rows, replaced, self._shard_stats(merged)
 
     def same_as_curated(self, rows: pa.Table) -> np.ndarray:
         """Which of ``rows`` (unique on (key, time)) are curated already with the same values:
@@ -377,8 +500,9 @@ class CuratedStore:
     def summary(self) -> dict:
         """Rows, series and time range: from the shards' footers (shards hold disjoint
         series), else read from the key and time columns."""
-        names = self.shard_names()
-        parts = [p for p in (self._footer_stats(n) for n in names) if p is not None]
+        names, deltas = self.shard_names(), self._deltas()
+        newest = [self._live(n, deltas.get(n, []))[-1] for n in names]
+        parts = [p for p in (self._footer_stats(n) for n in newest) if p is not None]
         if len(parts) == len(names):
             times = [p for p in parts if p["rows"]]
             columns = [*self.spec.series_keys, self.spec.time]

@@ -21,7 +21,7 @@ def _time_ints(col: pa.ChunkedArray) -> np.ndarray:
     )
 
 
-def _dedupe(table: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, np.ndarray]:
+def dedupe_counted(table: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, np.ndarray]:
     """``sort_and_dedupe``, with how many rows each row of ``table`` replaced (its run of equal
     (key, time) rows less one for the last of a run, which is kept; 0 for the others)."""
     replaced = np.zeros(table.num_rows, dtype=np.int64)
@@ -48,7 +48,7 @@ def sort_and_dedupe(table: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, int]:
 
     Returns the table and how many rows were replaced by a later one.
     """
-    out, replaced = _dedupe(table, spec)
+    out, replaced = dedupe_counted(table, spec)
     return out, int(replaced.sum())
 
 
@@ -122,7 +122,7 @@ def merge_restating(
     """
     n_old, n_new = old.num_rows, new.num_rows
     if n_old == 0 or n_new > max(1_000_000, n_old // 4):
-        merged, replaced = _dedupe(pa.concat_tables([old, new]), spec)
+        merged, replaced = dedupe_counted(pa.concat_tables([old, new]), spec)
         restated = None
         if n_old and n_new:  # conservatively: any new row not after every curated row
             t_new, latest = _time_ints(new[spec.time]), int(_time_ints(old[spec.time]).max())

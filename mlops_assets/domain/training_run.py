@@ -180,7 +180,7 @@ def _remote_batch(
 ) -> tuple[None, list[str], pa.Table]:
     """For an engine that ``reads_shards``: the shards' Hadoop URIs (no table) and the
     fingerprints the engine computed there."""
-    shards = [hadoop_uri(storage, name) for name in CuratedStore(storage, spec).shard_names()]
+    shards = [hadoop_uri(storage, name) for name in CuratedStore(storage, spec).files()]
     fingerprints = engine.fingerprints(shards, spec, as_of) if shards else None
     if fingerprints is None:
         fingerprints = series_fingerprints(spec.arrow_schema.empty_table(), spec)

@@ -362,6 +362,33 @@ def feature_columns(frame: SeriesFrame, spec: DatasetSpec) -> list[np.ndarray]:
     return columns
 
 
+def feature_columns_at(frame: SeriesFrame, spec: DatasetSpec, rows: np.ndarray) -> list[np.ndarray]:
+    """``[c[rows] for c in feature_columns(frame, spec)]``, computed at ``rows`` only: the
+    same values bit for bit (a rolling sum adds its lags in the same order), at a cost that
+    follows the rows asked for, not the frame (one step of a recursive forecast)."""
+    check_feature_spec(spec)
+    rows = np.asarray(rows, dtype=np.int64)
+    pos = rows - frame.offsets[np.searchsorted(frame.offsets, rows, side="right") - 1]
+    y = frame.target
+
+    def back(k: int) -> np.ndarray:  # y[r - k] (NaN before the frame's first row)
+        at = rows - k
+        return np.where(at >= 0, y[np.maximum(at, 0)], np.nan)
+
+    columns = [np.where(pos >= k, back(k), np.nan) for k in spec.features.lags]
+    rolling: dict[int, np.ndarray] = {}
+    windows = sorted(set(spec.features.rolling))
+    acc = np.zeros(len(rows))
+    for j in range(1, (windows[-1] if windows else 0) + 1):
+        acc += back(j)
+        if j in windows:
+            rolling[j] = np.where(pos >= j, acc / j, np.nan)
+    columns += [rolling[w] for w in spec.features.rolling]
+    columns += _calendar(frame.time[rows], spec)
+    columns += [np.asarray(frame.exog[c], dtype=np.float64)[rows] for c in spec.features.exogenous]
+    return columns
+
+
 def feature_matrix(frame: SeriesFrame, spec: DatasetSpec) -> np.ndarray:
     """The model input for every row: shape ``(n_rows, len(feature_names(spec)))``, float64.
 

@@ -22,8 +22,7 @@ from mlops_assets.ml import calendar
 from mlops_assets.ml.baselines import naive
 from mlops_assets.ml.features import (
     SeriesFrame,
-    feature_columns,
-    last_rows,
+    feature_columns_at,
     positions,
     tail_length,
 )
@@ -160,22 +159,24 @@ def _recursive(
     if not has_rows.any():
         return out
     idx = np.flatnonzero(has_rows)
-    tail = last_rows(_take_series(frame, idx), max(tail_length(spec), 1))
+    tail = _last_rows_of(frame, idx, max(tail_length(spec), 1))
     ahead = {c: np.asarray(v, dtype=float)[idx] for c, v in future_exog.items()}
     ext, future = _extended(tail, spec, horizon, ahead)
     for j in range(horizon):
         rows = future[:, j]
-        columns = [col[rows] for col in feature_columns(ext, spec)]
+        columns = feature_columns_at(ext, spec, rows)
         value = clip_to_bounds(step(idx, columns), spec)
         ext.target[rows] = value
         out[idx, j] = value
     return out
 
 
-def _take_series(frame: SeriesFrame, idx: np.ndarray) -> SeriesFrame:
-    lengths = np.diff(frame.offsets)[idx]
+def _last_rows_of(frame: SeriesFrame, idx: np.ndarray, n: int) -> SeriesFrame:
+    """The last ``n`` rows (all of a shorter one) of the series ``idx``: no copy of the rest."""
+    lengths = np.minimum(np.diff(frame.offsets)[idx], n)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    rows = np.repeat(frame.offsets[idx] - offsets[:-1], lengths) + np.arange(int(offsets[-1]))
+    starts = frame.offsets[idx + 1] - lengths
+    rows = np.repeat(starts - offsets[:-1], lengths) + np.arange(int(offsets[-1]))
     return SeriesFrame(
         keys=[frame.keys[i] for i in idx],
         offsets=offsets,

@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 
 from mlops_assets.ml.features import (
+    feature_columns,
+    feature_columns_at,
     feature_matrix,
     feature_names,
     positions,
@@ -102,6 +104,22 @@ def test_batches_give_bit_identical_features(spec):
     np.testing.assert_array_equal(np.concatenate(parts), whole)
     one = [feature_matrix(frame.slice_series(i, i + 1), spec) for i in range(frame.n_series)]
     np.testing.assert_array_equal(np.concatenate(one), whole)
+
+
+def test_features_at_some_rows_equal_the_whole_frames_bit_for_bit(spec):
+    """What a recursive forecast computes at each step: the features of a few rows only."""
+    df = _ragged_sales(seed=4)
+    frame = to_series_frame(df, spec)
+    whole = feature_columns(frame, spec)
+    rng = np.random.default_rng(0)
+    for rows in (np.arange(frame.n_rows), np.sort(rng.choice(frame.n_rows, 40, replace=False))):
+        at = feature_columns_at(frame, spec, rows)
+        assert len(at) == len(whole)
+        for a, w in zip(at, whole, strict=True):
+            np.testing.assert_array_equal(a, w[rows])
+    # Every series' first rows: lags and windows reaching before the series are NaN.
+    firsts = frame.offsets[:-1]
+    assert np.isnan(feature_columns_at(frame, spec, firsts)[0]).all()
 
 
 @pytest.mark.parametrize(

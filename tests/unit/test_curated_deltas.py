@@ -1,0 +1,168 @@
+"""The curated store's delta files: appends cost the new rows, and read back as one merge would."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from mlops_assets.domain import curated_store as cs
+from mlops_assets.domain.curated_store import CuratedStore
+from mlops_assets.ml.sample_data import SalesShape, sales_table
+from mlops_assets.ml.spec import load_spec
+from mlops_assets.ml.tables import decode_dictionaries
+from mlops_assets.storage import LocalStorage
+
+SPEC = load_spec("sales")
+# Ragged series (late starts, early ends, missing weeks): appends that open gaps, new series.
+TABLE = sales_table(SalesShape(30, 60, seed=3, realistic=True))
+WEEKS = sorted(set(TABLE[SPEC.time].to_pylist()))
+
+
+def weeks(lo: int, hi: int) -> pa.Table:
+    """The rows of weeks ``lo`` to ``hi - 1`` (indices into WEEKS)."""
+    col = TABLE[SPEC.time]
+    first, last = (pa.scalar(WEEKS[i], col.type) for i in (lo, hi - 1))
+    return TABLE.filter(pc.and_(pc.greater_equal(col, first), pc.less_equal(col, last)))
+
+
+def stores(tmp_path, n_shards: int = 4) -> tuple[CuratedStore, CuratedStore]:
+    return (
+        CuratedStore(LocalStorage(tmp_path / "a"), SPEC, n_shards),
+        CuratedStore(LocalStorage(tmp_path / "b"), SPEC, n_shards),
+    )
+
+
+def plain(table: pa.Table) -> pa.Table:
+    return decode_dictionaries(table).combine_chunks()
+
+
+def deltas_on_storage(store: CuratedStore) -> list[str]:
+    return [b.name for b in store.storage.list(f"{store.prefix}/part-") if ".delta-" in b.name]
+
+
+def assert_same_dataset(a: CuratedStore, b: CuratedStore) -> None:
+    """Rows, order, summary (gaps included) of ``a`` and ``b``, shard by shard too."""
+    assert plain(a.read()).equals(plain(b.read()))
+    assert a.summary() == b.summary()
+    for name in b.shard_names():
+        assert plain(a.read_shard(name)).equals(plain(b.read_shard(name)))
+
+
+def test_appends_write_deltas_and_read_back_as_one_merge(tmp_path):
+    a, b = stores(tmp_path)
+    a.merge(weeks(0, 40))
+    for w in range(40, 45):  # a week at a time, as the daily drops land
+        stats = a.merge(weeks(w, w + 1), merge_id=f"m{w}")
+        assert stats.deltas_written == stats.shards_written > 0
+        assert stats.rows_replaced == 0
+    b.merge(weeks(0, 45))
+    assert_same_dataset(a, b)
+    # A delta holds only its week; the base was written once.
+    names = deltas_on_storage(a)
+    assert len(names) >= 5
+    first = a.read_file(sorted(names)[0])
+    assert len(np.unique(first[SPEC.time].to_numpy())) == 1
+    # Each shard's revision counts every merge into it; appends restate nothing.
+    assert all(r["restated"] == [] for r in a.revisions().values())
+    assert max(r["seq"] for r in a.revisions().values()) == 6
+    # Spark reads the live files as they are: no (key, time) in two of them.
+    raw = plain(pa.concat_tables([decode_dictionaries(a.read_file(f)) for f in a.files()]))
+    assert raw.num_rows == b.read().num_rows
+    keys = list(zip(*(raw[c].to_pylist() for c in SPEC.key_columns), strict=True))
+    assert len(set(keys)) == len(keys)
+
+
+def test_a_restating_merge_compacts_the_shard_and_deletes_its_deltas(tmp_path):
+    a, b = stores(tmp_path)
+    a.merge(weeks(0, 40))
+    a.merge(weeks(40, 41))
+    a.merge(weeks(41, 42))
+    assert deltas_on_storage(a)
+    # A week curated already, with new values, re-delivered: it replaces rows.
+    late = weeks(35, 36)
+    late = late.set_column(
+        late.schema.get_field_index("sales"), "sales", pc.add(late["sales"], 1.0)
+    )
+    stats = a.merge(late, merge_id="restate")
+    assert stats.deltas_written == 0 and stats.rows_replaced == late.num_rows
+    assert deltas_on_storage(a) == []
+    b.merge(weeks(0, 42))
+    b.merge(late)
+    assert_same_dataset(a, b)
+    restated = {s: r["restated"] for s, r in a.revisions().items() if r["restated"]}
+    assert restated and all(t for kept in restated.values() for (_, t) in kept)
+
+
+def test_a_shard_is_compacted_when_it_holds_max_deltas(tmp_path, monkeypatch):
+    monkeypatch.setattr(cs, "MAX_DELTAS", 2)
+    a, b = stores(tmp_path, n_shards=1)
+    a.merge(weeks(0, 40))
+    a.merge(weeks(40, 41))
+    a.merge(weeks(41, 42))
+    assert len(deltas_on_storage(a)) == 2
+    stats = a.merge(weeks(42, 43))
+    assert stats.deltas_written == 0
+    assert deltas_on_storage(a) == []
+    b.merge(weeks(0, 43))
+    assert_same_dataset(a, b)
+
+
+def test_a_delta_a_crashed_compaction_left_is_ignored(tmp_path, monkeypatch):
+    monkeypatch.setattr(cs, "MAX_DELTAS", 1)
+    a, b = stores(tmp_path, n_shards=1)
+    a.merge(weeks(0, 40))
+    a.merge(weeks(40, 41))
+    [delta] = deltas_on_storage(a)
+    kept = a.storage.read_bytes(delta)
+    a.merge(weeks(41, 42))  # compacts; then the crash "between" the base write and the delete:
+    a.storage.write_bytes(delta, kept)
+    assert a.files() == a.shard_names()
+    b.merge(weeks(0, 42))
+    assert_same_dataset(a, b)
+    a.merge(weeks(42, 43))  # an append after it: read back whole, the stale delta ignored
+    b.merge(weeks(42, 43))
+    assert_same_dataset(a, b)
+
+
+def test_resume_keeps_the_deltas_written_and_writes_the_missing_one(tmp_path):
+    a, b = stores(tmp_path)
+    a.merge(weeks(0, 40))
+    week = weeks(40, 41)
+    first = a.merge(week, merge_id="daily")
+    [lost, *_] = sorted(deltas_on_storage(a))
+    a.storage.delete(lost)  # as if the run ended before writing it
+    again = a.merge(week, merge_id="daily", resume=True)
+    assert (again.rows_added, again.rows_replaced) == (first.rows_added, first.rows_replaced)
+    assert len(deltas_on_storage(a)) == first.deltas_written
+    b.merge(weeks(0, 41))
+    assert_same_dataset(a, b)
+
+
+def test_re_delivered_rows_in_a_delta_are_seen_as_curated(tmp_path):
+    a, _ = stores(tmp_path)
+    a.merge(weeks(0, 40))
+    a.merge(weeks(40, 41))
+    week = weeks(40, 41)
+    assert a.same_as_curated(week).all()
+    changed = week.set_column(
+        week.schema.get_field_index("sales"), "sales", pc.add(week["sales"], 1.0)
+    )
+    assert not a.same_as_curated(changed).any()
+
+
+@pytest.mark.parametrize("columns", [None, ["store", "week", "sales"], ["week", "sales"]])
+def test_windowed_and_column_reads_merge_deltas(tmp_path, columns):
+    a, b = stores(tmp_path)
+    a.merge(weeks(0, 40))
+    a.merge(weeks(40, 41))
+    a.merge(weeks(41, 42))
+    b.merge(weeks(0, 42))
+    since, until = WEEKS[30], WEEKS[40]
+    got = a.read(columns=columns, since=since, until=until)
+    want = b.read(columns=columns, since=since, until=until)
+    assert plain(got).equals(plain(want))
+    keys = [("S0000", "P000")]
+    some = b.read(series=keys)
+    assert plain(a.read(series=keys)).equals(plain(some))
