@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import sqlite3
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 TMP_PREFIX = ".tmp-"
 # The tables a registry needs; MLflow's full list is checked through its metadata as well.
 _CORE_TABLES = ("experiments", "runs", "registered_models", "model_versions")
+HEAD_CACHE = ".mlflow-schema-head.json"
 
 
 class RegistryStoreError(RegistryError):
@@ -64,10 +66,27 @@ class SchemaState:
         return "; ".join(parts)
 
 
-def _head_revision() -> str:
+def _head_revision(folder: Path) -> str:
+    """MLflow's latest schema revision. Finding it parses every migration script (~1 s a
+    process), and it changes only with MLflow's version: it is kept in ``folder`` (beside the
+    store), keyed by that version."""
+    from mlflow.version import VERSION as installed  # imported with the client anyway
+
+    cache = folder / HEAD_CACHE
+    try:
+        doc = json.loads(cache.read_text())
+        if doc.get("mlflow") == installed and isinstance(doc.get("head"), str):
+            return doc["head"]
+    except (OSError, ValueError):
+        pass
     from mlflow.store.db.utils import _get_latest_schema_revision
 
-    return str(_get_latest_schema_revision())
+    head = str(_get_latest_schema_revision())
+    with contextlib.suppress(OSError):  # a cache: a folder we cannot write costs the parse
+        tmp = folder / f"{HEAD_CACHE}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"mlflow": installed, "head": head}))
+        os.replace(tmp, cache)
+    return head
 
 
 def _expected_tables() -> set[str]:
@@ -93,7 +112,7 @@ def inspect_store(path: Path) -> SchemaState:
             revision = row[0] if row else None
         return SchemaState(
             revision=revision,
-            head=_head_revision(),
+            head=_head_revision(path.parent),
             missing=tuple(sorted(_expected_tables() - tables)),
             leftovers=tuple(sorted(t for t in tables if t.startswith("_alembic_tmp"))),
             runs=_count(con, "runs", tables),

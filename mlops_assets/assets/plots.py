@@ -18,7 +18,10 @@ def _png_markdown(fig, alt: str) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    # Fixed margins (sized for a title, axis labels and tick labels): ``bbox_inches="tight"``
+    # draws the figure twice to measure it.
+    fig.subplots_adjust(left=0.11, right=0.98, bottom=0.17, top=0.88)
+    fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
     return f"![{alt}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
 
@@ -33,7 +36,7 @@ def lines(series: dict[str, np.ndarray], title: str, xlabel: str, ylabel: str) -
     fig, ax = plt.subplots(figsize=(6, 3))
     for label, values in series.items():
         ax.plot(np.arange(1, len(values) + 1), values, marker="o", label=label)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend()
@@ -57,10 +60,11 @@ def histograms(series: dict[str, np.ndarray], title: str, xlabel: str) -> str:
         ax.hist(
             np.clip(values, 0, bins[-1]),
             bins=bins.tolist(),
-            alpha=0.55,
+            histtype="step",  # one outline per series, not a patch per bar
+            linewidth=1.5,
             label=f"{label} (median {med:.3g})",
         )
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("series")
     ax.legend()

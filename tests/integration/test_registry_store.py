@@ -4,6 +4,7 @@ A child process creating the store is killed (``os._exit`` from a SQLAlchemy sta
 part way through MLflow's migrations; the store is then used from this process.
 """
 
+import json
 import logging
 import shutil
 import sqlite3
@@ -141,3 +142,24 @@ def test_two_processes_creating_the_store_at_once_both_succeed(tmp_path):
         assert p.returncode == 0, err[-2000:]
     assert inspect_store(db).ok
     assert Path(db).exists() and not list(db.parent.glob(".tmp-*"))
+
+
+def test_the_schema_head_is_kept_beside_the_store_per_mlflow_version(tmp_path):
+    """Finding MLflow's schema head parses every migration (~1 s a process): it is kept."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+    from mlflow.version import VERSION
+
+    from resources.registry_store import HEAD_CACHE, ensure_sqlite_store
+
+    db = tmp_path / "mlflow" / "dev.db"
+    assert ensure_sqlite_store(db) == "created"
+    cache = db.parent / HEAD_CACHE
+    head = str(_get_latest_schema_revision())
+    assert json.loads(cache.read_text()) == {"mlflow": VERSION, "head": head}
+    # Another MLflow's head is not trusted: found again, and the store is still whole.
+    cache.write_text(json.dumps({"mlflow": "0.0.1", "head": "not-a-revision"}))
+    assert inspect_store(db).ok
+    assert json.loads(cache.read_text())["head"] == head
+    # The kept head is what the check uses: a wrong one for this version marks the store.
+    cache.write_text(json.dumps({"mlflow": VERSION, "head": "not-a-revision"}))
+    assert not inspect_store(db).ok
