@@ -8,6 +8,9 @@ Layout under ``curated/<ds>/`` (names relative to the storage root)::
                                     (key, time); keys dictionary-encoded, lz4
     part-<NNN>.delta-<SEQ>.parquet  rows a later merge appended to the shard, sorted the same way:
                                     each of them dated after every earlier row of its series
+    part-<NNN>.recent.parquet       a copy of the shard's last ``RECENT_PERIODS`` periods (what
+                                    the daily steps read: training's window, evaluation's
+                                    history, the drift gate's reference), rewritten by each merge
 
 A merge whose new rows all come after their series' curated rows (a new period: the daily
 case) writes them as one delta file per shard, so its cost follows the new rows, not the
@@ -18,7 +21,9 @@ shard's summary (rows, series, time range, gaps), its revision and the merge tha
 its Parquet footer. Readers merge a base with its deltas into the rows a compacted shard would
 hold (``read``); a delta whose revision is not above its base's (left by a crash between a
 compaction's write and its deletes) is ignored. Spark executors read the live files as they
-are (``files``): a delta never repeats a row of its base.
+are (``files``): a delta never repeats a row of its base. A read of recent rows only
+(``since``) reads the recent copy where it holds them and was written by the shard's latest
+merge (its footer says which revision it copies, and from which time).
 
 Every write is atomic (see ``mlops_assets.storage``): a crash leaves the old or the new file.
 """
@@ -34,9 +39,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pandas.tseries.frequencies import to_offset
 
 from mlops_assets.domain.merge import dedupe_counted, merge_restating
 from mlops_assets.faults import fault_point
@@ -59,6 +66,10 @@ MAX_RESTATED = 64
 SHARD_CODEC = "lz4"
 # Deltas a shard may hold before a merge compacts it into its base.
 MAX_DELTAS = 16
+# Periods the recent copy of a shard holds, back from its latest row; RECENT_KEY in its footer:
+# {"since": first time it holds (ISO), "seq": the shard revision it copies}.
+RECENT_PERIODS = 312
+RECENT_KEY = b"mlops.recent"
 _DELTA = re.compile(r"^(?P<base>.*/part-\d+)\.delta-(?P<seq>\d+)\.parquet$")
 _BASE = re.compile(r"^.*/part-\d+\.parquet$")
 
@@ -151,6 +162,64 @@ class CuratedStore:
         seq = int((self._footer(name, REVISION_KEY) or {"seq": 0})["seq"])
         return [name, *(d for s, d in deltas if s > seq)]
 
+    @staticmethod
+    def _recent_name(name: str) -> str:
+        return f"{name.removesuffix('.parquet')}.recent.parquet"
+
+    def _recent_holds(self, name: str, files: list[str], since) -> bool:
+        """Whether shard ``name``'s recent copy holds every row dated ``since`` or later: it
+        copies the revision of the shard's newest file and starts at or before ``since``."""
+        recent = self._recent_name(name)
+        if not self.storage.exists(recent):
+            return False
+        doc = self._footer(recent, RECENT_KEY)
+        revision = self._footer(files[-1], REVISION_KEY) or {"seq": 0}
+        return (
+            doc is not None
+            and int(doc["seq"]) == int(revision["seq"])
+            and pd.Timestamp(doc["since"]) <= pd.Timestamp(since)
+        )
+
+    def _recent_since(self, time_max: str | None):
+        """The first time a recent copy holds: ``RECENT_PERIODS`` periods back from
+        ``time_max`` (None: an empty shard)."""
+        if time_max is None:
+            return None
+        first = pd.Timestamp(time_max) - (RECENT_PERIODS - 1) * to_offset(self.spec.frequency)
+        dated = pa.types.is_date(self.spec.arrow_schema.field(self.spec.time).type)
+        return first.date() if dated else first.to_pydatetime()
+
+    def _write_recent(
+        self, name: str, files: list[str], rows: pa.Table, appended: bool, stats: dict, seq: int
+    ) -> None:
+        """Shard ``name``'s recent copy after a merge wrote revision ``seq``: from the full
+        rows it wrote (``appended`` False), else its previous copy (or, stale, a read of the
+        shard's earlier ``files``) with the appended ``rows``."""
+        since = self._recent_since(stats["time_max"])
+        if since is None:
+            return
+        keys = self.spec.series_keys
+        if appended:
+            earlier = self._recent_name(name)
+            if self.storage.exists(earlier) and self._recent_holds(name, files, since):
+                prev = self.conform(self.read_file(earlier, dictionary=keys))
+            else:
+                prev = self.conform(
+                    self.read_shard(name, None, [(self.spec.time, ">=", since)], keys, files)
+                )
+            rows = merge_restating(prev, rows, self.spec)[0]
+        col = rows[self.spec.time]
+        recent = rows.filter(pc.greater_equal(col, pa.scalar(since, col.type)))
+        meta = {RECENT_KEY: json.dumps({"since": str(since), "seq": seq}).encode()}
+        buf = io.BytesIO()
+        pq.write_table(
+            recent.replace_schema_metadata(meta),
+            buf,
+            compression=SHARD_CODEC,
+            row_group_size=1 << 20,
+        )
+        self.storage.write_bytes(self._recent_name(name), buf.getvalue())
+
     def shard_files(self, name: str) -> list[str]:
         """Shard ``name``'s live files: its base, then its deltas, oldest first."""
         return self._live(name, self._deltas().get(name, []))
@@ -218,6 +287,8 @@ class CuratedStore:
 
         def one(name: str) -> pa.Table:
             files = self._live(name, deltas.get(name, []))
+            if since is not None and self._recent_holds(name, files, since):
+                return self.read_file(self._recent_name(name), columns, filters, keys)
             return self.read_shard(name, columns, filters, keys, files)
 
         with ThreadPoolExecutor(max_workers=4) as pool:
@@ -306,10 +377,10 @@ class CuratedStore:
         merge: dict | None = None,
         revision: dict | None = None,
         stats: dict | None = None,
-    ) -> None:
+    ) -> dict:
         """Write a shard file with the shard's summary (``stats``, else computed from
         ``table``) in the Parquet footer, so ``summary()`` reads footers, not data, and the
-        merge that wrote it (``merge``) and the shard's revision."""
+        merge that wrote it (``merge``) and the shard's revision. Returns the summary."""
         stats = self._shard_stats(table) if stats is None else stats
         meta = {**(table.schema.metadata or {}), STATS_KEY: json.dumps(stats).encode()}
         meta.pop(MERGE_KEY, None)
@@ -325,6 +396,7 @@ class CuratedStore:
             row_group_size=1 << 20,
         )
         self.storage.write_bytes(name, buf.getvalue())
+        return stats
 
     def _gaps(self, table: pa.Table, code: np.ndarray | None = None) -> dict:
         """Missing periods of a shard's series (rows sorted by series then time): totals and
@@ -403,8 +475,9 @@ class CuratedStore:
             record = {"id": merge_id, "rows": part.num_rows, "replaced": [int(c) for c in by]}
             kept = list(revision["restated"]) + ([[seq, restated]] if restated is not None else [])
             revision = {"seq": seq, "restated": kept[-MAX_RESTATED:]}
-            self._write_shard(target, rows, record if merge_id else None, revision, stats)
+            stats = self._write_shard(target, rows, record if merge_id else None, revision, stats)
             fault_point("curated.shard")
+            self._write_recent(name, files, rows, target != name, stats, seq)
             if target == name:  # the base holds every row now: its deltas go
                 for _, delta in deltas.get(name, []):
                     self.storage.delete(delta)

@@ -166,3 +166,60 @@ def test_windowed_and_column_reads_merge_deltas(tmp_path, columns):
     keys = [("S0000", "P000")]
     some = b.read(series=keys)
     assert plain(a.read(series=keys)).equals(plain(some))
+
+
+def recent_files(store: CuratedStore) -> list[str]:
+    return [b.name for b in store.storage.list(f"{store.prefix}/part-") if ".recent." in b.name]
+
+
+def reads_of(store: CuratedStore, monkeypatch) -> list[str]:
+    seen: list[str] = []
+    real = store.read_file
+
+    def spy(name, *args, **kwargs):
+        seen.append(name.rsplit("/", 1)[-1])
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(store, "read_file", spy)
+    return seen
+
+
+def test_recent_rows_are_read_from_the_recent_copy_and_equal_the_shards(tmp_path, monkeypatch):
+    monkeypatch.setattr(cs, "RECENT_PERIODS", 10)
+    a, b = stores(tmp_path)
+    a.merge(weeks(0, 40))  # compacted write: the copy cut from the rows
+    a.merge(weeks(40, 41))  # appends: the copy advanced from the previous one
+    a.merge(weeks(41, 42))
+    b.merge(weeks(0, 42))
+    for name in recent_files(b):
+        b.storage.delete(name)  # b reads its shards only
+    assert len(recent_files(a)) == len(a.shard_names())
+    seen = reads_of(a, monkeypatch)
+    for since in (WEEKS[33], WEEKS[40]):  # the copy starts at week 32 (10 periods back)
+        seen.clear()
+        assert plain(a.read(since=since)).equals(plain(b.read(since=since)))
+        assert seen and all(".recent." in n for n in seen), seen
+    seen.clear()
+    older = a.read(since=WEEKS[20])  # before the copy: read from the shards
+    assert plain(older).equals(plain(b.read(since=WEEKS[20])))
+    assert not any(".recent." in n for n in seen)
+
+
+def test_a_recent_copy_of_an_earlier_revision_is_not_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(cs, "RECENT_PERIODS", 10)
+    a, b = stores(tmp_path, n_shards=1)
+    a.merge(weeks(0, 40))
+    [copy] = recent_files(a)
+    kept = a.storage.read_bytes(copy)
+    a.merge(weeks(40, 41))
+    a.storage.write_bytes(copy, kept)  # as if the run ended before writing the new copy
+    b.merge(weeks(0, 41))
+    since = WEEKS[35]
+    seen = reads_of(a, monkeypatch)
+    assert plain(a.read(since=since)).equals(plain(b.read(since=since)))
+    assert not any(".recent." in n for n in seen)
+    a.merge(weeks(41, 42))  # the next merge rebuilds the copy from the shard
+    b.merge(weeks(41, 42))
+    seen.clear()
+    assert plain(a.read(since=since)).equals(plain(b.read(since=since)))
+    assert seen and all(".recent." in n for n in seen)
