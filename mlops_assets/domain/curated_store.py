@@ -8,6 +8,9 @@ Layout under ``curated/<ds>/`` (names relative to the storage root)::
                                     (key, time); keys dictionary-encoded, lz4
     part-<NNN>.delta-<SEQ>.parquet  rows a later merge appended to the shard, sorted the same way:
                                     each of them dated after every earlier row of its series
+    part-<NNN>.series.parquet       the shard's series index (``shard_index``): first and last
+                                    time, rows and gaps of each series, which an append updates
+                                    in O(series) and the shard's summary follows from
     part-<NNN>.recent.parquet       a copy of the shard's last ``RECENT_PERIODS`` periods (what
                                     the daily steps read: training's window, evaluation's
                                     history, the drift gate's reference), rewritten by each merge
@@ -45,9 +48,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pandas.tseries.frequencies import to_offset
 
+from mlops_assets.domain import shard_index
 from mlops_assets.domain.merge import dedupe_counted, merge_restating
 from mlops_assets.faults import fault_point
-from mlops_assets.ml import calendar
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import decode_dictionaries, series_codes, series_numbers, take_rows
 from mlops_assets.storage import Storage
@@ -70,6 +73,7 @@ MAX_DELTAS = 16
 # {"since": first time it holds (ISO), "seq": the shard revision it copies}.
 RECENT_PERIODS = 312
 RECENT_KEY = b"mlops.recent"
+INDEX_KEY = b"mlops.series_index"  # {"seq": the shard revision the index is of}
 _DELTA = re.compile(r"^(?P<base>.*/part-\d+)\.delta-(?P<seq>\d+)\.parquet$")
 _BASE = re.compile(r"^.*/part-\d+\.parquet$")
 
@@ -359,16 +363,28 @@ class CuratedStore:
     def _shard_stats(self, table: pa.Table) -> dict:
         """A shard's summary (rows, series, time range, gaps) from its rows, sorted by series
         key then time (the key and time columns suffice)."""
-        code = series_codes(table, self.spec.series_keys)
-        mm = pc.min_max(table[self.spec.time]).as_py()
-        stats = {
-            "rows": table.num_rows,
-            "series": int(np.count_nonzero(np.r_[True, code[1:] != code[:-1]])) if len(code) else 0,
-            "time_min": str(mm["min"]) if mm["min"] is not None else None,
-            "time_max": str(mm["max"]) if mm["max"] is not None else None,
-        }
-        stats["gaps"] = self._gaps(table, code)
-        return stats
+        return shard_index.summary_of(shard_index.index_of(table, self.spec), self.spec)
+
+    @staticmethod
+    def _index_name(name: str) -> str:
+        return f"{name.removesuffix('.parquet')}.series.parquet"
+
+    def _read_index(self, name: str, files: list[str]) -> pa.Table | None:
+        """Shard ``name``'s series index, if it is of the revision of the shard's newest file."""
+        index = self._index_name(name)
+        if not self.storage.exists(index):
+            return None
+        doc = self._footer(index, INDEX_KEY)
+        revision = self._footer(files[-1], REVISION_KEY) or {"seq": 0}
+        if doc is None or int(doc["seq"]) != int(revision["seq"]):
+            return None
+        return self.read_file(index)
+
+    def _write_index(self, name: str, index: pa.Table, seq: int) -> None:
+        meta = {INDEX_KEY: json.dumps({"seq": seq}).encode()}
+        buf = io.BytesIO()
+        pq.write_table(index.replace_schema_metadata(meta), buf, compression=SHARD_CODEC)
+        self.storage.write_bytes(self._index_name(name), buf.getvalue())
 
     def _write_shard(
         self,
@@ -398,22 +414,10 @@ class CuratedStore:
         self.storage.write_bytes(name, buf.getvalue())
         return stats
 
-    def _gaps(self, table: pa.Table, code: np.ndarray | None = None) -> dict:
+    def _gaps(self, table: pa.Table) -> dict:
         """Missing periods of a shard's series (rows sorted by series then time): totals and
         the worst series (``[series_id, missing, longest]``), for the footer."""
-        if code is None:
-            code = series_codes(table, self.spec.series_keys)
-        starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]]) if len(code) else code
-        time = pc.cast(table[self.spec.time], pa.timestamp("us")).to_numpy(zero_copy_only=False)
-        period = calendar.periods(time, self.spec.frequency).period
-        g = calendar.gaps(np.r_[starts, len(code)].astype(np.int64), period)
-        totals, worst = calendar.gap_summary(g)
-        keys = self.spec.series_keys
-        firsts = decode_dictionaries(take_rows(table.select(keys), starts[worst]))
-        values = zip(*(firsts[k].to_pylist() for k in keys), strict=True)
-        ids = [self.spec.series_id(v) for v in values]
-        rows = [[i, int(g.missing[w]), int(g.longest[w])] for i, w in zip(ids, worst, strict=True)]
-        return {**totals, "worst": rows}
+        return self._shard_stats(table)["gaps"]
 
     def merge(
         self,
@@ -462,7 +466,7 @@ class CuratedStore:
                 appended = self._appended(name, files, part)
             seq = int(revision["seq"]) + 1
             if appended is not None:  # every new row after its series' rows: a delta file
-                rows, replaced, stats = appended
+                rows, replaced, index = appended
                 restated = None
                 target = f"{name.removesuffix('.parquet')}.delta-{seq:06d}.parquet"
             else:  # a restatement, a large merge, or deltas to take in: rewrite the base
@@ -470,13 +474,15 @@ class CuratedStore:
                 if files:
                     old = self.conform(self.read_shard(name, dictionary=keys, files=files))
                 rows, replaced, restated = merge_restating(old, part, self.spec)
-                stats, target = None, name
+                index, target = shard_index.index_of(rows, self.spec), name
             by = np.bincount(src[mine], weights=replaced, minlength=1)
             record = {"id": merge_id, "rows": part.num_rows, "replaced": [int(c) for c in by]}
             kept = list(revision["restated"]) + ([[seq, restated]] if restated is not None else [])
             revision = {"seq": seq, "restated": kept[-MAX_RESTATED:]}
-            stats = self._write_shard(target, rows, record if merge_id else None, revision, stats)
+            stats = shard_index.summary_of(index, self.spec)
+            self._write_shard(target, rows, record if merge_id else None, revision, stats)
             fault_point("curated.shard")
+            self._write_index(name, index, seq)
             self._write_recent(name, files, rows, target != name, stats, seq)
             if target == name:  # the base holds every row now: its deltas go
                 for _, delta in deltas.get(name, []):
@@ -503,24 +509,27 @@ class CuratedStore:
 
     def _appended(
         self, name: str, files: list[str], part: pa.Table
-    ) -> tuple[pa.Table, np.ndarray, dict] | None:
+    ) -> tuple[pa.Table, np.ndarray, pa.Table] | None:
         """``part`` (rows of shard ``name``) as a delta: sorted, deduplicated, how many rows
-        each row replaced (among ``part``'s own) and the shard's summary with them; None when
-        a row lands at or before a curated row of its series, when the merge is large against
-        the shard, or when the shard holds ``MAX_DELTAS`` deltas (the base is rewritten then).
-        Only the shard's key and time columns are read."""
+        each row replaced (among ``part``'s own) and the shard's series index with them; None
+        when a row lands at or before a curated row of its series, when the merge is large
+        against the shard, or when the shard holds ``MAX_DELTAS`` deltas (the base is
+        rewritten then). Reads the shard's series index (its key and time columns where the
+        index is missing or of another revision)."""
         if len(files) - 1 >= MAX_DELTAS:
             return None
-        keys = self.spec.series_keys
-        columns = [*keys, self.spec.time]
-        old = self.read_shard(name, columns, dictionary=keys, files=files)
-        if part.num_rows > max(1_000, old.num_rows // 4):
-            return None
-        merged, _, restated = merge_restating(old, part.select(columns), self.spec)
-        if restated is not None:  # a row replaces or fills in a period: not an append
+        index = self._read_index(name, files)
+        if index is None:
+            keys = self.spec.series_keys
+            old = self.read_shard(name, [*keys, self.spec.time], dictionary=keys, files=files)
+            index = shard_index.index_of(old, self.spec)
+        if part.num_rows > max(1_000, int(pc.sum(index["rows"]).as_py() or 0) // 4):
             return None
         rows, replaced = dedupe_counted(part, self.spec)
-        return rows, replaced, self._shard_stats(merged)
+        index = shard_index.advanced(index, rows, self.spec)
+        if index is None:  # a row replaces or fills in a period: not an append
+            return None
+        return rows, replaced, index
 
     def same_as_curated(self, rows: pa.Table) -> np.ndarray:
         """Which of ``rows`` (unique on (key, time)) are curated already with the same values:

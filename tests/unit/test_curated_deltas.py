@@ -223,3 +223,44 @@ def test_a_recent_copy_of_an_earlier_revision_is_not_read(tmp_path, monkeypatch)
     seen.clear()
     assert plain(a.read(since=since)).equals(plain(b.read(since=since)))
     assert seen and all(".recent." in n for n in seen)
+
+
+def test_the_series_index_an_append_advances_equals_one_of_the_whole_shard(tmp_path):
+    """Appends that open gaps (a series skips weeks, then returns) and bring new series."""
+    from mlops_assets.domain import shard_index
+
+    a, b = stores(tmp_path, n_shards=2)
+    first = weeks(0, 40)
+    newcomers = pc.is_in(first["store"], pa.array(["S0001"]))
+    a.merge(first.filter(pc.invert(newcomers)))  # S0001's series arrive with the appends
+    b.merge(first.filter(pc.invert(newcomers)))
+    for w in range(40, 46):
+        week = weeks(w, w + 1)
+        if w in (41, 42):  # P001's series miss two weeks
+            week = week.filter(pc.invert(pc.equal(week["product"], "P001")))
+        if w == 43:
+            week = pa.concat_tables([week, first.filter(newcomers)])  # whole new series
+        assert a.merge(week).deltas_written == 2  # a new series' history is an append too
+        b.merge(week)
+    assert_same_dataset(a, b)
+    worst = {sid: missing for sid, missing, _ in a.summary()["gaps"]["worst"]}
+    assert any("P001" in sid and missing >= 2 for sid, missing in worst.items()), worst
+    for name in a.shard_names():
+        files = a.shard_files(name)
+        stored = a._read_index(name, files)
+        assert stored is not None
+        whole = shard_index.index_of(a.read_shard(name), SPEC)
+        assert stored.equals(whole)
+
+
+def test_an_index_of_an_earlier_revision_is_rebuilt_from_the_shard(tmp_path):
+    a, b = stores(tmp_path, n_shards=1)
+    a.merge(weeks(0, 40))
+    [name] = a.shard_names()
+    kept = a.storage.read_bytes(a._index_name(name))
+    a.merge(weeks(40, 41))
+    a.storage.write_bytes(a._index_name(name), kept)  # the run ended before the new index
+    assert a._read_index(name, a.shard_files(name)) is None
+    assert a.merge(weeks(41, 42)).deltas_written == 1
+    b.merge(weeks(0, 42))
+    assert_same_dataset(a, b)
