@@ -11,7 +11,7 @@ Layout under ``curated/<ds>/`` (names relative to the storage root)::
     part-<NNN>.series.parquet       the shard's series index (``shard_index``): first and last
                                     time, rows and gaps of each series, which an append updates
                                     in O(series) and the shard's summary follows from
-    part-<NNN>.recent.parquet       a copy of the shard's last ``RECENT_PERIODS`` periods (what
+    part-<NNN>.recent.parquet       a copy of the shard's last ``recent_periods`` periods (what
                                     the daily steps read: training's window, evaluation's
                                     history, the drift gate's reference), rewritten by each merge
 
@@ -69,13 +69,27 @@ MAX_RESTATED = 64
 SHARD_CODEC = "lz4"
 # Deltas a shard may hold before a merge compacts it into its base.
 MAX_DELTAS = 16
-# Periods the recent copy of a shard holds, back from its latest row; RECENT_KEY in its footer:
-# {"since": first time it holds (ISO), "seq": the shard revision it copies}.
-RECENT_PERIODS = 312
+# A recent copy's footer: {"since": first time it holds (ISO), "seq": the revision it copies}.
 RECENT_KEY = b"mlops.recent"
+# Periods a recent copy holds beyond the daily steps' windows: runs as of a date a little
+# behind the newest data read it too.
+RECENT_MARGIN = 8
 INDEX_KEY = b"mlops.series_index"  # {"seq": the shard revision the index is of}
 _DELTA = re.compile(r"^(?P<base>.*/part-\d+)\.delta-(?P<seq>\d+)\.parquet$")
 _BASE = re.compile(r"^.*/part-\d+\.parquet$")
+
+
+def recent_periods(spec: DatasetSpec) -> int:
+    """Periods a shard's recent copy holds, back from its newest row: the longest window a
+    daily step reads (evaluation's history, the drift gate's reference, an incremental
+    training run's window) and ``RECENT_MARGIN`` more."""
+    from mlops_assets.ml import daily_refit
+    from mlops_assets.ml.selection import stored_history
+
+    need = [2 * stored_history(spec), spec.validation.drift.reference_periods]
+    if spec.model.refit is not None:
+        need.append(daily_refit.window_periods(spec))
+    return max(need) + RECENT_MARGIN
 
 
 def merge_gaps(parts: list[dict], top: int = 10) -> dict:
@@ -185,11 +199,12 @@ class CuratedStore:
         )
 
     def _recent_since(self, time_max: str | None):
-        """The first time a recent copy holds: ``RECENT_PERIODS`` periods back from
+        """The first time a recent copy holds: ``recent_periods`` periods back from
         ``time_max`` (None: an empty shard)."""
         if time_max is None:
             return None
-        first = pd.Timestamp(time_max) - (RECENT_PERIODS - 1) * to_offset(self.spec.frequency)
+        back = recent_periods(self.spec) - 1
+        first = pd.Timestamp(time_max) - back * to_offset(self.spec.frequency)
         dated = pa.types.is_date(self.spec.arrow_schema.field(self.spec.time).type)
         return first.date() if dated else first.to_pydatetime()
 
@@ -366,12 +381,14 @@ class CuratedStore:
         return shard_index.summary_of(shard_index.index_of(table, self.spec), self.spec)
 
     @staticmethod
-    def _index_name(name: str) -> str:
+    def index_name(name: str) -> str:
         return f"{name.removesuffix('.parquet')}.series.parquet"
 
-    def _read_index(self, name: str, files: list[str]) -> pa.Table | None:
-        """Shard ``name``'s series index, if it is of the revision of the shard's newest file."""
-        index = self._index_name(name)
+    def series_index(self, name: str, files: list[str] | None = None) -> pa.Table | None:
+        """Shard ``name``'s series index (``shard_index``), if it is of the revision of the
+        shard's newest file (of its live ``files``, where known), else None."""
+        files = self.shard_files(name) if files is None else files
+        index = self.index_name(name)
         if not self.storage.exists(index):
             return None
         doc = self._footer(index, INDEX_KEY)
@@ -384,7 +401,7 @@ class CuratedStore:
         meta = {INDEX_KEY: json.dumps({"seq": seq}).encode()}
         buf = io.BytesIO()
         pq.write_table(index.replace_schema_metadata(meta), buf, compression=SHARD_CODEC)
-        self.storage.write_bytes(self._index_name(name), buf.getvalue())
+        self.storage.write_bytes(self.index_name(name), buf.getvalue())
 
     def _write_shard(
         self,
@@ -518,7 +535,7 @@ class CuratedStore:
         index is missing or of another revision)."""
         if len(files) - 1 >= MAX_DELTAS:
             return None
-        index = self._read_index(name, files)
+        index = self.series_index(name, files)
         if index is None:
             keys = self.spec.series_keys
             old = self.read_shard(name, [*keys, self.spec.time], dictionary=keys, files=files)

@@ -185,7 +185,7 @@ def reads_of(store: CuratedStore, monkeypatch) -> list[str]:
 
 
 def test_recent_rows_are_read_from_the_recent_copy_and_equal_the_shards(tmp_path, monkeypatch):
-    monkeypatch.setattr(cs, "RECENT_PERIODS", 10)
+    monkeypatch.setattr(cs, "recent_periods", lambda spec: 10)
     a, b = stores(tmp_path)
     a.merge(weeks(0, 40))  # compacted write: the copy cut from the rows
     a.merge(weeks(40, 41))  # appends: the copy advanced from the previous one
@@ -206,7 +206,7 @@ def test_recent_rows_are_read_from_the_recent_copy_and_equal_the_shards(tmp_path
 
 
 def test_a_recent_copy_of_an_earlier_revision_is_not_read(tmp_path, monkeypatch):
-    monkeypatch.setattr(cs, "RECENT_PERIODS", 10)
+    monkeypatch.setattr(cs, "recent_periods", lambda spec: 10)
     a, b = stores(tmp_path, n_shards=1)
     a.merge(weeks(0, 40))
     [copy] = recent_files(a)
@@ -246,8 +246,7 @@ def test_the_series_index_an_append_advances_equals_one_of_the_whole_shard(tmp_p
     worst = {sid: missing for sid, missing, _ in a.summary()["gaps"]["worst"]}
     assert any("P001" in sid and missing >= 2 for sid, missing in worst.items()), worst
     for name in a.shard_names():
-        files = a.shard_files(name)
-        stored = a._read_index(name, files)
+        stored = a.series_index(name)
         assert stored is not None
         whole = shard_index.index_of(a.read_shard(name), SPEC)
         assert stored.equals(whole)
@@ -257,10 +256,10 @@ def test_an_index_of_an_earlier_revision_is_rebuilt_from_the_shard(tmp_path):
     a, b = stores(tmp_path, n_shards=1)
     a.merge(weeks(0, 40))
     [name] = a.shard_names()
-    kept = a.storage.read_bytes(a._index_name(name))
+    kept = a.storage.read_bytes(a.index_name(name))
     a.merge(weeks(40, 41))
-    a.storage.write_bytes(a._index_name(name), kept)  # the run ended before the new index
-    assert a._read_index(name, a.shard_files(name)) is None
+    a.storage.write_bytes(a.index_name(name), kept)  # the run ended before the new index
+    assert a.series_index(name) is None
     assert a.merge(weeks(41, 42)).deltas_written == 1
     b.merge(weeks(0, 42))
     assert_same_dataset(a, b)
