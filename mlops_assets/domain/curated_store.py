@@ -219,9 +219,8 @@ class CuratedStore:
             return
         keys = self.spec.series_keys
         if appended:
-            earlier = self._recent_name(name)
-            if self.storage.exists(earlier) and self._recent_holds(name, files, since):
-                prev = self.conform(self.read_file(earlier, dictionary=keys))
+            if self._recent_holds(name, files, since):
+                prev = self.conform(self.read_file(self._recent_name(name), dictionary=keys))
             else:
                 prev = self.conform(
                     self.read_shard(name, None, [(self.spec.time, ">=", since)], keys, files)
@@ -340,11 +339,6 @@ class CuratedStore:
                 col = pc.dictionary_encode(col.cast(f.type.value_type))
             columns.append(col.cast(f.type) if col.type != f.type else col)
         return pa.table(columns, schema=schema)
-
-    def _merge_record(self, name: str) -> dict | None:
-        """The merge that last wrote shard ``name`` (id, rows, replaced per source), from the
-        footer of its newest file."""
-        return self._footer(self.shard_files(name)[-1], MERGE_KEY)
 
     def _footer(self, name: str, key: bytes) -> dict | None:
         with self.storage.open_read(name) as f:
