@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 from mlops_assets.ml import calendar
 from mlops_assets.ml.intervals import interval_bounds, interval_field
@@ -45,15 +46,19 @@ def horizon_steps(
         ],
         dtype="datetime64[us]",
     )
-    row_end = ends[series_of]
-    known = ~np.isnat(time) & ~np.isnat(row_end)
+    has_end = ~np.isnat(ends)
+    known = ~np.isnat(time) & has_end[series_of]
     steps = np.zeros(len(time), np.int64)
     if not known.any():
         return steps
-    dates, where = np.unique(np.r_[time[known], row_end[known]], return_inverse=True)
-    period = calendar.periods(dates, frequency).period[where.ravel()]
-    n = int(known.sum())
-    steps[known] = np.maximum(period[:n] - period[n:], 1)
+    # Distinct dates by hashing (a batch holds few): no sort of every row's date.
+    codes, distinct = pd.factorize(time[known])
+    end_dates, end_of = np.unique(ends[has_end], return_inverse=True)  # one per series
+    dates = np.r_[np.asarray(distinct, "datetime64[us]"), end_dates]
+    period = calendar.periods(dates, frequency).period  # one grid for both
+    end_period = np.zeros(len(ends), np.int64)
+    end_period[has_end] = period[len(distinct) :][end_of.ravel()]
+    steps[known] = np.maximum(period[codes] - end_period[series_of[known]], 1)
     return steps
 
 
