@@ -107,10 +107,23 @@ def model_label(family: str | None, weights: str | None) -> str | None:
 
 
 def _column(table: pa.Table, name: str) -> list:
-    return table[name].to_pylist() if name in table.column_names else [None] * table.num_rows
+    """A column as one value per row; a list of floats as a NumPy view per row (None where
+    null), not Python lists of Python floats."""
+    if name not in table.column_names:
+        return [None] * table.num_rows
+    col = table[name].combine_chunks()
+    if not (pa.types.is_list(col.type) and pa.types.is_floating(col.type.value_type)):
+        return col.to_pylist()
+    offsets = col.offsets.to_numpy()
+    values = col.flatten().to_numpy(zero_copy_only=False).astype(float)  # null items: NaN
+    valid = col.is_valid().to_numpy(zero_copy_only=False)
+    a, b = offsets[:-1] - offsets[0], offsets[1:] - offsets[0]
+    return [values[i:j] if ok else None for i, j, ok in zip(a, b, valid, strict=True)]
 
 
 def _floats(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
     return np.asarray([np.nan if v is None else v for v in (value or [])], dtype=float)
 
 
