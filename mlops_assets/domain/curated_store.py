@@ -229,14 +229,13 @@ class CuratedStore:
         col = rows[self.spec.time]
         recent = rows.filter(pc.greater_equal(col, pa.scalar(since, col.type)))
         meta = {RECENT_KEY: json.dumps({"since": str(since), "seq": seq}).encode()}
+        self._write_parquet(self._recent_name(name), recent.replace_schema_metadata(meta))
+
+    def _write_parquet(self, name: str, table: pa.Table) -> None:
+        """``table`` (with its schema's metadata) as one Parquet file, written atomically."""
         buf = io.BytesIO()
-        pq.write_table(
-            recent.replace_schema_metadata(meta),
-            buf,
-            compression=SHARD_CODEC,
-            row_group_size=1 << 20,
-        )
-        self.storage.write_bytes(self._recent_name(name), buf.getvalue())
+        pq.write_table(table, buf, compression=SHARD_CODEC, row_group_size=1 << 20)
+        self.storage.write_bytes(name, buf.getvalue())
 
     def shard_files(self, name: str) -> list[str]:
         """Shard ``name``'s live files: its base, then its deltas, oldest first."""
@@ -393,9 +392,7 @@ class CuratedStore:
 
     def _write_index(self, name: str, index: pa.Table, seq: int) -> None:
         meta = {INDEX_KEY: json.dumps({"seq": seq}).encode()}
-        buf = io.BytesIO()
-        pq.write_table(index.replace_schema_metadata(meta), buf, compression=SHARD_CODEC)
-        self.storage.write_bytes(self.index_name(name), buf.getvalue())
+        self._write_parquet(self.index_name(name), index.replace_schema_metadata(meta))
 
     def _write_shard(
         self,
@@ -415,14 +412,7 @@ class CuratedStore:
             meta[MERGE_KEY] = json.dumps(merge).encode()
         if revision is not None:
             meta[REVISION_KEY] = json.dumps(revision).encode()
-        buf = io.BytesIO()
-        pq.write_table(
-            table.replace_schema_metadata(meta),
-            buf,
-            compression=SHARD_CODEC,
-            row_group_size=1 << 20,
-        )
-        self.storage.write_bytes(name, buf.getvalue())
+        self._write_parquet(name, table.replace_schema_metadata(meta))
         return stats
 
     def _gaps(self, table: pa.Table) -> dict:
