@@ -39,6 +39,8 @@ from mlops_assets.ml.tables import (
     decode_dictionaries,
     series_fingerprints,
     series_ids,
+    series_numbers,
+    take_rows,
 )
 from mlops_assets.storage import Storage
 
@@ -217,18 +219,25 @@ def _whole_series(store: CuratedStore, window: pa.Table, series: Sequence[str], 
     """Every curated row up to ``until`` of ``series`` (ids of series in ``window``), read
     from only the shards that hold them (and, for a few series, only the row groups that
     may: shards are sorted by key, so their statistics narrow the read)."""
-    spec = store.spec
-    ids = series_ids(window.select(spec.series_keys), spec)
+    spec, keys = store.spec, store.spec.series_keys
     wanted = pa.array(sorted(set(series)), pa.string())
-    mine = window.filter(pc.is_in(ids, value_set=wanted))
-    shards = np.unique(shard_of(mine, spec.series_keys, store.n_shards))
+    firsts, _ = _series_of(window, spec)
+    hit = pc.is_in(series_ids(firsts, spec), value_set=wanted).to_numpy(zero_copy_only=False)
+    mine = firsts.filter(pa.array(hit))
+    shards = np.unique(shard_of(mine, keys, store.n_shards))
     names = [store.shard_name(int(i)) for i in shards]
-    keys = None
+    key_tuples = None
     if len(wanted) <= FEW_SERIES:
-        first = pc.unique(pc.index_in(wanted, value_set=ids))
-        plain = decode_dictionaries(window.select(spec.series_keys).take(first))
-        keys = list(zip(*(plain[k].to_pylist() for k in spec.series_keys), strict=True))
-    table = store.read(until=until, shards=names, series=keys)
-    return table.filter(
-        pc.is_in(series_ids(table.select(spec.series_keys), spec), value_set=wanted)
-    )
+        plain = decode_dictionaries(mine)
+        key_tuples = list(zip(*(plain[k].to_pylist() for k in keys), strict=True))
+    table = store.read(until=until, shards=names, series=key_tuples)
+    firsts, series_of = _series_of(table, spec)
+    keep = pc.is_in(series_ids(firsts, spec), value_set=wanted).to_numpy(zero_copy_only=False)
+    return table.filter(pa.array(keep[series_of]))
+
+
+def _series_of(table: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, np.ndarray]:
+    """The key columns of one row per series, and each row's series (ids are then built per
+    series, not per row: a window holds millions of rows)."""
+    series_of, first = series_numbers(table, spec.series_keys)
+    return take_rows(table.select(spec.series_keys), first), series_of
