@@ -75,6 +75,9 @@ def run_metadata(storage: Storage, run: IngestionRun, as_of: object) -> dict:
         "rows_quarantined": result.rows_quarantined,
         "rows_duplicate": result.rows_duplicate,
         "rows_replaced": result.merge.rows_replaced,
+        # A shard takes a new period as a delta file; a restatement rewrites its base.
+        "shards_appended": result.merge.deltas_written,
+        "shards_rewritten": result.merge.shards_written - result.merge.deltas_written,
         "drops": outcome_table(result.outcomes),
         "curated_uri": dg.MetadataValue.url(storage.uri(run.layout)),
         "as_of": str(as_of),

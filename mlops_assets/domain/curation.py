@@ -359,5 +359,6 @@ def _sum_stats(first: MergeStats, second: MergeStats, offset: int) -> MergeStats
         rows_added=first.rows_added + second.rows_added,
         rows_replaced=first.rows_replaced + second.rows_replaced,
         shards_written=first.shards_written + second.shards_written,
+        deltas_written=first.deltas_written + second.deltas_written,
         replaced_by_source=by_source,
     )

@@ -92,6 +92,7 @@ def test_reingesting_a_drop_never_duplicates_rows_and_later_drop_wins(storage):
     after = curated_rows(storage)
     assert after.num_rows == before.num_rows
     assert meta["drops_consumed"] == 1 and meta["rows_replaced"] == 5
+    assert meta["shards_appended"] == 0 and meta["shards_rewritten"] >= 1  # a restatement
     latest = after.filter(pc.equal(after["week"], week))
     assert latest["sales"].equals(corrected["sales"])
 
@@ -99,6 +100,26 @@ def test_reingesting_a_drop_never_duplicates_rows_and_later_drop_wins(storage):
     meta = materialize(storage)
     assert meta["drops_consumed"] == 0
     assert curated_rows(storage).equals(after)
+
+
+def test_a_new_week_is_appended_to_the_shards(storage):
+    """The daily case: a week after every curated row is a delta file per shard (the shards'
+    bases are not rewritten), and the dataset reads back as one merge of all the rows."""
+    land_sales(storage, SALES, SalesShape(6, 20, end="2026-11-09"), n_drops=1)
+    materialize(storage)
+    full = sales_table(SalesShape(6, 21, end="2026-11-16"))
+    week = full.filter(pc.equal(full["week"], pc.max(full["week"])))
+    storage.write_bytes("landing/sales/week_2026-11-16.parquet", to_bytes(week, "parquet"))
+    meta = materialize(storage)
+    assert meta["shards_appended"] >= 1 and meta["shards_rewritten"] == 0
+    assert meta["rows_curated"] == 6 and meta["rows_replaced"] == 0
+    by_key = [("store", "ascending"), ("product", "ascending"), ("week", "ascending")]
+    history = sales_table(SalesShape(6, 20, end="2026-11-09"))
+    want = decode_dictionaries(pa.concat_tables([history, week])).sort_by(by_key)
+    assert decode_dictionaries(curated_rows(storage)).sort_by(by_key).to_pylist() == (
+        want.to_pylist()
+    )
+    assert meta["dagster/row_count"] == 6 * 21 and meta["time_max"] == "2026-11-16"
 
 
 def test_csv_and_parquet_drops_merge_into_the_same_shards(storage):
