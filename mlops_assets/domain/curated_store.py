@@ -177,24 +177,27 @@ class CuratedStore:
         revision is one a compaction took in before a crash kept it from deleting it)."""
         if not deltas:
             return [name]
-        seq = int((self._footer(name, REVISION_KEY) or {"seq": 0})["seq"])
+        seq = self._revision_seq([name])
         return [name, *(d for s, d in deltas if s > seq)]
 
     @staticmethod
     def _recent_name(name: str) -> str:
         return f"{name.removesuffix('.parquet')}.recent.parquet"
 
-    def _recent_holds(self, name: str, files: list[str], since) -> bool:
+    def _revision_seq(self, files: list[str]) -> int:
+        """The revision of a shard whose live files are ``files`` (its newest file's)."""
+        return int((self._footer(files[-1], REVISION_KEY) or {"seq": 0})["seq"])
+
+    def _recent_holds(self, name: str, since, seq: int) -> bool:
         """Whether shard ``name``'s recent copy holds every row dated ``since`` or later: it
-        copies the revision of the shard's newest file and starts at or before ``since``."""
+        copies the shard's revision ``seq`` and starts at or before ``since``."""
         recent = self._recent_name(name)
         if not self.storage.exists(recent):
             return False
         doc = self._footer(recent, RECENT_KEY)
-        revision = self._footer(files[-1], REVISION_KEY) or {"seq": 0}
         return (
             doc is not None
-            and int(doc["seq"]) == int(revision["seq"])
+            and int(doc["seq"]) == seq
             and pd.Timestamp(doc["since"]) <= pd.Timestamp(since)
         )
 
@@ -219,7 +222,7 @@ class CuratedStore:
             return
         keys = self.spec.series_keys
         if appended:
-            if self._recent_holds(name, files, since):
+            if self._recent_holds(name, since, seq - 1):  # the revision before this merge
                 prev = self.conform(self.read_file(self._recent_name(name), dictionary=keys))
             else:
                 prev = self.conform(
@@ -304,7 +307,7 @@ class CuratedStore:
 
         def one(name: str) -> pa.Table:
             files = self._live(name, deltas.get(name, []))
-            if since is not None and self._recent_holds(name, files, since):
+            if since is not None and self._recent_holds(name, since, self._revision_seq(files)):
                 return self.read_file(self._recent_name(name), columns, filters, keys)
             return self.read_shard(name, columns, filters, keys, files)
 
@@ -377,16 +380,15 @@ class CuratedStore:
     def index_name(name: str) -> str:
         return f"{name.removesuffix('.parquet')}.series.parquet"
 
-    def series_index(self, name: str, files: list[str] | None = None) -> pa.Table | None:
-        """Shard ``name``'s series index (``shard_index``), if it is of the revision of the
-        shard's newest file (of its live ``files``, where known), else None."""
-        files = self.shard_files(name) if files is None else files
+    def series_index(self, name: str, seq: int | None = None) -> pa.Table | None:
+        """Shard ``name``'s series index (``shard_index``), if it is of the shard's revision
+        (``seq``, where known), else None."""
         index = self.index_name(name)
         if not self.storage.exists(index):
             return None
+        seq = self._revision_seq(self.shard_files(name)) if seq is None else seq
         doc = self._footer(index, INDEX_KEY)
-        revision = self._footer(files[-1], REVISION_KEY) or {"seq": 0}
-        if doc is None or int(doc["seq"]) != int(revision["seq"]):
+        if doc is None or int(doc["seq"]) != seq:
             return None
         return self.read_file(index)
 
@@ -464,7 +466,7 @@ class CuratedStore:
             appended = None
             if files:
                 revision = self._footer(files[-1], REVISION_KEY) or revision
-                appended = self._appended(name, files, part)
+                appended = self._appended(name, files, part, int(revision["seq"]))
             seq = int(revision["seq"]) + 1
             if appended is not None:  # every new row after its series' rows: a delta file
                 rows, replaced, index = appended
@@ -509,7 +511,7 @@ class CuratedStore:
         return stats
 
     def _appended(
-        self, name: str, files: list[str], part: pa.Table
+        self, name: str, files: list[str], part: pa.Table, seq: int
     ) -> tuple[pa.Table, np.ndarray, pa.Table] | None:
         """``part`` (rows of shard ``name``) as a delta: sorted, deduplicated, how many rows
         each row replaced (among ``part``'s own) and the shard's series index with them; None
@@ -519,7 +521,7 @@ class CuratedStore:
         index is missing or of another revision)."""
         if len(files) - 1 >= MAX_DELTAS:
             return None
-        index = self.series_index(name, files)
+        index = self.series_index(name, seq)
         if index is None:
             keys = self.spec.series_keys
             old = self.read_shard(name, [*keys, self.spec.time], dictionary=keys, files=files)
