@@ -371,11 +371,6 @@ class CuratedStore:
                 out.append((shard, restated[0][0], -1))
         return out
 
-    def _shard_stats(self, table: pa.Table) -> dict:
-        """A shard's summary (rows, series, time range, gaps) from its rows, sorted by series
-        key then time (the key and time columns suffice)."""
-        return shard_index.summary_of(shard_index.index_of(table, self.spec), self.spec)
-
     @staticmethod
     def index_name(name: str) -> str:
         return f"{name.removesuffix('.parquet')}.series.parquet"
@@ -397,30 +392,23 @@ class CuratedStore:
         self._write_parquet(self.index_name(name), index.replace_schema_metadata(meta))
 
     def _write_shard(
-        self,
-        name: str,
-        table: pa.Table,
-        merge: dict | None = None,
-        revision: dict | None = None,
-        stats: dict | None = None,
-    ) -> dict:
-        """Write a shard file with the shard's summary (``stats``, else computed from
-        ``table``) in the Parquet footer, so ``summary()`` reads footers, not data, and the
-        merge that wrote it (``merge``) and the shard's revision. Returns the summary."""
-        stats = self._shard_stats(table) if stats is None else stats
+        self, name: str, table: pa.Table, stats: dict, merge: dict | None, revision: dict
+    ) -> None:
+        """Write a shard file with the shard's summary (``stats``) in the Parquet footer, so
+        ``summary()`` reads footers, not data, the merge that wrote it (``merge``) and the
+        shard's revision."""
         meta = {**(table.schema.metadata or {}), STATS_KEY: json.dumps(stats).encode()}
         meta.pop(MERGE_KEY, None)
         if merge is not None:
             meta[MERGE_KEY] = json.dumps(merge).encode()
-        if revision is not None:
-            meta[REVISION_KEY] = json.dumps(revision).encode()
+        meta[REVISION_KEY] = json.dumps(revision).encode()
         self._write_parquet(name, table.replace_schema_metadata(meta))
-        return stats
 
     def _gaps(self, table: pa.Table) -> dict:
         """Missing periods of a shard's series (rows sorted by series then time): totals and
         the worst series (``[series_id, missing, longest]``), for the footer."""
-        return self._shard_stats(table)["gaps"]
+        index = shard_index.index_of(table, self.spec)
+        return shard_index.summary_of(index, self.spec)["gaps"]
 
     def merge(
         self,
@@ -483,7 +471,7 @@ class CuratedStore:
             kept = list(revision["restated"]) + ([[seq, restated]] if restated is not None else [])
             revision = {"seq": seq, "restated": kept[-MAX_RESTATED:]}
             stats = shard_index.summary_of(index, self.spec)
-            self._write_shard(target, rows, record if merge_id else None, revision, stats)
+            self._write_shard(target, rows, stats, record if merge_id else None, revision)
             fault_point("curated.shard")
             self._write_index(name, index, seq)
             self._write_recent(name, files, rows, target != name, stats, seq)
