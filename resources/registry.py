@@ -39,6 +39,7 @@ from mlops_assets.domain.registry_records import (
     RunRecord,
 )
 from mlops_assets.faults import fault_point
+from mlops_assets.heap import import_frozen
 from resources.registry_store import RegistryStoreError, ensure_sqlite_store
 
 __all__ = [
@@ -182,9 +183,8 @@ class MlflowRegistry(ModelRegistry):
                     if uri.startswith("sqlite:///"):
                         # Created atomically (a kill mid-migration leaves nothing half-made).
                         ensure_sqlite_store(Path(uri.removeprefix("sqlite:///")))
-                from mlflow import MlflowClient
-
-                client = MlflowClient(tracking_uri=key[0], registry_uri=key[1])
+                mlflow = import_frozen("mlflow")  # the rest of the process's life
+                client = mlflow.MlflowClient(tracking_uri=key[0], registry_uri=key[1])
                 # Probe both stores once: a wrong URI fails here, before anything is written.
                 client.search_experiments(max_results=1)
                 client.search_registered_models(max_results=1)

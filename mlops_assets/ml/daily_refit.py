@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
 
-from mlops_assets.ml import backtest, ridge_stats
+from mlops_assets.ml import backtest, persistence, ridge_stats
 from mlops_assets.ml.calendar import calendar_series
 from mlops_assets.ml.candidates import Fitted
 from mlops_assets.ml.engines import series_record
@@ -187,8 +187,17 @@ def refresh(
     prefix = _advanced_prefix(sub, spec, st.prefix)
     chosen = sel.family == spec.model.family
     stats = ridge_stats.stats_records(moments, through, prefix, chosen)
+    # The refreshed ridges' bytes in one pass (a series whose chosen model is another, such
+    # as its fallback, is dumped by series_record).
+    artifacts = persistence.linear_artifacts(
+        models[0], arrays.mean, arrays.var, arrays.scale, arrays.coef, arrays.intercept, arrays.n
+    )
     records = [
-        series_record(spec, sub.keys[j], sel, j, sub) | stats[j] for j in range(sub.n_series)
+        series_record(
+            spec, sub.keys[j], sel, j, sub, artifacts[j] if sel.models[j] is models[j] else None
+        )
+        | stats[j]
+        for j in range(sub.n_series)
     ]
     seconds["records"] = _time.perf_counter() - t0
     return Refreshed(records, left, len(entering), seconds)

@@ -93,12 +93,21 @@ def result_schema(spec: DatasetSpec) -> pa.Schema:
     )
 
 
-def series_record(spec: DatasetSpec, key: tuple, sel: Selection, j: int, frame: SeriesFrame):
+def series_record(
+    spec: DatasetSpec,
+    key: tuple,
+    sel: Selection,
+    j: int,
+    frame: SeriesFrame,
+    artifact: bytes | None = None,
+):
+    """Series ``j``'s record (``result_schema``); ``artifact``: its chosen model's bytes where
+    the caller wrote them already (``persistence.linear_artifacts``)."""
     a, b = int(frame.offsets[j]), int(frame.offsets[j + 1])
     fit = sel.fits[j] or SeriesFit(None, sel.status[j])
     started = _time.perf_counter()
     chosen = sel.models[j]
-    model = persistence.dumps(chosen) if chosen is not None else None
+    model = artifact if artifact is not None or chosen is None else persistence.dumps(chosen)
     serialize_seconds = _time.perf_counter() - started
     info = fit.info()
     info.update(

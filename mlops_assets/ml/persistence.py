@@ -106,22 +106,67 @@ def _pack(header: dict, payload: bytes) -> bytes:
     return MAGIC + _HEADER_LEN.pack(len(head)) + head + payload
 
 
-def _dump_linear(scaler: StandardScaler | None, est: Any) -> bytes:
-    p = int(est.n_features_in_)
-    arrays = [est.coef_, np.atleast_1d(est.intercept_)]
+def _linear_header(scaler: StandardScaler | None, est: Any) -> dict:
     header = {
         "format": LINEAR,
         "sklearn": sklearn.__version__,
         "estimator": type(est).__name__,
         "params": {k: getattr(est, k) for k in _param_names(est.__class__)},
-        "n_features": p,
+        "n_features": int(est.n_features_in_),
         "scaled": scaler is not None,
     }
     if scaler is not None:
-        arrays = [scaler.mean_, scaler.var_, scaler.scale_, *arrays]
         header["n_samples_seen"] = int(scaler.n_samples_seen_)
+    return header
+
+
+def _dump_linear(scaler: StandardScaler | None, est: Any) -> bytes:
+    header = _linear_header(scaler, est)
+    arrays = [est.coef_, np.atleast_1d(est.intercept_)]
+    if scaler is not None:
+        arrays = [scaler.mean_, scaler.var_, scaler.scale_, *arrays]
     payload = np.concatenate([np.asarray(a, dtype="<f8").ravel() for a in arrays]).tobytes()
     return _pack(header, payload)
+
+
+def linear_artifacts(
+    template: Pipeline,
+    mean: np.ndarray,
+    var: np.ndarray,
+    scale: np.ndarray,
+    coef: np.ndarray,
+    intercept: np.ndarray,
+    n_samples_seen: np.ndarray,
+) -> list[bytes]:
+    """The ``linear`` artifacts of S scaler + linear models that differ from ``template`` only
+    in their fitted arrays (``[S, p]`` each; ``intercept`` and ``n_samples_seen`` ``[S]``).
+
+    Byte for byte what ``dumps`` writes for each model, without building S Pipelines: the
+    header is written once, around each model's ``n_samples_seen``.
+
+    Raises:
+        ValueError: ``template`` is not a scaler + linear Pipeline of the compact format.
+    """
+    parts = _linear_parts(template)
+    if parts is None or parts[0] is None:
+        raise ValueError("linear_artifacts needs a StandardScaler + linear-family Pipeline")
+    scaler, est = parts
+    p = int(est.n_features_in_)
+    if coef.ndim != 2 or coef.shape[1] != p:
+        raise ValueError(f"coef is {coef.shape}, expected [S, {p}]")
+    head = _linear_header(scaler, est)
+    head["n_samples_seen"] = mark = -(2**62)  # no count is negative: found where it goes
+    text = json.dumps(head, sort_keys=True, separators=(",", ":"))
+    before, after = (t.encode() for t in text.split(str(mark)))
+    rows = np.empty((len(coef), 4 * p + 1), dtype="<f8")
+    for i, a in enumerate((mean, var, scale, coef)):
+        rows[:, i * p : (i + 1) * p] = a
+    rows[:, 4 * p] = intercept
+    out = []
+    for count, payload in zip(np.asarray(n_samples_seen).tolist(), rows, strict=True):
+        head_bytes = before + str(int(count)).encode() + after
+        out.append(MAGIC + _HEADER_LEN.pack(len(head_bytes)) + head_bytes + payload.tobytes())
+    return out
 
 
 def _param_family(name: Any) -> str:

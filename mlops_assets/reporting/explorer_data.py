@@ -88,8 +88,9 @@ def _sig(x: Any, digits: int = 3) -> float | None:
 
 def _exponent(values: Sequence[np.ndarray]) -> int:
     """The exponent that leaves three significant digits on the largest finite value."""
-    finite = [np.abs(v[np.isfinite(v)]) for v in values if len(v)]
-    top = max((float(v.max()) for v in finite if len(v)), default=0.0)
+    joined = np.abs(np.concatenate([np.ravel(v) for v in values])) if values else np.empty(0)
+    finite = joined[np.isfinite(joined)]
+    top = float(finite.max()) if len(finite) else 0.0
     return math.floor(math.log10(top)) - 2 if top > 0 else 0
 
 

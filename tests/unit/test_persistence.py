@@ -72,6 +72,31 @@ def test_linear_artifacts_are_small_and_deterministic(ridge_bytes):
     assert dumps(PIPELINES["ridge"][0]) == ridge_bytes
 
 
+def test_batch_linear_artifacts_are_the_bytes_dumps_writes():
+    """linear_artifacts writes S models' bytes from stacked arrays; each is what dumps writes
+    for that model's Pipeline (so the sha256 recorded for it is the same)."""
+    fits = []
+    for s in range(5):
+        rows = slice(s * 30, s * 30 + 40 + s)  # different row counts: different headers
+        fits.append(Pipeline([("scale", StandardScaler()), ("model", Ridge(alpha=2.0))]))
+        fits[-1].fit(X[rows] * (s + 1), Y[rows])
+    scalers = [f.steps[0][1] for f in fits]
+    ridges = [f.steps[1][1] for f in fits]
+    got = persistence.linear_artifacts(
+        fits[0],
+        np.array([sc.mean_ for sc in scalers]),
+        np.array([sc.var_ for sc in scalers]),
+        np.array([sc.scale_ for sc in scalers]),
+        np.array([r.coef_ for r in ridges]),
+        np.array([r.intercept_ for r in ridges]),
+        np.array([sc.n_samples_seen_ for sc in scalers]),
+    )
+    assert got == [dumps(f) for f in fits]
+    assert len({read_header(b)[0]["n_samples_seen"] for b in got}) == 5
+    with pytest.raises(ValueError, match="StandardScaler"):
+        persistence.linear_artifacts(PIPELINES["unscaled_ridge"][0].fit(X, Y), *[None] * 6)
+
+
 def test_skops_families_only_name_allow_listed_types():
     for name in ("hgb", "forest"):
         model, _ = PIPELINES[name]

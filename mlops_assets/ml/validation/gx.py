@@ -5,12 +5,12 @@ it overlaps reading and checking a drop (Parquet and Arrow work, which leaves th
 
 from __future__ import annotations
 
-import importlib
 import os
 import threading
 from datetime import datetime
 from typing import Any, Literal
 
+from mlops_assets.heap import import_frozen
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.validation.failures import DropFailure
 from mlops_assets.ml.validation.rules import Rule, concern_of
@@ -25,7 +25,7 @@ def prefetch() -> None:
     if _prefetched is None:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
         _prefetched = threading.Thread(
-            target=importlib.import_module, args=("great_expectations",), daemon=True
+            target=import_frozen, args=("great_expectations",), daemon=True
         )
         _prefetched.start()
 
@@ -42,7 +42,7 @@ class GxRunner:
 
     def __init__(self, docs_dir: str | None = None) -> None:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-        import great_expectations as gx
+        gx = import_frozen("great_expectations")
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         self._gx = gx
