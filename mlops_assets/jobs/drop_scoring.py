@@ -115,8 +115,13 @@ def with_provenance(scored: pa.Table, reader: ModelSetReader) -> pa.Table:
         ids = ids.dictionary_encode()
     series = ids.dictionary.to_pylist()
     for name in PROVENANCE[1:]:
+        # Encoded per series, then each row's index gathered: no string per row is built.
         per_series = pa.array([reader.entry(s, name) for s in series], pa.string())
-        scored = scored.append_column(name, pc.take(per_series, ids.indices).dictionary_encode())
+        encoded = per_series.dictionary_encode()
+        rows = pc.take(encoded.indices, ids.indices)
+        scored = scored.append_column(
+            name, pa.DictionaryArray.from_arrays(rows, encoded.dictionary)
+        )
     version = pa.DictionaryArray.from_arrays(
         pa.array(np.zeros(scored.num_rows, np.int32)), pa.array([reader.version], pa.string())
     )

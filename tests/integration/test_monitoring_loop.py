@@ -84,6 +84,15 @@ def test_a_degraded_series_is_retrained_alone(tmp_path):
     requests = requests.append_column(ROW, pa.array(np.arange(requests.num_rows)))
     scored = score_drop_rows(requests, SPEC, model_set_reader(ref, storage))
     assert {"model_set_version", "family", "history_end"} <= set(scored.column_names)
+    # Each row carries its own series' family and history end from the manifest.
+    listed = pq.read_table(storage.local_root() / f"{ref.folder}/manifest.parquet").to_pandas()
+    listed = listed.set_index("series_id")
+    got = scored.select(["series_id", "family", "history_end"]).to_pandas().astype(str)
+    assert (got["family"] == listed.loc[got["series_id"], "family"].astype(str).values).all()
+    assert (
+        got["history_end"] == listed.loc[got["series_id"], "history_end"].astype(str).values
+    ).all()
+    assert set(scored["model_set_version"].to_pylist()) == {ref.version}
     write_parquet(storage, batch_layout.predictions_name(SPEC.name, "weeks.parquet@e1"), scored)
 
     # Their actuals arrive; one series' are far off what its model could have known.
