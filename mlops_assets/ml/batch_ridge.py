@@ -18,7 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlops_assets.ml.features import SeriesFrame
-from mlops_assets.ml.fitting import FAILED, TRAINED, SeriesFit, check_window, family_params
+from mlops_assets.ml.fitting import (
+    FAILED,
+    TRAINED,
+    SeriesFit,
+    check_window,
+    complete_rows,
+    family_params,
+)
 from mlops_assets.ml.incremental import RidgeMoments
 
 
@@ -46,9 +53,10 @@ def fit_batch(
     fits: list[SeriesFit] = []
     ok, last, shifts, grams = [], [], [], []
     buf = np.empty((max(1, int(np.diff(frame.offsets).max(initial=1))), p + 2))
+    complete = complete_rows(X, frame.target)  # once for the batch, not per series
     for i, (a, b) in enumerate(itertools.pairwise(off)):
         y = frame.target[a:b]
-        fit, train = check_window(X[a:b], y, frame.time[a:b], spec)
+        fit, train = check_window(X[a:b], y, frame.time[a:b], spec, complete[a:b])
         fits.append(fit)
         if train is None:
             continue

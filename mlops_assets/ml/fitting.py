@@ -144,18 +144,29 @@ def fit_series(
     return fit
 
 
+def complete_rows(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Rows with every feature and the target known: the rows a model may be fitted on."""
+    return np.isfinite(X).all(axis=1) & np.isfinite(y)
+
+
 def check_window(
-    X: np.ndarray, y: np.ndarray, time: np.ndarray, spec: DatasetSpec
+    X: np.ndarray,
+    y: np.ndarray,
+    time: np.ndarray,
+    spec: DatasetSpec,
+    complete: np.ndarray | None = None,
 ) -> tuple[SeriesFit, np.ndarray | None]:
     """A series' training window: its fit record without a model, and the rows to fit on
-    (None: the record says why it cannot be fitted). What ``fit_series`` checks first."""
+    (None: the record says why it cannot be fitted). What ``fit_series`` checks first.
+    ``complete``: ``complete_rows(X, y)`` where the caller has it for a whole batch."""
     n = len(y)
     split = n - spec.holdout
     if n > 1 and np.any(time[1:] <= time[:-1]):
         return SeriesFit(None, FAILED, "duplicate timestamps in the series"), None
     if split < 1:
         return SeriesFit(None, SKIPPED, f"{n} rows: need more than holdout={spec.holdout}"), None
-    complete = np.isfinite(X).all(axis=1) & np.isfinite(y)
+    if complete is None:
+        complete = complete_rows(X, y)
     train = np.flatnonzero(complete[:split])
     result = SeriesFit(None, SKIPPED, n_train=len(train))
     if len(train):
@@ -164,7 +175,8 @@ def check_window(
     reason = None
     if split < spec.min_history:
         reason = f"{split} training periods < min_history={spec.min_history}"
-    reason = reason or _why_not_trainable(X, y, split, spec)
+    if not len(train):  # one complete training row rules out both of its reasons
+        reason = reason or _why_not_trainable(X, y, split, spec)
     if reason is None and len(train) < spec.min_history:
         reason = f"{len(train)} complete training rows < min_history={spec.min_history}"
     if reason is None and np.ptp(y[train]) == 0:
