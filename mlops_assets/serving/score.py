@@ -27,7 +27,6 @@ except ImportError:  # pragma: no cover - imported outside the server
 
 from werkzeug.exceptions import ClientDisconnected  # noqa: E402
 
-from mlops_assets.heap import freeze_loaded  # noqa: E402
 from mlops_assets.serving.openapi import guard_schema_route  # noqa: E402
 from mlops_assets.serving.profiling import profiled  # noqa: E402
 from mlops_assets.serving.service import Reply, ScoringService  # noqa: E402
@@ -56,9 +55,6 @@ def init() -> None:
         logging.getLogger(name).addFilter(RedactQueryStrings())
     service = ScoringService.from_env().start()
     guard_schema_route(service)
-    # The server's modules and the opened set live as long as the worker: no full collection
-    # walks them again in the middle of a request (mlops_assets/heap.py).
-    freeze_loaded()
 
 
 def _read_body(request, cap: int, timeout: float) -> tuple[bytes | None, bool]:
