@@ -7,8 +7,11 @@ With ``read_shards`` its executors read the curated Parquet shards themselves: t
 it the shards' addresses (``reads_shards``), never the table.
 """
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -17,13 +20,27 @@ import pyarrow.parquet as pq
 from dagster_pyspark import PySparkResource
 from pydantic import Field
 
-from mlops_assets.ml.engines import train_local, train_spark
+from mlops_assets.domain.training_run import Started
+from mlops_assets.ml.engines import prepare_local, start_local, train_local, train_spark
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spark_shards import read_curated, spark_fingerprints
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import decode_dictionaries
 from mlops_assets.storage import Storage
 from resources.compute import AzureMLBatchCompute, BatchCompute
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A training that ran to the end before ``start`` returned."""
+
+    records: pd.DataFrame
+
+    def result(self) -> pd.DataFrame:
+        return self.records
+
+    def cancel(self) -> None:
+        pass
 
 
 class TrainingEngine(dg.ConfigurableResource, ABC):
@@ -69,6 +86,32 @@ class TrainingEngine(dg.ConfigurableResource, ABC):
         ``reads_shards`` get ``table=None`` and read ``shards`` (Hadoop URIs) up to ``as_of``.
         """
 
+    def prepare(
+        self, table: pa.Table | None, spec: DatasetSpec, series: Sequence[str] | None = None
+    ) -> Any:
+        """What ``start`` takes for ``table``: the work a run does in its own process before
+        training (for a run that trains shard by shard: while the previous shard trains).
+        Default: the table itself."""
+        return table
+
+    def start(
+        self,
+        prepared: Any,
+        spec: DatasetSpec,
+        series: Sequence[str] | None = None,
+        phases: Phases | None = None,
+        *,
+        context: dg.AssetExecutionContext | None = None,
+        as_of: str | None = None,
+        shards: Sequence[str] = (),
+    ) -> Started:
+        """Start training what ``prepare`` returned; ``result()`` gives ``train``'s records.
+        Default: trains now (``train``) and returns them done."""
+        out = self.train(
+            prepared, spec, series, phases, context=context, as_of=as_of, shards=shards
+        )
+        return Finished(out)
+
 
 class LocalTrainingEngine(TrainingEngine):
     max_workers: int | None = Field(default=None, description="Processes; default: all cores.")
@@ -83,6 +126,19 @@ class LocalTrainingEngine(TrainingEngine):
 
     def train(self, table, spec, series=None, phases=None, *, context=None, as_of=None, shards=()):
         return train_local(table, spec, series=series, max_workers=self.max_workers, phases=phases)
+
+    def prepare(self, table, spec, series=None):
+        # The series grouped here, while the pool trains the previous shard.
+        started = time.perf_counter()
+        return prepare_local(table, spec, series), time.perf_counter() - started
+
+    def start(
+        self, prepared, spec, series=None, phases=None, *, context=None, as_of=None, shards=()
+    ):
+        frame, seconds = prepared
+        return start_local(
+            frame, spec, max_workers=self.max_workers, phases=phases, prepare_seconds=seconds
+        )
 
 
 class SparkTrainingEngine(TrainingEngine):

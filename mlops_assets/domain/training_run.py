@@ -60,6 +60,32 @@ class Engine(Protocol):
         shards: Sequence[str] = (),
     ) -> pd.DataFrame: ...
 
+    # ``train`` in two halves: ``prepare`` runs here; ``start`` may return before the records
+    # are made (the local pool), so the next batch is prepared meanwhile.
+    def prepare(
+        self, table: pa.Table | None, spec: DatasetSpec, series: Sequence[str] | None = None
+    ) -> Any: ...
+
+    def start(
+        self,
+        prepared: Any,
+        spec: DatasetSpec,
+        series: Sequence[str] | None = None,
+        phases: Phases | None = None,
+        *,
+        context: Any = None,
+        as_of: str | None = None,
+        shards: Sequence[str] = (),
+    ) -> Started: ...
+
+
+class Started(Protocol):
+    """A training under way: ``result()`` waits for its records, ``cancel()`` abandons it."""
+
+    def result(self) -> pd.DataFrame: ...
+
+    def cancel(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class TrainingOutcome:
@@ -249,35 +275,57 @@ def train_candidate(
     parts: list[pa.Table] = []  # each batch's records, as Arrow
     prints: list[pa.Table] = []  # each batch's series fingerprints
     rows = 0
-    while True:
-        with phases("read"):
-            batch = next(batches, None)
-            if batch is None:
-                break
-        table, shards, fingerprints = batch
-        n = table.num_rows if table is not None else int(pc.sum(fingerprints["n_rows"]).as_py())
-        rows += n
-        prints.append(fingerprints)
-        chosen = choose_series(series, changed_only, fingerprints, previous)
-        if n == 0 or chosen == []:
-            continue
-        log(
-            f"training {'all' if chosen is None else len(chosen)} of {fingerprints.num_rows} "
-            f"series on {n:,} rows with the {engine.name} engine"
-        )
-        with phases("train"):
-            results = engine.train(
-                table,
-                spec,
-                series=chosen,
-                phases=engine_phases,
-                context=context,
-                as_of=as_of,
-                shards=shards,
+    # A batch trains while the next one is read and prepared (an engine whose ``start``
+    # returns at once: the local pool), so this process's share of the work (reading a shard,
+    # its fingerprints, grouping its series) overlaps the workers' instead of leaving a core
+    # idle. At most two batches are held: the one training and the next.
+    running: Started | None = None
+
+    def collect() -> None:
+        nonlocal running
+        if running is not None:
+            with phases("train"):
+                results = running.result()
+                running = None
+                if len(results):
+                    parts.append(records_table(results, spec))
+
+    try:
+        while True:
+            with phases("read"):
+                batch = next(batches, None)
+                if batch is None:
+                    break
+            table, shards, fingerprints = batch
+            n = table.num_rows if table is not None else int(pc.sum(fingerprints["n_rows"]).as_py())
+            rows += n
+            prints.append(fingerprints)
+            chosen = choose_series(series, changed_only, fingerprints, previous)
+            if n == 0 or chosen == []:
+                continue
+            log(
+                f"training {'all' if chosen is None else len(chosen)} of {fingerprints.num_rows} "
+                f"series on {n:,} rows with the {engine.name} engine"
             )
-            del table, batch  # a shard at a time: its rows go before the next shard is read
-            if len(results):
-                parts.append(records_table(results, spec))
+            with phases("train"):
+                prepared = engine.prepare(table, spec, chosen)
+            del table, batch  # what training needs is in ``prepared``
+            collect()
+            with phases("train"):
+                running = engine.start(
+                    prepared,
+                    spec,
+                    series=chosen,
+                    phases=engine_phases,
+                    context=context,
+                    as_of=as_of,
+                    shards=shards,
+                )
+            del prepared
+        collect()
+    finally:
+        if running is not None:  # a later batch failed: stop the workers of this one
+            running.cancel()
     if rows == 0:
         raise TrainingInputError(
             f"no curated {spec.name} rows up to {as_of}: land drops under "

@@ -1,6 +1,7 @@
 """Training shard by shard (the local engine) writes the same model set as training all at once."""
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -22,10 +23,25 @@ def _floats(t: pa.DataType) -> bool:
     return pa.types.is_floating(t) or (pa.types.is_list(t) and pa.types.is_floating(t.value_type))
 
 
-def _train(root, table, series=()):
+def _assert_same_manifest(one: pa.Table, other: pa.Table) -> None:
+    for name in one.column_names:
+        a, b = one[name], other[name]
+        if name in TIMING:
+            continue
+        if _floats(a.type):  # scales and metrics summed over a batch: same to rounding
+            if pa.types.is_list(a.type):
+                assert pc.list_value_length(a).equals(pc.list_value_length(b)), name
+                a, b = pc.list_flatten(a), pc.list_flatten(b)
+            x, y = (np.array(c.to_pylist(), dtype=float) for c in (a, b))
+            np.testing.assert_allclose(x, y, rtol=1e-9, equal_nan=True, err_msg=name)
+        else:
+            assert a.equals(b), name
+
+
+def _train(root, table, series=(), workers=1):
     storage = LocalStorage(root=str(root))
     CuratedStore(storage, SPEC, n_shards=4).merge(table)
-    engine = LocalTrainingEngine(max_workers=1)
+    engine = LocalTrainingEngine(max_workers=workers)
     out = train_candidate(storage, SPEC, engine, as_of=AS_OF, run_id="run00000", series=series)
     packs = {
         name.rsplit("/", 1)[-1]: storage.read_bytes(name)
@@ -43,21 +59,37 @@ def test_by_shard_and_all_at_once_write_the_same_models(tmp_path):
     assert streamed.rows == whole.rows == table.num_rows
     assert streamed.manifest.num_rows == 60
     assert streamed_packs == whole_packs  # the same models, byte for byte
-    for name in streamed.manifest.column_names:
-        a, b = streamed.manifest[name], whole.manifest[name]
-        if name in TIMING:
-            continue
-        if _floats(a.type):  # scales and metrics summed over a batch: same to rounding
-            if pa.types.is_list(a.type):
-                assert pc.list_value_length(a).equals(pc.list_value_length(b)), name
-                a, b = pc.list_flatten(a), pc.list_flatten(b)
-            x, y = (np.array(c.to_pylist(), dtype=float) for c in (a, b))
-            np.testing.assert_allclose(x, y, rtol=1e-9, equal_nan=True, err_msg=name)
-        else:
-            assert a.equals(b), name
+    _assert_same_manifest(streamed.manifest, whole.manifest)
     assert streamed.phases.seconds["read"] > 0 and "engine_wall" in streamed.phases.seconds
     assert set(streamed.trained["status"]) <= {"trained", "fallback", "skipped", "failed"}
     assert "model" not in streamed.trained  # the bytes are in the packs, not the report
+
+
+def test_a_pool_trains_each_shard_while_the_next_is_prepared(tmp_path):
+    """With two workers a shard trains in the pool while this process reads and groups the
+    next one: the same models and records as one process, shard after shard."""
+    table = sales_table(SalesShape(40, 80, seed=5, realistic=True))
+    pooled, pooled_packs = _train(tmp_path / "a", table, workers=2)
+    alone, alone_packs = _train(tmp_path / "b", table, workers=1)
+    assert pooled_packs == alone_packs
+    _assert_same_manifest(pooled.manifest, alone.manifest)
+    assert pooled.phases.seconds["engine_wall"] > 0
+    assert not psutil.Process().children(recursive=True)  # every pool was shut down
+
+
+def test_a_shard_that_cannot_be_read_stops_the_pool_training_the_one_before(tmp_path):
+    """The second shard's file is unreadable: the run fails naming it, and the pool that was
+    training the first shard meanwhile is stopped, not left running."""
+    storage = LocalStorage(root=str(tmp_path))
+    store = CuratedStore(storage, SPEC, n_shards=4)
+    store.merge(sales_table(SalesShape(40, 80, seed=6)))
+    broken = store.shard_files(store.shard_names()[1])[0]
+    storage.write_bytes(broken, b"not parquet")
+    engine = LocalTrainingEngine(max_workers=2)
+    with pytest.raises(pa.ArrowInvalid, match="magic bytes"):
+        train_candidate(storage, SPEC, engine, as_of=AS_OF, run_id="run00000")
+    assert not psutil.Process().children(recursive=True)
+    assert ms.read_pointer(storage, ms.latest_pointer(SPEC)) is None
 
 
 def test_no_curated_rows_up_to_the_as_of_date_is_refused(tmp_path):
