@@ -161,7 +161,9 @@ def _read_parquet(name: str, data: bytes, dictionary: Sequence[str] = ()) -> tup
             "landed); land the whole file again",
         )
     try:
-        return pq.read_table(io.BytesIO(data), read_dictionary=list(dictionary) or None), 0
+        table = pq.read_table(io.BytesIO(data), read_dictionary=list(dictionary) or None)
+        # One dictionary per column, not one per row group: grouping and taking rows need it.
+        return (table.unify_dictionaries() if dictionary else table), 0
     except (pa.ArrowInvalid, OSError) as e:
         raise DropRejected(
             name, Rule.FILE_READABLE, f"not a readable Parquet file (corrupt?): {e}"

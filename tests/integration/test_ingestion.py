@@ -122,6 +122,32 @@ def test_a_new_week_is_appended_to_the_shards(storage):
     assert meta["dagster/row_count"] == 6 * 21 and meta["time_max"] == "2026-11-16"
 
 
+def test_parquet_drops_of_many_row_groups_with_plain_text_keys(storage):
+    """Exports write keys as plain text, in many row groups: each row group's keys are read as
+    a dictionary of its own. Two such drops in one run (the second checked against the first
+    as its reference), then a week the next day: curated whole, nothing quarantined."""
+    full = decode_dictionaries(sales_table(SalesShape(9, 31, end="2026-11-16")))
+    last = pc.max(full["week"])
+    history = full.filter(pc.less(full["week"], last))
+    week = full.filter(pc.equal(full["week"], last))
+
+    def land(name, table):
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf, row_group_size=7)  # keys differ from row group to row group
+        storage.write_bytes(f"landing/sales/{name}.parquet", buf.getvalue().to_pybytes())
+
+    land("a_first", history.slice(0, 120))
+    land("b_rest", history.slice(120))
+    meta = materialize(storage)
+    assert meta["drops_consumed"] == 2 and meta["rows_quarantined"] == 0
+    land("week_2026-11-16", week)
+    meta = materialize(storage)
+    assert meta["rows_curated"] == 9 and meta["rows_quarantined"] == 0
+    by_key = [("store", "ascending"), ("product", "ascending"), ("week", "ascending")]
+    got = decode_dictionaries(curated_rows(storage)).sort_by(by_key)
+    assert got.to_pylist() == full.sort_by(by_key).to_pylist()
+
+
 def test_csv_and_parquet_drops_merge_into_the_same_shards(storage):
     """A CSV drop (plain text keys) and Parquet drops (dictionary-encoded keys) in one run,
     then a CSV correction into the dictionary-encoded shards: one dataset, values typed."""
