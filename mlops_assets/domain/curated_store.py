@@ -37,7 +37,9 @@ import io
 import json
 import re
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +124,10 @@ def shard_of(table: pa.Table, keys: list[str], n_shards: int) -> np.ndarray:
     values = zip(*(firsts[k].to_pylist() for k in keys), strict=True)
     shard = np.array([_shard_hash(v) % n_shards for v in values], dtype=np.int64)
     return shard[series_of]
+
+
+class CuratedReadError(RuntimeError):
+    """A curated file that cannot be read."""
 
 
 @dataclass
@@ -252,9 +258,26 @@ class CuratedStore:
     def read_file(
         self, name: str, columns: list[str] | None = None, filters=None, dictionary=None
     ) -> pa.Table:
-        """One Parquet file of the dataset (a base or a delta), as it is stored."""
-        with self.storage.open_read(name) as f:
+        """One Parquet file of the dataset (a base or a delta), as it is stored.
+
+        Raises:
+            CuratedReadError: The file is not readable Parquet (damaged after it was written).
+        """
+        with self.storage.open_read(name) as f, self._readable(name):
             return pq.read_table(f, columns=columns, filters=filters, read_dictionary=dictionary)
+
+    @contextmanager
+    def _readable(self, name: str) -> Iterator[None]:
+        """Arrow's error for a file that is not Parquet, as one that names it and the fix."""
+        try:
+            yield
+        except pa.ArrowInvalid as exc:
+            raise CuratedReadError(
+                f"curated file {self.storage.uri(name)} cannot be read ({exc}). It was changed "
+                "or damaged after it was written: restore it from a backup or the storage "
+                "account's blob versioning (a .series or .recent file may simply be deleted: it "
+                "is rebuilt); see docs/runbook.md, 'Curated files'."
+            ) from exc
 
     def read_shard(
         self,
@@ -343,7 +366,7 @@ class CuratedStore:
         return pa.table(columns, schema=schema)
 
     def _footer(self, name: str, key: bytes) -> dict | None:
-        with self.storage.open_read(name) as f:
+        with self.storage.open_read(name) as f, self._readable(name):
             meta = pq.read_schema(f).metadata or {}
         return json.loads(meta[key]) if key in meta else None
 

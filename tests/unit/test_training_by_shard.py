@@ -7,7 +7,7 @@ import pyarrow.compute as pc
 import pytest
 
 from mlops_assets.domain import model_sets as ms
-from mlops_assets.domain.curated_store import CuratedStore
+from mlops_assets.domain.curated_store import CuratedReadError, CuratedStore
 from mlops_assets.domain.training_run import TrainingInputError, train_candidate
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.spec import load_spec
@@ -93,7 +93,7 @@ def test_a_shard_that_cannot_be_read_stops_the_pool_training_the_one_before(tmp_
     storage.write_bytes(broken, b"not parquet")
     engine = LocalTrainingEngine(max_workers=2)
     before = _children()
-    with pytest.raises(pa.ArrowInvalid, match="magic bytes"):
+    with pytest.raises(CuratedReadError, match=r"part-001\.parquet cannot be read.*restore it"):
         train_candidate(storage, SPEC, engine, as_of=AS_OF, run_id="run00000")
     assert _children() <= before
     assert ms.read_pointer(storage, ms.latest_pointer(SPEC)) is None
