@@ -23,7 +23,13 @@ from mlops_assets.jobs.drop_scoring import (
     score_drop_rows,
 )
 from mlops_assets.jobs.drop_validation import apply_value_rules, scoring_spec
-from mlops_assets.ml.drops import DropRejected, check_columns, drop_format, type_rows
+from mlops_assets.ml.drops import (
+    DropRejected,
+    check_columns,
+    dictionary_keys,
+    drop_format,
+    type_rows,
+)
 from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
@@ -43,7 +49,11 @@ def stream_source(
     if drop_format(name) != "parquet":
         return None
     try:
-        pf = pq.ParquetFile(io.BytesIO(source) if isinstance(source, bytes) else source)
+        # Keys as dictionaries, as the whole-file path reads them (``drops.parse_drop``).
+        pf = pq.ParquetFile(
+            io.BytesIO(source) if isinstance(source, bytes) else source,
+            read_dictionary=dictionary_keys(spec),
+        )
         if pf.metadata.num_rows < min_rows:
             return None
         sspec = scoring_spec(spec, has_target=spec.target in pf.schema_arrow.names)

@@ -142,6 +142,11 @@ def _read_csv(name: str, data: bytes) -> tuple[pa.Table, int]:
     return table, 2  # data rows start on line 2
 
 
+def dictionary_keys(spec: DatasetSpec) -> list[str]:
+    """The series keys a Parquet drop's reader takes as Arrow dictionaries (the text ones)."""
+    return [k for k in spec.series_keys if spec.columns[k].type == ColumnType.string]
+
+
 def _read_parquet(name: str, data: bytes, dictionary: Sequence[str] = ()) -> tuple[pa.Table, int]:
     """The file's rows; the ``dictionary`` text columns (series keys) read as Arrow
     dictionaries, as Parquet usually stores them: no string per row is built (40M rows:
@@ -274,8 +279,8 @@ def parse_drop(
     if fmt == "csv":
         raw, first_row = _read_csv(name, data)
     else:
-        keys = [k for k in spec.series_keys if spec.columns[k].type == ColumnType.string]
-        raw, first_row = _read_parquet(name, data, keys if keep_dictionaries else ())
+        keys = dictionary_keys(spec) if keep_dictionaries else []
+        raw, first_row = _read_parquet(name, data, keys)
     try:
         check_columns(name, raw, spec)
     except DropRejected as err:
