@@ -12,8 +12,8 @@ never scans; reference counting still frees them. It is called once the code loc
 loaded and after each heavy library's lazy import, so collections scan only what the run
 itself creates (the daily run's collector time: 1.5 s to ~0.5 s). A frozen object that later
 becomes part of a reference cycle is not collected: freezing right after imports keeps that
-to the few objects a step held at that moment. Serving workers do the same once their model
-set is loaded (``serving/swap.py``).
+to the few objects a step held at that moment. Serving workers freeze what they load the same
+way: their model set at start and each swap, then models loaded on demand (``serving/``).
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 
+from mlops_assets.heap import freeze_loaded
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.score_request import result_columns
 from mlops_assets.ml.scoring import UNKNOWN_SERIES, RequestError
@@ -70,7 +71,7 @@ from mlops_assets.serving.guards import (
 )
 from mlops_assets.serving.settings import ServingSettings
 from mlops_assets.serving.source import Served
-from mlops_assets.serving.swap import Active, freeze_heap, freeze_new_objects, prepare
+from mlops_assets.serving.swap import Active, freeze_heap, prepare
 
 __all__ = [
     "BAD_RECORD",
@@ -83,7 +84,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("mlops.serving")
-FREEZE_EVERY_LOADS = 1_000  # models loaded between two GC freezes (swap.freeze_new_objects)
+FREEZE_EVERY_LOADS = 1_000  # models loaded between two GC freezes (heap.freeze_loaded)
 
 
 @dataclass
@@ -213,7 +214,7 @@ class ScoringService:
             self._active = new  # the swap: one reference
             self.swaps += 1
             self._frozen_at = new.reader.stats.misses
-            freeze_new_objects()
+            freeze_loaded()
             old = current.served.label if current else None
             log.info("hot swap: %s -> %s", old, served.label)
             return True
@@ -384,7 +385,7 @@ class ScoringService:
             # Models loaded on demand since the last freeze: one collection now, then the GC
             # never scans them again (instead of a full collection every so often, forever).
             self._frozen_at = loaded
-            freeze_new_objects()
+            freeze_loaded()
         rows, good = self._refused_records(records)
         try:
             scored = score_records([records[i] for i in good], self.spec, active.lookup)

@@ -8,7 +8,7 @@ reference. Both threads share the interpreter lock, so preparing must not starve
 * the warm-up is paced (``Pacer``: a short sleep after every few ms of loading hands the lock
   to a waiting request at once) and the interpreter's switch interval is lowered meanwhile, so
   a request waits well under a millisecond for the lock instead of up to 5 ms at each step;
-* no full collection: ``freeze_new_objects`` moves what was just loaded out of the cyclic
+* no full collection: ``heap.freeze_loaded`` moves what was just loaded out of the cyclic
   GC's reach (``gc.freeze``), so later collections never scan the models; the swapped-out set
   is freed by reference counting (it holds no cycles: tested), so nothing needs a full
   ``gc.collect()``, which holds the lock for 100+ ms with the ML stack loaded.
@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from mlops_assets.heap import freeze_loaded
 from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.persistence import ModelLoadError
 from mlops_assets.ml.phases import Phases
@@ -117,13 +118,7 @@ def prepare(
     return Active(served, reader, time.time())
 
 
-def freeze_new_objects() -> None:
-    """Move every object allocated since the last freeze (a new set, models loaded on demand)
-    out of the cyclic GC's reach: collections never scan them again. Cheap (no collection)."""
-    gc.freeze()
-
-
 def freeze_heap() -> None:
     """At start, before serving: one full collection, then everything loaded is frozen."""
     gc.collect()
-    gc.freeze()
+    freeze_loaded()
