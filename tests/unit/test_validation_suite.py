@@ -152,6 +152,48 @@ def test_masks_match_expected_rows(rule, column, rows):
     assert np.flatnonzero(mask).tolist() == rows
 
 
+def _brute_duplicates(table: pa.Table, cols: list[str]) -> list[int]:
+    keys = list(zip(*(table[c].to_pylist() for c in cols), strict=True))
+    return [i for i, k in enumerate(keys) if keys.count(k) > 1]
+
+
+@pytest.mark.parametrize("encoded", [False, True])
+@pytest.mark.parametrize("case", ["sorted", "sorted_with_copy", "unsorted", "null_key"])
+def test_unique_mask_on_sorted_and_unsorted_drops(case, encoded):
+    """Drops arrive sorted by key, so uniqueness is proven by one ordered pass over integer
+    ranks (dictionary values ranked, not compared as strings); any other drop is counted. Both
+    paths flag exactly the rows that share their key with another row."""
+    rng = np.random.default_rng(7)
+    # The dictionary's order is not the values' order, and it holds one value twice: ranks
+    # must compare values, not dictionary positions.
+    dictionary = pa.array(["S2", "S0", "S1", "S0"])
+    stores = np.array([1, 1, 3, 3, 2, 2, 2, 2, 0, 0, 0, 0])  # S0 (at 1, then 3), S1, S2
+    weeks = np.array([0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3]) * 7 + 20000
+    if case == "sorted_with_copy":
+        weeks[2] = weeks[1]  # S0 week 1 twice, through two dictionary indices
+    if case == "unsorted":
+        order = rng.permutation(len(stores))
+        stores, weeks = stores[order], weeks[order]
+    store = pa.DictionaryArray.from_arrays(pa.array(stores, pa.int32()), dictionary)
+    if case == "null_key":
+        store = pa.DictionaryArray.from_arrays(
+            pa.array([None, *stores[1:]], pa.int32()), dictionary
+        )
+    table = pa.table(
+        {
+            "store": store if encoded else store.cast(pa.string()),
+            "product": pa.array(["P1"] * len(stores)),
+            "week": pa.array(weeks.astype("int32"), pa.int32()).cast(pa.date32()),
+        }
+    )
+    cols = ["store", "product", "week"]
+    mask = masks.ROW_EVALUATORS["expect_compound_columns_to_be_unique"](
+        table, {"column_list": cols}
+    )
+    assert np.flatnonzero(mask).tolist() == _brute_duplicates(table, cols)
+    assert masks.strictly_increasing(table, cols) == (case == "sorted")
+
+
 @pytest.fixture(scope="module")
 def runner():
     return GxRunner()

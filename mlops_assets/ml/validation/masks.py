@@ -96,21 +96,58 @@ def _column_set(table: pa.Table, kw: dict) -> np.ndarray:
 
 
 def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, int]:
-    enc = pc.dictionary_encode(col).combine_chunks()
-    return to_numpy(enc.indices).astype(np.int64, copy=False), max(len(enc.dictionary), 1)
+    """Each row's value as an integer code (equal values, equal codes; a null, a code of its
+    own) and the number of codes."""
+    enc = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if not pa.types.is_dictionary(enc.type):
+        enc = pc.dictionary_encode(enc)
+    size = len(enc.dictionary)
+    codes = to_numpy(pc.fill_null(enc.indices, size)).astype(np.int64, copy=False)
+    # A dictionary may hold one value at two indices (Arrow does not forbid it): code values.
+    ranks = to_numpy(pc.rank(enc.dictionary, tiebreaker="dense")).astype(np.int64) - 1
+    return np.append(ranks, size)[codes], size + 1
 
 
-def _strictly_increasing(table: pa.Table, cols: list[str]) -> bool:
-    """Whether rows are strictly increasing in ``cols`` (lexicographically): then unique."""
-    n = table.num_rows
-    lo, hi = table.slice(0, n - 1), table.slice(1)
-    after = pa.scalar(False)  # rows already known to be ordered by an earlier column
-    undecided = pa.scalar(True)
-    for c in cols:
-        a, b = lo[c], hi[c]
-        after = pc.or_(after, pc.and_(undecided, pc.less(a, b)))
-        undecided = pc.and_(undecided, pc.equal(a, b))
-    return bool(pc.all(pc.fill_null(after, False)).as_py())
+def _order_keys(col: pa.ChunkedArray) -> np.ndarray | None:
+    """Integers ordered as ``col``'s values are (equal values, equal integers), or None where
+    the column has nulls. Text is ranked through its dictionary, so comparing rows costs two
+    integer arrays, not two columns of strings."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if arr.null_count:
+        return None
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        arr = pc.dictionary_encode(arr)
+    if pa.types.is_dictionary(arr.type):
+        if arr.dictionary.null_count:
+            return None
+        ranks = to_numpy(pc.rank(arr.dictionary, tiebreaker="dense")).astype(np.int64)
+        return ranks[to_numpy(arr.indices)]
+    if pa.types.is_date32(arr.type):
+        return to_numpy(arr.cast(pa.int32()))
+    if pa.types.is_temporal(arr.type):
+        return to_numpy(arr.cast(pa.int64()))
+    if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+        return to_numpy(arr)  # a NaN compares unequal and unordered: not proven, as it should
+    return None
+
+
+def strictly_increasing(table: pa.Table, cols: list[str]) -> bool:
+    """Whether rows are strictly increasing in ``cols`` (lexicographically): then unique.
+
+    False where it cannot tell (a null key, a column type without an integer order): the
+    caller then counts keys instead."""
+    if table.num_rows < 2:
+        return True
+    keys = [_order_keys(table[c]) for c in cols]
+    if any(k is None for k in keys):
+        return False
+    after = np.zeros(table.num_rows - 1, dtype=bool)  # rows known ordered by an earlier column
+    undecided = np.ones(table.num_rows - 1, dtype=bool)
+    for k in keys:
+        a, b = k[:-1], k[1:]
+        after |= undecided & (a < b)
+        undecided &= a == b
+    return bool(after.all())
 
 
 def _unique(table: pa.Table, kw: dict) -> np.ndarray:
@@ -122,7 +159,7 @@ def _unique(table: pa.Table, kw: dict) -> np.ndarray:
     cols = kw["column_list"]
     n = table.num_rows
     if n < 2 or (
-        _strictly_increasing(table.slice(0, 4096), cols) and _strictly_increasing(table, cols)
+        strictly_increasing(table.slice(0, 4096), cols) and strictly_increasing(table, cols)
     ):
         return np.zeros(n, dtype=bool)  # drops usually arrive sorted: one pass proves it
     with ThreadPoolExecutor(max_workers=len(cols)) as pool:
