@@ -138,9 +138,12 @@ def strictly_increasing(table: pa.Table, cols: list[str]) -> bool:
     caller then counts keys instead."""
     if table.num_rows < 2:
         return True
-    keys = [_order_keys(table[c]) for c in cols]
-    if any(k is None for k in keys):
-        return False
+    keys = []
+    for c in cols:
+        k = _order_keys(table[c])
+        if k is None:
+            return False
+        keys.append(k)
     after = np.zeros(table.num_rows - 1, dtype=bool)  # rows known ordered by an earlier column
     undecided = np.ones(table.num_rows - 1, dtype=bool)
     for k in keys:
