@@ -24,6 +24,10 @@ COUNTS = ("rows", "missing", "longest")
 
 
 def _micros(col) -> np.ndarray:
+    """The times as numpy: dates as ``datetime64[D]`` (``calendar.periods`` takes them as they
+    are), timestamps in microseconds."""
+    if pa.types.is_date(col.type):
+        return pc.cast(col, pa.date32()).to_numpy(zero_copy_only=False)
     return pc.cast(col, pa.timestamp("us")).to_numpy(zero_copy_only=False)
 
 

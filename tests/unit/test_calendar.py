@@ -185,3 +185,19 @@ def test_future_times_continue_each_series_calendar():
     assert out[1].tolist() == list(_times("2024-04-01", "2024-04-08", "2024-04-15"))
     m = _frame({"a": [("2024-01-31", 1, 1)]})
     assert calendar.future_times(m, "ME", 2)[0].tolist() == list(_times("2024-02-29", "2024-03-31"))
+
+
+@pytest.mark.parametrize("frequency", ["W-MON", "W-THU", "D", "MS", "ME", "QS"])
+def test_periods_of_dates_equal_periods_of_the_same_timestamps(frequency):
+    """Dates are located as days (no conversion to microseconds); the periods, anchors and
+    on-calendar flags are those of the same instants as timestamps, whatever the range."""
+    rng = np.random.default_rng(3)
+    short = rng.integers(19_000, 19_800, 5_000)
+    wide = np.r_[short[:10], 0, 40_000]  # a range wider than the rows: searched, not gathered
+    for days in (short, wide):
+        dates = days.astype("datetime64[D]")
+        a = calendar.periods(dates, frequency)
+        b = calendar.periods(dates.astype("datetime64[us]"), frequency)
+        assert np.array_equal(a.grid[a.period], b.grid[b.period])
+        assert np.array_equal(a.on_calendar, b.on_calendar)
+        assert np.array_equal(np.diff(a.period), np.diff(b.period))
