@@ -25,7 +25,7 @@ from mlops_assets.assets.registration import build_registration_asset
 from mlops_assets.assets.reports import build_explorer_asset
 from mlops_assets.assets.training import build_training_asset
 from mlops_assets.domain.model_sets import registered_model_name
-from mlops_assets.heap import freeze_loaded
+from mlops_assets.heap import freeze_loaded, retain_freed_memory
 from mlops_assets.logging_setup import silence_third_party_warnings
 from mlops_assets.ml.spec import DatasetSpec, bundled_specs
 from mlops_assets.partitions import as_of_partitions
@@ -124,6 +124,7 @@ def build_definitions(specs: list[DatasetSpec], resources: dict) -> dg.Definitio
 @dg.definitions
 def defs() -> dg.Definitions:
     silence_third_party_warnings()  # the code server's log shows what a user can act on
+    retain_freed_memory()  # steps reuse their large arrays' memory (see heap)
     built = build_definitions(bundled_specs(), resources_for(current_profile(), project_home()))
     freeze_loaded()  # the code location lives as long as the process: out of the GC's scans
     return built

@@ -35,6 +35,7 @@ import pyarrow as pa
 
 from mlops_assets.domain import batch_layout as layout
 from mlops_assets.faults import fault_point
+from mlops_assets.heap import retain_freed_memory
 from mlops_assets.jobs.batch_params import (
     DropBatch,
     DropJob,
@@ -273,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         _stderr(f"{PARAMS_ENV} is not set: nothing to score")
         return 2
     batch = DropBatch.from_json(raw)
+    retain_freed_memory()  # the job reuses its large arrays' memory (see heap)
     jobs = batch.jobs()
     rank, world = rank_and_world()
     storage = open_storage(batch.storage)

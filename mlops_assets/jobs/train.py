@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlops_assets.domain.curated_store import CuratedStore
+from mlops_assets.heap import retain_freed_memory
 from mlops_assets.jobs.common import (
     PARAMS_ENV,
     open_pipes,
@@ -92,6 +93,7 @@ def main() -> int:
         sys.stderr.write(f"{PARAMS_ENV} is not set: nothing to train\n")
         return 2
     job = TrainJob.from_json(raw)
+    retain_freed_memory()  # the job reuses its large arrays' memory (see heap)
     rank, world = rank_and_world()
     if rank > 0:  # one writer of Pipes messages per job (rank 0)
         sys.stderr.write(json.dumps(run_instance(job, rank, world)) + "\n")
