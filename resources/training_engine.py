@@ -7,9 +7,10 @@ With ``read_shards`` its executors read the curated Parquet shards themselves: t
 it the shards' addresses (``reads_shards``), never the table.
 """
 
+import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 from dagster_pyspark import PySparkResource
 from pydantic import Field
 
+from mlops_assets.domain.shard_training import ShardResult, ShardTask, train_shards
 from mlops_assets.domain.training_run import Started
 from mlops_assets.ml.engines import prepare_local, start_local, train_local, train_spark
 from mlops_assets.ml.phases import Phases
@@ -65,6 +67,16 @@ class TrainingEngine(dg.ConfigurableResource, ABC):
         """``tables.series_fingerprints`` of the shards' rows up to ``as_of``, computed where
         the engine runs (engines that ``reads_shards``)."""
         raise NotImplementedError(f"the {self.name} engine does not read the shards itself")
+
+    @property
+    def trains_shards(self) -> bool:
+        """Whether the engine's workers read and train curated shards themselves
+        (``train_shards``): a run that trains shard by shard then hands them shard names."""
+        return False
+
+    def train_shards(self, tasks: Sequence[ShardTask]) -> Generator[ShardResult]:
+        """Each shard task's result (``shard_training.train_shard``), in the tasks' order."""
+        raise NotImplementedError(f"the {self.name} engine does not train shards itself")
 
     @abstractmethod
     def train(
@@ -123,6 +135,13 @@ class LocalTrainingEngine(TrainingEngine):
     @property
     def by_shard(self) -> bool:
         return True
+
+    @property
+    def trains_shards(self) -> bool:
+        return True
+
+    def train_shards(self, tasks):
+        return train_shards(tasks, self.max_workers or os.cpu_count() or 1)
 
     def train(self, table, spec, series=None, phases=None, *, context=None, as_of=None, shards=()):
         return train_local(table, spec, series=series, max_workers=self.max_workers, phases=phases)

@@ -7,7 +7,8 @@ and both pointers (the as-of date's candidate, the latest) name its ``ModelSetRe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,6 +19,11 @@ import pyarrow.compute as pc
 
 from mlops_assets.domain import model_sets as ms
 from mlops_assets.domain.curated_store import CuratedStore
+from mlops_assets.domain.shard_training import (
+    ShardResult,
+    ShardTask,
+    changed_series,
+)
 from mlops_assets.ml import intervals, modelset, ridge_stats
 from mlops_assets.ml.engines import BY_STEP, result_schema
 from mlops_assets.ml.intervals import coverage_field, interval_field
@@ -47,6 +53,13 @@ class Engine(Protocol):
     def by_shard(self) -> bool: ...
 
     def fingerprints(self, shards: Sequence[str], spec: DatasetSpec, as_of: str) -> pa.Table: ...
+
+    # True: the engine's workers read the curated shards themselves (``train_shards``), so a
+    # run that trains shard by shard hands them the shards' names, not their rows.
+    @property
+    def trains_shards(self) -> bool: ...
+
+    def train_shards(self, tasks: Sequence[ShardTask]) -> Generator[ShardResult]: ...
 
     def train(
         self,
@@ -116,18 +129,23 @@ def choose_series(
                 f"{fingerprints['series_id'][0].as_py()!r}"
             )
         return sorted(series)
-    if changed_only and previous is not None and "data_fingerprint" in previous.column_names:
-        before = dict(
-            zip(
-                previous["series_id"].to_pylist(),
-                previous["data_fingerprint"].to_pylist(),
-                strict=True,
-            )
-        )
-        ids = fingerprints["series_id"].to_pylist()
-        prints = fingerprints["data_fingerprint"].to_pylist()
-        return [s for s, fp in zip(ids, prints, strict=True) if before.get(s) != fp]
+    before = _fingerprints_before(previous) if changed_only else None
+    if before is not None:
+        return changed_series(fingerprints, before)
     return None
+
+
+def _fingerprints_before(previous: pa.Table | None) -> dict[str, str] | None:
+    """Each series' data fingerprint in the previous set (changed-only runs), if it has them."""
+    if previous is None or "data_fingerprint" not in previous.column_names:
+        return None
+    return dict(
+        zip(
+            previous["series_id"].to_pylist(),
+            previous["data_fingerprint"].to_pylist(),
+            strict=True,
+        )
+    )
 
 
 def records_table(results: pd.DataFrame, spec: DatasetSpec) -> pa.Table:
@@ -270,62 +288,14 @@ def train_candidate(
             log=log,
             why=why,
         )
-    batches = _batches(storage, spec, engine, as_of, series)
-    engine_phases = Phases()
-    parts: list[pa.Table] = []  # each batch's records, as Arrow
-    prints: list[pa.Table] = []  # each batch's series fingerprints
-    rows = 0
-    # A batch trains while the next one is read and prepared (an engine whose ``start``
-    # returns at once: the local pool), so this process's share of the work (reading a shard,
-    # its fingerprints, grouping its series) overlaps the workers' instead of leaving a core
-    # idle. At most two batches are held: the one training and the next.
-    running: Started | None = None
-
-    def collect() -> None:
-        nonlocal running
-        if running is not None:
-            with phases("train"):
-                results = running.result()
-                running = None
-                if len(results):
-                    parts.append(records_table(results, spec))
-
-    try:
-        while True:
-            with phases("read"):
-                batch = next(batches, None)
-                if batch is None:
-                    break
-            table, shards, fingerprints = batch
-            n = table.num_rows if table is not None else int(pc.sum(fingerprints["n_rows"]).as_py())
-            rows += n
-            prints.append(fingerprints)
-            chosen = choose_series(series, changed_only, fingerprints, previous)
-            if n == 0 or chosen == []:
-                continue
-            log(
-                f"training {'all' if chosen is None else len(chosen)} of {fingerprints.num_rows} "
-                f"series on {n:,} rows with the {engine.name} engine"
-            )
-            with phases("train"):
-                prepared = engine.prepare(table, spec, chosen)
-            del table, batch  # what training needs is in ``prepared``
-            collect()
-            with phases("train"):
-                running = engine.start(
-                    prepared,
-                    spec,
-                    series=chosen,
-                    phases=engine_phases,
-                    context=context,
-                    as_of=as_of,
-                    shards=shards,
-                )
-            del prepared
-        collect()
-    finally:
-        if running is not None:  # a later batch failed: stop the workers of this one
-            running.cancel()
+    if engine.trains_shards and _by_shard(spec, engine, series):
+        before = _fingerprints_before(previous) if changed_only else None
+        with phases("train"):
+            got = _train_shards(storage, spec, engine, as_of, before, log)
+    else:
+        run = _Run(as_of, series, changed_only, previous, context, phases, log)
+        got = _train_batches(storage, spec, engine, run)
+    rows, parts, prints, engine_phases = got.rows, got.parts, got.prints, got.phases
     if rows == 0:
         raise TrainingInputError(
             f"no curated {spec.name} rows up to {as_of}: land drops under "
@@ -371,6 +341,126 @@ def write_candidate(
     return ref, manifest
 
 
+@dataclass
+class _Trained:
+    """What a run's training collects: each batch's records (Arrow) and series fingerprints,
+    the curated rows read and the engine's phase seconds."""
+
+    parts: list[pa.Table] = field(default_factory=list)
+    prints: list[pa.Table] = field(default_factory=list)
+    rows: int = 0
+    phases: Phases = field(default_factory=Phases)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A training run's settings that its batches need."""
+
+    as_of: str
+    series: Sequence[str]
+    changed_only: bool
+    previous: pa.Table | None
+    context: Any
+    phases: Phases
+    log: Callable[[str], None]
+
+
+def _by_shard(spec: DatasetSpec, engine: Engine, series: Sequence[str]) -> bool:
+    """Whether the run trains shard by shard: an engine that trains here, every series, and
+    no series' model depending on another's data (no panel prior to estimate)."""
+    needs_prior = spec.model.choice == "combine" and spec.model.combine.prior is None
+    return engine.by_shard and not series and not needs_prior
+
+
+def _train_shards(
+    storage: Storage,
+    spec: DatasetSpec,
+    engine: Engine,
+    as_of: str,
+    before: dict[str, str] | None,
+    log: Callable[[str], None],
+) -> _Trained:
+    """Every shard trained by the engine's workers, which read the shards themselves
+    (``shard_training``); ``before``: changed-only, the previous set's fingerprints."""
+    got = _Trained()
+    until = pd.Timestamp(as_of).date()
+    tasks = [
+        ShardTask(storage, spec.model_dump_json(), name, until, before)
+        for name in CuratedStore(storage, spec).shard_names()
+    ]
+    with got.phases("wall"), closing(engine.train_shards(tasks)) as results:
+        for done in results:
+            got.rows += done.rows
+            got.prints.append(done.fingerprints)
+            got.phases.update(done.seconds)
+            if done.records is not None and done.records.num_rows:
+                got.parts.append(done.records)
+                log(
+                    f"trained {done.records.num_rows} of {done.fingerprints.num_rows} series of "
+                    f"{done.shard} ({done.rows:,} rows) with the {engine.name} engine"
+                )
+    return got
+
+
+def _train_batches(storage: Storage, spec: DatasetSpec, engine: Engine, run: _Run) -> _Trained:
+    """Training batch by batch (``_batches``: one table, or shard after shard read here)."""
+    got = _Trained()
+    phases = run.phases
+    batches = _batches(storage, spec, engine, run.as_of, run.series)
+    # A batch trains while the next one is read and prepared (an engine whose ``start``
+    # returns at once: the local pool), so this process's share of the work (reading a shard,
+    # its fingerprints, grouping its series) overlaps the workers' instead of leaving a core
+    # idle. At most two batches are held: the one training and the next.
+    running: Started | None = None
+
+    def collect() -> None:
+        nonlocal running
+        if running is not None:
+            with phases("train"):
+                results = running.result()
+                running = None
+                if len(results):
+                    got.parts.append(records_table(results, spec))
+
+    try:
+        while True:
+            with phases("read"):
+                batch = next(batches, None)
+                if batch is None:
+                    break
+            table, shards, fingerprints = batch
+            n = table.num_rows if table is not None else int(pc.sum(fingerprints["n_rows"]).as_py())
+            got.rows += n
+            got.prints.append(fingerprints)
+            chosen = choose_series(run.series, run.changed_only, fingerprints, run.previous)
+            if n == 0 or chosen == []:
+                continue
+            run.log(
+                f"training {'all' if chosen is None else len(chosen)} of {fingerprints.num_rows} "
+                f"series on {n:,} rows with the {engine.name} engine"
+            )
+            with phases("train"):
+                prepared = engine.prepare(table, spec, chosen)
+            del table, batch  # what training needs is in ``prepared``
+            collect()
+            with phases("train"):
+                running = engine.start(
+                    prepared,
+                    spec,
+                    series=chosen,
+                    phases=got.phases,
+                    context=run.context,
+                    as_of=run.as_of,
+                    shards=shards,
+                )
+            del prepared
+        collect()
+    finally:
+        if running is not None:  # a later batch failed: stop the workers of this one
+            running.cancel()
+    return got
+
+
 def _batches(
     storage: Storage, spec: DatasetSpec, engine: Engine, as_of: str, series: Sequence[str]
 ) -> Iterator[tuple[pa.Table | None, list[str], pa.Table]]:
@@ -387,8 +477,7 @@ def _batches(
         yield _remote_batch(storage, spec, engine, as_of)
         return
     store, until = CuratedStore(storage, spec), pd.Timestamp(as_of).date()
-    needs_prior = spec.model.choice == "combine" and spec.model.combine.prior is None
-    if not engine.by_shard or series or needs_prior:
+    if not _by_shard(spec, engine, series):
         table = store.read(until=until)
         yield table, [], series_fingerprints(table, spec)
         return

@@ -215,6 +215,13 @@ def _to_frame(records: list[dict], spec: DatasetSpec) -> pd.DataFrame:
     )
 
 
+def records_arrow(records: list[dict], spec: DatasetSpec) -> pa.Table:
+    """Records (``result_schema`` fields) as one Arrow table: compact to send and to keep."""
+    return pa.Table.from_pandas(
+        _to_frame(records, spec), schema=result_schema(spec), preserve_index=False
+    )
+
+
 def train_partition(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[object | None, dict]:
     """Train the model of one series from its rows, as the engines do.
 

@@ -79,6 +79,11 @@ class AzureBlobStorage(Storage):
     def __repr__(self) -> str:
         return f"AzureBlobStorage(account_url={self.account_url!r}, container={self.container!r})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy sent to another process (a training worker) opens a client of its own: an
+        # SDK client and its connections are never shared across processes.
+        return {**self.__dict__, "_client": None}
+
     def config(self) -> dict[str, Any]:
         return {
             "kind": "azure",

@@ -70,22 +70,24 @@ def test_by_shard_and_all_at_once_write_the_same_models(tmp_path):
     assert "model" not in streamed.trained  # the bytes are in the packs, not the report
 
 
-def test_a_pool_trains_each_shard_while_the_next_is_prepared(tmp_path):
-    """With two workers a shard trains in the pool while this process reads and groups the
-    next one: the same models and records as one process, shard after shard."""
+def test_a_pool_of_workers_reads_and_trains_the_shards(tmp_path):
+    """With two workers each shard is read, fingerprinted and trained in a worker (the run's
+    process reads none): the same models and records as one process, shard after shard."""
     table = sales_table(SalesShape(40, 80, seed=5, realistic=True))
     before = _children()
     pooled, pooled_packs = _train(tmp_path / "a", table, workers=2)
     alone, alone_packs = _train(tmp_path / "b", table, workers=1)
     assert pooled_packs == alone_packs
     _assert_same_manifest(pooled.manifest, alone.manifest)
-    assert pooled.phases.seconds["engine_wall"] > 0
-    assert _children() <= before  # every pool was shut down
+    seconds = pooled.phases.seconds
+    assert seconds["engine_wall"] > 0 and seconds["engine_read"] > 0  # read by the workers
+    assert pooled.rows == table.num_rows
+    assert _children() <= before  # the pool was shut down
 
 
 def test_a_shard_that_cannot_be_read_stops_the_pool_training_the_one_before(tmp_path):
-    """The second shard's file is unreadable: the run fails naming it, and the pool that was
-    training the first shard meanwhile is stopped, not left running."""
+    """The second shard's file is unreadable: the run fails naming it (the worker's error),
+    and the pool that was training the other shards meanwhile is stopped, not left running."""
     storage = LocalStorage(root=str(tmp_path))
     store = CuratedStore(storage, SPEC, n_shards=4)
     store.merge(sales_table(SalesShape(40, 80, seed=6)))
