@@ -8,11 +8,8 @@ it the shards' addresses (``reads_shards``), never the table.
 """
 
 import os
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -22,27 +19,13 @@ from dagster_pyspark import PySparkResource
 from pydantic import Field
 
 from mlops_assets.domain.shard_training import ShardResult, ShardTask, train_shards
-from mlops_assets.domain.training_run import Started
-from mlops_assets.ml.engines import prepare_local, start_local, train_local, train_spark
+from mlops_assets.ml.engines import train_local, train_spark
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spark_shards import read_curated, spark_fingerprints
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import decode_dictionaries
 from mlops_assets.storage import Storage
 from resources.compute import AzureMLBatchCompute, BatchCompute
-
-
-@dataclass(frozen=True)
-class Finished:
-    """A training that ran to the end before ``start`` returned."""
-
-    records: pd.DataFrame
-
-    def result(self) -> pd.DataFrame:
-        return self.records
-
-    def cancel(self) -> None:
-        pass
 
 
 class TrainingEngine(dg.ConfigurableResource, ABC):
@@ -59,8 +42,9 @@ class TrainingEngine(dg.ConfigurableResource, ABC):
 
     @property
     def by_shard(self) -> bool:
-        """Whether a run may hand ``train`` the curated data a shard at a time (an engine that
-        trains the table it is given; a remote engine reads the curated data itself)."""
+        """Whether the engine trains on this machine, its workers reading and training the
+        curated shards themselves (``train_shards``): a run that trains every series then
+        hands them shard names, not rows (a remote engine reads the curated data itself)."""
         return False
 
     def fingerprints(self, shards: Sequence[str], spec: DatasetSpec, as_of: str) -> pa.Table:
@@ -68,14 +52,9 @@ class TrainingEngine(dg.ConfigurableResource, ABC):
         the engine runs (engines that ``reads_shards``)."""
         raise NotImplementedError(f"the {self.name} engine does not read the shards itself")
 
-    @property
-    def trains_shards(self) -> bool:
-        """Whether the engine's workers read and train curated shards themselves
-        (``train_shards``): a run that trains shard by shard then hands them shard names."""
-        return False
-
     def train_shards(self, tasks: Sequence[ShardTask]) -> Generator[ShardResult]:
-        """Each shard task's result (``shard_training.train_shard``), in the tasks' order."""
+        """Each shard task's result (``shard_training.train_shard``), in the tasks' order
+        (engines that train ``by_shard``)."""
         raise NotImplementedError(f"the {self.name} engine does not train shards itself")
 
     @abstractmethod
@@ -98,32 +77,6 @@ class TrainingEngine(dg.ConfigurableResource, ABC):
         ``reads_shards`` get ``table=None`` and read ``shards`` (Hadoop URIs) up to ``as_of``.
         """
 
-    def prepare(
-        self, table: pa.Table | None, spec: DatasetSpec, series: Sequence[str] | None = None
-    ) -> Any:
-        """What ``start`` takes for ``table``: the work a run does in its own process before
-        training (for a run that trains shard by shard: while the previous shard trains).
-        Default: the table itself."""
-        return table
-
-    def start(
-        self,
-        prepared: Any,
-        spec: DatasetSpec,
-        series: Sequence[str] | None = None,
-        phases: Phases | None = None,
-        *,
-        context: dg.AssetExecutionContext | None = None,
-        as_of: str | None = None,
-        shards: Sequence[str] = (),
-    ) -> Started:
-        """Start training what ``prepare`` returned; ``result()`` gives ``train``'s records.
-        Default: trains now (``train``) and returns them done."""
-        out = self.train(
-            prepared, spec, series, phases, context=context, as_of=as_of, shards=shards
-        )
-        return Finished(out)
-
 
 class LocalTrainingEngine(TrainingEngine):
     max_workers: int | None = Field(default=None, description="Processes; default: all cores.")
@@ -136,28 +89,11 @@ class LocalTrainingEngine(TrainingEngine):
     def by_shard(self) -> bool:
         return True
 
-    @property
-    def trains_shards(self) -> bool:
-        return True
-
     def train_shards(self, tasks):
         return train_shards(tasks, self.max_workers or os.cpu_count() or 1)
 
     def train(self, table, spec, series=None, phases=None, *, context=None, as_of=None, shards=()):
         return train_local(table, spec, series=series, max_workers=self.max_workers, phases=phases)
-
-    def prepare(self, table, spec, series=None):
-        # The series grouped here, while the pool trains the previous shard.
-        started = time.perf_counter()
-        return prepare_local(table, spec, series), time.perf_counter() - started
-
-    def start(
-        self, prepared, spec, series=None, phases=None, *, context=None, as_of=None, shards=()
-    ):
-        frame, seconds = prepared
-        return start_local(
-            frame, spec, max_workers=self.max_workers, phases=phases, prepare_seconds=seconds
-        )
 
 
 class SparkTrainingEngine(TrainingEngine):

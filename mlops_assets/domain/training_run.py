@@ -7,7 +7,7 @@ and both pointers (the as-of date's candidate, the latest) name its ``ModelSetRe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -47,17 +47,13 @@ class Engine(Protocol):
     @property
     def reads_shards(self) -> bool: ...
 
-    # True: the engine trains in this process on the table it is given, so a run may hand it
-    # the curated data a shard at a time (``_batches``).
+    # True: the engine trains on this machine, and its workers read, fingerprint and train
+    # the curated shards themselves (``train_shards``): a run that trains every series hands
+    # them the shards' names, not their rows.
     @property
     def by_shard(self) -> bool: ...
 
     def fingerprints(self, shards: Sequence[str], spec: DatasetSpec, as_of: str) -> pa.Table: ...
-
-    # True: the engine's workers read the curated shards themselves (``train_shards``), so a
-    # run that trains shard by shard hands them the shards' names, not their rows.
-    @property
-    def trains_shards(self) -> bool: ...
 
     def train_shards(self, tasks: Sequence[ShardTask]) -> Generator[ShardResult]: ...
 
@@ -72,32 +68,6 @@ class Engine(Protocol):
         as_of: str | None = None,
         shards: Sequence[str] = (),
     ) -> pd.DataFrame: ...
-
-    # ``train`` in two halves: ``prepare`` runs here; ``start`` may return before the records
-    # are made (the local pool), so the next batch is prepared meanwhile.
-    def prepare(
-        self, table: pa.Table | None, spec: DatasetSpec, series: Sequence[str] | None = None
-    ) -> Any: ...
-
-    def start(
-        self,
-        prepared: Any,
-        spec: DatasetSpec,
-        series: Sequence[str] | None = None,
-        phases: Phases | None = None,
-        *,
-        context: Any = None,
-        as_of: str | None = None,
-        shards: Sequence[str] = (),
-    ) -> Started: ...
-
-
-class Started(Protocol):
-    """A training under way: ``result()`` waits for its records, ``cancel()`` abandons it."""
-
-    def result(self) -> pd.DataFrame: ...
-
-    def cancel(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -288,13 +258,13 @@ def train_candidate(
             log=log,
             why=why,
         )
-    if engine.trains_shards and _by_shard(spec, engine, series):
+    if _by_shard(spec, engine, series):
         before = _fingerprints_before(previous) if changed_only else None
         with phases("train"):
             got = _train_shards(storage, spec, engine, as_of, before, log)
     else:
         run = _Run(as_of, series, changed_only, previous, context, phases, log)
-        got = _train_batches(storage, spec, engine, run)
+        got = _train_once(storage, spec, engine, run)
     rows, parts, prints, engine_phases = got.rows, got.parts, got.prints, got.phases
     if rows == 0:
         raise TrainingInputError(
@@ -402,88 +372,39 @@ def _train_shards(
     return got
 
 
-def _train_batches(storage: Storage, spec: DatasetSpec, engine: Engine, run: _Run) -> _Trained:
-    """Training batch by batch (``_batches``: one table, or shard after shard read here)."""
+def _train_once(storage: Storage, spec: DatasetSpec, engine: Engine, run: _Run) -> _Trained:
+    """Training in one batch: the curated rows up to the as-of date, read here (an engine
+    that ``reads_shards`` gets the shards' addresses instead, and no table)."""
     got = _Trained()
-    phases = run.phases
-    batches = _batches(storage, spec, engine, run.as_of, run.series)
-    # A batch trains while the next one is read and prepared (an engine whose ``start``
-    # returns at once: the local pool), so this process's share of the work (reading a shard,
-    # its fingerprints, grouping its series) overlaps the workers' instead of leaving a core
-    # idle. At most two batches are held: the one training and the next.
-    running: Started | None = None
-
-    def collect() -> None:
-        nonlocal running
-        if running is not None:
-            with phases("train"):
-                results = running.result()
-                running = None
-                if len(results):
-                    got.parts.append(records_table(results, spec))
-
-    try:
-        while True:
-            with phases("read"):
-                batch = next(batches, None)
-                if batch is None:
-                    break
-            table, shards, fingerprints = batch
-            n = table.num_rows if table is not None else int(pc.sum(fingerprints["n_rows"]).as_py())
-            got.rows += n
-            got.prints.append(fingerprints)
-            chosen = choose_series(run.series, run.changed_only, fingerprints, run.previous)
-            if n == 0 or chosen == []:
-                continue
-            run.log(
-                f"training {'all' if chosen is None else len(chosen)} of {fingerprints.num_rows} "
-                f"series on {n:,} rows with the {engine.name} engine"
-            )
-            with phases("train"):
-                prepared = engine.prepare(table, spec, chosen)
-            del table, batch  # what training needs is in ``prepared``
-            collect()
-            with phases("train"):
-                running = engine.start(
-                    prepared,
-                    spec,
-                    series=chosen,
-                    phases=got.phases,
-                    context=run.context,
-                    as_of=run.as_of,
-                    shards=shards,
-                )
-            del prepared
-        collect()
-    finally:
-        if running is not None:  # a later batch failed: stop the workers of this one
-            running.cancel()
+    with run.phases("read"):
+        if engine.reads_shards:
+            table, shards, fingerprints = _remote_batch(storage, spec, engine, run.as_of)
+        else:
+            table = CuratedStore(storage, spec).read(until=pd.Timestamp(run.as_of).date())
+            shards, fingerprints = [], series_fingerprints(table, spec)
+    n = table.num_rows if table is not None else int(pc.sum(fingerprints["n_rows"]).as_py())
+    got.rows = n
+    got.prints.append(fingerprints)
+    chosen = choose_series(run.series, run.changed_only, fingerprints, run.previous)
+    if n == 0 or chosen == []:
+        return got
+    run.log(
+        f"training {'all' if chosen is None else len(chosen)} of {fingerprints.num_rows} "
+        f"series on {n:,} rows with the {engine.name} engine"
+    )
+    with run.phases("train"):
+        results = engine.train(
+            table,
+            spec,
+            series=chosen,
+            phases=got.phases,
+            context=run.context,
+            as_of=run.as_of,
+            shards=shards,
+        )
+    if len(results):
+        got.parts.append(records_table(results, spec))
     return got
-
-
-def _batches(
-    storage: Storage, spec: DatasetSpec, engine: Engine, as_of: str, series: Sequence[str]
-) -> Iterator[tuple[pa.Table | None, list[str], pa.Table]]:
-    """What to train on, as (table, shards, fingerprints) batches. An engine that
-    ``reads_shards`` gets the shards' addresses in one batch (no table on this machine). An
-    engine that trains here (``by_shard``) gets the curated rows up to ``as_of`` shard by shard
-    when every series is trained and no series' model depends on another's data (no panel
-    prior to estimate); else all at once, one table.
-
-    A shard holds whole series, so training shard by shard fits the same models while only
-    one shard's rows, features and records are in memory at a time.
-    """
-    if engine.reads_shards:
-        yield _remote_batch(storage, spec, engine, as_of)
-        return
-    store, until = CuratedStore(storage, spec), pd.Timestamp(as_of).date()
-    if not _by_shard(spec, engine, series):
-        table = store.read(until=until)
-        yield table, [], series_fingerprints(table, spec)
-        return
-    for name in store.shard_names():
-        table = store.read(until=until, shards=[name])
-        yield table, [], series_fingerprints(table, spec)
 
 
 # What the run reports per series trained; the heavy per-series columns stay in the manifest.
