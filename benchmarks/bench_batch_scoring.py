@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlops_assets.domain.demo_model_set import demo_ref, publish_model_set
+from mlops_assets.heap import retain_freed_memory
 from mlops_assets.jobs.batch_params import DropJob
 from mlops_assets.jobs.drop_validation import apply_value_rules, scoring_spec
 from mlops_assets.jobs.score_drops import run_instance
@@ -71,6 +72,7 @@ def main() -> None:
     ap.add_argument("--periods", type=int, default=4_000)
     ap.add_argument("--out", default="benchmarks/results/batch_scoring.json")
     args = ap.parse_args()
+    retain_freed_memory()  # as the job script does (score_drops.main); the floor runs here too
     spec = load_spec("sales")
     root = tempfile.mkdtemp(prefix="bench-batch-")
     storage = LocalStorage(root=root)

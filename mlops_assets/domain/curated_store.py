@@ -117,13 +117,21 @@ def shard_of(table: pa.Table, keys: list[str], n_shards: int) -> np.ndarray:
 
     Hashed once per series (from one row of each), then spread to the rows.
     """
+    return shards_and_series(table, keys, n_shards)[0]
+
+
+def shards_and_series(
+    table: pa.Table, keys: list[str], n_shards: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``shard_of`` and each row's series number (series numbered in key order: codes that
+    order rows like their keys, as ``series_codes`` do, which a merge reuses per shard)."""
     if table.num_rows == 0:
-        return np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     series_of, first_rows = series_numbers(table, keys)
     firsts = decode_dictionaries(take_rows(table.select(keys), first_rows))
     values = zip(*(firsts[k].to_pylist() for k in keys), strict=True)
     shard = np.array([_shard_hash(v) % n_shards for v in values], dtype=np.int64)
-    return shard[series_of]
+    return shard[series_of], series_of
 
 
 class CuratedReadError(RuntimeError):
@@ -456,7 +464,7 @@ class CuratedStore:
         names = set(self.shard_names())
         if new.num_rows:
             self._write_layout(n)
-        shards = shard_of(new, self.spec.series_keys, n)
+        shards, series_of = shards_and_series(new, self.spec.series_keys, n)
         src = np.zeros(new.num_rows, np.int64) if sources is None else np.asarray(sources)
         keys = self.spec.series_keys
 
@@ -473,6 +481,7 @@ class CuratedStore:
             if not mine.any():
                 return 0, np.zeros(1), False
             part = self.conform(new.filter(pa.array(mine)))
+            codes = series_of[mine]  # the part's series codes, not computed again below
             revision: dict[str, Any] = {"seq": 0, "restated": []}
             appended = None
             if files:
@@ -487,8 +496,14 @@ class CuratedStore:
                 old = self._schema().empty_table()
                 if files:
                     old = self.conform(self.read_shard(name, dictionary=keys, files=files))
-                rows, replaced, restated = merge_restating(old, part, self.spec)
-                index, target = shard_index.index_of(rows, self.spec), name
+                if old.num_rows:
+                    rows, replaced, restated = merge_restating(old, part, self.spec)
+                    index = shard_index.index_of(rows, self.spec)
+                else:  # a first load: the new rows' codes serve the dedupe and the index
+                    rows, replaced, taken = dedupe_counted(part, self.spec, codes)
+                    restated = None
+                    index = shard_index.index_of(rows, self.spec, codes[taken])
+                target = name
             by = np.bincount(src[mine], weights=replaced, minlength=1)
             record = {"id": merge_id, "rows": part.num_rows, "replaced": [int(c) for c in by]}
             kept = list(revision["restated"]) + ([[seq, restated]] if restated is not None else [])
@@ -503,7 +518,7 @@ class CuratedStore:
                     self.storage.delete(delta)
             return part.num_rows, by, target != name
 
-        touched = {int(i) for i in np.unique(shards)}
+        touched = {int(i) for i in np.flatnonzero(np.bincount(shards, minlength=n))}
         if resume:
             touched |= {int(name.rsplit("-", 1)[1].split(".")[0]) for name in names}
         by_source = np.zeros(int(src.max()) + 1 if len(src) else 1)
@@ -539,7 +554,7 @@ class CuratedStore:
             index = shard_index.index_of(old, self.spec)
         if part.num_rows > max(1_000, int(pc.sum(index["rows"]).as_py() or 0) // 4):
             return None
-        rows, replaced = dedupe_counted(part, self.spec)
+        rows, replaced, _ = dedupe_counted(part, self.spec)
         index = shard_index.advanced(index, rows, self.spec)
         if index is None:  # a row replaces or fills in a period: not an append
             return None

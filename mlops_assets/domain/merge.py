@@ -21,18 +21,22 @@ def _time_ints(col: pa.ChunkedArray) -> np.ndarray:
     )
 
 
-def dedupe_counted(table: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, np.ndarray]:
+def dedupe_counted(
+    table: pa.Table, spec: DatasetSpec, code: np.ndarray | None = None
+) -> tuple[pa.Table, np.ndarray, slice | np.ndarray]:
     """``sort_and_dedupe``, with how many rows each row of ``table`` replaced (its run of equal
-    (key, time) rows less one for the last of a run, which is kept; 0 for the others)."""
+    (key, time) rows less one for the last of a run, which is kept; 0 for the others), and
+    which rows of ``table`` the result holds, in its order. ``code``: the rows' series codes
+    (``series_codes``, or any integers that order rows like their keys), where known."""
     replaced = np.zeros(table.num_rows, dtype=np.int64)
     if table.num_rows == 0:
-        return table, replaced
-    code = series_codes(table, spec.series_keys)
+        return table, replaced, slice(None)
+    code = series_codes(table, spec.series_keys) if code is None else code
     t = _time_ints(table[spec.time])
     # A first load arrives sorted and unique already (drops are written in key order): then
     # there is nothing to move, and a 40M-row sort and gather are skipped.
     if bool(np.all((code[1:] > code[:-1]) | ((code[1:] == code[:-1]) & (t[1:] > t[:-1])))):
-        return table, replaced
+        return table, replaced, slice(None)
     order = np.lexsort((np.arange(table.num_rows), t, code))
     code, t = code[order], t[order]
     last_of_run = np.ones(len(order), dtype=bool)
@@ -40,7 +44,7 @@ def dedupe_counted(table: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, np.nda
     keep = order[last_of_run]
     ends = np.flatnonzero(last_of_run)
     replaced[keep] = np.diff(ends, prepend=-1) - 1
-    return table.take(pa.array(keep)), replaced
+    return table.take(pa.array(keep)), replaced, keep
 
 
 def sort_and_dedupe(table: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, int]:
@@ -48,7 +52,7 @@ def sort_and_dedupe(table: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, int]:
 
     Returns the table and how many rows were replaced by a later one.
     """
-    out, replaced = dedupe_counted(table, spec)
+    out, replaced, _ = dedupe_counted(table, spec)
     return out, int(replaced.sum())
 
 
@@ -122,7 +126,7 @@ def merge_restating(
     """
     n_old, n_new = old.num_rows, new.num_rows
     if n_old == 0 or n_new > max(1_000_000, n_old // 4):
-        merged, replaced = dedupe_counted(pa.concat_tables([old, new]), spec)
+        merged, replaced, _ = dedupe_counted(pa.concat_tables([old, new]), spec)
         restated = None
         if n_old and n_new:  # conservatively: any new row not after every curated row
             t_new, latest = _time_ints(new[spec.time]), int(_time_ints(old[spec.time]).max())

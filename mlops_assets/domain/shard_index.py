@@ -31,8 +31,8 @@ def _micros(col) -> np.ndarray:
     return pc.cast(col, pa.timestamp("us")).to_numpy(zero_copy_only=False)
 
 
-def _starts(table: pa.Table, spec: DatasetSpec) -> np.ndarray:
-    code = series_codes(table, spec.series_keys)
+def _starts(table: pa.Table, spec: DatasetSpec, code: np.ndarray | None = None) -> np.ndarray:
+    code = series_codes(table, spec.series_keys) if code is None else code
     if not len(code):
         return np.zeros(0, np.int64)
     return np.flatnonzero(np.r_[True, code[1:] != code[:-1]]).astype(np.int64)
@@ -42,9 +42,10 @@ def _keys(table: pa.Table, rows: np.ndarray, spec: DatasetSpec) -> pa.Table:
     return decode_dictionaries(take_rows(table.select(spec.series_keys), rows)).combine_chunks()
 
 
-def index_of(table: pa.Table, spec: DatasetSpec) -> pa.Table:
-    """The index of rows sorted by series key then time (key and time columns suffice)."""
-    starts = _starts(table, spec)
+def index_of(table: pa.Table, spec: DatasetSpec, code: np.ndarray | None = None) -> pa.Table:
+    """The index of rows sorted by series key then time (key and time columns suffice);
+    ``code``: the rows' series codes, where known."""
+    starts = _starts(table, spec, code)
     bounds = np.r_[starts, table.num_rows].astype(np.int64)
     time = table[spec.time]
     g = calendar.gaps(bounds, calendar.periods(_micros(time), spec.frequency).period)

@@ -225,8 +225,9 @@ def _as_strings(col: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def _coerce(
     col: pa.ChunkedArray, ctype: ColumnType, keep_dictionary: bool = False
-) -> tuple[pa.Array | pa.ChunkedArray, np.ndarray]:
-    """Cast ``col`` to ``ctype``; return the values and a mask of values that did not parse.
+) -> tuple[pa.Array | pa.ChunkedArray, np.ndarray | None]:
+    """Cast ``col`` to ``ctype``; return the values and a mask of values that did not parse
+    (None: every value parsed, the usual case; no mask the size of the column is made).
 
     With ``keep_dictionary``, a dictionary-encoded text column stays encoded (only its
     dictionary is typed): a key column of 40M rows and 10,000 values is not decoded.
@@ -235,12 +236,12 @@ def _coerce(
     if keep_dictionary and pa.types.is_dictionary(col.type) and pa.types.is_string(target):
         if not pa.types.is_string(col.type.value_type):
             col = col.cast(pa.dictionary(col.type.index_type, pa.string()))
-        return col, np.zeros(len(col), dtype=bool)
+        return col, None
     if pa.types.is_dictionary(col.type):
         col = col.cast(col.type.value_type)
     try:
         out = col if col.type == target else pc.cast(col, target)
-        return out, np.zeros(len(col), dtype=bool)
+        return out, None
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     s = pd.Series(_as_strings(col).to_numpy(zero_copy_only=False), dtype=object)
@@ -305,10 +306,12 @@ def type_rows(
         values, bad = _coerce(raw[cname], col.type, keep_dictionaries)
         fields.append(pa.field(cname, values.type, nullable=col.nullable))
         typed[cname] = values
-        if bad.any():
+        if bad is not None and bad.any():
             failures.append((type_rule(col.type.value), cname, bad))
         if not col.nullable and values.null_count:
-            null = values.is_null().to_numpy(zero_copy_only=False) & ~bad
+            null = values.is_null().to_numpy(zero_copy_only=False)
+            if bad is not None:
+                null = null & ~bad
             if null.any():
                 failures.append((Rule.NOT_NULL, cname, null))
     schema = spec.arrow_schema if not keep_dictionaries else pa.schema(fields)

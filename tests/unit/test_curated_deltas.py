@@ -263,3 +263,33 @@ def test_an_index_of_an_earlier_revision_is_rebuilt_from_the_shard(tmp_path):
     assert a.merge(weeks(41, 42)).deltas_written == 1
     b.merge(weeks(0, 42))
     assert_same_dataset(a, b)
+
+
+def test_a_first_load_out_of_order_with_copies_merges_as_sort_and_dedupe(tmp_path):
+    """A first load reuses the series numbers it shards by to sort, dedupe and index each
+    shard: shuffled rows with repeated (key, time) rows (the later wins) give the rows, the
+    replacement counts and the series index that sorting and deduplicating give."""
+    from mlops_assets.domain import shard_index
+    from mlops_assets.domain.merge import sort_and_dedupe
+
+    rng = np.random.default_rng(11)
+    again = TABLE.take(pa.array(rng.choice(TABLE.num_rows, 40, replace=False)))
+    again = again.set_column(
+        again.schema.get_field_index("sales"), "sales", pc.add(again["sales"], 1.0)
+    )
+    both = pa.concat_tables([TABLE, again])
+    order = rng.permutation(both.num_rows)
+    sources = np.r_[np.zeros(TABLE.num_rows, np.int64), np.ones(40, np.int64)][order]
+    store = CuratedStore(LocalStorage(tmp_path), SPEC, 4)
+    stats = store.merge(both.take(pa.array(order)), sources)
+    assert stats.rows_added == TABLE.num_rows and stats.rows_replaced == 40
+    # Later rows win: a copy placed before its original by the shuffle loses to it.
+    expected, replaced = sort_and_dedupe(both.take(pa.array(order)), SPEC)
+    assert replaced == 40
+    by = [(c, "ascending") for c in [*SPEC.series_keys, SPEC.time]]
+    got = plain(store.read()).sort_by(by)  # shard after shard: sorted within each
+    assert got.to_pydict() == plain(expected).sort_by(by).to_pydict()
+    for name in store.shard_names():
+        index = store.series_index(name)
+        assert index is not None
+        assert index.equals(shard_index.index_of(store.read_shard(name), SPEC))
