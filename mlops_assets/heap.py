@@ -23,7 +23,8 @@ costs ~3 ms per MB (a 320-MB array: ~1 s to touch, against 0.015 s for memory th
 kept). ``retain_freed_memory`` keeps them: large allocations come from the heap and freed ones
 stay for the next, and Arrow allocates through the same heap. The 40M-row ingestion's kernel
 time halves (sys 9-13 s to 4-7 s) and its wall falls 10-25%. The price is that a process keeps
-its peak memory until it ends: it is set where the code location is loaded (each step's
+its peak memory until it ends (``release_freed_memory`` gives it back, as training does
+before it forks its workers): it is set where the code location is loaded (each step's
 short-lived process, and the code server, whose peak is small) and in the Azure ML job
 scripts; serving workers, which hold their models for days, do not set it.
 """
@@ -95,3 +96,12 @@ def retain_freed_memory() -> bool:
     pa.set_memory_pool(pa.system_memory_pool())
     _retained = True
     return True
+
+
+def release_freed_memory() -> None:
+    """Give the memory this process has freed back to the kernel now (glibc's
+    ``malloc_trim``), e.g. before forking workers, which would otherwise share and count the
+    parent's retained pages. A no-op but on glibc."""
+    libc = glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from threadpoolctl import threadpool_limits
 
 from mlops_assets.domain.curated_store import CuratedStore
+from mlops_assets.heap import release_freed_memory
 from mlops_assets.ml.engines import (
     DEFAULT_CHUNK_ROWS,
     prepare_local,
@@ -114,6 +115,7 @@ def train_shards(
             yield train_shard(task)
         return
     method = start_method or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    release_freed_memory()  # what earlier steps of this process freed is not forked with it
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method))
     try:
         futures = [pool.submit(train_shard, task) for task in tasks]
