@@ -289,16 +289,26 @@ def train_local(
     """
     started = _time.perf_counter()
     frame = prepare_local(data, spec, series)
-    run = start_local(
-        frame,
-        spec,
-        max_workers=max_workers,
-        chunk_rows=chunk_rows,
-        start_method=start_method,
-        phases=phases,
-        prepare_seconds=_time.perf_counter() - started,
-    )
-    return run.result()
+    prepared = _time.perf_counter() - started
+    spec = with_prior(spec, frame)  # one prior for every chunk (choice: combine)
+    workers = max_workers or os.cpu_count() or 1
+    chunks = frame.chunks(chunk_rows, min_chunks=4 * workers) if frame.n_series else []
+    if workers == 1 or len(chunks) <= 1:
+        results = [_run_chunk(spec.model_dump_json(), c) for c in chunks]
+    else:
+        results = _run_pool(chunks, spec, min(workers, len(chunks)), start_method)
+    out = _to_frame([r for rs, _ in results for r in rs], spec)
+    if phases is not None:
+        phases.update(
+            {
+                "prepare": prepared,
+                "features": sum(f for _, f in results),
+                "fit": float(out["fit_seconds"].sum()),
+                "serialize": float(out["serialize_seconds"].sum()),
+                "wall": _time.perf_counter() - started,
+            }
+        )
+    return out
 
 
 def prepare_local(
@@ -306,102 +316,33 @@ def prepare_local(
     spec: DatasetSpec,
     series: Iterable[str | Sequence] | None = None,
 ) -> SeriesFrame:
-    """The grouped frame of ``data``'s series (the chosen ones; ``None``: all) that
-    ``start_local`` trains: the work a run does in its own process."""
+    """The grouped frame of ``data``'s series (the chosen ones; ``None``: all) to train."""
     if isinstance(data, SeriesFrame):
         return select_series(data, spec, series)
     return to_series_frame(data, spec, series)
 
 
-class LocalRun:
-    """A local training under way (``start_local``); ``result()`` waits for its records."""
-
-    def __init__(
-        self,
-        spec: DatasetSpec,
-        wait: Callable[[], list[tuple[list[dict], float]]],
-        cancel: Callable[[], None],
-        phases: Phases | None,
-        started: float,
-        prepare_seconds: float,
-    ):
-        self._spec, self._wait, self._cancel = spec, wait, cancel
-        self._phases, self._started, self._prepare = phases, started, prepare_seconds
-
-    def result(self) -> pd.DataFrame:
-        """One ``result_schema`` row per series, in series order (waits for the workers)."""
-        results = self._wait()
-        out = _to_frame([r for rs, _ in results for r in rs], self._spec)
-        if self._phases is not None:
-            self._phases.update(
-                {
-                    "prepare": self._prepare,
-                    "features": sum(f for _, f in results),
-                    "fit": float(out["fit_seconds"].sum()),
-                    "serialize": float(out["serialize_seconds"].sum()),
-                    "wall": self._prepare + _time.perf_counter() - self._started,
-                }
-            )
-        return out
-
-    def cancel(self) -> None:
-        """Stop the workers without waiting for their records (a run that failed meanwhile)."""
-        self._cancel()
-
-
-def start_local(
-    frame: SeriesFrame,
-    spec: DatasetSpec,
-    *,
-    max_workers: int | None = None,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    start_method: str | None = None,
-    phases: Phases | None = None,
-    prepare_seconds: float = 0.0,
-) -> LocalRun:
-    """Start training every series of ``frame`` in a pool of processes and return at once:
-    the caller may prepare its next batch (``prepare_local``) while the pool works, then
-    collects this one with ``result()`` (which it must do before starting another)."""
-    started = _time.perf_counter()
-    spec = with_prior(spec, frame)  # one prior for every chunk (choice: combine)
-    workers = max_workers or os.cpu_count() or 1
-    chunks = frame.chunks(chunk_rows, min_chunks=4 * workers) if frame.n_series else []
-    if workers == 1 or len(chunks) <= 1:
-        results = [_run_chunk(spec.model_dump_json(), c) for c in chunks]
-        return LocalRun(spec, lambda: results, lambda: None, phases, started, prepare_seconds)
-    wait, cancel = _start_pool(chunks, spec, min(workers, len(chunks)), start_method)
-    return LocalRun(spec, wait, cancel, phases, started, prepare_seconds)
-
-
-def _start_pool(
+def _run_pool(
     chunks: list[SeriesFrame], spec: DatasetSpec, workers: int, start_method: str | None
-) -> tuple[Callable[[], list[tuple[list[dict], float]]], Callable[[], None]]:
-    """Submit every chunk to a new pool; (wait for the results, cancel). Either one shuts the
-    pool down."""
+) -> list[tuple[list[dict], float]]:
+    """Every chunk trained in a new pool of ``workers`` processes, in the chunks' order."""
     method = start_method or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     run = partial(_run_chunk, spec.model_dump_json())
     forked = method == "fork"
     if forked:
         # Forked workers read the chunks from the parent's memory: a task is only an index.
-        # Every worker is forked at the first submit, so the next start may replace them.
+        # Every worker is forked at the first submit.
         _FORKED[:] = chunks
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method))
-    try:
-        futures = [pool.submit(run, i if forked else c) for i, c in enumerate(chunks)]
-    except BaseException:
-        pool.shutdown(cancel_futures=True)
-        raise
-    finally:
-        if forked:
-            _FORKED.clear()
-
-    def wait() -> list[tuple[list[dict], float]]:
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:
+        try:
+            futures = [pool.submit(run, i if forked else c) for i, c in enumerate(chunks)]
+        finally:
+            if forked:
+                _FORKED.clear()
         try:
             return [f.result() for f in futures]
         finally:
             pool.shutdown(cancel_futures=True)
-
-    return wait, lambda: pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---- Spark engine ---------------------------------------------------------------------------
