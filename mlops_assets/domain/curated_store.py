@@ -481,7 +481,6 @@ class CuratedStore:
             if not mine.any():
                 return 0, np.zeros(1), False
             part = self.conform(new.filter(pa.array(mine)))
-            codes = series_of[mine]  # the part's series codes, not computed again below
             revision: dict[str, Any] = {"seq": 0, "restated": []}
             appended = None
             if files:
@@ -499,7 +498,8 @@ class CuratedStore:
                 if old.num_rows:
                     rows, replaced, restated = merge_restating(old, part, self.spec)
                     index = shard_index.index_of(rows, self.spec)
-                else:  # a first load: the new rows' codes serve the dedupe and the index
+                else:  # a first load: the series numbers sharding gave serve as codes
+                    codes = series_of[mine]
                     rows, replaced, taken = dedupe_counted(part, self.spec, codes)
                     restated = None
                     index = shard_index.index_of(rows, self.spec, codes[taken])

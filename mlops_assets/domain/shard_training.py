@@ -4,10 +4,10 @@ A curated shard holds whole series, so its series train without any other shard'
 worker of the local engine's pool takes one shard at a time: it opens its own storage client
 (a copy of the storage sent to a worker carries no client: none is shared across processes),
 reads the shard up to the as-of date, fingerprints its series, lays them out and trains them a
-chunk at a time, and sends back the shard's fingerprints and records. The run's own process only collects: no
-shard's rows are read, grouped or pickled there, and the pool is forked once, before any shard
-is in memory (forking a process that holds gigabytes copies its page tables and makes every
-later write to them a copy).
+chunk at a time, and sends back the shard's fingerprints and records. The run's own process
+only collects: no shard's rows are read, grouped or pickled there, and the pool is forked
+once, before any shard is in memory (forking a process that holds gigabytes copies its page
+tables and makes every later write to them a copy).
 
 On the cold run's training of 10,000 series and 40M rows (2 cores) the step went from 13.5-15.9
 s to 9.0-9.5 s: the run's own CPU from 5.6-7.4 s to 0.5 s (it used to read, fingerprint and

@@ -115,13 +115,11 @@ def _order_keys(col: pa.ChunkedArray) -> np.ndarray | None:
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if arr.null_count:
         return None
-    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-        arr = pc.dictionary_encode(arr)
-    if pa.types.is_dictionary(arr.type):
-        if arr.dictionary.null_count:
-            return None
-        ranks = to_numpy(pc.rank(arr.dictionary, tiebreaker="dense")).astype(np.int64)
-        return ranks[to_numpy(arr.indices)]
+    if pa.types.is_dictionary(arr.type) and arr.dictionary.null_count:
+        return None
+    text = pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
+    if text or pa.types.is_dictionary(arr.type):
+        return _codes(arr)[0]  # dense ranks of the values: ordered as the values are
     if pa.types.is_date32(arr.type):
         return to_numpy(arr.cast(pa.int32()))
     if pa.types.is_temporal(arr.type):
