@@ -48,7 +48,6 @@ CHROMIUM_ARGS = [
 ]
 JOB = "sales_daily_retrain"
 RUN_TIMEOUT_S = 300
-AS_OF = datetime.now(UTC).date().isoformat()  # the date the daily sensor would add today
 
 
 def _free_port() -> int:
@@ -179,8 +178,14 @@ def _wait_for_run(base: str, run_id: str) -> str:
     return status
 
 
-def _daily_run_id(base: str, timeout_s: float = 120) -> str:
-    """The run the daily sensor launched (tag ``mlops/trigger: daily``), once there is one."""
+def _today() -> str:
+    return datetime.now(UTC).date().isoformat()
+
+
+def _daily_run(base: str, since: str, timeout_s: float = 120) -> tuple[str, str]:
+    """The run the daily sensor launched (tag ``mlops/trigger: daily``), once there is one,
+    and its as-of date: the sensor's today, which is ``since`` (the day the sensor was
+    started) or a later day when midnight UTC passed meanwhile."""
     query = """{ runsOrError(filter: {tags: [{key: "mlops/trigger", value: "daily"}]}) {
         ... on Runs { results { runId jobName tags { key value } } } } }"""
     deadline = time.monotonic() + timeout_s
@@ -189,8 +194,9 @@ def _daily_run_id(base: str, timeout_s: float = 120) -> str:
         if runs:
             assert len(runs) == 1, runs
             tags = {t["key"]: t["value"] for t in runs[0]["tags"]}
-            assert runs[0]["jobName"] == JOB and tags["dagster/partition"] == AS_OF, runs
-            return runs[0]["runId"]
+            as_of = tags["dagster/partition"]
+            assert runs[0]["jobName"] == JOB and since <= as_of <= _today(), (since, runs)
+            return runs[0]["runId"], as_of
         time.sleep(1)
     pytest.fail(f"the daily sensor launched no run within {timeout_s:.0f} s")
 
@@ -300,7 +306,7 @@ def _screenshot_path_to_production(page, base: str, path: Path) -> None:
         expect(page.get_by_text(key, exact=True).first).to_be_visible()
 
 
-def _only_the_added_dates_are_partitions(page, base: str, path: Path) -> None:
+def _only_the_added_dates_are_partitions(page, base: str, as_of: str, path: Path) -> None:
     """Each as-of asset has exactly the dates that were added (here one), not a calendar."""
     from playwright.sync_api import expect
 
@@ -308,14 +314,14 @@ def _only_the_added_dates_are_partitions(page, base: str, path: Path) -> None:
         ... on AssetNode { partitionKeys } } }"""
     for name in ("curated", "candidate_models", "registered_model_set"):
         node = _graphql(base, query, {"key": {"path": ["sales", name]}})["assetNodeOrError"]
-        assert node["partitionKeys"] == [AS_OF], name
+        assert node["partitionKeys"] == [as_of], name
     page.goto(f"{base}/assets/sales/curated?view=partitions")
-    expect(page.get_by_text(AS_OF, exact=True).first).to_be_visible()
+    expect(page.get_by_text(as_of, exact=True).first).to_be_visible()
     page.wait_for_timeout(500)
     page.screenshot(path=str(path))
 
 
-def _the_launch_dialog_offers_the_added_date(page, base: str) -> None:
+def _the_launch_dialog_offers_the_added_date(page, base: str, as_of: str) -> None:
     """A run for another date: the job's launch dialog, whose "All" is the one added date."""
     from playwright.sync_api import expect
 
@@ -326,12 +332,12 @@ def _the_launch_dialog_offers_the_added_date(page, base: str) -> None:
     dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize")
     dialog.get_by_role("button", name="All", exact=True).click()
     expect(dialog.get_by_text("1 partition", exact=True)).to_be_visible()
-    expect(dialog.get_by_text(AS_OF, exact=True).first).to_be_visible()
+    expect(dialog.get_by_text(as_of, exact=True).first).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "ui-launch-dialog.png"))
     page.keyboard.press("Escape")
 
 
-def _open_the_explorer(page, base: str) -> None:
+def _open_the_explorer(page, base: str, as_of: str) -> None:
     """From the explorer asset's page, follow its ``explorer`` link; search one series."""
     from playwright.sync_api import expect
 
@@ -342,7 +348,7 @@ def _open_the_explorer(page, base: str) -> None:
     page.screenshot(path=str(ARTIFACTS / "ui-explorer-asset.png"))
     # `mlops dev` serves the reports over HTTP, so the link opens from the UI's page.
     href = link.get_attribute("href") or ""
-    assert href.startswith("http://127.0.0.1:") and href.endswith(f"/{AS_OF}.html"), href
+    assert href.startswith("http://127.0.0.1:") and href.endswith(f"/{as_of}.html"), href
     page.goto(href)
     series = "store=S0000/product=P012"
     page.locator("#search").fill("s0000 p012")
@@ -374,10 +380,11 @@ def test_launch_the_daily_retrain_from_the_ui_and_read_its_checks(dagster_ui):
             expect(page.get_by_text(f"Runs {JOB} every day").first).to_be_visible()
             switch = page.locator("input[type=checkbox]").first
             expect(switch).not_to_be_checked()
+            since = _today()
             switch.locator("xpath=..").click()  # the switch's label; its input is hidden
             expect(switch).to_be_checked()
             page.screenshot(path=str(ARTIFACTS / "ui-daily-sensor.png"))
-            run_id = _daily_run_id(dagster_ui)
+            run_id, as_of = _daily_run(dagster_ui, since)
 
             status = _wait_for_run(dagster_ui, run_id)
             page.goto(f"{dagster_ui}/runs/{run_id}")
@@ -406,15 +413,15 @@ def test_launch_the_daily_retrain_from_the_ui_and_read_its_checks(dagster_ui):
                 page.get_by_text("each series keeps the candidate family", exact=False)
             ).to_be_visible()
 
-            _the_launch_dialog_offers_the_added_date(page, dagster_ui)
+            _the_launch_dialog_offers_the_added_date(page, dagster_ui, as_of)
             _screenshot_asset_graph(page, dagster_ui, ARTIFACTS / "ui-asset-graph.png")
             _screenshot_lineage(page, dagster_ui, ARTIFACTS / "ui-lineage.png")
             _only_the_added_dates_are_partitions(
-                page, dagster_ui, ARTIFACTS / "ui-as-of-partitions.png"
+                page, dagster_ui, as_of, ARTIFACTS / "ui-as-of-partitions.png"
             )
             _screenshot_path_to_production(
                 page, dagster_ui, ARTIFACTS / "ui-lineage-production.png"
             )
-            _open_the_explorer(page, dagster_ui)
+            _open_the_explorer(page, dagster_ui, as_of)
         finally:
             browser.close()

@@ -242,13 +242,16 @@ def test_requests_through_the_endpoint_reach_the_inference_summary(emulated):
     client, _, releases, collected = emulated
     _, version = live(client)
     marker = {**releases[version].smoke_records[0], "price": 7.25}
+    sent = datetime.now(UTC).date().isoformat()
     answer = json.loads(_invoke(client, [marker]))
     assert answer["n_errors"] == 0
-    day = datetime.now(UTC).date().isoformat()
     deadline, rows = time.monotonic() + 20, []
     while time.monotonic() < deadline and not rows:
-        table = read_day(collected, SPEC, day)
-        rows = [] if table is None else [r for r in table.to_pylist() if r["price"] == 7.25]
+        # The collector files a request under the day it writes it: the day it was sent, or
+        # the next one when midnight UTC passed meanwhile.
+        for day in sorted({sent, datetime.now(UTC).date().isoformat()}):
+            table = read_day(collected, SPEC, day)
+            rows += [] if table is None else [r for r in table.to_pylist() if r["price"] == 7.25]
         time.sleep(0.3)
     assert rows, "the collected request never reached the inference summary's reader"
     assert rows[0]["model_set_version"] == version and rows[0]["prediction"] is not None
