@@ -1,7 +1,8 @@
 """Large Parquet drops, grouped by series, read, validated, scored and written in pieces.
 
-The drop is read through a seekable file (``Storage.open_read``: ranged reads on Azure), so an
-instance holds about one piece of it at a time, never the whole file.
+The drop is read through a seekable file (``Storage.open_read``: ranged reads on Azure) and the
+predictions are written as they are made (``Storage.open_write``: a temp file, or staged blocks
+on Azure), so an instance holds about one piece of each at a time, never a whole file.
 """
 
 from __future__ import annotations
@@ -75,25 +76,46 @@ def _last_series_start(piece: pa.Table, spec: DatasetSpec) -> int:
     return int(changes[-1]) + 1 if len(changes) else 0
 
 
+class OutputFailed(Exception):
+    """Writing the predictions failed (a full disk, a storage error): scoring the drop again,
+    whole, would not help."""
+
+
+def _write(writer: pq.ParquetWriter, table: pa.Table | None) -> None:
+    """One piece's predictions to the output (None: the footer, closing it)."""
+    try:
+        if table is None:
+            writer.close()
+        else:
+            writer.write_table(table)
+    except (OSError, pa.ArrowException) as e:
+        raise OutputFailed(f"writing the predictions failed: {e}") from e
+
+
 def score_in_pieces(
     pf: pq.ParquetFile,
     spec: DatasetSpec,
     reader: ModelSetReader,
     out: Summary,
     phases: Phases,
+    sink: IO[bytes],
     chunk_rows: int = CHUNK_ROWS,
     piece_rows: int = PIECE_ROWS,
-) -> tuple[bytes, pa.Table]:
-    """Validate and score a large drop grouped by series a piece at a time; return the
-    predictions Parquet (one row group per piece) and the rejected rows.
+) -> pa.Table:
+    """Validate and score a large drop grouped by series a piece at a time, writing the
+    predictions Parquet to ``sink`` (one row group per piece); return the rejected rows.
 
     Each piece holds whole series (a batch's last series waits for the next batch), so every
     series is scored with all its rows, as on the whole-file path, with the same rules and
-    results; memory stays bounded by the piece and the writer encodes one piece while the next
-    is scored. This instance keeps its share of the series (``out.rank`` of ``out.world``).
+    results; memory stays bounded by the piece and the writer encodes and writes one piece
+    while the next is scored. This instance keeps its share of the series (``out.rank`` of
+    ``out.world``).
+
+    Raises:
+        OutputFailed: Writing to ``sink`` failed.
     """
     sspec = scoring_spec(spec, has_target=spec.target in pf.schema_arrow.names)
-    buf, writer, pending = io.BytesIO(), None, None
+    writer, pending = None, None
     rejected: list[pa.Table] = []
     carry: pa.Table | None = None
     first = 0
@@ -110,11 +132,11 @@ def score_in_pieces(
         with phases("write"):
             if writer is None:
                 writer = pq.ParquetWriter(
-                    buf, scored.schema, **parquet_options(scored.column_names)
+                    sink, scored.schema, **parquet_options(scored.column_names)
                 )
             if pending is not None:
                 pending.result()
-            pending = pool.submit(writer.write_table, scored)
+            pending = pool.submit(_write, writer, scored)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         for batch in pf.iter_batches(batch_size=piece_rows):
@@ -152,8 +174,8 @@ def score_in_pieces(
         with phases("write"):
             if pending is not None:
                 pending.result()
+            if writer is None:
+                raise RuntimeError("scoring an empty piece opened no writer")
+            _write(writer, None)
     out.rows_in = first
-    if writer is None:
-        raise RuntimeError("scoring an empty piece opened no writer")
-    writer.close()
-    return buf.getvalue(), pa.concat_tables(rejected)
+    return pa.concat_tables(rejected)

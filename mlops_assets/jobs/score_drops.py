@@ -29,6 +29,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -48,6 +49,7 @@ from mlops_assets.jobs.common import PARAMS_ENV, open_pipes, rank_and_world, sha
 from mlops_assets.jobs.drop_pieces import (
     PIECE_ROWS,
     STREAM_MIN_ROWS,
+    OutputFailed,
     score_in_pieces,
     stream_source,
 )
@@ -217,15 +219,24 @@ def _score_in_pieces(d: _Drop, pf) -> str:
     job, out = d.job, d.out
     with d.phases("models_index"):
         reader = model_set_reader(job_model_set(job), d.model_storage)
-    data, rejected = score_in_pieces(pf, d.spec, reader, out, d.phases, d.chunk_rows, d.piece_rows)
-    if out.world > 1 and rejected.num_rows:
-        rejected = rejected.filter(pa.array(_mine(rejected, d.spec, out.rank, out.world)))
-    _quarantine(d, rejected)
-    with d.phases("write"):
-        fault_point("batch.output")
-        name = layout.predictions_name(job.dataset, job.key, out.rank, out.world)
-        d.storage.write_bytes(name, data)
-        out.output, out.output_uri = name, d.storage.uri(name)
+    name = layout.predictions_name(job.dataset, job.key, out.rank, out.world)
+    # The predictions are committed last, after the quarantine, as on the whole-file path; an
+    # error before then leaves the previous output, if any, unchanged.
+    with ExitStack() as output:
+        sink = output.enter_context(d.storage.open_write(name))
+        rejected = score_in_pieces(
+            pf, d.spec, reader, out, d.phases, sink, d.chunk_rows, d.piece_rows
+        )
+        if out.world > 1 and rejected.num_rows:
+            rejected = rejected.filter(pa.array(_mine(rejected, d.spec, out.rank, out.world)))
+        _quarantine(d, rejected)
+        with d.phases("write"):
+            fault_point("batch.output")
+            try:
+                output.close()  # the commit
+            except OSError as e:
+                raise OutputFailed(f"writing the predictions failed: {e}") from e
+    out.output, out.output_uri = name, d.storage.uri(name)
     return f"in pieces of {d.piece_rows:,} rows"
 
 

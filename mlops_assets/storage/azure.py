@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
 from mlops_assets.storage.base import BlobInfo, Storage, check_name, check_prefix
 from mlops_assets.storage.ranged import open_ranged
+
+# Block size of a streamed write (``open_write``): a blob holds at most 50,000 committed
+# blocks, so up to ~400 GB; one block is held in memory at a time.
+BLOCK_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,45 @@ class BlobRetry:
             "connection_timeout": self.connection_timeout_s,
             "read_timeout": self.read_timeout_s,
         }
+
+
+class BlockWriter(io.RawIOBase):
+    """A write-only file whose bytes are staged as blocks of ``block_bytes`` (``stage(id,
+    data)``); ``finish`` stages the rest and returns the block ids to commit, in order.
+
+    Ids carry a random tag of this writer, so two writers of one blob never stage over each
+    other's blocks; the blob is whichever commit comes last, whole.
+    """
+
+    def __init__(self, stage: Callable[[str, bytes], Any], block_bytes: int | None = None):
+        super().__init__()
+        self._stage, self._block_bytes = stage, block_bytes or BLOCK_BYTES
+        self._tag = uuid.uuid4().hex[:16]
+        self._buf = bytearray()
+        self.ids: list[str] = []
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        n = memoryview(b).nbytes
+        self._buf += b
+        self.size += n
+        while len(self._buf) >= self._block_bytes:
+            self._flush(self._block_bytes)
+        return n
+
+    def _flush(self, n: int) -> None:
+        block_id = f"{self._tag}-{len(self.ids):08d}"  # one length for all ids of a blob
+        self._stage(block_id, bytes(self._buf[:n]))
+        del self._buf[:n]
+        self.ids.append(block_id)
+
+    def finish(self) -> list[str]:
+        if self._buf:
+            self._flush(len(self._buf))
+        return self.ids
 
 
 class AzureBlobStorage(Storage):
@@ -232,6 +279,26 @@ class AzureBlobStorage(Storage):
             etag=result["etag"].strip('"'),
             last_modified=result["last_modified"],
         )
+
+    @contextmanager
+    def open_write(self, name: str, *, overwrite: bool = True) -> Iterator[IO[bytes]]:
+        """Blocks staged as they fill (``BlockWriter``), committed when the block ends: readers
+        see the old blob or the whole new one. An error in the block commits nothing; its
+        staged blocks are never part of a blob and the service drops them (after a week)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+
+        blob = self._container().get_blob_client(self._full(name))
+        if not overwrite and blob.exists():
+            raise FileExistsError(f"{self.uri(name)} already exists")
+        writer = BlockWriter(lambda block_id, data: blob.stage_block(block_id, data))
+        yield writer  # type: ignore[misc]
+        ids = writer.finish()
+        condition = {} if overwrite else {"match_condition": MatchConditions.IfMissing}
+        try:
+            blob.commit_block_list(ids, **condition)
+        except (ResourceExistsError, ResourceModifiedError):
+            raise FileExistsError(f"{self.uri(name)} already exists") from None
 
     def delete(self, name: str) -> None:
         from azure.core.exceptions import ResourceNotFoundError

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -91,6 +93,17 @@ class Storage(ABC):
     def open_read(self, name: str) -> IO[bytes]:
         """A seekable binary file for readers such as pyarrow."""
         return io.BytesIO(self.read_bytes(name))
+
+    @contextmanager
+    def open_write(self, name: str, *, overwrite: bool = True) -> Iterator[IO[bytes]]:
+        """A binary file (write-only, not seekable) whose bytes become ``name`` atomically
+        when the ``with`` block ends; an error in the block writes nothing. A large output is
+        written as it is made rather than held whole in memory (``LocalStorage``: a temp file
+        renamed at the end; ``AzureBlobStorage``: staged blocks committed at the end). This
+        default gathers the bytes and writes them at the end."""
+        buf = io.BytesIO()
+        yield buf
+        self.write_bytes(name, buf.getvalue(), overwrite=overwrite)
 
     def read_range(self, name: str, offset: int, length: int) -> bytes:
         """``length`` bytes from ``offset``: one model out of a pack, without the rest."""

@@ -7,10 +7,13 @@ may belong to a write still under way), at most once per ``SWEEP_EVERY_S`` per f
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -182,28 +185,36 @@ class LocalStorage(Storage):
     def write_bytes(
         self, name: str, data: bytes, *, overwrite: bool = True, content_type: str | None = None
     ) -> BlobInfo:
+        with self.open_write(name, overwrite=overwrite) as f:
+            f.write(data)
+        return self._info(self._path(name), check_name(name))
+
+    @contextmanager
+    def open_write(self, name: str, *, overwrite: bool = True) -> Iterator[IO[bytes]]:
         path = self._path(name)
         try:
-            self._write(path, name, data, overwrite)
+            with self._atomic(path, name, overwrite) as f:
+                yield f
         except OSError as e:
             if e.errno in _FULL:
                 raise _full_error(e, path) from e
             raise
-        return self._info(path, check_name(name))
 
-    def _write(self, path: Path, name: str, data: bytes, overwrite: bool) -> None:
+    @contextmanager
+    def _atomic(self, path: Path, name: str, overwrite: bool) -> Iterator[IO[bytes]]:
         """Temp file, fsync, rename (or link: create-if-absent). The temp file goes on any
         error, a full disk included, so a failed write leaves nothing a sweep must find."""
         path.parent.mkdir(parents=True, exist_ok=True)
         _sweep_now(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+        f = os.fdopen(fd, "wb")
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fchmod(f.fileno(), _FILE_MODE)
-                self._stamp(tmp, path)
-                os.fsync(f.fileno())
+            yield f
+            f.flush()
+            os.fchmod(f.fileno(), _FILE_MODE)
+            self._stamp(tmp, path)
+            os.fsync(f.fileno())
+            f.close()
             if overwrite:
                 os.replace(tmp, path)
             else:
@@ -214,6 +225,10 @@ class LocalStorage(Storage):
                     raise FileExistsError(f"{self.uri(name)} already exists") from None
                 os.unlink(tmp)
         except BaseException:
+            # Closing flushes what is still buffered, which fails again on a full disk: the
+            # error that stopped the write is the one that counts.
+            with contextlib.suppress(OSError):
+                f.close()
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise

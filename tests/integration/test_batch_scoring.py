@@ -1,7 +1,12 @@
 """Blob drop -> sensor tick -> scoring run (Pipes subprocess) -> predictions, exactly once."""
 
 import io
+import json
+import pickle
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
@@ -511,6 +516,54 @@ def test_a_large_grouped_drop_scored_in_pieces_equals_scoring_it_whole(env, data
     assert s_parts.errors == s_whole.errors and s_whole.errors["duplicate_row"] == 2
     assert s_parts.rows_quarantined == s_whole.rows_quarantined == 1
     assert parts[1].equals(whole[1]) and parts[2].equals(whole[2])
+
+
+_WRITE_LIMITED = """
+import json, pickle, resource, signal, sys
+from mlops_assets.jobs.score_drops import run_instance
+
+job = pickle.loads(sys.stdin.buffer.read())
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+lines, raised = [], None
+try:
+    run_instance(job, log=lines.append, stream_min_rows=1, piece_rows=16)
+except Exception as e:
+    raised = [type(e).__name__, str(e)]
+print(json.dumps({"raised": raised, "log": lines}))
+"""
+
+
+def test_predictions_that_cannot_be_written_fail_the_drop_and_leave_the_last_output(
+    env, data, tmp_path
+):
+    """Scoring in pieces streams the predictions to storage. A write that fails there (here a
+    4 KB file size limit: EFBIG, as a full disk gives ENOSPC) fails the drop with what to do;
+    the drop is not scored again whole, and the output of an earlier run of the same drop
+    stays as it was, with no temp file left."""
+    storage = LocalStorage(root=str(tmp_path / "storage"))
+    drop = decode_dictionaries(data[1]).sort_by([(k, "ascending") for k in SALES.series_keys])
+    assert stream_source("d.parquet", _bytes(drop, 7), SALES, min_rows=1) is not None
+    info = storage.write_bytes(f"{INBOX}big.parquet", _bytes(drop, 7))
+    key = f"big.parquet@{info.etag}"
+    job = _drop_job(env, storage, info, key)
+    name = layout.predictions_name("sales", key)
+    earlier = storage.write_bytes(name, b"an earlier run's predictions")
+    proc = subprocess.run(
+        [sys.executable, "-c", _WRITE_LIMITED],
+        input=pickle.dumps(job),
+        capture_output=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = json.loads(proc.stdout.decode().splitlines()[-1])
+    kind, error = out["raised"]
+    assert kind == "OutputFailed" and error.startswith("writing the predictions failed"), out
+    assert "File too large" in error or "file size limit reached" in error, error
+    assert not any("scoring the drop whole" in line for line in out["log"]), out["log"]
+    assert storage.info(name) == earlier
+    assert not [p for p in Path(storage.root).rglob(".tmp-*")]
 
 
 def test_an_ungrouped_drop_is_scored_whole():

@@ -177,6 +177,67 @@ def test_overwrite_false_has_one_winner_under_a_race(storage: Storage) -> None:
     assert names(storage.list("lock/")) == ["lock/owner"]
 
 
+def test_a_streamed_write_appears_whole_when_its_block_ends(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``open_write``: nothing of the new bytes is visible until the block ends (the previous
+    version stays readable meanwhile); then the object is all of them, in order. Azure blocks
+    of 1 KiB make the 9,178 bytes written here nine staged blocks."""
+    import mlops_assets.storage.azure as azure_storage
+
+    monkeypatch.setattr(azure_storage, "BLOCK_BYTES", 1024)
+    before = storage.write_bytes("out/predictions.parquet", b"previous output")
+    parts = [bytes([i]) * (700 + i) for i in range(13)]
+    with storage.open_write("out/predictions.parquet") as f:
+        for part in parts:
+            assert f.write(memoryview(part)) == len(part)
+            assert storage.read_bytes("out/predictions.parquet") == b"previous output"
+        assert storage.info("out/predictions.parquet").etag == before.etag
+        assert names(storage.list("out/")) == ["out/predictions.parquet"]
+    assert storage.read_bytes("out/predictions.parquet") == b"".join(parts)
+    assert storage.info("out/predictions.parquet").size == sum(map(len, parts))
+    if isinstance(storage, AzureBlobStorage):
+        blob = storage._container().get_blob_client(storage._full("out/predictions.parquet"))  # noqa: SLF001
+        committed, uncommitted = blob.get_block_list("all")
+        assert [b.size for b in committed] == [1024] * 8 + [9178 - 8 * 1024] and not uncommitted
+    with storage.open_write("out/empty") as f:
+        pass
+    assert storage.read_bytes("out/empty") == b""
+
+
+def test_a_streamed_write_that_fails_leaves_the_previous_version(storage: Storage) -> None:
+    before = storage.write_bytes("out/predictions.parquet", b"previous output")
+    with pytest.raises(RuntimeError, match="scoring stopped"):
+        with storage.open_write("out/predictions.parquet") as f:
+            f.write(b"half of the new output")
+            raise RuntimeError("scoring stopped")
+    assert storage.read_bytes("out/predictions.parquet") == b"previous output"
+    assert storage.info("out/predictions.parquet").etag == before.etag
+    assert names(storage.list("out/")) == ["out/predictions.parquet"]
+    with pytest.raises(RuntimeError):
+        with storage.open_write("out/never") as f:
+            f.write(b"x")
+            raise RuntimeError("stopped")
+    assert not storage.exists("out/never")
+
+
+def test_a_streamed_write_with_overwrite_false_refuses_an_existing_object(
+    storage: Storage,
+) -> None:
+    storage.write_bytes("lock/owner", b"first", overwrite=False)
+    with pytest.raises(FileExistsError) as err:
+        with storage.open_write("lock/owner", overwrite=False) as f:
+            f.write(b"second")
+    assert storage.uri("lock/owner") in str(err.value)
+    assert storage.read_bytes("lock/owner") == b"first"
+    # An object created while the write was under way wins; the streamed write is refused.
+    with pytest.raises(FileExistsError):
+        with storage.open_write("lock/late", overwrite=False) as f:
+            f.write(b"streamed")
+            storage.write_bytes("lock/late", b"created meanwhile")
+    assert storage.read_bytes("lock/late") == b"created meanwhile"
+
+
 def test_move_preserves_bytes_and_removes_source(storage: Storage) -> None:
     data = os.urandom(70_000)
     storage.write_bytes("landing/f.parquet", data)
