@@ -34,7 +34,7 @@ from mlops_assets.ml.drops import (
 from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.ml.tables import series_codes
+from mlops_assets.ml.tables import run_starts, series_codes, take_rows
 
 STREAM_MIN_ROWS = 2_000_000  # Parquet drops at least this large are scored in pieces
 PIECE_ROWS = 1 << 21  # rows read, typed and scored at a time (whole series, see below)
@@ -64,16 +64,18 @@ def stream_source(
         return None
     if any(keys[k].null_count for k in spec.series_keys):
         return None
-    code = series_codes(keys, spec.series_keys)
-    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
-    return pf if len(np.unique(code[starts])) == len(starts) else None
+    # Grouped: no series starts twice. Runs of equal keys are found on dictionary indices;
+    # only each run's first row is coded.
+    starts = run_starts(keys, spec.series_keys)
+    code = series_codes(take_rows(keys, starts), spec.series_keys)
+    return pf if len(np.unique(code)) == len(starts) else None
 
 
 def _last_series_start(piece: pa.Table, spec: DatasetSpec) -> int:
-    """Where the piece's last series begins (its rows may go on in the next batch)."""
-    code = series_codes(piece.select(spec.series_keys), spec.series_keys)
-    changes = np.flatnonzero(code[1:] != code[:-1])
-    return int(changes[-1]) + 1 if len(changes) else 0
+    """Where the piece's last series begins (its rows may go on in the next batch). The
+    piece's dictionaries are unified, so equal keys have equal indices."""
+    starts = run_starts(piece.select(spec.series_keys), spec.series_keys)
+    return int(starts[-1]) if len(starts) else 0
 
 
 class OutputFailed(Exception):

@@ -176,6 +176,32 @@ def series_codes(table: pa.Table, keys: list[str]) -> np.ndarray:
     return code
 
 
+def run_starts(table: pa.Table, keys: list[str]) -> np.ndarray:
+    """The rows (row 0 first) whose key columns differ from the row before: where each run of
+    equal keys starts. Dictionary chunks are compared by index, within a chunk, and by value
+    across chunk edges: no codes and no decoded strings. A dictionary holding a value twice
+    may start a run between equal keys (never miss one): callers checking that runs are
+    distinct series then see a series twice and take their slower path."""
+    n = table.num_rows
+    change = np.zeros(n, dtype=bool)
+    if n:
+        change[0] = True
+    for k in keys:
+        col = table[k]
+        chunks = [c for c in (col.chunks if isinstance(col, pa.ChunkedArray) else [col]) if len(c)]
+        a, previous = 0, None
+        for c in chunks:
+            values = c.indices if pa.types.is_dictionary(c.type) else c
+            v = values.to_numpy(zero_copy_only=False)
+            change[a + 1 : a + len(c)] |= v[1:] != v[:-1]
+            first = c[0].as_py()  # the value, whatever the chunk's dictionary
+            if a and first != previous:
+                change[a] = True
+            previous = c[len(c) - 1].as_py()
+            a += len(c)
+    return np.flatnonzero(change)
+
+
 def series_numbers(table: pa.Table, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Each row's series number (series numbered in key order) and one row of each series.
 
