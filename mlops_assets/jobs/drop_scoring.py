@@ -128,8 +128,9 @@ def with_provenance(scored: pa.Table, reader: ModelSetReader) -> pa.Table:
     return scored.append_column(PROVENANCE[0], version)
 
 
-# Predictions: row numbers and dates delta-encoded, predictions byte-stream-split (both compress
-# far better under zstd that way), text columns dictionary-encoded.
+# Predictions: row numbers and dates delta-encoded, text columns dictionary-encoded, all under
+# zstd; predictions and bounds byte-stream-split under snappy (random doubles: zstd takes 3%
+# fewer bytes for half again the CPU, on the largest columns of the file).
 _ENCODINGS = {
     "source_row": "DELTA_BINARY_PACKED",
     "time": "DELTA_BINARY_PACKED",
@@ -142,7 +143,9 @@ def parquet_options(names: list[str]) -> dict:
     # Interval bounds (``prediction_lower_80``...) are floats like the prediction.
     encodings.update({c: "BYTE_STREAM_SPLIT" for c in names if c.startswith("prediction_")})
     return {
-        "compression": "zstd",
+        "compression": {
+            c: "snappy" if encodings.get(c) == "BYTE_STREAM_SPLIT" else "zstd" for c in names
+        },
         "use_dictionary": [c for c in names if c not in encodings],
         "column_encoding": encodings,
         # Statistics where readers filter (row, series, time), not on the predictions.

@@ -129,7 +129,7 @@ def interval_bounds(
     """``(lower, upper)`` of ``point ± width``; ``lower`` clipped at ``lower_bound`` if given."""
     lower, upper = point - width, point + width
     if lower_bound is not None:
-        lower = np.maximum(lower, lower_bound)
+        np.maximum(lower, lower_bound, out=lower)
     return lower, upper
 
 

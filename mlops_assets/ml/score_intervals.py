@@ -48,33 +48,45 @@ def horizon_steps(
     )
     has_end = ~np.isnat(ends)
     known = ~np.isnat(time) & has_end[series_of]
+    everywhere = bool(known.all())  # the usual case: no row copied out, no mask applied
     steps = np.zeros(len(time), np.int64)
-    if not known.any():
+    if not everywhere and not known.any():
         return steps
     # Distinct dates by hashing (a batch holds few): no sort of every row's date.
-    codes, distinct = pd.factorize(time[known])
+    codes, distinct = pd.factorize(time if everywhere else time[known])
     end_dates, end_of = np.unique(ends[has_end], return_inverse=True)  # one per series
     dates = np.r_[np.asarray(distinct, "datetime64[us]"), end_dates]
     period = calendar.periods(dates, frequency).period  # one grid for both
     end_period = np.zeros(len(ends), np.int64)
     end_period[has_end] = period[len(distinct) :][end_of.ravel()]
-    steps[known] = np.maximum(period[codes] - end_period[series_of[known]], 1)
+    # step = period of the row's date - period of its series' end, at least 1
+    ahead = period[: len(distinct)][codes]
+    ahead -= end_period[series_of if everywhere else series_of[known]]
+    np.maximum(ahead, 1, out=ahead)
+    if everywhere:
+        return ahead
+    steps[known] = ahead
     return steps
 
 
-def width_table(models: Sequence[SeriesModel | None], column: str) -> np.ndarray:
-    """``[n_series, longest horizon]`` half-widths of ``column``; a shorter row is padded with
-    its last width, a series without widths is NaN."""
+def width_table(
+    models: Sequence[SeriesModel | None], column: str, steps: int | None = None
+) -> np.ndarray:
+    """``[n_series, 1 + steps]`` half-widths of ``column``, step ``k`` in column ``k``
+    (column 0, an unknown step, is NaN); a shorter row is padded with its last width, a series
+    without widths is NaN. ``steps`` defaults to the longest horizon stored."""
     rows = [
         np.asarray(m.widths.get(column, ()), float) if m is not None else np.zeros(0)
         for m in models
     ]
-    longest = max((len(r) for r in rows), default=0)
-    table = np.full((len(rows), max(longest, 1)), np.nan)
+    if steps is None:
+        steps = max((len(r) for r in rows), default=0)
+    table = np.full((len(rows), 1 + max(steps, 1)), np.nan)
     for i, r in enumerate(rows):
         if len(r):
-            table[i, : len(r)] = r
-            table[i, len(r) :] = r[-1]
+            r = r[:steps]
+            table[i, 1 : 1 + len(r)] = r
+            table[i, 1 + len(r) :] = r[-1]
     return table
 
 
@@ -89,12 +101,19 @@ def row_bounds(
     levels, in order): NaN where the row has no prediction or its series no width."""
     if not spec.intervals.levels:
         return {}
-    steps = horizon_steps(time, series_of, models, spec.frequency)
+    fields = [interval_field(level) for level in spec.intervals.levels]
+    longest = max(
+        (len(m.widths.get(f, ())) for m in models if m is not None for f in fields), default=0
+    )
+    longest = max(longest, 1)
+    # One flat index for every level: row -> (its series, its step), a step past the stored
+    # horizon reading the last width and step 0 (unknown) the NaN column.
+    at = horizon_steps(time, series_of, models, spec.frequency)
+    np.minimum(at, longest, out=at)
+    at += series_of * (longest + 1)
     out: dict[str, np.ndarray] = {}
-    for level in spec.intervals.levels:
-        table = width_table(models, interval_field(level))
-        step = np.minimum(steps, table.shape[1]) - 1
-        width = np.where(step >= 0, table[series_of, np.maximum(step, 0)], np.nan)
+    for level, field in zip(spec.intervals.levels, fields, strict=True):
+        width = width_table(models, field, longest).ravel().take(at)
         lower_name, upper_name = bound_fields(level)
         out[lower_name], out[upper_name] = bounds_of(predicted, width, spec)
     return out
