@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mlops_assets.ml import persistence
 from mlops_assets.ml.intervals import INTERVAL_PREFIX
@@ -34,6 +35,44 @@ class CacheStats:
     bytes: int = 0
 
 
+class _Columns:
+    """A manifest's columns as Python values, each converted on first use (a manifest of many
+    series carries columns scoring never reads), and its list columns (history tails,
+    interval widths) as one numpy array each, sliced per series."""
+
+    def __init__(self, manifest: pa.Table):
+        self._table = manifest
+        self.names = manifest.column_names
+        self._names = frozenset(self.names)
+        self._values: dict[str, list] = {}
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._names
+
+    def value(self, key: str, i: int):
+        values = self._values.get(key)
+        if values is None:
+            with self._lock:
+                values = self._values.setdefault(key, self._table[key].to_pylist())
+        return values[i]
+
+    def array(self, key: str, i: int) -> np.ndarray | None:
+        """Row ``i`` of list column ``key`` as float64 (a copy), None where null or empty."""
+        parts = self._arrays.get(key)
+        if parts is None:
+            col = self._table[key].combine_chunks()
+            null = col.is_null().to_numpy(zero_copy_only=False)
+            values = pc.cast(col.values, pa.float64()).to_numpy(zero_copy_only=False)
+            parts = (values, col.offsets.to_numpy(), null)
+            with self._lock:
+                parts = self._arrays.setdefault(key, parts)
+        values, offsets, null = parts
+        a, b = offsets[i], offsets[i + 1]
+        return None if null[i] or a == b else values[a:b].copy()
+
+
 class ModelSetReader:
     """``model_for(series_id)`` over one model set's manifest, for ``scoring.score``."""
 
@@ -49,11 +88,10 @@ class ModelSetReader:
         self.version = version
         self.max_models, self.max_bytes = max_models, max_bytes
         self._read = read_range
-        cols = manifest.to_pydict()
-        self._rows = {sid: i for i, sid in enumerate(cols["series_id"])}
-        self._cols = cols
+        self._rows = {sid: i for i, sid in enumerate(manifest["series_id"].to_pylist())}
+        self._cols = _Columns(manifest)
         # Interval half-widths per horizon step, one column per level (``interval_80``).
-        self._widths = [c for c in cols if c.startswith(INTERVAL_PREFIX)]
+        self._widths = [c for c in self._cols.names if c.startswith(INTERVAL_PREFIX)]
         self._cache: OrderedDict[str, tuple[SeriesModel, int]] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
@@ -67,7 +105,7 @@ class ModelSetReader:
         return series_id in self._rows
 
     def _entry(self, i: int, key: str):
-        return self._cols[key][i] if key in self._cols else None
+        return self._cols.value(key, i) if key in self._cols else None
 
     def entry(self, series_id: str, key: str):
         """The manifest's ``key`` of a series (``family``, ``history_end``...), None if the
@@ -111,16 +149,14 @@ class ModelSetReader:
                 f"model set {self.version}: artifact {artifact}@{offset} of series {series_id!r}: "
                 f"{exc}"
             ) from None
+        tail = self._cols.array("history_tail", i) if "history_tail" in self._cols else None
+        widths = {c: self._cols.array(c, i) for c in self._widths}
         entry = SeriesModel(
             model=model,
             version=self._entry(i, "trained_in") or self.version,
             history_end=self._entry(i, "history_end"),
-            tail=np.asarray(self._entry(i, "history_tail") or [], dtype=float),
-            widths={
-                c: np.asarray(self._cols[c][i] or [], dtype=float)
-                for c in self._widths
-                if self._cols[c][i]
-            },
+            tail=np.zeros(0) if tail is None else tail,
+            widths={c: w for c, w in widths.items() if w is not None},
         )
         with self._lock:
             self.stats.misses += 1
