@@ -99,31 +99,42 @@ class SeriesRows:
         rows: slice | np.ndarray = slice(a, b) if self.order is None else self.order[a:b]
         request_rows = np.arange(a, b) if isinstance(rows, slice) else rows
         present, bounds = self.present[i0:i1], self.bounds[i0 : i1 + 1] - a
-        tails = self.tails
-        tail_len = np.array([len(tails[s][0]) if s in tails else 0 for s in present], np.int64)
-        offsets = np.concatenate([[0], np.cumsum(np.diff(bounds) + tail_len)]).astype(np.int64)
-        longest = int(tail_len.max()) if len(tail_len) else 0
-        no_value, no_row = np.full(longest, np.nan), np.full(longest, -1, np.int64)
+        with_tail = [int(s) for s in present if int(s) in self.tails]
+        tail_len = np.array([len(self.tails[s][0]) if s in self.tails else 0 for s in present])
+        counts = np.diff(bounds)
+        offsets = np.concatenate([[0], np.cumsum(counts + tail_len)]).astype(np.int64)
+        # Each series' tail rows, then its request rows: request rows are shifted by the tails
+        # of their series and of the series before them; tail rows fill the rest.
+        is_request = np.ones(offsets[-1], bool)
+        is_request[np.repeat(offsets[:-1], tail_len) + _ramps(tail_len)] = False
 
-        def interleave(values: np.ndarray, tail_part) -> np.ndarray:
-            pieces = []
-            for i, s in enumerate(present):
-                if tail_len[i]:
-                    pieces.append(tail_part(int(s), int(tail_len[i])))
-                pieces.append(values[bounds[i] : bounds[i + 1]])
-            return np.concatenate(pieces, out=np.empty(offsets[-1], values.dtype))
+        def interleave(values: np.ndarray, tail_values: np.ndarray | float) -> np.ndarray:
+            out = np.empty(offsets[-1], values.dtype)
+            out[is_request] = values
+            out[~is_request] = tail_values
+            return out
+
+        def tail_part(k: int) -> np.ndarray:
+            parts = [self.tails[s][k] for s in with_tail]
+            return np.concatenate(parts) if parts else np.zeros(0)
 
         frame = SeriesFrame(
             keys=[(int(s),) for s in present],
             offsets=offsets,
-            time=interleave(self.time[rows], lambda s, k: tails[s][0]),
-            target=interleave(self._numbers(self.spec.target, rows), lambda s, k: tails[s][1]),
+            time=interleave(self.time[rows], tail_part(0).astype(self.time.dtype)),
+            target=interleave(self._numbers(self.spec.target, rows), tail_part(1)),
             exog={
-                c: interleave(self._numbers(c, rows), lambda s, k: no_value[:k])
-                for c in self.spec.features.exogenous
+                c: interleave(self._numbers(c, rows), np.nan) for c in self.spec.features.exogenous
             },
         )
-        return on_calendar(frame, interleave(request_rows, lambda s, k: no_row[:k]), self.spec)
+        return on_calendar(frame, interleave(request_rows, -1), self.spec)
+
+
+def _ramps(lengths: np.ndarray) -> np.ndarray:
+    """``0..n-1`` for each ``n`` of ``lengths``, concatenated."""
+    total = int(lengths.sum())
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.arange(total) - starts
 
 
 def on_calendar(

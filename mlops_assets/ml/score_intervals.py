@@ -34,9 +34,11 @@ def horizon_steps(
     series_of: np.ndarray,
     models: Sequence[SeriesModel | None],
     frequency: str,
+    dates: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Each row's horizon step (1-based, at least 1); 0 where unknown (no date, no model, no
-    ``history_end``). Periods are located once per distinct date, not per row."""
+    ``history_end``). Periods are located once per distinct date, not per row; ``dates`` is
+    ``pd.factorize(time)`` where the caller has it."""
     ends = np.array(
         [
             np.datetime64(m.history_end, "us")
@@ -53,10 +55,13 @@ def horizon_steps(
     if not everywhere and not known.any():
         return steps
     # Distinct dates by hashing (a batch holds few): no sort of every row's date.
-    codes, distinct = pd.factorize(time if everywhere else time[known])
+    if dates is None:
+        codes, distinct = pd.factorize(time if everywhere else time[known])
+    else:
+        codes, distinct = dates[0] if everywhere else dates[0][known], dates[1]
     end_dates, end_of = np.unique(ends[has_end], return_inverse=True)  # one per series
-    dates = np.r_[np.asarray(distinct, "datetime64[us]"), end_dates]
-    period = calendar.periods(dates, frequency).period  # one grid for both
+    located = np.r_[np.asarray(distinct, "datetime64[us]"), end_dates]
+    period = calendar.periods(located, frequency).period  # one grid for both
     end_period = np.zeros(len(ends), np.int64)
     end_period[has_end] = period[len(distinct) :][end_of.ravel()]
     # step = period of the row's date - period of its series' end, at least 1
@@ -96,9 +101,11 @@ def row_bounds(
     series_of: np.ndarray,
     models: Sequence[SeriesModel | None],
     spec: DatasetSpec,
+    dates: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """The bound columns of every row (``score_request.bound_fields`` of each of the spec's
-    levels, in order): NaN where the row has no prediction or its series no width."""
+    levels, in order): NaN where the row has no prediction or its series no width. ``dates``:
+    ``pd.factorize(time)``, where the caller has it."""
     if not spec.intervals.levels:
         return {}
     fields = [interval_field(level) for level in spec.intervals.levels]
@@ -108,7 +115,7 @@ def row_bounds(
     longest = max(longest, 1)
     # One flat index for every level: row -> (its series, its step), a step past the stored
     # horizon reading the last width and step 0 (unknown) the NaN column.
-    at = horizon_steps(time, series_of, models, spec.frequency)
+    at = horizon_steps(time, series_of, models, spec.frequency, dates)
     np.minimum(at, longest, out=at)
     at += series_of * (longest + 1)
     out: dict[str, np.ndarray] = {}

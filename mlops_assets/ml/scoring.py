@@ -133,7 +133,10 @@ def score_table(
     ids = np.asarray(series_ids(take_rows(keys, first_row), spec).to_pylist(), dtype=object)
     time = column_times(table[spec.time])
     errors = RowErrors(n)
-    time, snapped = _on_calendar(time, spec, errors)
+    # Distinct dates by hashing (a batch holds few), shared by the calendar check and the
+    # interval steps: no sort of every row's date.
+    dates = pd.factorize(time)  # NaT: code -1
+    time, snapped = _on_calendar(time, dates, spec, errors)
     order = _mark_bad_rows(series_of, time, spec, errors)  # None: rows came grouped in time
     models, why = _look_up(ids, model_for)
     _set_series_errors(errors, series_of, why)
@@ -150,7 +153,7 @@ def score_table(
     predicted = np.full(n, np.nan)
     _predict(table, spec, order, series_of, time, tails, models, predicted, errors, chunk_rows)
     versions = [m.version if m is not None else None for m in models]
-    bounds = row_bounds(predicted, time, series_of, models, spec)
+    bounds = row_bounds(predicted, time, series_of, models, spec, None if snapped else dates)
     if pa.types.is_date32(table[spec.time].type) and not snapped:
         time = table[spec.time]  # the request's own dates, not converted back from numpy
     return result_table(ids, series_of, time, predicted, versions, errors, bounds)
@@ -209,19 +212,21 @@ def _predict_plain(
     predict_recursive(rows, regression, predicted, spec, errors, chunk_rows)
 
 
-def _on_calendar(time: np.ndarray, spec: DatasetSpec, errors: RowErrors) -> tuple[np.ndarray, bool]:
+def _on_calendar(
+    time: np.ndarray, dates: tuple[np.ndarray, np.ndarray], spec: DatasetSpec, errors: RowErrors
+) -> tuple[np.ndarray, bool]:
     """Rows off the spec's calendar get an error, or are snapped when the spec says so (as
     ``validation.calendar_rows`` does to a drop); the periods, and whether any was snapped.
 
-    Only the distinct timestamps (a batch holds few) are located on the calendar.
+    Only the distinct timestamps (``dates``: ``pd.factorize(time)``) are located on the calendar.
     """
-    distinct = pd.unique(time[~np.isnat(time)])
+    codes, distinct = dates
     if len(distinct) == 0:
         return time, False
-    on = calendar.periods(distinct, spec.frequency).on_calendar
+    on = calendar.periods(np.asarray(distinct, time.dtype), spec.frequency).on_calendar
     if on.all():
         return time, False
-    off = np.isin(time, distinct[~on])
+    off = ~on[codes] & (codes >= 0)
     if spec.calendar.off_calendar == "snap":
         time = time.copy()
         time[off] = calendar.snap(time[off], spec.frequency)

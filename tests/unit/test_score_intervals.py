@@ -27,6 +27,8 @@ def test_steps_count_periods_after_each_history_end(frequency):
     time = grid.values[rng.integers(0, len(grid), 5_000)].astype("datetime64[us]")
     time[rng.random(5_000) < 0.05] = np.datetime64("NaT")
     steps = horizon_steps(time, series_of, models, frequency)
+    shared = horizon_steps(time, series_of, models, frequency, pd.factorize(time))
+    assert shared.tolist() == steps.tolist()
     for i in range(0, 5_000, 7):
         s, t = series_of[i], time[i]
         end = ends[s] if s < 2 else None
