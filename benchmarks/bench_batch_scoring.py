@@ -18,6 +18,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -91,7 +92,13 @@ def main() -> None:
     retain_freed_memory()  # as the job script does (score_drops.main); the floor runs here too
     spec = load_spec("sales")
     root = tempfile.mkdtemp(prefix="bench-batch-")
-    storage = LocalStorage(root=root)
+    try:
+        run(args, spec, LocalStorage(root=root))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # ~2 GB at the full size
+
+
+def run(args: argparse.Namespace, spec, storage: LocalStorage) -> None:
     t = time.perf_counter()
     full = sales_table(SalesShape(args.series, HISTORY + args.periods))
     cut = sorted(set(full[spec.time].to_pylist()))[HISTORY]
@@ -103,7 +110,7 @@ def main() -> None:
     pq.write_table(drop, buf)
     info = storage.write_bytes("scoring/sales/inbox/bench.parquet", buf.getvalue())
     prep = time.perf_counter() - t
-    cfg = {"kind": "local", "root": root}
+    cfg = {"kind": "local", "root": storage.root}
     ref = demo_ref(storage, spec, "m/v1").to_dict()
     spec_json = spec.model_dump(mode="json")
     job = DropJob(spec_json, info.name, info.etag, f"bench.parquet@{info.etag}", cfg, cfg, ref)

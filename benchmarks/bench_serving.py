@@ -35,6 +35,7 @@ import os
 import pstats
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -363,6 +364,8 @@ def main() -> int:
     result["table"] = table(result).splitlines()
     write_result("serving", result)
     print(table(result), file=sys.stderr)
+    if not a.profile:  # the profiles stay under tmp for reading
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
