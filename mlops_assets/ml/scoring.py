@@ -57,7 +57,13 @@ from mlops_assets.ml.score_request import (
     result_table,
 )
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.ml.tables import series_ids, series_numbers, take_rows
+from mlops_assets.ml.tables import (
+    run_starts,
+    series_codes,
+    series_ids,
+    series_numbers,
+    take_rows,
+)
 
 __all__ = [
     "BAD_VALUE",
@@ -129,7 +135,7 @@ def score_table(
             {name: np.zeros(0) for name in result_columns(spec) if name not in RESULT_COLUMNS},
         )
     keys, no_key = _filled_keys(table.select(spec.series_keys))
-    series_of, first_row = series_numbers(keys, spec.series_keys)
+    series_of, first_row = _number_series(keys, spec.series_keys)
     ids = np.asarray(series_ids(take_rows(keys, first_row), spec).to_pylist(), dtype=object)
     time = column_times(table[spec.time])
     errors = RowErrors(n)
@@ -210,6 +216,17 @@ def _predict_plain(
             return
     rows = SeriesRows(table, spec, order, series_of, time, tails)
     predict_recursive(rows, regression, predicted, spec, errors, chunk_rows)
+
+
+def _number_series(keys: pa.Table, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``tables.series_numbers``; or, when each series' rows come together (a drop exported
+    by key, a piece of one), the series numbered as they come, from the runs of equal keys:
+    a code per series rather than per row."""
+    starts = run_starts(keys, names)
+    if len(np.unique(series_codes(take_rows(keys, starts), names))) == len(starts):
+        counts = np.diff(np.r_[starts, keys.num_rows])
+        return np.repeat(np.arange(len(starts), dtype=np.int32), counts), starts
+    return series_numbers(keys, names)
 
 
 def _on_calendar(

@@ -182,6 +182,28 @@ def test_score_table_returns_intervals_with_the_widths_of_the_manifest(trained):
     assert (out.prediction_lower_95.isna() == ~both).all()
 
 
+def test_a_request_scores_the_same_grouped_by_series_in_any_order_or_shuffled(trained):
+    """Rows grouped by series (in key order, in reverse key order) are numbered from their
+    runs of equal keys; shuffled rows through ``series_numbers``: every row gets the same
+    answer either way."""
+    _, reader, future = trained
+    requests = future.drop(columns="sales")
+    by_key = requests.sort_values(["store", "product", "week"]).reset_index(drop=True)
+    reverse = requests.sort_values(["store", "product", "week"], ascending=[False, False, True])
+    shuffled = by_key.sample(frac=1.0, random_state=5)
+    answers = []
+    for rows in (by_key, reverse, shuffled):
+        out = score_table(rows, ZOO, reader.model_for).to_pandas()
+        out.index = rows.index  # each answer beside its request row
+        answers.append(out.sort_index())
+    assert answers[0].error.isna().all()
+    for other in answers[1:]:
+        pd.testing.assert_frame_equal(
+            other.astype({"series_id": str, "model_version": str}),
+            answers[0].astype({"series_id": str, "model_version": str}),
+        )
+
+
 def test_a_fallback_series_is_scored_as_its_chosen_baseline(trained):
     results, reader, future = trained
     sid = "store=S0000/product=P004"
