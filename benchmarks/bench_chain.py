@@ -4,7 +4,8 @@ Cold start: 10,000 series x 4,000 weeks (40M rows) land, then one run of ``sales
 (ingest, validate, train, evaluate, register) on a SQLite Dagster instance, as ``make demo`` and
 the schedule run it. Daily retrain: one new week (10,000 rows) lands and the next day's run
 validates it incrementally and retrains. Per step: its wall time from Dagster's event log;
-orchestration overhead = run wall time minus the steps' own time, against the training step.
+orchestration overhead = run wall time minus the steps' own time, against the training step
+and against the whole run.
 
     python -m benchmarks.bench_chain [--series N --periods T]
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from benchmarks.common import peak_rss_mb, write_result
 
-COLD_TARGET_S, DAILY_TARGET_S, OVERHEAD_TARGET = 60.0, 30.0, 0.10
+COLD_TARGET_S, DAILY_TARGET_S, OVERHEAD_TARGET = 25.0, 10.0, 0.05  # docs/architecture.md §4
 
 
 def step_spans(instance, run_id: str) -> dict[str, tuple[float, float]]:
@@ -69,6 +70,8 @@ def run_job(job, instance, partition: str) -> dict:
         "phases_s": phases,
         "orchestration_overhead_s": round(overhead, 2),
         "overhead_vs_training": round(overhead / steps[train_key], 3),
+        # The same seconds against the whole run (a daily run's training step is short).
+        "overhead_vs_run": round(overhead / wall, 3),
     }
 
 
