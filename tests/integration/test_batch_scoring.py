@@ -566,6 +566,35 @@ def test_predictions_that_cannot_be_written_fail_the_drop_and_leave_the_last_out
     assert not [p for p in Path(storage.root).rglob(".tmp-*")]
 
 
+@pytest.mark.azurite
+def test_a_drop_in_blob_storage_scored_in_pieces_streams_its_predictions_as_blocks(
+    env, data, tmp_path, azurite, blob_storage, monkeypatch
+):
+    """On Blob storage the pieces' predictions go up as staged blocks committed at the end
+    (1 KiB blocks here, so several): the same predictions as a whole-file scoring of the
+    same drop on local files, and no uncommitted block left on the blob."""
+    import mlops_assets.storage.azure as azure_storage
+    from mlops_assets.storage import CONNECTION_STRING_ENV
+
+    monkeypatch.setattr(azure_storage, "BLOCK_BYTES", 1024)
+    monkeypatch.setenv(CONNECTION_STRING_ENV, azurite.connection_string)
+    drop = decode_dictionaries(data[1]).sort_by([(k, "ascending") for k in SALES.series_keys])
+    local = LocalStorage(root=str(tmp_path / "storage"))
+    whole = _score_once(env, local, drop, "d.parquet", 7, stream_min_rows=10**9)
+    info = blob_storage.write_bytes(f"{INBOX}d.parquet", _bytes(drop, 7))
+    key = f"d.parquet@{info.etag}"
+    summary = run_instance(
+        _drop_job(env, blob_storage, info, key), stream_min_rows=1, piece_rows=16
+    )
+    assert summary.status == "scored" and summary.rows_scored == whole[0].rows_scored
+    name = layout.predictions_name("sales", key)
+    pieces = decode_dictionaries(pq.read_table(io.BytesIO(blob_storage.read_bytes(name))))
+    assert pieces.equals(whole[1])
+    blob = blob_storage._container().get_blob_client(name)  # noqa: SLF001 - raw SDK
+    committed, uncommitted = blob.get_block_list("all")
+    assert len(committed) > 1 and not uncommitted
+
+
 def test_an_ungrouped_drop_is_scored_whole():
     new = decode_dictionaries(sales_table(SalesShape(3, 10, seed=1)))
     shuffled = new.take(pa.array(list(range(0, new.num_rows, 2)) + list(range(1, new.num_rows, 2))))
