@@ -36,17 +36,29 @@ class CacheStats:
 
 
 class _Columns:
-    """A manifest's columns as Python values, each converted on first use (a manifest of many
-    series carries columns scoring never reads), and its list columns (history tails,
-    interval widths) as one numpy array each, sliced per series."""
+    """A manifest's columns as Python values, and its list columns (history tails, interval
+    widths) as one numpy array each, sliced per series. Those ``eager`` are converted at once
+    (what loading a model reads: the first request after a load or a swap pays nothing more);
+    any other on first use (a manifest carries columns scoring never reads, such as each
+    series' backtest residuals, which cost more to convert than all the rest)."""
 
-    def __init__(self, manifest: pa.Table):
+    def __init__(
+        self, manifest: pa.Table, eager: tuple[str, ...] = (), arrays: tuple[str, ...] = ()
+    ):
         self._table = manifest
         self.names = manifest.column_names
         self._names = frozenset(self.names)
-        self._values: dict[str, list] = {}
-        self._arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._values: dict[str, list] = {c: manifest[c].to_pylist() for c in eager if c in self}
+        self._arrays = {c: self._list_column(c) for c in arrays if c in self}
         self._lock = threading.Lock()
+
+    def _list_column(self, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        col = self._table[key].combine_chunks()
+        if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):  # all null
+            return np.zeros(0), np.zeros(len(col) + 1, np.int64), np.ones(len(col), bool)
+        null = col.is_null().to_numpy(zero_copy_only=False)
+        values = pc.cast(col.values, pa.float64()).to_numpy(zero_copy_only=False)
+        return values, col.offsets.to_numpy(), null
 
     def __contains__(self, key: str) -> bool:
         return key in self._names
@@ -62,15 +74,27 @@ class _Columns:
         """Row ``i`` of list column ``key`` as float64 (a copy), None where null or empty."""
         parts = self._arrays.get(key)
         if parts is None:
-            col = self._table[key].combine_chunks()
-            null = col.is_null().to_numpy(zero_copy_only=False)
-            values = pc.cast(col.values, pa.float64()).to_numpy(zero_copy_only=False)
-            parts = (values, col.offsets.to_numpy(), null)
+            parts = self._list_column(key)
             with self._lock:
                 parts = self._arrays.setdefault(key, parts)
         values, offsets, null = parts
         a, b = offsets[i], offsets[i + 1]
         return None if null[i] or a == b else values[a:b].copy()
+
+
+# What loading a series' model reads from the manifest (``_load``, and the provenance of
+# scored rows: ``entry``).
+_LOAD_COLUMNS = (
+    "artifact",
+    "offset",
+    "length",
+    "model_sha256",
+    "status",
+    "reason",
+    "trained_in",
+    "history_end",
+    "family",
+)
 
 
 class ModelSetReader:
@@ -89,9 +113,9 @@ class ModelSetReader:
         self.max_models, self.max_bytes = max_models, max_bytes
         self._read = read_range
         self._rows = {sid: i for i, sid in enumerate(manifest["series_id"].to_pylist())}
-        self._cols = _Columns(manifest)
         # Interval half-widths per horizon step, one column per level (``interval_80``).
-        self._widths = [c for c in self._cols.names if c.startswith(INTERVAL_PREFIX)]
+        self._widths = [c for c in manifest.column_names if c.startswith(INTERVAL_PREFIX)]
+        self._cols = _Columns(manifest, _LOAD_COLUMNS, ("history_tail", *self._widths))
         self._cache: OrderedDict[str, tuple[SeriesModel, int]] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}

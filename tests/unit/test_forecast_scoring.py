@@ -11,6 +11,7 @@ from mlops_assets.ml import param_models
 from mlops_assets.ml.engines import train_local
 from mlops_assets.ml.features import last_rows, tail_length, to_series_frame
 from mlops_assets.ml.intervals import interval_field
+from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.sample_data import SalesShape, sales_table
 from mlops_assets.ml.score_request import RESULT_COLUMNS, bound_fields, result_columns
 from mlops_assets.ml.scoring import SeriesModel, score, score_table
@@ -202,6 +203,41 @@ def test_a_request_scores_the_same_grouped_by_series_in_any_order_or_shuffled(tr
             other.astype({"series_id": str, "model_version": str}),
             answers[0].astype({"series_id": str, "model_version": str}),
         )
+
+
+def test_a_reader_takes_widths_and_tails_from_the_manifest_and_none_where_null(trained, tmp_path):
+    """The reader slices each series' tail and widths out of one array per list column: the
+    same values as the manifest's rows; a null entry, or a level with no width anywhere (a
+    column of nulls), gives no width and an empty tail."""
+    _, reader, _ = trained
+    table = reader._cols._table  # noqa: SLF001 - the manifest the fixture's reader was built on
+    assert table.num_rows == 6
+    ids = table["series_id"].to_pylist()
+    for i, sid in enumerate(ids):
+        model = reader.model_for(sid)
+        expected_tail = table["history_tail"][i].as_py() or []
+        np.testing.assert_array_equal(model.tail, np.asarray(expected_tail, float))
+        for level in ZOO.intervals.levels:
+            field = interval_field(level)
+            stored = table[field][i].as_py()
+            if stored:
+                np.testing.assert_array_equal(model.widths[field], np.asarray(stored, float))
+            else:
+                assert field not in model.widths
+    first = interval_field(ZOO.intervals.levels[0])
+    tails = table["history_tail"].to_pylist()
+    tails[0] = None
+    hollow = table.set_column(
+        table.schema.get_field_index(first), first, pa.nulls(table.num_rows)
+    ).set_column(
+        table.schema.get_field_index("history_tail"),
+        "history_tail",
+        pa.array(tails, table.schema.field("history_tail").type),
+    )
+    bare = ModelSetReader(hollow, reader._read, version="hollow")  # noqa: SLF001
+    model = bare.model_for(ids[0])
+    assert first not in model.widths and len(model.tail) == 0
+    assert bare.model_for(ids[1]).tail.tolist() == (table["history_tail"][1].as_py() or [])
 
 
 def test_a_fallback_series_is_scored_as_its_chosen_baseline(trained):
