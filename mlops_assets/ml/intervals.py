@@ -17,6 +17,7 @@ of residuals. A geometric blend shrinks the noisy own error toward the stable pa
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,7 @@ import numpy as np
 INTERVAL_PREFIX = "interval_"  # the manifest's columns of half-widths per level
 
 
+@functools.cache  # called per row and level when scoring: the name once per level
 def interval_field(level: float) -> str:
     """The manifest column of the half-widths at ``level`` percent (``interval_80``)."""
     return INTERVAL_PREFIX + f"{level:g}".replace(".", "_")

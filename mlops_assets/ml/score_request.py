@@ -29,6 +29,7 @@ MODEL_INTEGRITY = "model_integrity"  # the series' model bytes do not match thei
 OFF_CALENDAR = "off_calendar"
 
 
+@lru_cache  # per row and level on the real-time path: the names once per level
 def bound_fields(level: float) -> tuple[str, str]:
     """The result columns of the interval at ``level`` percent, named after ``prediction``:
     ``prediction_lower_80`` and ``prediction_upper_80``."""

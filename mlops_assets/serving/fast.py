@@ -27,7 +27,6 @@ from mlops_assets.ml.features import SeriesFrame, feature_matrix, tail_length
 from mlops_assets.ml.intervals import interval_field
 from mlops_assets.ml.param_scoring import is_param_model
 from mlops_assets.ml.predict import clip_to_bounds, predict_pipeline
-from mlops_assets.ml.score_intervals import bounds_of
 from mlops_assets.ml.score_request import (
     RESULT_COLUMNS,
     ModelLookup,
@@ -263,15 +262,20 @@ def _score_fast(records, parsed, idx, models, spec, out) -> None:
 
 
 def _first_step_bounds(prediction: np.ndarray, model: SeriesModel, spec: DatasetSpec) -> dict:
-    """The interval bounds of a prediction for the period right after the history (step 1)."""
+    """The interval bounds of a prediction for the period right after the history (step 1):
+    ``score_intervals.bounds_of`` on one value, in plain floats (numpy's per-call cost is
+    most of the time on a single row). A NaN width or prediction gives null bounds."""
     out: dict[str, float | None] = {}
+    point = float(prediction[0])
+    floor = spec.columns[spec.target].min
     for level in spec.intervals.levels:
         widths = model.widths.get(interval_field(level))
-        width = np.array([widths[0] if widths is not None and len(widths) else np.nan])
-        for name, bound in zip(
-            bound_fields(level), bounds_of(prediction, width, spec), strict=True
-        ):
-            out[name] = _finite(bound[0])
+        width = float(widths[0]) if widths is not None and len(widths) else math.nan
+        lower, upper = point - width, point + width
+        if floor is not None and lower < floor:  # False for NaN: NaN stays, as np.maximum
+            lower = float(floor)
+        lower_name, upper_name = bound_fields(level)
+        out[lower_name], out[upper_name] = _finite(lower), _finite(upper)
     return out
 
 
