@@ -11,7 +11,6 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -34,7 +33,7 @@ from mlops_assets.ml.drops import (
 from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.ml.tables import run_starts, series_codes, take_rows
+from mlops_assets.ml.tables import grouped_run_starts, run_starts
 
 STREAM_MIN_ROWS = 2_000_000  # Parquet drops at least this large are scored in pieces
 PIECE_ROWS = 1 << 21  # rows read, typed and scored at a time (whole series, see below)
@@ -64,11 +63,7 @@ def stream_source(
         return None
     if any(keys[k].null_count for k in spec.series_keys):
         return None
-    # Grouped: no series starts twice. Runs of equal keys are found on dictionary indices;
-    # only each run's first row is coded.
-    starts = run_starts(keys, spec.series_keys)
-    code = series_codes(take_rows(keys, starts), spec.series_keys)
-    return pf if len(np.unique(code)) == len(starts) else None
+    return pf if grouped_run_starts(keys, spec.series_keys) is not None else None
 
 
 def _last_series_start(piece: pa.Table, spec: DatasetSpec) -> int:

@@ -57,13 +57,7 @@ from mlops_assets.ml.score_request import (
     result_table,
 )
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.ml.tables import (
-    run_starts,
-    series_codes,
-    series_ids,
-    series_numbers,
-    take_rows,
-)
+from mlops_assets.ml.tables import grouped_run_starts, series_ids, series_numbers, take_rows
 
 __all__ = [
     "BAD_VALUE",
@@ -222,11 +216,11 @@ def _number_series(keys: pa.Table, names: list[str]) -> tuple[np.ndarray, np.nda
     """``tables.series_numbers``; or, when each series' rows come together (a drop exported
     by key, a piece of one), the series numbered as they come, from the runs of equal keys:
     a code per series rather than per row."""
-    starts = run_starts(keys, names)
-    if len(np.unique(series_codes(take_rows(keys, starts), names))) == len(starts):
-        counts = np.diff(np.r_[starts, keys.num_rows])
-        return np.repeat(np.arange(len(starts), dtype=np.int32), counts), starts
-    return series_numbers(keys, names)
+    starts = grouped_run_starts(keys, names)
+    if starts is None:
+        return series_numbers(keys, names)
+    counts = np.diff(np.r_[starts, keys.num_rows])
+    return np.repeat(np.arange(len(starts), dtype=np.int32), counts), starts
 
 
 def _on_calendar(

@@ -202,6 +202,14 @@ def run_starts(table: pa.Table, keys: list[str]) -> np.ndarray:
     return np.flatnonzero(change)
 
 
+def grouped_run_starts(table: pa.Table, keys: list[str]) -> np.ndarray | None:
+    """``run_starts`` when each series' rows come together (no series starts twice), else
+    None: only each run's first row is coded."""
+    starts = run_starts(table, keys)
+    distinct = len(np.unique(series_codes(take_rows(table, starts), keys)))
+    return starts if distinct == len(starts) else None
+
+
 def series_numbers(table: pa.Table, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Each row's series number (series numbered in key order) and one row of each series.
 

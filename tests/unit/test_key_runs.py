@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mlops_assets.ml.tables import run_starts, series_codes
+from mlops_assets.ml.tables import grouped_run_starts, run_starts, series_codes
 
 
 def _brute_starts(rows: list[tuple]) -> list[int]:
@@ -72,3 +72,13 @@ def test_a_dictionary_holding_a_value_twice_only_adds_runs() -> None:
     starts = run_starts(table, ["store"]).tolist()
     assert set(_brute_starts([("S1",)] * 4 + [("S2",)] * 2 + [("S1",)])) <= set(starts)
     assert starts == [0, 2, 4, 6]
+
+
+@pytest.mark.parametrize("encode", [True, False], ids=["dictionary", "plain"])
+def test_grouped_run_starts_only_when_no_series_comes_back(encode: bool) -> None:
+    rng = np.random.default_rng(9)
+    grouped = [("S1", "P1")] * 3 + [("S0", "P2")] * 2 + [("S1", "P2")] * 4  # not key order
+    table = _table(grouped, [2, 4, 7], encode, rng)
+    assert grouped_run_starts(table, ["store", "product"]).tolist() == [0, 3, 5]
+    back = grouped + [("S1", "P1")]  # the first series again, after others
+    assert grouped_run_starts(_table(back, [4], encode, rng), ["store", "product"]) is None
