@@ -80,5 +80,5 @@ def test_grouped_run_starts_only_when_no_series_comes_back(encode: bool) -> None
     grouped = [("S1", "P1")] * 3 + [("S0", "P2")] * 2 + [("S1", "P2")] * 4  # not key order
     table = _table(grouped, [2, 4, 7], encode, rng)
     assert grouped_run_starts(table, ["store", "product"]).tolist() == [0, 3, 5]
-    back = grouped + [("S1", "P1")]  # the first series again, after others
+    back = [*grouped, ("S1", "P1")]  # the first series again, after others
     assert grouped_run_starts(_table(back, [4], encode, rng), ["store", "product"]) is None
