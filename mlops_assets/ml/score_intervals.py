@@ -117,7 +117,7 @@ def row_bounds(
     # horizon reading the last width and step 0 (unknown) the NaN column.
     at = horizon_steps(time, series_of, models, spec.frequency, dates)
     np.minimum(at, longest, out=at)
-    at += series_of * (longest + 1)
+    at += series_of.astype(np.int64) * (longest + 1)  # int64: no overflow on many series
     out: dict[str, np.ndarray] = {}
     for level, field in zip(spec.intervals.levels, fields, strict=True):
         width = width_table(models, field, longest).ravel().take(at)
