@@ -46,8 +46,7 @@ class _Columns:
         self, manifest: pa.Table, eager: tuple[str, ...] = (), arrays: tuple[str, ...] = ()
     ):
         self._table = manifest
-        self.names = manifest.column_names
-        self._names = frozenset(self.names)
+        self._names = frozenset(manifest.column_names)
         self._values: dict[str, list] = {c: manifest[c].to_pylist() for c in eager if c in self}
         self._arrays = {c: self._list_column(c) for c in arrays if c in self}
         self._lock = threading.Lock()

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from mlops_assets.ml.calendar import calendar_series
-from mlops_assets.ml.features import SeriesFrame, feature_columns, feature_names
+from mlops_assets.ml.features import SeriesFrame, feature_columns, feature_names, positions
 from mlops_assets.ml.predict import (
     clip_to_bounds,
     fold_linear,
@@ -106,7 +106,8 @@ class SeriesRows:
         # Each series' tail rows, then its request rows: request rows are shifted by the tails
         # of their series and of the series before them; tail rows fill the rest.
         is_request = np.ones(offsets[-1], bool)
-        is_request[np.repeat(offsets[:-1], tail_len) + _ramps(tail_len)] = False
+        tail_pos = positions(np.concatenate([[0], np.cumsum(tail_len)]))  # 0..k-1 per tail
+        is_request[np.repeat(offsets[:-1], tail_len) + tail_pos] = False
 
         def interleave(values: np.ndarray, tail_values: np.ndarray | float) -> np.ndarray:
             out = np.empty(offsets[-1], values.dtype)
@@ -128,13 +129,6 @@ class SeriesRows:
             },
         )
         return on_calendar(frame, interleave(request_rows, -1), self.spec)
-
-
-def _ramps(lengths: np.ndarray) -> np.ndarray:
-    """``0..n-1`` for each ``n`` of ``lengths``, concatenated."""
-    total = int(lengths.sum())
-    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return np.arange(total) - starts
 
 
 def on_calendar(

@@ -74,7 +74,6 @@ class BlockWriter(io.RawIOBase):
         self._tag = uuid.uuid4().hex[:16]
         self._buf = bytearray()
         self.ids: list[str] = []
-        self.size = 0
 
     def writable(self) -> bool:
         return True
@@ -82,7 +81,6 @@ class BlockWriter(io.RawIOBase):
     def write(self, b) -> int:
         n = memoryview(b).nbytes
         self._buf += b
-        self.size += n
         while len(self._buf) >= self._block_bytes:
             self._flush(self._block_bytes)
         return n

@@ -7,13 +7,12 @@ may belong to a write still under way), at most once per ``SWEEP_EVERY_S`` per f
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -227,7 +226,7 @@ class LocalStorage(Storage):
         except BaseException:
             # Closing flushes what is still buffered, which fails again on a full disk: the
             # error that stopped the write is the one that counts.
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 f.close()
             if os.path.exists(tmp):
                 os.unlink(tmp)
