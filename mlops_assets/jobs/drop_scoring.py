@@ -54,6 +54,12 @@ def _pack_reader(storage) -> Callable:
 _READERS: OrderedDict[tuple[str, str], ModelSetReader] = OrderedDict()
 
 
+def forget_model_set_readers() -> None:
+    """Drop the readers kept for the next drop of this process: its next drop reads its
+    manifest and loads its models again, as the first drop of a job does."""
+    _READERS.clear()
+
+
 def model_set_reader(ref: ModelSetRef, model_storage) -> ModelSetReader:
     """The verified reader of ``ref``, shared by the drops of a batch: a model set folder never
     changes once written, so its manifest is read (and its digest checked) and each model

@@ -1,5 +1,9 @@
 """Storage in a folder on this machine: temp file, fsync, rename.
 
+A large write asks the kernel to start writing each ``WRITEBACK_BYTES`` it is given as it goes
+(``_EarlyWriteback``), so its closing fsync waits for the last part only: a 1.4 GB output no
+longer waits seconds at its end for all of it to reach the disk.
+
 A write killed before its rename leaves a ``.tmp-*`` file (never listed, never readable by
 name); the next writer in that folder removes those older than ``TMP_GRACE_S`` (younger ones
 may belong to a write still under way), at most once per ``SWEEP_EVERY_S`` per folder.
@@ -8,6 +12,7 @@ may belong to a write still under way), at most once per ``SWEEP_EVERY_S`` per f
 from __future__ import annotations
 
 import errno
+import io
 import os
 import tempfile
 import time
@@ -27,6 +32,8 @@ def _current_umask() -> int:
 
 
 TMP_PREFIX = ".tmp-"
+WRITEBACK_BYTES = 64 << 20
+_FADVISE = getattr(os, "posix_fadvise", None)  # Linux, the BSDs; not macOS
 TMP_GRACE_S = 3600.0
 SWEEP_EVERY_S = 60.0
 _SWEPT: dict[Path, float] = {}  # folder -> monotonic time of its last sweep, in this process
@@ -51,6 +58,27 @@ def sweep_stale_tmp(folder: Path, grace_s: float = TMP_GRACE_S) -> int:
         except FileNotFoundError:  # finished or removed by another writer meanwhile
             continue
     return removed
+
+
+class _EarlyWriteback(io.BufferedWriter):
+    """A file that has the kernel start writing each ``WRITEBACK_BYTES`` it was given
+    (``POSIX_FADV_DONTNEED`` on the written range: writeback starts without waiting, as
+    PostgreSQL's ``pg_flush_data`` does, and the pages leave the cache once on disk). The fsync
+    that commits the file then waits for what came after the last such range, and the disk
+    works while the writer computes the next part."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(io.FileIO(fd, "wb", closefd=True))
+        self._started = 0  # bytes whose writeback was started
+
+    def write(self, b: Any) -> int:
+        n = super().write(b)
+        if _FADVISE is not None and self.tell() - self._started >= WRITEBACK_BYTES:
+            self.flush()
+            end = self.tell()
+            _FADVISE(self.fileno(), self._started, end - self._started, os.POSIX_FADV_DONTNEED)
+            self._started = end
+        return n
 
 
 def _sweep_now(folder: Path) -> None:
@@ -206,7 +234,7 @@ class LocalStorage(Storage):
         path.parent.mkdir(parents=True, exist_ok=True)
         _sweep_now(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
-        f = os.fdopen(fd, "wb")
+        f = _EarlyWriteback(fd)
         try:
             yield f
             f.flush()

@@ -8,6 +8,7 @@ into what it lists or reads.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import random
 import signal
@@ -203,6 +204,42 @@ def test_a_streamed_write_appears_whole_when_its_block_ends(
     with storage.open_write("out/empty") as f:
         pass
     assert storage.read_bytes("out/empty") == b""
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise here")
+def test_a_large_local_write_has_its_writeback_started_as_it_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LocalStorage asks the kernel to start writing each ``WRITEBACK_BYTES`` it was given
+    while the write is under way (so its closing fsync waits for the last part only): the
+    ranges advised follow each other from byte 0, each of at least that size, all before the
+    block ends; a write below that size advises nothing; the bytes are unchanged."""
+    import mlops_assets.storage.local as local_storage
+
+    advised: list[tuple[int, int, int]] = []
+
+    def record(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append((offset, length, advice))
+        os.posix_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(local_storage, "WRITEBACK_BYTES", 1024)
+    monkeypatch.setattr(local_storage, "_FADVISE", record)
+    storage = LocalStorage(root=str(tmp_path / "root"))
+    parts = [bytes([i]) * (700 + i) for i in range(13)]
+    with storage.open_write("out/predictions.parquet") as f:
+        for part in parts:
+            f.write(part)
+        during = list(advised)
+    assert during == advised and len(advised) >= 5
+    assert advised[0][0] == 0 and {a for _o, _n, a in advised} == {os.POSIX_FADV_DONTNEED}
+    for (offset, length, _a), (next_offset, _n, _b) in itertools.pairwise(advised):
+        assert length >= 1024 and next_offset == offset + length
+    # What is left for the closing fsync: less than one range and the last write.
+    assert 9178 - (advised[-1][0] + advised[-1][1]) < 1024 + 712
+    assert storage.read_bytes("out/predictions.parquet") == b"".join(parts)
+    advised.clear()
+    storage.write_bytes("out/small", b"x" * 1000)
+    assert advised == []
 
 
 def test_a_streamed_write_that_fails_leaves_the_previous_version(storage: Storage) -> None:
