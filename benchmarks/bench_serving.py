@@ -1,7 +1,7 @@
 """Real-time scoring under Azure ML's inference server, beside the bare server, in one run.
 
-For 1 and 2 gunicorn workers, two servers are started in turn (``LocalServer``, as ``mlops
-serve`` and the integration tests do):
+For 1 and 2 gunicorn workers, two servers run side by side (``LocalServer``, as ``mlops
+serve`` and the integration tests do; only one is driven at a time):
 
 * ``bare``: azmlinfsrv with a trivial ``@rawhttp`` entry script (reads the body, returns a
   constant): what the server itself costs per request;
@@ -11,9 +11,13 @@ serve`` and the integration tests do):
 
 Each is driven by the open-loop generator (``serving/loadtest.py``) in a separate process: one
 record per request at offered 100, 200 and 500 requests/s, on a fixed schedule whatever the
-answers, latency measured from the scheduled send time (no coordinated omission). Per rate:
-achieved rps, p50/p95/p99, errors, the server's CPU seconds per request (psutil over the
-server's process tree), the generator's own CPU, the machine's busy cores and load average.
+answers, latency measured from the scheduled send time (no coordinated omission). The two
+servers take turns at each rate in windows ordered bare, scoring, scoring, bare (``--rounds``
+times; each server gets ``--seconds`` per rate in all), so a slow minute of this shared machine
+falls on both: each one's figures pool its windows, and the ratios come with each adjacent
+pair's p99 ratio and their median. Per rate: achieved rps,
+p50/p95/p99, errors, the server's CPU seconds per request (psutil over the server's process
+tree), the generator's own CPU, the machine's busy cores and load average.
 Then a short ramp (x1.3 steps from 100/s) gives the saturation rate: the highest offered rate
 answered with p99 < 100 ms, no errors and >= 95 % of the offered rate; divided by the workers
 it is the saturation rate per worker. For the scoring server a hot swap runs under load: a new
@@ -30,12 +34,14 @@ close the result (``benchmarks/results/serving.json``)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pstats
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -210,8 +216,8 @@ def profile_top(folder: Path, n: int = 15) -> list[str]:
     return [f"total {total:.2f}s in run()", *lines]
 
 
-def serve_config(kind: str, workers: int, root: Path, a: argparse.Namespace, tmp: Path) -> dict:
-    one = tmp / "one.jsonl"
+def make_server(kind: str, workers: int, root: Path, a: argparse.Namespace, tmp: Path):
+    """The ``kind`` server (not started) and the folder its profiles go to, if any."""
     env = {}
     if a.profile and kind == "scoring":
         env[PROFILE_ENV] = str(tmp / f"prof-{workers}")
@@ -225,41 +231,120 @@ def serve_config(kind: str, workers: int, root: Path, a: argparse.Namespace, tmp
         log_path=tmp / f"{kind}-{workers}.log",
         env=env,
     )
-    out: dict = {"kind": kind, "workers": workers}
-    t0 = time.perf_counter()
-    with server:
-        out["start_s"] = round(time.perf_counter() - t0, 2)
-        # Warm up: every worker loads every model (each has its own cache; any worker may take
-        # a batch, so each batch goes several times), then the code paths run once at 100/s.
-        if kind == "scoring":
-            # Cold: each request names a series no worker has loaded yet (on-demand loading).
-            n = min(len(a.records), int(COLD_RPS * a.seconds))
-            out["cold"] = drive(server, tmp / "cold.jsonl", COLD_RPS, n / COLD_RPS)
-            for _ in range(3 * workers):
-                for i in range(0, len(a.records), 100):
-                    status, body = server.score(a.records[i : i + 100])
-                    assert status == 200 and not body["n_errors"], body
-        drive(server, one, 100, 1.0)
-        out["rss_mb"] = round(server.rss_bytes() / 2**20, 1)
-        out["rates"] = {str(r): drive(server, one, r, a.seconds) for r in RATES}
-        out["ramp"] = ramp(server, one, a.ramp_seconds, a.ramp_cap)
-        sat = out["ramp"]["saturation_rps"]
-        out["saturation_rps"] = sat
-        out["saturation_rps_per_worker"] = round(sat / workers, 1) if sat else None
-        if kind == "scoring":
-            out["swap"] = hot_swap(server, root, one, a.swap_rps, a.swap_seconds)
-            steady = out["rates"].get(str(a.swap_rps)) or drive(server, one, a.swap_rps, a.seconds)
-            out["swap"]["steady_p99_ms"] = steady["p99_ms"]
-            w, o = out["swap"]["window_p99_ms"], out["swap"]["outside_window_p99_ms"]
-            out["swap"]["window_over_steady_p99"] = (
-                round(w / steady["p99_ms"], 2) if w and steady["p99_ms"] else None
-            )
-            out["swap"]["window_over_outside_window_p99"] = round(w / o, 2) if w and o else None
-            info = server.info()
-            out["info"] = {k: info[k] for k in ("model_set_version", "swaps", "cache", "last_swap")}
-    if env:
-        out["profile_top"] = profile_top(Path(env[PROFILE_ENV]))
+    return server, env.get(PROFILE_ENV)
+
+
+def prepare(kind: str, server: LocalServer, a: argparse.Namespace, tmp: Path) -> dict:
+    """Cold phase (scoring), then warm-up: every worker loads every model (each has its own
+    cache; any worker may take a batch, so each batch goes several times), then the code paths
+    run once at 100/s."""
+    out: dict = {}
+    if kind == "scoring":
+        # Cold: each request names a series no worker has loaded yet (on-demand loading).
+        n = min(len(a.records), int(COLD_RPS * a.seconds))
+        out["cold"] = drive(server, tmp / "cold.jsonl", COLD_RPS, n / COLD_RPS)
+        for _ in range(3 * server.workers):
+            for i in range(0, len(a.records), 100):
+                status, body = server.score(a.records[i : i + 100])
+                assert status == 200 and not body["n_errors"], body
+    drive(server, tmp / "one.jsonl", 100, 1.0)
+    out["rss_mb"] = round(server.rss_bytes() / 2**20, 1)
     return out
+
+
+def pooled(windows: list[dict]) -> dict:
+    """One server's figures at one rate over its windows: latencies pooled, counts summed."""
+    lat = [x[1] for w in windows for x in w["timeline"]]
+    done = sum(w["completed"] for w in windows)
+    server_cpu = sum(w["server_cpu_s"] for w in windows)
+    return {
+        "windows": len(windows),
+        "offered": sum(w["offered"] for w in windows),
+        "completed": done,
+        "errors": sum(w["errors"] for w in windows),
+        "achieved_rps": round(statistics.mean(w["achieved_rps"] or 0.0 for w in windows), 1),
+        **{f"p{q}_ms": percentile_ms(lat, q) for q in (50, 95, 99)},
+        "max_ms": round(max(lat), 2) if lat else None,
+        "server_cpu_s": round(server_cpu, 3),
+        "server_cpu_ms_per_request": round(server_cpu / max(1, done) * 1e3, 3),
+        "client_cpu_s": round(sum(w["client_cpu_s"] for w in windows), 3),
+        "other_busy_cores": round(statistics.mean(w["other_busy_cores"] for w in windows), 2),
+        "loadavg_1m": [windows[0]["loadavg_1m"][0], windows[-1]["loadavg_1m"][1]],
+        "window_p99_ms": [w["p99_ms"] for w in windows],
+    }
+
+
+def paired_rates(servers: dict, bodies: Path, a: argparse.Namespace) -> tuple[dict, dict]:
+    """Each rate in windows bare, scoring, scoring, bare (``a.rounds`` times; each server
+    ``a.seconds`` in all). Returns each server's pooled figures per rate, and per rate the p99 ratio of each
+    adjacent (bare, scoring) pair of windows."""
+    seconds = a.seconds / (2 * a.rounds)
+    rates: dict = {kind: {} for kind in servers}
+    pairs: dict = {}
+    for r in RATES:
+        windows: dict = {kind: [] for kind in servers}
+        for _ in range(a.rounds):
+            for kind in ("bare", "scoring", "scoring", "bare"):
+                windows[kind].append(drive(servers[kind], bodies, r, seconds, timeline=True))
+        for kind, ws in windows.items():
+            rates[kind][str(r)] = pooled(ws)
+        ratio = [
+            round(s["p99_ms"] / b["p99_ms"], 2) if s["p99_ms"] and b["p99_ms"] else None
+            for b, s in zip(windows["bare"], windows["scoring"], strict=True)
+        ]
+        known = [x for x in ratio if x is not None]
+        pairs[str(r)] = {
+            "p99_ratio_of_each_pair": ratio,
+            "median_pair_p99_ratio": round(statistics.median(known), 2) if known else None,
+        }
+    return rates, pairs
+
+
+def finish(kind: str, server: LocalServer, root: Path, a: argparse.Namespace, out: dict) -> None:
+    """Saturation ramp; for the scoring server, a hot swap under load."""
+    one = Path(a.bodies)
+    out["ramp"] = ramp(server, one, a.ramp_seconds, a.ramp_cap)
+    sat = out["ramp"]["saturation_rps"]
+    out["saturation_rps"] = sat
+    out["saturation_rps_per_worker"] = round(sat / server.workers, 1) if sat else None
+    if kind == "scoring":
+        out["swap"] = hot_swap(server, root, one, a.swap_rps, a.swap_seconds)
+        steady = out["rates"].get(str(a.swap_rps)) or drive(server, one, a.swap_rps, a.seconds)
+        out["swap"]["steady_p99_ms"] = steady["p99_ms"]
+        w, o = out["swap"]["window_p99_ms"], out["swap"]["outside_window_p99_ms"]
+        out["swap"]["window_over_steady_p99"] = (
+            round(w / steady["p99_ms"], 2) if w and steady["p99_ms"] else None
+        )
+        out["swap"]["window_over_outside_window_p99"] = round(w / o, 2) if w and o else None
+        info = server.info()
+        out["info"] = {k: info[k] for k in ("model_set_version", "swaps", "cache", "last_swap")}
+
+
+def serve_pair(workers: int, root: Path, a: argparse.Namespace, tmp: Path) -> tuple[dict, dict]:
+    """Both servers with ``workers`` workers, side by side: each prepared, then the paired
+    rates, then each one's ramp (and the scoring server's hot swap). Returns the configs and
+    the pairs."""
+    configs: dict = {}
+    with contextlib.ExitStack() as stack:
+        servers, profiles = {}, {}
+        for kind in ("bare", "scoring"):
+            server, profiles[kind] = make_server(kind, workers, root, a, tmp)
+            t0 = time.perf_counter()
+            servers[kind] = stack.enter_context(server)
+            configs[kind] = {
+                "kind": kind,
+                "workers": workers,
+                "start_s": round(time.perf_counter() - t0, 2),
+            }
+            configs[kind].update(prepare(kind, servers[kind], a, tmp))
+        rates, pairs = paired_rates(servers, Path(a.bodies), a)
+        for kind, server in servers.items():
+            configs[kind]["rates"] = rates[kind]
+            finish(kind, server, root, a, configs[kind])
+    for kind, folder in profiles.items():
+        if folder:
+            configs[kind]["profile_top"] = profile_top(Path(folder))
+    return configs, pairs
 
 
 def ratios(bare: dict, scoring: dict) -> dict:
@@ -314,7 +399,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="short phases: < 3 min on 2 cores")
     ap.add_argument("--series", type=int, default=1_000)
-    ap.add_argument("--seconds", type=float, default=10.0, help="per fixed rate")
+    ap.add_argument("--seconds", type=float, default=10.0, help="per fixed rate and server")
+    ap.add_argument("--rounds", type=int, default=2, help="bare-scoring-scoring-bare rounds")
     ap.add_argument("--ramp-seconds", type=float, default=5.0)
     ap.add_argument("--ramp-cap", type=float, default=3_000.0)
     ap.add_argument("--swap-rps", type=int, default=200)
@@ -340,11 +426,13 @@ def main() -> int:
     random.Random(0).shuffle(lines)
     (tmp / "cold.jsonl").write_text("\n".join(lines) + "\n")
     (tmp / "bare_score.py").write_text(BARE)
+    a.bodies = str(tmp / "one.jsonl")
     a.records = request_rows(spec, manifest, sids)
     result: dict = {
         "command": "python -m benchmarks.bench_serving " + " ".join(sys.argv[1:]),
         "series": a.series,
         "seconds_per_rate": a.seconds,
+        "rounds": a.rounds,
         "ramp_seconds": a.ramp_seconds,
         "p99_limit_ms": P99_LIMIT_MS,
         "build_model_sets_s": round(build_s, 2),
@@ -353,11 +441,13 @@ def main() -> int:
     }
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for w in (int(x) for x in a.workers.split(",")):
-        for kind in ("bare", "scoring"):
-            result["configs"][f"{kind}/{w}w"] = serve_config(kind, w, root, a, tmp)
-        result.setdefault("vs_bare", {})[f"{w}w"] = ratios(
-            result["configs"][f"bare/{w}w"], result["configs"][f"scoring/{w}w"]
-        )
+        configs, pairs = serve_pair(w, root, a, tmp)
+        for kind, config in configs.items():
+            result["configs"][f"{kind}/{w}w"] = config
+        vs_bare = ratios(configs["bare"], configs["scoring"])
+        for r, pair in pairs.items():
+            vs_bare[r].update(pair)
+        result.setdefault("vs_bare", {})[f"{w}w"] = vs_bare
     result["wall_s"] = round(time.perf_counter() - wall0, 1)
     result["bench_process_cpu_s"] = round(time.process_time() - cpu0, 1)
     result["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
