@@ -15,9 +15,9 @@ answers, latency measured from the scheduled send time (no coordinated omission)
 servers take turns at each rate in windows ordered bare, scoring, scoring, bare (``--rounds``
 times; each server gets ``--seconds`` per rate in all), so a slow minute of this shared machine
 falls on both: each one's figures pool its windows, and the ratios come with each adjacent
-pair's p99 ratio and their median. Per rate: achieved rps,
-p50/p95/p99, errors, the server's CPU seconds per request (psutil over the server's process
-tree), the generator's own CPU, the machine's busy cores and load average.
+pair's p99 ratio and their median. Per rate: achieved rps, p50/p95/p99, errors, the server's
+CPU seconds per request (psutil over the server's process tree), the generator's own CPU, the
+machine's busy cores and load average.
 Then a short ramp (x1.3 steps from 100/s) gives the saturation rate: the highest offered rate
 answered with p99 < 100 ms, no errors and >= 95 % of the offered rate; divided by the workers
 it is the saturation rate per worker. For the scoring server a hot swap runs under load: a new
@@ -276,8 +276,8 @@ def pooled(windows: list[dict]) -> dict:
 
 def paired_rates(servers: dict, bodies: Path, a: argparse.Namespace) -> tuple[dict, dict]:
     """Each rate in windows bare, scoring, scoring, bare (``a.rounds`` times; each server
-    ``a.seconds`` in all). Returns each server's pooled figures per rate, and per rate the p99 ratio of each
-    adjacent (bare, scoring) pair of windows."""
+    ``a.seconds`` in all). Returns each server's pooled figures per rate, and per rate the p99
+    ratio of each adjacent (bare, scoring) pair of windows."""
     seconds = a.seconds / (2 * a.rounds)
     rates: dict = {kind: {} for kind in servers}
     pairs: dict = {}
