@@ -39,6 +39,10 @@ _LAUNCH = (
 # What a process inherits from this machine, as an image would set it; nothing else of the
 # caller's environment leaks into a job.
 PASSED_THROUGH = ("HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
+# The host's settings of its numeric libraries (``OPENBLAS_CORETYPE=Haswell`` on a machine
+# whose own detection would pick other kernels): a job's container on that host runs the same
+# kernels as the caller, so the same arithmetic gives the same bits on both sides.
+PASSED_THROUGH_PREFIXES = ("OPENBLAS_", "GOTO_", "MKL_", "OMP_")
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,12 @@ def rank_env(place: Placement, distribution: Any, master_port: int) -> dict[str,
 def base_env() -> dict[str, str]:
     """The job image's environment: this interpreter's ``python`` first on ``PATH``."""
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    return {"PATH": path, **{k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}}
+    passed = {
+        k: v
+        for k, v in os.environ.items()
+        if k in PASSED_THROUGH or k.startswith(PASSED_THROUGH_PREFIXES)
+    }
+    return {"PATH": path, **passed}
 
 
 def free_port() -> int:

@@ -26,7 +26,7 @@ SHOWN = (
 )
 SHOW_ENV = (
     "import json, os; print(json.dumps({k: v for k, v in os.environ.items() "
-    f"if k in {SHOWN!r} or k.startswith(('AZURE', 'MLOPS', 'X_', 'DEFAULT_'))}}))"
+    f"if k in {SHOWN!r} or k.startswith(('AZURE', 'MLOPS', 'X_', 'DEFAULT_', 'OPENBLAS_'))}}))"
 )
 
 
@@ -80,6 +80,17 @@ def test_pytorch_ranks_as_azure_ml_sets_them(ml, monkeypatch):
     # our scripts read their share from what Azure ML sets
     assert [rank_and_world(e) for e in envs] == [(r, 4) for r in range(4)]
     assert ml.workspace.calls("jobs.create_or_update") == [job]
+
+
+def test_a_job_runs_the_hosts_blas_settings_and_nothing_else_of_the_callers(ml, monkeypatch):
+    """OpenBLAS's kernel choice set on the host (``OPENBLAS_CORETYPE``) reaches the job, as on
+    a container of that host: otherwise the job may pick other kernels than the caller and the
+    same fit differs in its last bits. Other variables of the caller's stay out."""
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.setenv("MLOPS_RANK", "7")
+    ml.create_or_update(_job(ml, "blas", "python show.py"))
+    (env,) = _env_lines(ml, "blas")
+    assert env["OPENBLAS_CORETYPE"] == "Haswell" and "MLOPS_RANK" not in env
 
 
 def test_mpi_ranks(ml):
