@@ -62,10 +62,10 @@ def sweep_stale_tmp(folder: Path, grace_s: float = TMP_GRACE_S) -> int:
 
 class _EarlyWriteback(io.BufferedWriter):
     """A file that has the kernel start writing each ``WRITEBACK_BYTES`` it was given
-    (``POSIX_FADV_DONTNEED`` on the written range: writeback starts without waiting, as
-    PostgreSQL's ``pg_flush_data`` does, and the pages leave the cache once on disk). The fsync
-    that commits the file then waits for what came after the last such range, and the disk
-    works while the writer computes the next part."""
+    (``POSIX_FADV_DONTNEED`` on the written range, as PostgreSQL's ``pg_flush_data`` does:
+    writeback starts without waiting; the range is still dirty then, so its pages stay cached
+    for a reader that comes next). The fsync that commits the file then waits for what came
+    after the last such range, and the disk works while the writer computes the next part."""
 
     def __init__(self, fd: int) -> None:
         super().__init__(io.FileIO(fd, "wb", closefd=True))
