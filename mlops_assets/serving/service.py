@@ -52,6 +52,8 @@ import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 
+from threadpoolctl import threadpool_info
+
 from mlops_assets.heap import freeze_loaded
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.score_request import result_columns
@@ -268,6 +270,11 @@ class ScoringService:
                 "cache_bytes": self.settings.cache_bytes,
             },
             "cache": asdict(a.reader.stats) if a else None,
+            # Each native thread pool of this worker and its size (MLOPS_SERVING_COMPUTE_THREADS).
+            "compute_threads": {
+                f"{p['user_api']}:{p['internal_api']}": p["num_threads"]
+                for p in threadpool_info()
+            },
             "rss_bytes": rss_bytes(),
             "peak_rss_bytes": peak_rss_bytes(),
             "pid": os.getpid(),

@@ -60,6 +60,9 @@ class ServingSettings:
     collect_root: str | None = None
     collect_storage: str | None = None  # Storage.config() as JSON (wins over collect_root)
     collect_queue: int = 1_000
+    # Threads of each native pool (BLAS, OpenMP) in a worker; 0 leaves the libraries' defaults.
+    # One: a request is a few rows, and an idle pool's threads cost more to wake than the work.
+    compute_threads: int = 1
 
     @classmethod
     def from_env(cls) -> ServingSettings:
@@ -88,6 +91,7 @@ class ServingSettings:
             collect_root=_env("COLLECT_ROOT"),
             collect_storage=_env("COLLECT_STORAGE"),
             collect_queue=int(_env_or("COLLECT_QUEUE", "1000")),
+            compute_threads=int(_env_or("COMPUTE_THREADS", "1")),
         )
 
     def to_env(self) -> dict[str, str]:

@@ -8,6 +8,7 @@ small cache. Each is started as a subprocess on a free 127.0.0.1 port and stoppe
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -106,6 +107,17 @@ def test_predictions_for_many_series_equal_direct_scoring(served):
     np.testing.assert_allclose(
         [g["prediction"] for g in got], want["prediction"].to_numpy(float), rtol=1e-12
     )
+
+
+def test_a_worker_runs_its_native_thread_pools_on_one_thread(served):
+    """A request is a few rows: waking a BLAS pool's idle threads costs more than the work, so a
+    worker bounds its pools to MLOPS_SERVING_COMPUTE_THREADS (default 1; docs/serving.md)."""
+    server, _, _ = served
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU: the libraries' own default is one thread already")
+    pools = server.info()["compute_threads"]
+    assert any(name.startswith("blas:") for name in pools), pools
+    assert set(pools.values()) == {1}, pools
 
 
 def test_unknown_series_is_a_per_record_error(served):
