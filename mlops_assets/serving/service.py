@@ -272,8 +272,7 @@ class ScoringService:
             "cache": asdict(a.reader.stats) if a else None,
             # Each native thread pool of this worker and its size (MLOPS_SERVING_COMPUTE_THREADS).
             "compute_threads": {
-                f"{p['user_api']}:{p['internal_api']}": p["num_threads"]
-                for p in threadpool_info()
+                f"{p['user_api']}:{p['internal_api']}": p["num_threads"] for p in threadpool_info()
             },
             "rss_bytes": rss_bytes(),
             "peak_rss_bytes": peak_rss_bytes(),
