@@ -7,10 +7,9 @@ after the series' stored history. Those records are scored here with numpy only,
 same feature code (``features.feature_matrix`` over the stored tail plus the record) and the
 same model, so the predictions are the ones ``scoring.score`` gives (to the last bits: a scaler +
 linear model's prediction is summed as a cached fixed part plus the request's exogenous terms,
-in plain floats). Every other record (and
-every record of a series that has any record the fast path cannot take) goes to
-``scoring.score`` unchanged; one request may mix both. Rows are independent across series, so
-the split never changes an answer.
+in plain floats). Every other record (and every record of a series that has any record the
+fast path cannot take) goes to ``scoring.score`` unchanged; one request may mix both. Rows are
+independent across series, so the split never changes an answer.
 """
 
 from __future__ import annotations
