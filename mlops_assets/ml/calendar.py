@@ -116,6 +116,43 @@ def _located(time: np.ndarray, frequency: str) -> Periods:
     return Periods(grid, period.astype(np.int64), grid[period] == time)
 
 
+def distinct_times(time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pd.factorize(time)`` with the distinct timestamps ascending: each timestamp's code
+    into them (NaT: -1). Whole days over a short range (dates: the usual case) are counted on a
+    table of the range's days, a few vectorised passes with no hashing (several times faster
+    on millions of rows); anything else is hashed."""
+    time = np.asarray(time)
+    unit = np.datetime_data(time.dtype)[0] if time.dtype.kind == "M" else ""
+    per_day = {"D": 1, "s": 86_400, "ms": 86_400_000, "us": _DAY}.get(unit)
+    if per_day is None or len(time) == 0:
+        return _hashed(time)
+    nat = np.isnat(time)
+    any_nat = bool(nat.any())
+    ticks = time.view(np.int64)
+    valid = ticks[~nat] if any_nat else ticks
+    if len(valid) == 0:
+        return np.full(len(time), -1, np.int64), time[:0]
+    lo, hi = int(valid.min()), int(valid.max())
+    if (hi - lo) // per_day > max(len(time), 1 << 16) or (per_day > 1 and (valid % per_day).any()):
+        return _hashed(time)
+    day = ticks - lo
+    if per_day > 1:
+        day //= per_day
+    if any_nat:
+        day[nat] = 0
+    present = np.zeros((hi - lo) // per_day + 1, bool)
+    present[day[~nat] if any_nat else day] = True
+    codes = (np.cumsum(present) - 1)[day]
+    if any_nat:
+        codes[nat] = -1
+    return codes, (lo + np.flatnonzero(present) * per_day).view(time.dtype)
+
+
+def _hashed(time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    codes, distinct = pd.factorize(time, sort=True)
+    return codes, np.asarray(distinct, time.dtype)
+
+
 def off_calendar_rows(time: np.ndarray, frequency: str) -> np.ndarray:
     """Rows whose timestamp is not an anchor of ``frequency``: rule ``OFF_CALENDAR_RULE``."""
     return ~periods(time, frequency).on_calendar

@@ -314,14 +314,6 @@ def _day_fields(days: np.ndarray, name: str) -> np.ndarray:
     return np.asarray(week, dtype=np.int64)
 
 
-def _integer_field(days: np.ndarray, name: str) -> np.ndarray:
-    lo, hi = int(days.min()), int(days.max())
-    if name != "week_of_year" or hi - lo > min(len(days), _MAX_CALENDAR_TABLE_DAYS):
-        return _day_fields(days, name)
-    # ISO weeks go through pandas: compute once per day in the range and gather.
-    return _day_fields(np.arange(lo, hi + 1), name)[days - lo]
-
-
 def _fourier_table() -> tuple[np.ndarray, np.ndarray]:
     # One fixed table for every batch, so sin/cos values never depend on the batch's size.
     angle = 2 * np.pi * np.arange(366, dtype=np.float64) / _DAYS_PER_YEAR
@@ -335,9 +327,19 @@ def _calendar(time: np.ndarray, spec: DatasetSpec) -> list[np.ndarray]:
     if len(time) == 0:
         return [np.empty(0) for _ in range(_n_calendar(spec))]
     days = time.astype("datetime64[D]").astype(np.int64)
+    lo, hi = int(days.min()), int(days.max())
+    if hi - lo > min(len(days), _MAX_CALENDAR_TABLE_DAYS):
+        return _calendar_of_days(days, spec)
+    # Calendar features depend on the date alone: computed once per day of the range (a few
+    # thousand for millions of rows) and gathered, the same values as computed row by row.
+    at = days - lo
+    return [column[at] for column in _calendar_of_days(np.arange(lo, hi + 1), spec)]
+
+
+def _calendar_of_days(days: np.ndarray, spec: DatasetSpec) -> list[np.ndarray]:
     out = []
     for name in spec.features.calendar:
-        field = _integer_field(days, name)
+        field = _day_fields(days, name)
         if name == "fourier_year":
             out += [_FOURIER_SIN[field - 1], _FOURIER_COS[field - 1]]
         else:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 
 from mlops_assets.ml import calendar
 from mlops_assets.ml.intervals import interval_bounds, interval_field
@@ -38,7 +37,7 @@ def horizon_steps(
 ) -> np.ndarray:
     """Each row's horizon step (1-based, at least 1); 0 where unknown (no date, no model, no
     ``history_end``). Periods are located once per distinct date, not per row; ``dates`` is
-    ``pd.factorize(time)`` where the caller has it."""
+    ``calendar.distinct_times(time)`` where the caller has it."""
     ends = np.array(
         [
             np.datetime64(m.history_end, "us")
@@ -54,9 +53,9 @@ def horizon_steps(
     steps = np.zeros(len(time), np.int64)
     if not everywhere and not known.any():
         return steps
-    # Distinct dates by hashing (a batch holds few): no sort of every row's date.
+    # Distinct dates (a batch holds few): no sort of every row's date.
     if dates is None:
-        codes, distinct = pd.factorize(time if everywhere else time[known])
+        codes, distinct = calendar.distinct_times(time if everywhere else time[known])
     else:
         codes, distinct = dates[0] if everywhere else dates[0][known], dates[1]
     end_dates, end_of = np.unique(ends[has_end], return_inverse=True)  # one per series
@@ -105,7 +104,7 @@ def row_bounds(
 ) -> dict[str, np.ndarray]:
     """The bound columns of every row (``score_request.bound_fields`` of each of the spec's
     levels, in order): NaN where the row has no prediction or its series no width. ``dates``:
-    ``pd.factorize(time)``, where the caller has it."""
+    ``calendar.distinct_times(time)``, where the caller has it."""
     if not spec.intervals.levels:
         return {}
     fields = [interval_field(level) for level in spec.intervals.levels]

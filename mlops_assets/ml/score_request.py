@@ -203,6 +203,13 @@ class RowErrors:
         return code.cast(pa.string()), message.cast(pa.string())
 
 
+def _nan_as_null(values: np.ndarray) -> pa.Array:
+    """Floats with NaN as null; with no NaN, the array as it is (no copy, no validity map)."""
+    values = np.asarray(values, dtype=np.float64)
+    nan = np.isnan(values)
+    return pa.array(values, mask=nan) if nan.any() else pa.array(values)
+
+
 def result_table(
     ids: np.ndarray,
     series_of: np.ndarray,
@@ -224,7 +231,7 @@ def result_table(
         errors: Each row's error.
         bounds: Interval bounds of each row by result column (NaN where none), in order.
     """
-    prediction = pa.array(predicted, from_pandas=True)  # NaN (not predicted) becomes null
+    prediction = _nan_as_null(predicted)  # not predicted: null
     series_idx = pa.array(series_of, pa.int32())
     # The version of row i is its series' version where it has a prediction: an index per
     # series into the distinct versions, under the prediction's validity bitmap.
@@ -244,7 +251,7 @@ def result_table(
             ),
             "time": time,
             "prediction": prediction,
-            **{name: pa.array(v, from_pandas=True) for name, v in (bounds or {}).items()},
+            **{name: _nan_as_null(v) for name, v in (bounds or {}).items()},
             "model_version": pa.DictionaryArray.from_arrays(
                 version_idx, pa.array(distinct.tolist(), pa.string())
             ),

@@ -133,9 +133,9 @@ def score_table(
     ids = np.asarray(series_ids(take_rows(keys, first_row), spec).to_pylist(), dtype=object)
     time = column_times(table[spec.time])
     errors = RowErrors(n)
-    # Distinct dates by hashing (a batch holds few), shared by the calendar check and the
-    # interval steps: no sort of every row's date.
-    dates = pd.factorize(time)  # NaT: code -1
+    # Distinct dates (a batch holds few), shared by the calendar check and the interval steps:
+    # no sort of every row's date.
+    dates = calendar.distinct_times(time)  # NaT: code -1
     time, snapped = _on_calendar(time, dates, spec, errors)
     order = _mark_bad_rows(series_of, time, spec, errors)  # None: rows came grouped in time
     models, why = _look_up(ids, model_for)
@@ -229,7 +229,7 @@ def _on_calendar(
     """Rows off the spec's calendar get an error, or are snapped when the spec says so (as
     ``validation.calendar_rows`` does to a drop); the periods, and whether any was snapped.
 
-    Only the distinct timestamps (``dates``: ``pd.factorize(time)``) are located on the calendar.
+    Only the distinct timestamps (``dates``: ``calendar.distinct_times(time)``) are located on the calendar.
     """
     codes, distinct = dates
     if len(distinct) == 0:

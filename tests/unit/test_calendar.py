@@ -201,3 +201,31 @@ def test_periods_of_dates_equal_periods_of_the_same_timestamps(frequency):
         assert np.array_equal(a.grid[a.period], b.grid[b.period])
         assert np.array_equal(a.on_calendar, b.on_calendar)
         assert np.array_equal(np.diff(a.period), np.diff(b.period))
+
+
+@pytest.mark.parametrize("unit", ["D", "s", "us"])
+@pytest.mark.parametrize("shape", ["days", "with_nat", "with_hours", "long_range"])
+def test_distinct_times_is_a_sorted_factorize(unit, shape):
+    """Day-table counting (whole days, short range) and hashing (anything else) agree with
+    ``pd.factorize(sort=True)``: the same codes (NaT: -1) and distinct timestamps."""
+    rng = np.random.default_rng(7)
+    days = rng.integers(18_000, 18_000 + 3_000, 20_000)
+    if shape == "long_range":
+        days[:3] = [0, 40_000, 200_000]  # a range far longer than the rows
+    t = days.astype("datetime64[D]").astype(f"datetime64[{unit}]")
+    if shape == "with_nat":
+        t[rng.choice(len(t), 500, replace=False)] = np.datetime64("NaT")
+    if shape == "with_hours" and unit != "D":
+        t[::97] += np.timedelta64(3600, "s").astype(f"timedelta64[{unit}]")
+    codes, distinct = calendar.distinct_times(t)
+    want_codes, want = pd.factorize(t, sort=True)
+    np.testing.assert_array_equal(codes, want_codes)
+    np.testing.assert_array_equal(distinct, np.asarray(want, t.dtype))
+    assert distinct.dtype == t.dtype
+
+
+def test_distinct_times_of_nothing_and_of_only_nat():
+    codes, distinct = calendar.distinct_times(np.array([], "datetime64[us]"))
+    assert len(codes) == len(distinct) == 0
+    codes, distinct = calendar.distinct_times(np.array(["NaT", "NaT"], "datetime64[us]"))
+    assert codes.tolist() == [-1, -1] and len(distinct) == 0

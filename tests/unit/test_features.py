@@ -142,6 +142,27 @@ def test_calendar_features(spec, calendar, day, expected):
     np.testing.assert_allclose(X[0], expected, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "calendar", [["fourier_year"], ["month"], ["day_of_week"], ["week_of_year"]]
+)
+def test_calendar_features_are_the_same_per_day_table_or_row_by_row(spec, calendar):
+    """Many rows over a short range of days go through a per-day table; two rows years apart
+    (a range longer than the rows) are computed row by row: the same values, bit for bit."""
+    s = spec.model_copy(deep=True)
+    s.features.lags, s.features.rolling, s.features.exogenous = [], [], []
+    s.features.calendar = calendar
+    rng = np.random.default_rng(3)
+    days = pd.Timestamp("2019-12-20") + pd.to_timedelta(rng.integers(0, 800, 5_000), "D")
+    many = pd.DataFrame(  # one series per row, in row order
+        {"store": "S", "product": [f"P{i:05d}" for i in range(5_000)], "week": days.date}
+    ).assign(sales=1.0)
+    table = feature_matrix(to_series_frame(many, s), s)
+    far = many.iloc[[0]].assign(product="Z", week=pd.Timestamp("2031-06-01").date())
+    for row in rng.choice(5_000, 25, replace=False):
+        alone = feature_matrix(to_series_frame(pd.concat([many.iloc[[row]], far]), s), s)
+        np.testing.assert_array_equal(table[row], alone[0])
+
+
 @pytest.mark.parametrize("field", ["lags", "rolling"])
 def test_leaking_features_are_refused(spec, field):
     s = spec.model_copy(deep=True)
