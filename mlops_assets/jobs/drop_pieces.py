@@ -8,6 +8,7 @@ on Azure), so an instance holds about one piece of each at a time, never a whole
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
@@ -104,20 +105,16 @@ def score_in_pieces(
 
     Each piece holds whole series (a batch's last series waits for the next batch), so every
     series is scored with all its rows, as on the whole-file path, with the same rules and
-    results; memory stays bounded by the piece and the writer encodes and writes one piece
-    while the next is scored. This instance keeps its share of the series (``out.rank`` of
-    ``out.world``).
+    results. Three pieces at most are in hand at once: the next one read and validated on a
+    thread, this one scored, the last one encoded and written on another thread (memory stays
+    bounded by the piece; the cores stay busy). This instance keeps its share of the series
+    (``out.rank`` of ``out.world``).
 
     Raises:
         OutputFailed: Writing to ``sink`` failed.
     """
-    sspec = scoring_spec(spec, has_target=spec.target in pf.schema_arrow.names)
     writer, pending = None, None
     rejected: list[pa.Table] = []
-    carry: pa.Table | None = None
-    first = 0
-    empty = None
-    buffered: list[pa.Table] = []
     for name in ("validate", "score", "write"):
         phases.add(name, 0.0)
 
@@ -135,44 +132,75 @@ def score_in_pieces(
                 pending.result()
             pending = pool.submit(_write, writer, scored)
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        for batch in pf.iter_batches(batch_size=piece_rows):
-            with phases("validate"):
-                raw = pa.Table.from_batches([batch])
-                parsed = apply_value_rules(
-                    type_rows(raw, sspec, first, keep_dictionaries=True), sspec
-                )
-                first += raw.num_rows
-                rejected.append(parsed.rejected)
-                good = parsed.good
-                if out.world > 1:
-                    mine = shard_of_series(row_series_ids(good, spec), out.world) == out.rank
-                    good = good.filter(pa.array(mine))
-                buffered.append(good)
-                empty = good.slice(0, 0)
-            if sum(b.num_rows for b in buffered) < piece_rows:
-                continue  # Parquet batches end at row groups: gather a piece's worth
-            with phases("validate"):
-                good = pa.concat_tables(buffered).unify_dictionaries()
-                buffered = []
-                piece = (
-                    good if carry is None else pa.concat_tables([carry, good]).unify_dictionaries()
-                )
-                cut = _last_series_start(piece, spec) if piece.num_rows else 0
-                piece, carry = piece.slice(0, cut), piece.slice(cut)
-            if piece.num_rows:
-                score(piece)
-        if buffered:
-            carry = pa.concat_tables(([carry] if carry is not None else []) + buffered)
-        if carry is not None and carry.num_rows:
-            score(carry.unify_dictionaries())
-        if writer is None:  # no row to score (all rejected, or other instances' series)
-            score(empty)
+    pieces = _good_pieces(pf, spec, out, phases, rejected, piece_rows)
+    with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
+        for piece in _one_ahead(pieces, ahead):
+            score(piece)
         with phases("write"):
             if pending is not None:
                 pending.result()
             if writer is None:
                 raise RuntimeError("scoring an empty piece opened no writer")
             _write(writer, None)
-    out.rows_in = first
     return pa.concat_tables(rejected)
+
+
+_END = object()
+
+
+def _one_ahead(items: Iterator[pa.Table], pool: ThreadPoolExecutor) -> Iterator[pa.Table]:
+    """``items``, the next one made on ``pool`` while the caller works on this one (an error
+    making it is raised where the caller asks for it)."""
+    coming = pool.submit(next, items, _END)
+    while (item := coming.result()) is not _END:
+        coming = pool.submit(next, items, _END)
+        yield item
+
+
+def _good_pieces(
+    pf: pq.ParquetFile,
+    spec: DatasetSpec,
+    out: Summary,
+    phases: Phases,
+    rejected: list[pa.Table],
+    piece_rows: int,
+) -> Iterator[pa.Table]:
+    """The drop's rows typed and validated (rejected rows appended to ``rejected``), this
+    instance's share, in pieces of about ``piece_rows`` rows of whole series; one empty piece
+    (the schema) if no row is left. Sets ``out.rows_in`` when done."""
+    sspec = scoring_spec(spec, has_target=spec.target in pf.schema_arrow.names)
+    carry: pa.Table | None = None
+    first = 0
+    empty = None
+    buffered: list[pa.Table] = []
+    scored_any = False
+    for batch in pf.iter_batches(batch_size=piece_rows):
+        with phases("validate"):
+            raw = pa.Table.from_batches([batch])
+            parsed = apply_value_rules(type_rows(raw, sspec, first, keep_dictionaries=True), sspec)
+            first += raw.num_rows
+            rejected.append(parsed.rejected)
+            good = parsed.good
+            if out.world > 1:
+                mine = shard_of_series(row_series_ids(good, spec), out.world) == out.rank
+                good = good.filter(pa.array(mine))
+            buffered.append(good)
+            empty = good.slice(0, 0)
+        if sum(b.num_rows for b in buffered) < piece_rows:
+            continue  # Parquet batches end at row groups: gather a piece's worth
+        with phases("validate"):
+            good = pa.concat_tables(buffered).unify_dictionaries()
+            buffered = []
+            piece = good if carry is None else pa.concat_tables([carry, good]).unify_dictionaries()
+            cut = _last_series_start(piece, spec) if piece.num_rows else 0
+            piece, carry = piece.slice(0, cut), piece.slice(cut)
+        if piece.num_rows:
+            scored_any = True
+            yield piece
+    if buffered:
+        carry = pa.concat_tables(([carry] if carry is not None else []) + buffered)
+    out.rows_in = first
+    if carry is not None and carry.num_rows:
+        yield carry.unify_dictionaries()
+    elif not scored_any and empty is not None:  # no row to score (all rejected, or others')
+        yield empty

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ class Phases:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()  # phases may run on several threads at once
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -22,7 +24,8 @@ class Phases:
             self.add(name, time.perf_counter() - start)
 
     def add(self, name: str, seconds: float) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        with self._lock:
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
     def update(self, other: Mapping[str, float] | Phases, prefix: str = "") -> None:
         """Fold in another piece of work's phases (an engine's, a job's), names prefixed."""
