@@ -229,7 +229,8 @@ def _on_calendar(
     """Rows off the spec's calendar get an error, or are snapped when the spec says so (as
     ``validation.calendar_rows`` does to a drop); the periods, and whether any was snapped.
 
-    Only the distinct timestamps (``dates``: ``calendar.distinct_times(time)``) are located on the calendar.
+    Only the distinct timestamps (``dates``: ``calendar.distinct_times(time)``) are located on
+    the calendar.
     """
     codes, distinct = dates
     if len(distinct) == 0:
