@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from benchmarks.common import machine_speed
 from mlops_assets.domain.batch_layout import predictions_name
 from mlops_assets.domain.demo_model_set import demo_ref, publish_model_set
 from mlops_assets.heap import retain_freed_memory
@@ -142,6 +143,7 @@ def run(args: argparse.Namespace, spec, storage: LocalStorage) -> None:
         "phases_s": last["phases_s"],
         "rows_scored": last["rows_scored"],
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "machine_speed": machine_speed(),
         "target_ratio": 1.5,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

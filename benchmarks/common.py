@@ -19,6 +19,29 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def machine_speed() -> dict:
+    """Seconds of two fixed pieces of work, best of three: a pure-Python loop (what
+    orchestration and per-model code pay) and a numpy kernel (what vectorised work pays). Two
+    VMs of the same kind have differed threefold on the first; results are comparable across
+    runs only where these are."""
+
+    def best(work) -> float:
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - t)
+        return round(min(times), 4)
+
+    import numpy as np
+
+    a = np.random.default_rng(0).random((1_000, 1_000))
+    return {
+        "python_loop_2m_s": best(lambda: sum(i for i in range(2_000_000))),
+        "numpy_matmul_1000_s": best(lambda: a @ a),
+    }
+
+
 def write_result(name: str, result: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
     own, children = (
@@ -26,7 +49,11 @@ def write_result(name: str, result: dict) -> Path:
     )
     result = {
         **result,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "speed": machine_speed(),
+        },
         # Every result says how busy the machine was and how much CPU the whole run took (this
         # process and its reaped children), beside its wall times.
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
