@@ -173,7 +173,7 @@ def _good_pieces(
     first = 0
     empty = None
     buffered: list[pa.Table] = []
-    scored_any = False
+    yielded_any = False
     for batch in pf.iter_batches(batch_size=piece_rows):
         with phases("validate"):
             raw = pa.Table.from_batches([batch])
@@ -195,12 +195,12 @@ def _good_pieces(
             cut = _last_series_start(piece, spec) if piece.num_rows else 0
             piece, carry = piece.slice(0, cut), piece.slice(cut)
         if piece.num_rows:
-            scored_any = True
+            yielded_any = True
             yield piece
     if buffered:
         carry = pa.concat_tables(([carry] if carry is not None else []) + buffered)
     out.rows_in = first
     if carry is not None and carry.num_rows:
         yield carry.unify_dictionaries()
-    elif not scored_any and empty is not None:  # no row to score (all rejected, or others')
+    elif not yielded_any and empty is not None:  # no row to score (all rejected, or others')
         yield empty
