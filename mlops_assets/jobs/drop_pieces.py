@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -34,7 +35,7 @@ from mlops_assets.ml.drops import (
 from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.ml.tables import grouped_run_starts, run_starts
+from mlops_assets.ml.tables import run_starts, take_rows
 
 STREAM_MIN_ROWS = 2_000_000  # Parquet drops at least this large are scored in pieces
 PIECE_ROWS = 1 << 21  # rows read, typed and scored at a time (whole series, see below)
@@ -43,10 +44,11 @@ PIECE_ROWS = 1 << 21  # rows read, typed and scored at a time (whole series, see
 def stream_source(
     name: str, source: bytes | IO[bytes], spec: DatasetSpec, min_rows: int = STREAM_MIN_ROWS
 ) -> pq.ParquetFile | None:
-    """A Parquet drop worth scoring in pieces: large, and grouped by series (each series' rows
-    together, as exports by key are). None sends the drop down the whole-file path, which also
-    reports every file-level problem. ``source`` is the drop's bytes or a seekable file of
-    them; only the footer and the series key columns are read here."""
+    """A Parquet drop worth scoring in pieces: large, with the spec's columns. None sends the
+    drop down the whole-file path, which also reports every file-level problem. ``source`` is
+    the drop's bytes or a seekable file of them; only the footer is read here. Whether each
+    series' rows come together (as in exports by key) is checked as the pieces are read
+    (``NotGrouped``): no pass over the whole drop before the first piece."""
     if drop_format(name) != "parquet":
         return None
     try:
@@ -59,19 +61,57 @@ def stream_source(
             return None
         sspec = scoring_spec(spec, has_target=spec.target in pf.schema_arrow.names)
         check_columns(name, pf.schema_arrow.empty_table(), sspec)
-        keys = pf.read(columns=spec.series_keys)
     except (DropRejected, pa.ArrowException, OSError):
         return None
-    if any(keys[k].null_count for k in spec.series_keys):
-        return None
-    return pf if grouped_run_starts(keys, spec.series_keys) is not None else None
+    return pf
 
 
-def _last_series_start(piece: pa.Table, spec: DatasetSpec) -> int:
-    """Where the piece's last series begins (its rows may go on in the next batch). The
-    piece's dictionaries are unified, so equal keys have equal indices."""
-    starts = run_starts(piece.select(spec.series_keys), spec.series_keys)
-    return int(starts[-1]) if len(starts) else 0
+class NotGrouped(Exception):
+    """A series' rows do not all come together in the drop (found while reading it in pieces):
+    its pieces would each score part of the series without the rest as history. The drop is
+    scored whole instead."""
+
+
+class _SeriesSeen:
+    """The series of the pieces handed out so far (a hash of each one's keys, so a drop of a
+    million series costs tens of MB, not its key strings): a series found in two runs of rows,
+    in one piece or two, raises ``NotGrouped``. A collision of two hashes only sends a grouped
+    drop down the slower whole-file path."""
+
+    def __init__(self, keys: list[str]):
+        self.keys = keys
+        self._seen: set[int] = set()
+
+    def starts(self, piece: pa.Table) -> np.ndarray:
+        """Where each run of rows of one series starts in ``piece`` (its dictionaries
+        unified, so equal keys have equal indices)."""
+        return run_starts(piece.select(self.keys), self.keys)
+
+    def add(self, piece: pa.Table, starts: np.ndarray) -> None:
+        """The series of ``piece`` whose runs start at ``starts``.
+
+        Raises:
+            NotGrouped: One of them was seen before (or twice here).
+        """
+        firsts = take_rows(piece.select(self.keys), starts)
+        keys = list(zip(*(firsts[k].to_pylist() for k in self.keys), strict=True))
+        hashed = {hash(k) for k in keys}
+        if len(hashed) < len(keys) or not self._seen.isdisjoint(hashed):
+            raise NotGrouped(
+                f"the rows of series {dict(zip(self.keys, self._repeated(keys), strict=True))} "
+                "come in two separate runs: the drop is not grouped by series (sort it by "
+                f"{', '.join(self.keys)} to have it scored in pieces)"
+            )
+        self._seen |= hashed
+
+    def _repeated(self, keys: list[tuple]) -> tuple:
+        """The first of ``keys`` seen before, or twice in ``keys``."""
+        here: set[int] = set()
+        for k in keys:
+            if hash(k) in self._seen or hash(k) in here:
+                return k
+            here.add(hash(k))
+        raise AssertionError("no series repeats")
 
 
 class OutputFailed(Exception):
@@ -133,15 +173,25 @@ def score_in_pieces(
             pending = pool.submit(_write, writer, scored)
 
     pieces = _good_pieces(pf, spec, out, phases, rejected, piece_rows)
-    with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
-        for piece in _one_ahead(pieces, ahead):
-            score(piece)
-        with phases("write"):
-            if pending is not None:
-                pending.result()
-            if writer is None:
-                raise RuntimeError("scoring an empty piece opened no writer")
-            _write(writer, None)
+    try:
+        with ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(1) as ahead:
+            for piece in _one_ahead(pieces, ahead):
+                score(piece)
+            with phases("write"):
+                if pending is not None:
+                    pending.result()
+                if writer is None:
+                    raise RuntimeError("scoring an empty piece opened no writer")
+                _write(writer, None)
+                writer = None
+    finally:
+        # Stopped part way: the writer lets go of the sink now, which the caller discards
+        # (else the writer would write its footer there when collected, after it is closed).
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:  # the error that stopped it is the one raised
+                pass
     return pa.concat_tables(rejected)
 
 
@@ -167,8 +217,13 @@ def _good_pieces(
 ) -> Iterator[pa.Table]:
     """The drop's rows typed and validated (rejected rows appended to ``rejected``), this
     instance's share, in pieces of about ``piece_rows`` rows of whole series; one empty piece
-    (the schema) if no row is left. Sets ``out.rows_in`` when done."""
+    (the schema) if no row is left. Sets ``out.rows_in`` when done.
+
+    Raises:
+        NotGrouped: A series' rows came in two separate runs.
+    """
     sspec = scoring_spec(spec, has_target=spec.target in pf.schema_arrow.names)
+    seen = _SeriesSeen(spec.series_keys)
     carry: pa.Table | None = None
     first = 0
     empty = None
@@ -192,8 +247,11 @@ def _good_pieces(
             good = pa.concat_tables(buffered).unify_dictionaries()
             buffered = []
             piece = good if carry is None else pa.concat_tables([carry, good]).unify_dictionaries()
-            cut = _last_series_start(piece, spec) if piece.num_rows else 0
+            starts = seen.starts(piece)
+            # The last series may go on in the next batch: it waits for the next piece.
+            cut = int(starts[-1]) if len(starts) else 0
             piece, carry = piece.slice(0, cut), piece.slice(cut)
+            seen.add(piece, starts[:-1])
         if piece.num_rows:
             yielded_any = True
             yield piece
@@ -201,6 +259,8 @@ def _good_pieces(
         carry = pa.concat_tables(([carry] if carry is not None else []) + buffered)
     out.rows_in = first
     if carry is not None and carry.num_rows:
-        yield carry.unify_dictionaries()
+        carry = carry.unify_dictionaries()
+        seen.add(carry, seen.starts(carry))
+        yield carry
     elif not yielded_any and empty is not None:  # no row to score (all rejected, or others')
         yield empty

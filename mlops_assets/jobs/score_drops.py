@@ -49,6 +49,7 @@ from mlops_assets.jobs.common import PARAMS_ENV, open_pipes, rank_and_world, sha
 from mlops_assets.jobs.drop_pieces import (
     PIECE_ROWS,
     STREAM_MIN_ROWS,
+    NotGrouped,
     OutputFailed,
     score_in_pieces,
     stream_source,
@@ -171,8 +172,9 @@ def _score(d: _Drop, stream_min_rows: int) -> str | None:
             if pf is not None:
                 try:
                     return _score_in_pieces(d, pf)
-                except (pa.ArrowException, OSError) as e:  # e.g. a corrupt page past the first
-                    d.log(f"scoring in pieces stopped ({e}); scoring the drop whole")  # pieces
+                # A corrupt page past the first pieces, or a series' rows in two places.
+                except (pa.ArrowException, OSError, NotGrouped) as e:
+                    d.log(f"scoring in pieces stopped ({e}); scoring the drop whole")
                     d.out = Summary(
                         key=out.key, rank=out.rank, world=out.world, model_version=out.model_version
                     )

@@ -595,11 +595,38 @@ def test_a_drop_in_blob_storage_scored_in_pieces_streams_its_predictions_as_bloc
     assert len(committed) > 1 and not uncommitted
 
 
-def test_an_ungrouped_drop_is_scored_whole():
-    new = decode_dictionaries(sales_table(SalesShape(3, 10, seed=1)))
-    shuffled = new.take(pa.array(list(range(0, new.num_rows, 2)) + list(range(1, new.num_rows, 2))))
-    assert stream_source("d.parquet", _bytes(new, 4), SALES, min_rows=1) is not None
-    assert stream_source("d.parquet", _bytes(shuffled, 4), SALES, min_rows=1) is None
+def test_an_ungrouped_drop_is_found_out_in_pieces_and_scored_whole(env, data, tmp_path):
+    """Whether a large drop's series come together is checked as its pieces are read (no pass
+    over the whole drop first). A drop whose rows are interleaved (found in its first piece),
+    or with one series' rows in two places far apart (found in its last piece), is scored
+    whole instead: the same predictions as the whole-file path, and the log says why."""
+    storage = LocalStorage(root=str(tmp_path / "storage"))
+    new = decode_dictionaries(data[1])
+    n = new.num_rows
+    interleaved = new.take(pa.array(list(range(0, n, 2)) + list(range(1, n, 2))))
+    split = pa.concat_tables([new.slice(3), new.slice(0, 3)])  # series 1's first weeks last
+    first = new.slice(0, 1).to_pylist()[0]
+    for name, drop in (("interleaved", interleaved), ("split", split)):
+        assert stream_source("d.parquet", _bytes(drop, 7), SALES, min_rows=1) is not None
+        whole = _score_once(env, storage, drop, f"{name}-w.parquet", 7, stream_min_rows=10**9)
+        lines: list[str] = []
+        parts = _score_once(
+            env,
+            storage,
+            drop,
+            f"{name}-p.parquet",
+            7,
+            stream_min_rows=1,
+            piece_rows=16,
+            log=lines.append,
+        )
+        stopped = [line for line in lines if "scoring in pieces stopped" in line]
+        assert len(stopped) == 1 and "not grouped by series" in stopped[0], lines
+        assert "sort it by store, product" in stopped[0]
+        if name == "split":
+            assert f"'store': '{first['store']}', 'product': '{first['product']}'" in stopped[0]
+        assert parts[0].rows_scored == whole[0].rows_scored == n
+        assert parts[1].equals(whole[1])
     assert stream_source("d.csv", b"store,product\n", SALES, min_rows=1) is None
 
 
