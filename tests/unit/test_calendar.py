@@ -203,11 +203,27 @@ def test_periods_of_dates_equal_periods_of_the_same_timestamps(frequency):
         assert np.array_equal(np.diff(a.period), np.diff(b.period))
 
 
+@pytest.mark.parametrize("frequency", ["W-MON", "D", "MS"])
+def test_periods_of_timestamps_off_midnight_are_located_not_taken_as_days(frequency):
+    """Timestamps at noon, or midnights with one a microsecond past, are located as instants
+    (not gathered from a table of days): the periods and flags the general search finds."""
+    days = np.random.default_rng(5).integers(19_000, 19_400, 2_000).astype("datetime64[D]")
+    midnights = days.astype("datetime64[us]")
+    for t in (midnights + np.timedelta64(12, "h"), np.r_[midnights, midnights[:1] + 1]):
+        got, want = calendar.periods(t, frequency), calendar._located(t, frequency)  # noqa: SLF001
+        assert np.array_equal(got.period, want.period)
+        assert np.array_equal(got.on_calendar, want.on_calendar)
+        assert not got.on_calendar[-1]
+
+
 @pytest.mark.parametrize("unit", ["D", "s", "us"])
-@pytest.mark.parametrize("shape", ["days", "with_nat", "with_hours", "long_range"])
+@pytest.mark.parametrize(
+    "shape", ["days", "with_nat", "with_hours", "at_noon", "at_noon_with_nat", "long_range"]
+)
 def test_distinct_times_is_a_sorted_factorize(unit, shape):
-    """Day-table counting (whole days, short range) and hashing (anything else) agree with
-    ``pd.factorize(sort=True)``: the same codes (NaT: -1) and distinct timestamps."""
+    """Day-table counting (whole days after the first time, short range) and hashing
+    (anything else) agree with ``pd.factorize(sort=True)``: the same codes (NaT: -1) and
+    distinct timestamps."""
     rng = np.random.default_rng(7)
     days = rng.integers(18_000, 18_000 + 3_000, 20_000)
     if shape == "long_range":
@@ -217,6 +233,10 @@ def test_distinct_times_is_a_sorted_factorize(unit, shape):
         t[rng.choice(len(t), 500, replace=False)] = np.datetime64("NaT")
     if shape == "with_hours" and unit != "D":
         t[::97] += np.timedelta64(3600, "s").astype(f"timedelta64[{unit}]")
+    if shape.startswith("at_noon") and unit != "D":
+        t += np.timedelta64(12 * 3600, "s").astype(f"timedelta64[{unit}]")
+        if shape.endswith("with_nat"):
+            t[rng.choice(len(t), 50, replace=False)] = np.datetime64("NaT")
     codes, distinct = calendar.distinct_times(t)
     want_codes, want = pd.factorize(t, sort=True)
     np.testing.assert_array_equal(codes, want_codes)
