@@ -152,6 +152,8 @@ def score_in_pieces(
 
     Raises:
         OutputFailed: Writing to ``sink`` failed.
+        NotGrouped: A series' rows came in two separate runs (the caller scores the drop
+            whole; what was written to ``sink`` is to be discarded).
     """
     writer, pending = None, None
     rejected: list[pa.Table] = []
