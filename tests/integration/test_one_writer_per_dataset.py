@@ -44,7 +44,8 @@ pytestmark = [pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[2]
 AS_OF, EARLIER = "2026-11-16", "2026-11-15"
 LOCATION = "mlops_assets"
-DEADLINE_S = 75
+# Three run processes on a 2-core CI machine: about 60 s here, half as much again on CI.
+DEADLINE_S = 240
 FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
 
 LAUNCH_RUN = """

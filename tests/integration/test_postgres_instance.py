@@ -199,7 +199,7 @@ def test_daily_chain_records_to_postgres_and_logs_to_azurite(deploy_instance, po
     assert any(name.endswith(".err") for name in blobs), blobs
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(300)
 def test_one_writer_per_dataset_on_the_deploy_instance(postgres, tmp_path, monkeypatch):
     """The deploy config's run queue and pools on PostgreSQL, with the launches of
     tests/integration/test_one_writer_per_dataset.py. Runs start as local processes: the

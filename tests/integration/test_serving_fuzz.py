@@ -165,7 +165,7 @@ def nested(depth: int, inner: bytes = b"1") -> bytes:
     return b"[" * depth + inner + b"]" * depth
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_schema_drawn_and_hostile_bodies_never_get_a_5xx(server):
     srv, doc, valid = server
 
