@@ -39,7 +39,6 @@ from typing import Any, TypeAlias
 
 import numpy as np
 import sklearn
-import skops.io as sio
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -291,6 +290,8 @@ def dumps(model: Model) -> bytes:
     parts = _linear_parts(model)
     if parts is not None:
         return _dump_linear(*parts)
+    import skops.io as sio  # ~1 s at import (its trusted-type scan): only where skops runs
+
     return _pack({"format": SKOPS, "sklearn": sklearn.__version__}, sio.dumps(model))
 
 
@@ -362,6 +363,8 @@ def _load_skops(payload: bytes) -> Pipeline:
         raise UntrustedModelError(
             f"artifact names types not on the allow-list: {sorted(untrusted)}"
         )
+    import skops.io as sio
+
     model = sio.loads(payload, trusted=sorted(trusted))
     if not isinstance(model, Pipeline):
         raise UntrustedModelError(f"artifact holds a {type(model).__name__}, not a Pipeline")
