@@ -135,3 +135,29 @@ def test_a_restated_period_or_the_schedule_makes_a_full_refit(tmp_path):
         full_refit=True,
     )
     assert out.refit == "full refit: asked for (full_refit)"
+
+
+def test_fingerprints_advanced_by_a_window_equal_those_of_the_whole_series():
+    """advance_fingerprints over a window that starts before the previous fingerprints' end
+    (those rows are not added twice), also in an order not grouped by series, with a series
+    the previous fingerprints do not know (left out) and one with no new row (kept as was)."""
+    from mlops_assets.ml.tables import advance_fingerprints, series_fingerprints, series_ids
+
+    cut, lo = WEEKS[-5], WEEKS[-12]
+    sid, col = series_ids(TABLE, SPEC), TABLE[SPEC.time]
+    ids = sorted(set(sid.to_pylist()))
+    unknown, stale = ids[0], ids[1]
+    old = pc.less_equal(col, pa.scalar(cut, col.type))
+    previous = series_fingerprints(TABLE.filter(pc.and_(old, pc.not_equal(sid, unknown))), SPEC)
+    kept = pc.invert(pc.and_(pc.equal(sid, stale), pc.invert(old)))  # no new row for `stale`
+    everything = TABLE.filter(kept)
+    window = everything.filter(pc.greater_equal(everything[SPEC.time], pa.scalar(lo, col.type)))
+    shuffled = window.take(pa.array(np.random.default_rng(3).permutation(window.num_rows)))
+    want = series_fingerprints(everything, SPEC)  # of the series the window holds
+    want = want.filter(pc.is_in(want["series_id"], value_set=series_ids(window, SPEC)))
+    want = want.filter(pc.not_equal(want["series_id"], unknown))
+    assert stale in want["series_id"].to_pylist() and want.num_rows > len(ids) // 2
+    for w in (window, shuffled):
+        got = advance_fingerprints(previous, w, SPEC)
+        for name in ("series_id", "n_rows", "data_end", "data_fingerprint"):
+            assert got[name].to_pylist() == want[name].to_pylist(), name
