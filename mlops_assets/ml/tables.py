@@ -270,20 +270,18 @@ def advance_fingerprints(previous: pa.Table, window: pa.Table, spec: DatasetSpec
     Returns:
         One row per series of ``window`` that is in ``previous``, sorted by series id.
     """
-    # Ids per run of equal keys (the window is grouped by series: one run per series), not
-    # per row: a string per row of a 2M-row window costs more than the rest of this.
-    code = series_codes(window, spec.series_keys)
-    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]]) if len(code) else code
-    run_of = np.cumsum(np.r_[False, code[1:] != code[:-1]]) if len(code) else code
-    ids = series_ids(window.select(spec.series_keys).take(pa.array(starts)), spec)
-    at_run = pc.index_in(ids, value_set=previous["series_id"])
-    at = at_run.take(pa.array(run_of))
+    # Ids per series, not per row: a string per row of a 2M-row window costs more than the
+    # rest of this.
+    series_of, first = series_numbers(window, spec.series_keys)
+    ids = series_ids(take_rows(window.select(spec.series_keys), first), spec)
+    at_series = pc.index_in(ids, value_set=previous["series_id"])
+    at = at_series.take(pa.array(series_of))
     known = pc.is_valid(at)
     time = window[spec.time]
     ends = pc.cast(previous["data_end"], time.type).take(at.fill_null(0))
     newer = pc.and_(known, pc.greater(time, ends))
     added = series_fingerprints(window.filter(newer), spec)
-    seen_ids = pc.unique(ids.filter(pc.is_valid(at_run)))
+    seen_ids = pc.unique(ids.filter(pc.is_valid(at_series)))
     seen = previous.filter(pc.is_in(previous["series_id"], value_set=seen_ids))
     row = pc.index_in(seen["series_id"], value_set=added["series_id"])
     out_n, out_end, out_fp = [], [], []
