@@ -37,10 +37,9 @@ from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import (
     advance_fingerprints,
     decode_dictionaries,
+    keys_per_series,
     series_fingerprints,
     series_ids,
-    series_numbers,
-    take_rows,
 )
 from mlops_assets.storage import Storage
 
@@ -221,7 +220,7 @@ def _whole_series(store: CuratedStore, window: pa.Table, series: Sequence[str], 
     may: shards are sorted by key, so their statistics narrow the read)."""
     spec, keys = store.spec, store.spec.series_keys
     wanted = pa.array(sorted(set(series)), pa.string())
-    firsts, _ = _series_of(window, spec)
+    firsts, _ = keys_per_series(window, spec.series_keys)
     hit = pc.is_in(series_ids(firsts, spec), value_set=wanted).to_numpy(zero_copy_only=False)
     mine = firsts.filter(pa.array(hit))
     shards = np.unique(shard_of(mine, keys, store.n_shards))
@@ -231,13 +230,6 @@ def _whole_series(store: CuratedStore, window: pa.Table, series: Sequence[str], 
         plain = decode_dictionaries(mine)
         key_tuples = list(zip(*(plain[k].to_pylist() for k in keys), strict=True))
     table = store.read(until=until, shards=names, series=key_tuples)
-    firsts, series_of = _series_of(table, spec)
+    firsts, series_of = keys_per_series(table, spec.series_keys)
     keep = pc.is_in(series_ids(firsts, spec), value_set=wanted).to_numpy(zero_copy_only=False)
     return table.filter(pa.array(keep[series_of]))
-
-
-def _series_of(table: pa.Table, spec: DatasetSpec) -> tuple[pa.Table, np.ndarray]:
-    """The key columns of one row per series, and each row's series (ids are then built per
-    series, not per row: a window holds millions of rows)."""
-    series_of, first = series_numbers(table, spec.series_keys)
-    return take_rows(table.select(spec.series_keys), first), series_of

@@ -236,6 +236,13 @@ def series_numbers(table: pa.Table, keys: list[str]) -> tuple[np.ndarray, np.nda
     return series_of.ravel(), row_of
 
 
+def keys_per_series(table: pa.Table, keys: list[str]) -> tuple[pa.Table, np.ndarray]:
+    """The key columns of one row per series, and each row's series (ids are then built per
+    series, not per row: a window holds millions of rows)."""
+    series_of, first = series_numbers(table, keys)
+    return take_rows(table.select(keys), first), series_of
+
+
 def take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
     """``table.take(rows)`` for a few rows of a large, many-chunk table, chunk by chunk.
 
@@ -272,8 +279,8 @@ def advance_fingerprints(previous: pa.Table, window: pa.Table, spec: DatasetSpec
     """
     # Ids per series, not per row: a string per row of a 2M-row window costs more than the
     # rest of this.
-    series_of, first = series_numbers(window, spec.series_keys)
-    ids = series_ids(take_rows(window.select(spec.series_keys), first), spec)
+    firsts, series_of = keys_per_series(window, spec.series_keys)
+    ids = series_ids(firsts, spec)
     at_series = pc.index_in(ids, value_set=previous["series_id"])
     at = at_series.take(pa.array(series_of))
     known = pc.is_valid(at)
