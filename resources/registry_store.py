@@ -3,8 +3,16 @@
 MLflow creates a SQLite store in place: a process killed during its ~1,700 migration statements
 leaves a half-migrated file ("table `_alembic_tmp_params` already exists", "out-of-date database
 schema") that every later open refuses and ``mlflow db upgrade`` cannot repair. Here the store
-is built in a temporary file next to it (MLflow's own schema creation), its schema is verified,
-and only then is it renamed into place; a file lock serialises creators across processes.
+is built in a temporary file next to it, its schema is verified, and only then is it renamed
+into place; a file lock serialises creators across processes.
+
+Building a store runs MLflow's ~60 migration scripts (~1.6 s, most of a fresh home's first
+registry call). ``mlflow_schema.json`` holds the statements those migrations leave for the
+pinned MLflow (``sqlite3``'s own dump of a store they built: tables, indexes, the
+``alembic_version`` and default rows); where the installed MLflow is that version, a store is
+built from it in ~0.05 s. Any other MLflow version builds through the migrations, as MLflow
+does. The integration tests build one store each way and compare them; after an MLflow
+upgrade, ``python -m resources.registry_store`` writes the file again.
 
 An existing file whose schema is not MLflow's current one (a store left half-created by an
 older version of this code, or by MLflow itself) is rebuilt when it holds no runs and no model
@@ -19,6 +27,7 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +41,7 @@ TMP_PREFIX = ".tmp-"
 # The tables a registry needs; MLflow's full list is checked through its metadata as well.
 _CORE_TABLES = ("experiments", "runs", "registered_models", "model_versions")
 HEAD_CACHE = ".mlflow-schema-head.json"
+SCHEMA_FILE = Path(__file__).with_name("mlflow_schema.json")
 
 
 class RegistryStoreError(RegistryError):
@@ -66,22 +76,43 @@ class SchemaState:
         return "; ".join(parts)
 
 
+def _kept(path: Path) -> dict | None:
+    """A ``{"mlflow", "head", ...}`` file written for the installed MLflow; else None."""
+    from mlflow.version import VERSION as installed  # imported with the client anyway
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(doc, dict) and doc.get("mlflow") == installed
+    return doc if ok and isinstance(doc.get("head"), str) else None
+
+
+def kept_schema() -> dict | None:
+    """``mlflow_schema.json`` (``mlflow``, ``head``, ``statements``) where it was written for
+    the installed MLflow; else None."""
+    doc = _kept(SCHEMA_FILE)
+    return doc if doc is not None and isinstance(doc.get("statements"), list) else None
+
+
 def _head_revision(folder: Path) -> str:
     """MLflow's latest schema revision. Finding it parses every migration script (~1 s a
     process), and it changes only with MLflow's version: it is kept in ``folder`` (beside the
-    store), keyed by that version."""
-    from mlflow.version import VERSION as installed  # imported with the client anyway
-
+    store), keyed by that version, and read from ``mlflow_schema.json`` where that was written
+    for the installed MLflow."""
     cache = folder / HEAD_CACHE
-    try:
-        doc = json.loads(cache.read_text())
-        if doc.get("mlflow") == installed and isinstance(doc.get("head"), str):
-            return doc["head"]
-    except (OSError, ValueError):
-        pass
-    from mlflow.store.db.utils import _get_latest_schema_revision
+    doc = _kept(cache)
+    if doc is not None:
+        return doc["head"]
+    schema = kept_schema()
+    if schema is not None:
+        head = schema["head"]
+    else:
+        from mlflow.store.db.utils import _get_latest_schema_revision
 
-    head = str(_get_latest_schema_revision())
+        head = str(_get_latest_schema_revision())
+    from mlflow.version import VERSION as installed
+
     with contextlib.suppress(OSError):  # a cache: a folder we cannot write costs the parse
         tmp = folder / f"{HEAD_CACHE}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps({"mlflow": installed, "head": head}))
@@ -147,10 +178,23 @@ def _unsynced(dbapi_connection, _record) -> None:
     dbapi_connection.execute("PRAGMA journal_mode=MEMORY")
 
 
-def _build(path: Path) -> None:
-    """Create a fresh store at ``path``: in a temporary file, migrated, verified, renamed."""
+def _create_schema(engine, schema: dict | None) -> None:
+    """The tables of a fresh store: ``schema``'s statements in one transaction, or MLflow's
+    own creation (initial tables, then every migration) where ``schema`` is None."""
+    if schema is None:
+        from mlflow.store.db.utils import _initialize_tables
+
+        _initialize_tables(engine)
+        return
+    with engine.begin() as con:
+        for statement in schema["statements"]:
+            con.exec_driver_sql(statement)
+
+
+def _build(path: Path, schema: dict | None = None) -> None:
+    """Create a fresh store at ``path`` from ``schema`` (``kept_schema()``; None: MLflow's
+    migrations): in a temporary file, verified, renamed."""
     import sqlalchemy
-    from mlflow.store.db.utils import _initialize_tables
 
     tmp = path.parent / f"{TMP_PREFIX}{path.name}-{os.getpid()}"
     tmp.unlink(missing_ok=True)
@@ -160,7 +204,7 @@ def _build(path: Path) -> None:
         # finished file is synced once before the rename.
         sqlalchemy.event.listen(engine, "connect", _unsynced)
         try:
-            _initialize_tables(engine)  # MLflow's own creation: initial tables, then migrations
+            _create_schema(engine, schema)
         finally:
             engine.dispose()
         state = inspect_store(tmp)
@@ -192,7 +236,7 @@ def ensure_sqlite_store(path: Path) -> str:
     with _locked(path):
         _remove_stale_tmp(path)
         if not path.exists():
-            _build(path)
+            _build(path, kept_schema())
             return "created"
         state = inspect_store(path)
         if state.ok:
@@ -208,7 +252,7 @@ def ensure_sqlite_store(path: Path) -> str:
             )
         aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
         os.replace(path, aside)
-        _build(path)
+        _build(path, kept_schema())
         log.warning(
             "registry store %s was left half-created (%s) and held no runs or model versions: "
             "moved aside to %s and rebuilt",
@@ -217,3 +261,43 @@ def ensure_sqlite_store(path: Path) -> str:
             aside.name,
         )
         return "rebuilt"
+
+
+def schema_statements(path: Path) -> list[str]:
+    """The SQL statements that rebuild the store at ``path`` (``sqlite3``'s dump, without its
+    transaction statements)."""
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return [s for s in con.iterdump() if s not in ("BEGIN TRANSACTION;", "COMMIT;")]
+    finally:
+        con.close()
+
+
+def write_schema_file(target: Path = SCHEMA_FILE) -> dict:
+    """Build a store with the installed MLflow's migrations and keep its statements in
+    ``target`` (``mlflow_schema.json``)."""
+    import tempfile
+
+    from mlflow.store.db.utils import _get_latest_schema_revision
+    from mlflow.version import VERSION
+
+    with tempfile.TemporaryDirectory() as folder:
+        db = Path(folder) / "schema.db"
+        _build(db, None)
+        doc = {
+            "mlflow": VERSION,
+            "head": str(_get_latest_schema_revision()),
+            "statements": schema_statements(db),
+        }
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, target)
+    return doc
+
+
+if __name__ == "__main__":
+    written = write_schema_file()
+    sys.stdout.write(
+        f"{SCHEMA_FILE}: MLflow {written['mlflow']}, head {written['head']}, "
+        f"{len(written['statements'])} statements\n"
+    )

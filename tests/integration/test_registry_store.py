@@ -1,7 +1,8 @@
-"""A local MLflow store survives a kill during its creation (issue 19, item 4).
+"""A local MLflow store survives a kill during its creation (issue 19, item 4), and the
+schema kept for the pinned MLflow is the one its migrations build.
 
 A child process creating the store is killed (``os._exit`` from a SQLAlchemy statement hook)
-part way through MLflow's migrations; the store is then used from this process.
+part way through its statements; the store is then used from this process.
 """
 
 import json
@@ -16,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from resources.registry import MlflowRegistry
-from resources.registry_store import RegistryStoreError, inspect_store
+from resources.registry_store import (
+    SCHEMA_FILE,
+    RegistryStoreError,
+    _build,
+    inspect_store,
+    kept_schema,
+    schema_statements,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -79,9 +87,9 @@ def register_one(registry: MlflowRegistry) -> int:
 def test_a_kill_during_creation_leaves_no_half_created_store(tmp_path):
     db = tmp_path / "mlflow" / "prod.db"
     uri = f"sqlite:///{db}"
-    # Early (initial tables), mid-migration and late (last revisions) kills, one after another.
+    # Early (first tables), midway and late kills, one after another.
     total = statements_to_create(tmp_path)
-    assert total > 200, total
+    assert total > 100, total
     for after in (40, total // 2, total - 20):
         killed_during_creation(uri, after)
         assert not db.exists() or inspect_store(db).ok, f"half-created store after {after}"
@@ -163,3 +171,93 @@ def test_the_schema_head_is_kept_beside_the_store_per_mlflow_version(tmp_path):
     # The kept head is what the check uses: a wrong one for this version marks the store.
     cache.write_text(json.dumps({"mlflow": VERSION, "head": "not-a-revision"}))
     assert not inspect_store(db).ok
+
+
+def clauses(sql: str) -> tuple:
+    """A statement with a CREATE TABLE's clauses (columns, constraints) as a sorted tuple:
+    MLflow's migrations rebuild tables with their constraints in varying order."""
+    if not sql.startswith("CREATE TABLE"):
+        return (sql,)
+    head, body = sql.split("(", 1)
+    parts, depth, part = [], 0, ""
+    for ch in body.rsplit(")", 1)[0]:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            parts.append(part.strip())
+            part = ""
+        else:
+            part += ch
+    parts.append(part.strip())
+    return (head.replace('"', "").strip(), *sorted(parts))
+
+
+def same_statements(a: list[str], b: list[str]) -> bool:
+    return sorted(map(clauses, a)) == sorted(map(clauses, b))
+
+
+def master(db: Path) -> list[tuple]:
+    con = sqlite3.connect(db)
+    try:
+        schema = con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
+        rows = con.execute("SELECT * FROM alembic_version").fetchall()
+        return sorted((*r[:3], clauses(r[3] or "")) for r in schema) + rows
+    finally:
+        con.close()
+
+
+def test_the_kept_schema_is_what_mlflow_migrations_build(tmp_path):
+    """``mlflow_schema.json`` is for the pinned MLflow, and a store built from it is, table
+    for table and index for index, the store MLflow's own migrations build."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+    from mlflow.version import VERSION
+
+    kept = kept_schema()
+    assert kept is not None, (
+        f"{SCHEMA_FILE.name} was not written for the installed MLflow {VERSION}: "
+        "run `python -m resources.registry_store` and commit the file"
+    )
+    assert kept["head"] == str(_get_latest_schema_revision())
+    migrated, from_kept = tmp_path / "migrated.db", tmp_path / "kept.db"
+    _build(migrated, None)
+    _build(from_kept, kept)
+    assert inspect_store(migrated).ok and inspect_store(from_kept).ok
+    assert same_statements(schema_statements(migrated), kept["statements"])
+    assert master(from_kept) == master(migrated)
+    # The kept store is one MLflow uses: a model set registers and its alias resolves.
+    registry = MlflowRegistry(tracking_uri=f"sqlite:///{from_kept}", alias="champion")
+    version = register_one(registry)
+    registry.set_alias("m-models", "champion", version)
+    assert registry.get_alias("m-models").version == version
+
+
+def statements_run(create) -> int:
+    """How many SQL statements ``create()`` runs through SQLAlchemy."""
+    import sqlalchemy
+
+    count = [0]
+
+    def counted(*args, **kwargs):
+        count[0] += 1
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", counted)
+    try:
+        create()
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", counted)
+    return count[0]
+
+
+def test_another_mlflow_version_builds_through_the_migrations(tmp_path, monkeypatch):
+    from resources.registry_store import ensure_sqlite_store
+
+    kept = tmp_path / "a" / "dev.db"
+    assert statements_run(lambda: ensure_sqlite_store(kept)) == len(kept_schema()["statements"])
+    doc = json.loads(SCHEMA_FILE.read_text())
+    other = tmp_path / "mlflow_schema.json"
+    other.write_text(json.dumps({**doc, "mlflow": "0.0.1"}))
+    monkeypatch.setattr("resources.registry_store.SCHEMA_FILE", other)
+    assert kept_schema() is None
+    migrated = tmp_path / "b" / "dev.db"
+    assert statements_run(lambda: ensure_sqlite_store(migrated)) > 1_000  # ~1,700 migrations
+    assert inspect_store(migrated).ok
+    assert master(migrated) == master(kept)
