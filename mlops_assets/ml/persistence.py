@@ -295,23 +295,54 @@ def dumps(model: Model) -> bytes:
     return _pack({"format": SKOPS, "sklearn": sklearn.__version__}, sio.dumps(model))
 
 
+def _split(data: bytes) -> tuple[bytes, bytes]:
+    """The artifact's header bytes and payload."""
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + _HEADER_LEN.size:
+        raise ModelLoadError("not a model artifact (bad magic); pickle and joblib are refused")
+    start = len(MAGIC) + _HEADER_LEN.size
+    (n,) = _HEADER_LEN.unpack_from(data, len(MAGIC))
+    return data[start : start + n], data[start + n :]
+
+
+def _decode(head: bytes) -> dict:
+    try:
+        header = json.loads(head)
+    except ValueError as exc:
+        raise ModelLoadError(f"unreadable artifact header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ModelLoadError("artifact header is not an object")
+    return header
+
+
+# The models of a set share their header but for the scaler's sample count
+# (``linear_artifacts``): each distinct rest is decoded once, the count read from its digits.
+# Read only, never handed out (``read_header`` decodes its own copy).
+_shared_header = lru_cache(maxsize=256)(_decode)
+_COUNT_KEY = b'"n_samples_seen":'
+
+
+def _loaded_header(head: bytes) -> dict:
+    """``_decode(head)``, a linear header's repeated part decoded once per process."""
+    at = head.find(_COUNT_KEY)
+    if at < 0:
+        return _shared_header(head)
+    start = stop = at + len(_COUNT_KEY)
+    while stop < len(head) and 48 <= head[stop] <= 57:  # the count's digits
+        stop += 1
+    shared = _shared_header(head[:start] + b"0" + head[stop:]) if stop > start else None
+    if shared is None or shared.get("n_samples_seen") != 0:  # not our compact layout
+        return _decode(head)
+    return {**shared, "n_samples_seen": int(head[start:stop])}
+
+
 def read_header(data: bytes) -> tuple[dict, bytes]:
     """The artifact's header and payload, without loading the model.
 
     Raises:
         ModelLoadError: Not an artifact of this format (e.g. a pickle or a bare skops file).
     """
-    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + _HEADER_LEN.size:
-        raise ModelLoadError("not a model artifact (bad magic); pickle and joblib are refused")
-    start = len(MAGIC) + _HEADER_LEN.size
-    (n,) = _HEADER_LEN.unpack_from(data, len(MAGIC))
-    try:
-        header = json.loads(data[start : start + n])
-    except ValueError as exc:
-        raise ModelLoadError(f"unreadable artifact header: {exc}") from exc
-    if not isinstance(header, dict):
-        raise ModelLoadError("artifact header is not an object")
-    return header, data[start + n :]
+    head, payload = _split(data)
+    return _decode(head), payload
 
 
 def _load_linear(header: dict, payload: bytes) -> Pipeline:
@@ -380,11 +411,12 @@ def loads(data: bytes) -> Model:
         UntrustedModelError: It names a type that is not allow-listed, a family that is not a
             forecast-only one of the table, or an array that is not float64 / int64.
     """
-    header, payload = read_header(data)
+    head, payload = _split(data)
+    header = _loaded_header(head)
     if header.get("format") == PARAMS:
-        return _load_params(header, payload)
+        return _load_params(_decode(head), payload)
     if header.get("format") == COMBINATION:
-        return _load_combination(header, payload)
+        return _load_combination(_decode(head), payload)
     written = str(header.get("sklearn", "?"))
     if _major_minor(written) != _major_minor(sklearn.__version__):
         raise ModelVersionError(

@@ -188,3 +188,28 @@ def test_skops_schema_walk_finds_nested_types():
     with zipfile.ZipFile(io.BytesIO(payload)) as z:
         assert "schema.json" in z.namelist()
     assert "sklearn.tree._tree.Tree" in skops_types(payload)
+
+
+def test_models_sharing_a_header_but_their_sample_count_load_their_own():
+    """``loads`` decodes a linear header's repeated part once per process; each model still
+    gets its own sample count, a header laid out otherwise is decoded whole, and the dict
+    ``read_header`` hands out is the caller's own."""
+    fits = [
+        Pipeline([("scale", StandardScaler()), ("model", Ridge(alpha=2.0))]).fit(X[:n], Y[:n])
+        for n in (40, 41, 40, 150)
+    ]
+    data = [dumps(f) for f in fits]
+    for f, b in zip(fits, data, strict=True):
+        loaded = loads(b)
+        assert loaded.steps[0][1].n_samples_seen_ == f.steps[0][1].n_samples_seen_
+        np.testing.assert_array_equal(loaded.predict(X), f.predict(X))
+    header, payload = read_header(data[1])
+    header["params"]["alpha"] = 99.0  # the caller's copy: later loads do not see it
+    assert loads(data[1]).steps[1][1].alpha == 2.0
+    # The same header with spaces (another writer's layout): decoded whole, same model.
+    header, payload = read_header(data[3])
+    spaced = json.dumps(header, sort_keys=True).encode()
+    assert b'"n_samples_seen": 150' in spaced
+    other = loads(MAGIC + struct.pack("<I", len(spaced)) + spaced + payload)
+    assert other.steps[0][1].n_samples_seen_ == 150
+    np.testing.assert_array_equal(other.predict(X), fits[3].predict(X))
