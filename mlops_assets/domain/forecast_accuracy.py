@@ -45,7 +45,7 @@ def _read_parquet(storage: Storage, prefix: str, since: datetime | None = None) 
         and not b.name.rsplit("/", 1)[-1].startswith(".")
         and (since is None or b.last_modified >= since)
     ]
-    return [pq.read_table(io.BytesIO(storage.read_bytes(n))) for n in sorted(names)]
+    return [pq.read_table(pa.BufferReader(storage.read_bytes(n))) for n in sorted(names)]
 
 
 def _normalise(table: pa.Table, spec: DatasetSpec, time: str, version: str, source: str):

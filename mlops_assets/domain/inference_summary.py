@@ -6,7 +6,6 @@ prod storage; the reference is the curated data of the spec's drift window befor
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,7 +44,7 @@ class InferenceSummary:
 
 def read_day(storage: Storage, spec: DatasetSpec, day: str) -> pa.Table | None:
     names = [b.name for b in storage.list(f"{collected_prefix(spec.name)}/date={day}/")]
-    tables = [pq.read_table(io.BytesIO(storage.read_bytes(n))) for n in names]
+    tables = [pq.read_table(pa.BufferReader(storage.read_bytes(n))) for n in names]
     return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
 

@@ -7,7 +7,6 @@ on Azure), so an instance holds about one piece of each at a time, never a whole
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO
@@ -54,7 +53,7 @@ def stream_source(
     try:
         # Keys as dictionaries, as the whole-file path reads them (``drops.parse_drop``).
         pf = pq.ParquetFile(
-            io.BytesIO(source) if isinstance(source, bytes) else source,
+            pa.BufferReader(source) if isinstance(source, bytes) else source,
             read_dictionary=dictionary_keys(spec),
         )
         if pf.metadata.num_rows < min_rows:

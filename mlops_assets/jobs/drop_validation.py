@@ -6,8 +6,7 @@ split off with the rule's name; a file that cannot be read as a drop raises ``Dr
 
 from __future__ import annotations
 
-import io
-
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlops_assets.ml.drops import ParsedDrop, decompressed, parse_drop
@@ -29,7 +28,7 @@ def _columns_of(name: str, data: bytes) -> list[str] | None:
     """The drop's column names, cheaply (None if it cannot tell: parse_drop will say why)."""
     try:
         if name.lower().endswith((".parquet", ".pq")):
-            return pq.read_schema(io.BytesIO(data)).names
+            return pq.read_schema(pa.BufferReader(data)).names
         header = (
             decompressed(name, data)
             .split(b"\n", 1)[0]

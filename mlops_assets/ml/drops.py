@@ -10,7 +10,6 @@ silently dropped. Rule names are ``validation.rules``'.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -129,7 +128,7 @@ def _read_csv(name: str, data: bytes) -> tuple[pa.Table, int]:
     names = [h.strip() for h in header.rstrip("\r").split(",")]
     try:
         table = pacsv.read_csv(
-            io.BytesIO(data),
+            pa.BufferReader(data),  # reads the bytes in place, no copy
             read_options=pacsv.ReadOptions(use_threads=True),
             convert_options=pacsv.ConvertOptions(
                 column_types={n: pa.string() for n in names},
@@ -166,7 +165,9 @@ def _read_parquet(name: str, data: bytes, dictionary: Sequence[str] = ()) -> tup
             "landed); land the whole file again",
         )
     try:
-        table = pq.read_table(io.BytesIO(data), read_dictionary=list(dictionary) or None)
+        # ``BufferReader`` reads the bytes in place: no copy of the file (~160 MB for a 40M-row
+        # drop, each page of which a virtual machine makes costly to touch the first time).
+        table = pq.read_table(pa.BufferReader(data), read_dictionary=list(dictionary) or None)
         # One dictionary per column, not one per row group: grouping and taking rows need it.
         return (table.unify_dictionaries() if dictionary else table), 0
     except (pa.ArrowInvalid, OSError) as e:

@@ -81,7 +81,7 @@ def manifest_bytes(manifest: pa.Table) -> bytes:
 
 
 def read_manifest(data: bytes) -> pa.Table:
-    return pq.read_table(io.BytesIO(data))
+    return pq.read_table(pa.BufferReader(data))
 
 
 def model_location(manifest: pa.Table, series_id: str) -> tuple[str, int, int, str] | None:

@@ -266,7 +266,7 @@ def read_stats(data: bytes, spec: DatasetSpec) -> RidgeState:
         ValueError: The file was written for other features, another alpha or other windows
             than ``spec``'s (a full refit is due).
     """
-    table = pq.read_table(io.BytesIO(data))
+    table = pq.read_table(pa.BufferReader(data))
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     signature = stats_signature(spec)
     seen = {k: meta.get(k) for k in signature}

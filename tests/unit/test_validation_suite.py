@@ -14,6 +14,7 @@ from mlops_assets.ml.spec import ExtraExpectation, load_spec
 from mlops_assets.ml.validation import masks, suite
 from mlops_assets.ml.validation.gate import DropGate
 from mlops_assets.ml.validation.gx import GxRunner
+from mlops_assets.ml.validation import profile as drop_profile
 from mlops_assets.ml.validation.profile import Band
 from mlops_assets.ml.validation.rows import RowCheck, explain_rows, validate_rows
 from mlops_assets.ml.validation.rules import Rule
@@ -157,12 +158,15 @@ def _brute_duplicates(table: pa.Table, cols: list[str]) -> list[int]:
     return [i for i, k in enumerate(keys) if keys.count(k) > 1]
 
 
+@pytest.mark.parametrize("block", [1 << 20, 3, 5])
 @pytest.mark.parametrize("encoded", [False, True])
 @pytest.mark.parametrize("case", ["sorted", "sorted_with_copy", "unsorted", "null_key"])
-def test_unique_mask_on_sorted_and_unsorted_drops(case, encoded):
+def test_unique_mask_on_sorted_and_unsorted_drops(case, encoded, block, monkeypatch):
     """Drops arrive sorted by key, so uniqueness is proven by one ordered pass over integer
     ranks (dictionary values ranked, not compared as strings); any other drop is counted. Both
-    paths flag exactly the rows that share their key with another row."""
+    paths flag exactly the rows that share their key with another row, whatever the blocks
+    the ordered pass compares at a time."""
+    monkeypatch.setattr(masks, "_ORDER_BLOCK", block)
     rng = np.random.default_rng(7)
     # The dictionary's order is not the values' order, and it holds one value twice: ranks
     # must compare values, not dictionary positions.
@@ -192,6 +196,74 @@ def test_unique_mask_on_sorted_and_unsorted_drops(case, encoded):
     )
     assert np.flatnonzero(mask).tolist() == _brute_duplicates(table, cols)
     assert masks.strictly_increasing(table, cols) == (case == "sorted")
+
+
+@pytest.mark.parametrize("block", [1 << 20, 2, 4, 7])
+def test_ordered_pass_over_chunks_with_their_own_dictionaries(block, monkeypatch):
+    """A drop read in row groups: each chunk has its own dictionary, in its own order, one of
+    them sorted (its indices compared as they are). The ordered pass compares every adjacent
+    pair of rows, those across a chunk or block boundary included."""
+    monkeypatch.setattr(masks, "_ORDER_BLOCK", block)
+
+    def chunk(values: list[str], dictionary: list[str]) -> pa.DictionaryArray:
+        index = pa.array([dictionary.index(v) for v in values], pa.int32())
+        return pa.DictionaryArray.from_arrays(index, pa.array(dictionary))
+
+    def table(stores: list[str], weeks: list[int], cut: int) -> pa.Table:
+        store = pa.chunked_array(
+            [chunk(stores[:cut], sorted(set(stores[:cut]))), chunk(stores[cut:], ["S9", "S2"])]
+        )
+        week = pa.array(np.array(weeks, "int32") + 20000, pa.int32()).cast(pa.date32())
+        return pa.table({"store": store, "week": week})
+
+    stores = ["S0", "S0", "S1", "S1", "S2", "S2", "S9", "S9"]
+    weeks = [0, 7, 0, 7, 0, 7, 0, 7]
+    assert masks.strictly_increasing(table(stores, weeks, 5), ["store", "week"])
+    for i in range(len(stores) - 1):  # each adjacent pair in turn out of order
+        swapped_s, swapped_w = list(stores), list(weeks)
+        swapped_s[i], swapped_s[i + 1] = swapped_s[i + 1], swapped_s[i]
+        swapped_w[i], swapped_w[i + 1] = swapped_w[i + 1], swapped_w[i]
+        if (swapped_s, swapped_w) == (stores, weeks):
+            continue
+        assert not masks.strictly_increasing(table(swapped_s, swapped_w, 5), ["store", "week"])
+    copied = list(weeks)
+    copied[5] = copied[4]  # S2 twice on one week, across the chunk boundary
+    assert not masks.strictly_increasing(table(stores, copied, 5), ["store", "week"])
+
+
+@pytest.mark.parametrize("kind", ["float", "float_with_gaps", "int_with_nulls", "empty"])
+def test_drift_statistics_are_numpys_over_chunks(kind, monkeypatch):
+    """A drop column in several chunks (row groups), its nulls and NaN left out: the mean and
+    quantiles are numpy's over the values, the standard deviation (summed a block at a time)
+    numpy's to rounding. The column itself is left as it was."""
+    monkeypatch.setattr(drop_profile, "_BLOCK", 7)  # blocks that cut chunks
+    rng = np.random.default_rng(3)
+    values = rng.gamma(2.0, 30.0, 100)
+    if kind == "int_with_nulls":
+        values = np.round(values)
+    pieces = np.split(values, [10, 45, 46, 80])
+    if kind == "float":
+        chunks = [pa.array(p) for p in pieces]
+    elif kind == "float_with_gaps":
+        chunks = [pa.array(p, mask=(np.arange(len(p)) % 5 == 0)) for p in pieces]
+        chunks[2] = pa.array([math.nan])
+    elif kind == "int_with_nulls":
+        chunks = [pa.array(p.astype(np.int64), mask=np.arange(len(p)) % 4 == 1) for p in pieces]
+    else:
+        chunks = [pa.array([], pa.float64())]
+    col = pa.chunked_array(chunks)
+    before = col.to_pylist()
+    got = drop_profile._stats(col)
+    assert repr(col.to_pylist()) == repr(before)  # NaN as NaN
+    x = np.array([np.nan if v is None else float(v) for v in before])
+    x = x[~np.isnan(x)]
+    if kind == "empty":
+        assert all(math.isnan(v) for v in got.values())
+        return
+    assert got["mean"] == float(x.mean())
+    assert got["stdev"] == pytest.approx(float(x.std(ddof=1)), rel=1e-13)
+    for name, q in drop_profile.QUANTILES.items():
+        assert got[name] == float(np.quantile(x, q))
 
 
 @pytest.fixture(scope="module")

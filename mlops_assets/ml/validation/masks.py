@@ -108,47 +108,61 @@ def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, int]:
     return np.append(ranks, size)[codes], size + 1
 
 
-def _order_keys(col: pa.ChunkedArray) -> np.ndarray | None:
+def _order_keys(col: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
     """Integers ordered as ``col``'s values are (equal values, equal integers), or None where
     the column has nulls. Text is ranked through its dictionary, so comparing rows costs two
-    integer arrays, not two columns of strings."""
+    integer arrays, not two columns of strings; a dictionary already in order (as an export
+    sorted by key reads: values in order of first appearance) gives its indices themselves.
+    Numbers and dates are viewed in place, not copied."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if arr.null_count:
         return None
-    if pa.types.is_dictionary(arr.type) and arr.dictionary.null_count:
-        return None
-    text = pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
-    if text or pa.types.is_dictionary(arr.type):
-        return _codes(arr)[0]  # dense ranks of the values: ordered as the values are
-    if pa.types.is_date32(arr.type):
-        return to_numpy(arr.cast(pa.int32()))
-    if pa.types.is_temporal(arr.type):
-        return to_numpy(arr.cast(pa.int64()))
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        arr = pc.dictionary_encode(arr)
+    if pa.types.is_dictionary(arr.type):
+        if arr.dictionary.null_count:
+            return None
+        index = to_numpy(arr.indices)  # no nulls: a view of the indices
+        # Dense ranks of the values (a dictionary may hold one value at two indices).
+        ranks = to_numpy(pc.rank(arr.dictionary, tiebreaker="dense")) - 1
+        if np.array_equal(ranks, np.arange(len(ranks))):
+            return index
+        return ranks.astype(index.dtype)[index]
+    if pa.types.is_date32(arr.type) or pa.types.is_time32(arr.type):
+        return to_numpy(arr.view(pa.int32()))
+    if any(is_(arr.type) for is_ in _INT64_TIMES):
+        return to_numpy(arr.view(pa.int64()))
     if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
         return to_numpy(arr)  # a NaN compares unequal and unordered: not proven, as it should
     return None
 
 
+_INT64_TIMES = (pa.types.is_timestamp, pa.types.is_date64, pa.types.is_time64, pa.types.is_duration)
+_ORDER_BLOCK = 1 << 20  # rows compared at a time: no key or mask the size of the drop
+
+
 def strictly_increasing(table: pa.Table, cols: list[str]) -> bool:
     """Whether rows are strictly increasing in ``cols`` (lexicographically): then unique.
 
-    False where it cannot tell (a null key, a column type without an integer order): the
-    caller then counts keys instead."""
-    if table.num_rows < 2:
-        return True
-    keys = []
-    for c in cols:
-        k = _order_keys(table[c])
-        if k is None:
+    Compared a block of rows at a time, each block overlapping the next by one row (so every
+    adjacent pair is compared within one block, whose keys are ranked together): a 40M-row
+    drop costs no array of its size, only the blocks'. False where it cannot tell (a null key,
+    a column type without an integer order): the caller then counts keys instead."""
+    n = table.num_rows
+    for start in range(0, n - 1, _ORDER_BLOCK):
+        block = table.slice(start, _ORDER_BLOCK + 1)
+        after = np.zeros(block.num_rows - 1, dtype=bool)  # ordered by an earlier column
+        undecided = np.ones(block.num_rows - 1, dtype=bool)
+        for c in cols:
+            k = _order_keys(block[c])
+            if k is None:
+                return False
+            a, b = k[:-1], k[1:]
+            after |= undecided & (a < b)
+            undecided &= a == b
+        if not after.all():
             return False
-        keys.append(k)
-    after = np.zeros(table.num_rows - 1, dtype=bool)  # rows known ordered by an earlier column
-    undecided = np.ones(table.num_rows - 1, dtype=bool)
-    for k in keys:
-        a, b = k[:-1], k[1:]
-        after |= undecided & (a < b)
-        undecided &= a == b
-    return bool(after.all())
+    return True
 
 
 def _unique(table: pa.Table, kw: dict) -> np.ndarray:
