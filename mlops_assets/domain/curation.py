@@ -247,7 +247,7 @@ def ingest(
         drops = [d for d in drops if (d.name, d.etag) not in versions]
     outcomes: list[DropOutcome] = []
     good: list[pa.Table] = []
-    sources: list[np.ndarray] = []  # each good row's index in ``outcomes``
+    sources: list[tuple[int, int]] = []  # (index in ``outcomes``, rows) of each good table
     quarantined_files: list[str] = []
     deferred: list[str] = []
     with phases("read_validate"):
@@ -267,7 +267,7 @@ def ingest(
             outcomes.append(outcome)
             if check.kept.num_rows:
                 good.append(store.conform(check.kept))  # CSV and Parquet drops alike
-                sources.append(np.full(check.kept.num_rows, len(outcomes) - 1))
+                sources.append((len(outcomes) - 1, check.kept.num_rows))
                 if gate is not None:
                     gate.accept(check.kept)
     merge = MergeStats()
@@ -275,13 +275,22 @@ def ingest(
         entry = journal.begin(outcomes, quarantined_files) if outcomes else None
         if entry is not None and good:
             new = pa.concat_tables(good)
-            merge = store.merge(new, np.concatenate(sources), merge_id=entry.merge_id)
+            merge = store.merge(new, _row_sources(sources), merge_id=entry.merge_id)
     if entry is not None:
         _record(storage, spec, journal, entry, merge, on_drop)
     if finished is not None:
         outcomes = finished.outcomes + outcomes
         merge = _sum_stats(finished.merge, merge, len(finished.outcomes))
     return IngestResult(outcomes=outcomes, merge=merge, seconds=phases.seconds, deferred=deferred)
+
+
+def _row_sources(sources: list[tuple[int, int]]) -> int | np.ndarray:
+    """Each merged row's source (its drop's index in the outcomes), from the (source, rows)
+    of the tables concatenated in order: one number where one drop brings every row (a
+    40M-row drop needs no array of 40M copies of it), else one small integer per row."""
+    if len({j for j, _ in sources}) <= 1:
+        return sources[0][0] if sources else 0
+    return np.repeat(np.array([j for j, _ in sources], np.int32), [rows for _, rows in sources])
 
 
 def _record(
@@ -330,7 +339,7 @@ def _finish(
     index = {(o.drop, o.etag): j for j, o in enumerate(earlier.outcomes)}
     recorded = DropLedger(storage, spec).seen()
     good: list[pa.Table] = []
-    sources: list[np.ndarray] = []
+    sources: list[tuple[int, int]] = []
     # Ledger entries are written after the last shard: with one of them there, the merge ended.
     if not recorded & set(index):
         for info in drops:
@@ -343,10 +352,9 @@ def _finish(
             check = _curate_one(storage, spec, info, scratch, None, as_of)
             if check.kept.num_rows:
                 good.append(store.conform(check.kept))
-                sources.append(np.full(check.kept.num_rows, j))
+                sources.append((j, check.kept.num_rows))
     new = pa.concat_tables(good) if good else store.conform(spec.arrow_schema.empty_table())
-    src = np.concatenate(sources) if sources else np.zeros(0, np.int64)
-    merge = store.merge(new, src, merge_id=earlier.merge_id, resume=True)
+    merge = store.merge(new, _row_sources(sources), merge_id=earlier.merge_id, resume=True)
     _record(storage, spec, journal, earlier, merge, on_drop, resume=True, run_id=run_id)
     return IngestResult(outcomes=earlier.outcomes, merge=merge)
 
