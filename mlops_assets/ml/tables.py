@@ -213,13 +213,18 @@ def grouped_run_starts(table: pa.Table, keys: list[str]) -> np.ndarray | None:
 def series_numbers(table: pa.Table, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Each row's series number (series numbered in key order) and one row of each series.
 
-    Codes of dictionary-encoded keys are bounded by the dictionaries' sizes, so series are
-    numbered with a count, not a sort of every row.
+    Rows sorted by key (an export by key, a curated shard) are numbered from their runs of
+    equal keys, coding one row per run. Otherwise codes of dictionary-encoded keys, bounded
+    by the dictionaries' sizes, number series with a count, not a sort of every row.
     """
-    code = series_codes(table, keys)
-    n = len(code)
+    n = table.num_rows
     if n == 0:
         return np.zeros(0, np.int32), np.zeros(0, np.int64)
+    sorted_runs = _sorted_runs(table, keys)
+    if sorted_runs is not None:
+        counts = np.diff(np.r_[sorted_runs, n])
+        return np.repeat(np.arange(len(sorted_runs), dtype=np.int32), counts), sorted_runs
+    code = series_codes(table, keys)
     top = int(code.max()) + 1
     if top <= 4 * n + 4096:
         present = np.flatnonzero(np.bincount(code, minlength=top))
@@ -234,6 +239,16 @@ def series_numbers(table: pa.Table, keys: list[str]) -> tuple[np.ndarray, np.nda
         return series_of, row_of
     _, row_of, series_of = np.unique(code, return_index=True, return_inverse=True)
     return series_of.ravel(), row_of
+
+
+def _sorted_runs(table: pa.Table, keys: list[str]) -> np.ndarray | None:
+    """Where each series' rows start, where the rows come sorted by key (each series one run,
+    the runs in key order), else None."""
+    starts = run_starts(table, keys)
+    if len(starts) >= 2**31:
+        return None
+    code = series_codes(take_rows(table.select(keys), starts), keys)
+    return starts if bool((code[1:] > code[:-1]).all()) else None
 
 
 def keys_per_series(table: pa.Table, keys: list[str]) -> tuple[pa.Table, np.ndarray]:

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mlops_assets.ml.tables import grouped_run_starts, run_starts, series_codes
+from mlops_assets.ml.tables import grouped_run_starts, run_starts, series_codes, series_numbers
 
 
 def _brute_starts(rows: list[tuple]) -> list[int]:
@@ -82,3 +82,31 @@ def test_grouped_run_starts_only_when_no_series_comes_back(encode: bool) -> None
     assert grouped_run_starts(table, ["store", "product"]).tolist() == [0, 3, 5]
     back = [*grouped, ("S1", "P1")]  # the first series again, after others
     assert grouped_run_starts(_table(back, [4], encode, rng), ["store", "product"]) is None
+
+
+@pytest.mark.parametrize("encode", [True, False], ids=["dictionary", "plain"])
+@pytest.mark.parametrize("order", ["sorted", "grouped", "shuffled", "doubled_dictionary"])
+def test_series_numbers_in_key_order_whether_rows_come_sorted_or_not(encode, order) -> None:
+    """Sorted rows are numbered from their runs; any other order through codes. Either way a
+    row's number is its series' rank in key order, and the row given for each series is one
+    of its own."""
+    rng = np.random.default_rng(5)
+    series = sorted({(f"S{rng.integers(5)}", f"P{rng.integers(4)}") for _ in range(30)})
+    rows = [s for s in series for _ in range(int(rng.integers(1, 5)))]
+    if order == "grouped":  # each series together, not in key order
+        rows = [s for s in reversed(series) for _ in range(2)]
+    if order == "shuffled":
+        rows = [rows[i] for i in rng.permutation(len(rows))]
+    table = _table(rows, sorted(rng.choice(len(rows), 5, replace=False).tolist()), encode, rng)
+    if order == "doubled_dictionary":  # "S1" at two indices: runs split, numbers do not
+        if not encode:
+            pytest.skip("a plain column has no dictionary")
+        store = pa.DictionaryArray.from_arrays(
+            pa.array([0, 0, 2, 2, 1], pa.int32()), pa.array(["S1", "S2", "S1"])
+        )
+        table = pa.table({"store": store, "product": pa.array(["P1", "P1", "P1", "P2", "P0"])})
+        rows = list(zip(store.to_pylist(), table["product"].to_pylist(), strict=True))
+    series_of, row_of = series_numbers(table, ["store", "product"])
+    rank = {s: i for i, s in enumerate(sorted(set(rows)))}
+    assert series_of.tolist() == [rank[r] for r in rows]
+    assert [rows[i] for i in row_of] == sorted(set(rows))
