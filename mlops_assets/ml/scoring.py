@@ -361,12 +361,13 @@ def score(
     return pd.DataFrame(columns)[out.column_names]
 
 
-def models_tail(models: list[SeriesModel | None], s: int) -> list:
-    """The history tail of series ``s``'s model (callers only ask for series with a model)."""
+def models_tail(models: list[SeriesModel | None], s: int) -> np.ndarray:
+    """The history tail of series ``s``'s model as float64, the model's own array where it is
+    one (callers only ask for series with a model)."""
     model = models[s]
     if model is None:
         raise ValueError(f"series number {s} has no model")
-    return list(model.tail)
+    return np.asarray(model.tail, dtype=float)
 
 
 def _tails(
@@ -398,7 +399,7 @@ def _tails(
         grid = pd.date_range(end=end, periods=longest, freq=spec.frequency).to_numpy()
         grid = grid.astype("datetime64[us]")
         for s in members:
-            tail = np.asarray(tails[s], dtype=float)
+            tail = tails[s]
             times = grid[len(grid) - len(tail) :]
             keep = times < first_time[s]
             out[s] = (times[keep], tail[keep])
