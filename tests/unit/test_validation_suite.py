@@ -12,9 +12,9 @@ import pytest
 from mlops_assets.ml.drops import ROW, DropRejected, split_failures
 from mlops_assets.ml.spec import ExtraExpectation, load_spec
 from mlops_assets.ml.validation import masks, suite
+from mlops_assets.ml.validation import profile as drop_profile
 from mlops_assets.ml.validation.gate import DropGate
 from mlops_assets.ml.validation.gx import GxRunner
-from mlops_assets.ml.validation import profile as drop_profile
 from mlops_assets.ml.validation.profile import Band
 from mlops_assets.ml.validation.rows import RowCheck, explain_rows, validate_rows
 from mlops_assets.ml.validation.rules import Rule
@@ -253,7 +253,13 @@ def test_drift_statistics_are_numpys_over_chunks(kind, monkeypatch):
         chunks = [pa.array([], pa.float64())]
     col = pa.chunked_array(chunks)
     before = col.to_pylist()
-    got = drop_profile._stats(col)
+    week = pa.array(np.full(len(col), 20000, np.int32), pa.int32()).cast(pa.date32())
+    table = pa.table({"week": week, "sales": col, "price": col})
+    out = drop_profile.profile(table, load_spec("sales"))
+    got = {s: out[f"sales__{s}"] for s in drop_profile.DRIFT_STATS}
+    assert {s: out[f"price__{s}"] for s in drop_profile.DRIFT_STATS} == pytest.approx(
+        got, nan_ok=True
+    )
     assert repr(col.to_pylist()) == repr(before)  # NaN as NaN
     x = np.array([np.nan if v is None else float(v) for v in before])
     x = x[~np.isnan(x)]
