@@ -483,7 +483,8 @@ class CuratedStore:
         """Upsert rows (later rows in ``new`` win over earlier ones and over curated rows).
 
         ``sources`` numbers each row's source (a drop), or is the one source of every row;
-        the stats then say how many rows each source replaced (``replaced_by_source``; a curated row, or a row of an earlier source).
+        the stats then say how many rows each source replaced (``replaced_by_source``; a
+        curated row, or a row of an earlier source).
         Each shard written records ``merge_id`` and its counts in its footer. ``resume``
         finishes the merge ``merge_id`` that a crash interrupted: a shard that records it is
         kept, with its recorded counts; the others merge their rows of ``new``.
