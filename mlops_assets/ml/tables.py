@@ -243,9 +243,11 @@ def series_numbers(table: pa.Table, keys: list[str]) -> tuple[np.ndarray, np.nda
 
 def _sorted_runs(table: pa.Table, keys: list[str]) -> np.ndarray | None:
     """Where each series' rows start, where the rows come sorted by key (each series one run,
-    the runs in key order), else None."""
+    the runs in key order), else None. Rows in runs of fewer than two on average (shuffled
+    rows, or a row per series) are left to the counting path: coding every run would cost
+    more than it saves."""
     starts = run_starts(table, keys)
-    if len(starts) >= 2**31:
+    if 2 * len(starts) > table.num_rows or len(starts) >= 2**31:
         return None
     code = series_codes(take_rows(table.select(keys), starts), keys)
     return starts if bool((code[1:] > code[:-1]).all()) else None

@@ -102,9 +102,9 @@ def test_series_numbers_in_key_order_whether_rows_come_sorted_or_not(encode, ord
         if not encode:
             pytest.skip("a plain column has no dictionary")
         store = pa.DictionaryArray.from_arrays(
-            pa.array([0, 0, 2, 2, 1], pa.int32()), pa.array(["S1", "S2", "S1"])
+            pa.array([0, 0, 0, 2, 2, 2, 1, 1], pa.int32()), pa.array(["S1", "S2", "S1"])
         )
-        table = pa.table({"store": store, "product": pa.array(["P1", "P1", "P1", "P2", "P0"])})
+        table = pa.table({"store": store, "product": pa.array(["P1"] * 6 + ["P0"] * 2)})
         rows = list(zip(store.to_pylist(), table["product"].to_pylist(), strict=True))
     series_of, row_of = series_numbers(table, ["store", "product"])
     rank = {s: i for i, s in enumerate(sorted(set(rows)))}

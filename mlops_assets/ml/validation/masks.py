@@ -108,12 +108,13 @@ def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, int]:
     return np.append(ranks, size)[codes], size + 1
 
 
-def _order_keys(col: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+def _order_keys(col: pa.ChunkedArray | pa.Array, ranked: dict | None = None) -> np.ndarray | None:
     """Integers ordered as ``col``'s values are (equal values, equal integers), or None where
     the column has nulls. Text is ranked through its dictionary, so comparing rows costs two
     integer arrays, not two columns of strings; a dictionary already in order (as an export
     sorted by key reads: values in order of first appearance) gives its indices themselves.
-    Numbers and dates are viewed in place, not copied."""
+    Numbers and dates are viewed in place, not copied. ``ranked`` keeps each dictionary's
+    ranks for the caller's next block of the same column (``_dictionary_ranks``)."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if arr.null_count:
         return None
@@ -123,11 +124,8 @@ def _order_keys(col: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
         if arr.dictionary.null_count:
             return None
         index = to_numpy(arr.indices)  # no nulls: a view of the indices
-        # Dense ranks of the values (a dictionary may hold one value at two indices).
-        ranks = to_numpy(pc.rank(arr.dictionary, tiebreaker="dense")) - 1
-        if np.array_equal(ranks, np.arange(len(ranks))):
-            return index
-        return ranks.astype(index.dtype)[index]
+        ranks = _dictionary_ranks(arr.dictionary, {} if ranked is None else ranked)
+        return index if ranks is None else ranks.astype(index.dtype)[index]
     if pa.types.is_date32(arr.type) or pa.types.is_time32(arr.type):
         return to_numpy(arr.view(pa.int32()))
     if any(is_(arr.type) for is_ in _INT64_TIMES):
@@ -135,6 +133,20 @@ def _order_keys(col: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
     if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
         return to_numpy(arr)  # a NaN compares unequal and unordered: not proven, as it should
     return None
+
+
+def _dictionary_ranks(dictionary: pa.Array, ranked: dict) -> np.ndarray | None:
+    """Dense ranks of a dictionary's values (it may hold one value at two indices); None where
+    they are its indices already (sorted, each value once). Kept in ``ranked`` under the
+    dictionary's buffers, with the dictionary itself (so no other array takes those buffers
+    while the entry lives): the blocks of one column share them, and a dictionary of a million
+    keys is ranked once, not once per block."""
+    buffers = tuple(b.address if b is not None else 0 for b in dictionary.buffers())
+    key = (*buffers, dictionary.offset, len(dictionary))
+    if key not in ranked:
+        ranks = to_numpy(pc.rank(dictionary, tiebreaker="dense")) - 1
+        ranked[key] = (dictionary, None if np.array_equal(ranks, np.arange(len(ranks))) else ranks)
+    return ranked[key][1]
 
 
 _INT64_TIMES = (pa.types.is_timestamp, pa.types.is_date64, pa.types.is_time64, pa.types.is_duration)
@@ -149,12 +161,13 @@ def strictly_increasing(table: pa.Table, cols: list[str]) -> bool:
     drop costs no array of its size, only the blocks'. False where it cannot tell (a null key,
     a column type without an integer order): the caller then counts keys instead."""
     n = table.num_rows
+    ranked: dict = {}  # dictionary ranks, kept across blocks
     for start in range(0, n - 1, _ORDER_BLOCK):
         block = table.slice(start, _ORDER_BLOCK + 1)
         after = np.zeros(block.num_rows - 1, dtype=bool)  # ordered by an earlier column
         undecided = np.ones(block.num_rows - 1, dtype=bool)
         for c in cols:
-            k = _order_keys(block[c])
+            k = _order_keys(block[c], ranked)
             if k is None:
                 return False
             a, b = k[:-1], k[1:]
