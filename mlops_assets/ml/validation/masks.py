@@ -104,7 +104,8 @@ def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, int]:
     size = len(enc.dictionary)
     codes = to_numpy(pc.fill_null(enc.indices, size)).astype(np.int64, copy=False)
     # A dictionary may hold one value at two indices (Arrow does not forbid it): code values.
-    ranks = to_numpy(pc.rank(enc.dictionary, tiebreaker="dense")).astype(np.int64) - 1
+    ranks = _dictionary_ranks(enc.dictionary, {})
+    ranks = np.arange(size) if ranks is None else ranks.astype(np.int64)
     return np.append(ranks, size)[codes], size + 1
 
 
@@ -186,10 +187,9 @@ def _unique(table: pa.Table, kw: dict) -> np.ndarray:
     """
     cols = kw["column_list"]
     n = table.num_rows
-    if n < 2 or (
-        strictly_increasing(table.slice(0, 4096), cols) and strictly_increasing(table, cols)
-    ):
-        return np.zeros(n, dtype=bool)  # drops usually arrive sorted: one pass proves it
+    # Drops usually arrive sorted: one pass proves it (and stops at the first block that is not).
+    if n < 2 or strictly_increasing(table, cols):
+        return np.zeros(n, dtype=bool)
     with ThreadPoolExecutor(max_workers=len(cols)) as pool:
         parts = list(pool.map(lambda c: _codes(table[c]), cols))
     key = np.zeros(n, dtype=np.int64)
