@@ -54,7 +54,13 @@ from mlops_assets.domain import shard_index
 from mlops_assets.domain.merge import dedupe_counted, merge_restating
 from mlops_assets.faults import fault_point
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.ml.tables import decode_dictionaries, series_codes, series_numbers, take_rows
+from mlops_assets.ml.tables import (
+    PARQUET_WRITE_BATCH,
+    decode_dictionaries,
+    series_codes,
+    series_numbers,
+    take_rows,
+)
 from mlops_assets.storage import Storage
 
 STATS_KEY = b"mlops.shard_stats"
@@ -278,6 +284,7 @@ class CuratedStore:
             "compression": SHARD_CODEC,
             "row_group_size": 1 << 20,
             "write_statistics": filtered or False,
+            "write_batch_size": PARQUET_WRITE_BATCH,
         }
         time = schema.field(self.spec.time).type if self.spec.time in names else None
         if time is not None and (pa.types.is_date32(time) or pa.types.is_timestamp(time)):

@@ -26,7 +26,7 @@ from mlops_assets.ml.drops import ROW, DropRejected
 from mlops_assets.ml.model_cache import ModelSetReader
 from mlops_assets.ml.scoring import score_table
 from mlops_assets.ml.spec import DatasetSpec
-from mlops_assets.ml.tables import series_ids, series_numbers, take_rows
+from mlops_assets.ml.tables import PARQUET_WRITE_BATCH, series_ids, series_numbers, take_rows
 
 CHUNK_ROWS = 1_000_000  # rows (of whole series) whose features are computed at once
 RANGED_READS = 64  # models read one by one before the reader switches to whole packs
@@ -163,6 +163,7 @@ def parquet_options(names: list[str]) -> dict:
         "column_encoding": encodings,
         # Statistics where readers filter (row, series, time), not on the predictions.
         "write_statistics": [c for c in ("source_row", "series_id", "time") if c in names] or False,
+        "write_batch_size": PARQUET_WRITE_BATCH,
     }
 
 
