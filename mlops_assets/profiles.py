@@ -7,6 +7,7 @@ Dagster resolves when a run starts, so nothing here reads the environment at imp
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -177,6 +178,22 @@ RUN_MONITORING = """run_monitoring:
 """
 
 
+# Any of these in dagster.yaml means the instance chose its own storage: it is left as it is.
+STORAGE_KEYS = ("storage", "run_storage", "event_log_storage", "schedule_storage")
+
+
+def event_log_section(dagster_home: Path) -> str:
+    """The ``event_log_storage`` section of a local instance: Dagster's SQLite event log in its
+    default folder, keeping its connections open (``mlops_assets.event_log_storage``)."""
+    return (
+        "event_log_storage:\n"
+        "  module: mlops_assets.event_log_storage\n"
+        "  class: KeptSqliteEventLogStorage\n"
+        "  config:\n"
+        f"    base_dir: {json.dumps(str(dagster_home.resolve() / 'storage'))}\n"
+    )
+
+
 def ensure_dagster_home(home: Path) -> Path:
     """The Dagster instance folder under the project home, with a local ``dagster.yaml``
     (telemetry off, run monitoring on, one writer per dataset: ``mlops_assets.pools``; each
@@ -189,6 +206,8 @@ def ensure_dagster_home(home: Path) -> Path:
     for section in (RUN_MONITORING, RUN_QUEUE):
         if not any(line.startswith(section.split()[0]) for line in text.splitlines()):
             text = text.rstrip("\n") + "\n" + section
+    if not any(line.split(":")[0] in STORAGE_KEYS for line in text.splitlines()):
+        text = text.rstrip("\n") + "\n" + event_log_section(dagster_home)
     config.write_text(text)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
