@@ -11,9 +11,11 @@ prediction ± a per-series width, encoded as the job encodes them): the same flo
 Wall and CPU seconds (all threads of this process) of each.
 
 Each round runs the job (cold: its model set read and loaded again), the floor and the second
-floor, each after ``os.sync()`` (no earlier write still going to the disk) and with no output
-left from the round before; the ratio reported is the median of the rounds' ratios, beside
-every round's figures (one round on this shared VM varies by ±15%). Results:
+floor, each in a fresh process of its own (spawned; imports not timed) as an AML job or a
+script would run, so none of them finds memory another one grew and freed, each after
+``os.sync()`` (no earlier write still going to the disk) and with no output left from the
+round before. The ratio reported is the median of the rounds' ratios, beside every round's
+figures (one round on this shared VM varies by ±15%). Results:
 benchmarks/results/batch_scoring.json.
 """
 
@@ -22,11 +24,13 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +42,8 @@ from benchmarks.common import machine_speed
 from mlops_assets.domain.batch_layout import predictions_name
 from mlops_assets.domain.demo_model_set import demo_ref, publish_model_set
 from mlops_assets.heap import retain_freed_memory
-from mlops_assets.jobs.batch_params import DropJob
-from mlops_assets.jobs.drop_scoring import forget_model_set_readers, parquet_options
+from mlops_assets.jobs.batch_params import DropJob, job_spec
+from mlops_assets.jobs.drop_scoring import parquet_options
 from mlops_assets.jobs.drop_validation import apply_value_rules, scoring_spec
 from mlops_assets.jobs.score_drops import run_instance
 from mlops_assets.ml.drops import type_rows
@@ -98,7 +102,6 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/batch_scoring.json")
     args = ap.parse_args()
-    retain_freed_memory()  # as the job script does (score_drops.main); the floor runs here too
     spec = load_spec("sales")
     root = tempfile.mkdtemp(prefix="bench-batch-")
     try:
@@ -123,7 +126,7 @@ def run(args: argparse.Namespace, spec, storage: LocalStorage) -> None:
     ref = demo_ref(storage, spec, "m/v1").to_dict()
     spec_json = spec.model_dump(mode="json")
     job = DropJob(spec_json, info.name, info.etag, f"bench.parquet@{info.etag}", cfg, cfg, ref)
-    rounds = [one_round(job, storage, info.name, spec) for _ in range(args.rounds)]
+    rounds = [one_round(job, storage, info.name) for _ in range(args.rounds)]
     last = rounds[-1]
     result = {
         "rows": drop.num_rows,
@@ -151,6 +154,25 @@ def run(args: argparse.Namespace, spec, storage: LocalStorage) -> None:
     print(json.dumps(result, indent=2))
 
 
+def _fresh_process(what: str, job: DropJob, root: str, name: str) -> dict:
+    """``what`` ("job", "floor", "floor_bounds") timed in this process (a fresh one)."""
+    retain_freed_memory()  # as the job script does (score_drops.main)
+    storage, spec = LocalStorage(root=root), job_spec(job)
+    if what != "job":
+        wall, cpu = baseline(storage, name, spec, bounds=what == "floor_bounds")
+        return {"wall": wall, "cpu": cpu}
+    t, cpu = time.perf_counter(), time.process_time()
+    summary = run_instance(job)
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+    return {"wall": wall, "cpu": cpu, "phases": summary.seconds, "rows": summary.rows_scored}
+
+
+def _in_fresh_process(what: str, job: DropJob, storage: LocalStorage, name: str) -> dict:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as one:
+        return one.submit(_fresh_process, what, job, storage.root, name).result()
+
+
 def _quiet_disk(storage: LocalStorage, *names: str) -> None:
     """No output of an earlier run left (replacing one would add its removal), and nothing
     still being written back to the disk when the next measurement starts."""
@@ -159,25 +181,26 @@ def _quiet_disk(storage: LocalStorage, *names: str) -> None:
     os.sync()
 
 
-def one_round(job: DropJob, storage: LocalStorage, name: str, spec) -> dict:
-    """The job (cold), then the floor, then the floor writing the bounds too."""
+def one_round(job: DropJob, storage: LocalStorage, name: str) -> dict:
+    """The job (cold), then the floor, then the floor writing the bounds too, each in a fresh
+    process."""
     output = predictions_name(job.dataset, job.key)
     _quiet_disk(storage, output, "bench/baseline.parquet")
-    forget_model_set_readers()
     load = os.getloadavg()[0]
-    t, cpu = time.perf_counter(), time.process_time()
-    summary = run_instance(job)
-    ours, ours_cpu = time.perf_counter() - t, time.process_time() - cpu
+    job_run = _in_fresh_process("job", job, storage, name)
+    ours, ours_cpu = job_run["wall"], job_run["cpu"]
     _quiet_disk(storage)
-    base, base_cpu = baseline(storage, name, spec)
+    floor = _in_fresh_process("floor", job, storage, name)
+    base, base_cpu = floor["wall"], floor["cpu"]
     _quiet_disk(storage, "bench/baseline.parquet")
-    same_columns, same_columns_cpu = baseline(storage, name, spec, bounds=True)
+    floor_bounds = _in_fresh_process("floor_bounds", job, storage, name)
+    same_columns, same_columns_cpu = floor_bounds["wall"], floor_bounds["cpu"]
     return {
         "load_avg_1m": round(load, 2),
         "score_drop_s": round(ours, 3),
         "score_drop_cpu_s": round(ours_cpu, 2),
-        "phases_s": summary.seconds,
-        "rows_scored": summary.rows_scored,
+        "phases_s": job_run["phases"],
+        "rows_scored": job_run["rows"],
         "baseline_read_validate_features_predict_write_s": round(base, 3),
         "baseline_cpu_s": round(base_cpu, 2),
         "ratio_to_baseline": round(ours / base, 2),

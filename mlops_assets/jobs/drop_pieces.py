@@ -7,6 +7,8 @@ on Azure), so an instance holds about one piece of each at a time, never a whole
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO
@@ -38,6 +40,13 @@ from mlops_assets.ml.tables import run_starts, take_rows
 
 STREAM_MIN_ROWS = 2_000_000  # Parquet drops at least this large are scored in pieces
 PIECE_ROWS = 1 << 21  # rows read, typed and scored at a time (whole series, see below)
+# The Parquet writer hands its output over a page at a time (~24 KB); buffered natively, the
+# sink (a Python file: the GIL, a system call each) gets it this many bytes at a time.
+SINK_BUFFER_BYTES = 8 << 20
+# A piece is scored as two halves at once: ``scoring.score_table`` is mostly numpy, which lets
+# go of the GIL, so the halves use both cores of a small machine through its serial steps.
+SCORING_THREADS = min(2, os.cpu_count() or 1)
+WRITES_QUEUED = 2  # scored pieces waiting for the writer before scoring waits for it
 
 
 def stream_source(
@@ -129,6 +138,33 @@ def _write(writer: pq.ParquetWriter, table: pa.Table | None) -> None:
         raise OutputFailed(f"writing the predictions failed: {e}") from e
 
 
+def _write_parts(writer: pq.ParquetWriter, tables: list[pa.Table]) -> None:
+    for table in tables:
+        _write(writer, table)
+
+
+def _halves(piece: pa.Table, starts: np.ndarray, min_rows: int) -> list[pa.Table]:
+    """``piece`` (its series starting at rows ``starts``, row 0 first) cut in two at the
+    series start nearest its middle, to be scored at once; whole if under ``min_rows`` rows
+    (the last piece of a drop, say) or one series."""
+    if SCORING_THREADS < 2 or piece.num_rows < max(min_rows, 2) or len(starts) < 2:
+        return [piece]
+    middle = piece.num_rows / 2
+    i = min(max(int(np.searchsorted(starts, middle)), 1), len(starts) - 1)
+    if i > 1 and middle - starts[i - 1] < starts[i] - middle:
+        i -= 1
+    cut = int(starts[i])
+    return [piece.slice(0, cut), piece.slice(cut)]
+
+
+def _write_through(stream: pa.BufferedOutputStream) -> None:
+    """What ``stream`` still buffers, to its sink (which stays open: the caller commits it)."""
+    try:
+        stream.detach()
+    except (OSError, pa.ArrowException) as e:
+        raise OutputFailed(f"writing the predictions failed: {e}") from e
+
+
 def score_in_pieces(
     pf: pq.ParquetFile,
     spec: DatasetSpec,
@@ -140,13 +176,14 @@ def score_in_pieces(
     piece_rows: int = PIECE_ROWS,
 ) -> pa.Table:
     """Validate and score a large drop grouped by series a piece at a time, writing the
-    predictions Parquet to ``sink`` (one row group per piece); return the rejected rows.
+    predictions Parquet to ``sink`` (a row group per half piece); return the rejected rows.
 
     Each piece holds whole series (a batch's last series waits for the next batch), so every
     series is scored with all its rows, as on the whole-file path, with the same rules and
     results. Three pieces at most are in hand at once: the next one read and validated on a
-    thread, this one scored, the last one encoded and written on another thread (memory stays
-    bounded by the piece; the cores stay busy). This instance keeps its share of the series
+    thread, this one scored (as two halves of whole series at once, each its own row group),
+    the last one encoded and written on another thread (memory stays bounded by the piece;
+    the cores stay busy). This instance keeps its share of the series
     (``out.rank`` of ``out.world``).
 
     Raises:
@@ -154,37 +191,50 @@ def score_in_pieces(
         NotGrouped: A series' rows came in two separate runs (the caller scores the drop
             whole; what was written to ``sink`` is to be discarded).
     """
-    writer, pending = None, None
+    writer = None
+    pending: deque = deque()  # writes queued, oldest first
+    # Native buffering: a 40M-row drop's 1.4 GB of predictions reach ``sink`` in ~170 writes,
+    # not ~57,000 page-sized ones each taking the GIL from the scoring threads.
+    stream = pa.BufferedOutputStream(pa.PythonFile(sink, mode="w"), SINK_BUFFER_BYTES)
     rejected: list[pa.Table] = []
     for name in ("validate", "score", "write"):
         phases.add(name, 0.0)
 
-    def score(piece: pa.Table) -> None:
-        nonlocal writer, pending
+    def score_part(part: pa.Table) -> pa.Table:
+        return score_drop_rows(part, spec, reader, chunk_rows=chunk_rows)
+
+    def score(piece: pa.Table, starts: np.ndarray) -> None:
+        nonlocal writer
         with phases("score"):
-            scored = score_drop_rows(piece, spec, reader, chunk_rows=chunk_rows)
-            count_scored(scored, out)
+            scored = list(scorers.map(score_part, _halves(piece, starts, piece_rows // 2)))
+            for part in scored:
+                count_scored(part, out)
         with phases("write"):
             if writer is None:
                 writer = pq.ParquetWriter(
-                    sink, scored.schema, **parquet_options(scored.column_names)
+                    stream, scored[0].schema, **parquet_options(scored[0].column_names)
                 )
-            if pending is not None:
-                pending.result()
-            pending = pool.submit(_write, writer, scored)
+            while len(pending) >= WRITES_QUEUED:
+                pending.popleft().result()
+            pending.append(pool.submit(_write_parts, writer, scored))
 
     pieces = _good_pieces(pf, spec, out, phases, rejected, piece_rows)
     try:
-        with ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(1) as ahead:
-            for piece in _one_ahead(pieces, ahead):
-                score(piece)
+        with (
+            ThreadPoolExecutor(1) as pool,
+            ThreadPoolExecutor(1) as ahead,
+            ThreadPoolExecutor(SCORING_THREADS) as scorers,
+        ):
+            for piece, starts in _one_ahead(pieces, ahead):
+                score(piece, starts)
             with phases("write"):
-                if pending is not None:
-                    pending.result()
+                while pending:
+                    pending.popleft().result()
                 if writer is None:
                     raise RuntimeError("scoring an empty piece opened no writer")
                 _write(writer, None)
                 writer = None
+                _write_through(stream)
     finally:
         # Stopped part way: the writer lets go of the sink now, which the caller discards
         # (else the writer would write its footer there when collected, after it is closed).
@@ -192,6 +242,11 @@ def score_in_pieces(
             try:
                 writer.close()
             except Exception:  # the error that stopped it is the one raised
+                pass
+        if not stream.closed:  # stopped part way (else detached above)
+            try:
+                stream.detach()  # not closed: that would close ``sink``, the caller's
+            except Exception:
                 pass
     return pa.concat_tables(rejected)
 
@@ -255,13 +310,14 @@ def _good_pieces(
             seen.add(piece, starts[:-1])
         if piece.num_rows:
             yielded_any = True
-            yield piece
+            yield piece, starts[:-1]
     if buffered:
         carry = pa.concat_tables(([carry] if carry is not None else []) + buffered)
     out.rows_in = first
     if carry is not None and carry.num_rows:
         carry = carry.unify_dictionaries()
-        seen.add(carry, seen.starts(carry))
-        yield carry
+        starts = seen.starts(carry)
+        seen.add(carry, starts)
+        yield carry, starts
     elif not yielded_any and empty is not None:  # no row to score (all rejected, or others')
-        yield empty
+        yield empty, np.zeros(0, np.int64)

@@ -164,6 +164,17 @@ def _all_finite(columns: list[np.ndarray]) -> np.ndarray:
     return ok
 
 
+def _known_features(predicted: np.ndarray, columns: list[np.ndarray]) -> np.ndarray:
+    """``_all_finite(columns)`` from a linear prediction over them: a missing feature (NaN)
+    makes the prediction NaN whatever its weight, so only rows predicted NaN or infinite (an
+    overflow) have their features looked at. One pass over the rows, not one per feature."""
+    known = np.isfinite(predicted)
+    odd = np.flatnonzero(~known)
+    if len(odd):
+        known[odd] = _all_finite([c[odd] for c in columns])
+    return known
+
+
 def _predict_chunk(frame, model_of, request_row, pipelines, folded, spec):
     """Recursive prediction of one frame of whole series (its target is updated in place).
 
@@ -178,12 +189,16 @@ def _predict_chunk(frame, model_of, request_row, pipelines, folded, spec):
     values = np.full(frame.n_rows, np.nan)
     columns = feature_columns(frame, spec)
     while pending.any():
-        ready = pending & _all_finite(columns)
-        if not ready.any():
-            break
         if folded is not None:
-            values[ready] = predict_grouped(columns, model_of, counts, folded)[ready]
+            got = predict_grouped(columns, model_of, counts, folded)
+            ready = pending & _known_features(got, columns)
+            if not ready.any():
+                break
+            values[ready] = got[ready]
         else:
+            ready = pending & _all_finite(columns)
+            if not ready.any():
+                break
             rows = np.flatnonzero(ready)
             X = np.column_stack(columns)
             values[rows] = predict_rows(X, rows, np.repeat(model_of, counts), pipelines, None)
