@@ -180,11 +180,12 @@ def score_in_pieces(
 
     Each piece holds whole series (a batch's last series waits for the next batch), so every
     series is scored with all its rows, as on the whole-file path, with the same rules and
-    results. Three pieces at most are in hand at once: the next one read and validated on a
+    results. Four pieces at most are in hand at once: the next one read and validated on a
     thread, this one scored (as two halves of whole series at once, each its own row group),
-    the last one encoded and written on another thread (memory stays bounded by the piece;
-    the cores stay busy). This instance keeps its share of the series
-    (``out.rank`` of ``out.world``).
+    and the last ``WRITES_QUEUED`` scored ones encoded and written, in order, on another thread
+    (memory stays bounded by the piece; the cores stay busy: the writer, encoding 14 columns,
+    is the slowest of the three, and scoring goes on while it catches up). This instance keeps
+    its share of the series (``out.rank`` of ``out.world``).
 
     Raises:
         OutputFailed: Writing to ``sink`` failed.
