@@ -8,7 +8,6 @@ into what it lists or reads.
 from __future__ import annotations
 
 import functools
-import itertools
 import os
 import random
 import signal
@@ -211,9 +210,11 @@ def test_a_large_local_write_has_its_writeback_started_as_it_goes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """LocalStorage asks the kernel to start writing each ``WRITEBACK_BYTES`` it was given
-    while the write is under way (so its closing fsync waits for the last part only): the
-    ranges advised follow each other from byte 0, each of at least that size, all before the
-    block ends; a write below that size advises nothing; the bytes are unchanged."""
+    while the write is under way (so its closing fsync waits for the last part only), and to
+    free the cached pages of the range before: the new ranges follow each other from byte 0,
+    each of at least that size, and each advice covers the new range and the one before it,
+    all before the block ends; a write below that size advises nothing, and a single large
+    one is advised once (its pages are not freed); the bytes are unchanged."""
     import mlops_assets.storage.local as local_storage
 
     advised: list[tuple[int, int, int]] = []
@@ -231,15 +232,19 @@ def test_a_large_local_write_has_its_writeback_started_as_it_goes(
             f.write(part)
         during = list(advised)
     assert during == advised and len(advised) >= 5
-    assert advised[0][0] == 0 and {a for _o, _n, a in advised} == {os.POSIX_FADV_DONTNEED}
-    for (offset, length, _a), (next_offset, _n, _b) in itertools.pairwise(advised):
-        assert length >= 1024 and next_offset == offset + length
+    assert {a for _o, _n, a in advised} == {os.POSIX_FADV_DONTNEED}
+    ends = [0] + [offset + length for offset, length, _a in advised]
+    for i, (offset, _n, _a) in enumerate(advised):
+        assert ends[i + 1] - ends[i] >= 1024  # the new range: from the last advice's end
+        assert offset == ends[max(i - 1, 0)]  # ... and the range before it
     # What is left for the closing fsync: less than one range and the last write.
-    assert 9178 - (advised[-1][0] + advised[-1][1]) < 1024 + 712
+    assert 9178 - ends[-1] < 1024 + 712
     assert storage.read_bytes("out/predictions.parquet") == b"".join(parts)
     advised.clear()
     storage.write_bytes("out/small", b"x" * 1000)
     assert advised == []
+    storage.write_bytes("out/whole", b"x" * 5000)
+    assert [(o, n) for o, n, _a in advised] == [(0, 5000)]
 
 
 def test_a_streamed_write_that_fails_leaves_the_previous_version(storage: Storage) -> None:
