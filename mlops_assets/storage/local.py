@@ -72,13 +72,14 @@ class _EarlyWriteback(io.BufferedWriter):
     next part. A large write so holds at most about two ranges of page cache, and takes its
     pages from those it just freed: pages the kernel has not yet given back to a virtual
     machine's host, which cost ~3 ms per MB to touch again once it has (a 1.4 GB output's
-    kernel time: ~4 s to ~1 s on such a VM). The price: a large file is not left cached for a
-    reader that comes next (it reads from the disk), and small ones, below a range, are."""
+    kernel time: ~4 s to ~1 s on such a VM). The price: a file streamed in many writes is not
+    left cached for a reader that comes next (but its last two ranges); one written in a single
+    call (``write_bytes``) is advised once, over all of it, and stays cached, as do small ones."""
 
     def __init__(self, fd: int) -> None:
         super().__init__(io.FileIO(fd, "wb", closefd=True))
         self._started = 0  # bytes whose writeback was started
-        self._kept = 0  # bytes from here on may still be cached (before: advised twice)
+        self._kept = 0  # bytes before this were advised twice (freed); after, maybe cached
 
     def write(self, b: Any) -> int:
         n = super().write(b)
