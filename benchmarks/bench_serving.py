@@ -13,11 +13,11 @@ Each is driven by the open-loop generator (``serving/loadtest.py``) in a separat
 record per request at offered 100, 200 and 500 requests/s, on a fixed schedule whatever the
 answers, latency measured from the scheduled send time (no coordinated omission). The two
 servers take turns at each rate in windows ordered bare, scoring, scoring, bare (``--rounds``
-times; each server gets ``--seconds`` per rate in all), so a slow minute of this shared machine
-falls on both: each one's figures pool its windows, and the ratios come with each adjacent
-pair's p99 ratio and their median. Per rate: achieved rps, p50/p95/p99, errors, the server's
-CPU seconds per request (psutil over the server's process tree), the generator's own CPU, the
-machine's busy cores and load average.
+times, 3 by default; each server gets ``--seconds``, 15 s, per rate in all: windows of 2.5 s),
+so a slow minute of this shared machine falls on both: each one's figures pool its windows, and
+the ratios come with each adjacent pair's p99 ratio and their median. Per rate: achieved rps,
+p50/p95/p99, errors, the server's CPU seconds per request (psutil over the server's process
+tree), the generator's own CPU, the machine's busy cores and load average.
 Then a short ramp (x1.3 steps from 100/s) gives the saturation rate: the highest offered rate
 answered with p99 < 100 ms, no errors and >= 95 % of the offered rate; divided by the workers
 it is the saturation rate per worker. For the scoring server a hot swap runs under load: a new
@@ -399,9 +399,12 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="short phases: < 3 min on 2 cores")
     ap.add_argument("--series", type=int, default=1_000)
-    ap.add_argument("--seconds", type=float, default=10.0, help="per fixed rate and server")
-    ap.add_argument("--rounds", type=int, default=2, help="bare-scoring-scoring-bare rounds")
-    ap.add_argument("--ramp-seconds", type=float, default=5.0)
+    # Three rounds of 2.5-s windows: six (bare, scoring) pairs per rate, so one stalled window
+    # of a shared VM weighs a sixth of the pooled p99 (a quarter with two rounds).
+    ap.add_argument("--seconds", type=float, default=15.0, help="per fixed rate and server")
+    ap.add_argument("--rounds", type=int, default=3, help="bare-scoring-scoring-bare rounds")
+    # The saturation ramp is context, not a target: 3-s steps pay for the third round.
+    ap.add_argument("--ramp-seconds", type=float, default=3.0)
     ap.add_argument("--ramp-cap", type=float, default=3_000.0)
     ap.add_argument("--swap-rps", type=int, default=200)
     ap.add_argument("--swap-seconds", type=float, default=12.0)
@@ -411,6 +414,7 @@ def main() -> int:
     a = ap.parse_args()
     if a.quick:
         a.series, a.seconds, a.ramp_seconds, a.swap_seconds = 200, 3.0, 2.0, 6.0
+        a.rounds = 2
     spec = load_spec("sales")
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     root = tmp / "root"
