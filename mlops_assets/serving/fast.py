@@ -51,18 +51,34 @@ class Scored:
 
 
 @lru_cache(maxsize=4096)
-def _next_period(history_end: str, frequency: str) -> np.datetime64:
-    return np.datetime64(period_after(history_end, frequency).date(), "D")
+def _next_period(history_end: str, frequency: str) -> str:
+    """The period after ``history_end`` as ``YYYY-MM-DD``: the one time the fast path takes."""
+    return period_after(history_end, frequency).date().isoformat()
 
 
-def _day(value) -> np.datetime64 | None:
-    """A plain ``YYYY-MM-DD`` string as a day; anything else is left to ``scoring.score``."""
-    if not isinstance(value, str) or len(value) != 10 or value[4] != "-" or value[7] != "-":
-        return None
+def _day(value) -> str | None:
+    """A time sent as a string, compared as sent: only the exact ``YYYY-MM-DD`` of a series'
+    next period goes fast (any other spelling of that day goes to ``scoring.score``, which
+    answers the same). Nothing is parsed on the way: a numpy call costs tens of microseconds
+    on the cold CPU of a server idling between requests, a string comparison well under one."""
+    return value if isinstance(value, str) else None
+
+
+# Per loaded model (weakly: evicted with it): whether the last ``k`` targets of its stored tail
+# are finite (the features of the next period need them), computed once.
+_TAIL_FINITE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _tail_finite(m: SeriesModel, k: int) -> bool:
+    hit = _TAIL_FINITE.get(m.model)
+    if hit is not None and hit[0] is m.tail and hit[1] == k:
+        return hit[2]
+    ok = bool(np.isfinite(m.tail[len(m.tail) - k :]).all())
     try:
-        return np.datetime64(value, "D")
-    except ValueError:
-        return None
+        _TAIL_FINITE[m.model] = (m.tail, k, ok)
+    except TypeError:  # a model object that cannot be weakly referenced: not cached
+        pass
+    return ok
 
 
 def _number(value) -> float | None:
@@ -99,7 +115,7 @@ def score_records(records: list[dict], spec: DatasetSpec, model_for: ModelLookup
     # Pass 1: which series could go fast (one record each, plain values).
     by_series: dict[str, int] = {}
     slow_series: set[str] = set()
-    parsed: list[tuple[str, np.datetime64 | None, list[float | None]] | None] = [None] * n
+    parsed: list[tuple[str, str | None, list[float | None]] | None] = [None] * n
     for i, r in enumerate(records):
         try:
             vals = [r[c] for c in keys]
@@ -131,7 +147,7 @@ def score_records(records: list[dict], spec: DatasetSpec, model_for: ModelLookup
             continue
         if day != _next_period(m.history_end, spec.frequency):
             continue
-        if k and not np.isfinite(m.tail[len(m.tail) - k :]).all():
+        if k and not _tail_finite(m, k):
             continue
         fast_idx.append(i)
         fast_models.append(m)
@@ -200,7 +216,7 @@ def _base_rows(models: list[SeriesModel], days: list, spec: DatasetSpec) -> np.n
         a = j * length
         target[a : a + k] = model.tail[len(model.tail) - k :]  # what the features need
         # Only the last row's features are used; its calendar needs its own date only.
-        time[a : a + length] = day
+        time[a : a + length] = np.datetime64(day, "D")
     frame = SeriesFrame(
         keys=[(j,) for j in range(len(models))],
         offsets=np.arange(0, total + 1, length, dtype=np.int64),
@@ -299,7 +315,7 @@ def _score_fast(records, parsed, idx, models, spec, out) -> None:
             point = float(clip_to_bounds(predict_pipeline(model.model, row), spec)[0])
         out[i] = {
             "series_id": sid,
-            "time": str(day),
+            "time": day,
             "prediction": point,
             **_first_step_bounds(point, model, spec),
             "model_version": model.version,
@@ -308,19 +324,38 @@ def _score_fast(records, parsed, idx, models, spec, out) -> None:
         }
 
 
+# Per loaded model (weakly): (its widths, spec, then per interval level the bound columns and
+# the step-1 half-width as a float), so a request indexes no numpy array.
+_STEP1: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _step1_widths(model: SeriesModel, spec: DatasetSpec) -> tuple[tuple[str, str, float], ...]:
+    hit = _STEP1.get(model.model)
+    if hit is not None and hit[0] is model.widths and hit[1] is spec:
+        return hit[2]
+    levels = []
+    for level in spec.intervals.levels:
+        widths = model.widths.get(interval_field(level))
+        width = float(widths[0]) if widths is not None and len(widths) else math.nan
+        levels.append((*bound_fields(level), width))
+    out = tuple(levels)
+    try:
+        _STEP1[model.model] = (model.widths, spec, out)
+    except TypeError:  # a model object that cannot be weakly referenced: not cached
+        pass
+    return out
+
+
 def _first_step_bounds(point: float, model: SeriesModel, spec: DatasetSpec) -> dict:
     """The interval bounds of a prediction for the period right after the history (step 1):
     ``score_intervals.bounds_of`` on one value, in plain floats (numpy's per-call cost is
     most of the time on a single row). A NaN width or prediction gives null bounds."""
     out: dict[str, float | None] = {}
     floor = spec.columns[spec.target].min
-    for level in spec.intervals.levels:
-        widths = model.widths.get(interval_field(level))
-        width = float(widths[0]) if widths is not None and len(widths) else math.nan
+    for lower_name, upper_name, width in _step1_widths(model, spec):
         lower, upper = point - width, point + width
         if floor is not None and lower < floor:  # False for NaN: NaN stays, as np.maximum
             lower = float(floor)
-        lower_name, upper_name = bound_fields(level)
         out[lower_name], out[upper_name] = _finite(lower), _finite(upper)
     return out
 

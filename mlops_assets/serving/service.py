@@ -137,6 +137,7 @@ class ScoringService:
         self.spec = spec or settings.dataset_spec()
         self.source = settings.make_source()
         self.bounds = InputBounds(self.spec, settings.max_abs_value)
+        self._columns = result_columns(self.spec)  # an answer row's fields, in order
         self._active: Active | None = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -331,14 +332,15 @@ class ScoringService:
         """(answer rows with the records refused before scoring filled in, indexes of the
         records to score): not an object, a list or object as a column's value, a series key
         missing, or a numeric input out of range."""
-        columns = result_columns(self.spec)
-        not_an_object = error_row(BAD_RECORD, "a record must be a JSON object", columns=columns)
-        rows: list[dict] = [not_an_object] * len(records)
+        columns = self._columns
+        # Filled in below for the records refused here, by the caller for the others.
+        rows: list[dict] = [None] * len(records)  # type: ignore[list-item]
         good = []
         keys = self.spec.series_keys
         sent = [k for k in keys if any(isinstance(r, dict) and k in r for r in records)]
         for i, r in enumerate(records):
             if not isinstance(r, dict):
+                rows[i] = error_row(BAD_RECORD, "a record must be a JSON object", columns=columns)
                 continue
             nested = shape_problem(r, self.spec.columns, sent)
             problem = None if nested else self.bounds.problem(r)

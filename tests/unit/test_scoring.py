@@ -311,3 +311,30 @@ def test_a_row_without_a_series_key_is_a_bad_value_and_the_others_are_scored(mod
     assert out.error.tolist()[1] == "bad_value"
     assert "series key (store, product) is missing" in out.message[1]
     assert out.error.isna()[0] and np.isfinite(float(out.prediction[0]))
+
+
+def test_the_fast_path_takes_the_next_period_as_sent_and_its_cached_checks_follow_the_tail(
+    models,
+):
+    """serving.fast compares the time as sent with the next period's ``YYYY-MM-DD`` (no
+    parsing on the request path): another spelling of that day goes to the shared path and
+    gets the same answer. Its per-model checks are cached against the tail they were made on:
+    the same model served with a tail that cannot give the features goes to the shared path."""
+    from mlops_assets.serving.fast import score_records
+
+    k = tail_length(SPEC)
+    m = models["store=S0000/product=P000"]
+    served = {"store=S0000/product=P000": SeriesModel(m.model, m.version, m.history_end, m.tail)}
+    (row,) = _gap_request(models, SPEC, 1)
+    fast = score_records([row], SPEC, served.get)
+    spelled = score_records([{**row, "week": row["week"] + "T00:00:00"}], SPEC, served.get)
+    assert (fast.fast, spelled.fast) == (1, 0)
+    assert fast.rows[0]["time"] == row["week"] and fast.rows[0]["error"] is None
+    assert spelled.rows[0]["prediction"] == pytest.approx(fast.rows[0]["prediction"], rel=1e-12)
+
+    gap = m.tail.astype(float)
+    gap[len(gap) - k] = np.nan  # a target the next period's lags need
+    served["store=S0000/product=P000"] = SeriesModel(m.model, m.version, m.history_end, gap)
+    assert score_records([row], SPEC, served.get).fast == 0
+    served["store=S0000/product=P000"] = SeriesModel(m.model, m.version, m.history_end, m.tail)
+    assert score_records([row], SPEC, served.get).fast == 1
