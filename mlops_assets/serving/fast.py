@@ -64,20 +64,55 @@ def _day(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
-# Per loaded model (weakly: evicted with it): whether the last ``k`` targets of its stored tail
-# are finite (the features of the next period need them), computed once.
-_TAIL_FINITE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MISS = object()
+
+
+class PerModel:
+    """Values worked out once per loaded model and reused by every request for it.
+
+    Keyed weakly on the model object, so an entry goes when the reader evicts the model. An
+    entry holds for as long as it is asked with the same ``deps`` (objects of the served
+    model, e.g. its stored tail: compared by identity, and held by the entry so that their ids
+    stay theirs) and equal ``args`` (plain values). A model object that cannot be weakly
+    referenced is not cached (its value is worked out on each request; ``WeakKeyDictionary``
+    raises on it, in a lookup as in a store)."""
+
+    def __init__(self) -> None:
+        self._memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __len__(self) -> int:
+        return len(self._memo)
+
+    def lookup(self, model, deps: tuple, args: tuple):
+        """The cached value, or ``_MISS``."""
+        try:
+            hit = self._memo.get(model)
+        except TypeError:  # cannot be weakly referenced: never stored
+            return _MISS
+        if hit is None or hit[1] != args:
+            return _MISS
+        for held, given in zip(hit[0], deps, strict=True):
+            if held is not given:
+                return _MISS
+        return hit[2]
+
+    def store(self, model, deps: tuple, args: tuple, value) -> None:
+        try:
+            self._memo[model] = (deps, args, value)
+        except TypeError:  # cannot be weakly referenced: not cached
+            pass
+
+
+# Whether the last ``k`` targets of a model's stored tail are finite (the features of the
+# next period need them).
+_TAIL_FINITE = PerModel()
 
 
 def _tail_finite(m: SeriesModel, k: int) -> bool:
-    hit = _TAIL_FINITE.get(m.model)
-    if hit is not None and hit[0] is m.tail and hit[1] == k:
-        return hit[2]
-    ok = bool(np.isfinite(m.tail[len(m.tail) - k :]).all())
-    try:
-        _TAIL_FINITE[m.model] = (m.tail, k, ok)
-    except TypeError:  # a model object that cannot be weakly referenced: not cached
-        pass
+    ok = _TAIL_FINITE.lookup(m.model, (m.tail,), (k,))
+    if ok is _MISS:
+        ok = bool(np.isfinite(m.tail[len(m.tail) - k :]).all())
+        _TAIL_FINITE.store(m.model, (m.tail,), (k,), ok)
     return ok
 
 
@@ -227,11 +262,11 @@ def _base_rows(models: list[SeriesModel], days: list, spec: DatasetSpec) -> np.n
     return feature_matrix(frame, spec)[k::length]
 
 
-# Per loaded model (weakly: evicted with it): the fixed part of its next-period feature row,
-# and of its prediction. The fast path only takes the period right after the stored tail, so
-# the lags, rolling means and calendar of that row never change; only the exogenous features
-# (the last columns, ``feature_names`` order) come from the request.
-_BASE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# The fixed part of a model's next-period feature row, and of its prediction. The fast path
+# only takes the period right after the stored tail, so the lags, rolling means and calendar
+# of that row never change; only the exogenous features (the last columns, ``feature_names``
+# order) come from the request.
+_BASE = PerModel()
 
 Affine = tuple[float, tuple[tuple[float, float, float], ...]]
 
@@ -265,10 +300,8 @@ def _cached_base_rows(
     rows: list = [None] * len(models)
     missing = []
     for j, (m, day) in enumerate(zip(models, days, strict=True)):
-        hit = _BASE.get(m.model)
-        if hit is not None and hit[0] is m.tail and hit[1] is spec and hit[2] == day:
-            rows[j] = hit[3]
-        else:
+        rows[j] = _BASE.lookup(m.model, (m.tail, spec), (day,))
+        if rows[j] is _MISS:
             missing.append(j)
     if missing:
         n_exog = len(spec.features.exogenous)
@@ -276,10 +309,7 @@ def _cached_base_rows(
         for j, row in zip(missing, fresh, strict=True):
             row.flags.writeable = False
             rows[j] = (row, _affine(models[j].model, row, n_exog))
-            try:
-                _BASE[models[j].model] = (models[j].tail, spec, days[j], rows[j])
-            except TypeError:  # a model object that cannot be weakly referenced: not cached
-                pass
+            _BASE.store(models[j].model, (models[j].tail, spec), (days[j],), rows[j])
     return rows
 
 
@@ -324,25 +354,22 @@ def _score_fast(records, parsed, idx, models, spec, out) -> None:
         }
 
 
-# Per loaded model (weakly): (its widths, spec, then per interval level the bound columns and
-# the step-1 half-width as a float), so a request indexes no numpy array.
-_STEP1: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Per interval level of a model: the bound columns and the step-1 half-width as a float, so a
+# request indexes no numpy array.
+_STEP1 = PerModel()
 
 
 def _step1_widths(model: SeriesModel, spec: DatasetSpec) -> tuple[tuple[str, str, float], ...]:
-    hit = _STEP1.get(model.model)
-    if hit is not None and hit[0] is model.widths and hit[1] is spec:
-        return hit[2]
+    hit = _STEP1.lookup(model.model, (model.widths, spec), ())
+    if hit is not _MISS:
+        return hit
     levels = []
     for level in spec.intervals.levels:
         widths = model.widths.get(interval_field(level))
         width = float(widths[0]) if widths is not None and len(widths) else math.nan
         levels.append((*bound_fields(level), width))
     out = tuple(levels)
-    try:
-        _STEP1[model.model] = (model.widths, spec, out)
-    except TypeError:  # a model object that cannot be weakly referenced: not cached
-        pass
+    _STEP1.store(model.model, (model.widths, spec), (), out)
     return out
 
 

@@ -338,3 +338,29 @@ def test_the_fast_path_takes_the_next_period_as_sent_and_its_cached_checks_follo
     assert score_records([row], SPEC, served.get).fast == 0
     served["store=S0000/product=P000"] = SeriesModel(m.model, m.version, m.history_end, m.tail)
     assert score_records([row], SPEC, served.get).fast == 1
+
+
+def test_a_per_model_value_holds_while_asked_with_the_same_objects_and_goes_with_the_model():
+    """serving.fast's per-model memo: a hit needs the very objects it was made from (an equal
+    copy of a tail is not the same tail) and equal plain arguments; an entry goes when its
+    model is collected, and a model that cannot be weakly referenced is never cached."""
+    import gc
+
+    from mlops_assets.serving.fast import _MISS, PerModel
+
+    class Model:
+        pass
+
+    memo, model, tail = PerModel(), Model(), np.arange(3.0)
+    assert memo.lookup(model, (tail,), (2,)) is _MISS
+    memo.store(model, (tail,), (2,), "v")
+    assert memo.lookup(model, (tail,), (2,)) == "v"
+    assert memo.lookup(model, (tail.copy(),), (2,)) is _MISS
+    assert memo.lookup(model, (tail,), (3,)) is _MISS
+    assert memo.lookup(Model(), (tail,), (2,)) is _MISS
+
+    del model
+    gc.collect()
+    assert len(memo) == 0
+    memo.store(7, (tail,), (), "v")  # an int cannot be weakly referenced: not cached
+    assert memo.lookup(7, (tail,), ()) is _MISS
