@@ -27,7 +27,7 @@ from mlops_assets.ml.combination import is_combination
 from mlops_assets.ml.features import SeriesFrame, feature_matrix, tail_length
 from mlops_assets.ml.intervals import interval_field
 from mlops_assets.ml.param_scoring import is_param_model
-from mlops_assets.ml.predict import clip_to_bounds, predict_pipeline, scaled_linear
+from mlops_assets.ml.predict import predict_pipeline, scaled_linear
 from mlops_assets.ml.score_request import (
     RESULT_COLUMNS,
     ModelLookup,
@@ -103,19 +103,6 @@ class PerModel:
             pass
 
 
-# Whether the last ``k`` targets of a model's stored tail are finite (the features of the
-# next period need them).
-_TAIL_FINITE = PerModel()
-
-
-def _tail_finite(m: SeriesModel, k: int) -> bool:
-    ok = _TAIL_FINITE.lookup(m.model, (m.tail,), (k,))
-    if ok is _MISS:
-        ok = bool(np.isfinite(m.tail[len(m.tail) - k :]).all())
-        _TAIL_FINITE.store(m.model, (m.tail,), (k,), ok)
-    return ok
-
-
 def _number(value) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -145,7 +132,6 @@ def score_records(records: list[dict], spec: DatasetSpec, model_for: ModelLookup
         return Scored([], 0, 0)
     check_columns(records, spec)
     keys, time_col, exog_cols = spec.series_keys, spec.time, spec.features.exogenous
-    k = tail_length(spec)
 
     # Pass 1: which series could go fast (one record each, plain values).
     by_series: dict[str, int] = {}
@@ -164,32 +150,26 @@ def score_records(records: list[dict], spec: DatasetSpec, model_for: ModelLookup
             slow_series.add(sid)
         by_series[sid] = i
 
-    fast_idx: list[int] = []
-    fast_models: list[SeriesModel] = []
+    # Pass 2: those whose model has a plan, for the very period the record names.
+    idx: list[int] = []
+    models: list[SeriesModel] = []
     for sid, i in by_series.items():
-        if sid in slow_series:
-            continue
         entry = parsed[i]
-        if entry is None:
-            continue
-        _, day, ex = entry
-        if day is None or any(v is None for v in ex):
+        if entry is None or sid in slow_series or entry[1] is None or None in entry[2]:
             continue
         m = model_for(sid)
-        if not isinstance(m, SeriesModel) or m.history_end is None or len(m.tail) < k:
-            continue
-        if is_param_model(m) or is_combination(m.model):  # not one Pipeline on features
-            continue
-        if day != _next_period(m.history_end, spec.frequency):
-            continue
-        if k and not _tail_finite(m, k):
-            continue
-        fast_idx.append(i)
-        fast_models.append(m)
+        if isinstance(m, SeriesModel):
+            idx.append(i)
+            models.append(m)
+    fast = [
+        (i, m, plan)
+        for i, m, plan in zip(idx, models, _plans(models, spec), strict=True)
+        if plan is not None and parsed[i][1] == plan.day  # type: ignore[index]
+    ]
 
     out: list[dict | None] = [None] * n
-    if fast_idx:
-        _score_fast(records, parsed, fast_idx, fast_models, spec, out)
+    if fast:
+        _score_fast(parsed, fast, spec, out)
     slow_idx = [i for i in range(n) if out[i] is None]
     if slow_idx:
         table = request_table([records[i] for i in slow_idx], spec)
@@ -262,13 +242,75 @@ def _base_rows(models: list[SeriesModel], days: list, spec: DatasetSpec) -> np.n
     return feature_matrix(frame, spec)[k::length]
 
 
-# The fixed part of a model's next-period feature row, and of its prediction. The fast path
-# only takes the period right after the stored tail, so the lags, rolling means and calendar
-# of that row never change; only the exogenous features (the last columns, ``feature_names``
-# order) come from the request.
-_BASE = PerModel()
-
 Affine = tuple[float, tuple[tuple[float, float, float], ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the fast path needs of one served model, worked out once per model (``_PLANS``).
+
+    The fast path only takes the period right after the stored tail, so the lags, rolling
+    means and calendar of that period's feature row never change; only the exogenous features
+    (the last columns, ``feature_names`` order) come from the request.
+
+    Attributes:
+        day: The one time it takes: the period after the tail, ``YYYY-MM-DD``.
+        base: That period's feature row with the exogenous features NaN (read-only).
+        affine: A scaler + linear model's prediction as ``const`` plus a term per exogenous
+            feature (``_affine``); None for other models.
+        bounds: Per interval level, the bound columns and the step-1 half-width as a float.
+    """
+
+    day: str
+    base: np.ndarray
+    affine: Affine | None
+    bounds: tuple[tuple[str, str, float], ...]
+
+
+# Per served model: its Plan, or None where the fast path cannot take it (a ParamModel or a
+# Combination: not one Pipeline on features; no history end; a tail too short, or not finite
+# where the next period's features read it). Made from the model's tail, widths and history end
+# under one spec, and remade if any of them changes.
+_PLANS = PerModel()
+
+
+def _plans(models: list[SeriesModel], spec: DatasetSpec) -> list[Plan | None]:
+    """Each model's Plan (or None), those not cached yet made together (``_base_rows``)."""
+    out: list = [None] * len(models)
+    missing: list[int] = []
+    for j, m in enumerate(models):
+        out[j] = _PLANS.lookup(m.model, (m.tail, m.widths, spec), (m.history_end,))
+        if out[j] is _MISS:
+            missing.append(j)
+    if not missing:
+        return out
+    k = tail_length(spec)
+    takes = []
+    for j in missing:
+        m = models[j]
+        out[j] = None
+        if (
+            m.history_end is None
+            or len(m.tail) < k
+            or is_param_model(m)
+            or is_combination(m.model)
+            or (k and not np.isfinite(m.tail[len(m.tail) - k :]).all())
+        ):
+            _PLANS.store(m.model, (m.tail, m.widths, spec), (m.history_end,), None)
+        else:
+            takes.append(j)
+    if takes:
+        days = [_next_period(models[j].history_end, spec.frequency) for j in takes]
+        n_exog = len(spec.features.exogenous)
+        for j, day, row in zip(
+            takes, days, _base_rows([models[j] for j in takes], days, spec), strict=True
+        ):
+            m = models[j]
+            row.flags.writeable = False
+            plan = Plan(day, row, _affine(m.model, row, n_exog), _step1_widths(m, spec))
+            _PLANS.store(m.model, (m.tail, m.widths, spec), (m.history_end,), plan)
+            out[j] = plan
+    return out
 
 
 def _affine(model, base: np.ndarray, n_exog: int) -> Affine | None:
@@ -293,98 +335,50 @@ def _affine(model, base: np.ndarray, n_exog: int) -> Affine | None:
     return const, terms
 
 
-def _cached_base_rows(
-    models: list[SeriesModel], days: list, spec: DatasetSpec
-) -> list[tuple[np.ndarray, Affine | None]]:
-    """Each model's (base row, affine form or None) for its next period, cached per model."""
-    rows: list = [None] * len(models)
-    missing = []
-    for j, (m, day) in enumerate(zip(models, days, strict=True)):
-        rows[j] = _BASE.lookup(m.model, (m.tail, spec), (day,))
-        if rows[j] is _MISS:
-            missing.append(j)
-    if missing:
-        n_exog = len(spec.features.exogenous)
-        fresh = _base_rows([models[j] for j in missing], [days[j] for j in missing], spec)
-        for j, row in zip(missing, fresh, strict=True):
-            row.flags.writeable = False
-            rows[j] = (row, _affine(models[j].model, row, n_exog))
-            _BASE.store(models[j].model, (models[j].tail, spec), (days[j],), rows[j])
-    return rows
-
-
-def _clip(point: float, spec: DatasetSpec) -> float:
-    """``clip_to_bounds`` on one float (NaN stays NaN)."""
-    col = spec.columns[spec.target]
-    if col.min is not None and point < col.min:
-        point = float(col.min)
-    if col.max is not None and point > col.max:
-        point = float(col.max)
-    return point
-
-
-def _score_fast(records, parsed, idx, models, spec, out) -> None:
-    n_exog = len(spec.features.exogenous)
-    days = [parsed[i][1] for i in idx]
-    for i, model, (base, affine) in zip(
-        idx, models, _cached_base_rows(models, days, spec), strict=True
-    ):
-        sid, day, ex = parsed[i]
-        if affine is not None:  # the exogenous values are finite numbers (pass 1)
-            point, terms = affine
-            for x, (mean, scale, coef) in zip(ex, terms, strict=True):
-                point += (x - mean) / scale * coef
-            point = _clip(point, spec)
-        else:
-            row = base.reshape(1, -1).copy()
-            if n_exog:
-                row[0, -n_exog:] = ex
-            if not np.isfinite(row).all():  # e.g. a lag longer than the stored tail
-                out[i] = None
-                continue
-            point = float(clip_to_bounds(predict_pipeline(model.model, row), spec)[0])
-        out[i] = {
-            "series_id": sid,
-            "time": day,
-            "prediction": point,
-            **_first_step_bounds(point, model, spec),
-            "model_version": model.version,
-            "error": None,
-            "message": None,
-        }
-
-
-# Per interval level of a model: the bound columns and the step-1 half-width as a float, so a
-# request indexes no numpy array.
-_STEP1 = PerModel()
-
-
 def _step1_widths(model: SeriesModel, spec: DatasetSpec) -> tuple[tuple[str, str, float], ...]:
-    hit = _STEP1.lookup(model.model, (model.widths, spec), ())
-    if hit is not _MISS:
-        return hit
+    """Per interval level: its bound columns and the model's step-1 half-width (NaN: none)."""
     levels = []
     for level in spec.intervals.levels:
         widths = model.widths.get(interval_field(level))
         width = float(widths[0]) if widths is not None and len(widths) else math.nan
         levels.append((*bound_fields(level), width))
-    out = tuple(levels)
-    _STEP1.store(model.model, (model.widths, spec), (), out)
-    return out
+    return tuple(levels)
 
 
-def _first_step_bounds(point: float, model: SeriesModel, spec: DatasetSpec) -> dict:
-    """The interval bounds of a prediction for the period right after the history (step 1):
-    ``score_intervals.bounds_of`` on one value, in plain floats (numpy's per-call cost is
-    most of the time on a single row). A NaN width or prediction gives null bounds."""
-    out: dict[str, float | None] = {}
-    floor = spec.columns[spec.target].min
-    for lower_name, upper_name, width in _step1_widths(model, spec):
-        lower, upper = point - width, point + width
-        if floor is not None and lower < floor:  # False for NaN: NaN stays, as np.maximum
-            lower = float(floor)
-        out[lower_name], out[upper_name] = _finite(lower), _finite(upper)
-    return out
+def _score_fast(parsed, fast: list[tuple[int, SeriesModel, Plan]], spec: DatasetSpec, out) -> None:
+    """Answer rows for the records the fast path takes, in ``result_columns`` order: the
+    prediction clipped to the target's bounds (``clip_to_bounds``), and its step-1 interval
+    (``score_intervals.bounds_of`` on one value: the lower bound clipped at the target's
+    minimum; a NaN width or prediction gives null bounds), all in plain floats."""
+    n_exog = len(spec.features.exogenous)
+    col = spec.columns[spec.target]
+    lo, hi = col.min, col.max
+    for i, m, plan in fast:
+        sid, day, ex = parsed[i]
+        if plan.affine is not None:  # the exogenous values are finite numbers (pass 1)
+            point, terms = plan.affine
+            for x, (mean, scale, coef) in zip(ex, terms, strict=True):
+                point += (x - mean) / scale * coef
+        else:
+            row = plan.base.reshape(1, -1).copy()
+            if n_exog:
+                row[0, -n_exog:] = ex
+            if not np.isfinite(row).all():  # e.g. a lag longer than the stored tail
+                continue  # left to scoring.score
+            point = float(predict_pipeline(m.model, row)[0])
+        if lo is not None and point < lo:  # NaN stays NaN, as np.clip
+            point = float(lo)
+        if hi is not None and point > hi:
+            point = float(hi)
+        answer = {"series_id": sid, "time": day, "prediction": point}
+        for lower_name, upper_name, width in plan.bounds:
+            lower, upper = point - width, point + width
+            if lo is not None and lower < lo:  # False for NaN: NaN stays, as np.maximum
+                lower = float(lo)
+            answer[lower_name], answer[upper_name] = _finite(lower), _finite(upper)
+        answer["model_version"] = m.version
+        answer["error"] = answer["message"] = None
+        out[i] = answer
 
 
 def _finite(v) -> float | None:

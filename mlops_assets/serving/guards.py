@@ -5,7 +5,7 @@ A value far outside what a model was trained on (``price: 1e308``) does not fail
 arithmetic; it gives an absurd or non-finite prediction that JSON can only send as ``null``.
 ``InputBounds`` refuses such records before scoring (``out_of_range``: outside the spec's
 ``min``/``max``, or beyond ``max_abs_value`` where the column declares no bound, or
-not finite: Python's JSON reads ``Infinity``, ``NaN`` and ``1e400``); ``shape_problem`` refuses
+not finite: a numeric string such as ``"inf"``; the body's JSON has no such numbers); ``shape_problem`` refuses
 a list or object where a column takes one value, or a missing series key (``bad_record``); ``flag_non_finite`` turns any
 prediction that is still not a finite number, or beyond ``max_abs_value``, into
 ``non_finite_prediction``. No Dagster imports.

@@ -14,7 +14,8 @@ a POST whose Content-Type is not JSON        415 (none at all is read as JSON)
 the body did not arrive in time              408 (``score.py``, ``read_timeout_s``)
 body over ``max_body_bytes``                 413
 more than ``max_records`` records            413
-not JSON (or nested too deep), no record list 400
+not strict JSON (NaN, 1e400, too deep)       400
+no record list                               400
 a column every record needs is missing       422
 unknown series, missing feature, input out   200, with ``error``/``message`` on those
 of range, a list where a value goes, non-    records (others are scored)
@@ -43,15 +44,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
-import math
 import os
 import resource
 import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 
+import orjson
 from threadpoolctl import threadpool_info
 
 from mlops_assets.heap import freeze_loaded
@@ -96,14 +96,16 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
     def body(self) -> bytes:
-        try:
-            return json.dumps(self.payload, allow_nan=False, separators=(",", ":")).encode()
-        except ValueError:  # a non-finite prediction or bound: JSON has no inf, send null
-            for row in self.payload.get("predictions", []):
-                for f, v in row.items():
-                    if isinstance(v, float) and not math.isfinite(v):
-                        row[f] = None
-            return json.dumps(self.payload, separators=(",", ":")).encode()
+        """The payload as compact JSON. A non-finite number (JSON has none) is sent as null;
+        numpy scalars (in ``info()``) as their values."""
+        return orjson.dumps(self.payload, default=_plain)
+
+
+def _plain(value):
+    """``orjson``'s fallback for what it does not serialise itself: numpy scalars."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def collected_columns(spec: DatasetSpec) -> dict[str, str]:
@@ -367,11 +369,11 @@ class ScoringService:
             )
         self.requests += 1
         try:
-            parsed = json.loads(body or b"")
-        except (ValueError, UnicodeDecodeError) as exc:
+            # Strict RFC 8259 JSON in UTF-8: NaN, Infinity and numbers beyond a double (1e400)
+            # are refused here, like a nesting deeper than orjson's 1,024 levels.
+            parsed = orjson.loads(body or b"")
+        except orjson.JSONDecodeError as exc:
             return _error(400, "malformed_json", f"the body is not JSON: {exc}")
-        except RecursionError:  # the parser's depth guard, e.g. 100,000 nested [ ... ]
-            return _error(400, "malformed_json", "the body is nested too deep to be records")
         records = parsed
         if isinstance(parsed, dict):
             records = parsed.get("data", parsed.get("input_data"))

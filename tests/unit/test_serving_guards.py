@@ -75,12 +75,12 @@ def test_the_key_is_checked_before_the_content_type(served):
     assert reply.status == 401
 
 
-@pytest.mark.parametrize("depth", [100_000, 5_000])
+@pytest.mark.parametrize("depth", [100_000, 5_000, 1_025])
 def test_a_body_nested_past_the_parsers_depth_is_a_400_not_a_500(served, depth):
     service, _ = served
     status, body = post(service, b"[" * depth + b"]" * depth)
     assert status == 400 and body["error"] == "malformed_json", body
-    assert "nested" in body["message"]
+    assert "depth limit exceeded" in body["message"]
 
 
 def test_a_list_or_object_as_a_value_is_a_per_record_error(served):
@@ -114,9 +114,25 @@ def test_a_record_missing_a_series_key_others_carry_is_a_per_record_error(served
     assert status == 422 and body["error"] == "bad_request" and "product" in body["message"]
 
 
-def test_huge_number_literals_are_out_of_range_not_null_predictions(served):
+@pytest.mark.parametrize(
+    ("literal", "reason"),
+    [("1e400", "infinity"), ("Infinity", "unexpected character"), ("NaN", "unexpected character")],
+)
+def test_numbers_json_cannot_hold_are_refused_with_where_they_are(served, literal, reason):
+    """The body is strict JSON: a number beyond a double, and the NaN / Infinity literals
+    Python's own json module would read, are refused whole (400, naming the place), never read
+    as a non-finite input or sent on as a null prediction."""
     service, records = served
-    raw = json.dumps({"data": records[:1]}).replace("9.5", "1e400").encode()  # parsed as inf
+    raw = json.dumps({"data": records[:1]}).replace("9.5", literal).encode()
+    assert literal in raw.decode()
+    status, body = post(service, raw)
+    assert status == 400 and body["error"] == "malformed_json", body
+    assert reason in body["message"] and "line 1 column" in body["message"], body
+
+
+def test_a_finite_value_beyond_the_bounds_is_out_of_range_on_its_record(served):
+    service, records = served
+    raw = json.dumps({"data": records[:1]}).replace("9.5", "1e300").encode()
     status, body = post(service, raw)
     assert status == 422 and body["predictions"][0]["error"] == "out_of_range", body
 
