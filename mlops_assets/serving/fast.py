@@ -104,7 +104,10 @@ class PerModel:
 
 
 def _number(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """A JSON number as a finite float, else None (``True`` is not a number here)."""
+    if value.__class__ is float:  # the common case, checked first
+        return value if math.isfinite(value) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     v = float(value)
     return v if math.isfinite(v) else None

@@ -14,7 +14,7 @@ prediction that is still not a finite number, or beyond ``max_abs_value``, into
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from mlops_assets.ml.score_request import RESULT_COLUMNS
 from mlops_assets.ml.spec import DatasetSpec
@@ -59,20 +59,26 @@ def json_content_type(value: str | None) -> bool:
     return True
 
 
-def shape_problem(record: dict, columns, keys_sent) -> str | None:
+def shape_problem(
+    record: dict, columns, keys: Sequence[str], keys_sent: Callable[[], Collection[str]]
+) -> str | None:
     """Why ``record`` cannot be scored as a record, or None: a list or object where one of
     ``columns`` takes one value (it would be stringified into a series id, or read as a missing
-    number), or a series key of ``keys_sent`` (the keys some record of the request carries)
-    missing or null. A key no record carries is left to scoring: a 422 for the whole request.
+    number), or a series key missing or null that some record of the request carries
+    (``keys_sent()``, asked only when a key is missing). A key no record carries is left to
+    scoring: a 422 for the whole request.
     """
     for name in columns:
         v = record.get(name)
-        if isinstance(v, list | dict):
+        if isinstance(v, (list, dict)):  # a tuple: cheaper to check than a union
             kind = "a list" if isinstance(v, list) else "an object"
             return f"{name!r} is {kind}; send a single value"
-    missing = [k for k in keys_sent if record.get(k) is None]
+    missing = [k for k in keys if record.get(k) is None]
     if missing:
-        return f"series key(s) {missing} missing or null"
+        sent = keys_sent()
+        missing = [k for k in missing if k in sent]
+        if missing:
+            return f"series key(s) {missing} missing or null"
     return None
 
 
@@ -80,24 +86,27 @@ class InputBounds:
     """The numeric request columns of a spec (exogenous features, the target) and their range."""
 
     def __init__(self, spec: DatasetSpec, max_abs_value: float):
-        self.bounds: dict[str, tuple[float, float]] = {}
-        for name in [*spec.features.exogenous, spec.target]:
+        self.bounds: tuple[tuple[str, float, float], ...] = ()
+        for name in dict.fromkeys([*spec.features.exogenous, spec.target]):
             col = spec.columns.get(name)
             lo = col.min if col is not None and col.min is not None else -max_abs_value
             hi = col.max if col is not None and col.max is not None else max_abs_value
-            self.bounds[name] = (float(lo), float(hi))
+            self.bounds += ((name, float(lo), float(hi)),)
 
     def problem(self, record: dict) -> str | None:
         """Why ``record`` is out of range, or None. Values that are not numbers are left to
         scoring (a per-record ``missing_feature``)."""
-        for name, (lo, hi) in self.bounds.items():
-            v = _numeric(record.get(name))
-            if v is None:
+        for name, lo, hi in self.bounds:
+            v = record.get(name)
+            if v.__class__ is not float:  # a JSON number with a fraction needs no conversion
+                v = _numeric(v)
+                if v is None:
+                    continue
+            if lo <= v <= hi and math.isfinite(v):
                 continue
             if not math.isfinite(v):
                 return f"{name!r} is {v}, not a finite number"
-            if not lo <= v <= hi:
-                return f"{name!r} is {v:g}, outside [{lo:g}, {hi:g}]"
+            return f"{name!r} is {v:g}, outside [{lo:g}, {hi:g}]"
         return None
 
 

@@ -140,6 +140,7 @@ class ScoringService:
         self.source = settings.make_source()
         self.bounds = InputBounds(self.spec, settings.max_abs_value)
         self._columns = result_columns(self.spec)  # an answer row's fields, in order
+        self._column_names = tuple(self.spec.columns)  # a request record's columns
         self._active: Active | None = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -339,12 +340,20 @@ class ScoringService:
         rows: list[dict] = [None] * len(records)  # type: ignore[list-item]
         good = []
         keys = self.spec.series_keys
-        sent = [k for k in keys if any(isinstance(r, dict) and k in r for r in records)]
+        sent: list[set[str]] = []
+
+        def keys_sent() -> set[str]:  # the keys some record carries: only if one lacks a key
+            if not sent:
+                sent.append(
+                    {k for k in keys if any(isinstance(r, dict) and k in r for r in records)}
+                )
+            return sent[0]
+
         for i, r in enumerate(records):
             if not isinstance(r, dict):
                 rows[i] = error_row(BAD_RECORD, "a record must be a JSON object", columns=columns)
                 continue
-            nested = shape_problem(r, self.spec.columns, sent)
+            nested = shape_problem(r, self._column_names, keys, keys_sent)
             problem = None if nested else self.bounds.problem(r)
             if nested is None and problem is None:
                 good.append(i)
@@ -398,7 +407,8 @@ class ScoringService:
             freeze_loaded()
         rows, good = self._refused_records(records)
         try:
-            scored = score_records([records[i] for i in good], self.spec, active.lookup)
+            to_score = records if len(good) == len(records) else [records[i] for i in good]
+            scored = score_records(to_score, self.spec, active.lookup)
         except RequestError as exc:
             return _error(422, "bad_request", str(exc))
         flag_non_finite(scored.rows, s.max_abs_value)

@@ -174,3 +174,24 @@ def test_the_published_schema_accepts_real_requests_and_refuses_broken_ones(serv
     assert v3["components"]["schemas"]["ServiceInput"] == v2["definitions"]["ServiceInput"]
     assert {"401", "413", "415"} <= set(v3["paths"]["/score"]["post"]["responses"])
     assert v2["paths"]["/score"]["post"]["parameters"][0]["in"] == "body"
+
+
+def test_the_log_filter_redacts_query_strings_and_leaves_each_record_formatted_once():
+    """serving/score.py's filter on the server's request-line loggers: a query string becomes
+    ``?<redacted>``; every record leaves formatted, with no arguments left for the handler to
+    format again (gunicorn's access record is a format over a dict of atoms)."""
+    import logging
+
+    from mlops_assets.serving.score import RedactQueryStrings
+
+    def record(line: str) -> logging.LogRecord:
+        atoms = {"r": line, "s": "400"}
+        return logging.LogRecord(
+            "gunicorn.access", logging.INFO, __file__, 1, '"%(r)s" %(s)s', (atoms,), None
+        )
+
+    keyed, plain = record("POST /score?key=s3cret HTTP/1.1"), record("POST /score HTTP/1.1")
+    for r in (keyed, plain):
+        assert RedactQueryStrings().filter(r) is True and r.args == ()
+    assert keyed.getMessage() == '"POST /score?<redacted> HTTP/1.1" 400'
+    assert plain.getMessage() == '"POST /score HTTP/1.1" 400'
