@@ -4,11 +4,11 @@ single values where columns take one, predictions finite.
 A value far outside what a model was trained on (``price: 1e308``) does not fail the
 arithmetic; it gives an absurd or non-finite prediction that JSON can only send as ``null``.
 ``InputBounds`` refuses such records before scoring (``out_of_range``: outside the spec's
-``min``/``max``, or beyond ``max_abs_value`` where the column declares no bound, or
-not finite: a numeric string such as ``"inf"``; the body's JSON has no such numbers); ``shape_problem`` refuses
-a list or object where a column takes one value, or a missing series key (``bad_record``); ``flag_non_finite`` turns any
-prediction that is still not a finite number, or beyond ``max_abs_value``, into
-``non_finite_prediction``. No Dagster imports.
+``min``/``max``, or beyond ``max_abs_value`` where the column declares no bound, or not finite:
+a numeric string such as ``"inf"``, since the body's strict JSON holds no such number);
+``shape_problem`` refuses a list or object where a column takes one value, or a missing series
+key (``bad_record``); ``flag_non_finite`` turns any prediction that is still not a finite
+number, or beyond ``max_abs_value``, into ``non_finite_prediction``. No Dagster imports.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class InputBounds:
 
     def __init__(self, spec: DatasetSpec, max_abs_value: float):
         self.bounds: tuple[tuple[str, float, float], ...] = ()
-        for name in dict.fromkeys([*spec.features.exogenous, spec.target]):
+        for name in [*spec.features.exogenous, spec.target]:
             col = spec.columns.get(name)
             lo = col.min if col is not None and col.min is not None else -max_abs_value
             hi = col.max if col is not None and col.max is not None else max_abs_value

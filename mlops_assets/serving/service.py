@@ -42,6 +42,7 @@ reads the body, so an unauthenticated client cannot make the server read or wait
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -340,14 +341,10 @@ class ScoringService:
         rows: list[dict] = [None] * len(records)  # type: ignore[list-item]
         good = []
         keys = self.spec.series_keys
-        sent: list[set[str]] = []
 
-        def keys_sent() -> set[str]:  # the keys some record carries: only if one lacks a key
-            if not sent:
-                sent.append(
-                    {k for k in keys if any(isinstance(r, dict) and k in r for r in records)}
-                )
-            return sent[0]
+        @functools.cache  # asked only when a record lacks a key; worked out once per request
+        def keys_sent() -> set[str]:
+            return {k for k in keys if any(isinstance(r, dict) and k in r for r in records)}
 
         for i, r in enumerate(records):
             if not isinstance(r, dict):
