@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -50,9 +49,9 @@ class Scored:
     slow: int
 
 
-@lru_cache(maxsize=4096)
 def _next_period(history_end: str, frequency: str) -> str:
-    """The period after ``history_end`` as ``YYYY-MM-DD``: the one time the fast path takes."""
+    """The period after ``history_end`` as ``YYYY-MM-DD``: the one time the fast path takes
+    (asked once per model, when its plan is made; ``period_after`` is cached itself)."""
     return period_after(history_end, frequency).date().isoformat()
 
 
@@ -277,18 +276,23 @@ class Plan:
 _PLANS = PerModel()
 
 
+def _made_from(m: SeriesModel, spec: DatasetSpec) -> tuple[tuple, tuple]:
+    """What a model's plan is made from: (objects, plain values), for ``_PLANS``."""
+    return (m.tail, m.widths, spec), (m.history_end,)
+
+
 def _plans(models: list[SeriesModel], spec: DatasetSpec) -> list[Plan | None]:
     """Each model's Plan (or None), those not cached yet made together (``_base_rows``)."""
     out: list = [None] * len(models)
     missing: list[int] = []
     for j, m in enumerate(models):
-        out[j] = _PLANS.lookup(m.model, (m.tail, m.widths, spec), (m.history_end,))
+        out[j] = _PLANS.lookup(m.model, *_made_from(m, spec))
         if out[j] is _MISS:
             missing.append(j)
     if not missing:
         return out
     k = tail_length(spec)
-    takes = []
+    takes, days = [], []
     for j in missing:
         m = models[j]
         out[j] = None
@@ -299,11 +303,11 @@ def _plans(models: list[SeriesModel], spec: DatasetSpec) -> list[Plan | None]:
             or is_combination(m.model)
             or (k and not np.isfinite(m.tail[len(m.tail) - k :]).all())
         ):
-            _PLANS.store(m.model, (m.tail, m.widths, spec), (m.history_end,), None)
+            _PLANS.store(m.model, *_made_from(m, spec), None)
         else:
             takes.append(j)
+            days.append(_next_period(m.history_end, spec.frequency))
     if takes:
-        days = [_next_period(models[j].history_end, spec.frequency) for j in takes]
         n_exog = len(spec.features.exogenous)
         for j, day, row in zip(
             takes, days, _base_rows([models[j] for j in takes], days, spec), strict=True
@@ -311,7 +315,7 @@ def _plans(models: list[SeriesModel], spec: DatasetSpec) -> list[Plan | None]:
             m = models[j]
             row.flags.writeable = False
             plan = Plan(day, row, _affine(m.model, row, n_exog), _step1_widths(m, spec))
-            _PLANS.store(m.model, (m.tail, m.widths, spec), (m.history_end,), plan)
+            _PLANS.store(m.model, *_made_from(m, spec), plan)
             out[j] = plan
     return out
 
