@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import multiprocessing
 import os
 import shutil
@@ -38,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from benchmarks.common import machine_speed
+from benchmarks.common import write_result
 from mlops_assets.domain.batch_layout import predictions_name
 from mlops_assets.domain.demo_model_set import demo_ref, publish_model_set
 from mlops_assets.heap import retain_freed_memory
@@ -145,13 +144,9 @@ def run(args: argparse.Namespace, spec, storage: LocalStorage) -> None:
         ),
         "phases_s": last["phases_s"],
         "rows_scored": last["rows_scored"],
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "machine_speed": machine_speed(),
         "target_ratio": 1.5,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_result("batch_scoring", result, Path(args.out))
 
 
 def _fresh_process(what: str, job: DropJob, root: str, name: str) -> dict:

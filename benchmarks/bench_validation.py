@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -30,6 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from benchmarks.common import RESULTS as RESULTS_DIR
+from benchmarks.common import write_result
 from mlops_assets.ml.drops import ROW, DropRejected
 from mlops_assets.ml.sample_data import SalesShape, iter_sales
 from mlops_assets.ml.spec import load_spec
@@ -39,7 +40,7 @@ from mlops_assets.ml.validation.rows import validate_rows
 from mlops_assets.ml.validation.suite import build_suite, drift_columns, row_expectations
 
 AS_OF = "2026-11-21"
-RESULTS = Path(__file__).resolve().parent / "results" / "validation.json"
+RESULTS = RESULTS_DIR / "validation.json"
 
 
 def typed_drop(n_rows: int, n_periods: int = 4000) -> pa.Table:
@@ -202,19 +203,12 @@ def main() -> None:
         "benchmark": "validation",
         "command": "benchmarks/bench_validation.py "
         + " ".join(["--rows", *map(str, args.rows), "--repeats", str(args.repeats)]),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
         "gx_startup_s": round(gx_startup, 3),
         "target_rows_per_s": 2_500_000,
         "results": results,
         "gx_full_suite": gx_full,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1))
-    print(f"wrote {args.out}")
+    write_result("validation", doc, args.out)
 
 
 if __name__ == "__main__":

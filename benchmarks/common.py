@@ -42,8 +42,10 @@ def machine_speed() -> dict:
     }
 
 
-def write_result(name: str, result: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
+def write_result(name: str, result: dict, path: Path | None = None) -> Path:
+    """Writes ``result`` to ``benchmarks/results/<name>.json`` (or ``path``) with the machine,
+    the load average, the run's CPU time and when it was written (``at``: a summary tells this
+    run's results from an earlier run's by it)."""
     own, children = (
         resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
     )
@@ -52,6 +54,7 @@ def write_result(name: str, result: dict) -> Path:
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
+            "platform": platform.platform(),
             "speed": machine_speed(),
         },
         # Every result says how busy the machine was and how much CPU the whole run took (this
@@ -62,7 +65,8 @@ def write_result(name: str, result: dict) -> Path:
         ),
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    path = RESULTS / f"{name}.json"
+    path = path or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return path

@@ -15,6 +15,9 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
+
+from benchmarks import targets
 
 FULL = {
     "bench_ingest": [],
@@ -54,6 +57,7 @@ def main() -> int:
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     failed = []
+    since, started_run = datetime.now(UTC).replace(microsecond=0), time.perf_counter()
     for name, extra in plan.items():
         if args.only and name not in args.only:
             continue
@@ -66,6 +70,13 @@ def main() -> int:
         print(f"== {name}: exit {rc} in {time.perf_counter() - started:.0f}s", flush=True)
         if rc:
             failed.append(name)
+    minutes = (time.perf_counter() - started_run) / 60
+    # Against the targets: this run's results only (--only: the latest of each, whenever).
+    found = targets.verdicts(targets.load(), None if args.only else since)
+    print("== targets (docs/architecture.md §4)")
+    print(targets.report(found, None if args.only or args.quick else minutes), flush=True)
+    if not args.only and not args.quick:
+        targets.write(found, minutes)
     if failed:
         print(f"failed: {failed}", file=sys.stderr)
     return 1 if failed else 0
