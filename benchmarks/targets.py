@@ -5,8 +5,9 @@
 
 ``run_all`` prints it after a full run and writes it to ``benchmarks/results/targets.json``.
 The targets are those of docs/architecture.md §4 that a benchmark measures on one machine, and
-``bench_registry``'s own (a 10,000-model set registered and promoted in 5 s); the rest (a Blob drop to its scoring run within one sensor interval, forecast quality on the real
-panels) are measured by the tests and by ``bench_forecast_quality``.
+``bench_registry``'s own (a 10,000-model set registered and promoted in 5 s); the rest (a Blob
+drop to its scoring run within one sensor interval, forecast quality on the real panels) are
+measured by the tests and by ``bench_forecast_quality``.
 
 A figure is ``met``, ``missed``, ``small`` (measured at smaller sizes than the target's, as
 ``--quick`` runs: shown, never counted as met), ``stale`` (its result predates ``--since``: not
@@ -66,15 +67,13 @@ def _number(x: float | None) -> str:
     return f"{x:,.0f}" if math.isfinite(x) and abs(x) >= 10_000 else f"{x:.4g}"
 
 
-def _get(result: dict, *path: str | int) -> float | None:
+def _get(result: dict, *path: str) -> float | None:
+    """The number at ``path`` in a result; None where it is missing or not a number."""
     node: object = result
     for key in path:
-        if isinstance(node, dict) and key in node:
-            node = node[key]
-        elif isinstance(node, list) and isinstance(key, int) and -len(node) <= key < len(node):
-            node = node[key]
-        else:
+        if not isinstance(node, dict) or key not in node:
             return None
+        node = node[key]
     return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else None
 
 
