@@ -36,6 +36,7 @@ from mlops_assets.ml.engines import (
     records_arrow,
     train_series_frame,
 )
+from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.spec import DatasetSpec
 from mlops_assets.ml.tables import series_fingerprints
 from mlops_assets.storage import Storage
@@ -63,7 +64,8 @@ class ShardResult:
     rows: int  # curated rows read (up to ``until``)
     fingerprints: pa.Table  # ``series_fingerprints`` of every series of the shard
     records: pa.Table | None  # ``result_schema`` records of the series trained; None: none
-    seconds: dict[str, float] = field(default_factory=dict)  # read, prepare, features, ...
+    # read, prepare, features, backtest, fit, records, serialize (``train_series_frame``'s)
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def changed_series(fingerprints: pa.Table, before: dict[str, str]) -> list[str]:
@@ -89,15 +91,16 @@ def train_shard(task: ShardTask) -> ShardResult:
     del table  # what training needs is in ``frame``
     seconds["prepare"] = time.perf_counter() - started
     records: list[dict] = []
-    features = 0.0
+    spent = Phases()
     # One BLAS thread per worker: the pool already uses every core.
     with threadpool_limits(limits=1):
         for chunk in frame.chunks(task.chunk_rows) if frame.n_series else []:
-            done, laid_out = train_series_frame(chunk, spec)
+            done, chunk_seconds = train_series_frame(chunk, spec)
             records += done
-            features += laid_out
-    out = records_arrow(records, spec)
-    seconds["features"] = features
+            spent.update(chunk_seconds)
+    with spent("records"):
+        out = records_arrow(records, spec)
+    seconds.update(spent.seconds)
     for phase in ("fit", "serialize"):
         seconds[phase] = float(pc.sum(out[f"{phase}_seconds"]).as_py() or 0.0)
     return ShardResult(task.shard, rows, fingerprints, out, seconds)

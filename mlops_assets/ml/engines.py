@@ -144,7 +144,9 @@ def _prior_json(spec: DatasetSpec) -> str | None:
     return json.dumps(prior, sort_keys=True) if prior is not None else None
 
 
-def train_series_frame(frame: SeriesFrame, spec: DatasetSpec) -> tuple[list[dict], float]:
+def train_series_frame(
+    frame: SeriesFrame, spec: DatasetSpec
+) -> tuple[list[dict], dict[str, float]]:
     """Train every series of a batch: the function both engines run.
 
     The series are laid out on the calendar first (``calendar.calendar_series``, the spec's
@@ -152,28 +154,37 @@ def train_series_frame(frame: SeriesFrame, spec: DatasetSpec) -> tuple[list[dict
     unknown (fill ``none``) has a NaN target and is never a training or holdout row.
 
     Returns:
-        One record per series (``result_schema`` fields) and the seconds spent laying the
-        series out on the calendar (the engines report it as their `features` phase).
+        One record per series (``result_schema`` fields) and the seconds of the batch's
+        phases, which the engines report summed: ``features`` (the calendar layout and, with
+        ``model.refit``, the feature matrix), ``backtest`` (every candidate fitted and
+        backtested, and the choice, less the fits themselves: the records' ``fit_seconds``)
+        and ``records`` (the records, less the models' serialisation: ``serialize_seconds``).
     """
-    started = _time.perf_counter()
-    cal = calendar_series(frame, spec)
-    regular = cal.frame
-    features_seconds = _time.perf_counter() - started
-    # With model.refit the ridge statistics need the feature matrix too: computed once.
-    X = feature_matrix(regular, spec) if spec.model.refit is not None else None
-    sel = select(regular, spec, X=X)
-    records: list[dict | None] = [None] * frame.n_series
-    stats = None
-    if spec.model.refit is not None:
-        chosen = sel.family == spec.model.family
-        stats = ridge_stats.record_columns(regular, spec, chosen, X=X, fitted=sel.moments)
-    for j, i in enumerate(cal.kept):
-        records[i] = series_record(spec, regular.keys[j], sel, j, regular) | (
-            stats[j] if stats else {}
-        )
-    for i, reason in cal.invalid.items():
-        records[i] = _failed_record(spec, frame.keys[i], reason)
-    return [r for r in records if r is not None], features_seconds
+    clock = Phases()
+    with clock("features"):
+        cal = calendar_series(frame, spec)
+        regular = cal.frame
+        # With model.refit the ridge statistics need the feature matrix too: computed once.
+        X = feature_matrix(regular, spec) if spec.model.refit is not None else None
+    with clock("backtest"):
+        sel = select(regular, spec, X=X)
+    with clock("records"):
+        records: list[dict | None] = [None] * frame.n_series
+        stats = None
+        if spec.model.refit is not None:
+            chosen = sel.family == spec.model.family
+            stats = ridge_stats.record_columns(regular, spec, chosen, X=X, fitted=sel.moments)
+        for j, i in enumerate(cal.kept):
+            records[i] = series_record(spec, regular.keys[j], sel, j, regular) | (
+                stats[j] if stats else {}
+            )
+        for i, reason in cal.invalid.items():
+            records[i] = _failed_record(spec, frame.keys[i], reason)
+    out = [r for r in records if r is not None]
+    seconds = clock.seconds
+    seconds["backtest"] = max(0.0, seconds["backtest"] - sum(r["fit_seconds"] for r in out))
+    seconds["records"] = max(0.0, seconds["records"] - sum(r["serialize_seconds"] for r in out))
+    return out, seconds
 
 
 def _failed_record(spec: DatasetSpec, key: tuple, reason: str) -> dict:
@@ -250,7 +261,7 @@ def train_partition(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[object | No
 _FORKED: list[SeriesFrame] = []
 
 
-def _run_chunk(spec_json: str, chunk: SeriesFrame | int) -> tuple[list[dict], float]:
+def _run_chunk(spec_json: str, chunk: SeriesFrame | int) -> tuple[list[dict], dict[str, float]]:
     frame = _FORKED[chunk] if isinstance(chunk, int) else chunk
     # One BLAS thread per worker: the pool already uses every core.
     with threadpool_limits(limits=1):
@@ -281,8 +292,9 @@ def train_local(
         max_workers: Processes to use; default all cores, 1 trains in this process.
         chunk_rows: Rows per task; tasks hold whole series.
         start_method: ``fork`` (default where available) or ``spawn``/``forkserver``.
-        phases: If given, the seconds of each phase are added to it (prepare, features, fit,
-            serialize: summed over workers; wall).
+        phases: If given, the seconds of each phase are added to it (prepare; features,
+            backtest, fit, records, serialize: summed over workers, see
+            ``train_series_frame``; wall).
 
     Returns:
         One row per series, ``result_schema(spec)`` columns, in series order.
@@ -299,10 +311,11 @@ def train_local(
         results = _run_pool(chunks, spec, min(workers, len(chunks)), start_method)
     out = _to_frame([r for rs, _ in results for r in rs], spec)
     if phases is not None:
+        phases.add("prepare", prepared)
+        for _, spent in results:
+            phases.update(spent)
         phases.update(
             {
-                "prepare": prepared,
-                "features": sum(f for _, f in results),
                 "fit": float(out["fit_seconds"].sum()),
                 "serialize": float(out["serialize_seconds"].sum()),
                 "wall": _time.perf_counter() - started,
@@ -324,7 +337,7 @@ def prepare_local(
 
 def _run_pool(
     chunks: list[SeriesFrame], spec: DatasetSpec, workers: int, start_method: str | None
-) -> list[tuple[list[dict], float]]:
+) -> list[tuple[list[dict], dict[str, float]]]:
     """Every chunk trained in a new pool of ``workers`` processes, in the chunks' order."""
     method = start_method or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     run = partial(_run_chunk, spec.model_dump_json())

@@ -23,6 +23,7 @@ from mlops_assets.ml.fitting import (
     season_length,
 )
 from mlops_assets.ml.metrics import regression_metrics
+from mlops_assets.ml.phases import Phases
 from mlops_assets.ml.sample_data import SalesShape, diabetes_table, sales_table
 from mlops_assets.ml.spec import load_spec
 
@@ -245,6 +246,21 @@ def test_pool_gives_the_same_results_as_one_process(sales):
         one.drop(columns=list(TIMING_COLUMNS)), two.drop(columns=list(TIMING_COLUMNS))
     )
     assert one["model_sha256"].notna().all()
+
+
+def test_the_engine_reports_where_its_workers_spent_their_time(sales):
+    """Phases summed over the workers: the calendar and features, the candidates' backtests
+    and choice, the fits, the records and their models' bytes; none counted twice (the
+    backtest's seconds leave out the fits it ran, the records' leave out serialisation)."""
+    spent = Phases()
+    out = train_local(sales_table(SalesShape(12, 150)), sales, max_workers=2, phases=spent)
+    s = spent.seconds
+    assert {"prepare", "features", "backtest", "fit", "records", "serialize", "wall"} <= set(s)
+    assert min(s[k] for k in ("features", "backtest", "fit", "records", "serialize")) > 0
+    assert s["fit"] == pytest.approx(out["fit_seconds"].sum())
+    # The workers' phases cover their work: within the two workers' wall time.
+    worked = sum(s[k] for k in ("features", "backtest", "fit", "records", "serialize"))
+    assert worked <= 2 * s["wall"]
 
 
 def test_records_verify_and_load(sales):

@@ -81,6 +81,11 @@ def test_a_pool_of_workers_reads_and_trains_the_shards(tmp_path):
     _assert_same_manifest(pooled.manifest, alone.manifest)
     seconds = pooled.phases.seconds
     assert seconds["engine_wall"] > 0 and seconds["engine_read"] > 0  # read by the workers
+    # The workers' own phases come back with their results (fit and serialize may be 0 here:
+    # series this short mostly fall back).
+    assert {f"engine_{p}" for p in ("fit", "serialize")} <= set(seconds)
+    for phase in ("features", "backtest", "records"):
+        assert seconds[f"engine_{phase}"] > 0, phase
     assert pooled.rows == table.num_rows
     assert _children() <= before  # the pool was shut down
 
