@@ -99,7 +99,9 @@ def main() -> None:
     ap.add_argument("--series", type=int, default=10_000)
     ap.add_argument("--periods", type=int, default=4_000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", default="benchmarks/results/batch_scoring.json")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="default: benchmarks/results/batch_scoring.json"
+    )
     args = ap.parse_args()
     spec = load_spec("sales")
     root = tempfile.mkdtemp(prefix="bench-batch-")
@@ -146,7 +148,7 @@ def run(args: argparse.Namespace, spec, storage: LocalStorage) -> None:
         "rows_scored": last["rows_scored"],
         "target_ratio": 1.5,
     }
-    write_result("batch_scoring", result, Path(args.out))
+    write_result("batch_scoring", result, args.out)
 
 
 def _fresh_process(what: str, job: DropJob, root: str, name: str) -> dict:

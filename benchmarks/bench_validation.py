@@ -29,7 +29,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from benchmarks.common import RESULTS as RESULTS_DIR
 from benchmarks.common import write_result
 from mlops_assets.ml.drops import ROW, DropRejected
 from mlops_assets.ml.sample_data import SalesShape, iter_sales
@@ -40,7 +39,6 @@ from mlops_assets.ml.validation.rows import validate_rows
 from mlops_assets.ml.validation.suite import build_suite, drift_columns, row_expectations
 
 AS_OF = "2026-11-21"
-RESULTS = RESULTS_DIR / "validation.json"
 
 
 def typed_drop(n_rows: int, n_periods: int = 4000) -> pa.Table:
@@ -135,7 +133,9 @@ def main() -> None:
         default=1_000_000,
         help="rows for the full-GX reference run (0 to skip)",
     )
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--out", type=Path, default=None, help="default: benchmarks/results/validation.json"
+    )
     args = ap.parse_args()
     spec = load_spec("sales")
 
